@@ -1,0 +1,91 @@
+"""Timing, machine description and reporting shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+
+
+def block(tree: Any) -> Any:
+  """Waits for every array in ``tree``: JAX dispatch is asynchronous."""
+  return jax.block_until_ready(tree)
+
+
+def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
+            min_seconds: float = 0.2) -> dict[str, float]:
+  """Times ``fn()`` (which must block) after ``warmup`` calls.
+
+  Each repeat runs ``fn`` enough times to last about ``min_seconds`` and reports seconds per call, so
+  short calls are not dominated by timer resolution.
+
+  Returns:
+    {'min': s, 'median': s, 'max': s, 'calls_per_repeat': n} in seconds per call.
+  """
+  for _ in range(warmup):
+    fn()
+  start = time.perf_counter()
+  fn()
+  single = max(time.perf_counter() - start, 1e-9)
+  calls = max(1, int(min_seconds / single))
+  per_call = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      fn()
+    per_call.append((time.perf_counter() - start) / calls)
+  return {'min': min(per_call), 'median': statistics.median(per_call), 'max': max(per_call),
+          'calls_per_repeat': calls}
+
+
+def machine() -> dict[str, Any]:
+  """What the figures were measured on."""
+  cpu_model = platform.processor()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          cpu_model = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  devices = jax.devices()
+  return {
+      'platform': platform.platform(),
+      'python': platform.python_version(),
+      'cpu': cpu_model,
+      'cpu_count': os.cpu_count(),
+      'jax': jax.__version__,
+      'backend': jax.default_backend(),
+      'devices': [str(d.device_kind) for d in devices],
+  }
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """Prints (and returns) a Markdown table, so it can be pasted into the README as is."""
+  def fmt(value):
+    if isinstance(value, float):
+      return f'{value:.4g}'
+    return str(value)
+  lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |',
+           '|' + '|'.join('---' for _ in header) + '|']
+  lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
+  text = '\n'.join(lines)
+  print(text, flush=True)
+  return text
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+  directory = os.path.dirname(path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)  # never leave a half-written file behind
+  print(f'wrote {path}', flush=True)
