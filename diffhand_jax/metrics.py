@@ -1,0 +1,393 @@
+"""Hand mesh metrics, computed as the benchmarks' official evaluation code computes them.
+
+Inputs are numpy-convertible arrays in **metres**; reported errors are in **millimetres**; AUC and
+F-scores lie in [0, 1]. Everything runs in float64 (the official scripts read JSON into float64) and is
+vectorised over the batch, so a whole evaluation split scores in seconds.
+
+FreiHAND / HO-3D (``evaluate``), following ``eval.py`` and ``utils/eval_util.py`` of lmb-freiburg/freihand:
+
+* ``align_w_scale``: centre both point sets by their means, divide each by its Frobenius norm + 1e-8,
+  ``R, s = scipy.linalg.orthogonal_procrustes(gt_n, pred_n)``, aligned = (pred_n @ R.T) * s * ||gt_c|| +
+  mean(gt). No reflection fix: R may be a reflection. Joints and vertices are aligned separately.
+* PCK counts a distance ``<=`` the threshold; AUC integrates PCK over ``linspace(0, 50 mm, 100)`` with the
+  trapezoid rule, normalised by the same integral of ones, per keypoint, then averaged over keypoints.
+* F@5 mm / F@15 mm on aligned vertices: d1 = for each GT vertex the distance to the nearest predicted
+  vertex, d2 = the other way round; P = mean(d1 < th), R = mean(d2 < th) (strictly less);
+  F = 2PR / (P + R), or 0 when P + R = 0; averaged over samples.
+
+Where this differs from the FreiHAND script (DESIGN §6): MPJPE / MPVPE subtract each mesh's own wrist
+(joint 0 of its 21-order joints; vertices use the joints' wrist) rather than comparing absolute camera-frame
+positions, because the model predicts root-relative meshes.
+
+DexYCB (``evaluate_dexycb``), following HandOccNet's ``DEX_YCB.evaluate`` and ``rigid_align``: root-relative
+MPJPE, and PA-MPJPE after Umeyama similarity alignment *with* the reflection fix (det R = +1).
+
+Because every per-sample quantity here is a mean over keypoints and the dataset AUC is linear in the
+per-sample PCK curves, the dataset score equals the mean of the per-sample scores; ``evaluate`` is
+literally the mean of ``evaluate_per_sample``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.linalg
+from scipy.spatial import cKDTree
+
+NUM_JOINTS = 21
+ROOT_JOINT = 0  # the wrist in FreiHAND/OpenPose 21-order
+AUC_MIN_M, AUC_MAX_M, AUC_STEPS = 0.0, 0.05, 100  # 0-50 mm in 100 thresholds, as EvalUtil.get_measures
+F_THRESHOLDS_M = (0.005, 0.015)  # F@5 mm and F@15 mm
+METRIC_KEYS = ('mpjpe', 'pa_mpjpe', 'mpvpe', 'pa_mpvpe', 'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15')
+_EPS_NORM = 1e-8  # added to the Frobenius norms, as in FreiHAND's align_w_scale
+_MM_PER_M = 1000.0
+_NN_CHUNK = 256  # samples per k-d tree in the F-score search (bounds memory, keeps trees small)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------------
+
+def _as_points(func: str, name: str, value, *, batched: bool, num_points: int | None = None) -> np.ndarray:
+  """Returns `value` as float64 (B, K, 3) (or (K, 3) when not batched); raises ValueError otherwise."""
+  expected = ('(B, ' if batched else '(') + (str(num_points) if num_points else 'K') + ', 3)'
+  try:
+    array = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f'metrics.{func}: {name} must be a numeric array of shape {expected}; '
+                     f'could not convert it ({error})') from None
+  ndim = 3 if batched else 2
+  if (array.ndim != ndim or array.shape[-1] != 3 or 0 in array.shape
+      or (num_points is not None and array.shape[-2] != num_points)):
+    raise ValueError(f'metrics.{func}: {name} must have shape {expected}, got {array.shape}')
+  if not np.all(np.isfinite(array)):
+    bad = ~np.isfinite(array)
+    where = (f'sample(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}' if batched
+             else f'point(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}')
+    raise ValueError(f'metrics.{func}: {name} holds {int(bad.sum())} NaN/inf value(s), in {where}; '
+                     'metrics need finite coordinates')
+  return array
+
+
+def _check_same_shape(func: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+  if arrays[0].shape != arrays[1].shape:
+    raise ValueError(f'metrics.{func}: {names[0]} and {names[1]} must have the same shape, got '
+                     f'{arrays[0].shape} and {arrays[1].shape}')
+
+
+def _check_same_batch(func: str, named: dict[str, np.ndarray]) -> None:
+  sizes = {name: array.shape[0] for name, array in named.items()}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f'metrics.{func}: all inputs need the same batch size, got {sizes}')
+
+
+# ---------------------------------------------------------------------------------------------------
+# Alignment
+# ---------------------------------------------------------------------------------------------------
+
+def align_w_scale(gt, pred) -> np.ndarray:
+  """FreiHAND's `align_w_scale`: `pred` (K, 3) aligned to `gt` (K, 3) by a similarity transform.
+
+  The rotation comes from `scipy.linalg.orthogonal_procrustes` and may be a reflection (no fix), exactly
+  as the official script does it. Returns float64 (K, 3).
+  """
+  gt = _as_points('align_w_scale', 'gt', gt, batched=False)
+  pred = _as_points('align_w_scale', 'pred', pred, batched=False)
+  _check_same_shape('align_w_scale', ('gt', 'pred'), (gt, pred))
+  gt_mean, pred_mean = gt.mean(0), pred.mean(0)
+  gt_c, pred_c = gt - gt_mean, pred - pred_mean
+  gt_norm = np.linalg.norm(gt_c) + _EPS_NORM
+  pred_norm = np.linalg.norm(pred_c) + _EPS_NORM
+  gt_n, pred_n = gt_c / gt_norm, pred_c / pred_norm
+  rotation, scale = scipy.linalg.orthogonal_procrustes(gt_n, pred_n)
+  return (pred_n @ rotation.T) * scale * gt_norm + gt_mean
+
+
+def _align_w_scale_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """`align_w_scale` on checked float64 (B, K, 3) arrays, with one batched SVD."""
+  gt_mean = gt.mean(1, keepdims=True)
+  pred_mean = pred.mean(1, keepdims=True)
+  gt_c, pred_c = gt - gt_mean, pred - pred_mean
+  gt_norm = np.linalg.norm(gt_c, axis=(1, 2), keepdims=True) + _EPS_NORM
+  pred_norm = np.linalg.norm(pred_c, axis=(1, 2), keepdims=True) + _EPS_NORM
+  gt_n, pred_n = gt_c / gt_norm, pred_c / pred_norm
+  # scipy.linalg.orthogonal_procrustes(A, B): U, w, Vt = svd(A^T B); R = U Vt; scale = sum(w).
+  u, w, vt = np.linalg.svd(np.swapaxes(gt_n, 1, 2) @ pred_n)
+  rotation = u @ vt
+  scale = w.sum(-1)[:, None, None]
+  return (pred_n @ np.swapaxes(rotation, 1, 2)) * scale * gt_norm + gt_mean
+
+
+def align_w_scale_batch(gt, pred) -> np.ndarray:
+  """Batched FreiHAND `align_w_scale`: `pred` (B, K, 3) aligned to `gt` (B, K, 3), float64 (B, K, 3).
+
+  Equal to `align_w_scale` applied sample by sample (within float rounding), without a Python loop.
+  """
+  gt = _as_points('align_w_scale_batch', 'gt', gt, batched=True)
+  pred = _as_points('align_w_scale_batch', 'pred', pred, batched=True)
+  _check_same_shape('align_w_scale_batch', ('gt', 'pred'), (gt, pred))
+  return _align_w_scale_batch(gt, pred)
+
+
+def _align_umeyama_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """HandOccNet's `rigid_align(pred, gt)` on checked float64 (B, K, 3) arrays."""
+  num_points = pred.shape[1]
+  pred_mean = pred.mean(1, keepdims=True)
+  gt_mean = gt.mean(1, keepdims=True)
+  pred_c, gt_c = pred - pred_mean, gt - gt_mean
+  covariance = (np.swapaxes(pred_c, 1, 2) @ gt_c) / num_points
+  u, s, vt = np.linalg.svd(covariance)
+  # The reflection fix: when V U^T is a reflection, flip the last singular direction (and its value).
+  sign = np.where(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)) < 0, -1.0, 1.0)
+  vt = vt.copy()
+  s = s.copy()
+  vt[:, 2, :] *= sign[:, None]
+  s[:, 2] *= sign
+  rotation = np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)
+  pred_variance = np.square(pred_c).mean(1).sum(-1)  # np.var(pred, axis=0).sum() per sample
+  # HandOccNet divides by zero for a collapsed prediction; we map it to the GT centroid instead.
+  safe_variance = np.where(pred_variance > 0, pred_variance, 1.0)
+  scale = np.where(pred_variance > 0, s.sum(-1) / safe_variance, 0.0)[:, None, None]
+  return scale * (pred_c @ np.swapaxes(rotation, 1, 2)) + gt_mean
+
+
+def align_umeyama_batch(gt, pred) -> np.ndarray:
+  """Umeyama similarity alignment *with* the reflection fix (HandOccNet's `rigid_align`), batched.
+
+  `pred` (B, K, 3) aligned to `gt` (B, K, 3); returns float64 (B, K, 3). The rotation is always proper
+  (det = +1), so a mirrored prediction is not mirrored back. A collapsed prediction (all points equal)
+  maps to the GT centroid, where HandOccNet would divide by zero.
+  """
+  gt = _as_points('align_umeyama_batch', 'gt', gt, batched=True)
+  pred = _as_points('align_umeyama_batch', 'pred', pred, batched=True)
+  _check_same_shape('align_umeyama_batch', ('gt', 'pred'), (gt, pred))
+  return _align_umeyama_batch(gt, pred)
+
+
+def align_umeyama(gt, pred) -> np.ndarray:
+  """`align_umeyama_batch` for one sample: `pred` (K, 3) aligned to `gt` (K, 3)."""
+  gt = _as_points('align_umeyama', 'gt', gt, batched=False)
+  pred = _as_points('align_umeyama', 'pred', pred, batched=False)
+  _check_same_shape('align_umeyama', ('gt', 'pred'), (gt, pred))
+  return _align_umeyama_batch(gt[None], pred[None])[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Distances, PCK / AUC, F-score
+# ---------------------------------------------------------------------------------------------------
+
+def point_distances(gt, pred) -> np.ndarray:
+  """Euclidean distance of corresponding points, (B, K, 3) each -> (B, K), in the inputs' units."""
+  return np.sqrt(np.sum(np.square(np.asarray(gt, np.float64) - np.asarray(pred, np.float64)), -1))
+
+
+def auc_thresholds(val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M,
+                   steps: int = AUC_STEPS) -> np.ndarray:
+  """The PCK thresholds of EvalUtil.get_measures: linspace(val_min, val_max, steps), metres."""
+  return np.linspace(val_min, val_max, steps)
+
+
+def pck_curve(distances, thresholds=None) -> np.ndarray:
+  """PCK (fraction of distances <= t) per threshold, over all samples, per keypoint: (K, T).
+
+  `distances` (B, K) in metres. Mirrors EvalUtil._get_pck; for plots and small sets (it is (B, K, T)
+  in memory).
+  """
+  thresholds = auc_thresholds() if thresholds is None else np.asarray(thresholds, np.float64)
+  distances = np.asarray(distances, np.float64)
+  return np.mean(distances[..., None] <= thresholds, axis=0)
+
+
+def auc_per_sample(distances, val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M,
+                   steps: int = AUC_STEPS) -> np.ndarray:
+  """Per-sample PCK AUC: (B, K) distances in metres -> (B,), each the mean over keypoints.
+
+  For one distance e, PCK(t) = [e <= t] is a step in t, so its trapezoid integral over the thresholds is
+  the sum of the trapezoid weights of the thresholds t >= e. The mean of these over samples equals
+  EvalUtil's AUC (trapz per keypoint, normalised, then averaged over keypoints), because it is linear in
+  the PCK curve. Memory stays (B, K).
+  """
+  thresholds = auc_thresholds(val_min, val_max, steps)
+  distances = np.asarray(distances, np.float64)
+  # np.trapezoid(y, x) == sum_i y_i * weight_i with these weights.
+  spacing = np.diff(thresholds)
+  weights = np.zeros_like(thresholds)
+  weights[:-1] += spacing / 2
+  weights[1:] += spacing / 2
+  norm_factor = weights.sum()  # == np.trapezoid(ones, thresholds)
+  weights_from = np.concatenate([np.cumsum(weights[::-1])[::-1], [0.0]])  # sum of weights[i:]
+  first_counted = np.searchsorted(thresholds, distances, side='left')  # first i with t_i >= e
+  return np.mean(weights_from[first_counted] / norm_factor, axis=-1)
+
+
+def nearest_distances(points_from, points_to) -> np.ndarray:
+  """For each point of `points_from` (B, N, 3), the distance to the nearest of `points_to` (B, M, 3).
+
+  Returns (B, N), float64, in the inputs' units. Vectorised over the batch: each chunk of samples is laid
+  out on a 3D grid of cells far enough apart that a point's nearest neighbour is always in its own sample,
+  and one k-d tree answers the whole chunk. The distance is then recomputed from the original coordinates
+  (sqrt of the summed squared differences, as Open3D's KD-tree search returns it).
+  """
+  points_from = np.asarray(points_from, np.float64)
+  points_to = np.asarray(points_to, np.float64)
+  out = np.empty(points_from.shape[:2], np.float64)
+  for start in range(0, points_from.shape[0], _NN_CHUNK):
+    chunk = slice(start, start + _NN_CHUNK)
+    out[chunk] = _nearest_distances_chunk(points_from[chunk], points_to[chunk])
+  return out
+
+
+def _nearest_distances_chunk(points_from: np.ndarray, points_to: np.ndarray) -> np.ndarray:
+  batch, num_from, _ = points_from.shape
+  centre = points_to.mean(1, keepdims=True)
+  from_c, to_c = points_from - centre, points_to - centre
+  radius = max(np.abs(from_c).max(), np.abs(to_c).max())
+  # Within a sample every distance is <= 2*sqrt(3)*radius; across cells it is >= spacing - 2*radius.
+  spacing = 8.0 * radius + 1.0
+  side = int(np.ceil(batch ** (1.0 / 3.0)))
+  index = np.arange(batch)
+  cells = np.stack([index % side, (index // side) % side, index // (side * side)], 1)
+  offsets = (cells * spacing)[:, None, :]
+  tree = cKDTree((to_c + offsets).reshape(-1, 3))
+  _, nearest = tree.query((from_c + offsets).reshape(-1, 3), k=1, workers=-1)
+  nearest_points = points_to.reshape(-1, 3)[nearest].reshape(batch, num_from, 3)
+  return np.sqrt(np.sum(np.square(points_from - nearest_points), -1))
+
+
+def fscore(gt, pred, thresholds: Sequence[float] = F_THRESHOLDS_M) -> np.ndarray:
+  """Per-sample F-scores as FreiHAND's `calculate_fscore`: gt (B, N, 3), pred (B, M, 3) -> (B, T).
+
+  Thresholds in the inputs' units (metres by default: 5 mm and 15 mm). A point counts when its
+  nearest-neighbour distance is strictly below the threshold.
+  """
+  gt = _as_points('fscore', 'gt', gt, batched=True)
+  pred = _as_points('fscore', 'pred', pred, batched=True)
+  _check_same_batch('fscore', {'gt': gt, 'pred': pred})
+  return _fscore(gt, pred, thresholds)
+
+
+def _fscore(gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+  gt_to_pred = nearest_distances(gt, pred)  # d1 in the official script
+  pred_to_gt = nearest_distances(pred, gt)  # d2
+  thresholds = np.asarray(thresholds, np.float64)
+  precision = np.mean(gt_to_pred[..., None] < thresholds, axis=1)
+  recall = np.mean(pred_to_gt[..., None] < thresholds, axis=1)
+  total = precision + recall
+  return np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------
+
+def _check_eval_inputs(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
+  pred_joints = _as_points(func, 'pred_joints', pred_joints, batched=True, num_points=NUM_JOINTS)
+  gt_joints = _as_points(func, 'gt_joints', gt_joints, batched=True, num_points=NUM_JOINTS)
+  named = {'pred_joints': pred_joints, 'gt_joints': gt_joints}
+  if pred_verts is not None or gt_verts is not None:
+    if pred_verts is None or gt_verts is None:
+      raise ValueError(f'metrics.{func}: give both pred_verts and gt_verts, or neither')
+    pred_verts = _as_points(func, 'pred_verts', pred_verts, batched=True)
+    gt_verts = _as_points(func, 'gt_verts', gt_verts, batched=True)
+    _check_same_shape(func, ('pred_verts', 'gt_verts'), (pred_verts, gt_verts))
+    named.update(pred_verts=pred_verts, gt_verts=gt_verts)
+  _check_same_batch(func, named)
+  return pred_joints, gt_joints, pred_verts, gt_verts
+
+
+def _root_relative(points: np.ndarray, joints: np.ndarray) -> np.ndarray:
+  return points - joints[:, ROOT_JOINT:ROOT_JOINT + 1]
+
+
+def evaluate_per_sample(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[str, np.ndarray]:
+  """FreiHAND/HO-3D metrics per sample: a dict of float64 (B,) arrays with the keys of `METRIC_KEYS`.
+
+  pred_joints, gt_joints: (B, 21, 3) metres, 21-order (wrist first); pred_verts, gt_verts: (B, N, 3)
+  metres (N = 778 for MANO). Errors in mm. `evaluate` is the mean of these.
+  """
+  return _evaluate_per_sample('evaluate_per_sample', pred_joints, gt_joints, pred_verts, gt_verts)
+
+
+def _evaluate_per_sample(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
+  pred_joints, gt_joints, pred_verts, gt_verts = _check_eval_inputs(
+      func, pred_joints, gt_joints, pred_verts, gt_verts)
+  joint_err = point_distances(_root_relative(gt_joints, gt_joints),
+                              _root_relative(pred_joints, pred_joints))
+  vert_err = point_distances(_root_relative(gt_verts, gt_joints),
+                             _root_relative(pred_verts, pred_joints))
+  joints_aligned = _align_w_scale_batch(gt_joints, pred_joints)
+  verts_aligned = _align_w_scale_batch(gt_verts, pred_verts)
+  joint_err_pa = point_distances(gt_joints, joints_aligned)
+  vert_err_pa = point_distances(gt_verts, verts_aligned)
+  f_scores = _fscore(gt_verts, verts_aligned, F_THRESHOLDS_M)
+  return {
+      'mpjpe': joint_err.mean(-1) * _MM_PER_M,
+      'pa_mpjpe': joint_err_pa.mean(-1) * _MM_PER_M,
+      'mpvpe': vert_err.mean(-1) * _MM_PER_M,
+      'pa_mpvpe': vert_err_pa.mean(-1) * _MM_PER_M,
+      'pa_auc_j': auc_per_sample(joint_err_pa),
+      'pa_auc_v': auc_per_sample(vert_err_pa),
+      'pa_f5': f_scores[:, 0],
+      'pa_f15': f_scores[:, 1],
+  }
+
+
+def _mean_of(per_sample: dict[str, np.ndarray]) -> dict[str, float]:
+  return {key: float(np.mean(values)) for key, values in per_sample.items()}
+
+
+def evaluate(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[str, float]:
+  """FreiHAND/HO-3D metrics over a batch, as Python floats.
+
+  pred_joints, gt_joints: (B, 21, 3); pred_verts, gt_verts: (B, 778, 3); metres, camera frame.
+  Keys: mpjpe, pa_mpjpe, mpvpe, pa_mpvpe (mm), pa_auc_j, pa_auc_v (AUC over 0-50 mm, in [0, 1]),
+  pa_f5, pa_f15 (F-scores of the aligned vertices at 5 and 15 mm, in [0, 1]).
+  """
+  return _mean_of(_evaluate_per_sample('evaluate', pred_joints, gt_joints, pred_verts, gt_verts))
+
+
+def evaluate_dexycb_per_sample(pred_joints, gt_joints, pred_verts=None,
+                               gt_verts=None) -> dict[str, np.ndarray]:
+  """DexYCB metrics per sample, as HandOccNet reports them: dict of float64 (B,) arrays.
+
+  mpjpe: root-relative (each set minus its own wrist), mm. pa_mpjpe: after Umeyama alignment with the
+  reflection fix, mm. pa_auc_j as in `evaluate` but on those aligned joints. With vertices (B, N, 3) also
+  mpvpe, pa_mpvpe, pa_auc_v, pa_f5 and pa_f15, the vertices aligned the same way, so the keys match
+  `evaluate`.
+  """
+  return _evaluate_dexycb_per_sample('evaluate_dexycb_per_sample', pred_joints, gt_joints, pred_verts,
+                                     gt_verts)
+
+
+def _evaluate_dexycb_per_sample(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
+  pred_joints, gt_joints, pred_verts, gt_verts = _check_eval_inputs(
+      func, pred_joints, gt_joints, pred_verts, gt_verts)
+  joint_err = point_distances(_root_relative(gt_joints, gt_joints),
+                              _root_relative(pred_joints, pred_joints))
+  joint_err_pa = point_distances(gt_joints, _align_umeyama_batch(gt_joints, pred_joints))
+  out = {
+      'mpjpe': joint_err.mean(-1) * _MM_PER_M,
+      'pa_mpjpe': joint_err_pa.mean(-1) * _MM_PER_M,
+      'pa_auc_j': auc_per_sample(joint_err_pa),
+  }
+  if pred_verts is not None:
+    vert_err = point_distances(_root_relative(gt_verts, gt_joints),
+                               _root_relative(pred_verts, pred_joints))
+    verts_aligned = _align_umeyama_batch(gt_verts, pred_verts)
+    vert_err_pa = point_distances(gt_verts, verts_aligned)
+    f_scores = _fscore(gt_verts, verts_aligned, F_THRESHOLDS_M)
+    out.update({
+        'mpvpe': vert_err.mean(-1) * _MM_PER_M,
+        'pa_mpvpe': vert_err_pa.mean(-1) * _MM_PER_M,
+        'pa_auc_v': auc_per_sample(vert_err_pa),
+        'pa_f5': f_scores[:, 0],
+        'pa_f15': f_scores[:, 1],
+    })
+  return out
+
+
+def evaluate_dexycb(pred_joints, gt_joints, pred_verts=None, gt_verts=None) -> dict[str, float]:
+  """DexYCB metrics over a batch (mean of `evaluate_dexycb_per_sample`), as Python floats."""
+  return _mean_of(_evaluate_dexycb_per_sample('evaluate_dexycb', pred_joints, gt_joints, pred_verts,
+                                              gt_verts))
