@@ -1,0 +1,1 @@
+"""Network modules of diffhand-jax (Flax Linen)."""
