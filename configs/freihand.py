@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.hand_model = 'mano'  # real MANO: MANO_RIGHT/LEFT.pkl via $DIFFHAND_MANO_DIR
   # FreiHAND tip vertices (thumb, index, middle, ring, little), DESIGN §2
   config.dataset.tip_ids = (744, 320, 443, 555, 672)
-  config.dataset.crop_margin = 0.0  # FreiHAND frames are already 224x224 crops: the whole frame is used
+  config.dataset.crop_margin = ml_collections.config_dict.placeholder(float)  # None: FreiHAND frames are already 224x224 crops: the whole frame is used
   config.dataset.scale_range = (0.9, 1.1)  # augmentation (diffhand_jax/augment.py)
   config.dataset.max_rotation_deg = 30.0
   config.dataset.max_translation = 0.05  # fraction of the crop box
