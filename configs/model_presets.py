@@ -23,6 +23,8 @@ Fields:
   decoder                      'cross_modality' | 'vanilla' (the ablation's plain self-attention)
   feature_block                'channel_attention' (XCiT) | 'mlp' | 'none'
   full_res_attention           also an attention block at full resolution in each vertex block
+  upsample_init                'interpolation' (the U shape's point-axis maps start as inverse-distance
+                               interpolation on the template) | 'random' 
   diffusion                    False = the one-pass regression variant (ablation)
   width, num_blocks, num_heads, mlp_ratio   decoder width D, cross-modality blocks, heads, MLP ratio
   vanilla_depth                layers of the vanilla decoder (None = 2 · num_blocks, as many attention
@@ -51,6 +53,7 @@ def _base() -> ml_collections.ConfigDict:
   config.decoder = "cross_modality"
   config.feature_block = "channel_attention"
   config.full_res_attention = False
+  config.upsample_init = "interpolation"
   config.diffusion = True
   config.width = 256
   config.num_blocks = 3

@@ -180,3 +180,18 @@ def test_bad_inputs_raise_clear_errors():
   module = decoder.build_decoder(_config(200, (50, 13), feature_block="conv"), _template(200))
   with pytest.raises(ValueError, match="feature_block must be one of"):
     jax.eval_shape(module.init, jax.random.key(0), *_inputs(200))
+
+
+def test_upsampling_starts_as_template_interpolation():
+  """The point-axis maps start as inverse-distance interpolation: rows sum to 1, k non-zeros per row,
+  and a coarse point that is also a fine point maps onto itself alone."""
+  from diffhand_jax import mano, topology
+  template = np.asarray(mano.load_procedural().v_template)
+  fps = topology.fps_hierarchy(template, sizes=(195, 49))
+  levels = decoder.upsampling_neighbours(template, fps, k=3)
+  init = decoder._interpolation_init(levels[0])
+  kernel = np.asarray(init(None, (778, 195)))
+  np.testing.assert_allclose(kernel.sum(axis=1), 1.0, rtol=1e-5)
+  assert np.all((kernel > 0).sum(axis=1) <= 3)
+  coincident = np.asarray(fps[0])  # fine vertex fps[0][j] is coarse point j
+  np.testing.assert_allclose(kernel[coincident, np.arange(195)], 1.0)

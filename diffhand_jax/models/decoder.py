@@ -117,18 +117,54 @@ class PointUpsample(nn.Module):
 
   out[b, o, :] = Σ_i W[o, i] · in[b, i, :] + bias[o]. This is the paper's "MLP used to increase the point
   cardinality" applied to the transposed features; W is shared across channels.
+
+  With ``init_neighbours`` = (idx (M_out, k), weights (M_out, k)) as nested tuples, W starts as that
+  geometric interpolation (each fine point mixes its k nearest coarse points on the template) instead of
+  a random dense mix; it is still a free, learned matrix. A random start makes every fine vertex a blend
+  of the whole hand, which the network must first unlearn.
   """
   out_points: int
   dtype: Any = jnp.float32
+  init_neighbours: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     in_points = x.shape[-2]
-    kernel = self.param("kernel", nn.initializers.normal(stddev=1.0 / math.sqrt(in_points)),
-                        (self.out_points, in_points))
+    if self.init_neighbours is None:
+      kernel_init = nn.initializers.normal(stddev=1.0 / math.sqrt(in_points))
+    else:
+      kernel_init = _interpolation_init(self.init_neighbours)
+    kernel = self.param("kernel", kernel_init, (self.out_points, in_points))
     bias = self.param("bias", nn.initializers.zeros, (self.out_points, 1))
     kernel, bias, x = nn.dtypes.promote_dtype(kernel, bias, x, dtype=self.dtype)
     return jnp.einsum("oi,bid->bod", kernel, x) + bias
+
+
+def _interpolation_init(neighbours: Any):
+  idx, weights = (np.asarray(a) for a in neighbours)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if idx.shape[0] != shape[0] or idx.max() >= shape[1]:
+      raise ValueError(f"{_FILE}: upsampling init of {idx.shape} does not fit a {shape} kernel.")
+    dense = np.zeros(shape, np.float32)
+    np.add.at(dense, (np.repeat(np.arange(shape[0]), idx.shape[1]), idx.reshape(-1)), weights.reshape(-1))
+    return jnp.asarray(dense, dtype)
+  return init
+
+
+def upsampling_neighbours(template_vertices: np.ndarray, fps_indices, k: int = 3):
+  """Per level of the U shape, the (idx, weights) nested tuples that initialise its upsampling map:
+  level k+1 → level k by inverse-distance interpolation over the template's points."""
+  from diffhand_jax import topology
+  points = [np.asarray(template_vertices, np.float64)]
+  for indices in fps_indices:
+    points.append(points[-1][np.asarray(indices)])
+  out = []
+  for level in range(len(fps_indices)):
+    idx, weights = topology.upsample_neighbours(points[level + 1], points[level], k=min(k, len(points[level + 1])))
+    out.append((tuple(map(tuple, idx.tolist())), tuple(map(tuple, weights.tolist()))))
+  return tuple(out)
 
 
 def check_fps_indices(fps_indices: Sequence[Sequence[int]], num_vertices: int) -> None:
@@ -161,6 +197,7 @@ class VertexBlock(nn.Module):
   mlp_ratio: float = 4.0
   full_res_attention: bool = False
   dtype: Any = jnp.float32
+  upsample_init: Any = None  # per level, see `upsampling_neighbours`; None = random init
 
   @nn.compact
   def __call__(self, h: jax.Array, global_embedding: jax.Array,
@@ -178,7 +215,8 @@ class VertexBlock(nn.Module):
     for k in reversed(range(len(self.fps_indices))):
       skip = levels[k]
       up = nn.LayerNorm(dtype=self.dtype, name=f"norm_up{k + 1}")(up)
-      up = skip + PointUpsample(skip.shape[1], self.dtype, name=f"upsample{k + 1}")(up)
+      neighbours = None if self.upsample_init is None else self.upsample_init[k]
+      up = skip + PointUpsample(skip.shape[1], self.dtype, neighbours, name=f"upsample{k + 1}")(up)
     return up
 
 
@@ -273,6 +311,7 @@ class CrossModalityDecoder(nn.Module):
   feature_block: str = "channel_attention"
   full_res_attention: bool = False
   dtype: Any = jnp.float32
+  upsample_init: Any = None  # see `upsampling_neighbours`; None = random init of the upsampling maps
 
   @nn.compact
   def __call__(self, x_t: jax.Array, t: jax.Array, image_features: jax.Array,
@@ -288,7 +327,7 @@ class CrossModalityDecoder(nn.Module):
     tokens = nn.LayerNorm(dtype=self.dtype, name="image_norm")(tokens)
     for i in range(self.num_blocks):
       h = VertexBlock(self.fps_indices, self.num_heads, self.mlp_ratio, self.full_res_attention,
-                      self.dtype, name=f"vertex_block{i}")(h, global_embedding, tokens)
+                      self.dtype, self.upsample_init, name=f"vertex_block{i}")(h, global_embedding, tokens)
       h = FeatureBlock(self.feature_block, self.num_heads, self.mlp_ratio, self.dtype,
                        name=f"feature_block{i}")(h)
     x0_hat = _Head(name="head")(h)
@@ -376,8 +415,12 @@ def build_decoder(config: Any, template_vertices: np.ndarray | None = None,
   from diffhand_jax import topology
   fps_indices = _as_index_tuples(
       topology.fps_hierarchy(template_vertices, sizes=tuple(int(s) for s in config.fps_sizes)))
+  upsample_init = None
+  if config.get("upsample_init", "interpolation") == "interpolation":
+    upsample_init = upsampling_neighbours(template_vertices, fps_indices)
   return CrossModalityDecoder(
       num_vertices=num_vertices, fps_indices=fps_indices, width=int(config.width),
       num_blocks=int(config.num_blocks), num_heads=int(config.num_heads),
       mlp_ratio=float(config.mlp_ratio), feature_block=str(config.feature_block),
-      full_res_attention=bool(config.get("full_res_attention", False)), dtype=dtype)
+      full_res_attention=bool(config.get("full_res_attention", False)), dtype=dtype,
+      upsample_init=upsample_init)
