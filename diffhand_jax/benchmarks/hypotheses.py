@@ -1,0 +1,129 @@
+"""Several hypotheses, their uncertainty, and test-time augmentation, on a trained model's eval split.
+
+  python -m diffhand_jax.bench hypotheses [--workdir=runs/synthetic] [--num_hypotheses=8] [--steps=10]
+      [--max_examples=N] [--tta_angles=-10,0,10] [--tta_scales=0.9,1.0,1.1] [--no_tta] [--seed=0]
+      [--output=bench_results/hypotheses.json] [--config.key=value ...]
+
+Reports, on the run's eval split (the synthetic test split for the CPU demo):
+  * hypothesis 0 alone (what K = 1 gives), the mean and the medoid of K hypotheses, and the best-of-K
+    oracle (the hypothesis closest to the ground truth by PA-MPVPE: an upper bound, it peeks at the GT);
+  * whether the uncertainty means something: Spearman's rank correlation between each image's
+    uncertainty (the mean per-vertex standard deviation of its K hypotheses) and its error;
+  * TTA (MeshGraphormer-style rotations × scales, K = 1) against no TTA (K = 1, the same noise).
+Errors in mm (root-relative, in the model's right-hand frame), as `metrics.evaluate` computes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from diffhand_jax.benchmarks import common
+
+_COLUMNS = ('pa_mpvpe', 'pa_mpjpe', 'mpvpe', 'mpjpe', 'pa_f5', 'pa_f15')
+
+
+def _row(name: str, scores: dict) -> list:
+  return [name] + [scores[c] for c in _COLUMNS]
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench hypotheses', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', default='runs/synthetic',
+                      help='a trained workdir (default: the CPU demo\'s runs/synthetic)')
+  parser.add_argument('--num_hypotheses', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=None)
+  parser.add_argument('--max_examples', type=int, default=None)
+  parser.add_argument('--split', default=None)
+  parser.add_argument('--tta_angles', default='-10,0,10')
+  parser.add_argument('--tta_scales', default='0.9,1.0,1.1')
+  parser.add_argument('--no_tta', action='store_true')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--output', default='bench_results/hypotheses.json')
+  argv = list(argv)
+  overrides = [a for a in argv if a.startswith('--config.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
+
+  import os
+  if not os.path.exists(os.path.join(args.workdir, 'config.json')):
+    print(f'hypotheses: skipped, {args.workdir!r} is not a trained workdir (train one with '
+          '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)')
+    return 0
+  import jax
+  from diffhand_jax import hypotheses, inference, input_pipeline, metrics, train, tta
+
+  config, model, params, topology, schedule = train.load_for_inference(args.workdir)
+  config = inference.apply_overrides(config, overrides)
+  split = args.split or config.dataset.eval_split
+  vertex_scale = float(config.model.vertex_scale)
+  steps = int(args.steps or config.model.sampling_steps)
+  arrays = input_pipeline.load_split(config.dataset, split, args.max_examples)
+  batch = input_pipeline.prepare_batch(arrays, vertex_scale=vertex_scale, image_size=config.model.img_size)
+  keep = batch['has_3d'] > 0
+  if not keep.any():
+    raise SystemExit(f'the {split!r} split has no ground truth to score against')
+  images = batch['image'][keep]
+  gt_vertices = batch['vertices'][keep].astype(np.float64) * vertex_scale
+  gt_joints = batch['joints'][keep].astype(np.float64) * vertex_scale
+  regressor = np.asarray(topology.joint_regressor)
+  key = jax.random.PRNGKey(args.seed)
+  timings = {}
+
+  start = time.time()
+  sampler = inference.Sampler(model, params, schedule, vertex_scale, num_steps=steps,
+                              num_hypotheses=args.num_hypotheses, eta=float(config.model.eta),
+                              batch_size=int(config.eval.batch_size))
+  samples = sampler.sample(images, key, inference.progress_printer(f'K={args.num_hypotheses}'))
+  timings['sample_k_s'] = time.time() - start
+  summaries = {method: hypotheses.summarize(samples['vertices'], gt_vertices, gt_joints, regressor,
+                                            method=method) for method in hypotheses.METHODS}
+  mean_summary = summaries['mean']
+  rows = [_row('hypothesis 0 (K=1)', mean_summary['first']),
+          _row(f'mean of K={args.num_hypotheses}', mean_summary['aggregated']),
+          _row(f'medoid of K={args.num_hypotheses}', summaries['medoid']['aggregated']),
+          _row(f'best-of-{args.num_hypotheses} oracle (by pa_mpvpe)', mean_summary['oracle'])]
+
+  tta_result = None
+  if not args.no_tta:
+    tta_config = tta.TTAConfig(angles_deg=tta.parse_list(args.tta_angles),
+                               scales=tta.parse_list(args.tta_scales))
+    single = inference.Sampler(model, params, schedule, vertex_scale, num_steps=steps, num_hypotheses=1,
+                               eta=float(config.model.eta), batch_size=int(config.eval.batch_size))
+    start = time.time()
+    plain = single.predict(images, key)['vertices']
+    with_tta = single.predict(images, key, tta_config=tta_config)['vertices']
+    timings['tta_s'] = time.time() - start
+    scores = {}
+    for name, mesh in (('no TTA (K=1)', plain), (f'TTA, {len(tta_config.passes())} passes (K=1)', with_tta)):
+      joints = inference.joints_from_vertices(mesh, regressor)
+      scores[name] = metrics.evaluate(joints, gt_joints, mesh, gt_vertices)
+      rows.append(_row(name, scores[name]))
+    tta_result = {'angles_deg': list(tta_config.angles_deg), 'scales': list(tta_config.scales),
+                  'passes': len(tta_config.passes()), 'scores': scores}
+
+  title = (f'Hypotheses and TTA on {config.dataset.name}/{split} ({int(keep.sum())} images, '
+           f'{steps} DDIM steps, eta {float(config.model.eta)}); errors in mm')
+  table = common.print_table(title, ['prediction'] + list(_COLUMNS), rows)
+  corr_rows = [[f'{metric}', mean_summary['spearman'][metric]]
+               for metric in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')]
+  corr_table = common.print_table(
+      f'Spearman rank correlation: per-image uncertainty (mean per-vertex std of K={args.num_hypotheses}, '
+      f'average {mean_summary["uncertainty_mm"]:.3g} mm) vs per-image error of the mean',
+      ['error', 'spearman rho'], corr_rows)
+  payload = {
+      'benchmark': 'hypotheses', 'machine': common.machine(), 'workdir': args.workdir, 'split': split,
+      'num_examples': int(keep.sum()), 'steps': steps, 'eta': float(config.model.eta),
+      'num_hypotheses': args.num_hypotheses,
+      'summaries': {m: {k: v for k, v in s.items() if k != 'per_sample'} for m, s in summaries.items()},
+      'tta': tta_result, 'timings_s': timings, 'table': table + '\n\n' + corr_table,
+  }
+  common.write_json(args.output, payload)
+  return 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main(sys.argv[1:]))

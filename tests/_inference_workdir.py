@@ -1,0 +1,39 @@
+"""A tiny trained workdir shared by the inference tests (test_predict.py, test_submission.py,
+test_hypotheses.py): trained once per pytest process, 4 steps on synthetic_hands/tiny, as
+tests/test_train.py does it."""
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+
+
+def tiny_config(data_dir):
+  from configs import model_presets, synthetic
+  config = synthetic.get_config()
+  config.dataset.config_name = 'tiny'
+  config.dataset.data_dir = str(data_dir)
+  config.model = model_presets.get_model_config('tiny')
+  config.model.img_size = 32
+  config.model.sampling_steps = 2
+  config.batch_size = 2
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.eval.batch_size = 3
+  config.eval.num_export = 0
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_workdir() -> tuple[str, str]:
+  """(workdir, tfds data_dir) of a 4-step run; removed when the process exits."""
+  from diffhand_jax import train
+  base = tempfile.mkdtemp(prefix='diffhand_inference_tests_')
+  atexit.register(shutil.rmtree, base, True)
+  data_dir = os.path.join(base, 'tfds')
+  workdir = os.path.join(base, 'run')
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir, data_dir

@@ -1,0 +1,160 @@
+"""Several hypotheses: aggregation, uncertainty, the best-of-K oracle, the rank correlation, and the
+vmapped sampler against one-at-a-time sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffhand_jax import diffusion, hypotheses, metrics
+
+
+def _as_hypotheses(points_per_hypothesis):
+  """[(N, 3) per hypothesis] → (1, K, N, 3)."""
+  return np.asarray(points_per_hypothesis, np.float64)[None]
+
+
+def test_medoid_of_points_on_a_line():
+  # One vertex, K = 3 at x = 0, 1, 10: summed distances 11, 10, 19 → hypothesis 1.
+  verts = _as_hypotheses([[[0, 0, 0]], [[1, 0, 0]], [[10, 0, 0]]])
+  assert hypotheses.medoid_index(verts).tolist() == [1]
+  np.testing.assert_array_equal(hypotheses.aggregate(verts, 'medoid'), [[[1, 0, 0]]])
+  np.testing.assert_allclose(hypotheses.aggregate(verts, 'mean'), [[[11 / 3, 0, 0]]])
+
+
+def test_medoid_uses_mean_per_vertex_distance_and_breaks_ties_low():
+  # Two vertices. Distances between hypotheses (mean over the 2 vertices of the L2 distance):
+  #   A=(0,0),(0,0); B=(2,0),(0,0): |AB| = (2 + 0)/2 = 1
+  #   C=(0,0),(0,4): |AC| = 2, |BC| = (2 + 4)/2 = 3
+  # sums: A 3, B 4, C 5 → A.
+  a = [[0, 0, 0], [0, 0, 0]]
+  b = [[2, 0, 0], [0, 0, 0]]
+  c = [[0, 0, 0], [0, 4, 0]]
+  assert hypotheses.medoid_index(_as_hypotheses([b, a, c])).tolist() == [1]
+  # Points 0, 1, 2, 3 on a line: sums 6, 4, 4, 6 → the tie goes to the lower index.
+  line = [[[x, 0, 0]] for x in (0, 1, 2, 3)]
+  assert hypotheses.medoid_index(_as_hypotheses(line)).tolist() == [1]
+  # Distances, not squared distances: x = 0, 1, 2, 20 gives summed distances 23, 21, 21, 57 → index 1,
+  # while summed squared distances 405, 363, 329, ... would pick index 2.
+  pts = [[[x, 0, 0]] for x in (0, 1, 2, 20)]
+  assert hypotheses.medoid_index(_as_hypotheses(pts)).tolist() == [1]
+
+
+def test_medoid_is_one_of_the_hypotheses():
+  rng = np.random.default_rng(0)
+  verts = rng.normal(size=(5, 6, 40, 3))
+  medoid = hypotheses.aggregate(verts, 'medoid')
+  for b in range(5):
+    assert any(np.array_equal(medoid[b], verts[b, k]) for k in range(6))
+
+
+def test_per_vertex_std_hand_worked_and_against_numpy():
+  # K = 2 hypotheses that differ by d along x at vertex 0 only: std_x = d/2, RMS over xyz = d/(2·√3).
+  d = 0.6
+  verts = np.zeros((1, 2, 3, 3))
+  verts[0, 1, 0, 0] = d
+  np.testing.assert_allclose(hypotheses.per_vertex_std(verts), [[d / (2 * np.sqrt(3)), 0, 0]])
+  rng = np.random.default_rng(1)
+  verts = rng.normal(size=(3, 5, 7, 3))
+  expected = np.sqrt((np.std(verts[:, :, :, 0], axis=1) ** 2 + np.std(verts[:, :, :, 1], axis=1) ** 2
+                      + np.std(verts[:, :, :, 2], axis=1) ** 2) / 3)
+  np.testing.assert_allclose(hypotheses.per_vertex_std(verts), expected)
+  np.testing.assert_array_equal(hypotheses.per_vertex_std(verts[:, :1]), np.zeros((3, 7)))
+
+
+def _hand_like(rng, count, num_vertices=778):
+  verts = rng.normal(0, 0.03, (count, num_vertices, 3))
+  regressor = np.abs(rng.normal(size=(21, num_vertices)))
+  regressor /= regressor.sum(1, keepdims=True)
+  return verts, np.einsum('jn,bnc->bjc', regressor, verts), regressor
+
+
+def test_oracle_picks_the_best_hypothesis_by_the_official_metric():
+  rng = np.random.default_rng(2)
+  gt_verts, gt_joints, regressor = _hand_like(rng, 4)
+  noise_levels = np.array([0.01, 0.002, 0.02])  # metres
+  hyps = gt_verts[:, None] + noise_levels[None, :, None, None] * rng.normal(size=(4, 3, 778, 3))
+  oracle = hypotheses.oracle_best(hyps, gt_verts, gt_joints, regressor)
+  for k in range(3):  # each hypothesis scored on its own, straight through metrics.evaluate_per_sample
+    joints = np.einsum('jn,bnc->bjc', regressor, hyps[:, k])
+    alone = metrics.evaluate_per_sample(joints, gt_joints, hyps[:, k], gt_verts)['pa_mpvpe']
+    np.testing.assert_allclose(oracle['errors'][:, k], alone)
+  assert oracle['index'].tolist() == [1, 1, 1, 1]
+  assert np.all(oracle['best'] <= oracle['errors'].mean(1))
+  # F-scores are better when larger: the oracle by pa_f5 maximises.
+  by_f = hypotheses.oracle_best(hyps, gt_verts, gt_joints, regressor, metric='pa_f5')
+  assert np.all(by_f['best'] >= by_f['errors'].max(1) - 1e-12)
+
+
+def test_mean_of_symmetric_hypotheses_can_beat_the_oracle():
+  # GT ± the same offset field: each hypothesis is off, their mean is exact. The oracle bounds the
+  # best single hypothesis, not the aggregate.
+  rng = np.random.default_rng(3)
+  gt_verts, gt_joints, regressor = _hand_like(rng, 2)
+  offset = rng.normal(0, 0.005, gt_verts.shape)
+  hyps = np.stack([gt_verts + offset, gt_verts - offset], 1)
+  summary = hypotheses.summarize(hyps, gt_verts, gt_joints, regressor)
+  assert summary['aggregated']['pa_mpvpe'] < 1e-6
+  assert summary['oracle']['pa_mpvpe'] > 1.0
+  assert summary['oracle']['pa_mpvpe'] <= summary['first']['pa_mpvpe'] + 1e-12
+
+
+def test_spearman_against_the_rank_formula():
+  u = np.array([0.1, 0.5, 0.2, 0.9, 0.4])
+  e = np.array([1.0, 3.0, 5.0, 4.0, 2.0])
+  # ranks: u → 1, 4, 2, 5, 3; e → 1, 3, 5, 4, 2; d = 0, 1, -3, 1, 1; Σd² = 12
+  expected = 1 - 6 * 12 / (5 * (25 - 1))
+  assert hypotheses.uncertainty_error_correlation(u, e) == pytest.approx(expected)
+  assert hypotheses.uncertainty_error_correlation(u, np.exp(u)) == pytest.approx(1.0)
+  assert hypotheses.uncertainty_error_correlation(u, -u ** 3) == pytest.approx(-1.0)
+  assert np.isnan(hypotheses.uncertainty_error_correlation(np.zeros(5), e))
+  with pytest.raises(ValueError, match='M >= 2'):
+    hypotheses.uncertainty_error_correlation(u, e[:4])
+
+
+def test_aggregate_rejects_bad_input():
+  with pytest.raises(ValueError, match=r'\(B, K, N, 3\)'):
+    hypotheses.aggregate(np.zeros((2, 5, 3)))
+  with pytest.raises(ValueError, match='method'):
+    hypotheses.aggregate(np.zeros((1, 2, 5, 3)), 'median')
+
+
+# ------------------------------------------------------------------------------------------------
+# The vmapped sampler of models/diffhand.reconstruct: K hypotheses = K one-at-a-time samples.
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  from diffhand_jax import train
+  from _inference_workdir import tiny_workdir
+  workdir, _ = tiny_workdir()
+  _, model, params, _, schedule = train.load_for_inference(workdir)
+  return model, params, schedule
+
+
+def test_k_hypotheses_equal_plain_sampler_runs(tiny_model):
+  from diffhand_jax.models import diffhand
+  model, params, schedule = tiny_model
+  num_hyp, batch, steps = 3, 2, 2
+  images = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3))
+  noise = jax.random.normal(jax.random.PRNGKey(1), (num_hyp, batch, model.num_vertices, 3))
+  reconstruct = jax.jit(lambda p, x, n: diffhand.reconstruct(
+      model, p, x, jax.random.PRNGKey(2), num_steps=steps, num_hypotheses=num_hyp, schedule=schedule,
+      noise=n))
+  out = reconstruct(params, images, noise)
+  # The plain sampler, one hypothesis at a time, with the same starting noise.
+  cond = model.apply({'params': params}, images, method=model.encode)
+
+  def denoise_fn(x_t, t):
+    return model.apply({'params': params}, cond, x_t, t, method=model.denoise)[0]
+
+  plain = jax.jit(lambda x: diffusion.ddim_sample(denoise_fn, x, schedule, num_steps=steps))
+  for k in range(num_hyp):
+    np.testing.assert_allclose(np.asarray(out['vertices'][:, k]), np.asarray(plain(noise[k])),
+                               atol=2e-5, rtol=1e-4)
+  # Different noise gives different hypotheses, so the spread is real, and the summaries agree.
+  assert float(jnp.abs(out['vertices'][:, 0] - out['vertices'][:, 1]).max()) > 1e-4
+  np.testing.assert_allclose(np.asarray(out['vertices_std']),
+                             hypotheses.per_vertex_std(np.asarray(out['vertices'])), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out['vertices_mean']),
+                             hypotheses.aggregate(np.asarray(out['vertices']), 'mean'), atol=1e-5)
