@@ -187,7 +187,11 @@ def build_model(model_config: Any, template_vertices: np.ndarray | None = None) 
   overrides = model_config.get("encoder_overrides", None) or {}
   overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
   overrides.setdefault("dtype", dtype)
-  encoder = vit.create(model_config.encoder, img_size=model_config.img_size, **overrides)
+  if model_config.encoder.startswith("cnn_"):
+    from diffhand_jax.models import cnn
+    encoder = cnn.create(model_config.encoder, img_size=model_config.img_size, **overrides)
+  else:
+    encoder = vit.create(model_config.encoder, img_size=model_config.img_size, **overrides)
   decoder = decoder_lib.build_decoder(model_config, template_vertices, dtype=dtype)
   return DiffHand(
       encoder=encoder, decoder=decoder, num_vertices=int(model_config.num_vertices),
