@@ -76,9 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.lambda_joint = 1.0
   config.loss.lambda_smooth = 0.05
+  config.loss.use_2d = True  # the 2D joint term through the weak-perspective camera
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64
   config.eval.num_export = 8
+  config.eval.aggregate = 'mean'  # how K > 1 hypotheses (config.model.num_hypotheses) become one mesh: mean | medoid
   config.eval.max_examples = ml_collections.config_dict.placeholder(int)
   return config

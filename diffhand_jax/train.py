@@ -168,6 +168,7 @@ def loss_fn(params, model, batch, key, schedule, topology: HandTopology, config)
   loss, parts = losses.total_loss(
       x0_hat.astype(jnp.float32), x0, batch['joints'], batch['joints_2d'], camera.astype(jnp.float32),
       topology.joint_regressor, topology.faces, has_3d=batch['has_3d'],
+      has_2d=batch['has_3d'] * float(config.loss.get('use_2d', True)),
       lambda_joint=config.loss.lambda_joint, lambda_smooth=config.loss.lambda_smooth)
   return loss, parts
 
@@ -227,18 +228,18 @@ def augment_options(dataset_config) -> dict[str, Any] | None:
 
 def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.ndarray]:
   """Runs the sampler over a whole split. Returns root-relative metres in the (mirrored) model frame:
-  vertices (M, N, 3), vertices_std (M, N) and the ground truth (vertices, joints) likewise."""
+  hypotheses (M, K, N, 3), vertices_std (M, N) and the ground truth (gt_vertices, gt_joints)."""
   vertex_scale = config.model.vertex_scale
-  preds, stds, gt_verts, gt_joints = [], [], [], []
+  hyps, stds, gt_verts, gt_joints = [], [], [], []
   for index, (batch, valid) in enumerate(input_pipeline.eval_batches(
       arrays, batch_size=config.eval.batch_size, vertex_scale=vertex_scale,
       image_size=config.model.img_size, crop_margin=config.dataset.get('crop_margin'))):
     out = reconstruct_fn(params, jnp.asarray(batch['image']), jax.random.fold_in(key, index))
-    preds.append(np.asarray(out['vertices_mean'])[:valid])
+    hyps.append(np.asarray(out['vertices'])[:valid])
     stds.append(np.asarray(out['vertices_std'])[:valid])
     gt_verts.append(batch['vertices'][:valid])
     gt_joints.append(batch['joints'][:valid])
-  return {'vertices': _to_metres(np.concatenate(preds), vertex_scale),
+  return {'hypotheses': _to_metres(np.concatenate(hyps), vertex_scale),
           'vertices_std': _to_metres(np.concatenate(stds), vertex_scale),
           'gt_vertices': _to_metres(np.concatenate(gt_verts), vertex_scale),
           'gt_joints': _to_metres(np.concatenate(gt_joints), vertex_scale)}
@@ -418,25 +419,46 @@ def _eval_params(state: TrainState, config):
 
 def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval_arrays, train_arrays,
                    logger, *, export: bool = True) -> dict[str, Any]:
+  """Samples the eval split, scores it, and writes results.json, the per-sample errors
+  (eval_per_sample.npz) and the exports. With K > 1 hypotheses the reported metrics are those of their
+  aggregate (config.eval.aggregate: 'mean' | 'medoid'), and results['hypotheses'] adds the best-of-K
+  oracle, hypothesis 0 alone, and the rank correlation of uncertainty with error."""
+  from diffhand_jax import hypotheses as hypotheses_lib
   step = int(state.step)
   start = time.time()
   prediction = predict_split(reconstruct_fn, _eval_params(state, config), eval_arrays, config,
                              jax.random.PRNGKey(config.seed + 1))
-  results = score(prediction['vertices'], prediction['gt_vertices'], prediction['gt_joints'],
-                  topology.joint_regressor)
+  method = config.eval.get('aggregate', 'mean')
+  prediction['vertices'] = hypotheses_lib.aggregate(prediction['hypotheses'], method)
+  W = np.asarray(topology.joint_regressor, np.float64)
+  pred_joints = np.einsum('jn,bnc->bjc', W, prediction['vertices'])
+  per_sample = metrics.evaluate_per_sample(pred_joints, prediction['gt_joints'], prediction['vertices'],
+                                           prediction['gt_vertices'])
+  results = {key: float(np.mean(value)) for key, value in per_sample.items()}
   baseline = mean_mesh_baseline(train_arrays, prediction, topology.joint_regressor,
                                 config.model.vertex_scale)
   results['baseline_pa_mpvpe'] = baseline['pa_mpvpe']
   results['baseline_mpvpe'] = baseline['mpvpe']
   results['step'] = step
   results['num_examples'] = int(len(prediction['vertices']))
+  num_hypotheses = int(config.model.num_hypotheses)
   results['sampler'] = {'steps': int(config.model.sampling_steps), 'eta': float(config.model.eta),
-                        'hypotheses': int(config.model.num_hypotheses),
+                        'hypotheses': num_hypotheses, 'aggregate': method,
                         'diffusion': bool(config.model.diffusion)}
+  if num_hypotheses > 1:
+    summary = hypotheses_lib.summarize(prediction['hypotheses'], prediction['gt_vertices'],
+                                       prediction['gt_joints'], W, method=method)
+    summary.pop('per_sample')
+    results['hypotheses'] = summary
   split = config.dataset.eval_split
   logger.write(step, split, {k: v for k, v in results.items() if isinstance(v, float)})
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, 'results.json'), results)
+    per_sample_path = os.path.join(workdir, 'eval_per_sample.npz')
+    with open(per_sample_path + '.tmp', 'wb') as f:
+      np.savez(f, step=step, uncertainty_m=prediction['vertices_std'].mean(axis=-1),
+               **{key: np.asarray(value) for key, value in per_sample.items()})
+    os.replace(per_sample_path + '.tmp', per_sample_path)
     if export and config.eval.num_export > 0:
       export_examples(os.path.join(workdir, 'export', f'step_{step}'), prediction, eval_arrays, topology,
                       config.eval.num_export)
@@ -444,6 +466,11 @@ def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval
         f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {baseline["pa_mpvpe"]:.2f}), '
         f'mpvpe {results["mpvpe"]:.2f}, pa_mpjpe {results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}',
         flush=True)
+  if num_hypotheses > 1:
+    oracle = results['hypotheses']['oracle']
+    print(f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
+          f'uncertainty-error rank correlation '
+          f'{results["hypotheses"]["spearman"]["pa_mpvpe"]:.2f}', flush=True)
   return results
 
 

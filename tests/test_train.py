@@ -168,3 +168,22 @@ def test_newest_damaged_checkpoint_falls_back_to_previous(trained, tmp_path, cap
   results = train.evaluate_checkpoint(config, str(workdir))
   assert results['step'] == 2
   assert 'could not be restored' in capsys.readouterr().out
+
+
+def test_evaluate_mode_with_hypotheses_writes_oracle_and_per_sample_errors(trained, tmp_path):
+  config, root, _ = trained
+  workdir = tmp_path / 'run'
+  shutil.copytree(root / 'run', workdir)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.num_export = 0
+  config.model.num_hypotheses = 3
+  results = train.evaluate_checkpoint(config, str(workdir))
+  summary = results['hypotheses']
+  assert summary['num_hypotheses'] == 3
+  # The best-of-K choice can only beat (or tie) hypothesis 0 on the metric it picks by.
+  assert summary['oracle']['pa_mpvpe'] <= summary['first']['pa_mpvpe'] + 1e-9
+  assert results['pa_mpvpe'] == pytest.approx(summary['aggregated']['pa_mpvpe'])
+  per_sample = np.load(workdir / 'eval_per_sample.npz')
+  assert per_sample['pa_mpvpe'].shape == (results['num_examples'],)
+  assert per_sample['pa_mpvpe'].mean() == pytest.approx(results['pa_mpvpe'])
+  assert np.all(per_sample['uncertainty_m'] > 0)  # three different noises give three meshes

@@ -45,6 +45,11 @@ class SyntheticHandsConfig(tfds.core.BuilderConfig):
   seed: int = 0
   pose_prior: str = 'synergy'
   supersample: int = 2
+  # View and framing (scene.SceneConfig has the same fields and defaults).
+  back_fraction: float = 0.5
+  tilt_std_deg: float = 25.0
+  roll_std_deg: float = 35.0
+  fill_range: tuple = (0.6, 0.9)
 
   def scene(self) -> scene.SceneConfig:
     return scene.scene_config(self)
