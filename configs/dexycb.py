@@ -18,7 +18,7 @@ protocol of DESIGN §6: root-relative MPJPE, Umeyama PA with reflection fix)."""
 
 import ml_collections
 
-from configs import model_presets
+from configs import common, model_presets
 
 # S0 train frames before HandOccNet's filtering; `tfds build` prints how many it skips, so set the
 # filtered count here (or --config.dataset.num_train_examples) for exact epochs.
@@ -27,60 +27,14 @@ EPOCHS = 100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.mode = 'train'  # or 'evaluate'
-  config.seed = 0
-  config.batch_size = 64
-  config.epochs = EPOCHS
-  config.log_every_steps = 100
+  config = common.base_config(dataset_name='dex_ycb', eval_split='test')  # S0 test split
+  common.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
-  config.checkpoint_every_steps = 2_000
-  config.keep_checkpoints = 3
-  config.mesh = {'data': -1, 'fsdp': 1}
-  config.fsdp_min_size = 2**18
-  config.ema_decay = 0.0
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 256
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = 'dex_ycb'
-  config.dataset.config_name = 'default'
-  config.dataset.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-  config.dataset.train_split = 'train'
-  config.dataset.eval_split = 'test'
-  config.dataset.num_train_examples = NUM_TRAIN_EXAMPLES
-  # ceil(epochs * examples / batch), recomputed when any of the three is overridden on the command line.
-  batch = config.get_ref('batch_size')
-  examples = config.dataset.get_ref('num_train_examples')
-  config.num_train_steps = (config.get_ref('epochs') * examples + batch - 1) // batch
-  config.dataset.hand_model = 'mano'  # real MANO: MANO_RIGHT/LEFT.pkl via $DIFFHAND_MANO_DIR
-  # DexYCB/manopth tip vertices (thumb, index, middle, ring, little), DESIGN §2
-  config.dataset.tip_ids = (745, 317, 444, 556, 673)
-  config.dataset.crop_margin = 0.25  # crop = square box around the 2D joints, +25% per side (HandOccNet uses 1.5x)
-  config.dataset.scale_range = (0.9, 1.1)  # augmentation (diffhand_jax/augment.py)
+  config.dataset.tip_ids = (745, 317, 444, 556, 673)  # DexYCB/manopth tip vertices (thumb, index, middle, ring, little), DESIGN §2
+  config.dataset.crop_margin = 0.25  # square box around the hand, +25% per side (HandOccNet: 1.5x)
   config.dataset.max_rotation_deg = 30.0
-  config.dataset.max_translation = 0.05  # fraction of the crop box
-  config.dataset.colour_jitter = 0.2
-  config.dataset.max_train_examples = ml_collections.config_dict.placeholder(int)
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-4
-  config.optimizer.warmup_steps = 1_000
-  config.optimizer.end_lr_factor = 0.01
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.clip_norm = 1.0
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.lambda_joint = 1.0
-  config.loss.lambda_smooth = 0.05
-  config.loss.use_2d = True  # the 2D joint term through the weak-perspective camera
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 64
-  config.eval.num_export = 8
-  config.eval.aggregate = 'mean'  # how K > 1 hypotheses (config.model.num_hypotheses) become one mesh: mean | medoid
-  config.eval.max_examples = ml_collections.config_dict.placeholder(int)
   return config
