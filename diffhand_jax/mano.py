@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from diffhand_jax import safe_pickle
+
 NUM_VERTICES = 778
 NUM_JOINTS = 16
 NUM_HAND_POSE = 45  # 15 finger joints x 3
@@ -147,33 +149,6 @@ def _sparse_stub_class(fmt: str) -> type:
 _SPARSE_STUBS = {fmt: _sparse_stub_class(fmt) for fmt in ('csc', 'csr', 'coo')}
 
 
-def _np_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f'refused array subtype {subtype!r}')
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-def _np_scalar(dtype: np.dtype, data: Any = None) -> Any:
-    if isinstance(data, str):
-        data = data.encode('latin1')
-    return np.frombuffer(data, dtype=dtype)[0] if data is not None else dtype.type()
-
-
-def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
-    if isinstance(buf, str):
-        buf = buf.encode('latin1')
-    array = np.frombuffer(bytes(buf), dtype=dtype)
-    if order == 'F':
-        return array.reshape(shape, order='F').copy()
-    return array.reshape(shape).copy()
-
-
-def _codecs_encode(text: Any, encoding: str = 'utf-8', errors: str = 'strict') -> bytes:
-    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1', 'utf-8', 'utf8', 'ascii'):
-        raise pickle.UnpicklingError('refused _codecs.encode call')
-    return text.encode(encoding, errors)
-
-
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     # copyreg._reconstructor, limited to plain objects of allow-listed (stub) classes.
     if base is not object or not isinstance(cls, type) or not issubclass(cls, (_ChumpyStub, _SparseStub)):
@@ -181,21 +156,14 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return object.__new__(cls)
 
 
-_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray')
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(m, '_reconstruct'): _np_reconstruct for m in _NUMPY_MODULES},
-    **{(m, 'scalar'): _np_scalar for m in _NUMPY_MODULES},
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-    ('numpy.core.numeric', '_frombuffer'): _np_frombuffer,
-    ('numpy._core.numeric', '_frombuffer'): _np_frombuffer,
+    **safe_pickle.NUMPY_GLOBALS,
     ('copyreg', '_reconstructor'): _safe_reconstructor,
     ('builtins', 'object'): object,
     ('builtins', 'set'): set,
     ('builtins', 'frozenset'): frozenset,
     ('builtins', 'complex'): complex,
     ('collections', 'OrderedDict'): dict,
-    ('_codecs', 'encode'): _codecs_encode,
 }
 
 

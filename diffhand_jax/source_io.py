@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from diffhand_jax import safe_pickle
+
 MANO_DIR_ENV = 'DIFFHAND_MANO_DIR'
 MANO_URL = 'https://mano.is.tue.mpg.de'
 
@@ -128,35 +130,6 @@ def read_json_list(path: str, *, length: int | None = None, length_source: str =
 # --------------------------------------------------------------------------------------------------
 
 
-def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-  if subtype is not np.ndarray:
-    raise pickle.UnpicklingError(f'refused array subtype {subtype!r}')
-  return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-def _scalar(dtype: np.dtype, data: Any = None) -> Any:
-  if isinstance(data, str):
-    data = data.encode('latin1')
-  return np.frombuffer(data, dtype=dtype)[0] if data is not None else dtype.type()
-
-
-def _codecs_encode(text: Any, encoding: str = 'utf-8', errors: str = 'strict') -> bytes:
-  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1', 'utf-8', 'utf8', 'ascii'):
-    raise pickle.UnpicklingError('refused _codecs.encode call')
-  return text.encode(encoding, errors)
-
-
-_PICKLE_GLOBALS = {
-    ('numpy.core.multiarray', '_reconstruct'): _reconstruct,
-    ('numpy._core.multiarray', '_reconstruct'): _reconstruct,
-    ('numpy.core.multiarray', 'scalar'): _scalar,
-    ('numpy._core.multiarray', 'scalar'): _scalar,
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-    ('_codecs', 'encode'): _codecs_encode,
-}
-
-
 class _DataUnpickler(pickle.Unpickler):
   """Resolves numpy's array / dtype / scalar reconstructors only; any other global is refused."""
 
@@ -165,7 +138,7 @@ class _DataUnpickler(pickle.Unpickler):
     self._source = source
 
   def find_class(self, module: str, name: str) -> Any:
-    found = _PICKLE_GLOBALS.get((module, name))
+    found = safe_pickle.NUMPY_GLOBALS.get((module, name))
     if found is None:
       raise SourceError(f'{self._source}: refused to load {module}.{name} from the pickle (only numpy '
                         'arrays and plain Python values are allowed; no pickle code is executed)')
