@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from diffhand_jax import input_pipeline, train
+from _inference_workdir import tiny_config
 
 
 def test_make_mesh_fills_in_one_axis():
@@ -88,19 +89,8 @@ def test_resize_keeps_projection_consistent():
 
 
 def _tiny_config(data_dir):
-  from configs import synthetic
-  config = synthetic.get_config()
-  config.dataset.config_name = 'tiny'
-  config.dataset.data_dir = str(data_dir)
-  config.model = __import__('configs.model_presets', fromlist=['x']).get_model_config('tiny')
-  config.model.img_size = 32
-  config.model.sampling_steps = 2
-  config.batch_size = 2
-  config.num_train_steps = 4
+  config = tiny_config(data_dir)  # the inference tests' tiny run, logging every step and exporting one
   config.log_every_steps = 1
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 2
-  config.eval.batch_size = 3
   config.eval.num_export = 1
   return config
 
