@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -154,10 +154,10 @@ def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
 
 def crop_around_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, vertices: np.ndarray,
                       bbox: np.ndarray, *, image_size: int, margin: float,
-                      rng: np.random.Generator | None = None,
+                      rngs: Sequence[np.random.Generator] | None = None,
                       augment: Mapping[str, Any] | None = None):
   """Crops a square box around each hand (its bbox widened by ``margin``) and resizes it to
-  ``image_size``, with optional scale / rotation / shift jitter drawn from ``rng``.
+  ``image_size``, with optional scale / rotation / shift jitter drawn from ``rngs`` (one per example).
 
   A rotation of the crop is a rotation of the camera about its optical axis, so the 3D targets are
   rotated with it and image, K, 2D and 3D stay consistent (``augment.crop_and_resize``).
@@ -170,8 +170,8 @@ def crop_around_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, ver
   for i in range(len(images)):
     box = augment_lib.box_from_bbox(bbox[i], margin)
     params = {'scale': 1.0, 'rotation': 0.0, 'translation': (0.0, 0.0)}
-    if augment is not None and rng is not None:
-      params = augment_lib.sample_params(rng, **augment)
+    if augment is not None and rngs is not None:
+      params = augment_lib.sample_params(rngs[i], **augment)
     image, new_K, _ = augment_lib.crop_and_resize(images[i], K[i], box, image_size, **params)
     out_images.append(image)
     out_K.append(new_K)
@@ -190,14 +190,14 @@ def _mirror_boxes(bbox: np.ndarray, width: int, is_left: np.ndarray) -> np.ndarr
 
 def prepare_batch(raw: Mapping[str, np.ndarray], *, vertex_scale: float,
                   image_size: int | None = None, crop_margin: float | None = None,
-                  rng: np.random.Generator | None = None,
+                  rngs: Sequence[np.random.Generator] | None = None,
                   augment: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
   """Turns raw examples (a dict of (B, ...) arrays in the common schema) into model inputs.
 
   Left hands are mirrored first. Then, with ``crop_margin`` set, a square crop around each ``bbox``
   widened by that margin is resized to ``image_size``; with ``crop_margin=None`` the frame is already a
   crop (FreiHAND, synthetic) and is resized whole. ``augment`` (keys of ``augment.sample_params``) jitters
-  the crop's scale, rotation and position with ``rng``.
+  the crop's scale, rotation and position with ``rngs`` (one generator per example).
 
   Returns:
     image float32 (B, H, W, 3); vertices, joints float32 (B, 778, 3), (B, 21, 3) in model space;
@@ -219,7 +219,7 @@ def prepare_batch(raw: Mapping[str, np.ndarray], *, vertex_scale: float,
       bbox = _mirror_boxes(raw['bbox'], images.shape[2], is_left)
       margin = crop_margin
     images, K, joints, vertices = crop_around_hands(images, K, joints, vertices, bbox,
-                                                    image_size=image_size, margin=margin, rng=rng,
+                                                    image_size=image_size, margin=margin, rngs=rngs,
                                                     augment=augment)
   elif image_size is not None:
     images, K = resize_frames(images, K, image_size)
@@ -258,15 +258,17 @@ def global_indices(num_examples: int, batch_size: int, seed: int, step: int) -> 
   return out
 
 
-def colour_jitter(images_uint8: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-  """Random brightness, contrast and per-channel gain, (B, H, W, 3) uint8 → uint8."""
+def colour_jitter(images_uint8: np.ndarray, rngs: Sequence[np.random.Generator],
+                  strength: float) -> np.ndarray:
+  """Random brightness, contrast and per-channel gain, (B, H, W, 3) uint8 → uint8; example i draws
+  from rngs[i]."""
   if strength <= 0:
     return images_uint8
-  batch = images_uint8.shape[0]
+  draws = np.array([rng.uniform(-1.0, 1.0, 5) for rng in rngs])  # (B, 5)
   x = images_uint8.astype(np.float32)
-  brightness = rng.uniform(-40, 40, (batch, 1, 1, 1)) * strength
-  contrast = 1.0 + rng.uniform(-0.3, 0.3, (batch, 1, 1, 1)) * strength
-  gain = 1.0 + rng.uniform(-0.1, 0.1, (batch, 1, 1, 3)) * strength
+  brightness = (40.0 * strength * draws[:, 0])[:, None, None, None]
+  contrast = (1.0 + 0.3 * strength * draws[:, 1])[:, None, None, None]
+  gain = (1.0 + 0.1 * strength * draws[:, 2:5])[:, None, None, :]
   mean = x.mean(axis=(1, 2, 3), keepdims=True)
   x = ((x - mean) * contrast + mean + brightness) * gain
   return np.clip(x, 0, 255).astype(np.uint8)
@@ -287,12 +289,14 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: in
   step = start_step
   while True:
     indices = global_indices(num_examples, batch_size, seed, step)
+    positions = range(process_index * local, (process_index + 1) * local)
     indices = indices[process_index * local:(process_index + 1) * local]
     raw = {key: value[indices] for key, value in arrays.items()}
-    rng = np.random.default_rng([seed, step, 1])
-    raw['image'] = colour_jitter(raw['image'], rng, colour_strength)
+    # One generator per row of the global batch: augmentation does not depend on how it is split.
+    rngs = [np.random.default_rng([seed, step, 1, position]) for position in positions]
+    raw['image'] = colour_jitter(raw['image'], rngs, colour_strength)
     yield prepare_batch(raw, vertex_scale=vertex_scale, image_size=image_size, crop_margin=crop_margin,
-                        rng=rng, augment=augment)
+                        rngs=rngs, augment=augment)
     step += 1
 
 

@@ -462,13 +462,13 @@ def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval
     if export and config.eval.num_export > 0:
       export_examples(os.path.join(workdir, 'export', f'step_{step}'), prediction, eval_arrays, topology,
                       config.eval.num_export)
-  print(f'eval step {step} ({split}, {results["num_examples"]} examples, {time.time() - start:.1f}s): '
+  _print(f'eval step {step} ({split}, {results["num_examples"]} examples, {time.time() - start:.1f}s): '
         f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {baseline["pa_mpvpe"]:.2f}), '
         f'mpvpe {results["mpvpe"]:.2f}, pa_mpjpe {results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}',
         flush=True)
   if num_hypotheses > 1:
     oracle = results['hypotheses']['oracle']
-    print(f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
+    _print(f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
           f'uncertainty-error rank correlation '
           f'{results["hypotheses"]["spearman"]["pa_mpvpe"]:.2f}', flush=True)
   return results
@@ -486,7 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_arrays = input_pipeline.load_split(config.dataset, config.dataset.train_split,
                                            config.dataset.get('max_train_examples'))
   eval_arrays = _eval_arrays(config)
-  print(f'data: {len(train_arrays["image"])} train / {len(eval_arrays["image"])} '
+  _print(f'data: {len(train_arrays["image"])} train / {len(eval_arrays["image"])} '
         f'{config.dataset.eval_split} examples; mesh {dict(mesh.shape)}', flush=True)
 
   abstract_state = _abstract_state(config, model, optimizer)
@@ -499,10 +499,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is None:
     state = jax.jit(functools.partial(create_train_state, config, model, optimizer),
                     out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-    print(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
+    _print(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   else:
     state = restored
-    print(f'resumed from step {int(state.step)}', flush=True)
+    _print(f'resumed from step {int(state.step)}', flush=True)
   start_step = int(state.step)
   if jax.process_index() == 0:
     _truncate_metrics_log(os.path.join(workdir, 'metrics.jsonl'), start_step)
@@ -543,7 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         values['loss'] = values['total']
         logger.write(done, 'train', values)
         eta = (config.num_train_steps - done) / max(rate, 1e-9)
-        print(f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
+        _print(f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
               f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
               f'smooth {values["smooth"]:.4f}) | {rate:.2f} steps/s | ETA {_format_seconds(eta)}', flush=True)
         window_start, window_steps, history = time.time(), 0, []
@@ -554,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
       if preempted:
         manager.wait_until_finished()
-        print(f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
+        _print(f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
               flush=True)
         manager.close()
         logger.close()
@@ -567,11 +567,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.wait_until_finished()
   manager.close()
   logger.close()
-  print(f'trained steps {start_step}..{int(state.step)} in {_format_seconds(time.time() - loop_start)}',
+  _print(f'trained steps {start_step}..{int(state.step)} in {_format_seconds(time.time() - loop_start)}',
         flush=True)
   if results is None:  # nothing left to train: score what was restored
     results = evaluate_checkpoint(config, workdir)
   return results
+
+
+def _print(*args, **kwargs) -> None:
+  """Progress output, from process 0 only."""
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
 
 
 def _check_finite(loss: float, step: int, workdir: str) -> None:
@@ -595,7 +601,7 @@ class PreemptionSignal:
 
   def _handle(self, signum, frame):
     del frame
-    print(f'received signal {signum}: checkpointing after this step', flush=True)
+    _print(f'received signal {signum}: checkpointing after this step', flush=True)
     self.received = True
 
   def __enter__(self):

@@ -1,0 +1,46 @@
+"""Two processes over localhost (launch/local.sh, one fake CPU device each) train exactly as one process
+does: same global batches, same losses. Slow: it starts three Python processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return {r['step']: r['loss'] for r in records if r['split'] == 'train'}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+  config_file = tmp_path / 'tiny_config.py'
+  config_file.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
+      'from _inference_workdir import tiny_config\n'
+      'def get_config():\n'
+      f'  config = tiny_config({str(tmp_path / "tfds")!r})\n'
+      '  config.log_every_steps = 1\n'
+      '  return config\n')
+  command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
+  env = dict(os.environ, LOG_DIR=str(tmp_path / 'logs'))
+  single = subprocess.run(command + [f'--workdir={tmp_path / "one"}'], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi = subprocess.run([os.path.join(REPO, 'launch', 'local.sh'), '2', '--'] + command
+                         + [f'--workdir={tmp_path / "two"}'], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+  logs = ''.join(open(tmp_path / 'logs' / f'process_{i}.log').read()[-2000:] for i in range(2))
+  assert multi.returncode == 0, logs
+  assert 'process 1 of 2' in logs
+  one, two = _losses(tmp_path / 'one'), _losses(tmp_path / 'two')
+  assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+  for step in one:
+    assert two[step] == pytest.approx(one[step], rel=1e-5)
+  assert os.path.exists(tmp_path / 'two' / 'results.json')  # written once, by process 0
