@@ -44,3 +44,48 @@ def test_two_processes_match_one(tmp_path):
   for step in one:
     assert two[step] == pytest.approx(one[step], rel=1e-5)
   assert os.path.exists(tmp_path / 'two' / 'results.json')  # written once, by process 0
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
+  """SIGTERM (what SLURM sends) makes main checkpoint at the current step and exit 0; the same command
+  then resumes from that step."""
+  import signal
+  import time
+  config_file = tmp_path / 'long_config.py'
+  config_file.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
+      'from _inference_workdir import tiny_config\n'
+      'def get_config():\n'
+      f'  config = tiny_config({str(tmp_path / "tfds")!r})\n'
+      '  config.num_train_steps = 100000\n'
+      '  config.log_every_steps = 1\n'
+      '  config.checkpoint_every_steps = 100000\n'
+      '  config.eval_every_steps = 100000\n'
+      '  return config\n')
+  workdir = tmp_path / 'run'
+  command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}', f'--workdir={workdir}']
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  output = ''
+  while time.time() < deadline:
+    line = process.stdout.readline()
+    output += line
+    if line.startswith('step 3/'):
+      process.send_signal(signal.SIGTERM)
+      break
+  rest, _ = process.communicate(timeout=300)
+  output += rest
+  assert process.returncode == 0, output[-3000:]
+  assert 'preempted: saved a checkpoint at step' in output
+  saved = int(output.split('preempted: saved a checkpoint at step ')[1].split(';')[0])
+  assert saved >= 3
+  assert str(saved) in os.listdir(workdir / 'checkpoints')
+
+  config_file.write_text(config_file.read_text().replace('100000\n  config.log_every_steps',
+                                                         f'{saved + 2}\n  config.log_every_steps'))
+  resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'resumed from step {saved}' in resumed.stdout
+  assert sorted(_losses(workdir))[-1] == saved + 2
