@@ -311,7 +311,7 @@ def read_dexycb(path: str, *, expected_count: int | None = None) -> tuple[np.nda
 # ==================================================================================================
 
 # Where the builders may keep what a submission needs besides the common schema (DESIGN §7).
-ROOT_FEATURES = ('root_3d', 'root_joint_3d', 'hand_root_3d')
+ROOT_FEATURES = ('root_joint', 'root_3d', 'root_joint_3d', 'hand_root_3d')  # datasets/ho3d emits root_joint
 ID_FEATURES = ('image_id', 'sample_id', 'id')
 
 
