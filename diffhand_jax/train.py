@@ -527,41 +527,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = None
   window_start, window_steps, history = time.time(), 0, []
   loop_start = time.time()
-  with PreemptionSignal() as preemption:
-    for step in range(start_step, config.num_train_steps):
-      batch = next(batches)
-      state, parts = step_fn(state, to_global({k: batch[k] for k in train_keys}, data_sharding))
-      history.append(parts)
-      window_steps += 1
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == config.num_train_steps:
-        values = {k: float(np.mean([float(p[k]) for p in history])) for k in history[0]}
-        _check_finite(values['total'], done, workdir)
-        elapsed = time.time() - window_start
-        rate = window_steps / max(elapsed, 1e-9)
-        values['steps_per_sec'] = rate
-        values['loss'] = values['total']
-        logger.write(done, 'train', values)
-        eta = (config.num_train_steps - done) / max(rate, 1e-9)
-        _print(f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
-              f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
-              f'smooth {values["smooth"]:.4f}) | {rate:.2f} steps/s | ETA {_format_seconds(eta)}', flush=True)
-        window_start, window_steps, history = time.time(), 0, []
-      preempted = preemption.received or manager.reached_preemption(done)
-      if preempted or manager.should_save(done):
-        # Never let a diverged state replace the last good checkpoint.
-        _check_finite(float(parts['total']), done, workdir)
-        manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
-      if preempted:
-        manager.wait_until_finished()
-        _print(f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
-              flush=True)
-        manager.close()
-        logger.close()
-        return {'step': done, 'preempted': True}
-      if done % config.eval_every_steps == 0 or done == config.num_train_steps:
-        results = run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval_arrays,
-                                 train_arrays, logger)
+  try:
+    with PreemptionSignal() as preemption:
+      for step in range(start_step, config.num_train_steps):
+        batch = next(batches)
+        state, parts = step_fn(state, to_global({k: batch[k] for k in train_keys}, data_sharding))
+        history.append(parts)
+        window_steps += 1
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == config.num_train_steps:
+          values = {k: float(np.mean([float(p[k]) for p in history])) for k in history[0]}
+          _check_finite(values['total'], done, workdir)
+          elapsed = time.time() - window_start
+          rate = window_steps / max(elapsed, 1e-9)
+          values['steps_per_sec'] = rate
+          values['loss'] = values['total']
+          logger.write(done, 'train', values)
+          eta = (config.num_train_steps - done) / max(rate, 1e-9)
+          _print(f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
+                f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
+                f'smooth {values["smooth"]:.4f}) | {rate:.2f} steps/s | ETA {_format_seconds(eta)}',
+                flush=True)
+          window_start, window_steps, history = time.time(), 0, []
+        preempted = preemption.received or manager.reached_preemption(done)
+        if preempted or manager.should_save(done):
+          # Never let a diverged state replace the last good checkpoint.
+          _check_finite(float(parts['total']), done, workdir)
+          manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
+        if preempted:
+          manager.wait_until_finished()
+          _print(f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
+                flush=True)
+          manager.close()
+          logger.close()
+          return {'step': done, 'preempted': True}
+        if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+          results = run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval_arrays,
+                                   train_arrays, logger)
+  except BaseException:
+    # Let the checkpoints already saved (the last good state) finish writing before the error leaves.
+    manager.wait_until_finished()
+    manager.close()
+    logger.close()
+    raise
   if manager.latest_step() != int(state.step):
     manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
   manager.wait_until_finished()

@@ -177,3 +177,27 @@ def test_evaluate_mode_with_hypotheses_writes_oracle_and_per_sample_errors(train
   assert per_sample['pa_mpvpe'].shape == (results['num_examples'],)
   assert per_sample['pa_mpvpe'].mean() == pytest.approx(results['pa_mpvpe'])
   assert np.all(per_sample['uncertainty_m'] > 0)  # three different noises give three meshes
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  config = _tiny_config(tmp_path / 'tfds')
+  config.eval.num_export = 0
+  config.num_train_steps = 6
+  config.checkpoint_every_steps = 1
+  real_batches = input_pipeline.train_batches
+
+  def poisoned(*args, **kwargs):
+    for step, batch in enumerate(real_batches(*args, **kwargs), start=kwargs['start_step'] + 1):
+      if step == 3:
+        batch = dict(batch, vertices=np.full_like(batch['vertices'], np.nan))
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', poisoned)
+  workdir = tmp_path / 'run'
+  with pytest.raises(FloatingPointError, match='by step 3'):
+    train.train_and_evaluate(config, str(workdir))
+  steps = sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
+  assert steps[-1] == 2  # the diverged state was never saved
+  monkeypatch.setattr(input_pipeline, 'train_batches', real_batches)
+  results = train.evaluate_checkpoint(config, str(workdir))
+  assert results['step'] == 2 and np.isfinite(results['pa_mpvpe'])
