@@ -89,3 +89,24 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'resumed from step {saved}' in resumed.stdout
   assert sorted(_losses(workdir))[-1] == saved + 2
+
+
+@pytest.mark.slow
+def test_meshes_match_one_device(tmp_path):
+  """With 8 fake CPU devices, meshes (data=8), (data=2, fsdp=4) and (fsdp=8) give the same losses and
+  parameters after 3 steps as one device, and FSDP really shards the parameters."""
+  import numpy as np
+  out = tmp_path / 'meshes.npz'
+  env = dict(os.environ, PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'tests', '_mesh_equivalence.py'),
+                           str(tmp_path / 'tfds'), str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  runs = np.load(out)
+  reference_losses, reference_params = runs['one_device_losses'], runs['one_device_params']
+  for name in ('data8', 'data2_fsdp4', 'fsdp8'):
+    np.testing.assert_allclose(runs[f'{name}_losses'], reference_losses, rtol=1e-5)
+    relative = np.linalg.norm(runs[f'{name}_params'] - reference_params) / np.linalg.norm(reference_params)
+    assert relative <= 1e-5, (name, relative)
+  assert int(runs['data8_sharded_leaves']) == 0
+  assert int(runs['fsdp8_sharded_leaves']) > 0 and int(runs['data2_fsdp4_sharded_leaves']) > 0
