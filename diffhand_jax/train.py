@@ -245,11 +245,15 @@ def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.n
           'gt_joints': _to_metres(np.concatenate(gt_joints), vertex_scale)}
 
 
+def regress_joints(vertices: np.ndarray, joint_regressor) -> np.ndarray:
+  """J = W·V̂ in numpy float64: (B, N, 3) → (B, 21, 3)."""
+  return np.einsum('jn,bnc->bjc', np.asarray(joint_regressor, np.float64), vertices)
+
+
 def score(pred_vertices, gt_vertices, gt_joints, joint_regressor) -> dict[str, float]:
   """metrics.evaluate with predicted joints regressed from the predicted mesh (J = W·V̂)."""
-  W = np.asarray(joint_regressor, np.float64)
-  pred_joints = np.einsum('jn,bnc->bjc', W, pred_vertices)
-  return metrics.evaluate(pred_joints, gt_joints, pred_vertices, gt_vertices)
+  return metrics.evaluate(regress_joints(pred_vertices, joint_regressor), gt_joints, pred_vertices,
+                          gt_vertices)
 
 
 def mean_mesh_baseline(train_arrays, eval_prediction, joint_regressor, vertex_scale) -> dict[str, float]:
@@ -431,9 +435,8 @@ def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval
   method = config.eval.get('aggregate', 'mean')
   prediction['vertices'] = hypotheses_lib.aggregate(prediction['hypotheses'], method)
   W = np.asarray(topology.joint_regressor, np.float64)
-  pred_joints = np.einsum('jn,bnc->bjc', W, prediction['vertices'])
-  per_sample = metrics.evaluate_per_sample(pred_joints, prediction['gt_joints'], prediction['vertices'],
-                                           prediction['gt_vertices'])
+  per_sample = metrics.evaluate_per_sample(regress_joints(prediction['vertices'], W), prediction['gt_joints'],
+                                           prediction['vertices'], prediction['gt_vertices'])
   results = {key: float(np.mean(value)) for key, value in per_sample.items()}
   baseline = mean_mesh_baseline(train_arrays, prediction, topology.joint_regressor,
                                 config.model.vertex_scale)

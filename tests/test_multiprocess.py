@@ -11,6 +11,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _write_tiny_config(path, data_dir, **overrides):
+  """A config file for main: the tests' tiny run, with ``overrides`` set in order."""
+  lines = ['import sys', f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})',
+           'from _inference_workdir import tiny_config', 'def get_config():',
+           f'  config = tiny_config({str(data_dir)!r})']
+  lines += [f'  config.{key} = {value!r}' for key, value in overrides.items()]
+  path.write_text('\n'.join(lines + ['  return config', '']))
+
+
 def _losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -20,14 +29,7 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   config_file = tmp_path / 'tiny_config.py'
-  config_file.write_text(
-      'import sys\n'
-      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
-      'from _inference_workdir import tiny_config\n'
-      'def get_config():\n'
-      f'  config = tiny_config({str(tmp_path / "tfds")!r})\n'
-      '  config.log_every_steps = 1\n'
-      '  return config\n')
+  _write_tiny_config(config_file, tmp_path / 'tfds', log_every_steps=1)
   command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
   env = dict(os.environ, LOG_DIR=str(tmp_path / 'logs'))
   single = subprocess.run(command + [f'--workdir={tmp_path / "one"}'], cwd=REPO, env=env,
@@ -53,17 +55,8 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
   import signal
   import time
   config_file = tmp_path / 'long_config.py'
-  config_file.write_text(
-      'import sys\n'
-      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
-      'from _inference_workdir import tiny_config\n'
-      'def get_config():\n'
-      f'  config = tiny_config({str(tmp_path / "tfds")!r})\n'
-      '  config.num_train_steps = 100000\n'
-      '  config.log_every_steps = 1\n'
-      '  config.checkpoint_every_steps = 100000\n'
-      '  config.eval_every_steps = 100000\n'
-      '  return config\n')
+  _write_tiny_config(config_file, tmp_path / 'tfds', num_train_steps=100000, log_every_steps=1,
+                     checkpoint_every_steps=100000, eval_every_steps=100000)
   workdir = tmp_path / 'run'
   command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}', f'--workdir={workdir}']
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
