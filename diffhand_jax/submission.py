@@ -15,6 +15,12 @@ Formats (as the official evaluation scripts read them):
   order, OpenGL camera frame (diag(1, -1, -1) of ours), HO-3D's joint order.
 * DexYCB (NVlabs/dex-ycb-toolkit `hpe_eval.py`): a text file, one line per sample:
   `image_id,x1,y1,z1,...,x21,y21,z21` (64 comma-separated fields), millimetres, camera frame, 21-order.
+  The image id is the toolkit's sample index in `DexYCBDataset('s0', split)`, counted before any
+  filtering (the builder's `sample_id`; datasets/dex_ycb explains the order). `HPEEvaluator.evaluate`
+  scores every sample of the split whose joint_3d is not all -1 and asserts that each has a line
+  ("missing image id in result file"): a file must cover the whole split; lines for other ids are
+  ignored, and a repeated id silently replaces the earlier line (we refuse it). The builder's metadata
+  holds the number of samples the toolkit scores, and the writer checks the file against it.
 
 Absolute positions. The model predicts root-relative shape. The aligned metrics that papers report
 (FreiHAND/HO-3D Procrustes-aligned joints and mesh and their F-scores; DexYCB root-relative and
@@ -247,7 +253,18 @@ def read_ho3d(path: str, *, expected_count: int | None = None) -> tuple[np.ndarr
   return from_ho3d(*read_pred_zip(path, frame='opengl', expected_count=expected_count))
 
 
-def validate_dexycb_ids(name: str, ids: Sequence[int], count: int) -> np.ndarray:
+_TOOLKIT_NEEDS_ALL = ("dex-ycb-toolkit's hpe_eval.py asserts a line for every sample of the split whose "
+                      "joint_3d is not all -1 and stops at the first missing one ('missing image id in result file')")
+
+
+def validate_dexycb_ids(name: str, ids: Sequence[int], count: int, *, expected_count: int | None = None,
+                        num_samples: int | None = None, required_ids: Sequence[int] | None = None) -> np.ndarray:
+  """Checks the image ids of a DexYCB result file: (M,) distinct integers >= 0, one per prediction.
+
+  expected_count: the number of samples the toolkit scores in the split (a complete file has that many
+  lines). num_samples: the toolkit's split length (ids are indices below it). required_ids: the ids the
+  toolkit scores, each of which needs a line. Returns the ids as int64.
+  """
   ids = np.asarray(ids)
   if ids.shape != (count,):
     raise SubmissionError(f'{name}: {ids.shape} ids for {count} predictions')
@@ -255,20 +272,36 @@ def validate_dexycb_ids(name: str, ids: Sequence[int], count: int) -> np.ndarray
     if not np.all(np.equal(np.mod(ids.astype(np.float64), 1), 0)):
       raise SubmissionError(f'{name}: image ids must be integers')
     ids = ids.astype(np.int64)
+  ids = ids.astype(np.int64)
   if len(np.unique(ids)) != len(ids):
     raise SubmissionError(f'{name}: image ids repeat')
   if ids.min() < 0:
     raise SubmissionError(f'{name}: image ids must be >= 0')
+  if num_samples is not None and ids.max() >= num_samples:
+    raise SubmissionError(f'{name}: image id {int(ids.max())} is past the split, whose toolkit indices run '
+                          f'0..{num_samples - 1}')
+  if required_ids is not None:
+    missing = np.setdiff1d(np.asarray(required_ids, np.int64), ids)
+    if missing.size:
+      raise SubmissionError(f'{name}: no line for {missing.size} of the {len(required_ids)} samples the '
+                            f'toolkit scores (ids {missing[:5].tolist()}{" ..." if missing.size > 5 else ""}); '
+                            + _TOOLKIT_NEEDS_ALL)
+  if expected_count is not None and count != expected_count:
+    raise SubmissionError(f'{name}: {count} lines, but the toolkit scores {expected_count} samples of this '
+                          f'split; {_TOOLKIT_NEEDS_ALL}')
   return ids
 
 
 def write_dexycb(path: str, ids: Sequence[int], joints_m: np.ndarray, *,
-                 expected_count: int | None = None, decimals: int = 4) -> str:
-  """DexYCB result txt: ids (M,) the toolkit's image ids, joints (M, 21, 3) in METRES (21-order, camera
-  frame, absolute); written in millimetres, `id,x1,y1,z1,...` (64 fields a line)."""
+                 expected_count: int | None = None, num_samples: int | None = None,
+                 required_ids: Sequence[int] | None = None, decimals: int = 4) -> str:
+  """DexYCB result txt: ids (M,) the toolkit's sample indices (the builder's `sample_id`), joints
+  (M, 21, 3) in METRES (21-order, camera frame, absolute); written in millimetres, `id,x1,y1,z1,...`
+  (64 fields a line). expected_count / num_samples / required_ids: see `validate_dexycb_ids`."""
   joints_mm = np.asarray(joints_m, np.float64) * 1000.0
-  validate_points(path, joints_mm, None, unit='mm', frame='opencv', expected_count=expected_count)
-  ids = validate_dexycb_ids(path, ids, len(joints_mm))
+  validate_points(path, joints_mm, None, unit='mm', frame='opencv', expected_count=None)
+  checks = dict(expected_count=expected_count, num_samples=num_samples, required_ids=required_ids)
+  ids = validate_dexycb_ids(path, ids, len(joints_mm), **checks)
 
   def write(tmp):
     with open(tmp, 'w') as f:
@@ -276,15 +309,17 @@ def write_dexycb(path: str, ids: Sequence[int], joints_m: np.ndarray, *,
         f.write(f'{int(image_id)},' + ','.join(f'{v:.{decimals}f}' for v in values) + '\n')
 
   def check(tmp):
-    read_ids, read_joints = read_dexycb(tmp, expected_count=expected_count)
+    read_ids, read_joints = read_dexycb(tmp, **checks)
     if not np.array_equal(read_ids, ids) or np.abs(read_joints - joints_mm).max() > 10.0 ** -decimals:
       raise SubmissionError(f'{path}: the written file does not read back as the predictions')
 
   return _write_atomically(path, write, check)
 
 
-def read_dexycb(path: str, *, expected_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Reads and validates a DexYCB result txt as the toolkit does: (ids (M,), joints (M, 21, 3) mm)."""
+def read_dexycb(path: str, *, expected_count: int | None = None, num_samples: int | None = None,
+                required_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Reads and validates a DexYCB result txt as the toolkit does: (ids (M,), joints (M, 21, 3) mm).
+  expected_count / num_samples / required_ids: see `validate_dexycb_ids`."""
   if not os.path.exists(path):
     raise SubmissionError(f'{path} does not exist')
   ids, joints = [], []
@@ -302,8 +337,10 @@ def read_dexycb(path: str, *, expected_count: int | None = None) -> tuple[np.nda
   if not joints:
     raise SubmissionError(f'{path}: no lines')
   joints = np.stack(joints)
-  validate_points(path, joints, None, unit='mm', frame='opencv', expected_count=expected_count)
-  return validate_dexycb_ids(path, ids, len(joints)), joints
+  validate_points(path, joints, None, unit='mm', frame='opencv', expected_count=None)
+  ids = validate_dexycb_ids(path, ids, len(joints), expected_count=expected_count, num_samples=num_samples,
+                            required_ids=required_ids)
+  return ids, joints
 
 
 # ==================================================================================================
@@ -332,6 +369,18 @@ def _load_features(dataset_config, split: str, names: Sequence[str], max_example
   return {n: np.asarray(arrays[n]) for n in present}
 
 
+def dexycb_toolkit_counts(dataset_config, split: str) -> dict[str, Any] | None:
+  """What datasets/dex_ycb recorded about a split's toolkit numbering (its metadata's 'toolkit' entry):
+  {'num_samples', 'num_evaluated', 'num_kept', 'evaluated_but_dropped', 'full_release'}, or None when the
+  dataset has no such record (another builder, or one built before sample_id existed)."""
+  from diffhand_jax import input_pipeline
+  metadata = input_pipeline.get_builder(dataset_config).info.metadata
+  toolkit = dict(metadata.items()).get('toolkit') if metadata is not None else None
+  if not isinstance(toolkit, dict) or split not in toolkit.get('splits', {}):
+    return None
+  return dict(toolkit['splits'][split], full_release=bool(toolkit.get('full_release')))
+
+
 def _pick_feature(extras: dict, wanted: str | None, candidates: Sequence[str], what: str, split: str):
   names = [wanted] if wanted else list(candidates)
   for name in names:
@@ -348,7 +397,9 @@ def predict_absolute(workdir: str, benchmark: str, *, overrides: Sequence[str] =
                      chunk: int = 256, progress: bool = True) -> dict[str, Any]:
   """Runs a checkpoint over a benchmark's evaluation split and returns absolute camera-frame predictions
   in OUR convention: {'joints': (M, 21, 3) m, 'vertices': (M, 778, 3) m, 'ids': (M,) or None,
-  'settings': {...}}. Left hands are un-mirrored."""
+  'settings': {...}, 'count': M, 'toolkit': `dexycb_toolkit_counts` for dexycb, else None}. Left hands
+  are un-mirrored. DexYCB: refuses, before any inference, a split whose builder dropped samples that the
+  toolkit scores (unless max_examples, a quick try)."""
   import jax
   from diffhand_jax import inference, input_pipeline, train
 
@@ -358,6 +409,17 @@ def predict_absolute(workdir: str, benchmark: str, *, overrides: Sequence[str] =
   config = inference.apply_overrides(config, overrides)
   split = split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)
+  toolkit = None
+  if benchmark == 'dexycb':
+    # Before any inference: a split the builder filtered more than the toolkit can never give a
+    # complete file.
+    toolkit = dexycb_toolkit_counts(config.dataset, split)
+    if toolkit and toolkit['evaluated_but_dropped'] and not max_examples:
+      dropped = toolkit['evaluated_but_dropped']
+      raise SubmissionError(
+          f'dexycb {split!r}: the builder dropped {len(dropped)} sample(s) (sample_id {dropped[:5]}'
+          f'{" ..." if len(dropped) > 5 else ""}) whose joint_3d is valid (an all-zero pose_m or an all -1 '
+          f'joint_2d), so the file cannot have their lines; {_TOOLKIT_NEEDS_ALL}')
   sampler = inference.Sampler(
       model, params, schedule, vertex_scale, num_steps=int(config.model.sampling_steps),
       num_hypotheses=int(num_hypotheses or config.model.num_hypotheses), eta=float(config.model.eta),
@@ -412,7 +474,8 @@ def predict_absolute(workdir: str, benchmark: str, *, overrides: Sequence[str] =
                                                        'scales': list(tta_config.scales),
                                                        'align': tta_config.align},
                   root='provided' if provided_root is not None else 'weak_perspective')
-  return {'joints': joints, 'vertices': vertices, 'ids': ids, 'settings': settings, 'count': count}
+  return {'joints': joints, 'vertices': vertices, 'ids': ids, 'settings': settings, 'count': count,
+          'toolkit': toolkit}
 
 
 def write_submission(workdir: str, benchmark: str, output: str, **kwargs) -> dict[str, Any]:
@@ -423,7 +486,22 @@ def write_submission(workdir: str, benchmark: str, output: str, **kwargs) -> dic
   elif benchmark == 'ho3d':
     write_ho3d(output, result['joints'], result['vertices'], expected_count=result['count'])
   else:
-    write_dexycb(output, result['ids'], result['joints'], expected_count=result['count'])
+    toolkit = result['toolkit']
+    expected_count = result['count']
+    if toolkit is None:
+      print('dexycb: the dataset records no toolkit counts, so the file is checked against the split\'s '
+            'length only (rebuild datasets/dex_ycb to check it against what the toolkit scores)',
+            file=sys.stderr)
+    elif kwargs.get('max_examples'):
+      print(f'dexycb: --max_examples: the file covers {result["count"]} of the {toolkit["num_evaluated"]} '
+            f'samples the toolkit scores; {_TOOLKIT_NEEDS_ALL}', file=sys.stderr)
+    else:
+      expected_count = toolkit['num_evaluated']
+    if toolkit is not None and not toolkit['full_release']:
+      print('dexycb: the dataset was built from a partial copy of DexYCB: its sample_ids are not the '
+            "toolkit's indices of the full release", file=sys.stderr)
+    write_dexycb(output, result['ids'], result['joints'], expected_count=expected_count,
+                 num_samples=toolkit['num_samples'] if toolkit else None)
   return dict(result['settings'], output=output, count=result['count'], benchmark=benchmark)
 
 
@@ -447,9 +525,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--tta_scales', default='0.9,1.0,1.1')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--root_feature', default=None, help='ho3d: the feature holding the given root')
-  parser.add_argument('--id_feature', default=None, help='dexycb: the feature holding the image id')
-  parser.add_argument('--max_examples', type=int, default=None, help='for a quick try (fails the count '
-                      'check of a real submission only if the split is longer)')
+  parser.add_argument('--id_feature', default=None, help="dexycb: the feature holding the toolkit's sample "
+                      'index (default: the first of image_id, sample_id, id; datasets/dex_ycb emits sample_id)')
+  parser.add_argument('--max_examples', type=int, default=None, help='for a quick try: the file then lacks '
+                      'the rest of the split (a DexYCB file is then incomplete, which the toolkit refuses)')
   return parser
 
 

@@ -1,10 +1,15 @@
 """datasets/dex_ycb: built from a generated DexYCB copy; S0 split, filtering, PCA pose, left hands."""
 
+import atexit
+import functools
 import os
+import pathlib
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
+import yaml
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
@@ -19,17 +24,65 @@ def _build(manual_dir, data_dir):
   return builder
 
 
-@pytest.fixture(scope='module')
-def fixture(tmp_path_factory):
-  root = tmp_path_factory.mktemp('dex_ycb_fixture')
-  mano_dir = make_fixtures.write_mano_standins(str(root / 'mano'))
-  truth = make_fixtures.make_dex_ycb(str(root / 'dex_ycb'), mano_dir)
+@functools.lru_cache(maxsize=None)
+def built_fixture() -> dict:
+  """The DexYCB fixture written and built once per pytest process (test_submission uses it too):
+  {'root': the copy, 'data_dir': the TFDS data dir, 'truth', 'mano_dir'}; removed when the process exits.
+  Tests must not modify it (copy it first)."""
+  base = pathlib.Path(tempfile.mkdtemp(prefix='diffhand_dex_ycb_tests_'))
+  atexit.register(shutil.rmtree, base, True)
+  mano_dir = make_fixtures.write_mano_standins(str(base / 'mano'))
+  truth = make_fixtures.make_dex_ycb(str(base / 'dex_ycb'), mano_dir)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('DIFFHAND_MANO_DIR', mano_dir)
-    builder = _build(root / 'dex_ycb', tmp_path_factory.mktemp('dex_ycb_data'))
-    hands = source_io.ManoEvaluator(mano_dir)
+    _build(base / 'dex_ycb', base / 'tfds')
+  return {'root': base / 'dex_ycb', 'data_dir': str(base / 'tfds'), 'truth': truth, 'mano_dir': mano_dir}
+
+
+# The toolkit's S0 subject indices per split (dex_ycb_toolkit/dex_ycb.py, DexYCBDataset.__init__, 's0').
+TOOLKIT_S0_SUBJECTS = {'train': range(10), 'validation': (0, 1), 'test': range(2, 10)}
+
+
+def toolkit_samples(root, split):
+  """DexYCBDataset('s0', split)._mapping restated from the folders, for a copy whose subjects are the
+  toolkit's first ones and whose cameras are make_fixtures.DEXYCB_SERIALS (the copy's `_SERIALS`):
+  [(index, 'subject/sequence/serial/frame', label path)] in the toolkit's order, filtered or not."""
+  subjects = [s for i, s in enumerate(make_fixtures.DEXYCB_SUBJECTS) if i in TOOLKIT_S0_SUBJECTS[split]]
+  serials = list(make_fixtures.DEXYCB_SERIALS)
+  wanted = (lambda i: i % 5 != 4) if split == 'train' else (lambda i: i % 5 == 4)
+  sequences = []
+  for subject in subjects:
+    names = sorted(os.listdir(os.path.join(root, subject)))
+    sequences += [os.path.join(subject, name) for i, name in enumerate(names) if wanted(i)]
+  mapping = []
+  for s, sequence in enumerate(sequences):
+    with open(os.path.join(root, sequence, 'meta.yml')) as f:
+      num_frames = yaml.safe_load(f)['num_frames']
+    f, c = np.meshgrid(np.arange(num_frames), np.arange(len(serials)))
+    mapping.append(np.stack([np.full(c.size, s), c.ravel(), f.ravel()], axis=1))
+  mapping = np.concatenate(mapping)
+  return [(index, f'{sequences[s]}/{serials[c]}/{f}',
+           os.path.join(root, sequences[s], serials[c], f'labels_{f:06d}.npz'))
+          for index, (s, c, f) in enumerate(mapping)]
+
+
+def toolkit_evaluated_ids(root, split):
+  """The ids hpe_eval.py scores (and requires in a result file): those whose joint_3d is not all -1."""
+  out = []
+  for index, _, label_path in toolkit_samples(root, split):
+    with np.load(label_path) as label:
+      if not np.all(label['joint_3d'].reshape(21, 3) == -1):
+        out.append(index)
+  return out
+
+
+@pytest.fixture(scope='module')
+def fixture():
+  built = built_fixture()
+  builder = dex_ycb.Builder(data_dir=built['data_dir'])
+  hands = source_io.ManoEvaluator(built['mano_dir'])
   splits = {split: list(tfds.as_numpy(builder.as_dataset(split=split))) for split in dex_ycb.SPLITS}
-  return {'root': root / 'dex_ycb', 'truth': truth, 'hands': hands, **splits}
+  return {**built, 'hands': hands, **splits}
 
 
 def _key(example):
@@ -54,13 +107,58 @@ def test_s0_membership_and_filtering(fixture):
       want = 'train' if i % 5 != 4 else ('validation' if subjects.index(subject) < 2 else 'test')
       assert want == split
   invalid = {key for key, entry in truth.items() if entry['invalid']}
-  assert len(invalid) == 3
+  assert len(invalid) == 4
   all_keys = {_key(e) for split in dex_ycb.SPLITS for e in fixture[split]}
   assert not invalid & all_keys
   # Examples run camera by camera, then frame by frame, within a sequence (the toolkit's order).
   keys = [_key(e) for e in fixture['train']]
   two_frames = [k for k in keys if '20200709_' in k and k.split('/')[1].endswith(f'{141754 + 97 * 3:06d}')]
   assert two_frames == sorted(two_frames, key=lambda k: (k.split('/')[2], int(k.split('/')[3])))
+
+
+def test_sample_id_is_the_toolkit_index_with_gaps(fixture):
+  for split in dex_ycb.SPLITS:
+    index_of = {key: index for index, key, _ in toolkit_samples(str(fixture['root']), split)}
+    keys = [_key(example) for example in fixture[split]]
+    ids = [int(example['sample_id']) for example in fixture[split]]
+    assert ids == [index_of[key] for key in keys], split
+    assert ids == sorted(ids), split  # the builder runs in the toolkit's order
+    dropped = {index for key, index in index_of.items() if fixture['truth'][key]['invalid']}
+    assert set(ids) == set(index_of.values()) - dropped, split
+  # The test split: camera 0 frames 0-1, then camera 1 frames 0-1; camera 0 frame 1 is dropped.
+  assert [int(e['sample_id']) for e in fixture['test']] == [0, 2, 3]
+
+
+def test_toolkit_counts_in_metadata(fixture):
+  root = str(fixture['root'])
+  reloaded = dex_ycb.Builder(data_dir=fixture['data_dir'])  # reads what the build wrote to metadata.json
+  toolkit = reloaded.info.metadata['toolkit']
+  assert toolkit['full_release'] is False  # 3 subjects, 5 sequences each
+  for split in dex_ycb.SPLITS:
+    evaluated = toolkit_evaluated_ids(root, split)
+    kept = [int(e['sample_id']) for e in fixture[split]]
+    info = toolkit['splits'][split]
+    assert info['num_samples'] == len(toolkit_samples(root, split)), split
+    assert info['num_evaluated'] == len(evaluated) and info['num_kept'] == len(kept), split
+    assert info['evaluated_but_dropped'] == sorted(set(evaluated) - set(kept)), split
+  # The fixture's pose_m-only and joint_2d-only drops are train samples the toolkit still scores.
+  assert len(toolkit['splits']['train']['evaluated_but_dropped']) == 2
+  assert toolkit['splits']['test']['evaluated_but_dropped'] == []
+
+
+def test_release_check_names_what_differs(fixture, monkeypatch):
+  # toolkit_samples() takes the fixture's subjects and cameras for the toolkit's first ones.
+  assert make_fixtures.DEXYCB_SUBJECTS == dex_ycb.TOOLKIT_SUBJECTS[:3]
+  assert make_fixtures.DEXYCB_SERIALS == dex_ycb.TOOLKIT_SERIALS[:2]
+  root = str(fixture['root'])
+  differences = dex_ycb.differences_from_release(root)
+  assert len(differences) == 5 and '3 subject folder(s)' in differences[0]
+  assert all('has 5 sequences, not 100' in d for d in differences[1:4])
+  assert "15 sequence(s) list other cameras than the toolkit's 8" in differences[4]
+  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SUBJECTS', make_fixtures.DEXYCB_SUBJECTS)
+  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SEQUENCES_PER_SUBJECT', 5)
+  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SERIALS', make_fixtures.DEXYCB_SERIALS)
+  assert dex_ycb.differences_from_release(root) == []
 
 
 def test_joints_vertices_and_pca_pose(fixture):

@@ -134,6 +134,22 @@ def test_ho3d_and_dexycb_validators_check_frame_and_units(tmp_path):
   assert not (tmp_path / 'a.zip').exists() and not (tmp_path / 'r.txt').exists()
 
 
+def test_dexycb_validator_says_the_toolkit_needs_every_scored_sample(tmp_path):
+  joints, _ = _hands(3, seed=6)
+  path = tmp_path / 'r.txt'
+  with pytest.raises(submission.SubmissionError, match=r'no line for 1 of the 4 .*ids \[7\].*missing image id'):
+    submission.write_dexycb(str(path), [0, 2, 3], joints, required_ids=[0, 2, 3, 7])
+  with pytest.raises(submission.SubmissionError, match='3 lines, but the toolkit scores 4 .*missing image id'):
+    submission.write_dexycb(str(path), [0, 2, 3], joints, expected_count=4)
+  with pytest.raises(submission.SubmissionError, match='image id 9 is past the split.*0..8'):
+    submission.write_dexycb(str(path), [0, 2, 9], joints, num_samples=9)
+  assert not path.exists() and _left_behind(tmp_path) == []
+  # Lines for ids the toolkit does not score are harmless (it iterates over its ground truth).
+  submission.write_dexycb(str(path), [0, 2, 3], joints, expected_count=3, num_samples=4, required_ids=[0, 3])
+  with pytest.raises(submission.SubmissionError, match='missing image id'):
+    submission.read_dexycb(str(path), required_ids=[0, 1, 2, 3])
+
+
 def test_root_from_weak_perspective_recovers_the_camera_frame_wrist():
   from diffhand_jax import inference
   rng = np.random.default_rng(5)
@@ -185,3 +201,77 @@ def test_command_names_what_is_missing(workdir, tmp_path, capsys):
   status = submission.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
                             '--config.model.width=999'])
   assert status == 1 and 'fixed by the checkpoint' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# DexYCB, from the generated DexYCB copy built by datasets/dex_ycb
+# ------------------------------------------------------------------------------------------------
+
+def _toolkit_hpe_check(result_path, scored_ids):
+  """dex-ycb-toolkit hpe_eval.py's reading of a result file (HPEEvaluator._load_results) and its
+  completeness assert (evaluate), restated; returns {id: (21, 3) mm}."""
+  results = {}
+  with open(result_path) as f:
+    for line in f:
+      elems = line.split(',')
+      if len(elems) != 64:
+        raise ValueError(f'a line does not have 64 comma-seperated elements: {line}')
+      results[int(elems[0])] = np.array(elems[1:], dtype=np.float64).reshape(21, 3)
+  for i in scored_ids:
+    assert i in results, f'missing image id in result file: {i}'
+  return results
+
+
+@pytest.fixture(scope='module')
+def dexycb_data():
+  pytest.importorskip('tensorflow_datasets')
+  import test_dex_ycb  # the built fixture (shared within the process) and the toolkit's numbering
+  built = test_dex_ycb.built_fixture()
+  return {'root': str(built['root']), 'data_dir': built['data_dir'], 'truth': built['truth'],
+          'helpers': test_dex_ycb}
+
+
+def _dexycb_args(run, data, output, *extra):
+  return [f'--workdir={run}', '--benchmark=dexycb', f'--output={output}', '--config.dataset.name=dex_ycb',
+          '--config.dataset.config_name=default', f'--config.dataset.data_dir={data["data_dir"]}', *extra]
+
+
+def test_dexycb_submission_from_the_fixture_has_the_toolkit_ids(workdir, dexycb_data, tmp_path, capsys):
+  run, _ = workdir
+  helpers = dexycb_data['helpers']
+  output = tmp_path / 'results.txt'
+  status = submission.main(_dexycb_args(run, dexycb_data, output, '--split=test'))
+  assert status == 0, capsys.readouterr().err
+  assert 'partial copy' in capsys.readouterr().err  # 3 subjects of 5 sequences: not the full release
+  scored = helpers.toolkit_evaluated_ids(dexycb_data['root'], 'test')
+  assert scored == [0, 2, 3]  # camera 0 frame 1 (toolkit index 1) has an all -1 joint_3d: a gap
+  lines = output.read_text().splitlines()
+  assert [int(line.split(',')[0]) for line in lines] == scored
+  results = _toolkit_hpe_check(output, scored)  # the toolkit's reader accepts it and finds every id
+  ids, joints_mm = submission.read_dexycb(str(output), required_ids=scored)
+  for image_id, hand in zip(ids, joints_mm):
+    np.testing.assert_array_equal(results[image_id], hand)
+  assert 100 < np.median(joints_mm[:, 0, 2]) < 5000  # wrists some decimetres in front, in millimetres
+  # Without one line the toolkit's assert fires, and our reader says why.
+  short = tmp_path / 'short.txt'
+  short.write_text('\n'.join(lines[:1] + lines[2:]) + '\n')
+  with pytest.raises(AssertionError, match='missing image id in result file: 2'):
+    _toolkit_hpe_check(short, scored)
+  with pytest.raises(submission.SubmissionError, match=r'ids \[2\].*missing image id'):
+    submission.read_dexycb(str(short), required_ids=scored)
+
+
+def test_dexycb_submission_refuses_a_split_the_builder_filtered_more_than_the_toolkit(
+    workdir, dexycb_data, tmp_path, capsys):
+  run, _ = workdir
+  helpers = dexycb_data['helpers']
+  index_of = {key: index for index, key, _ in helpers.toolkit_samples(dexycb_data['root'], 'train')}
+  # The fixture's all-zero pose_m and all -1 joint_2d samples: dropped, yet scored by the toolkit.
+  scored_but_dropped = sorted(index_of[key] for key, entry in dexycb_data['truth'].items()
+                              if entry['invalid'] in ('pose_m', 'joint_2d'))
+  assert len(scored_but_dropped) == 2
+  output = tmp_path / 'results.txt'
+  status = submission.main(_dexycb_args(run, dexycb_data, output, '--split=train'))
+  error = capsys.readouterr().err
+  assert status == 1 and not output.exists()
+  assert f'sample_id {scored_but_dropped}' in error and 'missing image id' in error
