@@ -5,7 +5,7 @@ r"""DiffHand on DexYCB (S0): the paper's Table 2 setting, with DeiT III Large in
 Needs the prepared TFDS dataset `dex_ycb` (DESIGN §7):
 
   DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/dex_ycb --manual_dir=/path/to/dex-ycb \
-      --data_dir=~/tensorflow_datasets
+      --data_dir=~/tensorflow_datasets --file_format=array_record
 
 The paper's recipe (Li et al. 2023, §4.1): HRNet-W64 encoder in the paper; HRNet is not built yet, so this
 config uses DeiT III Large (the paper's Table 5 finds the two encoders within a few tenths of a mm); input

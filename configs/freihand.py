@@ -4,7 +4,7 @@
 
 Needs the prepared TFDS dataset `freihand` (DESIGN §7):
 
-  tfds build datasets/freihand --manual_dir=/path/to/FreiHAND --data_dir=~/tensorflow_datasets
+  tfds build datasets/freihand --manual_dir=/path/to/FreiHAND --data_dir=~/tensorflow_datasets --file_format=array_record
 
 The paper's recipe (Li et al. 2023, §4.1): DeiT III Large encoder, input 224x224, AdamW at 1e-4, batch 64
 (global), 100 epochs, lambda_joint 1, lambda_smooth 0.05, DDIM with 10 steps. 100 epochs are converted to

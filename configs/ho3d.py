@@ -5,7 +5,7 @@ r"""DiffHand on HO-3D v2: the paper's Table 3 setting.
 Needs the prepared TFDS dataset `ho3d` (DESIGN §7):
 
   DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/ho3d --manual_dir=/path/to/HO3D_v2 \
-      --data_dir=~/tensorflow_datasets
+      --data_dir=~/tensorflow_datasets --file_format=array_record
 
 The paper's recipe (Li et al. 2023, §4.1): DeiT III Large encoder, input 256x256, AdamW at 1e-4, batch 64
 (global), 100 epochs, lambda_joint 1, lambda_smooth 0.05, DDIM with 10 steps. 100 epochs are converted to

@@ -5,7 +5,14 @@ from (seed, epoch), and step s takes the slice [s·B, (s+1)·B) of the concatena
 step s therefore needs nothing but s, and each JAX process takes its own contiguous part of the global
 batch (process p of P gets rows [p·B/P, (p+1)·B/P)).
 
-This module holds whole splits in host memory, which suits the synthetic dataset and small subsets.
+A split comes in one of two forms, and both give the same batches for the same data:
+  * the in-memory dict of :func:`load_split` (feature → (N, ...) array), for small splits such as the
+    synthetic demo's;
+  * a :class:`SplitSource`, random access to a split stored as ArrayRecord that reads and decodes only
+    the rows a batch needs, for the real datasets (FreiHAND has 130K images).
+:func:`open_split` picks one from ``config.dataset.in_memory``. :func:`train_batches` and
+:func:`eval_batches` prepare the next batches on a thread pool while the current step runs; each batch
+is still a pure function of its step, so thread timing never changes what comes out, or in what order.
 
 Model-space targets (DESIGN §2): x = (V − wrist)/vertex_scale, joints likewise; 2D joints in normalised
 crop coordinates u = 2x/W − 1, v = 2y/H − 1 (``losses.project_weak_perspective``'s convention).
@@ -14,9 +21,15 @@ Images are normalised with the ImageNet mean and standard deviation, as timm's D
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import functools
 import importlib
+import itertools
 import os
-from typing import Any, Iterator, Mapping, Sequence
+import sys
+import threading
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +48,14 @@ SELF_GENERATING = {'synthetic_hands'}
 
 FEATURES = ('image', 'K', 'joints_3d', 'vertices_3d', 'has_3d', 'hand_side', 'bbox')
 
+# New data is prepared in the ArrayRecord format, the one TFDS reads by random access (SplitSource).
+STREAMING_FILE_FORMAT = 'array_record'
+# When streaming is asked for but the data is stored as tfrecord only, splits up to this many examples
+# are read into memory instead (an evaluation split); larger ones fail with how to convert them.
+IN_MEMORY_FALLBACK_MAX_EXAMPLES = 20_000
+# Batches prepared ahead of the one the training step consumes (train_batches / eval_batches).
+DEFAULT_PREFETCH = 4
+
 
 def default_data_dir(data_dir: str | None) -> str:
   """The TFDS data directory: the config's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
@@ -46,8 +67,9 @@ def default_data_dir(data_dir: str | None) -> str:
 def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
   """The TFDS builder for ``dataset_config`` (keys ``name``, ``data_dir``, optional ``config_name``).
 
-  Builds the data first when it is missing and the dataset can make itself (the synthetic one);
-  otherwise tells the user how to prepare it.
+  Builds the data first when it is missing and the dataset can make itself (the synthetic one), in the
+  ArrayRecord format so that it can be streamed; otherwise tells the user how to prepare it. Data
+  already prepared is used in whatever format it has (see :func:`open_split` for tfrecord-only data).
   """
   import tensorflow_datasets as tfds  # imported lazily: TensorFlow is slow to import
 
@@ -59,6 +81,7 @@ def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
   if config_name:
     full_name = f'{name}/{config_name}'
   data_dir = default_data_dir(dataset_config.get('data_dir'))
+  # Without file_format first: a builder asked for ArrayRecord refuses data prepared as tfrecord.
   builder = tfds.builder(full_name, data_dir=data_dir)
   if not builder.is_prepared():
     if not prepare:
@@ -66,37 +89,335 @@ def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
     if name not in SELF_GENERATING:
       module = importlib.import_module(BUILDER_MODULES[name]) if name in BUILDER_MODULES else None
       instructions = getattr(module, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
+      config_flag = f' --config={config_name}' if config_name else ''
       raise FileNotFoundError(
           f'dataset {full_name} is not prepared in {data_dir}. Download it by hand and run\n'
-          f'  tfds build datasets/{name} --manual_dir=<where you put the files> --data_dir={data_dir}\n'
+          f'  tfds build datasets/{name}{config_flag} --manual_dir=<where you put the files> '
+          f'--data_dir={data_dir} --file_format={STREAMING_FILE_FORMAT}\n'
           + instructions)
     print(f'building {full_name} into {data_dir} (first run only)', flush=True)
+    builder = tfds.builder(full_name, data_dir=data_dir, file_format=STREAMING_FILE_FORMAT)
     builder.download_and_prepare()
   return builder
 
 
-def load_split(dataset_config: Mapping[str, Any], split: str,
-               max_examples: int | None = None) -> dict[str, np.ndarray]:
-  """Reads a whole split into numpy arrays (N, ...), keeping the features the pipeline needs."""
-  import tensorflow_datasets as tfds
+def stored_file_formats(builder) -> set[str]:
+  """The file formats ``builder``'s prepared data is stored in, e.g. {'tfrecord', 'array_record'}."""
+  # From dataset_info.json itself: TFDS 4.9 leaves `info.alternative_file_formats` empty when it reads
+  # a dataset that `tfds convert_format` gave a second format.
+  proto = builder.info.as_proto
+  formats = {str(proto.file_format)} | {str(f) for f in proto.alternative_file_formats}
+  formats |= {f.value for f in builder.info.available_file_formats()}
+  return {f for f in formats if f}
 
-  builder = get_builder(dataset_config)
+
+def has_random_access(builder) -> bool:
+  """Whether ``builder``'s prepared data includes the ArrayRecord files that :class:`SplitSource` reads."""
+  return STREAMING_FILE_FORMAT in stored_file_formats(builder)
+
+
+def _split_spec(builder, split: str, max_examples: int | None) -> str:
   if split not in builder.info.splits:
     raise ValueError(f'dataset {builder.info.full_name} has no split {split!r}; '
                      f'it has {sorted(builder.info.splits.keys())}')
-  if max_examples:
-    split = f'{split}[:{int(max_examples)}]'
-  dataset = builder.as_dataset(split=split, batch_size=-1)
+  return f'{split}[:{int(max_examples)}]' if max_examples else split
+
+
+def _decode_text(values: Sequence[Any]) -> np.ndarray:
+  return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+
+
+def load_split(dataset_config: Mapping[str, Any], split: str, max_examples: int | None = None,
+               features: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
+  """Reads a whole split into numpy arrays (N, ...), keeping ``features`` (default: those the pipeline
+  needs; images not among them are not decoded).
+
+  Data stored as tfrecord is read with tf.data, as before; ArrayRecord-only data through
+  :class:`SplitSource` (the same decoders, so the same arrays). 'hand_side' comes back as str.
+  """
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core import file_adapters
+
+  builder = get_builder(dataset_config)
+  spec = _split_spec(builder, split, max_examples)
+  missing = [key for key in features if key not in builder.info.features]
+  if missing:
+    raise KeyError(f'dataset {builder.info.full_name} lacks the feature(s) {missing} (DESIGN §7)')
+  if builder.info.file_format != file_adapters.FileFormat.TFRECORD and has_random_access(builder):
+    source = SplitSource(builder, split, max_examples=max_examples, features=features)
+    if source.num_examples == 0:
+      raise ValueError(f'{source.name} is empty')
+    return source.read(np.arange(source.num_examples))
+  decoders = {key: tfds.decode.SkipDecoding() for key in builder.info.features.keys()
+              if key not in features and isinstance(builder.info.features[key], tfds.features.Image)}
+  dataset = builder.as_dataset(split=spec, batch_size=-1, decoders=decoders or None)
   arrays = tfds.as_numpy(dataset)
   out = {}
-  for key in FEATURES:
-    if key not in arrays:
-      raise KeyError(f'dataset {builder.info.full_name} lacks the feature {key!r} (DESIGN §7)')
+  for key in features:
     value = arrays[key]
-    if key == 'hand_side' and value.dtype.kind in 'SO':
-      value = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in value])
+    if isinstance(builder.info.features[key], tfds.features.Text) and value.dtype.kind in 'SO':
+      value = _decode_text(value)
     out[key] = value
   return out
+
+
+def wants_in_memory(dataset_config: Mapping[str, Any]) -> bool:
+  """``dataset_config.in_memory`` when set; else True for the self-generating (small, synthetic) data
+  and False for the real datasets."""
+  in_memory = dataset_config.get('in_memory')
+  if in_memory is None:
+    return dataset_config['name'] in SELF_GENERATING
+  return bool(in_memory)
+
+
+def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int | None = None):
+  """A split for :func:`train_batches` / :func:`eval_batches`: the in-memory dict of :func:`load_split`
+  when :func:`wants_in_memory`, else a streaming :class:`SplitSource`.
+
+  Data prepared as tfrecord only cannot be streamed: a split of at most
+  ``IN_MEMORY_FALLBACK_MAX_EXAMPLES`` examples is then read into memory (with a note), a larger one
+  raises a ValueError that says how to convert the data in place. ``dataset_config.prefetch_batches``
+  and ``dataset_config.num_threads``, when set, become the source's prefetch defaults.
+  """
+  if wants_in_memory(dataset_config):
+    return load_split(dataset_config, split, max_examples)
+  builder = get_builder(dataset_config)
+  spec = _split_spec(builder, split, max_examples)
+  if has_random_access(builder):
+    return SplitSource(builder, split, max_examples=max_examples,
+                       prefetch=dataset_config.get('prefetch_batches'),
+                       num_threads=dataset_config.get('num_threads'))
+  count = int(builder.info.splits[spec].num_examples)
+  convert = (f'  tfds convert_format --dataset_version_dir={builder.data_dir} '
+             f'--out_file_format={STREAMING_FILE_FORMAT}')
+  if count <= IN_MEMORY_FALLBACK_MAX_EXAMPLES:
+    print(f'note: {builder.info.full_name} is stored as tfrecord only, so its {count}-example split '
+          f'{spec!r} is read into memory instead of streamed. To stream it, convert the data in place:\n'
+          f'{convert}', flush=True)
+    return load_split(dataset_config, split, max_examples)
+  raise ValueError(
+      f'dataset {builder.info.full_name} in {builder.data_dir} is stored as tfrecord only, and its '
+      f'{count}-example split {spec!r} is too large to read into memory. Streaming needs the '
+      f'{STREAMING_FILE_FORMAT} format; convert the prepared data in place (no download needed):\n'
+      f'{convert}\n'
+      f'(or rebuild it with `tfds build ... --file_format={STREAMING_FILE_FORMAT}`, or set '
+      f'config.dataset.in_memory=True if it fits in memory)')
+
+
+class SplitSource(Mapping[str, '_Column']):
+  """Random access to one split of a prepared TFDS dataset stored as ArrayRecord.
+
+  Only the rows asked for are read and decoded (``read``), so a split of any size costs no memory up
+  front; several threads may read at once. Images are decoded with the same TensorFlow decoder as
+  ``as_dataset`` (PIL's JPEG decoder differs by a few grey levels), so a row equals the row that
+  :func:`load_split` returns for the same data.
+
+  As a read-only mapping feature → column it also stands in for the in-memory dict where code indexes
+  a few rows (``source['K'][i]``, ``source['image'][i:i + 1]``, ``len(source['image'])``); a column
+  refuses to become one whole array (that would decode the whole split).
+
+  Attributes:
+    name: ``dataset/config:split[:max_examples]``, for messages.
+    num_examples: rows in the split.
+    prefetch, num_threads: the batch iterators' defaults for this source (None: module defaults).
+  """
+
+  def __init__(self, builder, split: str, *, max_examples: int | None = None,
+               features: Sequence[str] = FEATURES, prefetch: int | None = None,
+               num_threads: int | None = None):
+    from tensorflow_datasets.core import decode
+
+    spec = _split_spec(builder, split, max_examples)
+    self.name = f'{builder.info.full_name}:{spec}'
+    if not has_random_access(builder):
+      raise ValueError(f'{self.name}: the data in {builder.data_dir} is stored as '
+                       f'{sorted(stored_file_formats(builder))} only; random access needs '
+                       f'{STREAMING_FILE_FORMAT} (see open_split)')
+    self._features = builder.info.features
+    missing = [key for key in features if key not in self._features]
+    if missing:
+      raise KeyError(f'dataset {builder.info.full_name} lacks the feature(s) {missing} (DESIGN §7)')
+    self._feature_names = tuple(features)
+    # as_data_source reads the format from builder.info: point it at the ArrayRecord files for the
+    # call, then put back what the builder had (its as_dataset keeps reading tfrecord files).
+    info = builder.info
+    previous = info.file_format
+    info.set_file_format(STREAMING_FILE_FORMAT, override=True, override_if_initialized=True)
+    try:
+      self._records = builder.as_data_source(spec, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
+    finally:
+      if previous is not None:
+        info.set_file_format(previous, override=True, override_if_initialized=True)
+    self.num_examples = len(self._records)
+    self.prefetch = prefetch
+    self.num_threads = num_threads
+    self._mean_mesh = None
+    self._mean_mesh_lock = threading.Lock()
+
+  # Mapping interface: feature → column.
+  def __getitem__(self, key: str) -> '_Column':
+    if key not in self._feature_names:
+      raise KeyError(f'{self.name}: no feature {key!r}; it has {list(self._feature_names)}')
+    return _Column(self, key)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._feature_names)
+
+  def __len__(self) -> int:
+    """The number of features (as for the dict); the number of rows is ``num_examples``."""
+    return len(self._feature_names)
+
+  def __repr__(self) -> str:
+    return f'SplitSource({self.name}, {self.num_examples} examples)'
+
+  def _decoders(self, wanted: Sequence[str]) -> dict[str, Any]:
+    import tensorflow_datasets as tfds
+    # Skip what is not wanted; images are kept as bytes here and decoded by TensorFlow in _decode.
+    return {key: tfds.decode.SkipDecoding() for key in self._features.keys()
+            if key not in wanted or isinstance(self._features[key], tfds.features.Image)}
+
+  def _decode(self, key: str, value: Any) -> Any:
+    import tensorflow_datasets as tfds
+    feature = self._features[key]
+    if isinstance(feature, tfds.features.Image):
+      import tensorflow as tf
+      return feature.decode_example(tf.constant(value)).numpy()
+    if isinstance(feature, tfds.features.Text):
+      return value.decode() if isinstance(value, bytes) else str(value)
+    return np.asarray(value)
+
+  def read(self, indices: Sequence[int] | np.ndarray,
+           features: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Rows ``indices`` (B,) as a dict of (B, ...) arrays (``features``, default all of the source's).
+
+    Each distinct row is read and decoded once, however often it repeats; 'hand_side' comes back as
+    str. Raises IndexError for a row outside [0, num_examples) and ValueError naming the row when a
+    record does not decode.
+    """
+    features = self._feature_names if features is None else tuple(features)
+    unknown = [key for key in features if key not in self._feature_names]
+    if unknown:
+      raise KeyError(f'{self.name}: no feature(s) {unknown}; it has {list(self._feature_names)}')
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size == 0:
+      raise ValueError(f'{self.name}: read needs at least one row')
+    outside = indices[(indices < 0) | (indices >= self.num_examples)]
+    if outside.size:
+      raise IndexError(f'{self.name}: row {int(outside[0])} is outside [0, {self.num_examples})')
+    unique, inverse = np.unique(indices, return_inverse=True)
+    records = self._records.__getitems__([int(i) for i in unique])
+    decoders = self._decoders(features)
+    columns: dict[str, list[Any]] = {key: [] for key in features}
+    for index, record in zip(unique, records):
+      try:
+        example = self._features.deserialize_example_np(record, decoders=decoders)
+        for key in features:
+          columns[key].append(self._decode(key, example[key]))
+      except Exception as error:  # a corrupt record: say which
+        raise ValueError(f'{self.name}: example {int(index)} does not decode: '
+                         f'{type(error).__name__}: {error}') from error
+    out = {}
+    for key, values in columns.items():
+      if key == 'hand_side' or isinstance(values[0], str):
+        stacked = np.array(values)
+      else:
+        shapes = {np.shape(v) for v in values}
+        if len(shapes) > 1:
+          raise ValueError(f'{self.name}: feature {key!r} has different shapes {sorted(shapes)} in rows '
+                           f'{unique.tolist()}; a batch needs one shape (crop first)')
+        stacked = np.stack(values)
+      out[key] = stacked[inverse]
+    return out
+
+  def mean_root_relative_mesh(self, chunk_size: int = 1024) -> np.ndarray:
+    """(778, 3) float64: the mean over the split of vertices_3d − joints_3d[wrist], left hands mirrored.
+
+    Streams only the vertex, joint and side features (no image is decoded); computed once per source.
+    """
+    with self._mean_mesh_lock:
+      if self._mean_mesh is None:
+        total, count = None, 0
+        for start in range(0, self.num_examples, chunk_size):
+          rows = self.read(np.arange(start, min(start + chunk_size, self.num_examples)),
+                           ('vertices_3d', 'joints_3d', 'hand_side'))
+          part = _root_relative_right(rows).sum(axis=0)
+          total = part if total is None else total + part
+          count += len(rows['hand_side'])
+        self._mean_mesh = total / count
+      return self._mean_mesh
+
+
+class _Column:
+  """One feature of a :class:`SplitSource`, indexable like a numpy array's first axis."""
+
+  def __init__(self, source: SplitSource, key: str):
+    self._source = source
+    self._key = key
+
+  def __len__(self) -> int:
+    return self._source.num_examples
+
+  def __getitem__(self, index) -> Any:
+    if isinstance(index, (int, np.integer)):
+      row = int(index) + (self._source.num_examples if index < 0 else 0)
+      return self._source.read([row], (self._key,))[self._key][0]
+    if isinstance(index, slice):
+      return self._source.read(np.arange(self._source.num_examples)[index], (self._key,))[self._key]
+    index = np.asarray(index)
+    if index.dtype == bool:
+      index = np.flatnonzero(index)
+    return self._source.read(index, (self._key,))[self._key]
+
+  def __array__(self, *args, **kwargs):
+    raise TypeError(f'{self._source.name}: the streamed column {self._key!r} does not turn into one '
+                    f'array (that decodes the whole split); index rows, or use SplitSource.read')
+
+
+def _root_relative_right(rows: Mapping[str, np.ndarray]) -> np.ndarray:
+  """vertices_3d − wrist (B, N, 3) float64, with x negated for left hands (the mirroring of DESIGN §2)."""
+  relative = (np.asarray(rows['vertices_3d'], np.float64)
+              - np.asarray(rows['joints_3d'], np.float64)[:, :1])
+  is_left = np.asarray(rows['hand_side']) == 'left'
+  relative[is_left, :, 0] *= -1
+  return relative
+
+
+def mean_mesh_example(arrays) -> dict[str, np.ndarray]:
+  """The split's mean root-relative mesh (left hands mirrored) as a one-example split: a dict of (1, ...)
+  arrays in the common schema whose prepared ``vertices`` (:func:`prepare_batch`) are that mean, for
+  code that averages a split's prepared meshes (``train.mean_mesh_baseline``) without preparing, or
+  for a :class:`SplitSource` decoding, every image.
+
+  The placeholder wrist sits 1 m in front of the camera (projection needs z > 0), like real data.
+  """
+  if isinstance(arrays, SplitSource):
+    mean = arrays.mean_root_relative_mesh()
+  else:
+    mean = _root_relative_right(arrays).mean(axis=0)
+  wrist = np.array([0.0, 0.0, 1.0])
+  return {
+      'image': np.zeros((1, 1, 1, 3), np.uint8),
+      'K': np.eye(3, dtype=np.float32)[None],
+      'joints_3d': np.tile(wrist, (1, 21, 1)).astype(np.float32),
+      'vertices_3d': (mean + wrist)[None].astype(np.float32),
+      'has_3d': np.ones(1, bool),
+      'hand_side': np.array(['right']),
+      'bbox': np.array([[-0.5, -0.5, 0.5, 0.5]], np.float32),
+  }
+
+
+def num_rows(arrays) -> int:
+  """The number of examples of an in-memory dict or a :class:`SplitSource`."""
+  if isinstance(arrays, SplitSource):
+    return arrays.num_examples
+  return len(arrays['image'])
+
+
+def gather_rows(arrays, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Rows ``indices`` (B,) of an in-memory dict or a :class:`SplitSource`, as (B, ...) arrays."""
+  if isinstance(arrays, SplitSource):
+    return arrays.read(indices)
+  return {key: value[indices] for key, value in arrays.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,40 +595,118 @@ def colour_jitter(images_uint8: np.ndarray, rngs: Sequence[np.random.Generator],
   return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def train_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: int, start_step: int,
-                  vertex_scale: float, image_size: int | None = None, colour_strength: float = 0.0,
-                  crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this process's part of the global batch for steps start_step, start_step + 1, ...
+def train_batch(arrays, step: int, *, batch_size: int, seed: int, vertex_scale: float,
+                image_size: int | None = None, colour_strength: float = 0.0,
+                crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  """This process's part of the global batch of step ``step``: a pure function of its arguments.
 
-  ``batch_size`` is the global batch; it must divide evenly among processes.
+  ``arrays`` is an in-memory dict or a :class:`SplitSource` (the same data gives the same batch).
+  ``batch_size`` is the global batch; it must divide evenly among processes. Returns
+  :func:`prepare_batch`'s dict with batch_size / process_count rows.
   """
   if batch_size % process_count:
     raise ValueError(f'global batch_size={batch_size} does not split over {process_count} processes')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
   local = batch_size // process_count
-  num_examples = len(arrays['image'])
-  step = start_step
-  while True:
-    indices = global_indices(num_examples, batch_size, seed, step)
-    positions = range(process_index * local, (process_index + 1) * local)
-    indices = indices[process_index * local:(process_index + 1) * local]
-    raw = {key: value[indices] for key, value in arrays.items()}
-    # One generator per row of the global batch: augmentation does not depend on how it is split.
-    rngs = [np.random.default_rng([seed, step, 1, position]) for position in positions]
-    raw['image'] = colour_jitter(raw['image'], rngs, colour_strength)
-    yield prepare_batch(raw, vertex_scale=vertex_scale, image_size=image_size, crop_margin=crop_margin,
-                        rngs=rngs, augment=augment)
-    step += 1
+  indices = global_indices(num_rows(arrays), batch_size, seed, step)
+  positions = range(process_index * local, (process_index + 1) * local)
+  raw = gather_rows(arrays, indices[process_index * local:(process_index + 1) * local])
+  # One generator per row of the global batch: augmentation does not depend on how it is split.
+  rngs = [np.random.default_rng([seed, step, 1, position]) for position in positions]
+  raw['image'] = colour_jitter(raw['image'], rngs, colour_strength)
+  return prepare_batch(raw, vertex_scale=vertex_scale, image_size=image_size, crop_margin=crop_margin,
+                       rngs=rngs, augment=augment)
 
 
-def eval_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, vertex_scale: float,
-                 image_size: int | None = None, crop_margin: float | None = None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def prefetch_settings(arrays, prefetch: int | None, num_threads: int | None) -> tuple[int, int]:
+  """(batches ahead, worker threads): the arguments, else the source's, else the module defaults."""
+  if prefetch is None:
+    prefetch = getattr(arrays, 'prefetch', None)
+  if prefetch is None:
+    prefetch = DEFAULT_PREFETCH
+  if num_threads is None:
+    num_threads = getattr(arrays, 'num_threads', None)
+  if num_threads is None:  # leave a core to the training step
+    num_threads = min(max(int(prefetch), 1), max(1, (os.cpu_count() or 2) - 1))
+  if prefetch < 0 or num_threads < 1:
+    raise ValueError(f'prefetch must be >= 0 and num_threads >= 1; got {prefetch}, {num_threads}')
+  return int(prefetch), int(num_threads)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int,
+                num_threads: int) -> Iterator[Any]:
+  """Yields fn(item) for each item, in the order of ``items``, computing up to ``prefetch`` results
+  ahead of the one being consumed on ``num_threads`` background threads (prefetch=0: in the caller's
+  thread, nothing ahead).
+
+  The queue is bounded (prefetch + 1 results exist at most), and results come out in submission order
+  whatever the threads' timing, so a pure ``fn`` gives exactly what the plain loop gives. An error in
+  ``fn`` surfaces at its item. Closing the iterator (or dropping it) cancels the work not yet started.
+  """
+  if prefetch <= 0:
+    for item in items:
+      yield fn(item)
+    return
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads,
+                                                   thread_name_prefix='input_pipeline')
+  pending: collections.deque = collections.deque()
+  try:
+    for item in items:
+      pending.append(executor.submit(fn, item))
+      if len(pending) > prefetch:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    if not sys.is_finalizing():  # an iterator dropped at interpreter exit: its threads are being joined
+      for future in pending:
+        future.cancel()
+      executor.shutdown(wait=False, cancel_futures=True)
+
+
+def train_batches(arrays, *, batch_size: int, seed: int, start_step: int, vertex_scale: float,
+                  image_size: int | None = None, colour_strength: float = 0.0,
+                  crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
+                  process_index: int = 0, process_count: int = 1, prefetch: int | None = None,
+                  num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's part of the global batch for steps start_step, start_step + 1, ...
+  (:func:`train_batch` of each step).
+
+  ``arrays`` is an in-memory dict or a :class:`SplitSource`. ``batch_size`` is the global batch; it must
+  divide evenly among processes. The next ``prefetch`` batches are prepared on ``num_threads`` threads
+  while the caller works (None: the source's settings, else ``DEFAULT_PREFETCH`` on up to
+  cpu_count − 1 threads; 0: no background work). Starting at step s yields exactly the batches that an
+  iterator started earlier yields from s on.
+  """
+  if batch_size % process_count:
+    raise ValueError(f'global batch_size={batch_size} does not split over {process_count} processes')
+  make = functools.partial(train_batch, arrays, batch_size=batch_size, seed=seed,
+                           vertex_scale=vertex_scale, image_size=image_size,
+                           colour_strength=colour_strength, crop_margin=crop_margin, augment=augment,
+                           process_index=process_index, process_count=process_count)
+  prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
+  return ordered_map(make, itertools.count(start_step), prefetch=prefetch, num_threads=num_threads)
+
+
+def eval_batches(arrays, *, batch_size: int, vertex_scale: float, image_size: int | None = None,
+                 crop_margin: float | None = None, prefetch: int | None = None,
+                 num_threads: int | None = None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """Yields (batch, num_valid) over a whole split in order; the last batch is padded by repetition so
-  every batch has the same shape (one compilation), and ``num_valid`` says how many rows are real."""
-  num_examples = len(arrays['image'])
-  for start in range(0, num_examples, batch_size):
-    indices = np.arange(start, start + batch_size)
+  every batch has the same shape (one compilation), and ``num_valid`` says how many rows are real.
+
+  ``arrays`` is an in-memory dict or a :class:`SplitSource`; ``prefetch`` / ``num_threads`` as in
+  :func:`train_batches`.
+  """
+  num_examples = num_rows(arrays)
+
+  def make(start: int) -> tuple[dict[str, np.ndarray], int]:
+    indices = np.minimum(np.arange(start, start + batch_size), num_examples - 1)
     valid = int(min(batch_size, num_examples - start))
-    indices = np.minimum(indices, num_examples - 1)
-    yield prepare_batch({k: v[indices] for k, v in arrays.items()}, vertex_scale=vertex_scale,
-                        image_size=image_size, crop_margin=crop_margin), valid
+    return prepare_batch(gather_rows(arrays, indices), vertex_scale=vertex_scale,
+                         image_size=image_size, crop_margin=crop_margin), valid
+
+  prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
+  return ordered_map(make, range(0, num_examples, batch_size), prefetch=prefetch,
+                     num_threads=num_threads)

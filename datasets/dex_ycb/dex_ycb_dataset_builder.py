@@ -1,6 +1,7 @@
 """DexYCB (Chao et al. 2021), split S0, as a TFDS dataset in diffhand-jax's common schema (DESIGN §7).
 
-  DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/dex_ycb --manual_dir=/path/to/dex-ycb --data_dir=...
+  DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/dex_ycb --manual_dir=/path/to/dex-ycb --data_dir=... \
+      --file_format=array_record  # streamed by the input pipeline
 
 S0 ("seen subjects, views and objects", the dex-ycb-toolkit's setup 's0'): the subjects are the folders named
 `<yyyymmdd>-...` in date order (subject index 0..9 on the full release); each subject's sequences are sorted

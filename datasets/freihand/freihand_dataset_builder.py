@@ -1,6 +1,7 @@
 """FreiHAND v2 (Zimmermann et al. 2019) as a TFDS dataset in diffhand-jax's common schema (DESIGN §7).
 
-  tfds build datasets/freihand --manual_dir=/path/to/FreiHAND --data_dir=~/tensorflow_datasets
+  tfds build datasets/freihand --manual_dir=/path/to/FreiHAND --data_dir=~/tensorflow_datasets \
+      --file_format=array_record  # streamed by the input pipeline
 
 Splits:
   train       every training image: n_unique annotated samples x 4 colour versions (gs, hom, sample, auto).

@@ -1,6 +1,7 @@
 """HO-3D v2 (Hampali et al. 2020) as a TFDS dataset in diffhand-jax's common schema (DESIGN §7).
 
-  DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/ho3d --manual_dir=/path/to/HO3D_v2 --data_dir=...
+  DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/ho3d --manual_dir=/path/to/HO3D_v2 --data_dir=... \
+      --file_format=array_record  # streamed by the input pipeline
 
 Splits:
   train       the frames listed in train.txt (frames on disk but not listed, e.g. unannotated ones whose
