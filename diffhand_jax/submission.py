@@ -354,18 +354,13 @@ ID_FEATURES = ('image_id', 'sample_id', 'id')
 
 def _load_features(dataset_config, split: str, names: Sequence[str], max_examples: int | None):
   """The named extra features of a split (images are not decoded); {} for names the builder lacks."""
-  import tensorflow_datasets as tfds
   from diffhand_jax import input_pipeline
   builder = input_pipeline.get_builder(dataset_config)
   present = [n for n in names if n in builder.info.features]
   if not present:
     return {}
-  if max_examples:
-    split = f'{split}[:{int(max_examples)}]'
-  decoders = {key: tfds.decode.SkipDecoding() for key in builder.info.features
-              if key not in present and isinstance(builder.info.features[key], tfds.features.Image)}
-  dataset = builder.as_dataset(split=split, batch_size=-1, decoders=decoders or None)
-  arrays = tfds.as_numpy(dataset)
+  # load_split reads tfrecord and ArrayRecord-only data alike, and decodes only the features asked for.
+  arrays = input_pipeline.load_split(dataset_config, split, max_examples, features=present)
   return {n: np.asarray(arrays[n]) for n in present}
 
 
