@@ -1,7 +1,7 @@
 """Benchmark entry point.
 
   python -m diffhand_jax.bench NAME [--flags]     # one benchmark
-  python -m diffhand_jax.bench all                 # every benchmark, in turn
+  python -m diffhand_jax.bench all                 # every benchmark, in turn, with its defaults
   python -m diffhand_jax.bench list                # what exists
 
 Each benchmark prints a Markdown table and writes JSON (default ``bench_results/NAME.json``).
@@ -16,8 +16,13 @@ import sys
 from diffhand_jax import benchmarks
 
 
+# `all` runs the peer comparisons first; anything else found in benchmarks/ follows in name order.
+ORDER = ('encoder', 'sampler', 'train', 'input', 'model_cost', 'hypotheses')
+
+
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != 'common')
+  found = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != 'common'}
+  return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 
 def main(argv: list[str]) -> int:
@@ -28,10 +33,23 @@ def main(argv: list[str]) -> int:
     return 0 if argv else 2
   name, rest = argv[0], argv[1:]
   if name == 'all':
+    if rest:
+      print('`bench all` runs every benchmark with its defaults; pass flags to one benchmark at a time',
+            file=sys.stderr)
+      return 2
+    failed = []
     for each in names:
       print(f'== {each}', flush=True)
-      importlib.import_module(f'diffhand_jax.benchmarks.{each}').main(rest)
-    return 0
+      try:
+        code = importlib.import_module(f'diffhand_jax.benchmarks.{each}').main([]) or 0
+      except Exception as error:  # one broken benchmark should not hide the others' figures
+        print(f'{each}: failed: {type(error).__name__}: {error}', file=sys.stderr, flush=True)
+        code = 1
+      if code:
+        failed.append(each)
+    if failed:
+      print(f'failed: {", ".join(failed)}', file=sys.stderr)
+    return 1 if failed else 0
   if name not in names:
     print(f'unknown benchmark {name!r}; choose one of: {", ".join(names)}, all', file=sys.stderr)
     return 2

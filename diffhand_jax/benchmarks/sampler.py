@@ -1,14 +1,23 @@
-"""The one-scan DDIM sampler against a Python loop of jitted single steps.
+"""The full `reconstruct` (one encoder pass + a one-scan DDIM) against its parts and against a Python loop.
 
-  python -m diffhand_jax.bench sampler [--batch_sizes=1,64] [--num_steps=10] [--output=...]
+  python -m diffhand_jax.bench sampler [--preset=cpu_demo] [--batch_sizes=1,64] [--num_steps=10]
 
-Both run the same small per-vertex MLP denoiser on (B, 778, 3) with the same DDIM equations
-(``diffusion.ddim_sample`` for the scan; the loop calls a jitted step once per timestep from Python).
+Three ways to get the same meshes from the same params, images and x_T, for a model preset
+(configs/model_presets.py, random weights):
+  reconstruct  `diffhand.make_reconstruct_fn`: one jitted program, the image encoded once, the DDIM
+               steps in one `lax.scan`.
+  parts        one jitted encoder pass plus S separately jitted decoder passes, each timed alone and
+               summed: the compute that any sampler must do. reconstruct/parts is the scan's overhead.
+  loop         what a user writes without the scan: the jitted encoder, then a Python loop of S calls of
+               one jitted DDIM step (decoder pass + update). loop/reconstruct is the scan's gain.
+All three are checked to give the same vertices before anything is timed. The default preset is
+`cpu_demo` on a CPU and `paper` on an accelerator.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,89 +25,101 @@ import numpy as np
 
 from diffhand_jax import diffusion
 from diffhand_jax.benchmarks import common
-
-NUM_VERTICES = 778
-HIDDEN = 128
+from diffhand_jax.models import diffhand
 
 
-def init_mlp(key: jax.Array) -> dict[str, jax.Array]:
-  """A per-vertex MLP (3 + time features → 128 → 128 → 3)."""
-  k1, k2, k3 = jax.random.split(key, 3)
-  return {
-      'w1': jax.random.normal(k1, (3 + 16, HIDDEN)) / np.sqrt(19.0), 'b1': jnp.zeros(HIDDEN),
-      'w2': jax.random.normal(k2, (HIDDEN, HIDDEN)) / np.sqrt(HIDDEN), 'b2': jnp.zeros(HIDDEN),
-      'w3': jax.random.normal(k3, (HIDDEN, 3)) / np.sqrt(HIDDEN), 'b3': jnp.zeros(3),
-  }
+def build(preset: str, batch: int) -> tuple[Any, Any, Any, Any]:
+  """A model of the preset with random params, images (B, H, W, 3) and x_T (1, B, N, 3)."""
+  from configs import model_presets
+  config = model_presets.get_model_config(preset)
+  model = diffhand.build_model(config)
+  params = diffhand.init(model, jax.random.PRNGKey(0), config.img_size)
+  size = int(config.img_size)
+  images = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3), jnp.float32)
+  x_T = jax.random.normal(jax.random.PRNGKey(2), (1, batch, model.num_vertices, 3), jnp.float32)
+  return model, params, images, x_T
 
 
-def mlp_denoiser(params: dict[str, jax.Array], x_t: jax.Array, t: jax.Array) -> jax.Array:
-  """x̂_0 from x_t (B, N, 3) and t (B,)."""
-  freqs = jnp.exp(-jnp.arange(8) * np.log(1000.0) / 8)
-  angles = t[:, None].astype(jnp.float32) * freqs
-  t_feat = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # (B, 16)
-  t_feat = jnp.broadcast_to(t_feat[:, None], x_t.shape[:2] + (16,))
-  h = jax.nn.gelu(jnp.concatenate([x_t, t_feat], axis=-1) @ params['w1'] + params['b1'])
-  h = jax.nn.gelu(h @ params['w2'] + params['b2'])
-  return h @ params['w3'] + params['b3']
-
-
-def make_scan_sampler(schedule: diffusion.Schedule, num_steps: int):
-  @jax.jit
-  def sample(params, x_T):
-    return diffusion.ddim_sample(lambda x, t: mlp_denoiser(params, x, t), x_T, schedule,
-                                 num_steps=num_steps)
-  return sample
-
-
-def make_loop_sampler(schedule: diffusion.Schedule, num_steps: int):
-  """The same η = 0 update, one jitted call per step from a Python loop."""
+def make_samplers(model, schedule: diffusion.Schedule, num_steps: int) -> dict[str, Any]:
+  """The jitted callables of the three ways (see the module docstring)."""
+  reconstruct = diffhand.make_reconstruct_fn(model, num_steps=num_steps, schedule=schedule)
+  encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method=diffhand.DiffHand.encode))
+  denoise = jax.jit(lambda p, c, x, t: model.apply({'params': p}, c, x, t,
+                                                   method=diffhand.DiffHand.denoise)[0])
   timesteps = diffusion.ddim_timesteps(schedule.num_timesteps, num_steps)
 
   @jax.jit
-  def step(params, x_t, t_now, t_next):
+  def step(params, cond, x_t, t_now, t_next):
     alpha_now = jnp.where(t_now >= 0, schedule.alphas_cumprod[jnp.maximum(t_now, 0)], 1.0)
     alpha_next = jnp.where(t_next >= 0, schedule.alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
-    x0_hat = mlp_denoiser(params, x_t, jnp.full((x_t.shape[0],), t_now, jnp.int32))
+    x0_hat = model.apply({'params': params}, cond, x_t, jnp.full((x_t.shape[0],), t_now, jnp.int32),
+                         method=diffhand.DiffHand.denoise)[0]
     eps_hat = (x_t - jnp.sqrt(alpha_now) * x0_hat) / jnp.sqrt(1.0 - alpha_now)
     return jnp.sqrt(alpha_next) * x0_hat + jnp.sqrt(jnp.maximum(1.0 - alpha_next, 0.0)) * eps_hat
 
-  def sample(params, x_T):
+  def loop(params, images, x_T):
+    cond = encode(params, images)
     x = x_T
     for t_now, t_next in zip(timesteps[:-1], timesteps[1:]):
-      x = step(params, x, np.int32(t_now), np.int32(t_next))
+      x = step(params, cond, x, np.int32(t_now), np.int32(t_next))
     return x
-  return sample
+
+  return {'reconstruct': reconstruct, 'encode': encode, 'denoise': denoise, 'step': step, 'loop': loop,
+          'timesteps': timesteps}
+
+
+def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
+  model, params, images, x_T = build(preset, batch)
+  schedule = diffusion.cosine_schedule(1000)
+  fns = make_samplers(model, schedule, num_steps)
+  key = jax.random.PRNGKey(3)
+  scan_vertices = fns['reconstruct'](params, images, key, noise=x_T)['vertices'][:, 0]
+  loop_vertices = fns['loop'](params, images, x_T[0])
+  np.testing.assert_allclose(np.asarray(scan_vertices), np.asarray(loop_vertices), atol=1e-3, rtol=1e-3)
+
+  cond = common.block(fns['encode'](params, images))
+  t = jnp.full((batch,), int(fns['timesteps'][0]), jnp.int32)
+  timed = {
+      'reconstruct': common.time_fn(
+          lambda: common.block(fns['reconstruct'](params, images, key, noise=x_T)), repeats=repeats),
+      'encoder': common.time_fn(lambda: common.block(fns['encode'](params, images)), repeats=repeats),
+      'decoder': common.time_fn(lambda: common.block(fns['denoise'](params, cond, x_T[0], t)),
+                                repeats=repeats),
+      'loop': common.time_fn(lambda: common.block(fns['loop'](params, images, x_T[0])), repeats=repeats),
+  }
+  parts = timed['encoder']['median'] + num_steps * timed['decoder']['median']
+  return {'preset': preset, 'batch': batch, 'num_steps': num_steps, 'seconds': timed,
+          'parts_s': parts,
+          'reconstruct_over_parts': timed['reconstruct']['median'] / parts,
+          'loop_over_reconstruct': timed['loop']['median'] / timed['reconstruct']['median']}
 
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench sampler', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--preset', default=None, help='default: cpu_demo on CPU, paper otherwise')
   parser.add_argument('--batch_sizes', default='1,64')
   parser.add_argument('--num_steps', type=int, default=10)
   parser.add_argument('--repeats', type=int, default=7)
   parser.add_argument('--output', default='bench_results/sampler.json')
   args = parser.parse_args(argv)
+  preset = args.preset or ('cpu_demo' if jax.default_backend() == 'cpu' else 'paper')
 
-  schedule = diffusion.cosine_schedule(1000)
-  params = init_mlp(jax.random.PRNGKey(0))
-  scan_sampler = make_scan_sampler(schedule, args.num_steps)
-  loop_sampler = make_loop_sampler(schedule, args.num_steps)
   rows, results = [], []
   for batch in [int(b) for b in args.batch_sizes.split(',')]:
-    x_T = jax.random.normal(jax.random.PRNGKey(1), (batch, NUM_VERTICES, 3))
-    np.testing.assert_allclose(np.asarray(scan_sampler(params, x_T)),
-                               np.asarray(loop_sampler(params, x_T)), atol=1e-4)
-    scan_t = common.time_fn(lambda: common.block(scan_sampler(params, x_T)), repeats=args.repeats)
-    loop_t = common.time_fn(lambda: common.block(loop_sampler(params, x_T)), repeats=args.repeats)
-    ratio = loop_t['median'] / scan_t['median']
-    results.append({'batch': batch, 'num_steps': args.num_steps, 'scan_s': scan_t, 'loop_s': loop_t,
-                    'loop_over_scan': ratio})
-    rows.append([batch, args.num_steps, scan_t['median'] * 1e3, scan_t['min'] * 1e3, scan_t['max'] * 1e3,
-                 loop_t['median'] * 1e3, loop_t['min'] * 1e3, loop_t['max'] * 1e3, ratio])
-  header = ['batch', 'steps', 'scan ms (median)', 'scan min', 'scan max', 'loop ms (median)', 'loop min',
-            'loop max', 'loop/scan']
-  table = common.print_table('DDIM sampler: one lax.scan vs a Python loop of jitted steps (MLP denoiser)',
-                             header, rows)
+    r = measure(preset, batch, args.num_steps, args.repeats)
+    results.append(r)
+    s = r['seconds']
+    rows.append([preset, batch, args.num_steps, s['reconstruct']['median'] * 1e3,
+                 f"{s['reconstruct']['min'] * 1e3:.4g}-{s['reconstruct']['max'] * 1e3:.4g}",
+                 s['encoder']['median'] * 1e3, s['decoder']['median'] * 1e3, r['parts_s'] * 1e3,
+                 s['loop']['median'] * 1e3, f"{s['loop']['min'] * 1e3:.4g}-{s['loop']['max'] * 1e3:.4g}",
+                 r['reconstruct_over_parts'], r['loop_over_reconstruct']])
+  header = ['preset', 'batch', 'steps', 'reconstruct ms (median)', 'min-max', 'encoder ms',
+            'decoder ms (one pass)', 'parts ms (enc + S dec)', 'loop ms (median)', 'min-max',
+            'reconstruct/parts', 'loop/reconstruct']
+  table = common.print_table(f'reconstruct (one scan) vs its parts vs a Python loop, '
+                             f'{jax.default_backend()}', header, rows)
   common.write_json(args.output, {'benchmark': 'sampler', 'machine': common.machine(), 'results': results,
                                   'table': table})
   return 0

@@ -1,0 +1,97 @@
+"""Our ViT encoder against timm's PyTorch forward of the same variant, same weights, same batch, one process.
+
+  python -m diffhand_jax.bench encoder [--models=deit_small_patch16_224] [--batch_sizes=8] [--output=...]
+
+timm's model is created with random weights (no download), converted with `vit.from_timm`, and both run
+`forward_features` on the same images: timm eagerly under `torch.inference_mode()` (its usual way to
+run), ours jitted. Both use every core of the machine (torch's intra-op threads are set to the core count;
+XLA's CPU client uses its own pool of that size). The outputs are checked to agree before anything is
+timed. The ratio is ours/timm: below 1 means we are faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffhand_jax.benchmarks import common
+from diffhand_jax.models import vit
+
+
+def _timm_model(name: str, img_size: int | None):
+  import timm
+  kwargs = {} if img_size is None else {'img_size': img_size}
+  return timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
+
+
+def measure(name: str, batch: int, *, img_size: int | None = None, repeats: int = 7,
+            threads: int | None = None, dtype: str = 'float32') -> dict:
+  """Times one model at one batch size; returns seconds per forward for both, and the ratio."""
+  import torch
+  threads = threads or os.cpu_count() or 1
+  torch.set_num_threads(threads)
+  timm_model = _timm_model(name, img_size)
+  state_dict = {k: v.detach().numpy() for k, v in timm_model.state_dict().items()}
+  size = timm_model.patch_embed.img_size
+  module, params = vit.from_timm(name, state_dict, img_size=tuple(size),
+                                 dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+  params = jax.device_put(params)
+  images_nchw = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
+  torch_images = torch.from_numpy(images_nchw)
+  jax_images = jax.device_put(jnp.asarray(images_nchw.transpose(0, 2, 3, 1)))
+  forward = jax.jit(lambda p, x: module.apply({'params': p}, x))
+
+  def run_ours():
+    return common.block(forward(params, jax_images))
+
+  def run_timm():
+    with torch.inference_mode():
+      return timm_model.forward_features(torch_images)
+
+  ours_features, _ = run_ours()
+  timm_features = run_timm().numpy()[:, timm_model.num_prefix_tokens:]
+  max_diff = float(np.max(np.abs(np.asarray(ours_features, np.float32) - timm_features)))
+  if dtype == 'float32' and max_diff > 1e-3:
+    raise AssertionError(f'{name}: our features differ from timm by {max_diff}; not timing a wrong model')
+  ours = common.time_fn(run_ours, repeats=repeats, min_seconds=0.5)
+  theirs = common.time_fn(run_timm, repeats=repeats, min_seconds=0.5)
+  return {'model': name, 'batch': batch, 'img_size': list(size), 'dtype': dtype, 'threads': threads,
+          'torch': torch.__version__, 'max_abs_diff': max_diff, 'ours_s': ours, 'timm_s': theirs,
+          'ours_over_timm': ours['median'] / theirs['median'],
+          'ours_images_per_s': batch / ours['median'], 'timm_images_per_s': batch / theirs['median']}
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench encoder', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--models', default='deit_small_patch16_224')
+  parser.add_argument('--batch_sizes', default='8')
+  parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--threads', type=int, default=None, help='default: every core')
+  parser.add_argument('--output', default='bench_results/encoder.json')
+  args = parser.parse_args(argv)
+
+  results, rows = [], []
+  for name in args.models.split(','):
+    for batch in [int(b) for b in args.batch_sizes.split(',')]:
+      r = measure(name, batch, repeats=args.repeats, threads=args.threads)
+      results.append(r)
+      rows.append([name, batch, r['ours_s']['median'] * 1e3, r['ours_s']['min'] * 1e3,
+                   r['ours_s']['max'] * 1e3, r['timm_s']['median'] * 1e3, r['timm_s']['min'] * 1e3,
+                   r['timm_s']['max'] * 1e3, r['ours_over_timm']])
+  header = ['model', 'batch', 'ours ms (median)', 'ours min', 'ours max', 'timm ms (median)', 'timm min',
+            'timm max', 'ours/timm']
+  table = common.print_table(f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), '
+                             f'{jax.default_backend()}', header, rows)
+  common.write_json(args.output, {'benchmark': 'encoder', 'machine': common.machine(), 'results': results,
+                                  'table': table})
+  return 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,141 @@
+"""Train-step throughput and MFU: the synthetic config and the paper config at a reduced batch.
+
+  python -m diffhand_jax.bench train [--configs=synthetic,paper] [--paper_batch=2] [--dtype=float32]
+
+For each config it builds the real sharded train step (`train.jit_train_step`, the state donated) on the
+config's mesh, feeds it random batches of the right shapes (no dataset needed), and times whole steps.
+FLOPs per step come from XLA's cost analysis of the compiled step (a multiply-add counts 2). The peak is
+measured here, in the same process: the best of a few large square matmuls of the compute dtype. MFU is
+achieved FLOP/s over that peak. A `jax.profiler` trace of a few steps splits the op time into matmul ops
+(YNNPACK/oneDNN/cuBLAS/Triton GEMM fusions) and the rest, which says what limits the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffhand_jax import profiling, train
+from diffhand_jax.benchmarks import common
+
+_MATMUL_MARKERS = ('ynn', 'xnn', 'onednn', 'dot', 'gemm', 'matmul', 'cublas', 'cutlass', 'conv')
+
+
+def load_config(name: str, paper_batch: int, dtype: str):
+  """A training config by name: 'synthetic' (configs/synthetic.py) or 'paper' (configs/freihand.py,
+  the paper's model, at batch `paper_batch`), with the procedural hand standing in for MANO."""
+  if name == 'synthetic':
+    from configs import synthetic
+    config = synthetic.get_config()
+  elif name == 'paper':
+    from configs import freihand
+    config = freihand.get_config()
+    config.batch_size = paper_batch
+    config.dataset.hand_model = 'procedural'  # same 778-vertex topology; no MANO file needed
+  else:
+    raise ValueError(f'unknown config {name!r}: choose synthetic or paper')
+  config.model.dtype = dtype
+  return config
+
+
+def peak_matmul_flops(dtype: Any, repeats: int = 5) -> dict[str, float]:
+  """The best FLOP/s of square matmuls of `dtype` on the default device (sizes by backend)."""
+  sizes = (1024, 2048) if jax.default_backend() == 'cpu' else (4096, 8192)
+  best = {'flops_per_s': 0.0, 'size': 0}
+  for n in sizes:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+    matmul = jax.jit(lambda x, y: x @ y)
+    seconds = common.time_fn(lambda: common.block(matmul(a, b)), repeats=repeats, min_seconds=0.5)
+    rate = 2.0 * n ** 3 / seconds['min']
+    if rate > best['flops_per_s']:
+      best = {'flops_per_s': rate, 'size': n}
+  return best
+
+
+def _random_batch(config, sharding) -> dict[str, jax.Array]:
+  rng = np.random.default_rng(0)
+  spec = train.train_batch_spec(config)
+  batch = {key: rng.standard_normal(s.shape).astype(s.dtype) for key, s in spec.items()}
+  batch['has_3d'] = np.ones(spec['has_3d'].shape, spec['has_3d'].dtype)
+  return train.to_global(batch, sharding)
+
+
+def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: bool) -> dict[str, Any]:
+  config = load_config(name, paper_batch, dtype)
+  topology, model, schedule, optimizer, mesh = train.build_components(config)
+  _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
+  state = jax.jit(lambda key: train.create_train_state(config, model, optimizer, key),
+                  out_shardings=shardings)(jax.random.PRNGKey(0))
+  step_fn = train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+  batch = _random_batch(config, train.batch_sharding(mesh))
+  compiled = step_fn.lower(state, batch).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  flops = float(analysis['flops'])
+
+  holder = {'state': state}
+
+  def one_step():
+    holder['state'], parts = compiled(holder['state'], batch)
+    return common.block(parts)
+
+  for _ in range(2):  # warm up (and settle the donated buffers)
+    one_step()
+  seconds = common.time_fn(one_step, repeats=steps, warmup=0, min_seconds=0.0)
+  result = {'config': name, 'batch': int(config.batch_size), 'img_size': int(config.model.img_size),
+            'encoder': config.model.encoder, 'dtype': dtype, 'mesh': dict(mesh.shape),
+            'flops_per_step': flops, 'step_s': seconds,
+            'examples_per_s': config.batch_size / seconds['median'],
+            'achieved_flops_per_s': flops / seconds['median']}
+  if profile:
+    rows = profiling.top_ops(one_step, calls=2)
+    total = sum(r[0] for r in rows)
+    matmul = sum(r[0] for r in rows if any(m in r[2].lower() for m in _MATMUL_MARKERS))
+    result['profile'] = {'op_ms_per_step': total, 'matmul_share': matmul / max(total, 1e-12),
+                         'top_ops': [{'name': r[2], 'ms': r[0], 'count': r[1]} for r in rows[:10]]}
+  return result
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench train', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--configs', default='synthetic,paper')
+  parser.add_argument('--paper_batch', type=int, default=None,
+                      help='batch of the paper config (default: 2 on CPU, 32 on an accelerator)')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--steps', type=int, default=5, help='timed steps (after 2 warm-up steps)')
+  parser.add_argument('--no_profile', action='store_true')
+  parser.add_argument('--output', default='bench_results/train.json')
+  args = parser.parse_args(argv)
+  paper_batch = args.paper_batch or (2 if jax.default_backend() == 'cpu' else 32)
+  dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
+
+  peak = peak_matmul_flops(dtype)
+  results, rows = [], []
+  for name in args.configs.split(','):
+    r = measure(name, paper_batch=paper_batch, dtype=args.dtype, steps=args.steps,
+                profile=not args.no_profile)
+    r['peak_matmul_flops_per_s'] = peak['flops_per_s']
+    r['mfu'] = r['achieved_flops_per_s'] / peak['flops_per_s']
+    results.append(r)
+    share = r.get('profile', {}).get('matmul_share')
+    rows.append([name, r['batch'], args.dtype, r['step_s']['median'] * 1e3,
+                 f"{r['step_s']['min'] * 1e3:.4g}-{r['step_s']['max'] * 1e3:.4g}", r['examples_per_s'],
+                 r['flops_per_step'] / 1e9, r['achieved_flops_per_s'] / 1e9, peak['flops_per_s'] / 1e9,
+                 f"{100 * r['mfu']:.1f}%", '-' if share is None else f'{100 * share:.0f}%'])
+  header = ['config', 'batch', 'dtype', 'step ms (median)', 'min-max', 'examples/s', 'GFLOP/step',
+            'achieved GFLOP/s', f'peak GFLOP/s ({peak["size"]}² matmul)', 'MFU', 'matmul share of op time']
+  table = common.print_table(f'Train step throughput and MFU, {jax.default_backend()}', header, rows)
+  common.write_json(args.output, {'benchmark': 'train', 'machine': common.machine(), 'peak': peak,
+                                  'results': results, 'table': table})
+  return 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main(sys.argv[1:]))
