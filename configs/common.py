@@ -6,7 +6,7 @@ import ml_collections
 
 def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = 'train'  # or 'evaluate'
+  config.mode = 'train'  # or 'evaluate', or 'memory' (compile only; print per-device memory)
   config.seed = 0
   config.batch_size = 64
   config.log_every_steps = 100
@@ -14,6 +14,13 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.keep_checkpoints = 3
   config.mesh = {'data': -1, 'fsdp': 1}  # -1 = fill in with the remaining devices
   config.fsdp_min_size = 2**18  # tensors smaller than this stay replicated
+  # How params, optimiser state and EMA are laid out on the mesh: (regex, spec) pairs; the first regex
+  # found (re.search) in a tensor's path ('params/encoder/blocks_0/mlp/fc1/kernel',
+  # 'opt_state/1/0/mu/...', 'ema_params/...') gives its spec: 'fsdp_largest' (shard the largest
+  # dimension divisible by the fsdp axis, for tensors of at least fsdp_min_size elements), 'replicate',
+  # or a tuple of mesh axis names / None per dimension, e.g. (None, 'fsdp'). No match: replicated.
+  config.sharding_rules = (('.*', 'fsdp_largest'),)
+  config.grad_accum_steps = 1  # > 1: split the global batch into this many micro-batches per update
   config.ema_decay = 0.0  # > 0: also keep (and evaluate) an exponential moving average of the weights
 
   config.dataset = ml_collections.ConfigDict()
@@ -33,6 +40,10 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.dataset.max_translation = 0.05  # fraction of the crop box
   config.dataset.colour_jitter = 0.2
   config.dataset.max_train_examples = ml_collections.config_dict.placeholder(int)
+  # Streaming (input_pipeline.SplitSource) vs whole split in memory; None = in memory for synthetic only.
+  config.dataset.in_memory = ml_collections.config_dict.placeholder(bool)
+  config.dataset.prefetch_batches = ml_collections.config_dict.placeholder(int)  # None = 4
+  config.dataset.num_threads = ml_collections.config_dict.placeholder(int)  # None = cores - 1
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-4

@@ -2,9 +2,11 @@
 
   python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic
   python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic --config.mode=evaluate
+  python -m diffhand_jax.main --config=configs/synthetic.py --config.mode=memory   # no --workdir needed
 
-Training resumes from the newest checkpoint in --workdir. Any config field can be overridden on the
-command line (``--config.batch_size=16``).
+Training resumes from the newest checkpoint in --workdir. Mode 'memory' compiles the train step without
+running it and prints the per-device memory XLA plans for it (diffhand_jax/aot.py). Any config field can
+be overridden on the command line (``--config.batch_size=16``).
 """
 
 import os
@@ -18,7 +20,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, results and exports go.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).',
                                 lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -36,12 +38,17 @@ def main(argv):
           f'{jax.local_device_count()} local / {jax.device_count()} global devices', flush=True)
   config = FLAGS.config
   mode = config.get('mode', 'train')
+  if mode in ('train', 'evaluate') and not FLAGS.workdir:
+    raise app.UsageError(f"--workdir is required in mode {mode!r}")
   if mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir)
   elif mode == 'evaluate':
     train.evaluate_checkpoint(config, FLAGS.workdir)
+  elif mode == 'memory':
+    from diffhand_jax import aot
+    aot.print_memory_report(config)
   else:
-    raise app.UsageError(f"config.mode must be 'train' or 'evaluate', got {mode!r}")
+    raise app.UsageError(f"config.mode must be 'train', 'evaluate' or 'memory', got {mode!r}")
 
 
 def run():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from typing import Any, Mapping
 
@@ -100,10 +101,104 @@ def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
   return P()
 
 
-def state_shardings(mesh: Mesh, abstract_state: PyTree, min_size: int) -> PyTree:
-  fsdp_size = mesh.shape.get('fsdp', 1)
-  return jax.tree_util.tree_map(
-      lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size, min_size)),
+# The default of config.sharding_rules: every tensor goes by the FSDP rule above.
+DEFAULT_SHARDING_RULES = (('.*', 'fsdp_largest'),)
+_NAMED_SPECS = ('fsdp_largest', 'replicate')
+
+
+def leaf_path(path: tuple) -> str:
+  """'/'-joined names of a pytree path: 'params/encoder/blocks_0/attn/qkv/kernel',
+  'opt_state/1/0/mu/encoder/...', 'ema_params/...', 'step'."""
+  names = []
+  for entry in path:
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(entry, attribute):
+        names.append(str(getattr(entry, attribute)))
+        break
+    else:
+      names.append(str(entry))
+  return '/'.join(names)
+
+
+def check_sharding_rules(rules) -> list[tuple[re.Pattern, Any]]:
+  """config.sharding_rules → [(compiled regex, spec)], or a ValueError saying which rule is wrong."""
+  compiled = []
+  for index, rule in enumerate(rules):
+    where = f'config.sharding_rules[{index}] = {rule!r}'
+    if isinstance(rule, (str, bytes)) or len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"{where}: a rule is a pair (regex over the param path, spec), e.g. "
+                       f"('encoder/.*/kernel', 'fsdp_largest')")
+    pattern, spec = rule
+    try:
+      regex = re.compile(pattern)
+    except re.error as error:
+      raise ValueError(f'{where}: {pattern!r} is not a valid regex ({error})') from None
+    if isinstance(spec, str):
+      if spec not in _NAMED_SPECS:
+        raise ValueError(f'{where}: spec must be one of {_NAMED_SPECS} or a tuple of mesh axis names / '
+                         f'None per dimension, got {spec!r}')
+    elif spec is None:
+      spec = 'replicate'
+    elif isinstance(spec, (tuple, list)):
+      spec = tuple(tuple(axis) if isinstance(axis, list) else axis for axis in spec)
+    else:
+      raise ValueError(f'{where}: spec must be a string or a tuple, got {type(spec).__name__}')
+    compiled.append((regex, spec))
+  return compiled
+
+
+def _explicit_spec(spec: tuple, path: str, shape: tuple[int, ...], mesh_shape: Mapping[str, int],
+                   pattern: str) -> P:
+  where = f'config.sharding_rules: rule {pattern!r} gives {spec!r} to {path} of shape {shape}'
+  if len(spec) != len(shape):
+    raise ValueError(f'{where}, but the spec needs one entry (axis name, tuple of names or None) per '
+                     f'dimension: {len(spec)} != {len(shape)}')
+  for dim, axes in enumerate(spec):
+    if axes is None:
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    unknown = [name for name in names if name not in mesh_shape]
+    if unknown:
+      raise ValueError(f'{where}, but the mesh has no axis {unknown[0]!r} (axes: {list(mesh_shape)})')
+    size = int(np.prod([mesh_shape[name] for name in names]))
+    if shape[dim] % size:
+      raise ValueError(f'{where}, but dimension {dim} ({shape[dim]}) does not divide over {axes!r} '
+                       f'({size} devices)')
+  return P(*spec)
+
+
+def rule_spec(path: str, shape: tuple[int, ...], rules, mesh_shape: Mapping[str, int],
+              min_size: int) -> P:
+  """The PartitionSpec of the tensor at ``path``: the spec of the first rule whose regex matches
+  (re.search) the path; replicated when none matches.
+
+  rules: config.sharding_rules, pairs (regex, spec) with spec 'fsdp_largest' (`param_spec`, with
+  ``min_size``), 'replicate', or a tuple with one mesh axis name, tuple of names, or None per dimension.
+  """
+  return _first_match(path, shape, check_sharding_rules(rules), mesh_shape, min_size)
+
+
+def _first_match(path, shape, compiled_rules, mesh_shape, min_size) -> P:
+  for regex, spec in compiled_rules:
+    if not regex.search(path):
+      continue
+    if spec == 'replicate':
+      return P()
+    if spec == 'fsdp_largest':
+      return param_spec(tuple(shape), int(mesh_shape.get('fsdp', 1)), min_size)
+    return _explicit_spec(spec, path, tuple(shape), mesh_shape, regex.pattern)
+  return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state: PyTree, min_size: int,
+                    rules=DEFAULT_SHARDING_RULES) -> PyTree:
+  """A NamedSharding per leaf of ``abstract_state`` by the sharding rules (see `rule_spec`); the paths
+  the rules see are those of the state: 'params/...', 'opt_state/...', 'ema_params/...', 'step', 'rng'."""
+  compiled_rules = check_sharding_rules(rules)
+  mesh_shape = dict(mesh.shape)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(
+          mesh, _first_match(leaf_path(path), tuple(leaf.shape), compiled_rules, mesh_shape, min_size)),
       abstract_state)
 
 
@@ -153,30 +248,118 @@ def create_train_state(config, model, optimizer, key) -> TrainState:
 # Update step
 # ==================================================================================================
 
-def loss_fn(params, model, batch, key, schedule, topology: HandTopology, config):
-  """Forward process, one denoising pass, and the DiffHand losses (all in model space)."""
-  x0 = batch['vertices']
+def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.Array, jax.Array]:
+  """The timesteps t (B,) and noised meshes x_t (B, N, 3) of one step, drawn for the whole global batch
+  at once, so that splitting it into micro-batches (gradient accumulation) changes no example's draw.
+  The regression variant (model.diffusion=False) gets t = regression_timestep and x_t = 0."""
   batch_size = x0.shape[0]
-  if config.model.diffusion:
-    t_key, noise_key = jax.random.split(key)
-    t = jax.random.randint(t_key, (batch_size,), 0, schedule.num_timesteps)
-    x_t = diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype))
-  else:
-    t = jnp.full((batch_size,), config.model.regression_timestep, jnp.int32)
-    x_t = jnp.zeros_like(x0)
-  x0_hat, camera = model.apply({'params': params}, batch['image'], x_t, t)
+  if not config.model.diffusion:
+    return (jnp.full((batch_size,), config.model.regression_timestep, jnp.int32), jnp.zeros_like(x0))
+  t_key, noise_key = jax.random.split(key)
+  t = losses.sample_timesteps(t_key, batch_size, schedule.num_timesteps,
+                              config.loss.get('timestep_sampling', 'uniform'),
+                              config.loss.get('timestep_power', 1.0))
+  return t, diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype))
+
+
+def loss_fn(params, model, batch, topology: HandTopology, config):
+  """One denoising pass on batch['x_t'] at batch['t'] (from `noised_inputs`) and the DiffHand losses,
+  all in model space. The model computes in config.model.dtype; the losses are float32."""
+  x0_hat, camera = model.apply({'params': params}, batch['image'], batch['x_t'], batch['t'])
   loss, parts = losses.total_loss(
-      x0_hat.astype(jnp.float32), x0, batch['joints'], batch['joints_2d'], camera.astype(jnp.float32),
-      topology.joint_regressor, topology.faces, has_3d=batch['has_3d'],
-      has_2d=batch['has_3d'] * float(config.loss.get('use_2d', True)),
-      lambda_joint=config.loss.lambda_joint, lambda_smooth=config.loss.lambda_smooth)
+      x0_hat.astype(jnp.float32), batch['vertices'], batch['joints'], batch['joints_2d'],
+      camera.astype(jnp.float32), topology.joint_regressor, topology.faces, has_3d=batch['has_3d'],
+      has_2d=_has_2d(batch, config), lambda_joint=config.loss.lambda_joint,
+      lambda_smooth=config.loss.lambda_smooth)
   return loss, parts
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, schedule, topology, config):
+def _has_2d(batch, config) -> jax.Array:
+  return batch['has_3d'] * float(config.loss.get('use_2d', True))
+
+
+def micro_batches(batch: Mapping[str, jax.Array], num_micro: int, mesh: Mesh | None = None):
+  """(B, ...) arrays → (num_micro, B / num_micro, ...). Micro-batch j holds rows j, j + num_micro, ...:
+  every device's rows of the batch (split over the mesh on axis 0) feed every micro-batch evenly, so no
+  data moves between devices."""
+  def split(x):
+    x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
+    if mesh is not None:
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, tuple(mesh.axis_names))))
+    return x
+  return {key: split(value) for key, value in batch.items()}
+
+
+def accumulated_loss_and_grads(params, batch, num_micro: int, *, model, topology, config, mesh=None,
+                               param_shardings=None):
+  """Loss parts and gradients of the whole batch, computed ``num_micro`` micro-batches at a time
+  (lax.scan, gradients summed in float32; with ``param_shardings`` the running sum is laid out as the
+  params are, so FSDP keeps it sharded).
+
+  The losses are weighted means over the batch (sum(w · l) / sum(w), w = has_3d or has_2d), so each
+  micro-batch's terms are weighted by its share of the batch's weight: the sums equal the one-batch
+  loss and gradients even when the labelled examples are spread unevenly over the micro-batches.
+  """
+  total_3d = jnp.sum(batch['has_3d'].astype(jnp.float32))
+  total_2d = jnp.sum(_has_2d(batch, config).astype(jnp.float32))
+
+  def share(weights, total):
+    return jnp.where(total > 0, jnp.sum(weights.astype(jnp.float32)) / jnp.where(total > 0, total, 1.0),
+                     0.0)
+
+  def weighted_loss(p, micro):
+    _, parts = loss_fn(p, model, micro, topology, config)
+    share_3d, share_2d = share(micro['has_3d'], total_3d), share(_has_2d(micro, config), total_2d)
+    parts = {'vertex': share_3d * parts['vertex'], 'joint_3d': share_3d * parts['joint_3d'],
+             'joint_2d': share_2d * parts['joint_2d'], 'smooth': share_3d * parts['smooth']}
+    parts['joint'] = parts['joint_3d'] + parts['joint_2d']
+    # losses.total_loss's combination (paper Eq. 13), of the weighted terms.
+    parts['total'] = (parts['vertex'] + config.loss.lambda_joint * parts['joint']
+                      + config.loss.lambda_smooth * parts['smooth'])
+    return parts['total'], parts
+
+  def like_params(tree):
+    return tree if param_shardings is None else jax.lax.with_sharding_constraint(tree, param_shardings)
+
+  def body(grad_sum, micro):
+    (_, parts), grads = jax.value_and_grad(weighted_loss, has_aux=True)(params, micro)
+    return like_params(jax.tree_util.tree_map(jnp.add, grad_sum, grads)), parts
+
+  zeros = like_params(jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+  grads, parts = jax.lax.scan(body, zeros, micro_batches(batch, num_micro, mesh))
+  grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
+  return jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), parts), grads
+
+
+def check_batch_layout(config, mesh: Mesh) -> None:
+  """The global batch must split evenly into config.grad_accum_steps micro-batches, each with the same
+  number of rows on every device of the mesh."""
+  num_micro = int(config.get('grad_accum_steps', 1))
+  if num_micro < 1:
+    raise ValueError(f'config.grad_accum_steps must be >= 1, got {num_micro}')
+  rows = config.batch_size // num_micro if config.batch_size % num_micro == 0 else None
+  if rows is None or rows % mesh.size:
+    raise ValueError(f'config.batch_size={config.batch_size} must be a multiple of grad_accum_steps '
+                     f'({num_micro}) x devices in the mesh ({mesh.size}: {dict(mesh.shape)}), so that '
+                     f'every micro-batch splits evenly over the devices')
+
+
+def train_step(state: TrainState, batch, *, model, optimizer, schedule, topology, config,
+               mesh: Mesh | None = None, param_shardings=None):
+  """One optimiser update on a global batch; with config.grad_accum_steps = k > 1 the gradients are
+  accumulated over k micro-batches first (``mesh`` keeps each micro-batch split over the devices, and
+  ``param_shardings`` the gradient sum laid out as the params)."""
   key = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, parts), grads = grad_fn(state.params, model, batch, key, schedule, topology, config)
+  t, x_t = noised_inputs(key, batch['vertices'], schedule, config)
+  batch = dict(batch, t=t, x_t=x_t)
+  num_micro = int(config.get('grad_accum_steps', 1))
+  if num_micro == 1:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, parts), grads = grad_fn(state.params, model, batch, topology, config)
+  else:
+    parts, grads = accumulated_loss_and_grads(state.params, batch, num_micro, model=model,
+                                              topology=topology, config=config, mesh=mesh,
+                                              param_shardings=param_shardings)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
@@ -326,12 +509,20 @@ class Logger:
 
 
 def _truncate_metrics_log(path: str, step: int) -> None:
-  """On resume, drops log lines from steps after the restored checkpoint (they will be redone)."""
+  """On resume, drops log lines from steps after the restored checkpoint (they will be redone), and a
+  line cut short by a kill."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if json.loads(line)['step'] <= step]
+
+  def keep(line: str) -> bool:
+    try:
+      return line.endswith('\n') and json.loads(line)['step'] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+      return False
+
+  kept = [line for line in lines if keep(line)]
   if len(kept) != len(lines):
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -397,6 +588,11 @@ def load_for_inference(workdir: str, *, use_ema: bool = True):
 
 def _setup(config, workdir):
   os.makedirs(workdir, exist_ok=True)
+  return build_components(config)
+
+
+def build_components(config):
+  """(topology, model, schedule, optimizer, mesh) of a config; reads only the hand model file."""
   hand_model = load_hand_model(config.dataset)
   topology = hand_topology(hand_model, config.dataset.get('tip_ids'))
   model = diffhand.build_model(config.model, topology.template)
@@ -409,6 +605,42 @@ def _setup(config, workdir):
 def _abstract_state(config, model, optimizer):
   return jax.eval_shape(functools.partial(create_train_state, config, model, optimizer),
                         jax.random.PRNGKey(config.seed))
+
+
+def sharded_abstract_state(config, model, optimizer, mesh: Mesh) -> tuple[TrainState, TrainState]:
+  """(the train state as jax.ShapeDtypeStructs carrying their shardings, the NamedShardings), by
+  config.sharding_rules (default: DEFAULT_SHARDING_RULES) and config.fsdp_min_size."""
+  abstract_state = _abstract_state(config, model, optimizer)
+  shardings = state_shardings(mesh, abstract_state, config.get('fsdp_min_size', 2**18),
+                              config.get('sharding_rules', DEFAULT_SHARDING_RULES))
+  abstract_state = jax.tree_util.tree_map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract_state, shardings)
+  return abstract_state, shardings
+
+
+TRAIN_KEYS = ('image', 'vertices', 'joints', 'joints_2d', 'has_3d')
+
+
+def train_batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a global training batch (what `input_pipeline.train_batches` yields)."""
+  batch, size, vertices = config.batch_size, config.model.img_size, config.model.num_vertices
+  return {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+          'vertices': jax.ShapeDtypeStruct((batch, vertices, 3), jnp.float32),
+          'joints': jax.ShapeDtypeStruct((batch, 21, 3), jnp.float32),
+          'joints_2d': jax.ShapeDtypeStruct((batch, 21, 2), jnp.float32),
+          'has_3d': jax.ShapeDtypeStruct((batch,), jnp.float32)}
+
+
+def jit_train_step(config, model, optimizer, schedule, topology, mesh: Mesh, shardings):
+  """`train_step` jitted with explicit shardings (state by the rules, batch over every mesh axis) and
+  the state donated."""
+  check_batch_layout(config, mesh)
+  return jax.jit(
+      functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
+                        topology=topology, config=config, mesh=mesh, param_shardings=shardings.params),
+      in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
+      donate_argnums=(0,))
 
 
 def _eval_params(state: TrainState, config):
@@ -438,8 +670,8 @@ def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval
   per_sample = metrics.evaluate_per_sample(regress_joints(prediction['vertices'], W), prediction['gt_joints'],
                                            prediction['vertices'], prediction['gt_vertices'])
   results = {key: float(np.mean(value)) for key, value in per_sample.items()}
-  baseline = mean_mesh_baseline(train_arrays, prediction, topology.joint_regressor,
-                                config.model.vertex_scale)
+  baseline = mean_mesh_baseline(input_pipeline.mean_mesh_example(train_arrays), prediction,
+                                topology.joint_regressor, config.model.vertex_scale)
   results['baseline_pa_mpvpe'] = baseline['pa_mpvpe']
   results['baseline_mpvpe'] = baseline['mpvpe']
   results['step'] = step
@@ -478,7 +710,7 @@ def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval
 
 
 def _eval_arrays(config):
-  return input_pipeline.load_split(config.dataset, config.dataset.eval_split,
+  return input_pipeline.open_split(config.dataset, config.dataset.eval_split,
                                    config.eval.get('max_examples'))
 
 
@@ -486,17 +718,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains from scratch or from the newest checkpoint in ``workdir``; returns the final results."""
   topology, model, schedule, optimizer, mesh = _setup(config, workdir)
   save_config(config, workdir)
-  train_arrays = input_pipeline.load_split(config.dataset, config.dataset.train_split,
+  train_arrays = input_pipeline.open_split(config.dataset, config.dataset.train_split,
                                            config.dataset.get('max_train_examples'))
   eval_arrays = _eval_arrays(config)
   _print(f'data: {len(train_arrays["image"])} train / {len(eval_arrays["image"])} '
         f'{config.dataset.eval_split} examples; mesh {dict(mesh.shape)}', flush=True)
 
-  abstract_state = _abstract_state(config, model, optimizer)
-  shardings = state_shardings(mesh, abstract_state, config.get('fsdp_min_size', 2**18))
-  abstract_state = jax.tree_util.tree_map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract_state, shardings)
+  abstract_state, shardings = sharded_abstract_state(config, model, optimizer, mesh)
   manager = checkpoint_manager(workdir, config)
   restored = restore_latest(manager, abstract_state)
   if restored is None:
@@ -511,10 +739,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _truncate_metrics_log(os.path.join(workdir, 'metrics.jsonl'), start_step)
 
   data_sharding = batch_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
-                        topology=topology, config=config),
-      in_shardings=(shardings, data_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
+  step_fn = jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
   reconstruct_fn = diffhand.make_reconstruct_fn(
       model, num_steps=config.model.sampling_steps, num_hypotheses=config.model.num_hypotheses,
       eta=config.model.eta, schedule=schedule)
@@ -526,7 +751,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       colour_strength=config.dataset.get('colour_jitter', 0.0),
       crop_margin=config.dataset.get('crop_margin'), augment=augment_options(config.dataset),
       process_index=jax.process_index(), process_count=jax.process_count())
-  train_keys = ('image', 'vertices', 'joints', 'joints_2d', 'has_3d')
   results = None
   window_start, window_steps, history = time.time(), 0, []
   loop_start = time.time()
@@ -534,7 +758,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with PreemptionSignal() as preemption:
       for step in range(start_step, config.num_train_steps):
         batch = next(batches)
-        state, parts = step_fn(state, to_global({k: batch[k] for k in train_keys}, data_sharding))
+        state, parts = step_fn(state, to_global({k: batch[k] for k in TRAIN_KEYS}, data_sharding))
         history.append(parts)
         window_steps += 1
         done = step + 1
@@ -638,7 +862,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   manager.close()
   if state is None:
     raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}')
-  train_arrays = input_pipeline.load_split(config.dataset, config.dataset.train_split,
+  train_arrays = input_pipeline.open_split(config.dataset, config.dataset.train_split,
                                            config.dataset.get('max_train_examples'))
   reconstruct_fn = diffhand.make_reconstruct_fn(
       model, num_steps=config.model.sampling_steps, num_hypotheses=config.model.num_hypotheses,

@@ -103,3 +103,90 @@ def test_meshes_match_one_device(tmp_path):
     assert relative <= 1e-5, (name, relative)
   assert int(runs['data8_sharded_leaves']) == 0
   assert int(runs['fsdp8_sharded_leaves']) > 0 and int(runs['data2_fsdp4_sharded_leaves']) > 0
+
+
+def _run(command, env, timeout=900):
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+  return result
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
+  """2 processes x 2 fake CPU devices (launch/local.sh) and 1 process x 4 give the same losses, on a
+  (data=2, fsdp=2) mesh whose fsdp axis shards params across the processes, with 2 micro-batches."""
+  config_file = tmp_path / 'config.py'
+  _write_tiny_config(config_file, tmp_path / 'tfds', log_every_steps=1, batch_size=8, grad_accum_steps=2,
+                     mesh={'data': 2, 'fsdp': 2}, fsdp_min_size=1)
+  command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
+  env = dict(os.environ, LOG_DIR=str(tmp_path / 'logs'), JAX_PLATFORMS='cpu')
+  single_env = dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=4 ' + env.get('XLA_FLAGS', ''))
+  single = _run(command + [f'--workdir={tmp_path / "one"}'], single_env)
+  assert "mesh {'data': 2, 'fsdp': 2}" in single.stdout
+  multi = subprocess.run([os.path.join(REPO, 'launch', 'local.sh'), '2', '2', '--'] + command
+                         + [f'--workdir={tmp_path / "two"}'], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+  logs = [open(tmp_path / 'logs' / f'process_{i}.log').read() for i in range(2)]
+  assert multi.returncode == 0, ''.join(log[-2000:] for log in logs)
+  assert 'process 1 of 2 (explicit), 2 local / 4 global devices' in logs[1]
+  one, two = _losses(tmp_path / 'one'), _losses(tmp_path / 'two')
+  assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+  for step in one:
+    assert two[step] == pytest.approx(one[step], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_with_the_uninterrupted_losses(tmp_path):
+  """kill -9 at a random step of a run that checkpoints every step; rerunning the same command resumes
+  from the newest readable checkpoint (the one in flight at the kill may be torn), and every step's
+  loss in metrics.jsonl equals that of a run never interrupted."""
+  import random
+  import signal
+  import time
+  num_steps = 10
+  config_file = tmp_path / 'config.py'
+  _write_tiny_config(config_file, tmp_path / 'tfds', num_train_steps=num_steps, log_every_steps=1,
+                     checkpoint_every_steps=1, keep_checkpoints=3, eval_every_steps=num_steps)
+  command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  _run(command + [f'--workdir={tmp_path / "straight"}'], env)
+
+  kill_after = random.randint(3, num_steps - 2)
+  workdir = tmp_path / 'killed'
+  process = subprocess.Popen(command + [f'--workdir={workdir}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  deadline, output = time.time() + 600, ''
+  while time.time() < deadline and process.poll() is None:
+    line = process.stdout.readline()
+    output += line
+    if line.startswith(f'step {kill_after}/'):
+      process.send_signal(signal.SIGKILL)
+      break
+  process.wait(timeout=60)
+  assert process.returncode == -signal.SIGKILL, f'not killed after step {kill_after}:\n{output[-3000:]}'
+
+  resumed = _run(command + [f'--workdir={workdir}'], env)
+  assert 'resumed from step ' in resumed.stdout, (kill_after, resumed.stdout[-2000:])
+  resumed_from = int(resumed.stdout.split('resumed from step ')[1].split()[0])
+  assert 1 <= resumed_from <= num_steps, kill_after
+  with open(workdir / 'metrics.jsonl') as f:
+    train_records = [json.loads(line) for line in f if '"train"' in line]
+  assert sorted(r['step'] for r in train_records) == list(range(1, num_steps + 1))  # no step twice
+  straight, killed = _losses(tmp_path / 'straight'), _losses(workdir)
+  for step in range(1, num_steps + 1):
+    assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-7), (step, kill_after, resumed_from)
+
+
+@pytest.mark.slow
+def test_memory_mode_compiles_without_data_or_workdir(tmp_path):
+  """`main --config.mode=memory` prints the per-device memory table, needs no --workdir, and reads no
+  data (the dataset is never built)."""
+  config_file = tmp_path / 'config.py'
+  _write_tiny_config(config_file, tmp_path / 'tfds', mode='memory', grad_accum_steps=2)
+  result = _run([sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}'],
+                dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert 'in 2 micro-batch(es)' in result.stdout
+  for row in ('arguments', 'outputs', 'temporaries', 'generated code', 'total (peak estimate)', 'params',
+              'optimiser state'):
+    assert f'\n  {row}' in result.stdout, row
+  assert not (tmp_path / 'tfds').exists()

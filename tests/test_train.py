@@ -6,6 +6,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -201,3 +202,152 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path,
   monkeypatch.setattr(input_pipeline, 'train_batches', real_batches)
   results = train.evaluate_checkpoint(config, str(workdir))
   assert results['step'] == 2 and np.isfinite(results['pa_mpvpe'])
+
+
+# ----- gradient accumulation, bf16 compute, AOT memory report ----------------------------------------
+
+def _step_setup(config, with_state: bool = True):
+  """(initial state or None, jitted train step, mesh) of a config, on this process's devices."""
+  topology, model, schedule, optimizer, mesh = train.build_components(config)
+  _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
+  state = None
+  if with_state:  # unjitted, the EMA shares the params' buffers: copy, as the step donates both
+    state = train.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
+    state = jax.tree_util.tree_map(jnp.copy, state)
+  return state, train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings), mesh
+
+
+def _random_batch(config, has_3d):
+  """A fixed global batch in train_batch_spec's shapes; has_3d (B,) as given."""
+  rng = np.random.default_rng(0)
+  batch = {key: rng.normal(0.0, 0.3, spec.shape).astype(np.float32)
+           for key, spec in train.train_batch_spec(config).items()}
+  batch['has_3d'] = np.asarray(has_3d, np.float32)
+  return batch
+
+
+def _jaxpr_equations(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in it (pjit, scan, custom_vjp, ...)."""
+  for equation in jaxpr.eqns:
+    yield equation
+    for value in equation.params.values():
+      for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          yield from _jaxpr_equations(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _jaxpr_equations(sub)
+
+
+def test_micro_batches_take_every_kth_row():
+  x = np.arange(12).reshape(6, 2)
+  split = train.micro_batches({'x': x}, 3)['x']
+  assert split.shape == (3, 2, 2)
+  for j in range(3):
+    np.testing.assert_array_equal(split[j], x[j::3])
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+  """Two micro-batches give the one-batch losses, gradient norm and updates over two steps, although the
+  labelled examples (has_3d) are spread unevenly over the micro-batches (2 in one, 1 in the other)."""
+  config = tiny_config(tmp_path / 'tfds')
+  # A smaller network than the tiny preset's: this test is about the step, and compiles it twice.
+  config.model.encoder_overrides.depth = 1
+  config.model.decoder = 'vanilla'
+  config.model.vanilla_depth = 1
+  config.batch_size = 4
+  config.optimizer.warmup_steps = 1  # step 0 has learning rate 0; step 1 updates at the peak
+  config.optimizer.learning_rate = 1e-3
+  batch = _random_batch(config, has_3d=[1.0, 0.0, 1.0, 1.0])
+  topology, model, schedule, optimizer, mesh = train.build_components(config)
+  _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
+  first_state = train.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
+  runs = {}
+  for num_micro in (1, 2):
+    config.grad_accum_steps = num_micro
+    step_fn = train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+    state = jax.tree_util.tree_map(jnp.copy, first_state)  # fresh buffers: the step donates them
+    initial = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(state.params)])
+    global_batch = train.to_global(batch, train.batch_sharding(mesh))
+    if num_micro == 2:  # the step really runs a scan over 2 micro-batches of 2 examples
+      jaxpr = jax.make_jaxpr(step_fn)(state, global_batch)
+      scans = [e for e in _jaxpr_equations(jaxpr.jaxpr) if e.primitive.name == 'scan']
+      assert any(e.params['length'] == 2 and any(v.aval.shape == (2, 2, 32, 32, 3) for v in e.invars)
+                 for e in scans)
+    parts = []
+    for _ in range(2):
+      state, step_parts = step_fn(state, global_batch)
+      parts.append({k: float(v) for k, v in step_parts.items()})
+    final = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(state.params)])
+    runs[num_micro] = parts, initial, final
+  (one, initial, one_final), (two, _, two_final) = runs[1], runs[2]
+  for step in range(2):
+    for key in ('total', 'vertex', 'joint_2d', 'smooth'):
+      assert two[step][key] == pytest.approx(one[step][key], rel=1e-5), (step, key)
+    assert two[step]['grad_norm'] == pytest.approx(one[step]['grad_norm'], rel=1e-5)
+  update = np.linalg.norm(one_final - initial)
+  assert update > 0
+  assert np.linalg.norm(two_final - one_final) <= 1e-4 * update
+
+
+def _bf16_config(data_dir):
+  config = tiny_config(data_dir)
+  config.model.dtype = 'bfloat16'
+  config.model.diffusion = False  # a fixed input per example, so the loss on a fixed batch must fall
+  config.optimizer.warmup_steps = 1
+  config.optimizer.learning_rate = 3e-3
+  config.num_train_steps = 8
+  return config
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss_and_trains(tmp_path):
+  config = _bf16_config(tmp_path / 'tfds')
+  state, step_fn, mesh = _step_setup(config)
+  batch = train.to_global(_random_batch(config, has_3d=[1.0, 1.0]), train.batch_sharding(mesh))
+
+  def dot_dtypes(step):
+    jaxpr = jax.make_jaxpr(step)(state, batch)
+    return [e.invars[0].aval.dtype for e in _jaxpr_equations(jaxpr.jaxpr)
+            if e.primitive.name == 'dot_general']
+
+  bf16_dots = dot_dtypes(step_fn)
+  # The encoder's and decoder's matmuls run in bfloat16 (forward and backward); only the heads, the
+  # camera and the losses' few matmuls stay float32.
+  assert bf16_dots.count(jnp.bfloat16) > 3 * bf16_dots.count(jnp.float32) > 0
+  float32_config = ml_collections.ConfigDict(config.to_dict())
+  float32_config.model.dtype = 'float32'
+  assert jnp.bfloat16 not in dot_dtypes(_step_setup(float32_config, with_state=False)[1])
+
+  losses = []
+  for _ in range(config.num_train_steps):
+    state, parts = step_fn(state, batch)
+    assert parts['total'].dtype == jnp.float32
+    losses.append(float(parts['total']))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.8 * losses[0]
+  for tree in (state.params, state.opt_state):
+    for leaf in jax.tree_util.tree_leaves(tree):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert leaf.dtype == jnp.float32
+
+
+def test_aot_memory_report(tmp_path, capsys):
+  """Compiles (never runs) the tiny bf16 step; the param bytes are the float32 size of the model's
+  params as `diffhand.param_shapes` gives them, independently of the train state."""
+  from diffhand_jax import aot
+  from diffhand_jax.models import diffhand
+  config = _bf16_config(tmp_path / 'tfds')
+  report = aot.print_memory_report(config)
+  for key in ('argument_bytes', 'output_bytes', 'temp_bytes', 'total_bytes', 'param_bytes',
+              'opt_state_bytes'):
+    assert report[key] > 0, key
+  assert report['generated_code_bytes'] >= 0
+  _, model, _, _, _ = train.build_components(config)
+  shapes = jax.tree_util.tree_leaves(diffhand.param_shapes(model, config.model.img_size))
+  assert report['param_bytes'] == sum(4 * int(np.prod(leaf.shape)) for leaf in shapes)
+  # AdamW keeps two float32 moments per param (plus step counters); the state is an argument and,
+  # donated, an output written over it.
+  assert 2 * report['param_bytes'] <= report['opt_state_bytes'] <= 2 * report['param_bytes'] + 64
+  assert report['argument_bytes'] >= report['param_bytes'] + report['opt_state_bytes']
+  assert report['alias_bytes'] >= report['param_bytes'] + report['opt_state_bytes']
+  printed = capsys.readouterr().out
+  assert 'temporaries' in printed and 'total (peak estimate)' in printed
