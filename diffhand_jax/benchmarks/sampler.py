@@ -8,6 +8,8 @@ Three ways to get the same meshes from the same params, images and x_T, for a mo
                steps in one `lax.scan`.
   parts        one jitted encoder pass plus S separately jitted decoder passes, each timed alone and
                summed: the compute that any sampler must do. reconstruct/parts is the scan's overhead.
+  dispatch     one call of a jitted function taking the loop step's arguments and doing nothing: the
+               per-step price of leaving the scan for Python.
   loop         what a user writes without the scan: the jitted encoder, then a Python loop of S calls of
                one jitted DDIM step (decoder pass + update). loop/reconstruct is the scan's gain.
 All three are checked to give the same vertices before anything is timed. The default preset is
@@ -64,8 +66,9 @@ def make_samplers(model, schedule: diffusion.Schedule, num_steps: int) -> dict[s
       x = step(params, cond, x, np.int32(t_now), np.int32(t_next))
     return x
 
+  noop = jax.jit(lambda params, cond, x_t, t_now, t_next: x_t + 0.0)
   return {'reconstruct': reconstruct, 'encode': encode, 'denoise': denoise, 'step': step, 'loop': loop,
-          'timesteps': timesteps}
+          'noop': noop, 'timesteps': timesteps}
 
 
 def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
@@ -86,6 +89,9 @@ def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, 
       'decoder': common.time_fn(lambda: common.block(fns['denoise'](params, cond, x_T[0], t)),
                                 repeats=repeats),
       'loop': common.time_fn(lambda: common.block(fns['loop'](params, images, x_T[0])), repeats=repeats),
+      # What one loop iteration costs beyond its compute: a jitted call taking the same arguments.
+      'dispatch': common.time_fn(lambda: common.block(fns['noop'](params, cond, x_T[0], np.int32(1),
+                                                                  np.int32(0))), repeats=repeats),
   }
   parts = timed['encoder']['median'] + num_steps * timed['decoder']['median']
   return {'preset': preset, 'batch': batch, 'num_steps': num_steps, 'seconds': timed,
@@ -114,10 +120,10 @@ def main(argv: list[str]) -> int:
                  f"{s['reconstruct']['min'] * 1e3:.4g}-{s['reconstruct']['max'] * 1e3:.4g}",
                  s['encoder']['median'] * 1e3, s['decoder']['median'] * 1e3, r['parts_s'] * 1e3,
                  s['loop']['median'] * 1e3, f"{s['loop']['min'] * 1e3:.4g}-{s['loop']['max'] * 1e3:.4g}",
-                 r['reconstruct_over_parts'], r['loop_over_reconstruct']])
+                 s['dispatch']['median'] * 1e6, r['reconstruct_over_parts'], r['loop_over_reconstruct']])
   header = ['preset', 'batch', 'steps', 'reconstruct ms (median)', 'min-max', 'encoder ms',
             'decoder ms (one pass)', 'parts ms (enc + S dec)', 'loop ms (median)', 'min-max',
-            'reconstruct/parts', 'loop/reconstruct']
+            'dispatch µs per loop step', 'reconstruct/parts', 'loop/reconstruct']
   table = common.print_table(f'reconstruct (one scan) vs its parts vs a Python loop, '
                              f'{jax.default_backend()}', header, rows)
   common.write_json(args.output, {'benchmark': 'sampler', 'machine': common.machine(), 'results': results,

@@ -169,12 +169,15 @@ class Attention(nn.Module):
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init)
         qkv = nn.Dense(3 * width, use_bias=self.qkv_bias, name='qkv', **dense)(x)
         # timm's layout of the fused projection: (3, heads, head_dim) along the output features.
-        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, h, d) each
-        logits = jnp.einsum('bqhd,bkhd->bhqk', query * (head_dim ** -0.5), key)
+        # Heads-major (3, B, h, N, d) before the two matmuls: on CPU this makes them plain batched
+        # matmuls over contiguous rows, about 13% faster for the whole DeiT-S forward than einsums on
+        # (B, N, h, d) (measured with `python -m diffhand_jax.bench encoder`).
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+        query, key, value = qkv[0] * (head_dim ** -0.5), qkv[1], qkv[2]  # (B, h, N, d) each
+        logits = jnp.matmul(query, jnp.swapaxes(key, -1, -2))  # (B, h, N, N)
         # Softmax in float32 even under a bfloat16 compute dtype.
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
-        attended = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(batch, tokens, width)
+        attended = jnp.matmul(weights, value).transpose(0, 2, 1, 3).reshape(batch, tokens, width)
         return nn.Dense(width, name='proj', **dense)(attended)
 
 
