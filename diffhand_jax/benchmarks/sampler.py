@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--preset', default=None, help='default: cpu_demo on CPU, paper otherwise')
   parser.add_argument('--batch_sizes', default='1,64')
   parser.add_argument('--num_steps', type=int, default=10)
-  parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--output', default='bench_results/sampler.json')
   args = parser.parse_args(argv)
   preset = args.preset or ('cpu_demo' if jax.default_backend() == 'cpu' else 'paper')

@@ -23,6 +23,18 @@ from diffhand_jax import profiling, train
 from diffhand_jax.benchmarks import common
 
 _MATMUL_MARKERS = ('ynn', 'xnn', 'onednn', 'dot', 'gemm', 'matmul', 'cublas', 'cutlass', 'conv')
+_MOVEMENT_MARKERS = ('copy', 'transpose', 'gather', 'scatter', 'slice', 'concatenate', 'pad', 'dynamic')
+
+
+def op_category(name: str) -> str:
+  """'matmul', 'data movement' or 'elementwise/reduction', from an XLA op's name (fusion names start
+  with their root ops' kinds)."""
+  lowered = name.lower()
+  if any(m in lowered for m in _MATMUL_MARKERS):
+    return 'matmul'
+  if any(m in lowered for m in _MOVEMENT_MARKERS):
+    return 'data movement'
+  return 'elementwise/reduction'
 
 
 def load_config(name: str, paper_batch: int, dtype: str):
@@ -94,9 +106,12 @@ def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: boo
             'achieved_flops_per_s': flops / seconds['median']}
   if profile:
     rows = profiling.top_ops(one_step, calls=2)
-    total = sum(r[0] for r in rows)
-    matmul = sum(r[0] for r in rows if any(m in r[2].lower() for m in _MATMUL_MARKERS))
-    result['profile'] = {'op_ms_per_step': total, 'matmul_share': matmul / max(total, 1e-12),
+    total = max(sum(r[0] for r in rows), 1e-12)
+    shares: dict[str, float] = {}
+    for ms, _, name, _ in rows:
+      shares[op_category(name)] = shares.get(op_category(name), 0.0) + ms / total
+    result['profile'] = {'op_ms_per_step': total, 'matmul_share': shares.get('matmul', 0.0),
+                         'shares': shares,
                          'top_ops': [{'name': r[2], 'ms': r[0], 'count': r[1]} for r in rows[:10]]}
   return result
 
@@ -123,13 +138,16 @@ def main(argv: list[str]) -> int:
     r['peak_matmul_flops_per_s'] = peak['flops_per_s']
     r['mfu'] = r['achieved_flops_per_s'] / peak['flops_per_s']
     results.append(r)
-    share = r.get('profile', {}).get('matmul_share')
+    shares = r.get('profile', {}).get('shares')
     rows.append([name, r['batch'], args.dtype, r['step_s']['median'] * 1e3,
                  f"{r['step_s']['min'] * 1e3:.4g}-{r['step_s']['max'] * 1e3:.4g}", r['examples_per_s'],
                  r['flops_per_step'] / 1e9, r['achieved_flops_per_s'] / 1e9, peak['flops_per_s'] / 1e9,
-                 f"{100 * r['mfu']:.1f}%", '-' if share is None else f'{100 * share:.0f}%'])
+                 f"{100 * r['mfu']:.1f}%",
+                 '-' if shares is None else ' / '.join(f'{100 * shares.get(c, 0.0):.0f}%' for c in
+                                                       ('matmul', 'elementwise/reduction', 'data movement'))])
   header = ['config', 'batch', 'dtype', 'step ms (median)', 'min-max', 'examples/s', 'GFLOP/step',
-            'achieved GFLOP/s', f'peak GFLOP/s ({peak["size"]}² matmul)', 'MFU', 'matmul share of op time']
+            'achieved GFLOP/s', f'peak GFLOP/s ({peak["size"]}² matmul)', 'MFU',
+            'op time: matmul / elementwise+reduction / data movement']
   table = common.print_table(f'Train step throughput and MFU, {jax.default_backend()}', header, rows)
   common.write_json(args.output, {'benchmark': 'train', 'machine': common.machine(), 'peak': peak,
                                   'results': results, 'table': table})
