@@ -190,3 +190,33 @@ def total_loss(pred_verts: jax.Array, gt_verts: jax.Array, gt_joints_3d: jax.Arr
   parts = {'vertex': loss_vertex, 'joint_3d': loss_3d, 'joint_2d': loss_2d, 'joint': loss_joint,
            'smooth': loss_smooth, 'total': loss}
   return loss, parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which timesteps the diffusion objective is averaged over
+# ---------------------------------------------------------------------------------------------------
+
+TIMESTEP_SAMPLINGS = ('uniform', 'power')
+
+
+def sample_timesteps(key: jax.Array, batch_size: int, num_timesteps: int, method: str = 'uniform',
+                     power: float = 1.0) -> jax.Array:
+  """Training timesteps t (batch_size,) int32 in [0, T). The loss is an expectation over t, so this
+  distribution is how the objective weights the noise levels.
+
+  * 'uniform' (the paper's, DESIGN §3): t ~ U{0, …, T−1}, exactly `jax.random.randint(key, (B,), 0, T)`.
+  * 'power': t = T − 1 − ⌊T · u^power⌋ with u ~ U[0, 1): power = 1 is uniform in distribution, power > 1
+    puts more weight on high t, P(t ≥ T − 1 − j) = ((j + 1)/T)^(1/power). With x̂_0 prediction and a
+    few DDIM steps that start at t = T − 1, the high-t predictions (where x_t carries little signal and the
+    image decides the mesh) set the result; power = 2 trains about 3× more often on the top 10 % of t.
+  """
+  if method not in TIMESTEP_SAMPLINGS:
+    raise ValueError(f"losses.sample_timesteps: method must be one of {TIMESTEP_SAMPLINGS} "
+                     f"(config.loss.timestep_sampling), got {method!r}")
+  if method == 'uniform':
+    return jax.random.randint(key, (batch_size,), 0, num_timesteps)
+  if not power > 0:
+    raise ValueError(f'losses.sample_timesteps: power must be > 0 (config.loss.timestep_power), got {power!r}')
+  u = jax.random.uniform(key, (batch_size,), jnp.float32)
+  steps_from_top = jnp.floor(num_timesteps * u ** power).astype(jnp.int32)
+  return num_timesteps - 1 - jnp.clip(steps_from_top, 0, num_timesteps - 1)
