@@ -43,6 +43,28 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
           'calls_per_repeat': calls}
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7, warmup: int = 1,
+                     min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
+  """Like `time_fn` for several callables, alternating them repeat by repeat, so that a slow spell of
+  the machine (another process, frequency changes) falls on all of them alike. Same return per name."""
+  calls = {}
+  for name, fn in fns.items():
+    for _ in range(warmup):
+      fn()
+    start = time.perf_counter()
+    fn()
+    calls[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-9)))
+  per_call: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(calls[name]):
+        fn()
+      per_call[name].append((time.perf_counter() - start) / calls[name])
+  return {name: {'min': min(v), 'median': statistics.median(v), 'max': max(v),
+                 'calls_per_repeat': calls[name]} for name, v in per_call.items()}
+
+
 def machine() -> dict[str, Any]:
   """What the figures were measured on."""
   cpu_model = platform.processor()

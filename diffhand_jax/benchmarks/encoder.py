@@ -4,7 +4,7 @@
 
 timm's model is created with random weights (no download), converted with `vit.from_timm`, and both run
 `forward_features` on the same images: timm eagerly under `torch.inference_mode()` (its usual way to
-run), ours jitted. Both use every core of the machine (torch's intra-op threads are set to the core count;
+run), ours jitted. The two are timed in alternation, repeat by repeat, so drift hits both alike. Both use every core of the machine (torch's intra-op threads are set to the core count;
 XLA's CPU client uses its own pool of that size). The outputs are checked to agree before anything is
 timed. The ratio is ours/timm: below 1 means we are faster.
 """
@@ -57,8 +57,8 @@ def measure(name: str, batch: int, *, img_size: int | None = None, repeats: int 
   max_diff = float(np.max(np.abs(np.asarray(ours_features, np.float32) - timm_features)))
   if dtype == 'float32' and max_diff > 1e-3:
     raise AssertionError(f'{name}: our features differ from timm by {max_diff}; not timing a wrong model')
-  ours = common.time_fn(run_ours, repeats=repeats, min_seconds=0.5)
-  theirs = common.time_fn(run_timm, repeats=repeats, min_seconds=0.5)
+  timed = common.time_interleaved({'ours': run_ours, 'timm': run_timm}, repeats=repeats, min_seconds=0.5)
+  ours, theirs = timed['ours'], timed['timm']
   return {'model': name, 'batch': batch, 'img_size': list(size), 'dtype': dtype, 'threads': threads,
           'torch': torch.__version__, 'max_abs_diff': max_diff, 'ours_s': ours, 'timm_s': theirs,
           'ours_over_timm': ours['median'] / theirs['median'],
