@@ -7,7 +7,6 @@ run resumes), then prints a Markdown table of PA-MPVPE, MPVPE, PA-MPJPE and MPJP
 with the full results, to WORKDIR/ablation.json.
 """
 
-import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

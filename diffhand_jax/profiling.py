@@ -106,9 +106,8 @@ def _hlo_of(text: str, names: Sequence[str]) -> str:
 def _target(name: str, preset: str, batch: int):
   """(jitted fn, args) of a named target, on a model preset with random weights."""
   import jax.numpy as jnp
-  from diffhand_jax.benchmarks import sampler
-  from diffhand_jax.models import diffhand
   from diffhand_jax import diffusion
+  from diffhand_jax.benchmarks import sampler
   model, params, images, x_T = sampler.build(preset, batch)
   fns = sampler.make_samplers(model, diffusion.cosine_schedule(1000), 10)
   if name == 'encoder':
@@ -119,7 +118,6 @@ def _target(name: str, preset: str, batch: int):
   if name == 'reconstruct':
     return (lambda p, x, n: fns['reconstruct'](p, x, jax.random.PRNGKey(0), noise=n)), (params, images, x_T)
   raise ValueError(f'unknown target {name!r}: choose encoder, decoder or reconstruct')
-  del diffhand
 
 
 def main(argv: Sequence[str] | None = None) -> int:
