@@ -96,9 +96,9 @@ def _hlo_of(text: str, names: Sequence[str]) -> str:
   lines = text.splitlines()
   out = []
   for line in lines:
-    stripped = line.strip()
+    stripped = line.strip().removeprefix('ROOT ').removeprefix('%')
     for name in wanted:
-      if stripped.startswith(f'{name} =') or stripped.startswith(f'ROOT {name} ='):
+      if stripped.startswith(f'{name} ='):
         out.append(stripped[:400])
   return '\n'.join(out)
 
