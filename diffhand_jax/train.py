@@ -248,6 +248,12 @@ def create_train_state(config, model, optimizer, key) -> TrainState:
 # Update step
 # ==================================================================================================
 
+def init_sharded_state(config, model, optimizer, shardings, key: jax.Array) -> TrainState:
+  """A fresh train state, created directly in its shardings (never materialised whole on one device)."""
+  return jax.jit(functools.partial(create_train_state, config, model, optimizer),
+                 out_shardings=shardings)(key)
+
+
 def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.Array, jax.Array]:
   """The timesteps t (B,) and noised meshes x_t (B, N, 3) of one step, drawn for the whole global batch
   at once, so that splitting it into micro-batches (gradient accumulation) changes no example's draw.
@@ -728,8 +734,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint_manager(workdir, config)
   restored = restore_latest(manager, abstract_state)
   if restored is None:
-    state = jax.jit(functools.partial(create_train_state, config, model, optimizer),
-                    out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    state = init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(config.seed))
     _print(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   else:
     state = restored

@@ -32,8 +32,7 @@ def run(config, arrays, mesh_config):
   optimizer = train.make_optimizer(config)
   abstract = train._abstract_state(config, model, optimizer)
   shardings = train.state_shardings(mesh, abstract, min_size=1)
-  state = jax.jit(functools.partial(train.create_train_state, config, model, optimizer),
-                  out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+  state = train.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(config.seed))
   data_sharding = train.batch_sharding(mesh)
   step_fn = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer, schedule=schedule,
                                       topology=topology, config=config),

@@ -102,6 +102,16 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
   return text
 
 
+def report(benchmark: str, output: str, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
+           results: Any, **extra: Any) -> str:
+  """Prints the benchmark's table and writes ``output`` as JSON: {'benchmark', 'machine', **extra,
+  'results', 'table'}. Returns the table."""
+  table = print_table(title, header, rows)
+  write_json(output, {'benchmark': benchmark, 'machine': machine(), **extra, 'results': results,
+                      'table': table})
+  return table
+
+
 def write_json(path: str, payload: dict[str, Any]) -> None:
   directory = os.path.dirname(path)
   if directory:

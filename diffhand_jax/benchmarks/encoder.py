@@ -85,10 +85,8 @@ def main(argv: list[str]) -> int:
                    r['timm_s']['max'] * 1e3, r['ours_over_timm']])
   header = ['model', 'batch', 'ours ms (median)', 'ours min', 'ours max', 'timm ms (median)', 'timm min',
             'timm max', 'ours/timm']
-  table = common.print_table(f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), '
-                             f'{jax.default_backend()}', header, rows)
-  common.write_json(args.output, {'benchmark': 'encoder', 'machine': common.machine(), 'results': results,
-                                  'table': table})
+  common.report('encoder', args.output, f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), '
+                f'{jax.default_backend()}', header, rows, results)
   return 0
 
 

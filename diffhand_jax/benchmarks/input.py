@@ -120,17 +120,15 @@ def main(argv: list[str]) -> int:
       results.append({'pipeline': name, 'prefetch': prefetch, 'threads': num_threads,
                       'images_per_s': rate})
       rows.append([name, prefetch, num_threads, rate['median'], rate['min'], rate['max']])
-    table = common.print_table(
+    common.report(
+        'input', args.output,
         f'Training input pipeline ({builder.info.full_name}:{args.split}, {source.num_examples} examples, '
         f'batch {args.batch_size}, {args.image_size} px, augmented)',
-        ['pipeline', 'prefetch', 'threads', 'images/s (median)', 'min', 'max'], rows)
-    common.write_json(args.output, {
-        'benchmark': 'input', 'machine': common.machine(),
-        'settings': {'dataset': builder.info.full_name, 'split': args.split, 'data': where,
-                     'num_examples': source.num_examples, 'batch_size': args.batch_size,
-                     'image_size': args.image_size, 'num_batches': args.num_batches,
-                     'repeats': args.repeats, 'augment': AUGMENT, 'colour_strength': COLOUR_STRENGTH},
-        'results': results, 'table': table})
+        ['pipeline', 'prefetch', 'threads', 'images/s (median)', 'min', 'max'], rows, results,
+        settings={'dataset': builder.info.full_name, 'split': args.split, 'data': where,
+                  'num_examples': source.num_examples, 'batch_size': args.batch_size,
+                  'image_size': args.image_size, 'num_batches': args.num_batches,
+                  'repeats': args.repeats, 'augment': AUGMENT, 'colour_strength': COLOUR_STRENGTH})
   finally:
     if temporary is not None:
       shutil.rmtree(temporary, ignore_errors=True)

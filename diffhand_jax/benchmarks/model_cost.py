@@ -86,9 +86,8 @@ def main(argv: list[str]) -> int:
   header = ["preset", "encoder", "decoder", "encoder params (M)", "decoder params (M)", "total params (M)",
             "encoder GFLOPs/sample", "decoder GFLOPs/sample (one pass)",
             "inference GFLOPs/sample (1 enc + S dec)"]
-  table = common.print_table("DiffHand model cost (XLA cost analysis, FLOPs per sample)", header, rows)
-  common.write_json(args.output, {"benchmark": "model_cost", "machine": common.machine(),
-                                  "results": results, "table": table})
+  common.report("model_cost", args.output, "DiffHand model cost (XLA cost analysis, FLOPs per sample)",
+                header, rows, results)
   return 0
 
 

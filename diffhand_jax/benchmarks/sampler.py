@@ -124,10 +124,8 @@ def main(argv: list[str]) -> int:
   header = ['preset', 'batch', 'steps', 'reconstruct ms (median)', 'min-max', 'encoder ms',
             'decoder ms (one pass)', 'parts ms (enc + S dec)', 'loop ms (median)', 'min-max',
             'dispatch µs per loop step', 'reconstruct/parts', 'loop/reconstruct']
-  table = common.print_table(f'reconstruct (one scan) vs its parts vs a Python loop, '
-                             f'{jax.default_backend()}', header, rows)
-  common.write_json(args.output, {'benchmark': 'sampler', 'machine': common.machine(), 'results': results,
-                                  'table': table})
+  common.report('sampler', args.output, f'reconstruct (one scan) vs its parts vs a Python loop, '
+                f'{jax.default_backend()}', header, rows, results)
   return 0
 
 

@@ -81,8 +81,7 @@ def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: boo
   config = load_config(name, paper_batch, dtype)
   topology, model, schedule, optimizer, mesh = train.build_components(config)
   _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
-  state = jax.jit(lambda key: train.create_train_state(config, model, optimizer, key),
-                  out_shardings=shardings)(jax.random.PRNGKey(0))
+  state = train.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(0))
   step_fn = train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
   batch = _random_batch(config, train.batch_sharding(mesh))
   compiled = step_fn.lower(state, batch).compile()
@@ -148,9 +147,8 @@ def main(argv: list[str]) -> int:
   header = ['config', 'batch', 'dtype', 'step ms (median)', 'min-max', 'examples/s', 'GFLOP/step',
             'achieved GFLOP/s', f'peak GFLOP/s ({peak["size"]}² matmul)', 'MFU',
             'op time: matmul / elementwise+reduction / data movement']
-  table = common.print_table(f'Train step throughput and MFU, {jax.default_backend()}', header, rows)
-  common.write_json(args.output, {'benchmark': 'train', 'machine': common.machine(), 'peak': peak,
-                                  'results': results, 'table': table})
+  common.report('train', args.output, f'Train step throughput and MFU, {jax.default_backend()}', header,
+                rows, results, peak=peak)
   return 0
 
 
