@@ -6,7 +6,7 @@ sampler over the starting noise, the image encoded once). This module turns thos
 into one mesh per image and a per-vertex uncertainty, and scores them.
 
     out = diffhand.reconstruct(model, params, images, key, num_hypotheses=8)
-    mesh = hypotheses.aggregate(out['vertices'], 'medoid')          # (B, N, 3)
+    mesh = hypotheses.aggregate(out['vertices'], 'aligned_mean')    # (B, N, 3)
     sigma = hypotheses.per_vertex_std(out['vertices'])              # (B, N)
     summary = hypotheses.summarize(vertices_m, gt_vertices, gt_joints, joint_regressor)
 
@@ -23,7 +23,7 @@ import scipy.stats
 
 from diffhand_jax import metrics
 
-METHODS = ('mean', 'medoid')
+METHODS = ('mean', 'medoid', 'aligned_mean')
 # Metrics where a larger value is better (all others are errors).
 HIGHER_IS_BETTER = frozenset({'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15'})
 
@@ -53,11 +53,49 @@ def medoid_index(vertices: Any) -> np.ndarray:
   return np.argmin(pairwise_distances(vertices).sum(-1), axis=-1)
 
 
+def rigid_align(source: Any, target: Any) -> np.ndarray:
+  """The rotation and translation (no scale, no reflection) that best map ``source`` onto ``target`` in
+  least squares (Kabsch), applied to ``source``: (..., N, 3), (..., N, 3) → (..., N, 3) float64."""
+  source = np.asarray(source, np.float64)
+  target = np.asarray(target, np.float64)
+  source_mean = source.mean(-2, keepdims=True)
+  target_mean = target.mean(-2, keepdims=True)
+  centred = source - source_mean
+  covariance = np.swapaxes(centred, -1, -2) @ (target - target_mean)  # (..., 3, 3)
+  u, _, vt = np.linalg.svd(covariance)
+  # Flip the last singular direction where u·vt would be a reflection.
+  sign = np.sign(np.linalg.det(u @ vt))
+  sign = np.where(sign == 0, 1.0, sign)
+  u = np.concatenate([u[..., :2], u[..., 2:] * sign[..., None, None]], axis=-1)
+  return centred @ (u @ vt) + target_mean
+
+
+def aligned_mean(vertices: Any, iterations: int = 3) -> np.ndarray:
+  """The mean of K hypotheses after rigid alignment (a generalised Procrustes mean): (B, K, N, 3) →
+  (B, N, 3) float64.
+
+  Hypotheses of an ambiguous image can disagree mostly in global orientation (e.g. palm or back to the
+  camera); a vertex-wise mean of such meshes is no hand at all. Here every hypothesis is rigidly aligned
+  (`rigid_align`) to a reference, the aligned meshes are averaged, and the average becomes the next
+  reference. The first reference is the medoid, so the result keeps the medoid's orientation and position;
+  it averages only articulation and shape.
+  """
+  vertices = _check_hypotheses('aligned_mean', vertices)
+  if iterations < 1:
+    raise ValueError(f'hypotheses.aligned_mean: iterations must be >= 1, got {iterations}')
+  reference = vertices[np.arange(len(vertices)), medoid_index(vertices)]  # (B, N, 3)
+  for _ in range(iterations):
+    reference = rigid_align(vertices, reference[:, None]).mean(axis=1)
+  return reference
+
+
 def aggregate(vertices: Any, method: str = 'mean') -> np.ndarray:
   """One mesh per image from K hypotheses: vertices (B, K, N, 3) → (B, N, 3) float64.
 
   'mean' averages the hypotheses vertex by vertex; 'medoid' returns the hypothesis with the smallest
-  summed distance to the others (always one of the K, so always a mesh the model sampled).
+  summed distance to the others (always one of the K, so always a mesh the model sampled);
+  'aligned_mean' averages them after rigid alignment to each other (`aligned_mean`), so that
+  disagreement in global orientation does not blur the hand.
   """
   vertices = _check_hypotheses('aggregate', vertices)
   if method == 'mean':
@@ -65,6 +103,8 @@ def aggregate(vertices: Any, method: str = 'mean') -> np.ndarray:
   if method == 'medoid':
     index = medoid_index(vertices)
     return vertices[np.arange(len(vertices)), index]
+  if method == 'aligned_mean':
+    return aligned_mean(vertices)
   raise ValueError(f"hypotheses.aggregate: method must be one of {METHODS}, got {method!r}")
 
 

@@ -2,7 +2,7 @@
 
   python -m diffhand_jax.predict --workdir=DIR --images=IN_DIR --output=OUT_DIR
       [--boxes=boxes.json] [--box_scale=1.3] [--left=left.json | --left=a.jpg,b.png | --all_left]
-      [--num_hypotheses=5] [--steps=10] [--eta=0] [--method=mean|medoid] [--tta] [--batch_size=8]
+      [--num_hypotheses=5] [--steps=10] [--eta=0] [--method=mean|medoid|aligned_mean] [--tta] [--batch_size=8]
       [--seed=0] [--overlay_size=256] [--config.key=value ...]
 
 For every .jpg/.jpeg/.png/.bmp/.webp in IN_DIR (any size) it writes to OUT_DIR:
@@ -32,6 +32,8 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+
+from diffhand_jax import hypotheses
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # The model's weak-perspective camera is orthographic; rendering it through render.py's pinhole with
@@ -285,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--num_hypotheses', type=int, default=5)
   parser.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
   parser.add_argument('--eta', type=float, default=None)
-  parser.add_argument('--method', default='mean', choices=('mean', 'medoid'))
+  parser.add_argument('--method', default='mean', choices=hypotheses.METHODS)
   parser.add_argument('--tta', action='store_true')
   parser.add_argument('--tta_angles', default='-10,0,10')
   parser.add_argument('--tta_scales', default='0.9,1.0,1.1')

@@ -4,7 +4,7 @@ checkpoint.
   python -m diffhand_jax.submission --workdir=DIR --benchmark=freihand --output=pred.zip
   python -m diffhand_jax.submission --workdir=DIR --benchmark=ho3d --output=pred.zip
   python -m diffhand_jax.submission --workdir=DIR --benchmark=dexycb --output=results.txt
-      [--split=NAME] [--num_hypotheses=K] [--method=mean|medoid] [--tta] [--config.key=value ...]
+      [--split=NAME] [--num_hypotheses=K] [--method=mean|medoid|aligned_mean] [--tta] [--config.key=value ...]
 
 Formats (as the official evaluation scripts read them):
 
@@ -48,6 +48,8 @@ import zipfile
 from typing import Any, Sequence
 
 import numpy as np
+
+from diffhand_jax import hypotheses
 
 NUM_JOINTS = 21
 NUM_VERTICES = 778
@@ -514,7 +516,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--output', required=True, help='pred.zip (freihand, ho3d) or a .txt (dexycb)')
   parser.add_argument('--split', default=None, help='the evaluation split (default: config.dataset.eval_split)')
   parser.add_argument('--num_hypotheses', type=int, default=None)
-  parser.add_argument('--method', default='mean', choices=('mean', 'medoid'))
+  parser.add_argument('--method', default='mean', choices=hypotheses.METHODS)
   parser.add_argument('--tta', action='store_true', help='test-time augmentation (rotations, scales)')
   parser.add_argument('--tta_angles', default='-10,0,10', help='degrees, comma-separated')
   parser.add_argument('--tta_scales', default='0.9,1.0,1.1')

@@ -5,7 +5,8 @@
       [--output=bench_results/hypotheses.json] [--config.key=value ...]
 
 Reports, on the run's eval split (the synthetic test split for the CPU demo):
-  * hypothesis 0 alone (what K = 1 gives), the mean and the medoid of K hypotheses, and the best-of-K
+  * hypothesis 0 alone (what K = 1 gives), the mean, the medoid and the aligned mean (rigidly aligned,
+    then averaged) of K hypotheses, and the best-of-K
     oracle (the hypothesis closest to the ground truth by PA-MPVPE: an upper bound, it peeks at the GT);
   * whether the uncertainty means something: Spearman's rank correlation between each image's
     uncertainty (the mean per-vertex standard deviation of its K hypotheses) and its error;
@@ -84,6 +85,7 @@ def main(argv: list[str]) -> int:
   rows = [_row('hypothesis 0 (K=1)', mean_summary['first']),
           _row(f'mean of K={args.num_hypotheses}', mean_summary['aggregated']),
           _row(f'medoid of K={args.num_hypotheses}', summaries['medoid']['aggregated']),
+          _row(f'aligned mean of K={args.num_hypotheses}', summaries['aligned_mean']['aggregated']),
           _row(f'best-of-{args.num_hypotheses} oracle (by pa_mpvpe)', mean_summary['oracle'])]
 
   tta_result = None
