@@ -66,7 +66,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64
   config.eval.num_export = 8
-  config.eval.aggregate = 'mean'  # how K > 1 hypotheses (config.model.num_hypotheses) become one mesh: mean | medoid | aligned_mean
+  # How K > 1 hypotheses (config.model.num_hypotheses) become one mesh: 'mean' | 'medoid' | 'aligned_mean'
+  # (hypotheses.aggregate).
+  config.eval.aggregate = 'mean'
   config.eval.max_examples = ml_collections.config_dict.placeholder(int)
   return config
 

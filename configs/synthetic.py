@@ -8,7 +8,8 @@ split (10 DDIM steps, 4 hypotheses per image averaged after rigid alignment) and
 overlays. Small batches and many updates win here: the model is underfit, and at the same compute
 (examples seen) batches of 8 beat batches of 32. On a 2-core CPU the whole command should take at most
 10 minutes. The target is a test-split pa_mpvpe of at most half the mean-mesh baseline's (both are in
-results.json); see the README's "Quick start" for what it reaches.
+results.json). It reaches 16.96 mm against the baseline's 35.15 (0.483x) in about 9.5 minutes, a thin
+margin (README, "Quick start").
 """
 
 import ml_collections
