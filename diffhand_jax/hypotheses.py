@@ -55,19 +55,13 @@ def medoid_index(vertices: Any) -> np.ndarray:
 
 def rigid_align(source: Any, target: Any) -> np.ndarray:
   """The rotation and translation (no scale, no reflection) that best map ``source`` onto ``target`` in
-  least squares (Kabsch), applied to ``source``: (..., N, 3), (..., N, 3) → (..., N, 3) float64."""
+  least squares (Kabsch, `metrics.align_rigid_batch`), applied to ``source``: (..., N, 3) and a target
+  that broadcasts to it → (..., N, 3) float64."""
   source = np.asarray(source, np.float64)
-  target = np.asarray(target, np.float64)
-  source_mean = source.mean(-2, keepdims=True)
-  target_mean = target.mean(-2, keepdims=True)
-  centred = source - source_mean
-  covariance = np.swapaxes(centred, -1, -2) @ (target - target_mean)  # (..., 3, 3)
-  u, _, vt = np.linalg.svd(covariance)
-  # Flip the last singular direction where u·vt would be a reflection.
-  sign = np.sign(np.linalg.det(u @ vt))
-  sign = np.where(sign == 0, 1.0, sign)
-  u = np.concatenate([u[..., :2], u[..., 2:] * sign[..., None, None]], axis=-1)
-  return centred @ (u @ vt) + target_mean
+  target = np.broadcast_to(np.asarray(target, np.float64), source.shape)
+  points = source.shape[-2:]
+  aligned = metrics.align_rigid_batch(target.reshape((-1,) + points), source.reshape((-1,) + points))
+  return aligned.reshape(source.shape)
 
 
 def aligned_mean(vertices: Any, iterations: int = 3) -> np.ndarray:

@@ -130,13 +130,11 @@ def align_w_scale_batch(gt, pred) -> np.ndarray:
   return _align_w_scale_batch(gt, pred)
 
 
-def _align_umeyama_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-  """HandOccNet's `rigid_align(pred, gt)` on checked float64 (B, K, 3) arrays."""
-  num_points = pred.shape[1]
-  pred_mean = pred.mean(1, keepdims=True)
-  gt_mean = gt.mean(1, keepdims=True)
-  pred_c, gt_c = pred - pred_mean, gt - gt_mean
-  covariance = (np.swapaxes(pred_c, 1, 2) @ gt_c) / num_points
+def _proper_rotation_batch(pred_c: np.ndarray, gt_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Kabsch with the reflection fix on centred float64 (B, K, 3) arrays: the proper rotation R (B, 3, 3)
+  minimising |pred_c Rᵀ − gt_c|², and the singular values of predᵀ·gt / K with the last one's sign flipped
+  where the fix applied (their sum is Umeyama's scale numerator)."""
+  covariance = (np.swapaxes(pred_c, 1, 2) @ gt_c) / pred_c.shape[1]
   u, s, vt = np.linalg.svd(covariance)
   # The reflection fix: when V U^T is a reflection, flip the last singular direction (and its value).
   sign = np.where(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)) < 0, -1.0, 1.0)
@@ -144,7 +142,15 @@ def _align_umeyama_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
   s = s.copy()
   vt[:, 2, :] *= sign[:, None]
   s[:, 2] *= sign
-  rotation = np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)
+  return np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2), s
+
+
+def _align_umeyama_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """HandOccNet's `rigid_align(pred, gt)` on checked float64 (B, K, 3) arrays."""
+  pred_mean = pred.mean(1, keepdims=True)
+  gt_mean = gt.mean(1, keepdims=True)
+  pred_c, gt_c = pred - pred_mean, gt - gt_mean
+  rotation, s = _proper_rotation_batch(pred_c, gt_c)
   pred_variance = np.square(pred_c).mean(1).sum(-1)  # np.var(pred, axis=0).sum() per sample
   # HandOccNet divides by zero for a collapsed prediction; we map it to the GT centroid instead.
   safe_variance = np.where(pred_variance > 0, pred_variance, 1.0)
@@ -163,6 +169,18 @@ def align_umeyama_batch(gt, pred) -> np.ndarray:
   pred = _as_points('align_umeyama_batch', 'pred', pred, batched=True)
   _check_same_shape('align_umeyama_batch', ('gt', 'pred'), (gt, pred))
   return _align_umeyama_batch(gt, pred)
+
+
+def align_rigid_batch(gt, pred) -> np.ndarray:
+  """Rotation and translation only (Kabsch, no scale), with the reflection fix, batched: `pred` (B, K, 3)
+  aligned to `gt` (B, K, 3); returns float64 (B, K, 3). `align_umeyama_batch` without the scale."""
+  gt = _as_points('align_rigid_batch', 'gt', gt, batched=True)
+  pred = _as_points('align_rigid_batch', 'pred', pred, batched=True)
+  _check_same_shape('align_rigid_batch', ('gt', 'pred'), (gt, pred))
+  pred_c = pred - pred.mean(1, keepdims=True)
+  gt_mean = gt.mean(1, keepdims=True)
+  rotation, _ = _proper_rotation_batch(pred_c, gt - gt_mean)
+  return pred_c @ np.swapaxes(rotation, 1, 2) + gt_mean
 
 
 def align_umeyama(gt, pred) -> np.ndarray:

@@ -27,26 +27,14 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
   Returns:
     {'min': s, 'median': s, 'max': s, 'calls_per_repeat': n} in seconds per call.
   """
-  for _ in range(warmup):
-    fn()
-  start = time.perf_counter()
-  fn()
-  single = max(time.perf_counter() - start, 1e-9)
-  calls = max(1, int(min_seconds / single))
-  per_call = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(calls):
-      fn()
-    per_call.append((time.perf_counter() - start) / calls)
-  return {'min': min(per_call), 'median': statistics.median(per_call), 'max': max(per_call),
-          'calls_per_repeat': calls}
+  return time_interleaved({'fn': fn}, repeats=repeats, warmup=warmup, min_seconds=min_seconds)['fn']
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7, warmup: int = 1,
                      min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
-  """Like `time_fn` for several callables, alternating them repeat by repeat, so that a slow spell of
-  the machine (another process, frequency changes) falls on all of them alike. Same return per name."""
+  """`time_fn` for several callables, alternating them repeat by repeat, so that a slow spell of the
+  machine (another process, frequency changes) falls on all of them alike. Returns time_fn's dict per
+  name."""
   calls = {}
   for name, fn in fns.items():
     for _ in range(warmup):

@@ -4,8 +4,9 @@
 
 timm's model is created with random weights (no download), converted with `vit.from_timm`, and both run
 `forward_features` on the same images: timm eagerly under `torch.inference_mode()` (its usual way to
-run), ours jitted. The two are timed in alternation, repeat by repeat, so drift hits both alike. Both use every core of the machine (torch's intra-op threads are set to the core count;
-XLA's CPU client uses its own pool of that size). The outputs are checked to agree before anything is
+run), ours jitted. The two are timed in alternation, repeat by repeat, so drift hits both alike. Both
+use every core of the machine (torch's intra-op threads are set to the core count; XLA's CPU client uses
+its own pool of that size). The outputs are checked to agree before anything is
 timed. The ratio is ours/timm: below 1 means we are faster.
 """
 
