@@ -2,7 +2,7 @@ r"""DiffHand on DexYCB (S0): the paper's Table 2 setting, with DeiT III Large in
 
   DIFFHAND_MANO_DIR=/path/to/mano python -m diffhand_jax.main --config=configs/dexycb.py --workdir=runs/dexycb
 
-Needs the prepared TFDS dataset `dex_ycb` (DESIGN §7):
+Needs the prepared TFDS dataset `dex_ycb` (docs/design.md §7):
 
   DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/dex_ycb --manual_dir=/path/to/dex-ycb \
       --data_dir=~/tensorflow_datasets --file_format=array_record
@@ -14,11 +14,12 @@ config uses DeiT III Large (the paper's Table 5 finds the two encoders within a 
 filtering; the filtered count is a few percent lower); override with --config.num_train_steps.
 
 Expected result (test split): MPJPE 12.1 mm and PA-MPJPE 4.98 mm (paper Table 2, with HRNet-W64; DexYCB
-protocol of DESIGN §6: root-relative MPJPE, Umeyama PA with reflection fix)."""
+protocol of docs/design.md §6: root-relative MPJPE, Umeyama PA with reflection fix)."""
 
 import ml_collections
 
-from configs import common, model_presets
+from diffhand_jax.geometry import conventions
+from diffhand_jax.runs import model_presets, presets
 
 # S0 train frames before HandOccNet's filtering; `tfds build` prints how many it skips, so set the
 # filtered count here (or --config.dataset.num_train_examples) for exact epochs.
@@ -27,14 +28,14 @@ EPOCHS = 100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = common.base_config(dataset_name='dex_ycb', eval_split='test')  # S0 test split
-  common.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
+  config = presets.base_config(dataset_name='dex_ycb', eval_split='test')  # S0 test split
+  presets.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 256
 
-  config.dataset.tip_ids = (745, 317, 444, 556, 673)  # DexYCB/manopth tip vertices (thumb, index, middle, ring, little), DESIGN §2
+  config.dataset.tip_ids = conventions.TIP_IDS['dexycb']  # this dataset's tip vertices (docs/design.md §2)
   config.dataset.crop_margin = 0.25  # square box around the hand, +25% per side (HandOccNet: 1.5x)
   config.dataset.max_rotation_deg = 30.0
   return config

@@ -2,7 +2,7 @@
 
   DIFFHAND_MANO_DIR=/path/to/mano python -m diffhand_jax.main --config=configs/freihand.py --workdir=runs/freihand
 
-Needs the prepared TFDS dataset `freihand` (DESIGN §7):
+Needs the prepared TFDS dataset `freihand` (docs/design.md §7):
 
   tfds build datasets/freihand --manual_dir=/path/to/FreiHAND --data_dir=~/tensorflow_datasets --file_format=array_record
 
@@ -17,21 +17,22 @@ more without it)."""
 
 import ml_collections
 
-from configs import common, model_presets
+from diffhand_jax.geometry import conventions
+from diffhand_jax.runs import model_presets, presets
 
 NUM_TRAIN_EXAMPLES = 130240  # 32,560 annotated samples x 4 colour versions (FreiHAND v2 training/rgb)
 EPOCHS = 100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = common.base_config(dataset_name='freihand', eval_split='evaluation')  # 3,960 images; GT from FreiHAND_pub_v2_eval.zip
-  common.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
+  config = presets.base_config(dataset_name='freihand', eval_split='evaluation')  # 3,960 images; GT from FreiHAND_pub_v2_eval.zip
+  presets.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 224
 
-  config.dataset.tip_ids = (744, 320, 443, 555, 672)  # FreiHAND tip vertices (thumb, index, middle, ring, little), DESIGN §2
+  config.dataset.tip_ids = conventions.TIP_IDS['freihand']  # this dataset's tip vertices (docs/design.md §2)
   # FreiHAND frames are already 224x224 crops: no crop box (crop_margin stays None)
   config.dataset.max_rotation_deg = 30.0
   return config

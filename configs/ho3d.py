@@ -2,7 +2,7 @@ r"""DiffHand on HO-3D v2: the paper's Table 3 setting.
 
   DIFFHAND_MANO_DIR=/path/to/mano python -m diffhand_jax.main --config=configs/ho3d.py --workdir=runs/ho3d
 
-Needs the prepared TFDS dataset `ho3d` (DESIGN §7):
+Needs the prepared TFDS dataset `ho3d` (docs/design.md §7):
 
   DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/ho3d --manual_dir=/path/to/HO3D_v2 \
       --data_dir=~/tensorflow_datasets --file_format=array_record
@@ -18,21 +18,22 @@ truth): MPJPE 23.7 mm and PA-MPJPE 9.3 mm (paper Table 3). Locally results.json 
 
 import ml_collections
 
-from configs import common, model_presets
+from diffhand_jax.geometry import conventions
+from diffhand_jax.runs import model_presets, presets
 
 NUM_TRAIN_EXAMPLES = 66034  # frames listed in HO-3D v2 train.txt
 EPOCHS = 100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = common.base_config(dataset_name='ho3d', eval_split='evaluation')  # root joint and hand box only: submit pred.json to the HO-3D server
-  common.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
+  config = presets.base_config(dataset_name='ho3d', eval_split='evaluation')  # root joint and hand box only: submit pred.json to the HO-3D server
+  presets.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 256
 
-  config.dataset.tip_ids = (728, 353, 442, 576, 694)  # HO-3D tip vertices (thumb, index, middle, ring, little), DESIGN §2
+  config.dataset.tip_ids = conventions.TIP_IDS['ho3d']  # this dataset's tip vertices (docs/design.md §2)
   config.dataset.crop_margin = 0.25  # square box around the hand, +25% per side
   config.dataset.max_rotation_deg = 30.0
   return config

@@ -9,18 +9,18 @@ overlays. Small batches and many updates win here: the model is underfit, and at
 (examples seen) batches of 8 beat batches of 32. On a 2-core CPU the whole command should take at most
 10 minutes. The target is a test-split pa_mpvpe of at most half the mean-mesh baseline's (both are in
 results.json). It reaches 16.96 mm against the baseline's 35.15 (0.483x) in about 9.5 minutes, a thin
-margin (README, "Quick start").
+margin (README.md, "What the demo reaches"; docs/experiments.md).
 """
 
 import ml_collections
 
-from configs import common, model_presets
+from diffhand_jax.runs import model_presets, presets
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = common.base_config(dataset_name='synthetic_hands', eval_split='test')
+  config = presets.base_config(dataset_name='synthetic_hands', eval_split='test')
   # Small batches, many updates: the demo model is underfit, and at the same compute (examples seen)
-  # 4x the updates on batches of 8 beat batches of 32 (README, "Tuning the CPU demo").
+  # 4x the updates on batches of 8 beat batches of 32 (docs/experiments.md, "Tuning the CPU demo").
   config.batch_size = 8
   config.num_train_steps = 3100
   config.eval_every_steps = 3100
@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Four hypotheses per test image, averaged after rigid alignment (hypotheses.aligned_mean): the
   # renders barely show palm from back, so hypotheses disagree in orientation far more than in
-  # articulation, and a plain vertex mean would blur them (README, "Tuning the CPU demo").
+  # articulation, and a plain vertex mean would blur them (docs/experiments.md, "Tuning the CPU demo").
   config.model.num_hypotheses = 4
   config.eval.aggregate = 'aligned_mean'
   config.eval.batch_size = 20  # x 4 hypotheses; faster per image on a CPU than larger batches

@@ -4,7 +4,9 @@
   python -m diffhand_jax.bench all                 # every benchmark, in turn, with its defaults
   python -m diffhand_jax.bench list                # what exists
 
-Each benchmark prints a Markdown table and writes JSON (default ``bench_results/NAME.json``).
+Each benchmark prints a Markdown table and writes JSON (default ``bench_results/NAME.json``). Each has
+absl flags of its own (``python -m diffhand_jax.bench NAME --help``), held in the module's own
+`flags.FlagValues`, so two benchmarks may both have e.g. --batch.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from diffhand_jax import benchmarks
 
 # `all` runs the peer comparisons first; anything else found in benchmarks/ follows in name order.
 ORDER = ('encoder', 'sampler', 'train', 'input', 'model_cost', 'hypotheses')
+# Modules of benchmarks/ that the benchmarks share, not benchmarks themselves.
+HELPERS = ('common', 'trace')
 
 
 def available() -> list[str]:
-  found = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != 'common'}
+  found = {m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in HELPERS}
   return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 

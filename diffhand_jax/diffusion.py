@@ -1,6 +1,6 @@
 """Cosine-schedule Gaussian diffusion with x̂_0 prediction and a one-scan DDIM sampler.
 
-Everything here follows DESIGN.md §3 to the equation:
+Everything here follows docs/design.md §3 to the equation:
 
 * ``cosine_schedule``: ᾱ(t) = cos²(((t/T) + s)/(1 + s)·π/2), β_i = min(1 − ᾱ((i+1)/T)/ᾱ(i/T), max_beta),
   ᾱ_t = ∏_{i≤t}(1 − β_i).

@@ -5,7 +5,7 @@
   python -m diffhand_jax.main --config=configs/synthetic.py --config.mode=memory   # no --workdir needed
 
 Training resumes from the newest checkpoint in --workdir. Mode 'memory' compiles the train step without
-running it and prints the per-device memory XLA plans for it (diffhand_jax/aot.py). Any config field can
+running it and prints the per-device memory XLA plans for it (diffhand_jax/training/memory.py). Any config field can
 be overridden on the command line (``--config.batch_size=16``).
 """
 
@@ -30,7 +30,7 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')  # keep TensorFlow off the accelerators JAX uses
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  from diffhand_jax import distributed, train
+  from diffhand_jax.training import distributed, train
   how = distributed.maybe_initialize()
   if how != 'single':
     import jax
@@ -45,8 +45,8 @@ def main(argv):
   elif mode == 'evaluate':
     train.evaluate_checkpoint(config, FLAGS.workdir)
   elif mode == 'memory':
-    from diffhand_jax import aot
-    aot.print_memory_report(config)
+    from diffhand_jax.training import memory
+    memory.print_memory_report(config)
   else:
     raise app.UsageError(f"config.mode must be 'train', 'evaluate' or 'memory', got {mode!r}")
 

@@ -1,6 +1,6 @@
 """MANO hand model in JAX: safe file loading, linear blend skinning, joint regressors.
 
-Conventions (DESIGN.md §2):
+Conventions (docs/design.md §2):
 
 * metres; MANO's 16 joints in MANO order (0 wrist; 1-3 index; 4-6 middle; 7-9 little; 10-12 ring;
   13-15 thumb); the 21-joint order is FreiHAND/OpenPose (wrist, thumb, index, middle, ring, little,
@@ -14,7 +14,7 @@ anything outside a short allow-list of numpy / scipy reconstruction helpers, map
 class to an inert stub, and refuses every other global with an error naming the file and the global.
 Plain ``.npz`` files with the same keys are read with ``allow_pickle=False``.
 
-MANO's left-hand shapedirs bug (DESIGN.md §2) is handled by :func:`fix_left_shapedirs`;
+MANO's left-hand shapedirs bug (docs/design.md §2) is handled by :func:`fix_left_shapedirs`;
 :func:`load` applies it automatically when ``side='left'`` and a ``MANO_RIGHT`` file of the same
 format sits in the same folder.
 """
@@ -34,21 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from diffhand_jax import safe_pickle
+from diffhand_jax.geometry import conventions, safe_pickle
 
 NUM_VERTICES = 778
 NUM_JOINTS = 16
 NUM_HAND_POSE = 45  # 15 finger joints x 3
 
-# Fingertip vertex ids (thumb, index, middle, ring, little) per dataset, DESIGN.md §2.
-TIP_IDS: dict[str, tuple[int, int, int, int, int]] = {
-    'freihand': (744, 320, 443, 555, 672),
-    'dexycb': (745, 317, 444, 556, 673),
-    'ho3d': (728, 353, 442, 576, 694),
-}
-
-# Index into concat(MANO16 joints, 5 tips (thumb, index, middle, ring, little)) giving the 21-order.
-MANO16_TO_21: tuple[int, ...] = (0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20)
+# The conventions mano re-exports (public names since the first release).
+TIP_IDS = conventions.TIP_IDS
+MANO16_TO_21 = conventions.MANO16_TO_21
 
 # MANO's kinematic tree: parent of each of the 16 joints (root = -1).
 MANO_PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
@@ -302,7 +296,7 @@ def model_from_arrays(arrays: Mapping[str, Any], *, side: str = 'right', source:
     """Validates a dict with the MANO file keys and builds a :class:`ManoModel`.
 
     Args:
-      arrays: the keys of DESIGN.md §7 (``v_template``, ``shapedirs``, ``posedirs``, ``J_regressor``,
+      arrays: the keys of docs/design.md §7 (``v_template``, ``shapedirs``, ``posedirs``, ``J_regressor``,
         ``weights``, ``kintree_table``, ``f``, ``hands_components``, ``hands_mean``), optionally
         ``tip_ids`` (5,), ``pose_axes`` (15, 3, 3) and ``pose_limits`` (15, 3, 2).
       side: 'right' or 'left'.
@@ -437,7 +431,7 @@ def _right_sibling(path: str) -> str | None:
 
 
 def fix_left_shapedirs(left: ManoModel, right: ManoModel) -> ManoModel:
-    """MANO's left-hand shapedirs bug (DESIGN.md §2).
+    """MANO's left-hand shapedirs bug (docs/design.md §2).
 
     The released left model's first shape direction has the wrong sign in x: when
     ``sum |L.shapedirs[:, 0, :] - R.shapedirs[:, 0, :]| < 1`` the left x-components equal the right

@@ -15,7 +15,7 @@ FreiHAND / HO-3D (``evaluate``), following ``eval.py`` and ``utils/eval_util.py`
   vertex, d2 = the other way round; P = mean(d1 < th), R = mean(d2 < th) (strictly less);
   F = 2PR / (P + R), or 0 when P + R = 0; averaged over samples.
 
-Where this differs from the FreiHAND script (DESIGN §6): MPJPE / MPVPE subtract each mesh's own wrist
+Where this differs from the FreiHAND script (docs/design.md §6): MPJPE / MPVPE subtract each mesh's own wrist
 (joint 0 of its 21-order joints; vertices use the joints' wrist) rather than comparing absolute camera-frame
 positions, because the model predicts root-relative meshes.
 

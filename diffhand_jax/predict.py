@@ -19,304 +19,77 @@ box, the largest centred square. The crop is resized to the model's input size.
 Left hands (--left: a JSON list of names, a JSON {name: true/false} object, or a comma-separated list
 of names; --all_left for every image) are mirrored before the model and mirrored back on output.
 
+--config.key=value overrides the run's config (WORKDIR/config.json): model.sampling_steps and model.eta
+(--steps and --eta, when given, win over them), model.num_hypotheses (unused here: --num_hypotheses
+sets K), and any field of config.dataset and config.eval. The network is fixed by the checkpoint, so any
+other config.model field is an unknown flag.
+
 Unreadable images are reported by name and skipped; the rest are processed. Exit status: 0 when at
 least one image was processed, 1 when none could be, 2 for bad arguments.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
+from absl import flags
 
-from diffhand_jax import hypotheses
+from diffhand_jax.geometry import hypotheses
+from diffhand_jax import command_line
+from diffhand_jax.inference import overrides
+from diffhand_jax.inference.predict import InputError
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-# The model's weak-perspective camera is orthographic; rendering it through render.py's pinhole with
-# the mesh this far away (in model units, hand ~ ±2) keeps the perspective error below 1e-3 pixel-fractions.
-_ORTHO_DISTANCE = 1.0e4
+PROG = 'python -m diffhand_jax.predict'
 
-
-class InputError(ValueError):
-  """A bad argument or input file (reported without a traceback)."""
-
-
-# ==================================================================================================
-# Inputs
-# ==================================================================================================
-
-def list_images(folder: str) -> list[str]:
-  if not os.path.isdir(folder):
-    raise InputError(f'--images={folder!r} is not a folder')
-  names = sorted(n for n in os.listdir(folder)
-                 if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
-  if not names:
-    raise InputError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder!r}')
-  return names
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 (H, W, 3), EXIF rotation applied. Raises InputError naming the file."""
-  from PIL import Image, ImageOps
-  try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      return np.asarray(image.convert('RGB'), np.uint8)
-  except Exception as error:  # PIL raises many types for truncated or foreign files
-    raise InputError(f'cannot read image {path}: {type(error).__name__}: {error}') from None
-
-
-def _load_json(path: str, what: str) -> Any:
-  if not os.path.exists(path):
-    raise InputError(f'{what} file {path} does not exist')
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise InputError(f'{what} file {path} is not valid JSON: {error}') from None
-
-
-def _lookup(table: dict, name: str):
-  if name in table:
-    return table[name]
-  return table.get(os.path.splitext(name)[0])
-
-
-def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[float]]:
-  """{name: [x0, y0, x1, y1]} from a JSON object keyed by file name (or stem). Raises InputError."""
-  if not path:
-    return {}
-  payload = _load_json(path, '--boxes')
-  if not isinstance(payload, dict):
-    raise InputError(f'--boxes file {path} must hold a JSON object {{"image.jpg": [x0, y0, x1, y1]}}')
-  boxes = {}
-  for name in names:
-    box = _lookup(payload, name)
-    if box is None:
-      continue
-    try:
-      values = [float(v) for v in box]
-    except (TypeError, ValueError):
-      values = []
-    if len(values) != 4 or not np.all(np.isfinite(values)) or values[2] <= values[0] or values[3] <= values[1]:
-      raise InputError(f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] with '
-                       f'x1 > x0 and y1 > y0, got {box!r}')
-    boxes[name] = values
-  known = set(names) | {os.path.splitext(n)[0] for n in names}
-  unknown = sorted(k for k in payload if k not in known)
-  if unknown:
-    print(f'note: --boxes names {len(unknown)} image(s) not in the folder: {", ".join(unknown[:5])}',
-          file=sys.stderr)
-  return boxes
-
-
-def load_left(spec: str | None, names: Sequence[str], all_left: bool = False) -> dict[str, bool]:
-  """{name: is_left} from --left (a JSON list or object file, or a comma-separated list of names)."""
-  if all_left:
-    return {name: True for name in names}
-  if not spec:
-    return {name: False for name in names}
-  if spec.lower().endswith('.json'):
-    payload = _load_json(spec, '--left')
-    if isinstance(payload, list):
-      chosen = {str(n): True for n in payload}
-    elif isinstance(payload, dict):
-      chosen = {str(k): bool(v) for k, v in payload.items()}
-    else:
-      raise InputError(f'--left file {spec} must hold a JSON list of names or an object {{name: bool}}')
-  else:
-    chosen = {item.strip(): True for item in spec.split(',') if item.strip()}
-  return {name: bool(_lookup(chosen, name)) for name in names}
-
-
-# ==================================================================================================
-# Outputs
-# ==================================================================================================
-
-def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray) -> None:
-  lines = [f'v {x:.6f} {y:.6f} {z:.6f}' for x, y, z in np.asarray(vertices, np.float64)]
-  lines += [f'f {a + 1} {b + 1} {c + 1}' for a, b, c in np.asarray(faces)]
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-
-
-def orthographic_setup(vertices_model: np.ndarray, camera: np.ndarray,
-                       size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Vertices and a pinhole K that `render.py` draws as the weak-perspective projection
-  u = s·X + tx, v = s·Y + ty (normalised; pixel = (u + 1)·size/2) of model-space vertices (N, 3)."""
-  scale, tx, ty = (float(c) for c in camera)
-  if scale <= 0:
-    scale = 1e-3  # a degenerate camera: draw a dot rather than fail
-  distance = _ORTHO_DISTANCE
-  focal = scale * size / 2.0 * distance
-  K = np.array([[focal, 0.0, (tx + 1.0) * size / 2.0],
-                [0.0, focal, (ty + 1.0) * size / 2.0],
-                [0.0, 0.0, 1.0]])
-  placed = np.asarray(vertices_model, np.float64) + np.array([0.0, 0.0, distance])
-  return placed, K
-
-
-def draw_overlay(crop: np.ndarray, vertices_model: np.ndarray, faces: np.ndarray,
-                 camera: np.ndarray) -> np.ndarray:
-  """The shaded mesh over a square crop (S, S, 3) uint8, placed by the weak-perspective camera."""
-  from diffhand_jax import render
-  placed, K = orthographic_setup(vertices_model, camera, crop.shape[0])
-  return render.overlay(crop, placed, faces, K, alpha=0.6)
-
-
-def _write_png(path: str, image: np.ndarray) -> None:
-  from PIL import Image
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
-
-
-# ==================================================================================================
-# The command
-# ==================================================================================================
-
-def predict_folder(workdir: str, images_dir: str, output_dir: str, *, boxes: str | None = None,
-                   left: str | None = None, all_left: bool = False, box_scale: float = 1.3,
-                   num_hypotheses: int = 5, steps: int | None = None, eta: float | None = None,
-                   method: str = 'mean', tta_config=None, batch_size: int = 8, seed: int = 0,
-                   overlay_size: int = 256, overrides: Sequence[str] = (),
-                   progress: bool = True) -> dict[str, Any]:
-  """Runs the model over a folder; returns {'written': [names], 'failed': {name: reason}}."""
-  import jax
-  from diffhand_jax import inference, input_pipeline, train
-
-  names = list_images(images_dir)
-  box_table = load_boxes(boxes, names)
-  left_table = load_left(left, names, all_left)
-  if not box_scale > 0 or overlay_size < 8 or batch_size < 1 or num_hypotheses < 1:
-    raise InputError('--box_scale must be > 0, --overlay_size >= 8, --batch_size and '
-                     '--num_hypotheses >= 1')
-  config, model, params, topology, schedule = train.load_for_inference(workdir)
-  config = inference.apply_overrides(config, overrides)
-  vertex_scale = float(config.model.vertex_scale)
-  image_size = int(config.model.img_size)
-  sampler = inference.Sampler(
-      model, params, schedule, vertex_scale,
-      num_steps=int(steps if steps is not None else config.model.sampling_steps),
-      num_hypotheses=int(num_hypotheses),
-      eta=float(eta if eta is not None else config.model.eta), batch_size=batch_size)
-  faces = np.asarray(topology.faces)
-  os.makedirs(output_dir, exist_ok=True)
-
-  # Read and crop everything first: a bad file is reported and dropped before any batching.
-  failed: dict[str, str] = {}
-  crops, overlays, kept, crop_boxes = [], [], [], []
-  for name in names:
-    try:
-      image = read_image(os.path.join(images_dir, name))
-      crop = inference.square_box(box_table.get(name), image.shape[:2], box_scale)
-      model_crop = inference.crop_box(image, crop, image_size)
-      overlay_crop = inference.crop_box(image, crop, overlay_size)
-    except (InputError, ValueError) as error:
-      failed[name] = str(error)
-      print(f'skipping {name}: {error}', file=sys.stderr)
-      continue
-    if left_table[name]:  # the model sees right hands (DESIGN §2)
-      model_crop, overlay_crop = model_crop[:, ::-1], overlay_crop[:, ::-1]
-    crops.append(model_crop)
-    overlays.append(overlay_crop)
-    crop_boxes.append(crop)
-    kept.append(name)
-  if not kept:
-    return {'written': [], 'failed': failed}
-
-  images = input_pipeline.normalise_images(np.stack(crops))
-  report = inference.progress_printer('predict') if progress else None
-  out = sampler.predict(images, jax.random.PRNGKey(seed), method=method, tta_config=tta_config,
-                        progress=report)
-  joints = inference.joints_from_vertices(out['vertices'], topology.joint_regressor)
-  settings = dict(sampler.settings(), method=method, seed=seed, img_size=image_size,
-                  vertex_scale=vertex_scale, box_scale=box_scale, workdir=os.path.abspath(workdir),
-                  tta=None if tta_config is None else {'angles_deg': list(tta_config.angles_deg),
-                                                       'scales': list(tta_config.scales),
-                                                       'align': tta_config.align})
-  written = []
-  mirror = np.array([-1.0, 1.0, 1.0])
-  for i, name in enumerate(kept):
-    stem = os.path.splitext(name)[0]
-    is_left = left_table[name]
-    vertices, hand_joints, camera = out['vertices'][i], joints[i], out['camera'][i]
-    # The overlay is drawn on the crop the model saw, then flipped back for left hands.
-    overlay = draw_overlay(overlays[i], vertices / vertex_scale, faces, camera)
-    if is_left:
-      overlay = overlay[:, ::-1]
-      vertices, hand_joints = vertices * mirror, hand_joints * mirror
-      # u' = -u - 2/S under the pixel flip x' = S - 1 - x: the camera of the un-mirrored crop.
-      camera = np.array([camera[0], -camera[1] - 2.0 / image_size, camera[2]])
-    mesh_faces = faces[:, ::-1] if is_left else faces  # mirroring flips the winding; keep it outward
-    write_obj(os.path.join(output_dir, f'{stem}.obj'), vertices, mesh_faces)
-    _write_png(os.path.join(output_dir, f'{stem}.png'), overlay)
-    record = {
-        'image': name, 'hand_side': 'left' if is_left else 'right',
-        'units': 'metres, root-relative (wrist at 0), camera axes x right, y down, z forward',
-        'joints': np.round(hand_joints, 6).tolist(), 'vertices': np.round(vertices, 6).tolist(),
-        'uncertainty': np.round(out['vertex_std'][i], 6).tolist(),
-        'uncertainty_mean': float(out['vertex_std'][i].mean()),
-        'camera': [float(c) for c in camera],
-        'camera_convention': 'weak perspective of model-space X = metres / vertex_scale: '
-                             'u = s*X + tx, v = s*Y + ty, u = 2x/W - 1 over the crop',
-        'crop_box': [float(v) for v in crop_boxes[i]],
-        'settings': settings,
-    }
-    with open(os.path.join(output_dir, f'{stem}.json'), 'w') as f:
-      json.dump(record, f)
-    written.append(name)
-  return {'written': written, 'failed': failed}
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.predict',
-                                   description=__doc__.split('\n\n')[0],
-                                   epilog='See the module docstring for the file formats.')
-  parser.add_argument('--workdir', required=True, help='a training workdir (config.json, checkpoints/)')
-  parser.add_argument('--images', required=True, help='a folder of images')
-  parser.add_argument('--output', required=True, help='where the .obj/.png/.json files go')
-  parser.add_argument('--boxes', default=None, help='JSON {"name.jpg": [x0, y0, x1, y1]} (pixels)')
-  parser.add_argument('--box_scale', type=float, default=1.3,
-                      help='crop side / longer box side (the training crops leave such a margin)')
-  parser.add_argument('--left', default=None,
-                      help='left hands: a JSON list/object file, or comma-separated names')
-  parser.add_argument('--all_left', action='store_true', help='every image shows a left hand')
-  parser.add_argument('--num_hypotheses', type=int, default=5)
-  parser.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
-  parser.add_argument('--eta', type=float, default=None)
-  parser.add_argument('--method', default='mean', choices=hypotheses.METHODS)
-  parser.add_argument('--tta', action='store_true')
-  parser.add_argument('--tta_angles', default='-10,0,10')
-  parser.add_argument('--tta_scales', default='0.9,1.0,1.1')
-  parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--overlay_size', type=int, default=256)
-  return parser
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'a training workdir (config.json, checkpoints/)', flag_values=FLAGS)
+flags.DEFINE_string('images', None, 'a folder of images', flag_values=FLAGS)
+flags.DEFINE_string('output', None, 'where the .obj/.png/.json files go', flag_values=FLAGS)
+flags.DEFINE_string('boxes', None, 'JSON {"name.jpg": [x0, y0, x1, y1]} (pixels)', flag_values=FLAGS)
+flags.DEFINE_float('box_scale', 1.3, 'crop side / longer box side (the training crops leave such a margin)',
+                   flag_values=FLAGS)
+flags.DEFINE_string('left', None, 'left hands: a JSON list/object file, or comma-separated names',
+                    flag_values=FLAGS)
+flags.DEFINE_bool('all_left', False, 'every image shows a left hand', flag_values=FLAGS)
+flags.DEFINE_integer('num_hypotheses', 5, 'hypotheses K per image', flag_values=FLAGS)
+flags.DEFINE_integer('steps', None, "DDIM steps (default: the config's)", flag_values=FLAGS)
+flags.DEFINE_float('eta', None, "DDIM eta (default: the config's)", flag_values=FLAGS)
+flags.DEFINE_enum('method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh',
+                  flag_values=FLAGS)
+flags.DEFINE_bool('tta', False, 'test-time augmentation (rotations, scales)', flag_values=FLAGS)
+flags.DEFINE_string('tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS)
+flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 8, 'images per sampler call', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'the sampler\'s random seed', flag_values=FLAGS)
+flags.DEFINE_integer('overlay_size', 256, 'side of the NAME.png overlays, pixels', flag_values=FLAGS)
+flags.mark_flags_as_required(['workdir', 'images', 'output'], flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a for a in argv if a.startswith('--config.')]
-  parser = _parser()
-  args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
-  from diffhand_jax import tta
+  """Runs the command on `argv` (the flags, without the program name); returns the exit status."""
+  try:
+    command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, config=overrides.override_fields,
+                       config_help=overrides.HELP)
+  except command_line.Exit as done:
+    return done.code
+  from diffhand_jax.inference import predict, tta
   try:
     tta_config = None
-    if args.tta:
-      tta_config = tta.TTAConfig(angles_deg=tta.parse_list(args.tta_angles),
-                                 scales=tta.parse_list(args.tta_scales))
-    result = predict_folder(
-        args.workdir, args.images, args.output, boxes=args.boxes, left=args.left,
-        all_left=args.all_left, box_scale=args.box_scale, num_hypotheses=args.num_hypotheses,
-        steps=args.steps, eta=args.eta, method=args.method, tta_config=tta_config,
-        batch_size=args.batch_size, seed=args.seed, overlay_size=args.overlay_size, overrides=overrides)
+    if FLAGS.tta:
+      tta_config = tta.TTAConfig(angles_deg=tta.parse_list(FLAGS.tta_angles),
+                                 scales=tta.parse_list(FLAGS.tta_scales))
+    result = predict.predict_folder(
+        FLAGS.workdir, FLAGS.images, FLAGS.output, boxes=FLAGS.boxes, left=FLAGS.left,
+        all_left=FLAGS.all_left, box_scale=FLAGS.box_scale, num_hypotheses=FLAGS.num_hypotheses,
+        steps=FLAGS.steps, eta=FLAGS.eta, method=FLAGS.method, tta_config=tta_config,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed, overlay_size=FLAGS.overlay_size,
+        overrides=FLAGS.config)
   except (InputError, FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
-  print(f'wrote {len(result["written"])} predictions to {args.output}')
+  print(f'wrote {len(result["written"])} predictions to {FLAGS.output}')
   if result['failed']:
     print(f'could not read {len(result["failed"])} image(s): {", ".join(sorted(result["failed"]))}',
           file=sys.stderr)

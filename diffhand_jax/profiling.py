@@ -1,145 +1,55 @@
-"""Where a jitted function spends its time: a `jax.profiler` trace, summarised per XLA op.
+"""Where a jitted function of the model spends its time: a `jax.profiler` trace, summarised per XLA op.
 
-  from diffhand_jax import profiling
-  rows = profiling.top_ops(fn, *args, calls=3)      # [(ms per call, count per call, op name, thread), ...]
-  profiling.print_top_ops(rows)
+  python -m diffhand_jax.profiling encoder|decoder|reconstruct [--preset=cpu_demo] [--batch=1] [--hlo]
+      [--calls=3] [--limit=25] [--trace_dir=DIR]
 
-  python -m diffhand_jax.profiling encoder|reconstruct|decoder|train [--preset=cpu_demo] [--batch=1]
-
-The trace is the one `jax.profiler.trace` writes (open it in TensorBoard / xprof for the timeline); this
-module reads its XSpace protobuf directly (the copy of the schema that TensorFlow ships), so a summary needs
-no extra package. Op names are HLO instruction names: look them up in `compiled.as_text()` (the
-`--hlo` flag prints the HLO of the named ops).
+It profiles one encoder pass, one decoder pass or the whole `reconstruct` (10 DDIM steps) of a model
+preset with random weights, and prints the time per XLA op. Op names are HLO instruction names; --hlo
+also prints their HLO lines. The trace reading and the summary are `diffhand_jax.benchmarks.trace`
+(`trace.top_ops(fn, *args)` profiles any jitted function).
 """
 
 from __future__ import annotations
 
-import argparse
-import collections
-import glob
-import os
-import tempfile
-from typing import Any, Callable, Sequence
+import sys
+from typing import Sequence
 
+from absl import flags
 import jax
 
-# Events that wrap other events (whole executions, thread-pool waits), not ops of the program.
-_WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'PjitFunction', 'ExecuteHelper', 'Execute',
-             'TfrtCpuExecutable', 'PjRt', 'CommonPjRt', 'ParseArguments', 'Handle inputs', '$')
-_BOOKKEEPING = ('ThreadpoolListener', 'end: ', 'Allocate', 'Wait for', 'PythonRefManager')
+from diffhand_jax.benchmarks import trace
+from diffhand_jax import command_line
 
+PROG = 'python -m diffhand_jax.profiling'
 
-def _load_xspace(directory: str):
-  try:
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  except ImportError as error:
-    raise RuntimeError('reading a trace needs the XSpace protobuf schema that tensorflow ships '
-                       '(pip install tensorflow-cpu), or open the trace in TensorBoard') from error
-  paths = sorted(glob.glob(os.path.join(directory, '**', '*.xplane.pb'), recursive=True))
-  if not paths:
-    raise RuntimeError(f'no *.xplane.pb trace under {directory}')
-  space = xplane_pb2.XSpace()
-  with open(paths[-1], 'rb') as f:
-    space.ParseFromString(f.read())
-  return space
-
-
-def summarise(directory: str, calls: int) -> list[tuple[float, float, str, str]]:
-  """Per XLA op name: (ms per call, runs per call, name, the threads it ran on), longest first.
-
-  Only events of XLA's worker threads count; the Python thread's dispatch events and the thread pool's
-  bookkeeping markers are left out. An op that ran on several threads is summed over them.
-  """
-  space = _load_xspace(directory)
-  total_ms: collections.Counter = collections.Counter()
-  count: collections.Counter = collections.Counter()
-  threads: dict[str, set] = collections.defaultdict(set)
-  for plane in space.planes:
-    metadata = plane.event_metadata
-    for line in plane.lines:
-      thread = line.name.split('/')[0]
-      if thread == 'python' or not line.events:
-        continue
-      for event in line.events:
-        name = metadata[event.metadata_id].name
-        if name.startswith(_WRAPPERS) or name.startswith(_BOOKKEEPING):
-          continue
-        total_ms[name] += event.duration_ps / 1e9
-        count[name] += 1
-        threads[name].add(thread)
-  return [(ms / calls, count[name] / calls, name, ','.join(sorted(threads[name])))
-          for name, ms in total_ms.most_common()]
-
-
-def top_ops(fn: Callable[..., Any], *args: Any, calls: int = 3,
-            trace_dir: str | None = None) -> list[tuple[float, float, str, str]]:
-  """Runs ``fn(*args)`` once to compile, then ``calls`` times under the profiler; see `summarise`."""
-  jax.block_until_ready(fn(*args))
-  directory = trace_dir or tempfile.mkdtemp(prefix='diffhand_trace_')
-  with jax.profiler.trace(directory):
-    for _ in range(calls):
-      jax.block_until_ready(fn(*args))
-  return summarise(directory, calls)
-
-
-def print_top_ops(rows: Sequence[tuple[float, float, str, str]], limit: int = 25) -> None:
-  total = sum(r[0] for r in rows)
-  print(f'{"ms/call":>9} {"share":>6} {"n/call":>7}  op (thread)')
-  for ms, n, name, thread in rows[:limit]:
-    print(f'{ms:9.3f} {ms / max(total, 1e-12):6.1%} {n:7.1f}  {name} ({thread})')
-  print(f'{total:9.3f} total op time per call, summed over threads ({len(rows)} ops)')
-
-
-def _hlo_of(text: str, names: Sequence[str]) -> str:
-  """The HLO computations (fusion bodies) whose instruction name is in ``names``."""
-  wanted = set(names)
-  lines = text.splitlines()
-  out = []
-  for line in lines:
-    stripped = line.strip().removeprefix('ROOT ').removeprefix('%')
-    for name in wanted:
-      if stripped.startswith(f'{name} ='):
-        out.append(stripped[:400])
-  return '\n'.join(out)
-
-
-def _target(name: str, preset: str, batch: int):
-  """(jitted fn, args) of a named target, on a model preset with random weights."""
-  import jax.numpy as jnp
-  from diffhand_jax import diffusion
-  from diffhand_jax.benchmarks import sampler
-  model, params, images, x_T = sampler.build(preset, batch)
-  fns = sampler.make_samplers(model, diffusion.cosine_schedule(1000), 10)
-  if name == 'encoder':
-    return fns['encode'], (params, images)
-  if name == 'decoder':
-    cond = fns['encode'](params, images)
-    return fns['denoise'], (params, cond, x_T[0], jnp.full((batch,), 999, jnp.int32))
-  if name == 'reconstruct':
-    return (lambda p, x, n: fns['reconstruct'](p, x, jax.random.PRNGKey(0), noise=n)), (params, images, x_T)
-  raise ValueError(f'unknown target {name!r}: choose encoder, decoder or reconstruct')
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('preset', 'cpu_demo', 'the model preset (diffhand_jax/runs/model_presets.py)',
+                    flag_values=FLAGS)
+flags.DEFINE_integer('batch', 1, 'images per call', flag_values=FLAGS)
+flags.DEFINE_integer('calls', 3, 'profiled calls (after one to compile)', flag_values=FLAGS)
+flags.DEFINE_integer('limit', 25, 'ops to print', flag_values=FLAGS)
+flags.DEFINE_string('trace_dir', None, 'keep the trace here (default: a temp dir)', flag_values=FLAGS)
+flags.DEFINE_bool('hlo', False, 'also print the HLO lines of the top ops', flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.profiling', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('target', choices=('encoder', 'decoder', 'reconstruct'))
-  parser.add_argument('--preset', default='cpu_demo')
-  parser.add_argument('--batch', type=int, default=1)
-  parser.add_argument('--calls', type=int, default=3)
-  parser.add_argument('--limit', type=int, default=25)
-  parser.add_argument('--trace_dir', default=None, help='keep the trace here (default: a temp dir)')
-  parser.add_argument('--hlo', action='store_true', help='also print the HLO lines of the top ops')
-  args = parser.parse_args(argv)
-  fn, fn_args = _target(args.target, args.preset, args.batch)
-  rows = top_ops(fn, *fn_args, calls=args.calls, trace_dir=args.trace_dir)
-  print_top_ops(rows, args.limit)
-  if args.hlo:
+  """Runs the command on `argv` (the target and the flags, without the program name); returns the exit
+  status."""
+  try:
+    rest = command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, max_positional=1)
+    if len(rest) != 1 or rest[0] not in trace.TARGETS:
+      raise command_line.usage_error(PROG, f'name one target: {"|".join(trace.TARGETS)}'
+                                     + (f' (got {rest[0]!r})' if rest else ''))
+  except command_line.Exit as done:
+    return done.code
+  fn, fn_args = trace.target(rest[0], FLAGS.preset, FLAGS.batch)
+  rows = trace.top_ops(fn, *fn_args, calls=FLAGS.calls, trace_dir=FLAGS.trace_dir)
+  trace.print_top_ops(rows, FLAGS.limit)
+  if FLAGS.hlo:
     text = jax.jit(fn).lower(*fn_args).compile().as_text()
-    print(_hlo_of(text, [r[2] for r in rows[:args.limit]]))
+    print(trace.hlo_of(text, [r[2] for r in rows[:FLAGS.limit]]))
   return 0
 
 
 if __name__ == '__main__':
-  import sys
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main())

@@ -1,6 +1,6 @@
 """Renders the procedural hand (flat, fist, pointing) from two viewpoints into docs/procedural_hand.png.
 
-    python -m diffhand_jax.render_hand_figure [--out docs/procedural_hand.png]
+    python -m diffhand_jax.render_hand_figure [--out=docs/procedural_hand.png]
 
 A small orthographic painter's-algorithm renderer on matplotlib (Agg): back faces are culled, the rest
 drawn far to near with Lambert shading.
@@ -8,17 +8,23 @@ drawn far to near with Lambert shading.
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+from typing import Sequence
 
 import matplotlib
 
 matplotlib.use('Agg')
+from absl import flags  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 from diffhand_jax import mano  # noqa: E402
+from diffhand_jax import command_line  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('out', 'docs/procedural_hand.png', 'the PNG to write', flag_values=FLAGS)
 
 
 def _view_rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
@@ -84,11 +90,15 @@ def render(out_path: str) -> None:
     plt.close(figure)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='docs/procedural_hand.png')
-    render(parser.parse_args().out)
+def main(argv: Sequence[str] | None = None) -> int:
+  try:
+    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.render_hand_figure', doc=__doc__)
+  except command_line.Exit as done:
+    return done.code
+  render(FLAGS.out)
+  print(f'wrote {FLAGS.out}')
+  return 0
 
 
 if __name__ == '__main__':
-    main()
+  sys.exit(main())

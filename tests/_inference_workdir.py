@@ -10,8 +10,8 @@ import tempfile
 
 
 def tiny_config(data_dir):
-  from configs import model_presets, synthetic
-  config = synthetic.get_config()
+  from diffhand_jax.runs import model_presets, run_config
+  config = run_config.config_file('synthetic')
   config.dataset.config_name = 'tiny'
   config.dataset.data_dir = str(data_dir)
   config.model = model_presets.get_model_config('tiny')
@@ -30,7 +30,7 @@ def tiny_config(data_dir):
 @functools.lru_cache(maxsize=None)
 def tiny_workdir() -> tuple[str, str]:
   """(workdir, tfds data_dir) of a 4-step run; removed when the process exits."""
-  from diffhand_jax import train
+  from diffhand_jax.training import train
   base = tempfile.mkdtemp(prefix='diffhand_inference_tests_')
   atexit.register(shutil.rmtree, base, True)
   data_dir = os.path.join(base, 'tfds')

@@ -17,7 +17,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _inference_workdir import tiny_config  # noqa: E402
 
-from diffhand_jax import input_pipeline, train  # noqa: E402
+from diffhand_jax import diffusion  # noqa: E402
+from diffhand_jax.data import input_pipeline  # noqa: E402
+from diffhand_jax.geometry import hand_model  # noqa: E402
+from diffhand_jax.models import diffhand  # noqa: E402
+from diffhand_jax.runs import state as state_lib  # noqa: E402
+from diffhand_jax.training import sharding, step as step_lib  # noqa: E402
 
 MESHES = {'one_device': {'data': 1, 'fsdp': 1}, 'data8': {'data': 8, 'fsdp': 1},
           'data2_fsdp4': {'data': 2, 'fsdp': 4}, 'fsdp8': {'data': 1, 'fsdp': 8}}
@@ -25,16 +30,16 @@ MESHES = {'one_device': {'data': 1, 'fsdp': 1}, 'data8': {'data': 8, 'fsdp': 1},
 
 def run(config, arrays, mesh_config):
   devices = jax.devices()[:int(np.prod(list(mesh_config.values())))]
-  mesh = train.make_mesh(mesh_config, devices)
-  topology = train.hand_topology(train.load_hand_model(config.dataset), config.dataset.get('tip_ids'))
-  model = train.diffhand.build_model(config.model, topology.template)
-  schedule = train.diffusion.cosine_schedule(config.model.num_timesteps)
-  optimizer = train.make_optimizer(config)
-  abstract = train._abstract_state(config, model, optimizer)
-  shardings = train.state_shardings(mesh, abstract, min_size=1)
-  state = train.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(config.seed))
-  data_sharding = train.batch_sharding(mesh)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer, schedule=schedule,
+  mesh = sharding.make_mesh(mesh_config, devices)
+  topology = hand_model.hand_topology(hand_model.load_hand_model(config.dataset), config.dataset.get('tip_ids'))
+  model = diffhand.build_model(config.model, topology.template)
+  schedule = diffusion.cosine_schedule(config.model.num_timesteps)
+  optimizer = state_lib.make_optimizer(config)
+  abstract = state_lib.abstract_state(config, model, optimizer)
+  shardings = sharding.state_shardings(mesh, abstract, min_size=1)
+  state = step_lib.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(config.seed))
+  data_sharding = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(functools.partial(step_lib.train_step, model=model, optimizer=optimizer, schedule=schedule,
                                       topology=topology, config=config),
                     in_shardings=(shardings, data_sharding), out_shardings=(shardings, None))
   batches = input_pipeline.train_batches(arrays, batch_size=config.batch_size, seed=config.seed, start_step=0,
@@ -44,7 +49,7 @@ def run(config, arrays, mesh_config):
   losses = []
   for _ in range(3):
     batch = next(batches)
-    state, parts = step_fn(state, train.to_global({k: batch[k] for k in keys}, data_sharding))
+    state, parts = step_fn(state, sharding.to_global({k: batch[k] for k in keys}, data_sharding))
     losses.append(float(parts['total']))
   leaves = jax.tree_util.tree_leaves(state.params)
   sharded = sum('fsdp' in str(leaf.sharding.spec) for leaf in leaves)

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffhand_jax import bench, diffusion, profiling
-from diffhand_jax.benchmarks import sampler
+from diffhand_jax import bench, diffusion
+from diffhand_jax.benchmarks import sampler, trace
 
 
 def test_scan_reconstruct_and_hand_written_loop_give_the_same_meshes():
@@ -17,7 +17,7 @@ def test_scan_reconstruct_and_hand_written_loop_give_the_same_meshes():
   scanned = fns['reconstruct'](params, images, jax.random.PRNGKey(0), noise=x_T)['vertices'][:, 0]
   looped = fns['loop'](params, images, x_T[0])
   np.testing.assert_allclose(np.asarray(scanned), np.asarray(looped), atol=1e-5, rtol=1e-5)
-  # the loop's jitted step is one decoder pass then the DDIM update (DESIGN §3), worked here in numpy
+  # the loop's jitted step is one decoder pass then the DDIM update (docs/design.md §3), worked here in numpy
   cond = fns['encode'](params, images)
   t_now, t_next = (int(t) for t in fns['timesteps'][:2])
   x0_hat = np.asarray(fns['denoise'](params, cond, x_T[0], jnp.full((2,), t_now, jnp.int32)), np.float64)
@@ -32,13 +32,13 @@ def test_scan_reconstruct_and_hand_written_loop_give_the_same_meshes():
 def test_profile_summary_counts_each_op_once_per_call():
   a = jnp.ones((256, 256), jnp.float32)
   fn = jax.jit(lambda x: jnp.tanh(x @ x) * 2.0)
-  rows = profiling.top_ops(fn, a, calls=3)
+  rows = trace.top_ops(fn, a, calls=3)
   assert rows, 'the trace holds no ops'
   total_ms = sum(r[0] for r in rows)
   assert total_ms > 0
   # every op of this program runs once per call: no fractional or inflated counts
   assert all(abs(count - round(count)) < 1e-9 and count >= 1 for _, count, _, _ in rows)
-  assert all(not name.startswith(profiling._WRAPPERS) for _, _, name, _ in rows)
+  assert all(not name.startswith(trace._WRAPPERS) for _, _, name, _ in rows)
 
 
 def test_bench_all_runs_peer_comparisons_first_and_refuses_flags(capsys):
@@ -47,3 +47,18 @@ def test_bench_all_runs_peer_comparisons_first_and_refuses_flags(capsys):
   assert 'common' not in names
   assert bench.main(['all', '--repeats=1']) == 2
   assert 'defaults' in capsys.readouterr().err
+  assert 'trace' not in names  # the benchmarks' shared trace reader is no benchmark
+
+
+def test_each_benchmark_parses_its_own_flags(capsys):
+  from diffhand_jax.benchmarks import encoder
+  from diffhand_jax import command_line
+  assert encoder.FLAGS is not sampler.FLAGS
+  command_line.parse(sampler.FLAGS, ['--repeats=2', '--batch_sizes=4'], prog='sampler')
+  command_line.parse(encoder.FLAGS, [], prog='encoder')
+  assert (sampler.FLAGS.repeats, sampler.FLAGS.batch_sizes) == (2, '4')
+  assert encoder.FLAGS.repeats == 7 and encoder.FLAGS.batch_sizes == '8'
+  assert bench.main(['model_cost', '--batch_sizes=4']) == 2  # a flag of another benchmark
+  assert "Unknown command line flag 'batch_sizes'" in capsys.readouterr().err
+  assert bench.main(['model_cost', '--help']) == 0
+  assert '--presets' in capsys.readouterr().out

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import model_presets
+from diffhand_jax.runs import model_presets
 from diffhand_jax.models import cnn, diffhand
 
 

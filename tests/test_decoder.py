@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import model_presets
-from diffhand_jax import topology
+from diffhand_jax.runs import model_presets
+from diffhand_jax.geometry import topology
 from diffhand_jax.models import decoder
 
 BATCH = 2
@@ -185,7 +185,8 @@ def test_bad_inputs_raise_clear_errors():
 def test_upsampling_starts_as_template_interpolation():
   """The point-axis maps start as inverse-distance interpolation: rows sum to 1, k non-zeros per row,
   and a coarse point that is also a fine point maps onto itself alone."""
-  from diffhand_jax import mano, topology
+  from diffhand_jax import mano
+  from diffhand_jax.geometry import topology
   template = np.asarray(mano.load_procedural().v_template)
   fps = topology.fps_hierarchy(template, sizes=(195, 49))
   levels = decoder.upsampling_neighbours(template, fps, k=3)

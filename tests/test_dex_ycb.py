@@ -13,9 +13,9 @@ import yaml
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from datasets import make_fixtures  # noqa: E402
-from datasets.dex_ycb import dex_ycb_dataset_builder as dex_ycb  # noqa: E402
-from diffhand_jax import input_pipeline, source_io  # noqa: E402
+from diffhand_jax.data import fixtures  # noqa: E402
+from diffhand_jax.data.builders.dex_ycb import dex_ycb_dataset_builder as dex_ycb  # noqa: E402
+from diffhand_jax.data import input_pipeline, sources  # noqa: E402
 
 
 def _build(manual_dir, data_dir):
@@ -31,8 +31,8 @@ def built_fixture() -> dict:
   Tests must not modify it (copy it first)."""
   base = pathlib.Path(tempfile.mkdtemp(prefix='diffhand_dex_ycb_tests_'))
   atexit.register(shutil.rmtree, base, True)
-  mano_dir = make_fixtures.write_mano_standins(str(base / 'mano'))
-  truth = make_fixtures.make_dex_ycb(str(base / 'dex_ycb'), mano_dir)
+  mano_dir = fixtures.write_mano_standins(str(base / 'mano'))
+  truth = fixtures.make_dex_ycb(str(base / 'dex_ycb'), mano_dir)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('DIFFHAND_MANO_DIR', mano_dir)
     _build(base / 'dex_ycb', base / 'tfds')
@@ -45,10 +45,10 @@ TOOLKIT_S0_SUBJECTS = {'train': range(10), 'validation': (0, 1), 'test': range(2
 
 def toolkit_samples(root, split):
   """DexYCBDataset('s0', split)._mapping restated from the folders, for a copy whose subjects are the
-  toolkit's first ones and whose cameras are make_fixtures.DEXYCB_SERIALS (the copy's `_SERIALS`):
+  toolkit's first ones and whose cameras are fixtures.DEXYCB_SERIALS (the copy's `_SERIALS`):
   [(index, 'subject/sequence/serial/frame', label path)] in the toolkit's order, filtered or not."""
-  subjects = [s for i, s in enumerate(make_fixtures.DEXYCB_SUBJECTS) if i in TOOLKIT_S0_SUBJECTS[split]]
-  serials = list(make_fixtures.DEXYCB_SERIALS)
+  subjects = [s for i, s in enumerate(fixtures.DEXYCB_SUBJECTS) if i in TOOLKIT_S0_SUBJECTS[split]]
+  serials = list(fixtures.DEXYCB_SERIALS)
   wanted = (lambda i: i % 5 != 4) if split == 'train' else (lambda i: i % 5 == 4)
   sequences = []
   for subject in subjects:
@@ -80,7 +80,7 @@ def toolkit_evaluated_ids(root, split):
 def fixture():
   built = built_fixture()
   builder = dex_ycb.Builder(data_dir=built['data_dir'])
-  hands = source_io.ManoEvaluator(built['mano_dir'])
+  hands = sources.ManoEvaluator(built['mano_dir'])
   splits = {split: list(tfds.as_numpy(builder.as_dataset(split=split))) for split in dex_ycb.SPLITS}
   return {**built, 'hands': hands, **splits}
 
@@ -98,7 +98,7 @@ def test_s0_membership_and_filtering(fixture):
     assert len(keys) == len(set(keys)) == len(expected), split
     assert set(keys) == expected, split
   # The toolkit's S0 rule, restated: sequence i of subject s (both in sorted order).
-  subjects = sorted(make_fixtures.DEXYCB_SUBJECTS)
+  subjects = sorted(fixtures.DEXYCB_SUBJECTS)
   for split in dex_ycb.SPLITS:
     for example in fixture[split]:
       subject = example['subject'].decode()
@@ -148,16 +148,16 @@ def test_toolkit_counts_in_metadata(fixture):
 
 def test_release_check_names_what_differs(fixture, monkeypatch):
   # toolkit_samples() takes the fixture's subjects and cameras for the toolkit's first ones.
-  assert make_fixtures.DEXYCB_SUBJECTS == dex_ycb.TOOLKIT_SUBJECTS[:3]
-  assert make_fixtures.DEXYCB_SERIALS == dex_ycb.TOOLKIT_SERIALS[:2]
+  assert fixtures.DEXYCB_SUBJECTS == dex_ycb.TOOLKIT_SUBJECTS[:3]
+  assert fixtures.DEXYCB_SERIALS == dex_ycb.TOOLKIT_SERIALS[:2]
   root = str(fixture['root'])
   differences = dex_ycb.differences_from_release(root)
   assert len(differences) == 5 and '3 subject folder(s)' in differences[0]
   assert all('has 5 sequences, not 100' in d for d in differences[1:4])
   assert "15 sequence(s) list other cameras than the toolkit's 8" in differences[4]
-  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SUBJECTS', make_fixtures.DEXYCB_SUBJECTS)
+  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SUBJECTS', fixtures.DEXYCB_SUBJECTS)
   monkeypatch.setattr(dex_ycb, 'TOOLKIT_SEQUENCES_PER_SUBJECT', 5)
-  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SERIALS', make_fixtures.DEXYCB_SERIALS)
+  monkeypatch.setattr(dex_ycb, 'TOOLKIT_SERIALS', fixtures.DEXYCB_SERIALS)
   assert dex_ycb.differences_from_release(root) == []
 
 
@@ -177,7 +177,7 @@ def test_joints_vertices_and_pca_pose(fixture):
 
 def test_projected_joints_match_the_2d_labels(fixture):
   for example in fixture['train'] + fixture['test']:
-    uv = source_io.project(example['joints_3d'], example['K'])
+    uv = sources.project(example['joints_3d'], example['K'])
     np.testing.assert_allclose(uv, example['joints_2d'], atol=1e-3)
     x0, y0, x1, y1 = example['bbox']
     assert np.all(uv >= [x0 - 1e-3, y0 - 1e-3]) and np.all(uv <= [x1 + 1e-3, y1 + 1e-3])
@@ -193,7 +193,7 @@ def test_left_hand_is_marked_and_mirrors_into_a_right_hand(fixture):
       example['image'][None], example['K'][None], example['joints_3d'][None], example['vertices_3d'][None],
       np.array([True]))
   width = example['image'].shape[1]
-  np.testing.assert_allclose(source_io.project(joints[0], K[0])[:, 0], width - 1 - example['joints_2d'][:, 0],
+  np.testing.assert_allclose(sources.project(joints[0], K[0])[:, 0], width - 1 - example['joints_2d'][:, 0],
                              atol=1e-3)
   # The stand-in MANO_LEFT is the exact mirror of MANO_RIGHT: the mirrored left mesh is the right hand with
   # the mirrored pose (axis-angle y, z negated) and mirrored translation.
@@ -206,31 +206,31 @@ def test_left_hand_is_marked_and_mirrors_into_a_right_hand(fixture):
 
 def test_missing_mano_is_a_clear_error(fixture, tmp_path, monkeypatch):
   monkeypatch.delenv('DIFFHAND_MANO_DIR', raising=False)
-  with pytest.raises(source_io.SourceError, match='MANO model is needed.*DIFFHAND_MANO_DIR'):
+  with pytest.raises(sources.SourceError, match='needs the MANO model.*DIFFHAND_MANO_DIR'):
     _build(fixture['root'], tmp_path / 'data')
 
 
 def test_corrupt_files_name_the_file(fixture, tmp_path):
   copy = tmp_path / 'dex_ycb'
   shutil.copytree(fixture['root'], copy)
-  subject = make_fixtures.DEXYCB_SUBJECTS[0]
+  subject = fixtures.DEXYCB_SUBJECTS[0]
   sequence = sorted(os.listdir(copy / subject))[0]
-  serial = make_fixtures.DEXYCB_SERIALS[0]
+  serial = fixtures.DEXYCB_SERIALS[0]
   folder = copy / subject / sequence / serial
   image = folder / 'color_000000.jpg'
   image.write_bytes(image.read_bytes()[:200])
   examples = dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
                                        dex_ycb.collections.Counter(), False, {})
-  with pytest.raises(source_io.SourceError, match=rf'{serial}/color_000000\.jpg: cannot decode'):
+  with pytest.raises(sources.SourceError, match=rf'{serial}/color_000000\.jpg: cannot decode'):
     list(examples)
   label = folder / 'labels_000000.npz'
   label.write_bytes(label.read_bytes()[:300])
   examples = dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
                                        dex_ycb.collections.Counter(), False, {})
-  with pytest.raises(source_io.SourceError, match=rf'{serial}/labels_000000\.npz: not a readable npz'):
+  with pytest.raises(sources.SourceError, match=rf'{serial}/labels_000000\.npz: not a readable npz'):
     list(examples)
   os.remove(copy / 'calibration' / 'intrinsics' / f'{serial}_640x480.yml')
-  with pytest.raises(source_io.SourceError, match=rf'intrinsics/{serial}_640x480\.yml: yaml file is missing'):
+  with pytest.raises(sources.SourceError, match=rf'intrinsics/{serial}_640x480\.yml: yaml file is missing'):
     list(dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
                                    dex_ycb.collections.Counter(), False, {}))
 
@@ -238,13 +238,13 @@ def test_corrupt_files_name_the_file(fixture, tmp_path):
 def test_nan_label_names_the_file(fixture, tmp_path):
   copy = tmp_path / 'dex_ycb'
   shutil.copytree(fixture['root'], copy)
-  subject = make_fixtures.DEXYCB_SUBJECTS[2]
+  subject = fixtures.DEXYCB_SUBJECTS[2]
   sequence = sorted(os.listdir(copy / subject))[1]
-  path = copy / subject / sequence / make_fixtures.DEXYCB_SERIALS[1] / 'labels_000000.npz'
+  path = copy / subject / sequence / fixtures.DEXYCB_SERIALS[1] / 'labels_000000.npz'
   with np.load(path) as data:
     label = dict(data)
   label['joint_3d'][0, 3, 1] = np.nan
   np.savez(path, **label)
-  with pytest.raises(source_io.SourceError, match=r"labels_000000\.npz 'joint_3d': contains NaN"):
+  with pytest.raises(sources.SourceError, match=r"labels_000000\.npz 'joint_3d': contains NaN"):
     list(dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
                                    dex_ycb.collections.Counter(), False, {}))

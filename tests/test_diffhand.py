@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs import model_presets
-from diffhand_jax import diffusion, losses, mano
+from diffhand_jax.runs import model_presets
+from diffhand_jax import diffusion, mano
+from diffhand_jax.training import losses
 from diffhand_jax.models import diffhand
 
 BATCH = 2

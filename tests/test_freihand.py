@@ -9,9 +9,9 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from datasets import make_fixtures  # noqa: E402
-from datasets.freihand import freihand_dataset_builder as freihand  # noqa: E402
-from diffhand_jax import source_io  # noqa: E402
+from diffhand_jax.data import fixtures  # noqa: E402
+from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand  # noqa: E402
+from diffhand_jax.data import sources  # noqa: E402
 
 
 def _build(manual_dir, data_dir):
@@ -27,8 +27,8 @@ def _read(builder, split):
 @pytest.fixture(scope='module')
 def fixture(tmp_path_factory):
   root = tmp_path_factory.mktemp('freihand_fixture')
-  mano_dir = make_fixtures.write_mano_standins(str(root / 'mano'))
-  truth = make_fixtures.make_freihand(str(root / 'freihand'), mano_dir, num_train=3, num_eval=2)
+  mano_dir = fixtures.write_mano_standins(str(root / 'mano'))
+  truth = fixtures.make_freihand(str(root / 'freihand'), mano_dir, num_train=3, num_eval=2)
   builder = _build(root / 'freihand', tmp_path_factory.mktemp('freihand_data'))
   return {'root': root / 'freihand', 'truth': truth, 'train': _read(builder, 'train'),
           'evaluation': _read(builder, 'evaluation')}
@@ -47,7 +47,7 @@ def test_four_versions_map_onto_their_annotations(fixture):
     seen.add(image_id)
     index = image_id % 3
     assert example['annotation_id'] == index
-    assert example['colour_version'].decode() == make_fixtures.FREIHAND_VERSIONS[image_id // 3]
+    assert example['colour_version'].decode() == fixtures.FREIHAND_VERSIONS[image_id // 3]
     np.testing.assert_allclose(example['joints_3d'], truth['train']['xyz'][index], atol=1e-6)
     np.testing.assert_allclose(example['vertices_3d'], truth['train']['verts'][index], atol=1e-6)
     np.testing.assert_allclose(example['K'], truth['train']['K'][index], rtol=1e-6)
@@ -64,7 +64,7 @@ def test_four_versions_map_onto_their_annotations(fixture):
 
 def test_projected_joints_lie_in_the_box_and_mask(fixture):
   for example in fixture['train']:
-    uv = source_io.project(example['vertices_3d'], example['K'])
+    uv = sources.project(example['vertices_3d'], example['K'])
     x0, y0, x1, y1 = example['bbox']
     assert np.all(uv >= [x0 - 1e-3, y0 - 1e-3]) and np.all(uv <= [x1 + 1e-3, y1 + 1e-3])
     # The fixture's mask marks the projected vertices.
@@ -102,7 +102,7 @@ def test_truncated_jpeg_names_the_file(fixture, tmp_path):
   data = bad.read_bytes()
   bad.write_bytes(data[: len(data) // 3])
   annotations = freihand.read_annotations(str(copy), 'training')
-  with pytest.raises(source_io.SourceError, match='00000007.jpg'):
+  with pytest.raises(sources.SourceError, match='00000007.jpg'):
     freihand.make_example(str(copy), 'training', 7, annotations)
   with pytest.raises(Exception, match='00000007.jpg'):  # and through `tfds build` too
     _build(copy, tmp_path / 'data')
@@ -114,13 +114,13 @@ def test_json_length_mismatch_and_nan_name_the_file(fixture, tmp_path):
   xyz_path = copy / 'training_xyz.json'
   xyz = json.loads(xyz_path.read_text())
   xyz_path.write_text(json.dumps(xyz[:-1]))
-  with pytest.raises(source_io.SourceError, match=r'training_xyz\.json: has 2 items .* has 3'):
+  with pytest.raises(sources.SourceError, match=r'training_xyz\.json: has 2 items .* has 3'):
     freihand.read_annotations(str(copy), 'training')
   xyz[1][4][2] = float('nan')
   xyz_path.write_text(json.dumps(xyz))
   annotations = freihand.read_annotations(str(copy), 'training')
-  with pytest.raises(source_io.SourceError, match=r'training_xyz\.json \[index 1\].*NaN'):
+  with pytest.raises(sources.SourceError, match=r'training_xyz\.json \[index 1\].*NaN'):
     freihand.make_example(str(copy), 'training', 1 + 3, annotations)  # the 'hom' version of sample 1
   os.remove(copy / 'training' / 'rgb' / '00000002.jpg')
-  with pytest.raises(source_io.SourceError, match=r'00000002\.jpg: image is missing'):
+  with pytest.raises(sources.SourceError, match=r'00000002\.jpg: image is missing'):
     freihand.make_example(str(copy), 'training', 2, annotations)

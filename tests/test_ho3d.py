@@ -8,9 +8,10 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from datasets import make_fixtures  # noqa: E402
-from datasets.ho3d import ho3d_dataset_builder as ho3d  # noqa: E402
-from diffhand_jax import mano, source_io  # noqa: E402
+from diffhand_jax.data import fixtures  # noqa: E402
+from diffhand_jax.data.builders.ho3d import ho3d_dataset_builder as ho3d  # noqa: E402
+from diffhand_jax import mano  # noqa: E402
+from diffhand_jax.data import sources
 
 
 def _build(manual_dir, data_dir):
@@ -22,12 +23,12 @@ def _build(manual_dir, data_dir):
 @pytest.fixture(scope='module')
 def fixture(tmp_path_factory):
   root = tmp_path_factory.mktemp('ho3d_fixture')
-  mano_dir = make_fixtures.write_mano_standins(str(root / 'mano'))
-  truth = make_fixtures.make_ho3d(str(root / 'ho3d'), mano_dir)
+  mano_dir = fixtures.write_mano_standins(str(root / 'mano'))
+  truth = fixtures.make_ho3d(str(root / 'ho3d'), mano_dir)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('DIFFHAND_MANO_DIR', mano_dir)
     builder = _build(root / 'ho3d', tmp_path_factory.mktemp('ho3d_data'))
-    hands = source_io.ManoEvaluator(mano_dir)
+    hands = sources.ManoEvaluator(mano_dir)
   read = lambda split: list(tfds.as_numpy(builder.as_dataset(split=split)))  # noqa: E731
   return {'root': root / 'ho3d', 'mano_dir': mano_dir, 'truth': truth, 'hands': hands, 'train': read('train'),
           'evaluation': read('evaluation')}
@@ -71,7 +72,7 @@ def test_projection_matches_the_toolkit_recipe(fixture):
     meta = fixture['truth'][_key('train', example)]['meta']
     gl = meta['handJoints3D'] @ np.diag([1.0, -1.0, -1.0]).T @ meta['camMat'].T
     toolkit_uv = gl[:, :2] / gl[:, 2:]
-    ours = source_io.project(example['joints_3d'], example['K'])
+    ours = sources.project(example['joints_3d'], example['K'])
     np.testing.assert_allclose(np.sort(ours, axis=0), np.sort(toolkit_uv, axis=0), atol=1e-3)
     x0, y0, x1, y1 = example['bbox']
     assert np.all(ours >= [x0 - 1e-3, y0 - 1e-3]) and np.all(ours <= [x1 + 1e-3, y1 + 1e-3])
@@ -105,11 +106,11 @@ def test_depth_decoding(fixture):
 
 def test_missing_mano_is_a_clear_error(fixture, tmp_path, monkeypatch):
   monkeypatch.delenv('DIFFHAND_MANO_DIR', raising=False)
-  with pytest.raises(source_io.SourceError, match='DIFFHAND_MANO_DIR') as info:
+  with pytest.raises(sources.SourceError, match='DIFFHAND_MANO_DIR') as info:
     _build(fixture['root'], tmp_path / 'data')
   assert 'MANO_RIGHT.pkl' in str(info.value)
   monkeypatch.setenv('DIFFHAND_MANO_DIR', str(tmp_path / 'nowhere'))
-  with pytest.raises(source_io.SourceError, match=r'nowhere/MANO_RIGHT\.pkl: MANO model file is missing'):
+  with pytest.raises(sources.SourceError, match=r'needs MANO_RIGHT\.pkl and MANO_LEFT\.pkl in \S*nowhere'):
     _build(fixture['root'], tmp_path / 'data')
 
 
@@ -117,18 +118,18 @@ def test_listed_frame_holding_none_and_corrupt_files_name_the_file(fixture, tmp_
   copy = tmp_path / 'ho3d'
   shutil.copytree(fixture['root'], copy)
   hands = fixture['hands']
-  with pytest.raises(source_io.SourceError, match=r"ABF10/meta/0002\.pkl.*line 5.*'camMat'.*None"):
+  with pytest.raises(sources.SourceError, match=r"ABF10/meta/0002\.pkl.*line 5.*'camMat'.*None"):
     ho3d.make_example(str(copy), 'train', 4, 'ABF10/0002', hands, False)
   meta = copy / 'train' / 'MC1' / 'meta' / '0000.pkl'
   meta.write_bytes(meta.read_bytes()[:100])
-  with pytest.raises(source_io.SourceError, match=r'MC1/meta/0000\.pkl: not a readable pickle'):
+  with pytest.raises(sources.SourceError, match=r'MC1/meta/0000\.pkl: not a readable pickle'):
     ho3d.make_example(str(copy), 'train', 2, 'MC1/0000', hands, False)
   rgb = copy / 'train' / 'MC1' / 'rgb' / '0001.png'
   rgb.write_bytes(rgb.read_bytes()[:60])
-  with pytest.raises(source_io.SourceError, match=r'MC1/rgb/0001\.png: cannot decode'):
+  with pytest.raises(sources.SourceError, match=r'MC1/rgb/0001\.png: cannot decode'):
     ho3d.make_example(str(copy), 'train', 3, 'MC1/0001', hands, False)
   os.remove(copy / 'evaluation' / 'SM1' / 'rgb' / '0000.png')
-  with pytest.raises(source_io.SourceError, match=r'SM1/rgb/0000\.png: image is missing'):
+  with pytest.raises(sources.SourceError, match=r'SM1/rgb/0000\.png: image is missing'):
     ho3d.make_example(str(copy), 'evaluation', 0, 'SM1/0000', hands, False)
 
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffhand_jax import diffusion, hypotheses, metrics
+from diffhand_jax import diffusion, metrics
+from diffhand_jax.geometry import hypotheses
 
 
 def _as_hypotheses(points_per_hypothesis):
@@ -187,10 +188,10 @@ def test_aggregate_rejects_bad_input():
 
 @pytest.fixture(scope='module')
 def tiny_model():
-  from diffhand_jax import train
+  from diffhand_jax.inference import loading
   from _inference_workdir import tiny_workdir
   workdir, _ = tiny_workdir()
-  _, model, params, _, schedule = train.load_for_inference(workdir)
+  _, model, params, _, schedule = loading.load_for_inference(workdir)
   return model, params, schedule
 
 

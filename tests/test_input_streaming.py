@@ -12,7 +12,7 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from diffhand_jax import input_pipeline  # noqa: E402
+from diffhand_jax.data import input_pipeline  # noqa: E402
 
 AUGMENT = {'scale_range': (0.85, 1.15), 'max_rotation': 0.6, 'max_translation': 0.08}
 TRAIN_OPTIONS = dict(seed=5, vertex_scale=0.1, image_size=24, colour_strength=0.5, crop_margin=0.2,
@@ -254,10 +254,10 @@ def test_tfrecord_only_data_falls_back_to_memory_or_says_how_to_convert(data, mo
 
 def test_jpeg_frames_decode_as_tf_data_decodes_them(tmp_path):
   """FreiHAND's JPEG frames: TensorFlow's decoder, not PIL's (which differs by a few grey levels)."""
-  from datasets import make_fixtures
-  from datasets.freihand import freihand_dataset_builder as freihand
-  mano_dir = make_fixtures.write_mano_standins(str(tmp_path / 'mano'))
-  make_fixtures.make_freihand(str(tmp_path / 'freihand'), mano_dir, num_train=2, num_eval=1)
+  from diffhand_jax.data import fixtures
+  from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
+  mano_dir = fixtures.write_mano_standins(str(tmp_path / 'mano'))
+  fixtures.make_freihand(str(tmp_path / 'freihand'), mano_dir, num_train=2, num_eval=1)
   download = tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'freihand'))
   old = freihand.Builder(data_dir=str(tmp_path / 'tfrecord'))
   old.download_and_prepare(download_config=download)
@@ -273,7 +273,7 @@ def test_jpeg_frames_decode_as_tf_data_decodes_them(tmp_path):
 def test_training_on_the_streamed_split_matches_training_in_memory(tmp_path):
   """The same 4 training steps and evaluation, once from the in-memory split and once streamed."""
   import json
-  from diffhand_jax import train
+  from diffhand_jax.training import train
   from _inference_workdir import tiny_config, tiny_workdir
   reference_workdir, data_dir = tiny_workdir()  # trained from the in-memory split
   config = tiny_config(data_dir)

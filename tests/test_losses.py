@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffhand_jax import losses
+from diffhand_jax.training import losses
 
 
 def grid_mesh(size=3):

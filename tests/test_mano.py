@@ -17,6 +17,7 @@ import pytest
 import scipy.sparse
 
 from diffhand_jax import mano
+from diffhand_jax.data import fixtures
 
 MIRROR = np.array([-1.0, 1.0, 1.0])
 
@@ -175,7 +176,7 @@ def test_joints21_order():
     for k, vertex in enumerate(tips):
         vertices[0, vertex] = 1000 + k  # thumb, index, middle, ring, little
     out = np.asarray(mano.joints21(vertices, joints16, tips))[0]
-    # Written out from DESIGN §2: wrist; thumb = MANO 13, 14, 15, tip; index = 1, 2, 3, tip; middle =
+    # Written out from docs/design.md §2: wrist; thumb = MANO 13, 14, 15, tip; index = 1, 2, 3, tip; middle =
     # 4, 5, 6, tip; ring = 10, 11, 12, tip; little = 7, 8, 9, tip.
     names = [('j', 0), ('j', 13), ('j', 14), ('j', 15), ('t', 0), ('j', 1), ('j', 2), ('j', 3), ('t', 1),
              ('j', 4), ('j', 5), ('j', 6), ('t', 2), ('j', 10), ('j', 11), ('j', 12), ('t', 3),
@@ -255,8 +256,12 @@ def test_malicious_pickle_is_refused(tmp_path, right, payload):
 def _py2_pickle(obj) -> bytes:
     """A protocol-2 pickle whose str and bytes are Python-2 strings (BINSTRING), like MANO's files."""
 
-    class Py2Pickler(pickle._Pickler):  # the pure-Python pickler lets us emit py2 string opcodes
-        dispatch = dict(pickle._Pickler.dispatch)
+    # The pure-Python pickler lets us emit py2 string opcodes; a fresh copy of it, without what
+    # `import dill` adds to the shared one.
+    clean = fixtures.pristine_pickle_module()
+
+    class Py2Pickler(clean._Pickler):
+        dispatch = dict(clean._Pickler.dispatch)
 
         def save_py2_string(self, value):
             data = value.encode('latin1') if isinstance(value, str) else bytes(value)
@@ -364,7 +369,7 @@ def test_missing_truncated_and_wrong_files(tmp_path, right):
 
 
 def test_left_shapedirs_fix(tmp_path, right):
-    # A buggy left file: mirrored except for shapedirs[:, 0, :], left equal to the right's (DESIGN §2).
+    # A buggy left file: mirrored except for shapedirs[:, 0, :], left equal to the right's (docs/design.md §2).
     left = mano.mirror_model(right)
     buggy = mano.model_to_arrays(left)
     buggy['shapedirs'][:, 0, :] = np.asarray(right.shapedirs)[:, 0, :]

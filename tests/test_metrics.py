@@ -84,7 +84,7 @@ def handoccnet_rigid_align(A, B):
 
 
 def reference_evaluate(pred_joints, gt_joints, pred_verts, gt_verts):
-  """The FreiHAND eval loop, with the wrist subtracted for the unaligned errors (DESIGN §6)."""
+  """The FreiHAND eval loop, with the wrist subtracted for the unaligned errors (docs/design.md §6)."""
   joints_err, joints_al, verts_err, verts_al = (OfficialEvalUtil(21), OfficialEvalUtil(21),
                                                 OfficialEvalUtil(gt_verts.shape[1]),
                                                 OfficialEvalUtil(gt_verts.shape[1]))

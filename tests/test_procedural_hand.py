@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from diffhand_jax import mano, procedural_hand, topology
+from diffhand_jax import mano
+from diffhand_jax.geometry import procedural_hand, topology
 
 # MANO joint ids per finger (base -> tip joint) and tip order (thumb, index, middle, ring, little).
 FINGER_JOINTS = {'thumb': (13, 14, 15), 'index': (1, 2, 3), 'middle': (4, 5, 6), 'ring': (10, 11, 12),

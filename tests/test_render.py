@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffhand_jax import render
+from diffhand_jax.geometry import render
 
 FOCAL, CX, CY = 100.0, 16.0, 16.0
 K = np.array([[FOCAL, 0.0, CX], [0.0, FOCAL, CY], [0.0, 0.0, 1.0]])

@@ -8,9 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from diffhand_jax import submission
+from diffhand_jax import submission as submission_command
+from diffhand_jax.geometry import conventions
+from diffhand_jax.inference import submission
 
-# HO-3D's joint order written out from its description (DESIGN §2): wrist, index1-3, middle1-3,
+# HO-3D's joint order written out from its description (docs/design.md §2): wrist, index1-3, middle1-3,
 # little1-3, ring1-3, thumb1-3, then the tips thumb, index, middle, ring, little, as indices of our
 # 21-order (0 wrist, 1-4 thumb, 5-8 index, 9-12 middle, 13-16 ring, 17-20 little; tips 4, 8, 12, 16, 20).
 HO3D_ORDER_AS_OURS = [0, 5, 6, 7, 9, 10, 11, 17, 18, 19, 13, 14, 15, 1, 2, 3, 4, 8, 12, 16, 20]
@@ -30,9 +32,9 @@ def _left_behind(directory):
 
 
 def test_ho3d_joint_order_matches_its_description():
-  np.testing.assert_array_equal(submission.TO_HO3D, HO3D_ORDER_AS_OURS)
+  np.testing.assert_array_equal(conventions.TO_HO3D, HO3D_ORDER_AS_OURS)
   ours = np.arange(21)
-  np.testing.assert_array_equal(ours[submission.TO_HO3D][submission.HO3D_TO_21], ours)
+  np.testing.assert_array_equal(ours[conventions.TO_HO3D][conventions.HO3D_TO_21], ours)
 
 
 def test_freihand_round_trip_and_flat_zip(tmp_path):
@@ -151,7 +153,7 @@ def test_dexycb_validator_says_the_toolkit_needs_every_scored_sample(tmp_path):
 
 
 def test_root_from_weak_perspective_recovers_the_camera_frame_wrist():
-  from diffhand_jax import inference
+  from diffhand_jax.inference import crops
   rng = np.random.default_rng(5)
   size, focal, vertex_scale = 224, 480.0, 0.1
   K = np.array([[focal, 0, 110.0], [0, focal * 1.02, 114.0], [0, 0, 1]])
@@ -167,7 +169,7 @@ def test_root_from_weak_perspective_recovers_the_camera_frame_wrist():
     rows = np.concatenate([np.stack([model_space[:, 0], np.ones(100), np.zeros(100)], 1),
                            np.stack([model_space[:, 1], np.zeros(100), np.ones(100)], 1)])
     camera, *_ = np.linalg.lstsq(rows, np.concatenate([normalised[:, 0], normalised[:, 1]]), rcond=None)
-    estimate = inference.root_from_weak_perspective(camera[None], K[None], (size, size), vertex_scale)[0]
+    estimate = crops.root_from_weak_perspective(camera[None], K[None], (size, size), vertex_scale)[0]
     np.testing.assert_allclose(estimate, root, atol=0.03 * root[2])
 
 
@@ -184,8 +186,8 @@ def workdir():
 def test_command_writes_a_valid_freihand_file(workdir, tmp_path, capsys):
   run, data_dir = workdir
   output = str(tmp_path / 'pred.zip')
-  status = submission.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
-                            f'--config.dataset.data_dir={data_dir}', '--num_hypotheses=2'])
+  status = submission_command.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
+                                    f'--config.dataset.data_dir={data_dir}', '--num_hypotheses=2'])
   assert status == 0, capsys.readouterr().err
   joints, vertices = submission.read_pred_zip(output, expected_count=3)  # the tiny test split
   assert joints.shape == (3, 21, 3) and vertices.shape == (3, 778, 3)
@@ -195,12 +197,15 @@ def test_command_writes_a_valid_freihand_file(workdir, tmp_path, capsys):
 def test_command_names_what_is_missing(workdir, tmp_path, capsys):
   run, data_dir = workdir
   output = tmp_path / 'results.txt'
-  status = submission.main([f'--workdir={run}', '--benchmark=dexycb', f'--output={output}',
-                            f'--config.dataset.data_dir={data_dir}'])
+  status = submission_command.main([f'--workdir={run}', '--benchmark=dexycb', f'--output={output}',
+                                    f'--config.dataset.data_dir={data_dir}'])
   assert status == 1 and 'image id' in capsys.readouterr().err and not output.exists()
-  status = submission.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
-                            '--config.model.width=999'])
-  assert status == 1 and 'fixed by the checkpoint' in capsys.readouterr().err
+  # The network is fixed by the checkpoint: of config.model only the sampler's fields are flags.
+  status = submission_command.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
+                                    '--config.model.width=999'])
+  err = capsys.readouterr().err
+  assert status == 2 and 'unknown flag --config.model.width' in err and 'fixed by the checkpoint' in err
+  assert 'Traceback' not in err and not output.exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def test_dexycb_submission_from_the_fixture_has_the_toolkit_ids(workdir, dexycb_
   run, _ = workdir
   helpers = dexycb_data['helpers']
   output = tmp_path / 'results.txt'
-  status = submission.main(_dexycb_args(run, dexycb_data, output, '--split=test'))
+  status = submission_command.main(_dexycb_args(run, dexycb_data, output, '--split=test'))
   assert status == 0, capsys.readouterr().err
   assert 'partial copy' in capsys.readouterr().err  # 3 subjects of 5 sequences: not the full release
   scored = helpers.toolkit_evaluated_ids(dexycb_data['root'], 'test')
@@ -271,7 +276,7 @@ def test_dexycb_submission_refuses_a_split_the_builder_filtered_more_than_the_to
                               if entry['invalid'] in ('pose_m', 'joint_2d'))
   assert len(scored_but_dropped) == 2
   output = tmp_path / 'results.txt'
-  status = submission.main(_dexycb_args(run, dexycb_data, output, '--split=train'))
+  status = submission_command.main(_dexycb_args(run, dexycb_data, output, '--split=train'))
   error = capsys.readouterr().err
   assert status == 1 and not output.exists()
   assert f'sample_id {scored_but_dropped}' in error and 'missing image id' in error

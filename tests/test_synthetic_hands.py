@@ -4,21 +4,22 @@ import jax
 import numpy as np
 import pytest
 
-from datasets.synthetic_hands import scene
-from diffhand_jax import mano, render
+from diffhand_jax.data import synthetic_scene
+from diffhand_jax import mano
+from diffhand_jax.geometry import render
 
 SIZE = 64
-CONFIG = scene.SceneConfig(image_size=SIZE)
+CONFIG = synthetic_scene.SceneConfig(image_size=SIZE)
 
 
 @pytest.fixture(scope='module')
 def kit():
-  return scene.load_hand_kit()
+  return synthetic_scene.load_hand_kit()
 
 
 @pytest.fixture(scope='module')
 def examples(kit):
-  return [scene.generate_example(CONFIG, 'test', index, kit=kit) for index in range(4)]
+  return [synthetic_scene.generate_example(CONFIG, 'test', index, kit=kit) for index in range(4)]
 
 
 def ray_visible(vertices, faces):
@@ -60,11 +61,11 @@ def test_schema_shapes_and_dtypes(examples):
 
 
 def test_same_seed_same_example_and_different_otherwise(kit, examples):
-  again = scene.generate_example(CONFIG, 'test', 0, kit=kit)
+  again = synthetic_scene.generate_example(CONFIG, 'test', 0, kit=kit)
   for key in examples[0]:
     np.testing.assert_array_equal(np.asarray(again[key]), np.asarray(examples[0][key]), err_msg=key)
-  other_split = scene.generate_example(CONFIG, 'train', 0, kit=kit)
-  other_seed = scene.generate_example(scene.SceneConfig(image_size=SIZE, seed=1), 'test', 0, kit=kit)
+  other_split = synthetic_scene.generate_example(CONFIG, 'train', 0, kit=kit)
+  other_seed = synthetic_scene.generate_example(synthetic_scene.SceneConfig(image_size=SIZE, seed=1), 'test', 0, kit=kit)
   for other in (other_split, other_seed, examples[1]):
     assert not np.array_equal(other['image'], examples[0]['image'])
     assert not np.allclose(other['vertices_3d'], examples[0]['vertices_3d'])
@@ -87,7 +88,7 @@ def test_poses_within_joint_limits(kit):
   rng = np.random.default_rng(0)
   limits = np.asarray(kit.model.pose_limits)
   for prior in ('synergy', 'uniform'):
-    poses = np.stack([scene.sample_finger_pose(rng, kit, prior) for _ in range(200)])
+    poses = np.stack([synthetic_scene.sample_finger_pose(rng, kit, prior) for _ in range(200)])
     full = np.concatenate([np.zeros((200, 3)), poses], axis=1)
     angles = mano.pose_to_angles(kit.model, full)  # (n, 15, 3) along each joint's limit axes
     assert np.all(angles >= limits[..., 0] - 1e-6) and np.all(angles <= limits[..., 1] + 1e-6), prior
@@ -98,7 +99,7 @@ def test_synergy_prior_couples_the_fingers(kit):
   axes = np.asarray(kit.model.pose_axes, np.float64)
 
   def flexion(prior):  # (n, 15) angles along each joint's flexion axis
-    poses = np.stack([scene.sample_finger_pose(rng, kit, prior) for _ in range(400)]).reshape(-1, 15, 3)
+    poses = np.stack([synthetic_scene.sample_finger_pose(rng, kit, prior) for _ in range(400)]).reshape(-1, 15, 3)
     return np.einsum('njc,jc->nj', poses, axes[:, 0])
 
   synergy, uniform = flexion('synergy'), flexion('uniform')
@@ -170,9 +171,9 @@ def test_stored_depth_is_the_renderers(kit, examples):
 
 
 def test_parallel_generation_matches_serial(kit):
-  config = scene.SceneConfig(image_size=32)
-  serial = list(scene.generate_split(config, 'validation', 4, num_workers=1, kit=kit))
-  parallel = list(scene.generate_split(config, 'validation', 4, num_workers=2, chunk_size=2))
+  config = synthetic_scene.SceneConfig(image_size=32)
+  serial = list(synthetic_scene.generate_split(config, 'validation', 4, num_workers=1, kit=kit))
+  parallel = list(synthetic_scene.generate_split(config, 'validation', 4, num_workers=2, chunk_size=2))
   assert [i for i, _ in parallel] == [0, 1, 2, 3]
   for (_, a), (_, b) in zip(serial, parallel):
     np.testing.assert_array_equal(a['image'], b['image'])
@@ -181,7 +182,7 @@ def test_parallel_generation_matches_serial(kit):
 
 def test_tfds_builder_tiny_round_trip(tmp_path, kit):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from datasets.synthetic_hands import synthetic_hands_dataset_builder as builder_module  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder as builder_module  # pylint: disable=g-import-not-at-top
 
   builder = builder_module.build(str(tmp_path), 'tiny', num_workers=1)
   config = builder.builder_config
@@ -197,7 +198,7 @@ def test_tfds_builder_tiny_round_trip(tmp_path, kit):
     assert record['K'].dtype == np.float32 and record['vertices_3d'].shape == (778, 3)
     assert record['hand_side'] == b'right' and bool(record['has_3d'])
     # Stored in index order and losslessly: example i is generate_example(config, split, i).
-    direct = scene.generate_example(config, 'test', index, kit=kit)
+    direct = synthetic_scene.generate_example(config, 'test', index, kit=kit)
     for key in ('image', 'mask', 'depth', 'K', 'joints_3d', 'vertices_3d', 'mano_pose', 'bbox'):
       np.testing.assert_array_equal(record[key].reshape(direct[key].shape), direct[key], err_msg=key)
   # A second call finds the prepared data and does not rebuild.

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffhand_jax import diffusion, losses, train
+from diffhand_jax import diffusion
+from diffhand_jax.training import losses, step as step_lib
 
 T = 1000
 NUM_SAMPLES = 200_000
@@ -66,7 +67,7 @@ def test_train_step_draws_its_timesteps_from_the_config():
       'loss': {'timestep_sampling': 'power', 'timestep_power': 2.0}})
   x0 = np.zeros((2048, 4, 3), np.float32)
   key = jax.random.PRNGKey(5)
-  t, _ = train.noised_inputs(key, x0, diffusion.cosine_schedule(T), config)
+  t, _ = step_lib.noised_inputs(key, x0, diffusion.cosine_schedule(T), config)
   t_key, _ = jax.random.split(key)
   np.testing.assert_array_equal(np.asarray(t),
                                 np.asarray(losses.sample_timesteps(t_key, 2048, T, 'power', 2.0)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from diffhand_jax import mano, topology
+from diffhand_jax import mano
+from diffhand_jax.geometry import topology
 
 
 @pytest.fixture(scope='module')

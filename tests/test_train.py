@@ -11,27 +11,30 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffhand_jax import input_pipeline, train
+from diffhand_jax.data import input_pipeline
+from diffhand_jax.training import train
+from diffhand_jax.runs import state as state_lib
+from diffhand_jax.training import sharding, step as step_lib
 from _inference_workdir import tiny_config
 
 
 def test_make_mesh_fills_in_one_axis():
   devices = jax.devices()
-  mesh = train.make_mesh({'data': -1, 'fsdp': 1})
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1})
   assert dict(mesh.shape) == {'data': len(devices), 'fsdp': 1}
   with pytest.raises(ValueError, match='one axis'):
-    train.make_mesh({'data': -1, 'fsdp': -1})
+    sharding.make_mesh({'data': -1, 'fsdp': -1})
   with pytest.raises(ValueError, match='needs'):
-    train.make_mesh({'data': len(devices) + 1, 'fsdp': 1})
+    sharding.make_mesh({'data': len(devices) + 1, 'fsdp': 1})
 
 
 def test_fsdp_rule_shards_largest_divisible_dimension():
   P = jax.sharding.PartitionSpec
-  assert train.param_spec((1024, 4096), 4, 1000) == P(None, 'fsdp')
-  assert train.param_spec((1024, 4098), 4, 1000) == P('fsdp', None)  # 4098 % 4 != 0
-  assert train.param_spec((3, 5), 4, 1) == P()  # nothing divisible: replicated
-  assert train.param_spec((1024, 4096), 4, 10**8) == P()  # small tensors are replicated
-  assert train.param_spec((1024, 4096), 1, 1) == P()
+  assert sharding.param_spec((1024, 4096), 4, 1000) == P(None, 'fsdp')
+  assert sharding.param_spec((1024, 4098), 4, 1000) == P('fsdp', None)  # 4098 % 4 != 0
+  assert sharding.param_spec((3, 5), 4, 1) == P()  # nothing divisible: replicated
+  assert sharding.param_spec((1024, 4096), 4, 10**8) == P()  # small tensors are replicated
+  assert sharding.param_spec((1024, 4096), 1, 1) == P()
 
 
 def test_global_indices_are_epoch_permutations_and_resumable():
@@ -208,20 +211,20 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path,
 
 def _step_setup(config, with_state: bool = True):
   """(initial state or None, jitted train step, mesh) of a config, on this process's devices."""
-  topology, model, schedule, optimizer, mesh = train.build_components(config)
-  _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
+  topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
+  _, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
   state = None
   if with_state:  # unjitted, the EMA shares the params' buffers: copy, as the step donates both
-    state = train.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
+    state = state_lib.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
     state = jax.tree_util.tree_map(jnp.copy, state)
-  return state, train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings), mesh
+  return state, step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings), mesh
 
 
 def _random_batch(config, has_3d):
   """A fixed global batch in train_batch_spec's shapes; has_3d (B,) as given."""
   rng = np.random.default_rng(0)
   batch = {key: rng.normal(0.0, 0.3, spec.shape).astype(np.float32)
-           for key, spec in train.train_batch_spec(config).items()}
+           for key, spec in step_lib.train_batch_spec(config).items()}
   batch['has_3d'] = np.asarray(has_3d, np.float32)
   return batch
 
@@ -240,7 +243,7 @@ def _jaxpr_equations(jaxpr):
 
 def test_micro_batches_take_every_kth_row():
   x = np.arange(12).reshape(6, 2)
-  split = train.micro_batches({'x': x}, 3)['x']
+  split = step_lib.micro_batches({'x': x}, 3)['x']
   assert split.shape == (3, 2, 2)
   for j in range(3):
     np.testing.assert_array_equal(split[j], x[j::3])
@@ -258,16 +261,16 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
   config.optimizer.warmup_steps = 1  # step 0 has learning rate 0; step 1 updates at the peak
   config.optimizer.learning_rate = 1e-3
   batch = _random_batch(config, has_3d=[1.0, 0.0, 1.0, 1.0])
-  topology, model, schedule, optimizer, mesh = train.build_components(config)
-  _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
-  first_state = train.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
+  topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
+  _, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
+  first_state = state_lib.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
   runs = {}
   for num_micro in (1, 2):
     config.grad_accum_steps = num_micro
-    step_fn = train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+    step_fn = step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
     state = jax.tree_util.tree_map(jnp.copy, first_state)  # fresh buffers: the step donates them
     initial = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(state.params)])
-    global_batch = train.to_global(batch, train.batch_sharding(mesh))
+    global_batch = sharding.to_global(batch, sharding.batch_sharding(mesh))
     if num_micro == 2:  # the step really runs a scan over 2 micro-batches of 2 examples
       jaxpr = jax.make_jaxpr(step_fn)(state, global_batch)
       scans = [e for e in _jaxpr_equations(jaxpr.jaxpr) if e.primitive.name == 'scan']
@@ -302,7 +305,7 @@ def _bf16_config(data_dir):
 def test_bfloat16_compute_keeps_float32_params_and_loss_and_trains(tmp_path):
   config = _bf16_config(tmp_path / 'tfds')
   state, step_fn, mesh = _step_setup(config)
-  batch = train.to_global(_random_batch(config, has_3d=[1.0, 1.0]), train.batch_sharding(mesh))
+  batch = sharding.to_global(_random_batch(config, has_3d=[1.0, 1.0]), sharding.batch_sharding(mesh))
 
   def dot_dtypes(step):
     jaxpr = jax.make_jaxpr(step)(state, batch)
@@ -333,15 +336,15 @@ def test_bfloat16_compute_keeps_float32_params_and_loss_and_trains(tmp_path):
 def test_aot_memory_report(tmp_path, capsys):
   """Compiles (never runs) the tiny bf16 step; the param bytes are the float32 size of the model's
   params as `diffhand.param_shapes` gives them, independently of the train state."""
-  from diffhand_jax import aot
+  from diffhand_jax.training import memory
   from diffhand_jax.models import diffhand
   config = _bf16_config(tmp_path / 'tfds')
-  report = aot.print_memory_report(config)
+  report = memory.print_memory_report(config)
   for key in ('argument_bytes', 'output_bytes', 'temp_bytes', 'total_bytes', 'param_bytes',
               'opt_state_bytes'):
     assert report[key] > 0, key
   assert report['generated_code_bytes'] >= 0
-  _, model, _, _, _ = train.build_components(config)
+  _, model, _, _, _ = step_lib.build_components(config)
   shapes = jax.tree_util.tree_leaves(diffhand.param_shapes(model, config.model.img_size))
   assert report['param_bytes'] == sum(4 * int(np.prod(leaf.shape)) for leaf in shapes)
   # AdamW keeps two float32 moments per param (plus step counters); the state is an argument and,

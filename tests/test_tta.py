@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffhand_jax import metrics, tta
+from diffhand_jax import metrics
+from diffhand_jax.inference import tta
 
 SIZE = 64
 

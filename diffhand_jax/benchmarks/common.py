@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -10,6 +9,8 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+
+from diffhand_jax.runs import files
 
 
 def block(tree: Any) -> Any:
@@ -101,11 +102,6 @@ def report(benchmark: str, output: str, title: str, header: Sequence[str], rows:
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)  # never leave a half-written file behind
+  """``payload`` as indented JSON at ``path``, never half-written; prints "wrote PATH"."""
+  files.write_json_atomic(path, payload)
   print(f'wrote {path}', flush=True)

@@ -12,14 +12,15 @@ timed. The ratio is ours/timm: below 1 means we are faster.
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax.benchmarks import common
+from diffhand_jax import command_line
 from diffhand_jax.models import vit
 
 
@@ -66,27 +67,31 @@ def measure(name: str, batch: int, *, img_size: int | None = None, repeats: int 
           'ours_images_per_s': batch / ours['median'], 'timm_images_per_s': batch / theirs['median']}
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('models', 'deit_small_patch16_224', 'timm model names, comma-separated', flag_values=FLAGS)
+flags.DEFINE_string('batch_sizes', '8', 'batch sizes, comma-separated', flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 7, 'timed repeats', flag_values=FLAGS)
+flags.DEFINE_integer('threads', None, 'default: every core', flag_values=FLAGS)
+flags.DEFINE_string('output', 'bench_results/encoder.json', 'the JSON report', flag_values=FLAGS)
+
+
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench encoder', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--models', default='deit_small_patch16_224')
-  parser.add_argument('--batch_sizes', default='8')
-  parser.add_argument('--repeats', type=int, default=7)
-  parser.add_argument('--threads', type=int, default=None, help='default: every core')
-  parser.add_argument('--output', default='bench_results/encoder.json')
-  args = parser.parse_args(argv)
+  try:
+    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench encoder', doc=__doc__)
+  except command_line.Exit as done:
+    return done.code
 
   results, rows = [], []
-  for name in args.models.split(','):
-    for batch in [int(b) for b in args.batch_sizes.split(',')]:
-      r = measure(name, batch, repeats=args.repeats, threads=args.threads)
+  for name in FLAGS.models.split(','):
+    for batch in [int(b) for b in FLAGS.batch_sizes.split(',')]:
+      r = measure(name, batch, repeats=FLAGS.repeats, threads=FLAGS.threads)
       results.append(r)
       rows.append([name, batch, r['ours_s']['median'] * 1e3, r['ours_s']['min'] * 1e3,
                    r['ours_s']['max'] * 1e3, r['timm_s']['median'] * 1e3, r['timm_s']['min'] * 1e3,
                    r['timm_s']['max'] * 1e3, r['ours_over_timm']])
   header = ['model', 'batch', 'ours ms (median)', 'ours min', 'ours max', 'timm ms (median)', 'timm min',
             'timm max', 'ours/timm']
-  common.report('encoder', args.output, f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), '
+  common.report('encoder', FLAGS.output, f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), '
                 f'{jax.default_backend()}', header, rows, results)
   return 0
 

@@ -16,12 +16,15 @@ Errors in mm (root-relative, in the model's right-hand frame), as `metrics.evalu
 
 from __future__ import annotations
 
-import argparse
+import os
 import time
 
+from absl import flags
 import numpy as np
 
 from diffhand_jax.benchmarks import common
+from diffhand_jax import command_line
+from diffhand_jax.inference import overrides
 
 _COLUMNS = ('pa_mpvpe', 'pa_mpjpe', 'mpvpe', 'mpjpe', 'pa_f5', 'pa_f15')
 
@@ -30,38 +33,42 @@ def _row(name: str, scores: dict) -> list:
   return [name] + [scores[c] for c in _COLUMNS]
 
 
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench hypotheses', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', default='runs/synthetic',
-                      help='a trained workdir (default: the CPU demo\'s runs/synthetic)')
-  parser.add_argument('--num_hypotheses', type=int, default=8)
-  parser.add_argument('--steps', type=int, default=None)
-  parser.add_argument('--max_examples', type=int, default=None)
-  parser.add_argument('--split', default=None)
-  parser.add_argument('--tta_angles', default='-10,0,10')
-  parser.add_argument('--tta_scales', default='0.9,1.0,1.1')
-  parser.add_argument('--no_tta', action='store_true')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--output', default='bench_results/hypotheses.json')
-  argv = list(argv)
-  overrides = [a for a in argv if a.startswith('--config.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', 'runs/synthetic', "a trained workdir (default: the CPU demo's runs/synthetic)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer('num_hypotheses', 8, 'hypotheses K per image', flag_values=FLAGS)
+flags.DEFINE_integer('steps', None, "DDIM steps (default: the config's)", flag_values=FLAGS)
+flags.DEFINE_integer('max_examples', None, 'score at most this many images of the split', flag_values=FLAGS)
+flags.DEFINE_string('split', None, 'the split (default: config.dataset.eval_split)', flag_values=FLAGS)
+flags.DEFINE_string('tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS)
+flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
+flags.DEFINE_bool('no_tta', False, 'skip the TTA comparison', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
+flags.DEFINE_string('output', 'bench_results/hypotheses.json', 'the JSON report', flag_values=FLAGS)
 
-  import os
-  if not os.path.exists(os.path.join(args.workdir, 'config.json')):
-    print(f'hypotheses: skipped, {args.workdir!r} is not a trained workdir (train one with '
+
+def main(argv: list[str]) -> int:
+  try:
+    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench hypotheses', doc=__doc__,
+                       config=overrides.override_fields, config_help=overrides.HELP)
+  except command_line.Exit as done:
+    return done.code
+  if not os.path.exists(os.path.join(FLAGS.workdir, 'config.json')):
+    print(f'hypotheses: skipped, {FLAGS.workdir!r} is not a trained workdir (train one with '
           '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)')
     return 0
   import jax
-  from diffhand_jax import hypotheses, inference, input_pipeline, metrics, train, tta
+  from diffhand_jax import metrics
+  from diffhand_jax.data import input_pipeline
+  from diffhand_jax.geometry import conventions, hypotheses
+  from diffhand_jax.inference import loading, sampling, tta
 
-  config, model, params, topology, schedule = train.load_for_inference(args.workdir)
-  config = inference.apply_overrides(config, overrides)
-  split = args.split or config.dataset.eval_split
+  config, model, params, topology, schedule = loading.load_for_inference(FLAGS.workdir)
+  config = overrides.apply_overrides(config, FLAGS.config)
+  split = FLAGS.split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)
-  steps = int(args.steps or config.model.sampling_steps)
-  arrays = input_pipeline.load_split(config.dataset, split, args.max_examples)
+  steps = int(FLAGS.steps or config.model.sampling_steps)
+  arrays = input_pipeline.load_split(config.dataset, split, FLAGS.max_examples)
   batch = input_pipeline.prepare_batch(arrays, vertex_scale=vertex_scale, image_size=config.model.img_size)
   keep = batch['has_3d'] > 0
   if not keep.any():
@@ -70,29 +77,29 @@ def main(argv: list[str]) -> int:
   gt_vertices = batch['vertices'][keep].astype(np.float64) * vertex_scale
   gt_joints = batch['joints'][keep].astype(np.float64) * vertex_scale
   regressor = np.asarray(topology.joint_regressor)
-  key = jax.random.PRNGKey(args.seed)
+  key = jax.random.PRNGKey(FLAGS.seed)
   timings = {}
 
   start = time.time()
-  sampler = inference.Sampler(model, params, schedule, vertex_scale, num_steps=steps,
-                              num_hypotheses=args.num_hypotheses, eta=float(config.model.eta),
+  sampler = sampling.Sampler(model, params, schedule, vertex_scale, num_steps=steps,
+                              num_hypotheses=FLAGS.num_hypotheses, eta=float(config.model.eta),
                               batch_size=int(config.eval.batch_size))
-  samples = sampler.sample(images, key, inference.progress_printer(f'K={args.num_hypotheses}'))
+  samples = sampler.sample(images, key, sampling.progress_printer(f'K={FLAGS.num_hypotheses}'))
   timings['sample_k_s'] = time.time() - start
   summaries = {method: hypotheses.summarize(samples['vertices'], gt_vertices, gt_joints, regressor,
                                             method=method) for method in hypotheses.METHODS}
   mean_summary = summaries['mean']
   rows = [_row('hypothesis 0 (K=1)', mean_summary['first']),
-          _row(f'mean of K={args.num_hypotheses}', mean_summary['aggregated']),
-          _row(f'medoid of K={args.num_hypotheses}', summaries['medoid']['aggregated']),
-          _row(f'aligned mean of K={args.num_hypotheses}', summaries['aligned_mean']['aggregated']),
-          _row(f'best-of-{args.num_hypotheses} oracle (by pa_mpvpe)', mean_summary['oracle'])]
+          _row(f'mean of K={FLAGS.num_hypotheses}', mean_summary['aggregated']),
+          _row(f'medoid of K={FLAGS.num_hypotheses}', summaries['medoid']['aggregated']),
+          _row(f'aligned mean of K={FLAGS.num_hypotheses}', summaries['aligned_mean']['aggregated']),
+          _row(f'best-of-{FLAGS.num_hypotheses} oracle (by pa_mpvpe)', mean_summary['oracle'])]
 
   tta_result = None
-  if not args.no_tta:
-    tta_config = tta.TTAConfig(angles_deg=tta.parse_list(args.tta_angles),
-                               scales=tta.parse_list(args.tta_scales))
-    single = inference.Sampler(model, params, schedule, vertex_scale, num_steps=steps, num_hypotheses=1,
+  if not FLAGS.no_tta:
+    tta_config = tta.TTAConfig(angles_deg=tta.parse_list(FLAGS.tta_angles),
+                               scales=tta.parse_list(FLAGS.tta_scales))
+    single = sampling.Sampler(model, params, schedule, vertex_scale, num_steps=steps, num_hypotheses=1,
                                eta=float(config.model.eta), batch_size=int(config.eval.batch_size))
     start = time.time()
     plain = single.predict(images, key)['vertices']
@@ -100,7 +107,7 @@ def main(argv: list[str]) -> int:
     timings['tta_s'] = time.time() - start
     scores = {}
     for name, mesh in (('no TTA (K=1)', plain), (f'TTA, {len(tta_config.passes())} passes (K=1)', with_tta)):
-      joints = inference.joints_from_vertices(mesh, regressor)
+      joints = conventions.regress_joints(mesh, regressor)
       scores[name] = metrics.evaluate(joints, gt_joints, mesh, gt_vertices)
       rows.append(_row(name, scores[name]))
     tta_result = {'angles_deg': list(tta_config.angles_deg), 'scales': list(tta_config.scales),
@@ -112,17 +119,17 @@ def main(argv: list[str]) -> int:
   corr_rows = [[f'{metric}', mean_summary['spearman'][metric]]
                for metric in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')]
   corr_table = common.print_table(
-      f'Spearman rank correlation: per-image uncertainty (mean per-vertex std of K={args.num_hypotheses}, '
+      f'Spearman rank correlation: per-image uncertainty (mean per-vertex std of K={FLAGS.num_hypotheses}, '
       f'average {mean_summary["uncertainty_mm"]:.3g} mm) vs per-image error of the mean',
       ['error', 'spearman rho'], corr_rows)
   payload = {
-      'benchmark': 'hypotheses', 'machine': common.machine(), 'workdir': args.workdir, 'split': split,
+      'benchmark': 'hypotheses', 'machine': common.machine(), 'workdir': FLAGS.workdir, 'split': split,
       'num_examples': int(keep.sum()), 'steps': steps, 'eta': float(config.model.eta),
-      'num_hypotheses': args.num_hypotheses,
+      'num_hypotheses': FLAGS.num_hypotheses,
       'summaries': {m: {k: v for k, v in s.items() if k != 'per_sample'} for m, s in summaries.items()},
       'tta': tta_result, 'timings_s': timings, 'table': table + '\n\n' + corr_table,
   }
-  common.write_json(args.output, payload)
+  common.write_json(FLAGS.output, payload)
   return 0
 
 

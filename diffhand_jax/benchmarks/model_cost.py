@@ -2,7 +2,7 @@
 
   python -m diffhand_jax.bench model_cost [--presets=paper,cpu_demo] [--batch=1] [--output=...]
 
-For each preset (configs/model_presets.py) it reports the parameters of the encoder, the decoder (with the
+For each preset (diffhand_jax/runs/model_presets.py) it reports the parameters of the encoder, the decoder (with the
 camera head) and the whole model, and the FLOPs that XLA's cost analysis counts for one encoder pass
 (`DiffHand.encode`) and for one decoder pass (`DiffHand.denoise`), divided by the batch size. Inference with
 S DDIM steps costs one encoder pass plus S decoder passes (the image is encoded once); the table shows that
@@ -11,13 +11,14 @@ XLA counts a multiply-add as 2 FLOPs.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 
 from diffhand_jax.benchmarks import common
+from diffhand_jax import command_line
 from diffhand_jax.models import diffhand
 
 
@@ -29,7 +30,7 @@ def _flops(fn, *args) -> float:
 
 
 def measure(preset: str, batch: int = 1) -> dict[str, Any]:
-  from configs import model_presets
+  from diffhand_jax.runs import model_presets
   config = model_presets.get_model_config(preset)
   model = diffhand.build_model(config)
   size = config.img_size
@@ -67,15 +68,19 @@ def measure(preset: str, batch: int = 1) -> dict[str, Any]:
   }
 
 
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m diffhand_jax.bench model_cost", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--presets", default="paper,cpu_demo")
-  parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--output", default="bench_results/model_cost.json")
-  args = parser.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('presets', 'paper,cpu_demo', 'model presets, comma-separated', flag_values=FLAGS)
+flags.DEFINE_integer('batch', 1, 'batch the functions are lowered at', flag_values=FLAGS)
+flags.DEFINE_string('output', 'bench_results/model_cost.json', 'the JSON report', flag_values=FLAGS)
 
-  results = [measure(preset, args.batch) for preset in args.presets.split(",") if preset]
+
+def main(argv: list[str]) -> int:
+  try:
+    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench model_cost', doc=__doc__)
+  except command_line.Exit as done:
+    return done.code
+
+  results = [measure(preset, FLAGS.batch) for preset in FLAGS.presets.split(",") if preset]
   millions = lambda n: n / 1e6
   giga = lambda n: n / 1e9
   rows = [[r["preset"], f'{r["encoder"]} @ {r["img_size"]}',
@@ -86,7 +91,7 @@ def main(argv: list[str]) -> int:
   header = ["preset", "encoder", "decoder", "encoder params (M)", "decoder params (M)", "total params (M)",
             "encoder GFLOPs/sample", "decoder GFLOPs/sample (one pass)",
             "inference GFLOPs/sample (1 enc + S dec)"]
-  common.report("model_cost", args.output, "DiffHand model cost (XLA cost analysis, FLOPs per sample)",
+  common.report("model_cost", FLAGS.output, "DiffHand model cost (XLA cost analysis, FLOPs per sample)",
                 header, rows, results)
   return 0
 

@@ -3,7 +3,7 @@
   python -m diffhand_jax.bench sampler [--preset=cpu_demo] [--batch_sizes=1,64] [--num_steps=10]
 
 Three ways to get the same meshes from the same params, images and x_T, for a model preset
-(configs/model_presets.py, random weights):
+(diffhand_jax/runs/model_presets.py, random weights):
   reconstruct  `diffhand.make_reconstruct_fn`: one jitted program, the image encoded once, the DDIM
                steps in one `lax.scan`.
   parts        one jitted encoder pass plus S separately jitted decoder passes, each timed alone and
@@ -18,21 +18,22 @@ All three are checked to give the same vertices before anything is timed. The de
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax import diffusion
 from diffhand_jax.benchmarks import common
+from diffhand_jax import command_line
 from diffhand_jax.models import diffhand
 
 
 def build(preset: str, batch: int) -> tuple[Any, Any, Any, Any]:
   """A model of the preset with random params, images (B, H, W, 3) and x_T (1, B, N, 3)."""
-  from configs import model_presets
+  from diffhand_jax.runs import model_presets
   config = model_presets.get_model_config(preset)
   model = diffhand.build_model(config)
   params = diffhand.init(model, jax.random.PRNGKey(0), config.img_size)
@@ -100,23 +101,27 @@ def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, 
           'loop_over_reconstruct': timed['loop']['median'] / timed['reconstruct']['median']}
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('preset', None, 'default: cpu_demo on CPU, paper otherwise', flag_values=FLAGS)
+flags.DEFINE_string('batch_sizes', '1,64', 'batch sizes, comma-separated', flag_values=FLAGS)
+flags.DEFINE_integer('num_steps', 10, 'DDIM steps', flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 5, 'timed repeats', flag_values=FLAGS)
+flags.DEFINE_string('output', 'bench_results/sampler.json', 'the JSON report', flag_values=FLAGS)
+
+
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench sampler', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--preset', default=None, help='default: cpu_demo on CPU, paper otherwise')
-  parser.add_argument('--batch_sizes', default='1,64')
-  parser.add_argument('--num_steps', type=int, default=10)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--output', default='bench_results/sampler.json')
-  args = parser.parse_args(argv)
-  preset = args.preset or ('cpu_demo' if jax.default_backend() == 'cpu' else 'paper')
+  try:
+    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench sampler', doc=__doc__)
+  except command_line.Exit as done:
+    return done.code
+  preset = FLAGS.preset or ('cpu_demo' if jax.default_backend() == 'cpu' else 'paper')
 
   rows, results = [], []
-  for batch in [int(b) for b in args.batch_sizes.split(',')]:
-    r = measure(preset, batch, args.num_steps, args.repeats)
+  for batch in [int(b) for b in FLAGS.batch_sizes.split(',')]:
+    r = measure(preset, batch, FLAGS.num_steps, FLAGS.repeats)
     results.append(r)
     s = r['seconds']
-    rows.append([preset, batch, args.num_steps, s['reconstruct']['median'] * 1e3,
+    rows.append([preset, batch, FLAGS.num_steps, s['reconstruct']['median'] * 1e3,
                  f"{s['reconstruct']['min'] * 1e3:.4g}-{s['reconstruct']['max'] * 1e3:.4g}",
                  s['encoder']['median'] * 1e3, s['decoder']['median'] * 1e3, r['parts_s'] * 1e3,
                  s['loop']['median'] * 1e3, f"{s['loop']['min'] * 1e3:.4g}-{s['loop']['max'] * 1e3:.4g}",
@@ -124,7 +129,7 @@ def main(argv: list[str]) -> int:
   header = ['preset', 'batch', 'steps', 'reconstruct ms (median)', 'min-max', 'encoder ms',
             'decoder ms (one pass)', 'parts ms (enc + S dec)', 'loop ms (median)', 'min-max',
             'dispatch µs per loop step', 'reconstruct/parts', 'loop/reconstruct']
-  common.report('sampler', args.output, f'reconstruct (one scan) vs its parts vs a Python loop, '
+  common.report('sampler', FLAGS.output, f'reconstruct (one scan) vs its parts vs a Python loop, '
                 f'{jax.default_backend()}', header, rows, results)
   return 0
 

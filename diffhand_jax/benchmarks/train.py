@@ -2,7 +2,7 @@
 
   python -m diffhand_jax.bench train [--configs=synthetic,paper] [--paper_batch=2] [--dtype=float32]
 
-For each config it builds the real sharded train step (`train.jit_train_step`, the state donated) on the
+For each config it builds the real sharded train step (`step_lib.jit_train_step`, the state donated) on the
 config's mesh, feeds it random batches of the right shapes (no dataset needed), and times whole steps.
 FLOPs per step come from XLA's cost analysis of the compiled step (a multiply-add counts 2). The peak is
 measured here, in the same process: the best of a few large square matmuls of the compute dtype. MFU is
@@ -12,15 +12,17 @@ achieved FLOP/s over that peak. A `jax.profiler` trace of a few steps splits the
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffhand_jax import profiling, train
-from diffhand_jax.benchmarks import common
+from diffhand_jax.runs import run_config
+from diffhand_jax.training import sharding, step as step_lib
+from diffhand_jax.benchmarks import common, trace
+from diffhand_jax import command_line
 
 _MATMUL_MARKERS = ('ynn', 'xnn', 'onednn', 'dot', 'gemm', 'matmul', 'cublas', 'cutlass', 'conv')
 _MOVEMENT_MARKERS = ('copy', 'transpose', 'gather', 'scatter', 'slice', 'concatenate', 'pad', 'dynamic')
@@ -41,11 +43,9 @@ def load_config(name: str, paper_batch: int, dtype: str):
   """A training config by name: 'synthetic' (configs/synthetic.py) or 'paper' (configs/freihand.py,
   the paper's model, at batch `paper_batch`), with the procedural hand standing in for MANO."""
   if name == 'synthetic':
-    from configs import synthetic
-    config = synthetic.get_config()
+    config = run_config.config_file('synthetic')
   elif name == 'paper':
-    from configs import freihand
-    config = freihand.get_config()
+    config = run_config.config_file('freihand')
     config.batch_size = paper_batch
     config.dataset.hand_model = 'procedural'  # same 778-vertex topology; no MANO file needed
   else:
@@ -69,21 +69,21 @@ def peak_matmul_flops(dtype: Any, repeats: int = 5) -> dict[str, float]:
   return best
 
 
-def _random_batch(config, sharding) -> dict[str, jax.Array]:
+def _random_batch(config, batch_sharding) -> dict[str, jax.Array]:
   rng = np.random.default_rng(0)
-  spec = train.train_batch_spec(config)
+  spec = step_lib.train_batch_spec(config)
   batch = {key: rng.standard_normal(s.shape).astype(s.dtype) for key, s in spec.items()}
   batch['has_3d'] = np.ones(spec['has_3d'].shape, spec['has_3d'].dtype)
-  return train.to_global(batch, sharding)
+  return sharding.to_global(batch, batch_sharding)
 
 
 def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: bool) -> dict[str, Any]:
   config = load_config(name, paper_batch, dtype)
-  topology, model, schedule, optimizer, mesh = train.build_components(config)
-  _, shardings = train.sharded_abstract_state(config, model, optimizer, mesh)
-  state = train.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(0))
-  step_fn = train.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
-  batch = _random_batch(config, train.batch_sharding(mesh))
+  topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
+  _, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
+  state = step_lib.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(0))
+  step_fn = step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+  batch = _random_batch(config, sharding.batch_sharding(mesh))
   compiled = step_fn.lower(state, batch).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
@@ -104,7 +104,7 @@ def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: boo
             'examples_per_s': config.batch_size / seconds['median'],
             'achieved_flops_per_s': flops / seconds['median']}
   if profile:
-    rows = profiling.top_ops(one_step, calls=2)
+    rows = trace.top_ops(one_step, calls=2)
     total = max(sum(r[0] for r in rows), 1e-12)
     shares: dict[str, float] = {}
     for ms, _, name, _ in rows:
@@ -115,30 +115,35 @@ def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: boo
   return result
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('configs', 'synthetic,paper', 'configs to time, comma-separated (synthetic, paper)',
+                    flag_values=FLAGS)
+flags.DEFINE_integer('paper_batch', None, 'batch of the paper config (default: 2 on CPU, 32 on an accelerator)',
+                     flag_values=FLAGS)
+flags.DEFINE_enum('dtype', 'float32', ('float32', 'bfloat16'), 'the compute dtype', flag_values=FLAGS)
+flags.DEFINE_integer('steps', 5, 'timed steps (after 2 warm-up steps)', flag_values=FLAGS)
+flags.DEFINE_bool('no_profile', False, 'skip the jax.profiler trace of the op time', flag_values=FLAGS)
+flags.DEFINE_string('output', 'bench_results/train.json', 'the JSON report', flag_values=FLAGS)
+
+
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog='python -m diffhand_jax.bench train', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--configs', default='synthetic,paper')
-  parser.add_argument('--paper_batch', type=int, default=None,
-                      help='batch of the paper config (default: 2 on CPU, 32 on an accelerator)')
-  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--steps', type=int, default=5, help='timed steps (after 2 warm-up steps)')
-  parser.add_argument('--no_profile', action='store_true')
-  parser.add_argument('--output', default='bench_results/train.json')
-  args = parser.parse_args(argv)
-  paper_batch = args.paper_batch or (2 if jax.default_backend() == 'cpu' else 32)
-  dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
+  try:
+    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench train', doc=__doc__)
+  except command_line.Exit as done:
+    return done.code
+  paper_batch = FLAGS.paper_batch or (2 if jax.default_backend() == 'cpu' else 32)
+  dtype = jnp.bfloat16 if FLAGS.dtype == 'bfloat16' else jnp.float32
 
   peak = peak_matmul_flops(dtype)
   results, rows = [], []
-  for name in args.configs.split(','):
-    r = measure(name, paper_batch=paper_batch, dtype=args.dtype, steps=args.steps,
-                profile=not args.no_profile)
+  for name in FLAGS.configs.split(','):
+    r = measure(name, paper_batch=paper_batch, dtype=FLAGS.dtype, steps=FLAGS.steps,
+                profile=not FLAGS.no_profile)
     r['peak_matmul_flops_per_s'] = peak['flops_per_s']
     r['mfu'] = r['achieved_flops_per_s'] / peak['flops_per_s']
     results.append(r)
     shares = r.get('profile', {}).get('shares')
-    rows.append([name, r['batch'], args.dtype, r['step_s']['median'] * 1e3,
+    rows.append([name, r['batch'], FLAGS.dtype, r['step_s']['median'] * 1e3,
                  f"{r['step_s']['min'] * 1e3:.4g}-{r['step_s']['max'] * 1e3:.4g}", r['examples_per_s'],
                  r['flops_per_step'] / 1e9, r['achieved_flops_per_s'] / 1e9, peak['flops_per_s'] / 1e9,
                  f"{100 * r['mfu']:.1f}%",
@@ -147,7 +152,7 @@ def main(argv: list[str]) -> int:
   header = ['config', 'batch', 'dtype', 'step ms (median)', 'min-max', 'examples/s', 'GFLOP/step',
             'achieved GFLOP/s', f'peak GFLOP/s ({peak["size"]}² matmul)', 'MFU',
             'op time: matmul / elementwise+reduction / data movement']
-  common.report('train', args.output, f'Train step throughput and MFU, {jax.default_backend()}', header,
+  common.report('train', FLAGS.output, f'Train step throughput and MFU, {jax.default_backend()}', header,
                 rows, results, peak=peak)
   return 0
 

@@ -1,6 +1,6 @@
-"""The cross-modality decoder f_θ(x_t, t, I) of DiffHand (DESIGN §4; paper §3.3, Fig. 3).
+"""The cross-modality decoder f_θ(x_t, t, I) of DiffHand (docs/design.md §4; paper §3.3, Fig. 3).
 
-Inputs, in model space (DESIGN §2):
+Inputs, in model space (docs/design.md §2):
   x_t               (B, N, 3)  noisy vertices
   t                 (B,)       int32 timesteps
   image_features    (B, P, C)  I_F, the encoder's patch tokens
@@ -156,7 +156,7 @@ def _interpolation_init(neighbours: Any):
 def upsampling_neighbours(template_vertices: np.ndarray, fps_indices, k: int = 3):
   """Per level of the U shape, the (idx, weights) nested tuples that initialise its upsampling map:
   level k+1 → level k by inverse-distance interpolation over the template's points."""
-  from diffhand_jax import topology
+  from diffhand_jax.geometry import topology
   points = [np.asarray(template_vertices, np.float64)]
   for indices in fps_indices:
     points.append(points[-1][np.asarray(indices)])
@@ -390,7 +390,7 @@ def _as_index_tuples(levels: Sequence[Any]) -> tuple[tuple[int, ...], ...]:
 
 def build_decoder(config: Any, template_vertices: np.ndarray | None = None,
                   dtype: Any = jnp.float32) -> nn.Module:
-  """The decoder that `config` (a model config, see configs/model_presets.py) asks for.
+  """The decoder that `config` (a model config, see diffhand_jax/runs/model_presets.py) asks for.
 
   template_vertices (N, 3): the mesh the FPS indices are computed on (topology.fps_hierarchy with
   config.fps_sizes); None means MANO's procedural template (N = 778). Only the cross-modality decoder
@@ -412,7 +412,7 @@ def build_decoder(config: Any, template_vertices: np.ndarray | None = None,
   if template_vertices.shape != (num_vertices, 3):
     raise ValueError(f"{_FILE}: template_vertices has shape {template_vertices.shape}, but "
                      f"config.num_vertices = {num_vertices} needs ({num_vertices}, 3).")
-  from diffhand_jax import topology
+  from diffhand_jax.geometry import topology
   fps_indices = _as_index_tuples(
       topology.fps_hierarchy(template_vertices, sizes=tuple(int(s) for s in config.fps_sizes)))
   upsample_init = None

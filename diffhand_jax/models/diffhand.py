@@ -1,9 +1,9 @@
 """The whole DiffHand model: image encoder E, optional depth block, cross-modality decoder, camera head.
 
-Model space (DESIGN §2): vertices are root-relative metres divided by `vertex_scale` (0.1 by default).
+Model space (docs/design.md §2): vertices are root-relative metres divided by `vertex_scale` (0.1 by default).
 Everything here, inputs and outputs, is in model space; multiply by `vertex_scale` for metres.
 
-    model = build_model(config)                  # config: configs/model_presets.get_model_config(...)
+    model = build_model(config)                  # config: diffhand_jax.runs.model_presets.get_model_config(...)
     params = init(model, key, config.img_size)
     cond = model.apply({'params': params}, images, method=DiffHand.encode)
     x0_hat, camera = model.apply({'params': params}, cond, x_t, t, method=DiffHand.denoise)
@@ -44,7 +44,7 @@ class Condition:
 
 
 class DepthBlock(nn.Module):
-  """Convolutions on a depth image whose output is added to I_F on the patch grid (DESIGN §4).
+  """Convolutions on a depth image whose output is added to I_F on the patch grid (docs/design.md §4).
 
   depth (B, H, W, 1) → (B, P, C) with P = (H/p)·(W/p). A 3×3 conv, up to two stride-2 3×3 convs, then
   a patchifying conv for the remaining stride, each followed by SiLU, and a 1×1 output projection.
@@ -177,7 +177,7 @@ def _dtype(name: Any) -> Any:
 
 
 def build_model(model_config: Any, template_vertices: np.ndarray | None = None) -> DiffHand:
-  """The DiffHand that a model config (configs/model_presets.py) describes.
+  """The DiffHand that a model config (diffhand_jax/runs/model_presets.py) describes.
 
   template_vertices (N, 3): the mesh the decoder's FPS hierarchy is computed on; None = MANO's
   procedural template (mano.load_procedural()), N = 778.
@@ -238,8 +238,8 @@ def param_shapes(model: DiffHand, image_size: int | tuple[int, int], batch: int 
 def load_encoder_init(params: PyTree, path: str) -> PyTree:
   """Replaces params['encoder'] by the checkpoint at `path` (written by `python -m
   diffhand_jax.convert_checkpoint`), checking every name and shape."""
-  from diffhand_jax import convert_checkpoint
-  loaded = convert_checkpoint.load_encoder_params(path)
+  from diffhand_jax.models import encoder_weights
+  loaded = encoder_weights.load_encoder_params(path)
   loaded = loaded.get("params", loaded) if isinstance(loaded, dict) else loaded
   expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), params["encoder"])
   got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), loaded)

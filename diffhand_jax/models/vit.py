@@ -1,4 +1,4 @@
-"""Vision Transformer image encoder E (DESIGN §4), with timm weight import (DESIGN §8).
+"""Vision Transformer image encoder E (docs/design.md §4), with timm weight import (docs/design.md §8).
 
 The module follows timm's `VisionTransformer` (timm 1.0) exactly where pretrained weights depend on it:
 
@@ -548,7 +548,7 @@ def params_from_timm(module: VisionTransformer, state_dict: Mapping[str, Any], *
 def from_timm(model_name: str, state_dict: Mapping[str, Any], *,
               img_size: int | tuple[int, int] | None = None,
               **overrides: Any) -> tuple[VisionTransformer, PyTree]:
-    """A module and its params from a timm state dict (DESIGN §8).
+    """A module and its params from a timm state dict (docs/design.md §8).
 
     Args:
       model_name: timm model name, e.g. 'deit3_large_patch16_224' (see `VIT_CONFIGS`).

@@ -1,1 +1,0 @@
-"""TFDS dataset builders of diffhand-jax, one folder each (the `tfds new` layout)."""

@@ -1,1 +1,0 @@
-"""The freihand dataset (TFDS manual-download builder): see freihand_dataset_builder.py."""

@@ -1,0 +1,721 @@
+"""Input pipeline: TFDS examples → model-ready batches, deterministic per (seed, step) and per process.
+
+The batch for global step s is a pure function of (seed, s): an epoch's order is a permutation drawn
+from (seed, epoch), and step s takes the slice [s·B, (s+1)·B) of the concatenated epochs. Resuming at
+step s therefore needs nothing but s, and each JAX process takes its own contiguous part of the global
+batch (process p of P gets rows [p·B/P, (p+1)·B/P)).
+
+A split comes in one of two forms, and both give the same batches for the same data:
+  * the in-memory dict of :func:`load_split` (feature → (N, ...) array), for small splits such as the
+    synthetic demo's;
+  * a :class:`SplitSource`, random access to a split stored as ArrayRecord that reads and decodes only
+    the rows a batch needs, for the real datasets (FreiHAND has 130K images).
+:func:`open_split` picks one from ``config.dataset.in_memory``. :func:`train_batches` and
+:func:`eval_batches` prepare the next batches on a thread pool while the current step runs; each batch
+is still a pure function of its step, so thread timing never changes what comes out, or in what order.
+
+Model-space targets (docs/design.md §2): x = (V − wrist)/vertex_scale, joints likewise; 2D joints in normalised
+crop coordinates u = 2x/W − 1, v = 2y/H − 1 (``losses.project_weak_perspective``'s convention).
+Images are normalised with the ImageNet mean and standard deviation, as timm's DeiT weights expect.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import importlib
+import itertools
+import os
+import sys
+import threading
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# TFDS builders that live in this repository's datasets/ folder, by TFDS name.
+BUILDER_MODULES = {
+    'synthetic_hands': 'diffhand_jax.data.builders.synthetic_hands.synthetic_hands_dataset_builder',
+    'freihand': 'diffhand_jax.data.builders.freihand.freihand_dataset_builder',
+    'ho3d': 'diffhand_jax.data.builders.ho3d.ho3d_dataset_builder',
+    'dex_ycb': 'diffhand_jax.data.builders.dex_ycb.dex_ycb_dataset_builder',
+}
+# Builders that can make their data without a manual download.
+SELF_GENERATING = {'synthetic_hands'}
+
+FEATURES = ('image', 'K', 'joints_3d', 'vertices_3d', 'has_3d', 'hand_side', 'bbox')
+
+# New data is prepared in the ArrayRecord format, the one TFDS reads by random access (SplitSource).
+STREAMING_FILE_FORMAT = 'array_record'
+# When streaming is asked for but the data is stored as tfrecord only, splits up to this many examples
+# are read into memory instead (an evaluation split); larger ones fail with how to convert them.
+IN_MEMORY_FALLBACK_MAX_EXAMPLES = 20_000
+# Batches prepared ahead of the one the training step consumes (train_batches / eval_batches).
+DEFAULT_PREFETCH = 4
+
+
+def default_data_dir(data_dir: str | None) -> str:
+  """The TFDS data directory: the config's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  if data_dir:
+    return os.path.expanduser(data_dir)
+  return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+
+
+def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
+  """The TFDS builder for ``dataset_config`` (keys ``name``, ``data_dir``, optional ``config_name``).
+
+  Builds the data first when it is missing and the dataset can make itself (the synthetic one), in the
+  ArrayRecord format so that it can be streamed; otherwise tells the user how to prepare it. Data
+  already prepared is used in whatever format it has (see :func:`open_split` for tfrecord-only data).
+  """
+  import tensorflow_datasets as tfds  # imported lazily: TensorFlow is slow to import
+
+  name = dataset_config['name']
+  if name in BUILDER_MODULES:
+    importlib.import_module(BUILDER_MODULES[name])  # registers the builder with TFDS
+  full_name = name
+  config_name = dataset_config.get('config_name') or ''
+  if config_name:
+    full_name = f'{name}/{config_name}'
+  data_dir = default_data_dir(dataset_config.get('data_dir'))
+  # Without file_format first: a builder asked for ArrayRecord refuses data prepared as tfrecord.
+  builder = tfds.builder(full_name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not prepare:
+      raise FileNotFoundError(f'dataset {full_name} is not prepared in {data_dir}')
+    if name not in SELF_GENERATING:
+      module = importlib.import_module(BUILDER_MODULES[name]) if name in BUILDER_MODULES else None
+      instructions = getattr(module, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
+      config_flag = f' --config={config_name}' if config_name else ''
+      raise FileNotFoundError(
+          f'dataset {full_name} is not prepared in {data_dir}. Download it by hand and run\n'
+          f'  tfds build datasets/{name}{config_flag} --manual_dir=<where you put the files> '
+          f'--data_dir={data_dir} --file_format={STREAMING_FILE_FORMAT}\n'
+          + instructions)
+    print(f'building {full_name} into {data_dir} (first run only)', flush=True)
+    builder = tfds.builder(full_name, data_dir=data_dir, file_format=STREAMING_FILE_FORMAT)
+    builder.download_and_prepare()
+  return builder
+
+
+def stored_file_formats(builder) -> set[str]:
+  """The file formats ``builder``'s prepared data is stored in, e.g. {'tfrecord', 'array_record'}."""
+  # From dataset_info.json itself: TFDS 4.9 leaves `info.alternative_file_formats` empty when it reads
+  # a dataset that `tfds convert_format` gave a second format.
+  proto = builder.info.as_proto
+  formats = {str(proto.file_format)} | {str(f) for f in proto.alternative_file_formats}
+  formats |= {f.value for f in builder.info.available_file_formats()}
+  return {f for f in formats if f}
+
+
+def has_random_access(builder) -> bool:
+  """Whether ``builder``'s prepared data includes the ArrayRecord files that :class:`SplitSource` reads."""
+  return STREAMING_FILE_FORMAT in stored_file_formats(builder)
+
+
+def _split_spec(builder, split: str, max_examples: int | None) -> str:
+  if split not in builder.info.splits:
+    raise ValueError(f'dataset {builder.info.full_name} has no split {split!r}; '
+                     f'it has {sorted(builder.info.splits.keys())}')
+  return f'{split}[:{int(max_examples)}]' if max_examples else split
+
+
+def _decode_text(values: Sequence[Any]) -> np.ndarray:
+  return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+
+
+def load_split(dataset_config: Mapping[str, Any], split: str, max_examples: int | None = None,
+               features: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
+  """Reads a whole split into numpy arrays (N, ...), keeping ``features`` (default: those the pipeline
+  needs; images not among them are not decoded).
+
+  Data stored as tfrecord is read with tf.data, as before; ArrayRecord-only data through
+  :class:`SplitSource` (the same decoders, so the same arrays). 'hand_side' comes back as str.
+  """
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core import file_adapters
+
+  builder = get_builder(dataset_config)
+  spec = _split_spec(builder, split, max_examples)
+  missing = [key for key in features if key not in builder.info.features]
+  if missing:
+    raise KeyError(f'dataset {builder.info.full_name} lacks the feature(s) {missing} (docs/design.md §7)')
+  if builder.info.file_format != file_adapters.FileFormat.TFRECORD and has_random_access(builder):
+    source = SplitSource(builder, split, max_examples=max_examples, features=features)
+    if source.num_examples == 0:
+      raise ValueError(f'{source.name} is empty')
+    return source.read(np.arange(source.num_examples))
+  decoders = {key: tfds.decode.SkipDecoding() for key in builder.info.features.keys()
+              if key not in features and isinstance(builder.info.features[key], tfds.features.Image)}
+  dataset = builder.as_dataset(split=spec, batch_size=-1, decoders=decoders or None)
+  arrays = tfds.as_numpy(dataset)
+  out = {}
+  for key in features:
+    value = arrays[key]
+    if isinstance(builder.info.features[key], tfds.features.Text) and value.dtype.kind in 'SO':
+      value = _decode_text(value)
+    out[key] = value
+  return out
+
+
+def wants_in_memory(dataset_config: Mapping[str, Any]) -> bool:
+  """``dataset_config.in_memory`` when set; else True for the self-generating (small, synthetic) data
+  and False for the real datasets."""
+  in_memory = dataset_config.get('in_memory')
+  if in_memory is None:
+    return dataset_config['name'] in SELF_GENERATING
+  return bool(in_memory)
+
+
+def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int | None = None):
+  """A split for :func:`train_batches` / :func:`eval_batches`: the in-memory dict of :func:`load_split`
+  when :func:`wants_in_memory`, else a streaming :class:`SplitSource`.
+
+  Data prepared as tfrecord only cannot be streamed: a split of at most
+  ``IN_MEMORY_FALLBACK_MAX_EXAMPLES`` examples is then read into memory (with a note), a larger one
+  raises a ValueError that says how to convert the data in place. ``dataset_config.prefetch_batches``
+  and ``dataset_config.num_threads``, when set, become the source's prefetch defaults.
+  """
+  if wants_in_memory(dataset_config):
+    return load_split(dataset_config, split, max_examples)
+  builder = get_builder(dataset_config)
+  spec = _split_spec(builder, split, max_examples)
+  if has_random_access(builder):
+    return SplitSource(builder, split, max_examples=max_examples,
+                       prefetch=dataset_config.get('prefetch_batches'),
+                       num_threads=dataset_config.get('num_threads'))
+  count = int(builder.info.splits[spec].num_examples)
+  convert = (f'  tfds convert_format --dataset_version_dir={builder.data_dir} '
+             f'--out_file_format={STREAMING_FILE_FORMAT}')
+  if count <= IN_MEMORY_FALLBACK_MAX_EXAMPLES:
+    print(f'note: {builder.info.full_name} is stored as tfrecord only, so its {count}-example split '
+          f'{spec!r} is read into memory instead of streamed. To stream it, convert the data in place:\n'
+          f'{convert}', flush=True)
+    return load_split(dataset_config, split, max_examples)
+  raise ValueError(
+      f'dataset {builder.info.full_name} in {builder.data_dir} is stored as tfrecord only, and its '
+      f'{count}-example split {spec!r} is too large to read into memory. Streaming needs the '
+      f'{STREAMING_FILE_FORMAT} format; convert the prepared data in place (no download needed):\n'
+      f'{convert}\n'
+      f'(or rebuild it with `tfds build ... --file_format={STREAMING_FILE_FORMAT}`, or set '
+      f'config.dataset.in_memory=True if it fits in memory)')
+
+
+class SplitSource(Mapping[str, '_Column']):
+  """Random access to one split of a prepared TFDS dataset stored as ArrayRecord.
+
+  Only the rows asked for are read and decoded (``read``), so a split of any size costs no memory up
+  front; several threads may read at once. Images are decoded with the same TensorFlow decoder as
+  ``as_dataset`` (PIL's JPEG decoder differs by a few grey levels), so a row equals the row that
+  :func:`load_split` returns for the same data.
+
+  As a read-only mapping feature → column it also stands in for the in-memory dict where code indexes
+  a few rows (``source['K'][i]``, ``source['image'][i:i + 1]``, ``len(source['image'])``); a column
+  refuses to become one whole array (that would decode the whole split).
+
+  Attributes:
+    name: ``dataset/config:split[:max_examples]``, for messages.
+    num_examples: rows in the split.
+    prefetch, num_threads: the batch iterators' defaults for this source (None: module defaults).
+  """
+
+  def __init__(self, builder, split: str, *, max_examples: int | None = None,
+               features: Sequence[str] = FEATURES, prefetch: int | None = None,
+               num_threads: int | None = None):
+    from tensorflow_datasets.core import decode
+
+    spec = _split_spec(builder, split, max_examples)
+    self.name = f'{builder.info.full_name}:{spec}'
+    if not has_random_access(builder):
+      raise ValueError(f'{self.name}: the data in {builder.data_dir} is stored as '
+                       f'{sorted(stored_file_formats(builder))} only; random access needs '
+                       f'{STREAMING_FILE_FORMAT} (see open_split)')
+    self._features = builder.info.features
+    missing = [key for key in features if key not in self._features]
+    if missing:
+      raise KeyError(f'dataset {builder.info.full_name} lacks the feature(s) {missing} (docs/design.md §7)')
+    self._feature_names = tuple(features)
+    # as_data_source reads the format from builder.info: point it at the ArrayRecord files for the
+    # call, then put back what the builder had (its as_dataset keeps reading tfrecord files).
+    info = builder.info
+    previous = info.file_format
+    info.set_file_format(STREAMING_FILE_FORMAT, override=True, override_if_initialized=True)
+    try:
+      self._records = builder.as_data_source(spec, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
+    finally:
+      if previous is not None:
+        info.set_file_format(previous, override=True, override_if_initialized=True)
+    self.num_examples = len(self._records)
+    self.prefetch = prefetch
+    self.num_threads = num_threads
+    self._mean_mesh = None
+    self._mean_mesh_lock = threading.Lock()
+
+  # Mapping interface: feature → column.
+  def __getitem__(self, key: str) -> '_Column':
+    if key not in self._feature_names:
+      raise KeyError(f'{self.name}: no feature {key!r}; it has {list(self._feature_names)}')
+    return _Column(self, key)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._feature_names)
+
+  def __len__(self) -> int:
+    """The number of features (as for the dict); the number of rows is ``num_examples``."""
+    return len(self._feature_names)
+
+  def __repr__(self) -> str:
+    return f'SplitSource({self.name}, {self.num_examples} examples)'
+
+  def _decoders(self, wanted: Sequence[str]) -> dict[str, Any]:
+    import tensorflow_datasets as tfds
+    # Skip what is not wanted; images are kept as bytes here and decoded by TensorFlow in _decode.
+    return {key: tfds.decode.SkipDecoding() for key in self._features.keys()
+            if key not in wanted or isinstance(self._features[key], tfds.features.Image)}
+
+  def _decode(self, key: str, value: Any) -> Any:
+    import tensorflow_datasets as tfds
+    feature = self._features[key]
+    if isinstance(feature, tfds.features.Image):
+      import tensorflow as tf
+      return feature.decode_example(tf.constant(value)).numpy()
+    if isinstance(feature, tfds.features.Text):
+      return value.decode() if isinstance(value, bytes) else str(value)
+    return np.asarray(value)
+
+  def read(self, indices: Sequence[int] | np.ndarray,
+           features: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Rows ``indices`` (B,) as a dict of (B, ...) arrays (``features``, default all of the source's).
+
+    Each distinct row is read and decoded once, however often it repeats; 'hand_side' comes back as
+    str. Raises IndexError for a row outside [0, num_examples) and ValueError naming the row when a
+    record does not decode.
+    """
+    features = self._feature_names if features is None else tuple(features)
+    unknown = [key for key in features if key not in self._feature_names]
+    if unknown:
+      raise KeyError(f'{self.name}: no feature(s) {unknown}; it has {list(self._feature_names)}')
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size == 0:
+      raise ValueError(f'{self.name}: read needs at least one row')
+    outside = indices[(indices < 0) | (indices >= self.num_examples)]
+    if outside.size:
+      raise IndexError(f'{self.name}: row {int(outside[0])} is outside [0, {self.num_examples})')
+    unique, inverse = np.unique(indices, return_inverse=True)
+    records = self._records.__getitems__([int(i) for i in unique])
+    decoders = self._decoders(features)
+    columns: dict[str, list[Any]] = {key: [] for key in features}
+    for index, record in zip(unique, records):
+      try:
+        example = self._features.deserialize_example_np(record, decoders=decoders)
+        for key in features:
+          columns[key].append(self._decode(key, example[key]))
+      except Exception as error:  # a corrupt record: say which
+        raise ValueError(f'{self.name}: example {int(index)} does not decode: '
+                         f'{type(error).__name__}: {error}') from error
+    out = {}
+    for key, values in columns.items():
+      if key == 'hand_side' or isinstance(values[0], str):
+        stacked = np.array(values)
+      else:
+        shapes = {np.shape(v) for v in values}
+        if len(shapes) > 1:
+          raise ValueError(f'{self.name}: feature {key!r} has different shapes {sorted(shapes)} in rows '
+                           f'{unique.tolist()}; a batch needs one shape (crop first)')
+        stacked = np.stack(values)
+      out[key] = stacked[inverse]
+    return out
+
+  def mean_root_relative_mesh(self, chunk_size: int = 1024) -> np.ndarray:
+    """(778, 3) float64: the mean over the split of vertices_3d − joints_3d[wrist], left hands mirrored.
+
+    Streams only the vertex, joint and side features (no image is decoded); computed once per source.
+    """
+    with self._mean_mesh_lock:
+      if self._mean_mesh is None:
+        total, count = None, 0
+        for start in range(0, self.num_examples, chunk_size):
+          rows = self.read(np.arange(start, min(start + chunk_size, self.num_examples)),
+                           ('vertices_3d', 'joints_3d', 'hand_side'))
+          part = _root_relative_right(rows).sum(axis=0)
+          total = part if total is None else total + part
+          count += len(rows['hand_side'])
+        self._mean_mesh = total / count
+      return self._mean_mesh
+
+
+class _Column:
+  """One feature of a :class:`SplitSource`, indexable like a numpy array's first axis."""
+
+  def __init__(self, source: SplitSource, key: str):
+    self._source = source
+    self._key = key
+
+  def __len__(self) -> int:
+    return self._source.num_examples
+
+  def __getitem__(self, index) -> Any:
+    if isinstance(index, (int, np.integer)):
+      row = int(index) + (self._source.num_examples if index < 0 else 0)
+      return self._source.read([row], (self._key,))[self._key][0]
+    if isinstance(index, slice):
+      return self._source.read(np.arange(self._source.num_examples)[index], (self._key,))[self._key]
+    index = np.asarray(index)
+    if index.dtype == bool:
+      index = np.flatnonzero(index)
+    return self._source.read(index, (self._key,))[self._key]
+
+  def __array__(self, *args, **kwargs):
+    raise TypeError(f'{self._source.name}: the streamed column {self._key!r} does not turn into one '
+                    f'array (that decodes the whole split); index rows, or use SplitSource.read')
+
+
+def _root_relative_right(rows: Mapping[str, np.ndarray]) -> np.ndarray:
+  """vertices_3d − wrist (B, N, 3) float64, with x negated for left hands (the mirroring of docs/design.md §2)."""
+  relative = (np.asarray(rows['vertices_3d'], np.float64)
+              - np.asarray(rows['joints_3d'], np.float64)[:, :1])
+  is_left = np.asarray(rows['hand_side']) == 'left'
+  relative[is_left, :, 0] *= -1
+  return relative
+
+
+def mean_mesh_example(arrays) -> dict[str, np.ndarray]:
+  """The split's mean root-relative mesh (left hands mirrored) as a one-example split: a dict of (1, ...)
+  arrays in the common schema whose prepared ``vertices`` (:func:`prepare_batch`) are that mean, for
+  code that averages a split's prepared meshes (``evaluation.mean_mesh_baseline``) without preparing, or
+  for a :class:`SplitSource` decoding, every image.
+
+  The placeholder wrist sits 1 m in front of the camera (projection needs z > 0), like real data.
+  """
+  if isinstance(arrays, SplitSource):
+    mean = arrays.mean_root_relative_mesh()
+  else:
+    mean = _root_relative_right(arrays).mean(axis=0)
+  wrist = np.array([0.0, 0.0, 1.0])
+  return {
+      'image': np.zeros((1, 1, 1, 3), np.uint8),
+      'K': np.eye(3, dtype=np.float32)[None],
+      'joints_3d': np.tile(wrist, (1, 21, 1)).astype(np.float32),
+      'vertices_3d': (mean + wrist)[None].astype(np.float32),
+      'has_3d': np.ones(1, bool),
+      'hand_side': np.array(['right']),
+      'bbox': np.array([[-0.5, -0.5, 0.5, 0.5]], np.float32),
+  }
+
+
+def num_rows(arrays) -> int:
+  """The number of examples of an in-memory dict or a :class:`SplitSource`."""
+  if isinstance(arrays, SplitSource):
+    return arrays.num_examples
+  return len(arrays['image'])
+
+
+def gather_rows(arrays, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Rows ``indices`` (B,) of an in-memory dict or a :class:`SplitSource`, as (B, ...) arrays."""
+  if isinstance(arrays, SplitSource):
+    return arrays.read(indices)
+  return {key: value[indices] for key, value in arrays.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-example conventions
+# --------------------------------------------------------------------------------------------------
+
+def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
+  """Pinhole projection of camera-frame points (B, P, 3) with K (B, 3, 3) → pixels (B, P, 2)."""
+  homogeneous = np.einsum('bij,bpj->bpi', K, points)
+  return homogeneous[..., :2] / homogeneous[..., 2:3]
+
+
+def mirror_left_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, vertices: np.ndarray,
+                      is_left: np.ndarray):
+  """Mirrors left hands into right hands (docs/design.md §2): flip the image, negate x, and move the principal
+  point so that projection commutes with the flip (c_x' = W − 1 − c_x, pixel centres at integers).
+
+  Args: images (B, H, W, 3); K (B, 3, 3); joints (B, 21, 3); vertices (B, 778, 3); is_left bool (B,).
+  Returns the four arrays with the left rows mirrored (new arrays; inputs untouched).
+  """
+  images, K, joints, vertices = (np.array(a, copy=True) for a in (images, K, joints, vertices))
+  if not np.any(is_left):
+    return images, K, joints, vertices
+  width = images.shape[2]
+  images[is_left] = images[is_left][:, :, ::-1]
+  joints[is_left, :, 0] *= -1
+  vertices[is_left, :, 0] *= -1
+  K[is_left, 0, 2] = width - 1 - K[is_left, 0, 2]
+  # A negated x with an unchanged f_x keeps K a proper intrinsic matrix (skew stays 0).
+  return images, K, joints, vertices
+
+
+def resize_frames(images: np.ndarray, K: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Resizes whole frames (B, H, W, 3) uint8 to (B, size, size, 3) and adjusts K (B, 3, 3) to match
+  (pixel centres at integers: x' = (x + 0.5)·s − 0.5)."""
+  height, width = images.shape[1:3]
+  if (height, width) == (size, size):
+    return images, K
+  from PIL import Image
+  resized = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                      for im in images])
+  scale_x, scale_y = size / width, size / height
+  K = np.array(K, copy=True)
+  K[:, 0, :] *= scale_x
+  K[:, 1, :] *= scale_y
+  K[:, 0, 2] += 0.5 * scale_x - 0.5
+  K[:, 1, 2] += 0.5 * scale_y - 0.5
+  return resized, K
+
+
+def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
+  """uint8 (B, H, W, 3) → float32, ImageNet-normalised."""
+  return (images_uint8.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def crop_around_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, vertices: np.ndarray,
+                      bbox: np.ndarray, *, image_size: int, margin: float,
+                      rngs: Sequence[np.random.Generator] | None = None,
+                      augment: Mapping[str, Any] | None = None):
+  """Crops a square box around each hand (its bbox widened by ``margin``) and resizes it to
+  ``image_size``, with optional scale / rotation / shift jitter drawn from ``rngs`` (one per example).
+
+  A rotation of the crop is a rotation of the camera about its optical axis, so the 3D targets are
+  rotated with it and image, K, 2D and 3D stay consistent (``augment.crop_and_resize``).
+
+  Args: images (B, H, W, 3) uint8; K (B, 3, 3); joints (B, 21, 3); vertices (B, N, 3); bbox (B, 4).
+  Returns (images (B, S, S, 3), K, joints, vertices), new arrays.
+  """
+  from diffhand_jax.data import augment as augment_lib
+  out_images, out_K, out_joints, out_vertices = [], [], [], []
+  for i in range(len(images)):
+    box = augment_lib.box_from_bbox(bbox[i], margin)
+    params = {'scale': 1.0, 'rotation': 0.0, 'translation': (0.0, 0.0)}
+    if augment is not None and rngs is not None:
+      params = augment_lib.sample_params(rngs[i], **augment)
+    image, new_K, _ = augment_lib.crop_and_resize(images[i], K[i], box, image_size, **params)
+    out_images.append(image)
+    out_K.append(new_K)
+    out_joints.append(augment_lib.rotate_points(joints[i], params['rotation']))
+    out_vertices.append(augment_lib.rotate_points(vertices[i], params['rotation']))
+  return (np.stack(out_images), np.stack(out_K).astype(np.float32),
+          np.stack(out_joints).astype(np.float32), np.stack(out_vertices).astype(np.float32))
+
+
+def _mirror_boxes(bbox: np.ndarray, width: int, is_left: np.ndarray) -> np.ndarray:
+  bbox = np.array(bbox, np.float32, copy=True)
+  flipped = np.stack([width - 1 - bbox[:, 2], bbox[:, 1], width - 1 - bbox[:, 0], bbox[:, 3]], -1)
+  bbox[is_left] = flipped[is_left]
+  return bbox
+
+
+def prepare_batch(raw: Mapping[str, np.ndarray], *, vertex_scale: float,
+                  image_size: int | None = None, crop_margin: float | None = None,
+                  rngs: Sequence[np.random.Generator] | None = None,
+                  augment: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """Turns raw examples (a dict of (B, ...) arrays in the common schema) into model inputs.
+
+  Left hands are mirrored first. Then, with ``crop_margin`` set, a square crop around each ``bbox``
+  widened by that margin is resized to ``image_size``; with ``crop_margin=None`` the frame is already a
+  crop (FreiHAND, synthetic) and is resized whole. ``augment`` (keys of ``augment.sample_params``) jitters
+  the crop's scale, rotation and position with ``rngs`` (one generator per example).
+
+  Returns:
+    image float32 (B, H, W, 3); vertices, joints float32 (B, 778, 3), (B, 21, 3) in model space;
+    joints_2d float32 (B, 21, 2) in normalised crop coordinates; has_3d float32 (B,);
+    wrist float32 (B, 3) metres (camera frame, after mirroring); K float32 (B, 3, 3); is_left bool (B,).
+  """
+  is_left = np.asarray(raw['hand_side']) == 'left'
+  images, K, joints, vertices = mirror_left_hands(
+      raw['image'], raw['K'].astype(np.float32), raw['joints_3d'].astype(np.float32),
+      raw['vertices_3d'].astype(np.float32), is_left)
+  if crop_margin is not None or augment is not None:
+    if image_size is None:
+      raise ValueError('prepare_batch: cropping needs image_size')
+    if crop_margin is None:  # the frame is the crop; jitter it as a whole
+      height, width = images.shape[1:3]
+      bbox = np.tile(np.array([[-0.5, -0.5, width - 0.5, height - 0.5]], np.float32), (len(images), 1))
+      margin = 0.0
+    else:
+      bbox = _mirror_boxes(raw['bbox'], images.shape[2], is_left)
+      margin = crop_margin
+    images, K, joints, vertices = crop_around_hands(images, K, joints, vertices, bbox,
+                                                    image_size=image_size, margin=margin, rngs=rngs,
+                                                    augment=augment)
+  elif image_size is not None:
+    images, K = resize_frames(images, K, image_size)
+  height, width = images.shape[1:3]
+  pixels = project(joints, K)
+  joints_2d = np.stack([2.0 * pixels[..., 0] / width - 1.0, 2.0 * pixels[..., 1] / height - 1.0], -1)
+  wrist = joints[:, :1]
+  return {
+      'image': normalise_images(images),
+      'vertices': ((vertices - wrist) / vertex_scale).astype(np.float32),
+      'joints': ((joints - wrist) / vertex_scale).astype(np.float32),
+      'joints_2d': joints_2d.astype(np.float32),
+      'has_3d': np.asarray(raw['has_3d'], np.float32),
+      'wrist': wrist[:, 0].astype(np.float32),
+      'K': K,
+      'is_left': is_left,
+  }
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic, resumable batching
+# --------------------------------------------------------------------------------------------------
+
+def global_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of global step ``step``: (batch_size,) int64, a pure function of its arguments."""
+  if num_examples <= 0:
+    raise ValueError('cannot batch an empty split')
+  first = step * batch_size
+  positions = np.arange(first, first + batch_size)
+  epochs = positions // num_examples
+  out = np.empty(batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    order = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
+    rows = epochs == epoch
+    out[rows] = order[positions[rows] % num_examples]
+  return out
+
+
+def colour_jitter(images_uint8: np.ndarray, rngs: Sequence[np.random.Generator],
+                  strength: float) -> np.ndarray:
+  """Random brightness, contrast and per-channel gain, (B, H, W, 3) uint8 → uint8; example i draws
+  from rngs[i]."""
+  if strength <= 0:
+    return images_uint8
+  draws = np.array([rng.uniform(-1.0, 1.0, 5) for rng in rngs])  # (B, 5)
+  x = images_uint8.astype(np.float32)
+  brightness = (40.0 * strength * draws[:, 0])[:, None, None, None]
+  contrast = (1.0 + 0.3 * strength * draws[:, 1])[:, None, None, None]
+  gain = (1.0 + 0.1 * strength * draws[:, 2:5])[:, None, None, :]
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = ((x - mean) * contrast + mean + brightness) * gain
+  return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def train_batch(arrays, step: int, *, batch_size: int, seed: int, vertex_scale: float,
+                image_size: int | None = None, colour_strength: float = 0.0,
+                crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  """This process's part of the global batch of step ``step``: a pure function of its arguments.
+
+  ``arrays`` is an in-memory dict or a :class:`SplitSource` (the same data gives the same batch).
+  ``batch_size`` is the global batch; it must divide evenly among processes. Returns
+  :func:`prepare_batch`'s dict with batch_size / process_count rows.
+  """
+  if batch_size % process_count:
+    raise ValueError(f'global batch_size={batch_size} does not split over {process_count} processes')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
+  local = batch_size // process_count
+  indices = global_indices(num_rows(arrays), batch_size, seed, step)
+  positions = range(process_index * local, (process_index + 1) * local)
+  raw = gather_rows(arrays, indices[process_index * local:(process_index + 1) * local])
+  # One generator per row of the global batch: augmentation does not depend on how it is split.
+  rngs = [np.random.default_rng([seed, step, 1, position]) for position in positions]
+  raw['image'] = colour_jitter(raw['image'], rngs, colour_strength)
+  return prepare_batch(raw, vertex_scale=vertex_scale, image_size=image_size, crop_margin=crop_margin,
+                       rngs=rngs, augment=augment)
+
+
+def prefetch_settings(arrays, prefetch: int | None, num_threads: int | None) -> tuple[int, int]:
+  """(batches ahead, worker threads): the arguments, else the source's, else the module defaults."""
+  if prefetch is None:
+    prefetch = getattr(arrays, 'prefetch', None)
+  if prefetch is None:
+    prefetch = DEFAULT_PREFETCH
+  if num_threads is None:
+    num_threads = getattr(arrays, 'num_threads', None)
+  if num_threads is None:  # leave a core to the training step
+    num_threads = min(max(int(prefetch), 1), max(1, (os.cpu_count() or 2) - 1))
+  if prefetch < 0 or num_threads < 1:
+    raise ValueError(f'prefetch must be >= 0 and num_threads >= 1; got {prefetch}, {num_threads}')
+  return int(prefetch), int(num_threads)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int,
+                num_threads: int) -> Iterator[Any]:
+  """Yields fn(item) for each item, in the order of ``items``, computing up to ``prefetch`` results
+  ahead of the one being consumed on ``num_threads`` background threads (prefetch=0: in the caller's
+  thread, nothing ahead).
+
+  The queue is bounded (prefetch + 1 results exist at most), and results come out in submission order
+  whatever the threads' timing, so a pure ``fn`` gives exactly what the plain loop gives. An error in
+  ``fn`` surfaces at its item. Closing the iterator (or dropping it) cancels the work not yet started.
+  """
+  if prefetch <= 0:
+    for item in items:
+      yield fn(item)
+    return
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads,
+                                                   thread_name_prefix='input_pipeline')
+  pending: collections.deque = collections.deque()
+  try:
+    for item in items:
+      pending.append(executor.submit(fn, item))
+      if len(pending) > prefetch:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    if not sys.is_finalizing():  # an iterator dropped at interpreter exit: its threads are being joined
+      for future in pending:
+        future.cancel()
+      executor.shutdown(wait=False, cancel_futures=True)
+
+
+def train_batches(arrays, *, batch_size: int, seed: int, start_step: int, vertex_scale: float,
+                  image_size: int | None = None, colour_strength: float = 0.0,
+                  crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
+                  process_index: int = 0, process_count: int = 1, prefetch: int | None = None,
+                  num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's part of the global batch for steps start_step, start_step + 1, ...
+  (:func:`train_batch` of each step).
+
+  ``arrays`` is an in-memory dict or a :class:`SplitSource`. ``batch_size`` is the global batch; it must
+  divide evenly among processes. The next ``prefetch`` batches are prepared on ``num_threads`` threads
+  while the caller works (None: the source's settings, else ``DEFAULT_PREFETCH`` on up to
+  cpu_count − 1 threads; 0: no background work). Starting at step s yields exactly the batches that an
+  iterator started earlier yields from s on.
+  """
+  if batch_size % process_count:
+    raise ValueError(f'global batch_size={batch_size} does not split over {process_count} processes')
+  make = functools.partial(train_batch, arrays, batch_size=batch_size, seed=seed,
+                           vertex_scale=vertex_scale, image_size=image_size,
+                           colour_strength=colour_strength, crop_margin=crop_margin, augment=augment,
+                           process_index=process_index, process_count=process_count)
+  prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
+  return ordered_map(make, itertools.count(start_step), prefetch=prefetch, num_threads=num_threads)
+
+
+def eval_batches(arrays, *, batch_size: int, vertex_scale: float, image_size: int | None = None,
+                 crop_margin: float | None = None, prefetch: int | None = None,
+                 num_threads: int | None = None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+  """Yields (batch, num_valid) over a whole split in order; the last batch is padded by repetition so
+  every batch has the same shape (one compilation), and ``num_valid`` says how many rows are real.
+
+  ``arrays`` is an in-memory dict or a :class:`SplitSource`; ``prefetch`` / ``num_threads`` as in
+  :func:`train_batches`.
+  """
+  num_examples = num_rows(arrays)
+
+  def make(start: int) -> tuple[dict[str, np.ndarray], int]:
+    indices = np.minimum(np.arange(start, start + batch_size), num_examples - 1)
+    valid = int(min(batch_size, num_examples - start))
+    return prepare_batch(gather_rows(arrays, indices), vertex_scale=vertex_scale,
+                         image_size=image_size, crop_margin=crop_margin), valid
+
+  prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
+  return ordered_map(make, range(0, num_examples, batch_size), prefetch=prefetch,
+                     num_threads=num_threads)
+
+
+def augment_options(dataset_config) -> dict[str, Any] | None:
+  """The crop jitter of a dataset config, as `augment.sample_params` keywords; None = no jitter."""
+  if dataset_config.get('max_rotation_deg') is None:
+    return None
+  return {'scale_range': tuple(dataset_config.get('scale_range', (1.0, 1.0))),
+          'max_rotation': float(np.deg2rad(dataset_config.max_rotation_deg)),
+          'max_translation': float(dataset_config.get('max_translation', 0.0))}

@@ -1,0 +1,83 @@
+"""What every training config shares (docs/design.md §8 keys), so that each dataset's config states only what
+differs. `configs/synthetic.py`, `freihand.py`, `ho3d.py` and `dexycb.py` start from `base_config()`."""
+
+import ml_collections
+
+
+def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.mode = 'train'  # or 'evaluate', or 'memory' (compile only; print per-device memory)
+  config.seed = 0
+  config.batch_size = 64
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2_000
+  config.keep_checkpoints = 3
+  config.mesh = {'data': -1, 'fsdp': 1}  # -1 = fill in with the remaining devices
+  config.fsdp_min_size = 2**18  # tensors smaller than this stay replicated
+  # How params, optimiser state and EMA are laid out on the mesh: (regex, spec) pairs; the first regex
+  # found (re.search) in a tensor's path ('params/encoder/blocks_0/mlp/fc1/kernel',
+  # 'opt_state/1/0/mu/...', 'ema_params/...') gives its spec: 'fsdp_largest' (shard the largest
+  # dimension divisible by the fsdp axis, for tensors of at least fsdp_min_size elements), 'replicate',
+  # or a tuple of mesh axis names / None per dimension, e.g. (None, 'fsdp'). No match: replicated.
+  config.sharding_rules = (('.*', 'fsdp_largest'),)
+  config.grad_accum_steps = 1  # > 1: split the global batch into this many micro-batches per update
+  config.ema_decay = 0.0  # > 0: also keep (and evaluate) an exponential moving average of the weights
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = dataset_name
+  config.dataset.config_name = 'default'
+  config.dataset.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.dataset.train_split = 'train'
+  config.dataset.eval_split = eval_split
+  config.dataset.hand_model = 'mano'  # 'mano': MANO_RIGHT/LEFT.pkl via mano_dir or $DIFFHAND_MANO_DIR
+  config.dataset.mano_dir = ''
+  config.dataset.tip_ids = ml_collections.config_dict.placeholder(tuple)  # None = the model file's
+  # A square crop around `bbox` widened by this margin per side; None = the frame is already a crop.
+  config.dataset.crop_margin = ml_collections.config_dict.placeholder(float)
+  # Training jitter of the crop (diffhand_jax/augment.py); max_rotation_deg None = no geometric jitter.
+  config.dataset.scale_range = (0.9, 1.1)
+  config.dataset.max_rotation_deg = ml_collections.config_dict.placeholder(float)
+  config.dataset.max_translation = 0.05  # fraction of the crop box
+  config.dataset.colour_jitter = 0.2
+  config.dataset.max_train_examples = ml_collections.config_dict.placeholder(int)
+  # Streaming (input_pipeline.SplitSource) vs whole split in memory; None = in memory for synthetic only.
+  config.dataset.in_memory = ml_collections.config_dict.placeholder(bool)
+  config.dataset.prefetch_batches = ml_collections.config_dict.placeholder(int)  # None = 4
+  config.dataset.num_threads = ml_collections.config_dict.placeholder(int)  # None = cores - 1
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.warmup_steps = 1_000
+  config.optimizer.end_lr_factor = 0.01
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.clip_norm = 1.0
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.lambda_joint = 1.0
+  config.loss.lambda_smooth = 0.05
+  config.loss.use_2d = True  # the 2D joint term through the weak-perspective camera
+  # Training timesteps (losses.sample_timesteps): 'uniform' is the paper's t ~ U{0..T-1}; 'power' with
+  # timestep_power = p > 1 weights high noise levels more.
+  config.loss.timestep_sampling = 'uniform'
+  config.loss.timestep_power = 1.0
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 64
+  config.eval.num_export = 8
+  # How K > 1 hypotheses (config.model.num_hypotheses) become one mesh: 'mean' | 'medoid' | 'aligned_mean'
+  # (hypotheses.aggregate).
+  config.eval.aggregate = 'mean'
+  config.eval.max_examples = ml_collections.config_dict.placeholder(int)
+  return config
+
+
+def set_epochs(config: ml_collections.ConfigDict, epochs: int, num_train_examples: int) -> None:
+  """num_train_steps = ceil(epochs · examples / batch), recomputed when any of the three is overridden
+  on the command line."""
+  config.epochs = epochs
+  config.dataset.num_train_examples = num_train_examples
+  batch = config.get_ref('batch_size')
+  examples = config.dataset.get_ref('num_train_examples')
+  config.num_train_steps = (config.get_ref('epochs') * examples + batch - 1) // batch
