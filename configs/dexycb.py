@@ -35,7 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 256
 
-  config.dataset.tip_ids = conventions.TIP_IDS['dexycb']  # this dataset's tip vertices (docs/design.md §2)
+  config.dataset.tip_ids = conventions.TIP_IDS[
+      'dexycb'
+  ]  # this dataset's tip vertices (docs/design.md §2)
   config.dataset.crop_margin = 0.25  # square box around the hand, +25% per side (HandOccNet: 1.5x)
   config.dataset.max_rotation_deg = 30.0
   return config

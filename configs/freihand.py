@@ -20,19 +20,25 @@ import ml_collections
 from diffhand_jax.geometry import conventions
 from diffhand_jax.runs import model_presets, presets
 
-NUM_TRAIN_EXAMPLES = 130240  # 32,560 annotated samples x 4 colour versions (FreiHAND v2 training/rgb)
+NUM_TRAIN_EXAMPLES = (
+    130240  # 32,560 annotated samples x 4 colour versions (FreiHAND v2 training/rgb)
+)
 EPOCHS = 100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = presets.base_config(dataset_name='freihand', eval_split='evaluation')  # 3,960 images; GT from FreiHAND_pub_v2_eval.zip
+  config = presets.base_config(
+      dataset_name='freihand', eval_split='evaluation'
+  )  # 3,960 images; GT from FreiHAND_pub_v2_eval.zip
   presets.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 224
 
-  config.dataset.tip_ids = conventions.TIP_IDS['freihand']  # this dataset's tip vertices (docs/design.md §2)
+  config.dataset.tip_ids = conventions.TIP_IDS[
+      'freihand'
+  ]  # this dataset's tip vertices (docs/design.md §2)
   # FreiHAND frames are already 224x224 crops: no crop box (crop_margin stays None)
   config.dataset.max_rotation_deg = 30.0
   return config

@@ -26,14 +26,18 @@ EPOCHS = 100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = presets.base_config(dataset_name='ho3d', eval_split='evaluation')  # root joint and hand box only: submit pred.json to the HO-3D server
+  config = presets.base_config(
+      dataset_name='ho3d', eval_split='evaluation'
+  )  # root joint and hand box only: submit pred.json to the HO-3D server
   presets.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
   config.model.img_size = 256
 
-  config.dataset.tip_ids = conventions.TIP_IDS['ho3d']  # this dataset's tip vertices (docs/design.md §2)
+  config.dataset.tip_ids = conventions.TIP_IDS[
+      'ho3d'
+  ]  # this dataset's tip vertices (docs/design.md §2)
   config.dataset.crop_margin = 0.25  # square box around the hand, +25% per side
   config.dataset.max_rotation_deg = 30.0
   return config

@@ -16,17 +16,24 @@ from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where the four runs and ablation.json go.')
-config_flags.DEFINE_config_file('config', None, 'Base training configuration file.', lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Base training configuration file.', lock_config=True
+)
 flags.mark_flags_as_required(['config', 'workdir'])
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   from diffhand_jax.training import ablation
+
   summary = ablation.run_ablation(FLAGS.config, FLAGS.workdir)
   if 'preempted' in summary:
-    print(f'stopped by a signal during {summary["preempted"]}; rerun the same command to resume', flush=True)
+    print(
+        f'stopped by a signal during {summary["preempted"]}; rerun the same command to resume',
+        flush=True,
+    )
     return
   print(summary['table'], flush=True)
   print(f'wrote {os.path.join(FLAGS.workdir, "ablation.json")}', flush=True)

@@ -17,7 +17,6 @@ import sys
 
 from diffhand_jax import benchmarks
 
-
 # `all` runs the peer comparisons first; anything else found in benchmarks/ follows in name order.
 ORDER = ('encoder', 'sampler', 'train', 'input', 'model_cost', 'hypotheses')
 # Modules of benchmarks/ that the benchmarks share, not benchmarks themselves.
@@ -38,8 +37,10 @@ def main(argv: list[str]) -> int:
   name, rest = argv[0], argv[1:]
   if name == 'all':
     if rest:
-      print('`bench all` runs every benchmark with its defaults; pass flags to one benchmark at a time',
-            file=sys.stderr)
+      print(
+          '`bench all` runs every benchmark with its defaults; pass flags to one benchmark at a time',
+          file=sys.stderr,
+      )
       return 2
     failed = []
     for each in names:

@@ -40,8 +40,11 @@ class Exit(Exception):
     self.code = code
 
 
-def flags_help(flag_values: flags.FlagValues, config: ml_collections.ConfigDict | None = None,
-               config_help: str = '') -> str:
+def flags_help(
+    flag_values: flags.FlagValues,
+    config: ml_collections.ConfigDict | None = None,
+    config_help: str = '',
+) -> str:
   """absl's description of the command's flags, without its per-module headings; the --config flag as
   the list of the fields it may override."""
   text = flag_values.get_help(include_special_flags=False)
@@ -52,12 +55,28 @@ def flags_help(flag_values: flags.FlagValues, config: ml_collections.ConfigDict 
     if line.startswith(' ') and not skipping:
       lines.append(line)
   if config is not None:
-    lines.append(textwrap.fill(f'--config.KEY=VALUE: {config_help}' if config_help else '--config.KEY=VALUE',
-                               width=100, initial_indent='  ', subsequent_indent='    '))
+    lines.append(
+        textwrap.fill(
+            f'--config.KEY=VALUE: {config_help}' if config_help else '--config.KEY=VALUE',
+            width=100,
+            initial_indent='  ',
+            subsequent_indent='    ',
+        )
+    )
     for section in config:
-      fields = ', '.join(config[section]) if isinstance(config[section], ml_collections.ConfigDict) else ''
-      lines.append(textwrap.fill(f'config.{section}.{{{fields}}}' if fields else f'config.{section}',
-                                 width=100, initial_indent='    ', subsequent_indent='      '))
+      fields = (
+          ', '.join(config[section])
+          if isinstance(config[section], ml_collections.ConfigDict)
+          else ''
+      )
+      lines.append(
+          textwrap.fill(
+              f'config.{section}.{{{fields}}}' if fields else f'config.{section}',
+              width=100,
+              initial_indent='    ',
+              subsequent_indent='      ',
+          )
+      )
   return '\n'.join(lines)
 
 
@@ -76,14 +95,23 @@ def _has_path(config: ml_collections.ConfigDict, path: str) -> bool:
   return True
 
 
-def _unknown_override(prog: str, argv: Sequence[str], schema: ml_collections.ConfigDict,
-                      error: Exception, config_help: str) -> Exit:
+def _unknown_override(
+    prog: str,
+    argv: Sequence[str],
+    schema: ml_collections.ConfigDict,
+    error: Exception,
+    config_help: str,
+) -> Exit:
   """The usage error of an override that names no field: config_flags' own message (a KeyError inside
   an AttributeError, with "Did you mean" when it has a guess), and the name as given."""
   inner = error.args[0] if error.args else error
   message = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
-  unknown = [arg.split('=', 1)[0] for arg in argv if arg.startswith('--config.')
-             and not _has_path(schema, arg.split('=', 1)[0][len('--config.'):])]
+  unknown = [
+      arg.split('=', 1)[0]
+      for arg in argv
+      if arg.startswith('--config.')
+      and not _has_path(schema, arg.split('=', 1)[0][len('--config.') :])
+  ]
   name = unknown[0] if unknown else '--config.*'
   text = f'unknown flag {name}: no field {message}'
   if config_help:
@@ -100,9 +128,16 @@ def _clear(flag_values: flags.FlagValues) -> None:
   flag_values.unparse_flags()
 
 
-def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: str, doc: str = '',
-          config: Callable[[], ml_collections.ConfigDict] | None = None, config_help: str = '',
-          max_positional: int | None = 0) -> list[str]:
+def parse(
+    flag_values: flags.FlagValues,
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    doc: str = '',
+    config: Callable[[], ml_collections.ConfigDict] | None = None,
+    config_help: str = '',
+    max_positional: int | None = 0,
+) -> list[str]:
   """Parses `argv` (without the program name; None: sys.argv[1:]) into `flag_values`, every flag starting
   from its default. Returns the positional arguments (at most `max_positional`; None: any number).
 
@@ -113,13 +148,18 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: st
   Raises Exit(0) after printing --help, Exit(2) after printing a usage error.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  flagged = argv[:argv.index('--')] if '--' in argv else argv
+  flagged = argv[: argv.index('--')] if '--' in argv else argv
   _clear(flag_values)
   schema = config() if config is not None else None
   if schema is not None:
     try:
-      config_flags.DEFINE_config_dict('config', schema, config_help or 'config overrides',
-                                      flag_values=flag_values, sys_argv=[prog, *argv])
+      config_flags.DEFINE_config_dict(
+          'config',
+          schema,
+          config_help or 'config overrides',
+          flag_values=flag_values,
+          sys_argv=[prog, *argv],
+      )
     except AttributeError as error:  # config_flags: an override naming no field
       raise _unknown_override(prog, argv, config(), error, config_help) from None
     except flags.Error as error:

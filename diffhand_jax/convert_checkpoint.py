@@ -43,12 +43,22 @@ class _ImageSizeParser(flags.ArgumentParser):
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('model', None, f'timm model name, one of: {", ".join(sorted(vit.VIT_CONFIGS))}',
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+    'model',
+    None,
+    f'timm model name, one of: {", ".join(sorted(vit.VIT_CONFIGS))}',
+    flag_values=FLAGS,
+)
 flags.DEFINE_string('input', None, '.pth, .pt, .bin or .safetensors checkpoint', flag_values=FLAGS)
 flags.DEFINE_string('output', None, 'output .msgpack file', flag_values=FLAGS)
-flags.DEFINE(_ImageSizeParser(), 'img_size', None, "input size N or H,W (default: the model's native size); "
-             'the position embedding is resampled to it', flag_values=FLAGS)
+flags.DEFINE(
+    _ImageSizeParser(),
+    'img_size',
+    None,
+    "input size N or H,W (default: the model's native size); "
+    'the position embedding is resampled to it',
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(['model', 'input', 'output'], flag_values=FLAGS)
 
 
@@ -59,12 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   except command_line.Exit as done:
     return done.code
   try:
-    module, params = encoder_weights.convert(FLAGS.model, FLAGS.input, FLAGS.output, img_size=FLAGS.img_size)
+    module, params = encoder_weights.convert(
+        FLAGS.model, FLAGS.input, FLAGS.output, img_size=FLAGS.img_size
+    )
   except (encoder_weights.CheckpointError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
-  print(f'wrote {FLAGS.output}: {FLAGS.model} at {vit.image_size_pair(module.img_size)}, {count:,} parameters')
+  print(
+      f'wrote {FLAGS.output}: {FLAGS.model} at {vit.image_size_pair(module.img_size)}, {count:,} parameters'
+  )
   return 0
 
 

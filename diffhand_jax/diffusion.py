@@ -47,7 +47,9 @@ def _cosine_alpha_bar(fraction: np.ndarray, s: float) -> np.ndarray:
   return np.cos((fraction + s) / (1.0 + s) * np.pi / 2.0) ** 2
 
 
-def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
+def cosine_schedule(
+    num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+) -> Schedule:
   """The cosine schedule of Nichol & Dhariwal (2021), as diffusers' ``squaredcos_cap_v2``.
 
   Args:
@@ -63,8 +65,9 @@ def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float
   if not 0.0 < max_beta < 1.0:
     raise ValueError(f'max_beta must lie in (0, 1), got {max_beta!r}')
   steps = np.arange(num_timesteps, dtype=np.float64)
-  ratio = (_cosine_alpha_bar((steps + 1) / num_timesteps, s)
-           / _cosine_alpha_bar(steps / num_timesteps, s))
+  ratio = _cosine_alpha_bar((steps + 1) / num_timesteps, s) / _cosine_alpha_bar(
+      steps / num_timesteps, s
+  )
   betas = np.minimum(1.0 - ratio, max_beta).astype(np.float32)
   # The cumulative product runs in float32, as the reference implementation does.
   alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
@@ -106,7 +109,8 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
   """
   if int(num_steps) != num_steps or not 1 <= num_steps <= num_timesteps:
     raise ValueError(
-        f'num_steps must be an integer in [1, num_timesteps={num_timesteps}], got {num_steps!r}')
+        f'num_steps must be an integer in [1, num_timesteps={num_timesteps}], got {num_steps!r}'
+    )
   i = np.arange(num_steps, dtype=np.float64)
   listed = np.round((num_steps - i) * num_timesteps / num_steps).astype(np.int64) - 1
   return np.concatenate([listed, [-1]]).astype(np.int32)
@@ -124,14 +128,16 @@ def _is_concrete_zero(eta) -> bool:
     return False
 
 
-def ddim_sample(denoise_fn: DenoiseFn,
-                x_T: jax.Array,
-                schedule: Schedule,
-                *,
-                num_steps: int = 10,
-                eta: float | jax.Array = 0.0,
-                key: jax.Array | None = None,
-                return_trajectory: bool = False):
+def ddim_sample(
+    denoise_fn: DenoiseFn,
+    x_T: jax.Array,
+    schedule: Schedule,
+    *,
+    num_steps: int = 10,
+    eta: float | jax.Array = 0.0,
+    key: jax.Array | None = None,
+    return_trajectory: bool = False,
+):
   """Runs DDIM from x_T to x_0 in one ``lax.scan``.
 
   Step i goes from τ_i to τ_{i+1} (see ``ddim_timesteps``) and computes
@@ -156,12 +162,16 @@ def ddim_sample(denoise_fn: DenoiseFn,
   if x_T.ndim < 1:
     raise ValueError(f'x_T must have a leading batch axis, got shape {x_T.shape}')
   if key is None and not _is_concrete_zero(eta):
-    raise ValueError(f'ddim_sample: eta={eta!r} draws fresh noise at every step, so it needs key=; '
-                     'pass a jax.random key (or use eta=0 for the deterministic sampler)')
+    raise ValueError(
+        f'ddim_sample: eta={eta!r} draws fresh noise at every step, so it needs key=; '
+        'pass a jax.random key (or use eta=0 for the deterministic sampler)'
+    )
   timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
   batch = x_T.shape[0]
   stochastic = key is not None
-  step_keys = jax.random.split(key, num_steps) if stochastic else jnp.zeros((num_steps,), jnp.uint32)
+  step_keys = (
+      jax.random.split(key, num_steps) if stochastic else jnp.zeros((num_steps,), jnp.uint32)
+  )
 
   def step(x_t, scanned):
     t_now, t_next, step_key = scanned
@@ -172,7 +182,8 @@ def ddim_sample(denoise_fn: DenoiseFn,
     x0_hat = x0_hat.astype(x_t.dtype)
     eps_hat = (x_t - jnp.sqrt(alpha_now) * x0_hat) / jnp.sqrt(1.0 - alpha_now)
     sigma = jnp.asarray(eta, x_t.dtype) * jnp.sqrt(
-        (1.0 - alpha_now / alpha_next) * (1.0 - alpha_next) / (1.0 - alpha_now))
+        (1.0 - alpha_now / alpha_next) * (1.0 - alpha_next) / (1.0 - alpha_now)
+    )
     # Clamped: at the last step 1 − ᾱ_next − σ² is 0 and rounding may make it a hair negative.
     direction = jnp.sqrt(jnp.maximum(1.0 - alpha_next - sigma**2, 0.0))
     x_next = jnp.sqrt(alpha_next) * x0_hat + direction * eps_hat

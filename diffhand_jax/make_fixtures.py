@@ -20,14 +20,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from diffhand_jax.data import fixtures
+
   unknown = sorted(set(FLAGS.which) - set(fixtures.MAKERS))
   if unknown:
-    raise app.UsageError(f'--which: unknown dataset(s) {unknown}; choose from {sorted(fixtures.MAKERS)}')
+    raise app.UsageError(
+        f'--which: unknown dataset(s) {unknown}; choose from {sorted(fixtures.MAKERS)}'
+    )
   fixtures.make(FLAGS.out, FLAGS.which)
   print(f'wrote {", ".join(FLAGS.which)} fixtures and MANO stand-ins under {FLAGS.out}')
   for name in FLAGS.which:
-    print(f'  tfds build datasets/{name} --manual_dir={os.path.join(FLAGS.out, name)} --data_dir=DATA_DIR '
-          f'(with DIFFHAND_MANO_DIR={os.path.join(FLAGS.out, "mano")})')
+    print(
+        f'  tfds build datasets/{name} --manual_dir={os.path.join(FLAGS.out, name)} --data_dir=DATA_DIR '
+        f'(with DIFFHAND_MANO_DIR={os.path.join(FLAGS.out, "mano")})'
+    )
 
 
 if __name__ == '__main__':

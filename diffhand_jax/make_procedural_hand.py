@@ -20,6 +20,7 @@ def main(argv):
 
   from diffhand_jax import mano
   from diffhand_jax.geometry import procedural_hand
+
   out = FLAGS.out or mano.PROCEDURAL_PATH
   arrays = procedural_hand.generate()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -37,7 +37,11 @@ from scipy.spatial import cKDTree
 
 NUM_JOINTS = 21
 ROOT_JOINT = 0  # the wrist in FreiHAND/OpenPose 21-order
-AUC_MIN_M, AUC_MAX_M, AUC_STEPS = 0.0, 0.05, 100  # 0-50 mm in 100 thresholds, as EvalUtil.get_measures
+AUC_MIN_M, AUC_MAX_M, AUC_STEPS = (
+    0.0,
+    0.05,
+    100,
+)  # 0-50 mm in 100 thresholds, as EvalUtil.get_measures
 F_THRESHOLDS_M = (0.005, 0.015)  # F@5 mm and F@15 mm
 METRIC_KEYS = ('mpjpe', 'pa_mpjpe', 'mpvpe', 'pa_mpvpe', 'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15')
 _EPS_NORM = 1e-8  # added to the Frobenius norms, as in FreiHAND's align_w_scale
@@ -49,31 +53,47 @@ _NN_CHUNK = 256  # samples per k-d tree in the F-score search (bounds memory, ke
 # Input checks
 # ---------------------------------------------------------------------------------------------------
 
-def _as_points(func: str, name: str, value, *, batched: bool, num_points: int | None = None) -> np.ndarray:
+
+def _as_points(
+    func: str, name: str, value, *, batched: bool, num_points: int | None = None
+) -> np.ndarray:
   """Returns `value` as float64 (B, K, 3) (or (K, 3) when not batched); raises ValueError otherwise."""
   expected = ('(B, ' if batched else '(') + (str(num_points) if num_points else 'K') + ', 3)'
   try:
     array = np.asarray(value, dtype=np.float64)
   except (TypeError, ValueError) as error:
-    raise ValueError(f'metrics.{func}: {name} must be a numeric array of shape {expected}; '
-                     f'could not convert it ({error})') from None
+    raise ValueError(
+        f'metrics.{func}: {name} must be a numeric array of shape {expected}; '
+        f'could not convert it ({error})'
+    ) from None
   ndim = 3 if batched else 2
-  if (array.ndim != ndim or array.shape[-1] != 3 or 0 in array.shape
-      or (num_points is not None and array.shape[-2] != num_points)):
+  if (
+      array.ndim != ndim
+      or array.shape[-1] != 3
+      or 0 in array.shape
+      or (num_points is not None and array.shape[-2] != num_points)
+  ):
     raise ValueError(f'metrics.{func}: {name} must have shape {expected}, got {array.shape}')
   if not np.all(np.isfinite(array)):
     bad = ~np.isfinite(array)
-    where = (f'sample(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}' if batched
-             else f'point(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}')
-    raise ValueError(f'metrics.{func}: {name} holds {int(bad.sum())} NaN/inf value(s), in {where}; '
-                     'metrics need finite coordinates')
+    where = (
+        f'sample(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}'
+        if batched
+        else f'point(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}'
+    )
+    raise ValueError(
+        f'metrics.{func}: {name} holds {int(bad.sum())} NaN/inf value(s), in {where}; '
+        'metrics need finite coordinates'
+    )
   return array
 
 
 def _check_same_shape(func: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
   if arrays[0].shape != arrays[1].shape:
-    raise ValueError(f'metrics.{func}: {names[0]} and {names[1]} must have the same shape, got '
-                     f'{arrays[0].shape} and {arrays[1].shape}')
+    raise ValueError(
+        f'metrics.{func}: {names[0]} and {names[1]} must have the same shape, got '
+        f'{arrays[0].shape} and {arrays[1].shape}'
+    )
 
 
 def _check_same_batch(func: str, named: dict[str, np.ndarray]) -> None:
@@ -85,6 +105,7 @@ def _check_same_batch(func: str, named: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Alignment
 # ---------------------------------------------------------------------------------------------------
+
 
 def align_w_scale(gt, pred) -> np.ndarray:
   """FreiHAND's `align_w_scale`: `pred` (K, 3) aligned to `gt` (K, 3) by a similarity transform.
@@ -195,13 +216,15 @@ def align_umeyama(gt, pred) -> np.ndarray:
 # Distances, PCK / AUC, F-score
 # ---------------------------------------------------------------------------------------------------
 
+
 def point_distances(gt, pred) -> np.ndarray:
   """Euclidean distance of corresponding points, (B, K, 3) each -> (B, K), in the inputs' units."""
   return np.sqrt(np.sum(np.square(np.asarray(gt, np.float64) - np.asarray(pred, np.float64)), -1))
 
 
-def auc_thresholds(val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M,
-                   steps: int = AUC_STEPS) -> np.ndarray:
+def auc_thresholds(
+    val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M, steps: int = AUC_STEPS
+) -> np.ndarray:
   """The PCK thresholds of EvalUtil.get_measures: linspace(val_min, val_max, steps), metres."""
   return np.linspace(val_min, val_max, steps)
 
@@ -217,8 +240,9 @@ def pck_curve(distances, thresholds=None) -> np.ndarray:
   return np.mean(distances[..., None] <= thresholds, axis=0)
 
 
-def auc_per_sample(distances, val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M,
-                   steps: int = AUC_STEPS) -> np.ndarray:
+def auc_per_sample(
+    distances, val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M, steps: int = AUC_STEPS
+) -> np.ndarray:
   """Per-sample PCK AUC: (B, K) distances in metres -> (B,), each the mean over keypoints.
 
   For one distance e, PCK(t) = [e <= t] is a step in t, so its trapezoid integral over the thresholds is
@@ -299,6 +323,7 @@ def _fscore(gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float]) -> np
 # Evaluation
 # ---------------------------------------------------------------------------------------------------
 
+
 def _check_eval_inputs(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
   pred_joints = _as_points(func, 'pred_joints', pred_joints, batched=True, num_points=NUM_JOINTS)
   gt_joints = _as_points(func, 'gt_joints', gt_joints, batched=True, num_points=NUM_JOINTS)
@@ -315,7 +340,7 @@ def _check_eval_inputs(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
 
 
 def _root_relative(points: np.ndarray, joints: np.ndarray) -> np.ndarray:
-  return points - joints[:, ROOT_JOINT:ROOT_JOINT + 1]
+  return points - joints[:, ROOT_JOINT : ROOT_JOINT + 1]
 
 
 def evaluate_per_sample(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[str, np.ndarray]:
@@ -329,11 +354,14 @@ def evaluate_per_sample(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[st
 
 def _evaluate_per_sample(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
   pred_joints, gt_joints, pred_verts, gt_verts = _check_eval_inputs(
-      func, pred_joints, gt_joints, pred_verts, gt_verts)
-  joint_err = point_distances(_root_relative(gt_joints, gt_joints),
-                              _root_relative(pred_joints, pred_joints))
-  vert_err = point_distances(_root_relative(gt_verts, gt_joints),
-                             _root_relative(pred_verts, pred_joints))
+      func, pred_joints, gt_joints, pred_verts, gt_verts
+  )
+  joint_err = point_distances(
+      _root_relative(gt_joints, gt_joints), _root_relative(pred_joints, pred_joints)
+  )
+  vert_err = point_distances(
+      _root_relative(gt_verts, gt_joints), _root_relative(pred_verts, pred_joints)
+  )
   joints_aligned = _align_w_scale_batch(gt_joints, pred_joints)
   verts_aligned = _align_w_scale_batch(gt_verts, pred_verts)
   joint_err_pa = point_distances(gt_joints, joints_aligned)
@@ -365,8 +393,9 @@ def evaluate(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[str, float]:
   return _mean_of(_evaluate_per_sample('evaluate', pred_joints, gt_joints, pred_verts, gt_verts))
 
 
-def evaluate_dexycb_per_sample(pred_joints, gt_joints, pred_verts=None,
-                               gt_verts=None) -> dict[str, np.ndarray]:
+def evaluate_dexycb_per_sample(
+    pred_joints, gt_joints, pred_verts=None, gt_verts=None
+) -> dict[str, np.ndarray]:
   """DexYCB metrics per sample, as HandOccNet reports them: dict of float64 (B,) arrays.
 
   mpjpe: root-relative (each set minus its own wrist), mm. pa_mpjpe: after Umeyama alignment with the
@@ -374,15 +403,18 @@ def evaluate_dexycb_per_sample(pred_joints, gt_joints, pred_verts=None,
   mpvpe, pa_mpvpe, pa_auc_v, pa_f5 and pa_f15, the vertices aligned the same way, so the keys match
   `evaluate`.
   """
-  return _evaluate_dexycb_per_sample('evaluate_dexycb_per_sample', pred_joints, gt_joints, pred_verts,
-                                     gt_verts)
+  return _evaluate_dexycb_per_sample(
+      'evaluate_dexycb_per_sample', pred_joints, gt_joints, pred_verts, gt_verts
+  )
 
 
 def _evaluate_dexycb_per_sample(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
   pred_joints, gt_joints, pred_verts, gt_verts = _check_eval_inputs(
-      func, pred_joints, gt_joints, pred_verts, gt_verts)
-  joint_err = point_distances(_root_relative(gt_joints, gt_joints),
-                              _root_relative(pred_joints, pred_joints))
+      func, pred_joints, gt_joints, pred_verts, gt_verts
+  )
+  joint_err = point_distances(
+      _root_relative(gt_joints, gt_joints), _root_relative(pred_joints, pred_joints)
+  )
   joint_err_pa = point_distances(gt_joints, _align_umeyama_batch(gt_joints, pred_joints))
   out = {
       'mpjpe': joint_err.mean(-1) * _MM_PER_M,
@@ -390,22 +422,26 @@ def _evaluate_dexycb_per_sample(func: str, pred_joints, gt_joints, pred_verts, g
       'pa_auc_j': auc_per_sample(joint_err_pa),
   }
   if pred_verts is not None:
-    vert_err = point_distances(_root_relative(gt_verts, gt_joints),
-                               _root_relative(pred_verts, pred_joints))
+    vert_err = point_distances(
+        _root_relative(gt_verts, gt_joints), _root_relative(pred_verts, pred_joints)
+    )
     verts_aligned = _align_umeyama_batch(gt_verts, pred_verts)
     vert_err_pa = point_distances(gt_verts, verts_aligned)
     f_scores = _fscore(gt_verts, verts_aligned, F_THRESHOLDS_M)
-    out.update({
-        'mpvpe': vert_err.mean(-1) * _MM_PER_M,
-        'pa_mpvpe': vert_err_pa.mean(-1) * _MM_PER_M,
-        'pa_auc_v': auc_per_sample(vert_err_pa),
-        'pa_f5': f_scores[:, 0],
-        'pa_f15': f_scores[:, 1],
-    })
+    out.update(
+        {
+            'mpvpe': vert_err.mean(-1) * _MM_PER_M,
+            'pa_mpvpe': vert_err_pa.mean(-1) * _MM_PER_M,
+            'pa_auc_v': auc_per_sample(vert_err_pa),
+            'pa_f5': f_scores[:, 0],
+            'pa_f15': f_scores[:, 1],
+        }
+    )
   return out
 
 
 def evaluate_dexycb(pred_joints, gt_joints, pred_verts=None, gt_verts=None) -> dict[str, float]:
   """DexYCB metrics over a batch (mean of `evaluate_dexycb_per_sample`), as Python floats."""
-  return _mean_of(_evaluate_dexycb_per_sample('evaluate_dexycb', pred_joints, gt_joints, pred_verts,
-                                              gt_verts))
+  return _mean_of(
+      _evaluate_dexycb_per_sample('evaluate_dexycb', pred_joints, gt_joints, pred_verts, gt_verts)
+  )

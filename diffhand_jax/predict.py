@@ -44,55 +44,91 @@ from diffhand_jax.inference.predict import InputError
 PROG = 'python -m diffhand_jax.predict'
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'a training workdir (config.json, checkpoints/)', flag_values=FLAGS)
+flags.DEFINE_string(
+    'workdir', None, 'a training workdir (config.json, checkpoints/)', flag_values=FLAGS
+)
 flags.DEFINE_string('images', None, 'a folder of images', flag_values=FLAGS)
 flags.DEFINE_string('output', None, 'where the .obj/.png/.json files go', flag_values=FLAGS)
-flags.DEFINE_string('boxes', None, 'JSON {"name.jpg": [x0, y0, x1, y1]} (pixels)', flag_values=FLAGS)
-flags.DEFINE_float('box_scale', 1.3, 'crop side / longer box side (the training crops leave such a margin)',
-                   flag_values=FLAGS)
-flags.DEFINE_string('left', None, 'left hands: a JSON list/object file, or comma-separated names',
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+    'boxes', None, 'JSON {"name.jpg": [x0, y0, x1, y1]} (pixels)', flag_values=FLAGS
+)
+flags.DEFINE_float(
+    'box_scale',
+    1.3,
+    'crop side / longer box side (the training crops leave such a margin)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    'left', None, 'left hands: a JSON list/object file, or comma-separated names', flag_values=FLAGS
+)
 flags.DEFINE_bool('all_left', False, 'every image shows a left hand', flag_values=FLAGS)
 flags.DEFINE_integer('num_hypotheses', 5, 'hypotheses K per image', flag_values=FLAGS)
 flags.DEFINE_integer('steps', None, "DDIM steps (default: the config's)", flag_values=FLAGS)
 flags.DEFINE_float('eta', None, "DDIM eta (default: the config's)", flag_values=FLAGS)
-flags.DEFINE_enum('method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh',
-                  flag_values=FLAGS)
+flags.DEFINE_enum(
+    'method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh', flag_values=FLAGS
+)
 flags.DEFINE_bool('tta', False, 'test-time augmentation (rotations, scales)', flag_values=FLAGS)
-flags.DEFINE_string('tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS)
+flags.DEFINE_string(
+    'tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS
+)
 flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
 flags.DEFINE_integer('batch_size', 8, 'images per sampler call', flag_values=FLAGS)
-flags.DEFINE_integer('seed', 0, 'the sampler\'s random seed', flag_values=FLAGS)
-flags.DEFINE_integer('overlay_size', 256, 'side of the NAME.png overlays, pixels', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
+flags.DEFINE_integer(
+    'overlay_size', 256, 'side of the NAME.png overlays, pixels', flag_values=FLAGS
+)
 flags.mark_flags_as_required(['workdir', 'images', 'output'], flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command on `argv` (the flags, without the program name); returns the exit status."""
   try:
-    command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, config=overrides.override_fields,
-                       config_help=overrides.HELP)
+    command_line.parse(
+        FLAGS,
+        argv,
+        prog=PROG,
+        doc=__doc__,
+        config=overrides.override_fields,
+        config_help=overrides.HELP,
+    )
   except command_line.Exit as done:
     return done.code
   from diffhand_jax.inference import predict, tta
+
   try:
     tta_config = None
     if FLAGS.tta:
-      tta_config = tta.TTAConfig(angles_deg=tta.parse_list(FLAGS.tta_angles),
-                                 scales=tta.parse_list(FLAGS.tta_scales))
+      tta_config = tta.TTAConfig(
+          angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
+      )
     result = predict.predict_folder(
-        FLAGS.workdir, FLAGS.images, FLAGS.output, boxes=FLAGS.boxes, left=FLAGS.left,
-        all_left=FLAGS.all_left, box_scale=FLAGS.box_scale, num_hypotheses=FLAGS.num_hypotheses,
-        steps=FLAGS.steps, eta=FLAGS.eta, method=FLAGS.method, tta_config=tta_config,
-        batch_size=FLAGS.batch_size, seed=FLAGS.seed, overlay_size=FLAGS.overlay_size,
-        overrides=FLAGS.config)
+        FLAGS.workdir,
+        FLAGS.images,
+        FLAGS.output,
+        boxes=FLAGS.boxes,
+        left=FLAGS.left,
+        all_left=FLAGS.all_left,
+        box_scale=FLAGS.box_scale,
+        num_hypotheses=FLAGS.num_hypotheses,
+        steps=FLAGS.steps,
+        eta=FLAGS.eta,
+        method=FLAGS.method,
+        tta_config=tta_config,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed,
+        overlay_size=FLAGS.overlay_size,
+        overrides=FLAGS.config,
+    )
   except (InputError, FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
   print(f'wrote {len(result["written"])} predictions to {FLAGS.output}')
   if result['failed']:
-    print(f'could not read {len(result["failed"])} image(s): {", ".join(sorted(result["failed"]))}',
-          file=sys.stderr)
+    print(
+        f'could not read {len(result["failed"])} image(s): {", ".join(sorted(result["failed"]))}',
+        file=sys.stderr,
+    )
   return 0 if result['written'] else 1
 
 

@@ -23,12 +23,15 @@ from diffhand_jax import command_line
 PROG = 'python -m diffhand_jax.profiling'
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('preset', 'cpu_demo', 'the model preset (diffhand_jax/runs/model_presets.py)',
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+    'preset', 'cpu_demo', 'the model preset (diffhand_jax/runs/model_presets.py)', flag_values=FLAGS
+)
 flags.DEFINE_integer('batch', 1, 'images per call', flag_values=FLAGS)
 flags.DEFINE_integer('calls', 3, 'profiled calls (after one to compile)', flag_values=FLAGS)
 flags.DEFINE_integer('limit', 25, 'ops to print', flag_values=FLAGS)
-flags.DEFINE_string('trace_dir', None, 'keep the trace here (default: a temp dir)', flag_values=FLAGS)
+flags.DEFINE_string(
+    'trace_dir', None, 'keep the trace here (default: a temp dir)', flag_values=FLAGS
+)
 flags.DEFINE_bool('hlo', False, 'also print the HLO lines of the top ops', flag_values=FLAGS)
 
 
@@ -38,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rest = command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, max_positional=1)
     if len(rest) != 1 or rest[0] not in trace.TARGETS:
-      raise command_line.usage_error(PROG, f'name one target: {"|".join(trace.TARGETS)}'
-                                     + (f' (got {rest[0]!r})' if rest else ''))
+      raise command_line.usage_error(
+          PROG,
+          f'name one target: {"|".join(trace.TARGETS)}' + (f' (got {rest[0]!r})' if rest else ''),
+      )
   except command_line.Exit as done:
     return done.code
   fn, fn_args = trace.target(rest[0], FLAGS.preset, FLAGS.batch)
@@ -47,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   trace.print_top_ops(rows, FLAGS.limit)
   if FLAGS.hlo:
     text = jax.jit(fn).lower(*fn_args).compile().as_text()
-    print(trace.hlo_of(text, [r[2] for r in rows[:FLAGS.limit]]))
+    print(trace.hlo_of(text, [r[2] for r in rows[: FLAGS.limit]]))
   return 0
 
 

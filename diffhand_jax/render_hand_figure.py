@@ -28,66 +28,81 @@ flags.DEFINE_string('out', 'docs/procedural_hand.png', 'the PNG to write', flag_
 
 
 def _view_rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
-    """Rows: screen right, screen up, towards the viewer, for a camera orbiting the origin."""
-    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
-    towards_viewer = np.array([np.cos(el) * np.cos(az), np.sin(el), np.cos(el) * np.sin(az)])
-    up_hint = np.array([0.0, 1.0, 0.0]) if abs(np.sin(el)) < 0.99 else np.array([1.0, 0.0, 0.0])
-    right = np.cross(up_hint, towards_viewer)
-    right /= np.linalg.norm(right)
-    up = np.cross(towards_viewer, right)
-    return np.stack([right, up, towards_viewer])
+  """Rows: screen right, screen up, towards the viewer, for a camera orbiting the origin."""
+  az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
+  towards_viewer = np.array([np.cos(el) * np.cos(az), np.sin(el), np.cos(el) * np.sin(az)])
+  up_hint = np.array([0.0, 1.0, 0.0]) if abs(np.sin(el)) < 0.99 else np.array([1.0, 0.0, 0.0])
+  right = np.cross(up_hint, towards_viewer)
+  right /= np.linalg.norm(right)
+  up = np.cross(towards_viewer, right)
+  return np.stack([right, up, towards_viewer])
 
 
-def draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, rotation: np.ndarray, colour=(0.93, 0.74, 0.62),
-              highlight: np.ndarray | None = None) -> None:
-    """Draws a closed mesh (V, 3) with faces (F, 3) on a 2-D axis, orthographic, shaded."""
-    camera = (vertices - vertices.mean(axis=0)) @ rotation.T
-    triangles = camera[faces]
-    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
-    visible = normals[:, 2] > 0
-    order = np.argsort(triangles[:, :, 2].mean(axis=1))
-    order = order[visible[order]]
-    light = np.array([0.35, 0.55, 0.76])
-    light /= np.linalg.norm(light)
-    shade = 0.35 + 0.65 * np.clip(normals[order] @ light, 0.0, 1.0)
-    colours = np.clip(np.array(colour)[None, :] * shade[:, None], 0, 1)
-    collection = PolyCollection(triangles[order][:, :, :2], facecolors=colours, edgecolors=colours * 0.85,
-                                linewidths=0.15)
-    ax.add_collection(collection)
-    if highlight is not None:
-        points = camera[highlight]
-        front = points[:, 2] > -1  # always show
-        ax.scatter(points[front, 0], points[front, 1], s=6, c='tab:blue', zorder=3)
-    ax.set_aspect('equal')
-    ax.set_xlim(-0.12, 0.12)
-    ax.set_ylim(-0.12, 0.12)
-    ax.axis('off')
+def draw_mesh(
+    ax,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    rotation: np.ndarray,
+    colour=(0.93, 0.74, 0.62),
+    highlight: np.ndarray | None = None,
+) -> None:
+  """Draws a closed mesh (V, 3) with faces (F, 3) on a 2-D axis, orthographic, shaded."""
+  camera = (vertices - vertices.mean(axis=0)) @ rotation.T
+  triangles = camera[faces]
+  normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+  normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+  visible = normals[:, 2] > 0
+  order = np.argsort(triangles[:, :, 2].mean(axis=1))
+  order = order[visible[order]]
+  light = np.array([0.35, 0.55, 0.76])
+  light /= np.linalg.norm(light)
+  shade = 0.35 + 0.65 * np.clip(normals[order] @ light, 0.0, 1.0)
+  colours = np.clip(np.array(colour)[None, :] * shade[:, None], 0, 1)
+  collection = PolyCollection(
+      triangles[order][:, :, :2], facecolors=colours, edgecolors=colours * 0.85, linewidths=0.15
+  )
+  ax.add_collection(collection)
+  if highlight is not None:
+    points = camera[highlight]
+    front = points[:, 2] > -1  # always show
+    ax.scatter(points[front, 0], points[front, 1], s=6, c='tab:blue', zorder=3)
+  ax.set_aspect('equal')
+  ax.set_xlim(-0.12, 0.12)
+  ax.set_ylim(-0.12, 0.12)
+  ax.axis('off')
 
 
 def render(out_path: str) -> None:
-    model = mano.load_procedural('right')
-    faces = np.asarray(model.faces)
-    poses = [('flat', mano.named_pose(model, 'flat')), ('fist', mano.named_pose(model, 'fist')),
-             ('pointing', mano.named_pose(model, 'point'))]
-    views = [('palm side', _view_rotation(-70.0, -65.0)), ('back, from the thumb side', _view_rotation(60.0, 35.0))]
-    figure, axes = plt.subplots(len(views), len(poses), figsize=(3.2 * len(poses), 3.2 * len(views)))
-    for column, (name, pose) in enumerate(poses):
-        vertices, _ = mano.forward(model, pose[None], flat_hand_mean=True)
-        vertices = np.asarray(vertices[0], np.float64)
-        for row, (view_name, rotation) in enumerate(views):
-            ax = axes[row, column]
-            draw_mesh(ax, vertices, faces, rotation)
-            if row == 0:
-                ax.set_title(name, fontsize=11)
-            if column == 0:
-                ax.text(-0.12, 0.11, view_name, fontsize=8, va='top')
-    figure.suptitle('diffhand-jax procedural hand (licence-free, MANO topology: 778 vertices, 16 joints)',
-                    fontsize=9)
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    figure.savefig(out_path, dpi=110)
-    plt.close(figure)
+  model = mano.load_procedural('right')
+  faces = np.asarray(model.faces)
+  poses = [
+      ('flat', mano.named_pose(model, 'flat')),
+      ('fist', mano.named_pose(model, 'fist')),
+      ('pointing', mano.named_pose(model, 'point')),
+  ]
+  views = [
+      ('palm side', _view_rotation(-70.0, -65.0)),
+      ('back, from the thumb side', _view_rotation(60.0, 35.0)),
+  ]
+  figure, axes = plt.subplots(len(views), len(poses), figsize=(3.2 * len(poses), 3.2 * len(views)))
+  for column, (name, pose) in enumerate(poses):
+    vertices, _ = mano.forward(model, pose[None], flat_hand_mean=True)
+    vertices = np.asarray(vertices[0], np.float64)
+    for row, (view_name, rotation) in enumerate(views):
+      ax = axes[row, column]
+      draw_mesh(ax, vertices, faces, rotation)
+      if row == 0:
+        ax.set_title(name, fontsize=11)
+      if column == 0:
+        ax.text(-0.12, 0.11, view_name, fontsize=8, va='top')
+  figure.suptitle(
+      'diffhand-jax procedural hand (licence-free, MANO topology: 778 vertices, 16 joints)',
+      fontsize=9,
+  )
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  figure.savefig(out_path, dpi=110)
+  plt.close(figure)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

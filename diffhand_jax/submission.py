@@ -61,49 +61,95 @@ from diffhand_jax.inference.submission import BENCHMARKS, SubmissionError
 PROG = 'python -m diffhand_jax.submission'
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'a training workdir (config.json, checkpoints/)', flag_values=FLAGS)
-flags.DEFINE_enum('benchmark', None, BENCHMARKS, 'the benchmark whose file to write', flag_values=FLAGS)
-flags.DEFINE_string('output', None, 'pred.zip (freihand, ho3d) or a .txt (dexycb)', flag_values=FLAGS)
-flags.DEFINE_string('split', None, 'the evaluation split (default: config.dataset.eval_split)',
-                    flag_values=FLAGS)
-flags.DEFINE_integer('num_hypotheses', None, 'hypotheses K per image (default: config.model.num_hypotheses)',
-                     flag_values=FLAGS)
-flags.DEFINE_enum('method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh',
-                  flag_values=FLAGS)
+flags.DEFINE_string(
+    'workdir', None, 'a training workdir (config.json, checkpoints/)', flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    'benchmark', None, BENCHMARKS, 'the benchmark whose file to write', flag_values=FLAGS
+)
+flags.DEFINE_string(
+    'output', None, 'pred.zip (freihand, ho3d) or a .txt (dexycb)', flag_values=FLAGS
+)
+flags.DEFINE_string(
+    'split', None, 'the evaluation split (default: config.dataset.eval_split)', flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    'num_hypotheses',
+    None,
+    'hypotheses K per image (default: config.model.num_hypotheses)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    'method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh', flag_values=FLAGS
+)
 flags.DEFINE_bool('tta', False, 'test-time augmentation (rotations, scales)', flag_values=FLAGS)
-flags.DEFINE_string('tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS)
+flags.DEFINE_string(
+    'tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS
+)
 flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
-flags.DEFINE_integer('seed', 0, 'the sampler\'s random seed', flag_values=FLAGS)
-flags.DEFINE_string('root_feature', None, 'ho3d: the feature holding the given root', flag_values=FLAGS)
-flags.DEFINE_string('id_feature', None, "dexycb: the feature holding the toolkit's sample index (default: "
-                    'the first of image_id, sample_id, id; datasets/dex_ycb emits sample_id)', flag_values=FLAGS)
-flags.DEFINE_integer('max_examples', None, 'for a quick try: the file then lacks the rest of the split (a '
-                     'DexYCB file is then incomplete, which the toolkit refuses)', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
+flags.DEFINE_string(
+    'root_feature', None, 'ho3d: the feature holding the given root', flag_values=FLAGS
+)
+flags.DEFINE_string(
+    'id_feature',
+    None,
+    "dexycb: the feature holding the toolkit's sample index (default: "
+    'the first of image_id, sample_id, id; datasets/dex_ycb emits sample_id)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    'max_examples',
+    None,
+    'for a quick try: the file then lacks the rest of the split (a '
+    'DexYCB file is then incomplete, which the toolkit refuses)',
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(['workdir', 'benchmark', 'output'], flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command on `argv` (the flags, without the program name); returns the exit status."""
   try:
-    command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, config=overrides.override_fields,
-                       config_help=overrides.HELP)
+    command_line.parse(
+        FLAGS,
+        argv,
+        prog=PROG,
+        doc=__doc__,
+        config=overrides.override_fields,
+        config_help=overrides.HELP,
+    )
   except command_line.Exit as done:
     return done.code
   from diffhand_jax.inference import submission, tta
+
   try:
     tta_config = None
     if FLAGS.tta:
-      tta_config = tta.TTAConfig(angles_deg=tta.parse_list(FLAGS.tta_angles),
-                                 scales=tta.parse_list(FLAGS.tta_scales))
+      tta_config = tta.TTAConfig(
+          angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
+      )
     summary = submission.write_submission(
-        FLAGS.workdir, FLAGS.benchmark, FLAGS.output, overrides=FLAGS.config, split=FLAGS.split,
-        num_hypotheses=FLAGS.num_hypotheses, method=FLAGS.method, tta_config=tta_config, seed=FLAGS.seed,
-        root_feature=FLAGS.root_feature, id_feature=FLAGS.id_feature, max_examples=FLAGS.max_examples)
+        FLAGS.workdir,
+        FLAGS.benchmark,
+        FLAGS.output,
+        overrides=FLAGS.config,
+        split=FLAGS.split,
+        num_hypotheses=FLAGS.num_hypotheses,
+        method=FLAGS.method,
+        tta_config=tta_config,
+        seed=FLAGS.seed,
+        root_feature=FLAGS.root_feature,
+        id_feature=FLAGS.id_feature,
+        max_examples=FLAGS.max_examples,
+    )
   except (SubmissionError, ValueError, FileNotFoundError, KeyError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
-  print(f'wrote {summary["output"]}: {summary["count"]} {FLAGS.benchmark} predictions '
-        f'({json.dumps({k: v for k, v in summary.items() if k not in ("output", "count")})})')
+  print(
+      f'wrote {summary["output"]}: {summary["count"]} {FLAGS.benchmark} predictions '
+      f'({json.dumps({k: v for k, v in summary.items() if k not in ("output", "count")})})'
+  )
   return 0
 
 

@@ -11,6 +11,7 @@ import tempfile
 
 def tiny_config(data_dir):
   from diffhand_jax.runs import model_presets, run_config
+
   config = run_config.config_file('synthetic')
   config.dataset.config_name = 'tiny'
   config.dataset.data_dir = str(data_dir)
@@ -27,10 +28,11 @@ def tiny_config(data_dir):
   return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_workdir() -> tuple[str, str]:
   """(workdir, tfds data_dir) of a 4-step run; removed when the process exits."""
   from diffhand_jax.training import train
+
   base = tempfile.mkdtemp(prefix='diffhand_inference_tests_')
   atexit.register(shutil.rmtree, base, True)
   data_dir = os.path.join(base, 'tfds')

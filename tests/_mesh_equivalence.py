@@ -5,7 +5,9 @@ Used by tests/test_multiprocess.py::test_meshes_match_one_device."""
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8 ' + os.environ.get('XLA_FLAGS', '')
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8 ' + os.environ.get(
+    'XLA_FLAGS', ''
+)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import functools  # noqa: E402
@@ -24,27 +26,50 @@ from diffhand_jax.models import diffhand  # noqa: E402
 from diffhand_jax.runs import state as state_lib  # noqa: E402
 from diffhand_jax.training import sharding, step as step_lib  # noqa: E402
 
-MESHES = {'one_device': {'data': 1, 'fsdp': 1}, 'data8': {'data': 8, 'fsdp': 1},
-          'data2_fsdp4': {'data': 2, 'fsdp': 4}, 'fsdp8': {'data': 1, 'fsdp': 8}}
+MESHES = {
+    'one_device': {'data': 1, 'fsdp': 1},
+    'data8': {'data': 8, 'fsdp': 1},
+    'data2_fsdp4': {'data': 2, 'fsdp': 4},
+    'fsdp8': {'data': 1, 'fsdp': 8},
+}
 
 
 def run(config, arrays, mesh_config):
-  devices = jax.devices()[:int(np.prod(list(mesh_config.values())))]
+  devices = jax.devices()[: int(np.prod(list(mesh_config.values())))]
   mesh = sharding.make_mesh(mesh_config, devices)
-  topology = hand_model.hand_topology(hand_model.load_hand_model(config.dataset), config.dataset.get('tip_ids'))
+  topology = hand_model.hand_topology(
+      hand_model.load_hand_model(config.dataset), config.dataset.get('tip_ids')
+  )
   model = diffhand.build_model(config.model, topology.template)
   schedule = diffusion.cosine_schedule(config.model.num_timesteps)
   optimizer = state_lib.make_optimizer(config)
   abstract = state_lib.abstract_state(config, model, optimizer)
   shardings = sharding.state_shardings(mesh, abstract, min_size=1)
-  state = step_lib.init_sharded_state(config, model, optimizer, shardings, jax.random.PRNGKey(config.seed))
+  state = step_lib.init_sharded_state(
+      config, model, optimizer, shardings, jax.random.PRNGKey(config.seed)
+  )
   data_sharding = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(functools.partial(step_lib.train_step, model=model, optimizer=optimizer, schedule=schedule,
-                                      topology=topology, config=config),
-                    in_shardings=(shardings, data_sharding), out_shardings=(shardings, None))
-  batches = input_pipeline.train_batches(arrays, batch_size=config.batch_size, seed=config.seed, start_step=0,
-                                         vertex_scale=config.model.vertex_scale, image_size=config.model.img_size,
-                                         colour_strength=config.dataset.colour_jitter)
+  step_fn = jax.jit(
+      functools.partial(
+          step_lib.train_step,
+          model=model,
+          optimizer=optimizer,
+          schedule=schedule,
+          topology=topology,
+          config=config,
+      ),
+      in_shardings=(shardings, data_sharding),
+      out_shardings=(shardings, None),
+  )
+  batches = input_pipeline.train_batches(
+      arrays,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      start_step=0,
+      vertex_scale=config.model.vertex_scale,
+      image_size=config.model.img_size,
+      colour_strength=config.dataset.colour_jitter,
+  )
   keys = ('image', 'vertices', 'joints', 'joints_2d', 'has_3d')
   losses = []
   for _ in range(3):

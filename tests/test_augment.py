@@ -15,14 +15,18 @@ def test_crop_and_resize_hand_worked():
   # No rotation: the centre goes to (out - 1) / 2 = 39.5 and pixels scale by 80 / 40 = 2, so
   # (50, 40) -> ((50 - 30) * 2 + 39.5, (40 - 40) * 2 + 39.5).
   _, K1, affine = augment.crop_and_resize(image, K, box, 80)
-  np.testing.assert_allclose(augment.transform_points(np.array([[50.0, 40.0]]), affine), [[79.5, 39.5]])
+  np.testing.assert_allclose(
+      augment.transform_points(np.array([[50.0, 40.0]]), affine), [[79.5, 39.5]]
+  )
   np.testing.assert_allclose(augment.project(point, K1), [[79.5, 39.5]], atol=1e-9)
   # A quarter turn: the offset (20, 0) from the centre turns into (0, 20) (x right, y down), doubled.
   _, K2, affine = augment.crop_and_resize(image, K, box, 80, rotation=np.pi / 2)
-  np.testing.assert_allclose(augment.transform_points(np.array([[50.0, 40.0]]), affine), [[39.5, 79.5]],
-                             atol=1e-9)
-  np.testing.assert_allclose(augment.project(augment.rotate_points(point, np.pi / 2), K2), [[39.5, 79.5]],
-                             atol=1e-9)
+  np.testing.assert_allclose(
+      augment.transform_points(np.array([[50.0, 40.0]]), affine), [[39.5, 79.5]], atol=1e-9
+  )
+  np.testing.assert_allclose(
+      augment.project(augment.rotate_points(point, np.pi / 2), K2), [[39.5, 79.5]], atol=1e-9
+  )
   # Zoom 2x about the centre and shift the box right by a quarter of its width (10 px): the centre is now 40,
   # so (50, 40) -> ((50 - 40) * 4 + 39.5, 39.5).
   _, K3, affine = augment.crop_and_resize(image, K, box, 80, scale=2.0, translation=(0.25, 0.0))
@@ -32,9 +36,18 @@ def test_crop_and_resize_hand_worked():
 @pytest.mark.parametrize('seed', range(5))
 def test_projection_consistent_after_random_crop_rotate_scale(seed):
   rng = np.random.default_rng(seed)
-  K = np.array([[rng.uniform(400, 700), 0.0, rng.uniform(200, 400)],
-                [0.0, rng.uniform(400, 700), rng.uniform(150, 300)], [0.0, 0.0, 1.0]])  # fx != fy
-  joints = rng.normal(0.0, 0.04, size=(21, 3)) + [rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1), 0.6]
+  K = np.array(
+      [
+          [rng.uniform(400, 700), 0.0, rng.uniform(200, 400)],
+          [0.0, rng.uniform(400, 700), rng.uniform(150, 300)],
+          [0.0, 0.0, 1.0],
+      ]
+  )  # fx != fy
+  joints = rng.normal(0.0, 0.04, size=(21, 3)) + [
+      rng.uniform(-0.1, 0.1),
+      rng.uniform(-0.1, 0.1),
+      0.6,
+  ]
   box = augment.crop_box_from_points(augment.project(joints, K), 0.25)
   params = augment.sample_params(rng, max_rotation=np.pi)
   image = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
@@ -47,7 +60,9 @@ def test_projection_consistent_after_random_crop_rotate_scale(seed):
   # The rotation about the optical axis keeps depth and distances.
   rotated = augment.rotate_points(joints, params['rotation'])
   np.testing.assert_allclose(rotated[:, 2], joints[:, 2])
-  np.testing.assert_allclose(np.linalg.norm(rotated - rotated[0], axis=1), np.linalg.norm(joints - joints[0], axis=1))
+  np.testing.assert_allclose(
+      np.linalg.norm(rotated - rotated[0], axis=1), np.linalg.norm(joints - joints[0], axis=1)
+  )
 
 
 def test_image_content_follows_the_affine():
@@ -55,8 +70,15 @@ def test_image_content_follows_the_affine():
   image = np.zeros((120, 160, 3), np.uint8)
   image[70, 90] = 255  # a single bright pixel at x = 90, y = 70
   K = np.array([[150.0, 0, 80], [0, 150.0, 60], [0, 0, 1]])
-  out, _, affine = augment.crop_and_resize(image, K, np.array([40.0, 30.0, 130.0, 120.0]), 90, rotation=0.6,
-                                           scale=1.0, translation=(0.1, -0.05))
+  out, _, affine = augment.crop_and_resize(
+      image,
+      K,
+      np.array([40.0, 30.0, 130.0, 120.0]),
+      90,
+      rotation=0.6,
+      scale=1.0,
+      translation=(0.1, -0.05),
+  )
   target = augment.transform_points(np.array([[90.0, 70.0]]), affine)[0]
   y, x = np.unravel_index(np.argmax(out[..., 0]), out.shape[:2])
   assert abs(x - target[0]) <= 1.0 and abs(y - target[1]) <= 1.0

@@ -20,7 +20,9 @@ def test_scan_reconstruct_and_hand_written_loop_give_the_same_meshes():
   # the loop's jitted step is one decoder pass then the DDIM update (docs/design.md §3), worked here in numpy
   cond = fns['encode'](params, images)
   t_now, t_next = (int(t) for t in fns['timesteps'][:2])
-  x0_hat = np.asarray(fns['denoise'](params, cond, x_T[0], jnp.full((2,), t_now, jnp.int32)), np.float64)
+  x0_hat = np.asarray(
+      fns['denoise'](params, cond, x_T[0], jnp.full((2,), t_now, jnp.int32)), np.float64
+  )
   a_now, a_next = (float(schedule.alphas_cumprod[t]) for t in (t_now, t_next))
   x_t = np.asarray(x_T[0], np.float64)
   eps = (x_t - np.sqrt(a_now) * x0_hat) / np.sqrt(1 - a_now)
@@ -53,6 +55,7 @@ def test_bench_all_runs_peer_comparisons_first_and_refuses_flags(capsys):
 def test_each_benchmark_parses_its_own_flags(capsys):
   from diffhand_jax.benchmarks import encoder
   from diffhand_jax import command_line
+
   assert encoder.FLAGS is not sampler.FLAGS
   command_line.parse(sampler.FLAGS, ['--repeats=2', '--batch_sizes=4'], prog='sampler')
   command_line.parse(encoder.FLAGS, [], prog='encoder')

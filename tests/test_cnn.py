@@ -31,8 +31,12 @@ def test_cnn_encoder_in_diffhand_and_errors():
   config.encoder_overrides = {'widths': (16, 16, 32)}
   model = diffhand.build_model(config)
   params = diffhand.init(model, jax.random.PRNGKey(0), config.img_size)
-  x0_hat, camera = model.apply({'params': params}, jnp.zeros((2, 64, 64, 3)), jnp.zeros((2, 778, 3)),
-                               jnp.zeros((2,), jnp.int32))
+  x0_hat, camera = model.apply(
+      {'params': params},
+      jnp.zeros((2, 64, 64, 3)),
+      jnp.zeros((2, 778, 3)),
+      jnp.zeros((2,), jnp.int32),
+  )
   chex.assert_shape(x0_hat, (2, 778, 3))
   chex.assert_shape(camera, (2, 3))
   with pytest.raises(ValueError, match='unknown CNN encoder'):

@@ -4,8 +4,17 @@ import pytest
 
 from diffhand_jax.runs import run_config
 
-REQUIRED = ('seed', 'batch_size', 'num_train_steps', 'log_every_steps', 'eval_every_steps',
-            'checkpoint_every_steps', 'mesh', 'model', 'dataset')
+REQUIRED = (
+    'seed',
+    'batch_size',
+    'num_train_steps',
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+    'mesh',
+    'model',
+    'dataset',
+)
 
 
 @pytest.mark.parametrize('name', ['synthetic', 'freihand', 'ho3d', 'dexycb'])

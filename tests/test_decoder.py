@@ -3,6 +3,7 @@
 Small widths (D = 16, one block) keep compile time low; the structure (FPS levels, U shape, attention
 wiring) is the same as the paper-size decoder's.
 """
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -131,9 +132,12 @@ def test_vanilla_variant_shapes_and_inputs():
   chex.assert_shape(reference, (BATCH, 778, 3))
   chex.assert_tree_all_finite(reference)
   # No cross-attention: I_F is ignored; the image enters through I_E (in E_g) only.
-  np.testing.assert_array_equal(np.asarray(apply(params, x_t, t, features * 3.0, embedding)),
-                                np.asarray(reference))
-  assert np.abs(np.asarray(apply(params, x_t, t, features, embedding + 1.0) - reference)).max() > 1e-4
+  np.testing.assert_array_equal(
+      np.asarray(apply(params, x_t, t, features * 3.0, embedding)), np.asarray(reference)
+  )
+  assert (
+      np.abs(np.asarray(apply(params, x_t, t, features, embedding + 1.0) - reference)).max() > 1e-4
+  )
   assert "cross_attention" not in str(jax.tree_util.tree_structure(params))
 
 
@@ -187,6 +191,7 @@ def test_upsampling_starts_as_template_interpolation():
   and a coarse point that is also a fine point maps onto itself alone."""
   from diffhand_jax import mano
   from diffhand_jax.geometry import topology
+
   template = np.asarray(mano.load_procedural().v_template)
   fps = topology.fps_hierarchy(template, sizes=(195, 49))
   levels = decoder.upsampling_neighbours(template, fps, k=3)

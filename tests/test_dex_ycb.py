@@ -20,11 +20,13 @@ from diffhand_jax.data import input_pipeline, sources  # noqa: E402
 
 def _build(manual_dir, data_dir):
   builder = dex_ycb.Builder(data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+  )
   return builder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def built_fixture() -> dict:
   """The DexYCB fixture written and built once per pytest process (test_submission uses it too):
   {'root': the copy, 'data_dir': the TFDS data dir, 'truth', 'mano_dir'}; removed when the process exits.
@@ -36,7 +38,12 @@ def built_fixture() -> dict:
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('DIFFHAND_MANO_DIR', mano_dir)
     _build(base / 'dex_ycb', base / 'tfds')
-  return {'root': base / 'dex_ycb', 'data_dir': str(base / 'tfds'), 'truth': truth, 'mano_dir': mano_dir}
+  return {
+      'root': base / 'dex_ycb',
+      'data_dir': str(base / 'tfds'),
+      'truth': truth,
+      'mano_dir': mano_dir,
+  }
 
 
 # The toolkit's S0 subject indices per split (dex_ycb_toolkit/dex_ycb.py, DexYCBDataset.__init__, 's0').
@@ -61,9 +68,14 @@ def toolkit_samples(root, split):
     f, c = np.meshgrid(np.arange(num_frames), np.arange(len(serials)))
     mapping.append(np.stack([np.full(c.size, s), c.ravel(), f.ravel()], axis=1))
   mapping = np.concatenate(mapping)
-  return [(index, f'{sequences[s]}/{serials[c]}/{f}',
-           os.path.join(root, sequences[s], serials[c], f'labels_{f:06d}.npz'))
-          for index, (s, c, f) in enumerate(mapping)]
+  return [
+      (
+          index,
+          f'{sequences[s]}/{serials[c]}/{f}',
+          os.path.join(root, sequences[s], serials[c], f'labels_{f:06d}.npz'),
+      )
+      for index, (s, c, f) in enumerate(mapping)
+  ]
 
 
 def toolkit_evaluated_ids(root, split):
@@ -86,14 +98,22 @@ def fixture():
 
 
 def _key(example):
-  return '/'.join([example['subject'].decode(), example['sequence'].decode(), example['serial'].decode(),
-                   str(int(example['frame']))])
+  return '/'.join(
+      [
+          example['subject'].decode(),
+          example['sequence'].decode(),
+          example['serial'].decode(),
+          str(int(example['frame'])),
+      ]
+  )
 
 
 def test_s0_membership_and_filtering(fixture):
   truth = fixture['truth']
   for split in dex_ycb.SPLITS:
-    expected = {key for key, entry in truth.items() if entry['split'] == split and not entry['invalid']}
+    expected = {
+        key for key, entry in truth.items() if entry['split'] == split and not entry['invalid']
+    }
     keys = [_key(example) for example in fixture[split]]
     assert len(keys) == len(set(keys)) == len(expected), split
     assert set(keys) == expected, split
@@ -112,7 +132,9 @@ def test_s0_membership_and_filtering(fixture):
   assert not invalid & all_keys
   # Examples run camera by camera, then frame by frame, within a sequence (the toolkit's order).
   keys = [_key(e) for e in fixture['train']]
-  two_frames = [k for k in keys if '20200709_' in k and k.split('/')[1].endswith(f'{141754 + 97 * 3:06d}')]
+  two_frames = [
+      k for k in keys if '20200709_' in k and k.split('/')[1].endswith(f'{141754 + 97 * 3:06d}')
+  ]
   assert two_frames == sorted(two_frames, key=lambda k: (k.split('/')[2], int(k.split('/')[3])))
 
 
@@ -131,7 +153,9 @@ def test_sample_id_is_the_toolkit_index_with_gaps(fixture):
 
 def test_toolkit_counts_in_metadata(fixture):
   root = str(fixture['root'])
-  reloaded = dex_ycb.Builder(data_dir=fixture['data_dir'])  # reads what the build wrote to metadata.json
+  reloaded = dex_ycb.Builder(
+      data_dir=fixture['data_dir']
+  )  # reads what the build wrote to metadata.json
   toolkit = reloaded.info.metadata['toolkit']
   assert toolkit['full_release'] is False  # 3 subjects, 5 sequences each
   for split in dex_ycb.SPLITS:
@@ -190,17 +214,27 @@ def test_left_hand_is_marked_and_mirrors_into_a_right_hand(fixture):
   assert len(left) == 2  # one left sequence, two cameras
   example = left[0]
   images, K, joints, verts = input_pipeline.mirror_left_hands(
-      example['image'][None], example['K'][None], example['joints_3d'][None], example['vertices_3d'][None],
-      np.array([True]))
+      example['image'][None],
+      example['K'][None],
+      example['joints_3d'][None],
+      example['vertices_3d'][None],
+      np.array([True]),
+  )
   width = example['image'].shape[1]
-  np.testing.assert_allclose(sources.project(joints[0], K[0])[:, 0], width - 1 - example['joints_2d'][:, 0],
-                             atol=1e-3)
+  np.testing.assert_allclose(
+      sources.project(joints[0], K[0])[:, 0], width - 1 - example['joints_2d'][:, 0], atol=1e-3
+  )
   # The stand-in MANO_LEFT is the exact mirror of MANO_RIGHT: the mirrored left mesh is the right hand with
   # the mirrored pose (axis-angle y, z negated) and mirrored translation.
   flip = np.array([1.0, -1.0, -1.0])
   pose = (example['mano_pose'].reshape(16, 3) * flip).reshape(48)
-  right_verts, _ = fixture['hands']('right', pose, example['mano_shape'],
-                                    example['mano_trans'] * [-1.0, 1.0, 1.0], flat_hand_mean=False)
+  right_verts, _ = fixture['hands'](
+      'right',
+      pose,
+      example['mano_shape'],
+      example['mano_trans'] * [-1.0, 1.0, 1.0],
+      flat_hand_mean=False,
+  )
   np.testing.assert_allclose(verts[0], right_verts, atol=3e-5)
 
 
@@ -219,20 +253,34 @@ def test_corrupt_files_name_the_file(fixture, tmp_path):
   folder = copy / subject / sequence / serial
   image = folder / 'color_000000.jpg'
   image.write_bytes(image.read_bytes()[:200])
-  examples = dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
-                                       dex_ycb.collections.Counter(), False, {})
+  examples = dex_ycb.sequence_examples(
+      str(copy), f'{subject}/{sequence}', fixture['hands'], dex_ycb.collections.Counter(), False, {}
+  )
   with pytest.raises(sources.SourceError, match=rf'{serial}/color_000000\.jpg: cannot decode'):
     list(examples)
   label = folder / 'labels_000000.npz'
   label.write_bytes(label.read_bytes()[:300])
-  examples = dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
-                                       dex_ycb.collections.Counter(), False, {})
-  with pytest.raises(sources.SourceError, match=rf'{serial}/labels_000000\.npz: not a readable npz'):
+  examples = dex_ycb.sequence_examples(
+      str(copy), f'{subject}/{sequence}', fixture['hands'], dex_ycb.collections.Counter(), False, {}
+  )
+  with pytest.raises(
+      sources.SourceError, match=rf'{serial}/labels_000000\.npz: not a readable npz'
+  ):
     list(examples)
   os.remove(copy / 'calibration' / 'intrinsics' / f'{serial}_640x480.yml')
-  with pytest.raises(sources.SourceError, match=rf'intrinsics/{serial}_640x480\.yml: yaml file is missing'):
-    list(dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
-                                   dex_ycb.collections.Counter(), False, {}))
+  with pytest.raises(
+      sources.SourceError, match=rf'intrinsics/{serial}_640x480\.yml: yaml file is missing'
+  ):
+    list(
+        dex_ycb.sequence_examples(
+            str(copy),
+            f'{subject}/{sequence}',
+            fixture['hands'],
+            dex_ycb.collections.Counter(),
+            False,
+            {},
+        )
+    )
 
 
 def test_nan_label_names_the_file(fixture, tmp_path):
@@ -246,5 +294,13 @@ def test_nan_label_names_the_file(fixture, tmp_path):
   label['joint_3d'][0, 3, 1] = np.nan
   np.savez(path, **label)
   with pytest.raises(sources.SourceError, match=r"labels_000000\.npz 'joint_3d': contains NaN"):
-    list(dex_ycb.sequence_examples(str(copy), f'{subject}/{sequence}', fixture['hands'],
-                                   dex_ycb.collections.Counter(), False, {}))
+    list(
+        dex_ycb.sequence_examples(
+            str(copy),
+            f'{subject}/{sequence}',
+            fixture['hands'],
+            dex_ycb.collections.Counter(),
+            False,
+            {},
+        )
+    )

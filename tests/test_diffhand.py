@@ -1,4 +1,5 @@
 """Tests of the whole model (diffhand_jax/models/diffhand.py) with the 'tiny' preset."""
+
 import time
 from typing import Any
 
@@ -44,9 +45,12 @@ def rgb_fns(tiny):
   _, rgb_model, _, _ = tiny
   return {
       "apply": jax.jit(rgb_model.apply),
-      "encode": jax.jit(lambda v, images: rgb_model.apply(v, images, method=diffhand.DiffHand.encode)),
-      "denoise": jax.jit(lambda v, cond, x_t, t: rgb_model.apply(v, cond, x_t, t,
-                                                                 method=diffhand.DiffHand.denoise)),
+      "encode": jax.jit(
+          lambda v, images: rgb_model.apply(v, images, method=diffhand.DiffHand.encode)
+      ),
+      "denoise": jax.jit(
+          lambda v, cond, x_t, t: rgb_model.apply(v, cond, x_t, t, method=diffhand.DiffHand.denoise)
+      ),
   }
 
 
@@ -57,8 +61,9 @@ def _rgb_params(params):
 def test_rgb_params_are_the_depth_params_without_the_depth_block(tiny):
   config, rgb_model, _, params = tiny
   rgb_shapes = diffhand.param_shapes(rgb_model, config.img_size, batch=BATCH)
-  assert (jax.tree_util.tree_structure(rgb_shapes)
-          == jax.tree_util.tree_structure(_rgb_params(params)))
+  assert jax.tree_util.tree_structure(rgb_shapes) == jax.tree_util.tree_structure(
+      _rgb_params(params)
+  )
   assert "depth_block" in params
 
 
@@ -93,11 +98,18 @@ def test_depth_block_is_an_exact_no_op_at_init_but_trainable(tiny, rgb_fns):
   assert not np.any(np.asarray(block["zero_proj"]["kernel"]))
   assert not np.any(np.asarray(block["zero_proj"]["bias"]))
   assert np.all(np.asarray(block["conv_in"]["kernel"]).std() > 0)
+
   # ... so a loss on I_F reaches the zero projection at once (it would not if every layer were zero).
   def feature_loss(depth_params, features):
-    grid_features = depth_model.apply({"params": {"depth_block": depth_params}}, _depth(), (4, 4),
-                                      features.shape[-1], method=lambda m, *a: m.depth_block(*a))
+    grid_features = depth_model.apply(
+        {"params": {"depth_block": depth_params}},
+        _depth(),
+        (4, 4),
+        features.shape[-1],
+        method=lambda m, *a: m.depth_block(*a),
+    )
     return jnp.sum((features + grid_features) ** 2)
+
   features = jax.random.normal(jax.random.key(2), (BATCH, 16, 32))
   grads = jax.jit(jax.grad(feature_loss))(block, features)
   assert np.abs(np.asarray(grads["zero_proj"]["kernel"])).max() > 0
@@ -108,8 +120,9 @@ def test_depth_errors(tiny):
   with pytest.raises(ValueError, match="use_depth=True"):
     depth_model.apply({"params": params}, _images(), method=diffhand.DiffHand.encode)
   with pytest.raises(ValueError, match="use_depth=False"):
-    rgb_model.apply({"params": _rgb_params(params)}, _images(), _depth(),
-                    method=diffhand.DiffHand.encode)
+    rgb_model.apply(
+        {"params": _rgb_params(params)}, _images(), _depth(), method=diffhand.DiffHand.encode
+    )
 
 
 class _Calls:
@@ -128,6 +141,7 @@ class _Calls:
 class _CountingEncoder(nn.Module):
   """Wraps an encoder and counts, at run time, how often it executes (jax.debug.callback runs once per
   execution: once per scan iteration inside a scan, once per batch under vmap)."""
+
   inner: nn.Module
   counter: Any
 
@@ -154,18 +168,29 @@ def test_reconstruct_encodes_once_and_shares_the_condition(tiny, rgb_fns):
   # Same parameter tree: the wrappers' children take the wrapped modules' names.
   counting = rgb_model.clone(
       encoder=_CountingEncoder(rgb_model.encoder.clone(), calls),
-      decoder=_CountingDecoder(rgb_model.decoder.clone(), calls))
+      decoder=_CountingDecoder(rgb_model.decoder.clone(), calls),
+  )
   wrapped = dict(params, encoder={"inner": params["encoder"]}, decoder={"inner": params["decoder"]})
   num_steps, num_hypotheses = 3, 4
   noise = jax.random.normal(jax.random.key(7), (num_hypotheses, BATCH, 778, 3))
   noise = noise.at[1].set(noise[0])  # hypotheses 0 and 1 start from the same noise
-  run = jax.jit(lambda p, images, n: diffhand.reconstruct(
-      counting, p, images, jax.random.key(0), num_steps=num_steps, num_hypotheses=num_hypotheses,
-      noise=n))
+  run = jax.jit(
+      lambda p, images, n: diffhand.reconstruct(
+          counting,
+          p,
+          images,
+          jax.random.key(0),
+          num_steps=num_steps,
+          num_hypotheses=num_hypotheses,
+          noise=n,
+      )
+  )
   out = jax.block_until_ready(run(wrapped, _images(), noise))
   jax.effects_barrier()
   assert calls.count("encode") == 1, calls.names
-  assert calls.count("decode") == num_steps, calls.names  # one batched decoder pass per step for all K
+  assert (
+      calls.count("decode") == num_steps
+  ), calls.names  # one batched decoder pass per step for all K
 
   vertices = np.asarray(out["vertices"])
   chex.assert_shape(out["vertices"], (BATCH, num_hypotheses, 778, 3))
@@ -183,8 +208,9 @@ def test_reconstruct_encodes_once_and_shares_the_condition(tiny, rgb_fns):
   alpha = lambda t: 1.0 if t < 0 else alphas[t]
   x = np.asarray(noise[2], np.float64)
   for t_now, t_next in [(999, 666), (666, 332), (332, -1)]:
-    x0_hat, camera = rgb_fns["denoise"](variables, cond, jnp.asarray(x, jnp.float32),
-                                        jnp.full((BATCH,), t_now, jnp.int32))
+    x0_hat, camera = rgb_fns["denoise"](
+        variables, cond, jnp.asarray(x, jnp.float32), jnp.full((BATCH,), t_now, jnp.int32)
+    )
     x0_hat = np.asarray(x0_hat, np.float64)
     eps_hat = (x - np.sqrt(alpha(t_now)) * x0_hat) / np.sqrt(1.0 - alpha(t_now))
     x = np.sqrt(alpha(t_next)) * x0_hat + np.sqrt(1.0 - alpha(t_next)) * eps_hat
@@ -209,17 +235,21 @@ def test_regression_variant_is_one_pass_from_zeros(tiny, rgb_fns):
   params = {"params": _rgb_params(params)}
   regression = rgb_model.clone(diffusion=False)
   x_a = jax.random.normal(jax.random.key(1), (BATCH, 778, 3))
-  out = jax.jit(lambda p, images, key: diffhand.reconstruct(regression, p, images, key,
-                                                            num_hypotheses=3))(
-      params["params"], _images(), jax.random.key(0))
+  out = jax.jit(
+      lambda p, images, key: diffhand.reconstruct(regression, p, images, key, num_hypotheses=3)
+  )(params["params"], _images(), jax.random.key(0))
   # Reference: the diffusion model's own decoder pass at x_t = 0, t = regression_timestep = 0.
-  zeros_at_0 = rgb_fns["apply"](params, _images(), jnp.zeros_like(x_a), jnp.zeros((BATCH,), jnp.int32))[0]
+  zeros_at_0 = rgb_fns["apply"](
+      params, _images(), jnp.zeros_like(x_a), jnp.zeros((BATCH,), jnp.int32)
+  )[0]
   for k in range(3):
     np.testing.assert_allclose(np.asarray(out["vertices"][:, k]), np.asarray(zeros_at_0), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(out["vertices_std"]), 0.0)
   # denoise ignores x_t and t.
   cond = rgb_fns["encode"](params, _images())
-  denoise = jax.jit(lambda v, c, x, t: regression.apply(v, c, x, t, method=diffhand.DiffHand.denoise))
+  denoise = jax.jit(
+      lambda v, c, x, t: regression.apply(v, c, x, t, method=diffhand.DiffHand.denoise)
+  )
   out_a = denoise(params, cond, x_a, jnp.array([5, 600], jnp.int32))[0]
   out_b = denoise(params, cond, -2.0 * x_a, jnp.array([999, 1], jnp.int32))[0]
   np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
@@ -233,7 +263,18 @@ def test_paper_preset_encoder_is_deit3_large():
   config = model_presets.get_model_config("paper")
   model = diffhand.build_model(config)
   shapes = diffhand.param_shapes(model, config.img_size)
-  block = 2 * 2048 + 1024 * 3072 + 3072 + 1024 * 1024 + 1024 + 1024 * 4096 + 4096 + 4096 * 1024 + 1024 + 2048
+  block = (
+      2 * 2048
+      + 1024 * 3072
+      + 3072
+      + 1024 * 1024
+      + 1024
+      + 1024 * 4096
+      + 4096
+      + 4096 * 1024
+      + 1024
+      + 2048
+  )
   expected = 16 * 16 * 3 * 1024 + 1024 + 1024 + 196 * 1024 + 24 * block + 2048
   assert diffhand.num_params(shapes["encoder"]) == expected == 304_374_760 - 1_025_000
   assert len(model.decoder.fps_indices) == 2
@@ -252,7 +293,9 @@ def test_training_on_one_batch_drives_the_loss_down(tiny):
   template = np.asarray(hand.v_template, np.float32)
   wrist = np.asarray(regressor)[0] @ template
   angle = np.deg2rad(35.0)
-  rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+  rotation = np.array(
+      [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+  )
   gt_metres = np.stack([template - wrist, (template - wrist) @ rotation.T * 1.1])
   gt_verts = jnp.asarray(gt_metres / config.vertex_scale, jnp.float32)  # model space
   gt_joints = jnp.einsum("jn,bnc->bjc", regressor, gt_verts)
@@ -277,9 +320,13 @@ def test_training_on_one_batch_drives_the_loss_down(tiny):
   opt_state = optimizer.init(params)
   # The loss before and after, on fixed (t, noise) draws; train_step's loss is computed before its
   # update, so one compiled function serves both training and measuring.
-  eval_draws = [(jnp.array([t0, t1], jnp.int32), jax.random.normal(jax.random.key(100 + i), gt_verts.shape))
-                for i, (t0, t1) in enumerate([(0, 999), (250, 750), (500, 100), (900, 400)])]
-  measure = lambda p: float(np.mean([train_step(p, opt_state, t, noise)[2] for t, noise in eval_draws]))
+  eval_draws = [
+      (jnp.array([t0, t1], jnp.int32), jax.random.normal(jax.random.key(100 + i), gt_verts.shape))
+      for i, (t0, t1) in enumerate([(0, 999), (250, 750), (500, 100), (900, 400)])
+  ]
+  measure = lambda p: float(
+      np.mean([train_step(p, opt_state, t, noise)[2] for t, noise in eval_draws])
+  )
 
   before = measure(params)
   rng = np.random.default_rng(42)
@@ -289,7 +336,9 @@ def test_training_on_one_batch_drives_the_loss_down(tiny):
     noise = jnp.asarray(rng.standard_normal(gt_verts.shape), jnp.float32)
     params, opt_state, loss = train_step(params, opt_state, t, noise)
   after = measure(params)
-  print(f"loss {before:.4f} -> {after:.4f} ({before / after:.1f}x) in "
-        f"{time.perf_counter() - start:.1f} s")
+  print(
+      f"loss {before:.4f} -> {after:.4f} ({before / after:.1f}x) in "
+      f"{time.perf_counter() - start:.1f} s"
+  )
   assert np.isfinite(after)
   assert after < before / 10.0

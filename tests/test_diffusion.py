@@ -14,8 +14,13 @@ T = 1000
 
 def _reference_scheduler(num_steps: int) -> diffusers.DDIMScheduler:
   scheduler = diffusers.DDIMScheduler(
-      num_train_timesteps=T, beta_schedule='squaredcos_cap_v2', prediction_type='sample',
-      timestep_spacing='trailing', set_alpha_to_one=True, clip_sample=False)
+      num_train_timesteps=T,
+      beta_schedule='squaredcos_cap_v2',
+      prediction_type='sample',
+      timestep_spacing='trailing',
+      set_alpha_to_one=True,
+      clip_sample=False,
+  )
   scheduler.set_timesteps(num_steps)
   return scheduler
 
@@ -35,14 +40,16 @@ def test_schedule_matches_diffusers():
   schedule = diffusion.cosine_schedule(T)
   reference = _reference_scheduler(10)
   np.testing.assert_allclose(schedule.betas, reference.betas.numpy(), atol=1e-6, rtol=0)
-  np.testing.assert_allclose(schedule.alphas_cumprod, reference.alphas_cumprod.numpy(), atol=1e-6, rtol=0)
+  np.testing.assert_allclose(
+      schedule.alphas_cumprod, reference.alphas_cumprod.numpy(), atol=1e-6, rtol=0
+  )
   assert schedule.betas.dtype == jnp.float32 and schedule.betas.shape == (T,)
 
 
 def test_schedule_closed_form_endpoints():
   # Worked by hand: β_0 = 1 − cos²((1/T + s)/(1 + s)·π/2)/cos²(s/(1 + s)·π/2); β is capped at the end.
   s = 0.008
-  beta0 = 1 - np.cos((1 / T + s) / (1 + s) * np.pi / 2)**2 / np.cos(s / (1 + s) * np.pi / 2)**2
+  beta0 = 1 - np.cos((1 / T + s) / (1 + s) * np.pi / 2) ** 2 / np.cos(s / (1 + s) * np.pi / 2) ** 2
   schedule = diffusion.cosine_schedule(T)
   np.testing.assert_allclose(schedule.betas[0], beta0, rtol=1e-5)
   assert float(schedule.betas[-1]) == pytest.approx(0.999)
@@ -59,9 +66,12 @@ def test_timesteps_match_diffusers_trailing(num_steps):
 
 
 def test_timesteps_by_hand():
-  np.testing.assert_array_equal(diffusion.ddim_timesteps(1000, 10),
-                                [999, 899, 799, 699, 599, 499, 399, 299, 199, 99, -1])
-  np.testing.assert_array_equal(diffusion.ddim_timesteps(10, 4), [9, 7, 4, 1, -1])  # round(7.5)=8, round(2.5)=2 (numpy's round-half-even)
+  np.testing.assert_array_equal(
+      diffusion.ddim_timesteps(1000, 10), [999, 899, 799, 699, 599, 499, 399, 299, 199, 99, -1]
+  )
+  np.testing.assert_array_equal(
+      diffusion.ddim_timesteps(10, 4), [9, 7, 4, 1, -1]
+  )  # round(7.5)=8, round(2.5)=2 (numpy's round-half-even)
   with pytest.raises(ValueError, match='num_steps'):
     diffusion.ddim_timesteps(10, 11)
   with pytest.raises(ValueError, match='num_steps'):
@@ -74,8 +84,10 @@ def test_trajectory_matches_diffusers(num_steps):
   x_T = rng.standard_normal((3, 17, 3)).astype(np.float32)
   schedule = diffusion.cosine_schedule(T)
   x0, trajectory = jax.jit(
-      lambda x: diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=num_steps,
-                                      return_trajectory=True))(x_T)
+      lambda x: diffusion.ddim_sample(
+          _denoiser_jax, x, schedule, num_steps=num_steps, return_trajectory=True
+      )
+  )(x_T)
   assert trajectory.shape == (num_steps + 1,) + x_T.shape
 
   scheduler = _reference_scheduler(num_steps)
@@ -126,8 +138,10 @@ def test_q_sample_trailing_shapes():
     t = jnp.array([0, 1, 500, 999], jnp.int32)
     x_t = diffusion.q_sample(schedule, x0, t, jnp.zeros(shape))
     np.testing.assert_allclose(
-        np.asarray(x_t).reshape(4, -1)[:, 0], np.sqrt(np.asarray(schedule.alphas_cumprod)[[0, 1, 500, 999]]),
-        rtol=1e-6)
+        np.asarray(x_t).reshape(4, -1)[:, 0],
+        np.sqrt(np.asarray(schedule.alphas_cumprod)[[0, 1, 500, 999]]),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize('shape', [(2, 778, 3), (2, 21, 3), (2, 9)])
@@ -145,7 +159,9 @@ def test_eta_needs_key_and_uses_it():
   x_T = jax.random.normal(jax.random.PRNGKey(2), (2, 21, 3))
   with pytest.raises(ValueError, match='needs key'):
     diffusion.ddim_sample(_denoiser_jax, x_T, schedule, num_steps=5, eta=0.5)
-  sample = jax.jit(lambda x, k: diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=5, eta=0.5, key=k))
+  sample = jax.jit(
+      lambda x, k: diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=5, eta=0.5, key=k)
+  )
   a = sample(x_T, jax.random.PRNGKey(10))
   b = sample(x_T, jax.random.PRNGKey(10))
   c = sample(x_T, jax.random.PRNGKey(11))
@@ -161,15 +177,23 @@ def test_eta_matches_diffusers_with_the_same_noise():
   schedule = diffusion.cosine_schedule(T)
   x_T = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
   key = jax.random.PRNGKey(3)
-  _, trajectory = diffusion.ddim_sample(_denoiser_jax, jnp.asarray(x_T), schedule, num_steps=num_steps,
-                                        eta=eta, key=key, return_trajectory=True)
+  _, trajectory = diffusion.ddim_sample(
+      _denoiser_jax,
+      jnp.asarray(x_T),
+      schedule,
+      num_steps=num_steps,
+      eta=eta,
+      key=key,
+      return_trajectory=True,
+  )
   step_noise = [np.array(jax.random.normal(k, x_T.shape)) for k in jax.random.split(key, num_steps)]
   scheduler = _reference_scheduler(num_steps)
   sample = torch.from_numpy(x_T)
   for i, t in enumerate(scheduler.timesteps):
     x0_hat = _denoiser_torch(sample, int(t))
-    sample = scheduler.step(x0_hat, t, sample, eta=eta,
-                            variance_noise=torch.from_numpy(step_noise[i])).prev_sample
+    sample = scheduler.step(
+        x0_hat, t, sample, eta=eta, variance_noise=torch.from_numpy(step_noise[i])
+    ).prev_sample
     np.testing.assert_allclose(np.asarray(trajectory[i + 1]), sample.numpy(), atol=1e-5, rtol=0)
 
 

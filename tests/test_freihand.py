@@ -16,7 +16,9 @@ from diffhand_jax.data import sources  # noqa: E402
 
 def _build(manual_dir, data_dir):
   builder = freihand.Builder(data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+  )
   return builder
 
 
@@ -30,8 +32,12 @@ def fixture(tmp_path_factory):
   mano_dir = fixtures.write_mano_standins(str(root / 'mano'))
   truth = fixtures.make_freihand(str(root / 'freihand'), mano_dir, num_train=3, num_eval=2)
   builder = _build(root / 'freihand', tmp_path_factory.mktemp('freihand_data'))
-  return {'root': root / 'freihand', 'truth': truth, 'train': _read(builder, 'train'),
-          'evaluation': _read(builder, 'evaluation')}
+  return {
+      'root': root / 'freihand',
+      'truth': truth,
+      'train': _read(builder, 'train'),
+      'evaluation': _read(builder, 'evaluation'),
+  }
 
 
 def test_counts_match_the_files(fixture):
@@ -51,9 +57,15 @@ def test_four_versions_map_onto_their_annotations(fixture):
     np.testing.assert_allclose(example['joints_3d'], truth['train']['xyz'][index], atol=1e-6)
     np.testing.assert_allclose(example['vertices_3d'], truth['train']['verts'][index], atol=1e-6)
     np.testing.assert_allclose(example['K'], truth['train']['K'][index], rtol=1e-6)
-    np.testing.assert_allclose(example['mano_raw'], truth['train']['mano'][index], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(example['mano_pose'], truth['train']['mano'][index][:48], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(example['mano_shape'], truth['train']['mano'][index][48:58], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        example['mano_raw'], truth['train']['mano'][index], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        example['mano_pose'], truth['train']['mano'][index][:48], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        example['mano_shape'], truth['train']['mano'][index][48:58], rtol=1e-5, atol=1e-6
+    )
     # The pixels are those of file %08d.jpg of this id (each file has its own mean colour).
     colour = truth['image_colour'][('training', image_id)]
     assert example['image'].shape == (224, 224, 3)
@@ -120,7 +132,9 @@ def test_json_length_mismatch_and_nan_name_the_file(fixture, tmp_path):
   xyz_path.write_text(json.dumps(xyz))
   annotations = freihand.read_annotations(str(copy), 'training')
   with pytest.raises(sources.SourceError, match=r'training_xyz\.json \[index 1\].*NaN'):
-    freihand.make_example(str(copy), 'training', 1 + 3, annotations)  # the 'hom' version of sample 1
+    freihand.make_example(
+        str(copy), 'training', 1 + 3, annotations
+    )  # the 'hom' version of sample 1
   os.remove(copy / 'training' / 'rgb' / '00000002.jpg')
   with pytest.raises(sources.SourceError, match=r'00000002\.jpg: image is missing'):
     freihand.make_example(str(copy), 'training', 2, annotations)

@@ -11,12 +11,14 @@ tfds = pytest.importorskip('tensorflow_datasets')
 from diffhand_jax.data import fixtures  # noqa: E402
 from diffhand_jax.data.builders.ho3d import ho3d_dataset_builder as ho3d  # noqa: E402
 from diffhand_jax import mano  # noqa: E402
-from diffhand_jax.data import sources
+from diffhand_jax.data import sources  # noqa: E402
 
 
 def _build(manual_dir, data_dir):
   builder = ho3d.Builder(data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+  )
   return builder
 
 
@@ -30,8 +32,14 @@ def fixture(tmp_path_factory):
     builder = _build(root / 'ho3d', tmp_path_factory.mktemp('ho3d_data'))
     hands = sources.ManoEvaluator(mano_dir)
   read = lambda split: list(tfds.as_numpy(builder.as_dataset(split=split)))  # noqa: E731
-  return {'root': root / 'ho3d', 'mano_dir': mano_dir, 'truth': truth, 'hands': hands, 'train': read('train'),
-          'evaluation': read('evaluation')}
+  return {
+      'root': root / 'ho3d',
+      'mano_dir': mano_dir,
+      'truth': truth,
+      'hands': hands,
+      'train': read('train'),
+      'evaluation': read('evaluation'),
+  }
 
 
 def _key(split, example):
@@ -40,9 +48,13 @@ def _key(split, example):
 
 def test_counts_follow_the_split_lists(fixture):
   listed = fixture['truth']['listed']
-  assert len(fixture['train']) == len(listed['train']) == 4  # the unlisted, unannotated frame is skipped
+  assert (
+      len(fixture['train']) == len(listed['train']) == 4
+  )  # the unlisted, unannotated frame is skipped
   assert len(fixture['evaluation']) == len(listed['evaluation']) == 2
-  assert [f"{e['sequence'].decode()}/{e['frame'].decode()}" for e in fixture['evaluation']] == listed['evaluation']
+  assert [
+      f"{e['sequence'].decode()}/{e['frame'].decode()}" for e in fixture['evaluation']
+  ] == listed['evaluation']
 
 
 def test_train_targets_are_flipped_and_reordered(fixture):
@@ -62,8 +74,12 @@ def test_ho3d_joint_order_round_trip(fixture):
     back = example['joints_3d'][inverse] * np.array([1.0, -1.0, -1.0])
     np.testing.assert_allclose(back, meta['handJoints3D'], atol=1e-6)
     # HO-3D order: 16 MANO joints, then tips; our order starts thumb (MANO 13-15) after the wrist.
-    np.testing.assert_allclose(example['joints_3d'][1], meta['handJoints3D'][13] * [1, -1, -1], atol=1e-6)
-    np.testing.assert_allclose(example['joints_3d'][4], meta['handJoints3D'][16] * [1, -1, -1], atol=1e-6)
+    np.testing.assert_allclose(
+        example['joints_3d'][1], meta['handJoints3D'][13] * [1, -1, -1], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        example['joints_3d'][4], meta['handJoints3D'][16] * [1, -1, -1], atol=1e-6
+    )
 
 
 def test_projection_matches_the_toolkit_recipe(fixture):
@@ -83,8 +99,13 @@ def test_mano_parameters_in_our_convention(fixture):
   for example in fixture['train']:
     truth = fixture['truth'][_key('train', example)]
     np.testing.assert_allclose(example['mano_pose'][3:], truth['pose_cv'][3:], atol=1e-5)
-    verts, _ = hands('right', example['mano_pose'], example['mano_shape'], example['mano_trans'],
-                     flat_hand_mean=False)
+    verts, _ = hands(
+        'right',
+        example['mano_pose'],
+        example['mano_shape'],
+        example['mano_trans'],
+        flat_hand_mean=False,
+    )
     np.testing.assert_allclose(verts, example['vertices_3d'], atol=2e-5)
     np.testing.assert_allclose(example['ho3d_hand_pose'], truth['meta']['handPose'], atol=1e-6)
 
@@ -101,7 +122,9 @@ def test_evaluation_has_root_and_box_only(fixture):
 def test_depth_decoding(fixture):
   truth = fixture['truth'][('train', 'MC1/0001')]
   depth = ho3d.read_depth(str(fixture['root'] / 'train' / 'MC1' / 'depth' / '0001.png'))
-  np.testing.assert_allclose(depth * ho3d.DEPTH_SCALE, truth['depth_m'], atol=ho3d.DEPTH_SCALE / 2 + 1e-9)
+  np.testing.assert_allclose(
+      depth * ho3d.DEPTH_SCALE, truth['depth_m'], atol=ho3d.DEPTH_SCALE / 2 + 1e-9
+  )
 
 
 def test_missing_mano_is_a_clear_error(fixture, tmp_path, monkeypatch):
@@ -110,7 +133,9 @@ def test_missing_mano_is_a_clear_error(fixture, tmp_path, monkeypatch):
     _build(fixture['root'], tmp_path / 'data')
   assert 'MANO_RIGHT.pkl' in str(info.value)
   monkeypatch.setenv('DIFFHAND_MANO_DIR', str(tmp_path / 'nowhere'))
-  with pytest.raises(sources.SourceError, match=r'needs MANO_RIGHT\.pkl and MANO_LEFT\.pkl in \S*nowhere'):
+  with pytest.raises(
+      sources.SourceError, match=r'needs MANO_RIGHT\.pkl and MANO_LEFT\.pkl in \S*nowhere'
+  ):
     _build(fixture['root'], tmp_path / 'data')
 
 
@@ -135,7 +160,10 @@ def test_listed_frame_holding_none_and_corrupt_files_name_the_file(fixture, tmp_
 
 def test_meta_pickles_need_latin1_like_the_release(fixture):
   import pickle
+
   raw = (fixture['root'] / 'train' / 'ABF10' / 'meta' / '0000.pkl').read_bytes()
   with pytest.raises(UnicodeDecodeError):
-    pickle.loads(raw)  # Python 3's default ASCII decoding fails on Python 2 str data, as with HO-3D's files
+    pickle.loads(
+        raw
+    )  # Python 3's default ASCII decoding fails on Python 2 str data, as with HO-3D's files
   assert mano.TIP_IDS['ho3d'] == (728, 353, 442, 576, 694)

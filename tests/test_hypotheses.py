@@ -57,8 +57,14 @@ def test_per_vertex_std_hand_worked_and_against_numpy():
   np.testing.assert_allclose(hypotheses.per_vertex_std(verts), [[d / (2 * np.sqrt(3)), 0, 0]])
   rng = np.random.default_rng(1)
   verts = rng.normal(size=(3, 5, 7, 3))
-  expected = np.sqrt((np.std(verts[:, :, :, 0], axis=1) ** 2 + np.std(verts[:, :, :, 1], axis=1) ** 2
-                      + np.std(verts[:, :, :, 2], axis=1) ** 2) / 3)
+  expected = np.sqrt(
+      (
+          np.std(verts[:, :, :, 0], axis=1) ** 2
+          + np.std(verts[:, :, :, 1], axis=1) ** 2
+          + np.std(verts[:, :, :, 2], axis=1) ** 2
+      )
+      / 3
+  )
   np.testing.assert_allclose(hypotheses.per_vertex_std(verts), expected)
   np.testing.assert_array_equal(hypotheses.per_vertex_std(verts[:, :1]), np.zeros((3, 7)))
 
@@ -76,7 +82,9 @@ def test_oracle_picks_the_best_hypothesis_by_the_official_metric():
   noise_levels = np.array([0.01, 0.002, 0.02])  # metres
   hyps = gt_verts[:, None] + noise_levels[None, :, None, None] * rng.normal(size=(4, 3, 778, 3))
   oracle = hypotheses.oracle_best(hyps, gt_verts, gt_joints, regressor)
-  for k in range(3):  # each hypothesis scored on its own, straight through metrics.evaluate_per_sample
+  for k in range(
+      3
+  ):  # each hypothesis scored on its own, straight through metrics.evaluate_per_sample
     joints = np.einsum('jn,bnc->bjc', regressor, hyps[:, k])
     alone = metrics.evaluate_per_sample(joints, gt_joints, hyps[:, k], gt_verts)['pa_mpvpe']
     np.testing.assert_allclose(oracle['errors'][:, k], alone)
@@ -107,7 +115,7 @@ def test_spearman_against_the_rank_formula():
   expected = 1 - 6 * 12 / (5 * (25 - 1))
   assert hypotheses.uncertainty_error_correlation(u, e) == pytest.approx(expected)
   assert hypotheses.uncertainty_error_correlation(u, np.exp(u)) == pytest.approx(1.0)
-  assert hypotheses.uncertainty_error_correlation(u, -u ** 3) == pytest.approx(-1.0)
+  assert hypotheses.uncertainty_error_correlation(u, -(u**3)) == pytest.approx(-1.0)
   assert np.isnan(hypotheses.uncertainty_error_correlation(np.zeros(5), e))
   with pytest.raises(ValueError, match='M >= 2'):
     hypotheses.uncertainty_error_correlation(u, e[:4])
@@ -115,14 +123,18 @@ def test_spearman_against_the_rank_formula():
 
 def _random_rotations(rng, count):
   from scipy.spatial.transform import Rotation
+
   return Rotation.random(count, random_state=rng).as_matrix()
 
 
 def test_rigid_align_matches_scipy_align_vectors():
   from scipy.spatial.transform import Rotation
+
   rng = np.random.default_rng(5)
   source = rng.normal(size=(30, 3))
-  target = source @ _random_rotations(rng, 1)[0].T + rng.normal(size=3) + rng.normal(0, 0.1, (30, 3))
+  target = (
+      source @ _random_rotations(rng, 1)[0].T + rng.normal(size=3) + rng.normal(0, 0.1, (30, 3))
+  )
   # scipy: the rotation R minimising Σ|R·(s_i - s̄) - (t_i - t̄)|², then moved onto the target's centroid.
   rotation, _ = Rotation.align_vectors(target - target.mean(0), source - source.mean(0))
   expected = rotation.apply(source - source.mean(0)) + target.mean(0)
@@ -147,7 +159,9 @@ def test_aligned_mean_undoes_disagreement_in_orientation():
   mesh = hypotheses.aggregate(hyps, 'aligned_mean')
   medoid = hypotheses.aggregate(hyps, 'medoid')
   np.testing.assert_allclose(mesh, medoid, atol=1e-10)
-  aligned_error = metrics.evaluate(np.einsum('jn,bnc->bjc', regressor, mesh), gt_joints, mesh, gt_verts)
+  aligned_error = metrics.evaluate(
+      np.einsum('jn,bnc->bjc', regressor, mesh), gt_joints, mesh, gt_verts
+  )
   raw = hypotheses.aggregate(hyps, 'mean')
   raw_error = metrics.evaluate(np.einsum('jn,bnc->bjc', regressor, raw), gt_joints, raw, gt_verts)
   assert aligned_error['pa_mpvpe'] < 1e-6
@@ -167,10 +181,13 @@ def test_aligned_mean_averages_articulation_and_is_equivariant():
   # Moving every hypothesis of an image by one rigid motion moves the aggregate by that motion.
   turn = _random_rotations(rng, 1)[0]
   moved = hypotheses.aggregate(hyps @ turn.T + 0.3, 'aligned_mean')
-  np.testing.assert_allclose(moved, hypotheses.aggregate(hyps, 'aligned_mean') @ turn.T + 0.3,
-                             atol=1e-9)
+  np.testing.assert_allclose(
+      moved, hypotheses.aggregate(hyps, 'aligned_mean') @ turn.T + 0.3, atol=1e-9
+  )
   # One hypothesis is its own aggregate.
-  np.testing.assert_allclose(hypotheses.aggregate(hyps[:, :1], 'aligned_mean'), hyps[:, 0], atol=1e-12)
+  np.testing.assert_allclose(
+      hypotheses.aggregate(hyps[:, :1], 'aligned_mean'), hyps[:, 0], atol=1e-12
+  )
   with pytest.raises(ValueError, match='iterations'):
     hypotheses.aligned_mean(hyps, iterations=0)
 
@@ -186,10 +203,12 @@ def test_aggregate_rejects_bad_input():
 # The vmapped sampler of models/diffhand.reconstruct: K hypotheses = K one-at-a-time samples.
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope='module')
 def tiny_model():
   from diffhand_jax.inference import loading
   from _inference_workdir import tiny_workdir
+
   workdir, _ = tiny_workdir()
   _, model, params, _, schedule = loading.load_for_inference(workdir)
   return model, params, schedule
@@ -197,13 +216,23 @@ def tiny_model():
 
 def test_k_hypotheses_equal_plain_sampler_runs(tiny_model):
   from diffhand_jax.models import diffhand
+
   model, params, schedule = tiny_model
   num_hyp, batch, steps = 3, 2, 2
   images = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3))
   noise = jax.random.normal(jax.random.PRNGKey(1), (num_hyp, batch, model.num_vertices, 3))
-  reconstruct = jax.jit(lambda p, x, n: diffhand.reconstruct(
-      model, p, x, jax.random.PRNGKey(2), num_steps=steps, num_hypotheses=num_hyp, schedule=schedule,
-      noise=n))
+  reconstruct = jax.jit(
+      lambda p, x, n: diffhand.reconstruct(
+          model,
+          p,
+          x,
+          jax.random.PRNGKey(2),
+          num_steps=steps,
+          num_hypotheses=num_hyp,
+          schedule=schedule,
+          noise=n,
+      )
+  )
   out = reconstruct(params, images, noise)
   # The plain sampler, one hypothesis at a time, with the same starting noise.
   cond = model.apply({'params': params}, images, method=model.encode)
@@ -213,11 +242,18 @@ def test_k_hypotheses_equal_plain_sampler_runs(tiny_model):
 
   plain = jax.jit(lambda x: diffusion.ddim_sample(denoise_fn, x, schedule, num_steps=steps))
   for k in range(num_hyp):
-    np.testing.assert_allclose(np.asarray(out['vertices'][:, k]), np.asarray(plain(noise[k])),
-                               atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(out['vertices'][:, k]), np.asarray(plain(noise[k])), atol=2e-5, rtol=1e-4
+    )
   # Different noise gives different hypotheses, so the spread is real, and the summaries agree.
   assert float(jnp.abs(out['vertices'][:, 0] - out['vertices'][:, 1]).max()) > 1e-4
-  np.testing.assert_allclose(np.asarray(out['vertices_std']),
-                             hypotheses.per_vertex_std(np.asarray(out['vertices'])), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out['vertices_mean']),
-                             hypotheses.aggregate(np.asarray(out['vertices']), 'mean'), atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(out['vertices_std']),
+      hypotheses.per_vertex_std(np.asarray(out['vertices'])),
+      atol=1e-5,
+  )
+  np.testing.assert_allclose(
+      np.asarray(out['vertices_mean']),
+      hypotheses.aggregate(np.asarray(out['vertices']), 'mean'),
+      atol=1e-5,
+  )

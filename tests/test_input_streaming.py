@@ -15,8 +15,9 @@ tfds = pytest.importorskip('tensorflow_datasets')
 from diffhand_jax.data import input_pipeline  # noqa: E402
 
 AUGMENT = {'scale_range': (0.85, 1.15), 'max_rotation': 0.6, 'max_translation': 0.08}
-TRAIN_OPTIONS = dict(seed=5, vertex_scale=0.1, image_size=24, colour_strength=0.5, crop_margin=0.2,
-                     augment=AUGMENT)
+TRAIN_OPTIONS = dict(
+    seed=5, vertex_scale=0.1, image_size=24, colour_strength=0.5, crop_margin=0.2, augment=AUGMENT
+)
 
 
 def _config(data_dir, **extra):
@@ -26,15 +27,20 @@ def _config(data_dir, **extra):
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
   """synthetic_hands/tiny three ways: prepared by get_builder (ArrayRecord), by TFDS's default
-  (tfrecord, read with tf.data as before), and that tfrecord copy converted in place to hold both."""
+  (tfrecord, read with tf.data as before), and that tfrecord copy converted in place to hold both.
+  """
   from tensorflow_datasets.scripts.cli import convert_format_utils
+
   root = tmp_path_factory.mktemp('streaming')
   streamed = input_pipeline.get_builder(_config(root / 'array_record'))
   tfds.builder('synthetic_hands/tiny', data_dir=str(root / 'tfrecord')).download_and_prepare()
   shutil.copytree(root / 'tfrecord', root / 'both')
   convert_format_utils.convert_dataset(
-      out_dir=None, out_file_format='array_record', num_workers=1,
-      dataset_version_dir=[os.path.join(root, 'both', 'synthetic_hands', 'tiny', '1.0.0')])
+      out_dir=None,
+      out_file_format='array_record',
+      num_workers=1,
+      dataset_version_dir=[os.path.join(root, 'both', 'synthetic_hands', 'tiny', '1.0.0')],
+  )
   return {
       'root': root,
       'builder': streamed,
@@ -56,7 +62,8 @@ def _take(iterator, count):
 def test_get_builder_prepares_array_record_only(data):
   assert input_pipeline.stored_file_formats(data['builder']) == {'array_record'}
   assert input_pipeline.stored_file_formats(
-      input_pipeline.get_builder(_config(data['root'] / 'tfrecord'))) == {'tfrecord'}
+      input_pipeline.get_builder(_config(data['root'] / 'tfrecord'))
+  ) == {'tfrecord'}
 
 
 def test_source_rows_equal_the_tf_data_rows(data):
@@ -88,27 +95,37 @@ def test_columns_index_like_arrays_and_refuse_whole_split_decoding(data):
 
 
 def test_load_split_reads_array_record_data_as_tf_data_reads_tfrecords(data):
-  streamed = input_pipeline.load_split(_config(data['root'] / 'array_record'), 'train', max_examples=4)
+  streamed = input_pipeline.load_split(
+      _config(data['root'] / 'array_record'), 'train', max_examples=4
+  )
   for key in input_pipeline.FEATURES:
     np.testing.assert_array_equal(streamed[key], data['memory'][key][:4], err_msg=key)
 
 
 def test_train_batches_from_the_source_equal_the_in_memory_batches(data):
   # 6 examples, batch 4: steps 0-3 cross epoch boundaries; prefetch on one side only.
-  streamed = input_pipeline.train_batches(data['source'], batch_size=4, start_step=0, prefetch=3,
-                                          num_threads=2, **TRAIN_OPTIONS)
-  in_memory = input_pipeline.train_batches(data['memory'], batch_size=4, start_step=0, prefetch=0,
-                                           **TRAIN_OPTIONS)
+  streamed = input_pipeline.train_batches(
+      data['source'], batch_size=4, start_step=0, prefetch=3, num_threads=2, **TRAIN_OPTIONS
+  )
+  in_memory = input_pipeline.train_batches(
+      data['memory'], batch_size=4, start_step=0, prefetch=0, **TRAIN_OPTIONS
+  )
   for a, b in zip(_take(streamed, 4), _take(in_memory, 4)):
     _assert_batches_equal(a, b)
     assert a['image'].shape == (4, 24, 24, 3)
 
 
 def test_eval_batches_from_the_source_equal_the_in_memory_batches(data):
-  streamed = list(input_pipeline.eval_batches(data['source'], batch_size=4, vertex_scale=0.1,
-                                              image_size=24, crop_margin=0.2, prefetch=2))
-  in_memory = list(input_pipeline.eval_batches(data['memory'], batch_size=4, vertex_scale=0.1,
-                                               image_size=24, crop_margin=0.2, prefetch=0))
+  streamed = list(
+      input_pipeline.eval_batches(
+          data['source'], batch_size=4, vertex_scale=0.1, image_size=24, crop_margin=0.2, prefetch=2
+      )
+  )
+  in_memory = list(
+      input_pipeline.eval_batches(
+          data['memory'], batch_size=4, vertex_scale=0.1, image_size=24, crop_margin=0.2, prefetch=0
+      )
+  )
   assert [valid for _, valid in streamed] == [valid for _, valid in in_memory] == [4, 2]
   for (a, _), (b, _) in zip(streamed, in_memory):
     _assert_batches_equal(a, b)
@@ -127,9 +144,14 @@ def test_resuming_at_a_step_gives_the_uninterrupted_batches(data):
 def test_process_shards_make_up_the_single_process_batch(data, process_count):
   options = dict(batch_size=6, start_step=2, prefetch=2, **TRAIN_OPTIONS)
   whole = next(input_pipeline.train_batches(data['source'], **options))
-  shards = [next(input_pipeline.train_batches(data['source'], process_index=p,
-                                              process_count=process_count, **options))
-            for p in range(process_count)]
+  shards = [
+      next(
+          input_pipeline.train_batches(
+              data['source'], process_index=p, process_count=process_count, **options
+          )
+      )
+      for p in range(process_count)
+  ]
   for key in whole:
     np.testing.assert_array_equal(np.concatenate([s[key] for s in shards]), whole[key], err_msg=key)
 
@@ -137,19 +159,25 @@ def test_process_shards_make_up_the_single_process_batch(data, process_count):
 def test_process_shards_of_an_epoch_are_disjoint_and_cover_it(data):
   # Without jitter the wrist is the example's own (camera-frame, metres): it names the example.
   options = dict(batch_size=6, seed=1, vertex_scale=0.1, prefetch=0, process_count=2)
-  epoch = [next(input_pipeline.train_batches(data['source'], start_step=0, process_index=p, **options))
-           for p in range(2)]
+  epoch = [
+      next(input_pipeline.train_batches(data['source'], start_step=0, process_index=p, **options))
+      for p in range(2)
+  ]
   seen = np.concatenate([shard['wrist'] for shard in epoch])
   truth = data['memory']['joints_3d'][:, 0]
-  matches = np.all(np.isclose(seen[:, None], truth[None], atol=1e-7), axis=-1)  # (6 seen, 6 examples)
+  matches = np.all(
+      np.isclose(seen[:, None], truth[None], atol=1e-7), axis=-1
+  )  # (6 seen, 6 examples)
   np.testing.assert_array_equal(matches.sum(axis=1), 1)  # each row is one example ...
   np.testing.assert_array_equal(matches.sum(axis=0), 1)  # ... and each example appears once
 
 
 def test_order_does_not_depend_on_thread_timing(data, monkeypatch):
   source = data['source']
-  expected = _take(input_pipeline.train_batches(source, batch_size=4, start_step=0, prefetch=0,
-                                                **TRAIN_OPTIONS), 6)
+  expected = _take(
+      input_pipeline.train_batches(source, batch_size=4, start_step=0, prefetch=0, **TRAIN_OPTIONS),
+      6,
+  )
   real_read = source.read
   rng = np.random.default_rng()  # unseeded on purpose: the timing must not matter
   lock = threading.Lock()
@@ -161,8 +189,12 @@ def test_order_does_not_depend_on_thread_timing(data, monkeypatch):
     return real_read(indices, features)
 
   monkeypatch.setattr(source, 'read', slow_read)
-  got = _take(input_pipeline.train_batches(source, batch_size=4, start_step=0, prefetch=5,
-                                           num_threads=4, **TRAIN_OPTIONS), 6)
+  got = _take(
+      input_pipeline.train_batches(
+          source, batch_size=4, start_step=0, prefetch=5, num_threads=4, **TRAIN_OPTIONS
+      ),
+      6,
+  )
   for a, b in zip(expected, got):
     _assert_batches_equal(a, b)
 
@@ -191,10 +223,13 @@ def _fake_split(count, seed=0):
   joints = rng.normal(0, 0.03, (count, 21, 3)) + np.array([0, 0, 0.5])
   return {
       'image': rng.integers(0, 255, (count, 8, 8, 3), dtype=np.uint8),
-      'K': np.tile(np.array([[20.0, 0, 3.5], [0, 20.0, 3.5], [0, 0, 1]]), (count, 1, 1)).astype(np.float32),
+      'K': np.tile(np.array([[20.0, 0, 3.5], [0, 20.0, 3.5], [0, 0, 1]]), (count, 1, 1)).astype(
+          np.float32
+      ),
       'joints_3d': joints.astype(np.float32),
       'vertices_3d': (rng.normal(0, 0.03, (count, 778, 3)) + joints[:, :1]).astype(np.float32),
-      'has_3d': np.ones(count, bool), 'hand_side': np.array(['right', 'left', 'left'] * (count // 3)),
+      'has_3d': np.ones(count, bool),
+      'hand_side': np.array(['right', 'left', 'left'] * (count // 3)),
   }
 
 
@@ -222,9 +257,14 @@ def test_source_mean_mesh_streams_no_images(data, monkeypatch):
 
 def test_open_split_picks_memory_or_streaming(data):
   root = data['root']
-  assert isinstance(input_pipeline.open_split(_config(root / 'array_record'), 'train'), dict)  # synthetic
-  source = input_pipeline.open_split(_config(root / 'array_record', in_memory=False, prefetch_batches=7,
-                                             num_threads=3), 'train', max_examples=5)
+  assert isinstance(
+      input_pipeline.open_split(_config(root / 'array_record'), 'train'), dict
+  )  # synthetic
+  source = input_pipeline.open_split(
+      _config(root / 'array_record', in_memory=False, prefetch_batches=7, num_threads=3),
+      'train',
+      max_examples=5,
+  )
   assert isinstance(source, input_pipeline.SplitSource)
   assert (source.num_examples, source.prefetch, source.num_threads) == (5, 7, 3)
 
@@ -247,8 +287,11 @@ def test_tfrecord_only_data_falls_back_to_memory_or_says_how_to_convert(data, mo
   np.testing.assert_array_equal(arrays['vertices_3d'], data['memory']['vertices_3d'])
   assert 'tfds convert_format' in capsys.readouterr().out
   monkeypatch.setattr(input_pipeline, 'IN_MEMORY_FALLBACK_MAX_EXAMPLES', 5)
-  with pytest.raises(ValueError, match=r'(?s)tfrecord only.*tfds convert_format --dataset_version_dir=\S*'
-                                       r'tfrecord/synthetic_hands/tiny/1.0.0 --out_file_format=array_record'):
+  with pytest.raises(
+      ValueError,
+      match=r'(?s)tfrecord only.*tfds convert_format --dataset_version_dir=\S*'
+      r'tfrecord/synthetic_hands/tiny/1.0.0 --out_file_format=array_record',
+  ):
     input_pipeline.open_split(config, 'train')
 
 
@@ -256,6 +299,7 @@ def test_jpeg_frames_decode_as_tf_data_decodes_them(tmp_path):
   """FreiHAND's JPEG frames: TensorFlow's decoder, not PIL's (which differs by a few grey levels)."""
   from diffhand_jax.data import fixtures
   from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
+
   mano_dir = fixtures.write_mano_standins(str(tmp_path / 'mano'))
   fixtures.make_freihand(str(tmp_path / 'freihand'), mano_dir, num_train=2, num_eval=1)
   download = tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'freihand'))
@@ -263,7 +307,9 @@ def test_jpeg_frames_decode_as_tf_data_decodes_them(tmp_path):
   old.download_and_prepare(download_config=download)
   new = freihand.Builder(data_dir=str(tmp_path / 'array_record'), file_format='array_record')
   new.download_and_prepare(download_config=download)
-  memory = input_pipeline.load_split({'name': 'freihand', 'data_dir': str(tmp_path / 'tfrecord')}, 'train')
+  memory = input_pipeline.load_split(
+      {'name': 'freihand', 'data_dir': str(tmp_path / 'tfrecord')}, 'train'
+  )
   rows = input_pipeline.SplitSource(new, 'train').read(np.arange(8))
   for key in input_pipeline.FEATURES:
     np.testing.assert_array_equal(rows[key], memory[key], err_msg=key)
@@ -275,6 +321,7 @@ def test_training_on_the_streamed_split_matches_training_in_memory(tmp_path):
   import json
   from diffhand_jax.training import train
   from _inference_workdir import tiny_config, tiny_workdir
+
   reference_workdir, data_dir = tiny_workdir()  # trained from the in-memory split
   config = tiny_config(data_dir)
   config.dataset.in_memory = False

@@ -55,7 +55,9 @@ def imported_modules(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> se
   """The project modules that ``path`` imports ('from diffhand_jax.geometry import render' gives
   diffhand_jax.geometry.render; a name that is not a module gives its package)."""
   tree = ast.parse(path.read_text(), str(path))
-  package = module_name(path) if path.name == '__init__.py' else module_name(path).rpartition('.')[0]
+  package = (
+      module_name(path) if path.name == '__init__.py' else module_name(path).rpartition('.')[0]
+  )
   found = set()
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
@@ -63,8 +65,14 @@ def imported_modules(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> se
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ''
       if node.level:
-        base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1] + ([base] if base else []))
-      names = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in modules else base for alias in node.names]
+        base = '.'.join(
+            package.split('.')[: len(package.split('.')) - node.level + 1]
+            + ([base] if base else [])
+        )
+      names = [
+          f'{base}.{alias.name}' if f'{base}.{alias.name}' in modules else base
+          for alias in node.names
+      ]
     else:
       continue
     for name in names:
@@ -101,7 +109,7 @@ def test_no_import_cycles():
     stack.append(node)
     for target in sorted(graph.get(node, ())):
       if state.get(target) == 'open':
-        cycles.append(stack[stack.index(target):] + [target])
+        cycles.append(stack[stack.index(target) :] + [target])
       elif target not in state:
         visit(target)
     stack.pop()
@@ -119,7 +127,9 @@ def test_nothing_imports_the_repository_folders_as_packages(top):
   packages from the repository root would shadow (for `datasets`) Hugging Face's library."""
   offenders = []
   for path in sorted(ROOT.rglob('*.py')):
-    if any(part.startswith('.') or part in ('build', 'venv') for part in path.relative_to(ROOT).parts):
+    if any(
+        part.startswith('.') or part in ('build', 'venv') for part in path.relative_to(ROOT).parts
+    ):
       continue
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
       names = []
@@ -143,7 +153,9 @@ def test_the_layer_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
   (fake / 'geometry' / 'shapes.py').write_text('from diffhand_jax.training import loop\n')
   monkeypatch.setattr(__import__(__name__), 'ROOT', tmp_path)
   monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
-  with pytest.raises(AssertionError, match=r'geometry\.shapes \(geometry\) imports diffhand_jax\.training\.loop'):
+  with pytest.raises(
+      AssertionError, match=r'geometry\.shapes \(geometry\) imports diffhand_jax\.training\.loop'
+  ):
     test_every_import_is_allowed_by_the_layer_table()
   with pytest.raises(AssertionError, match='import cycles'):
     test_no_import_cycles()

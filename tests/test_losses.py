@@ -29,7 +29,9 @@ def test_smooth_loss_is_zero_for_ground_truth_and_its_translation():
   verts, faces = grid_mesh()
   gt = jnp.asarray(verts)[None]
   assert float(losses.smooth_loss(gt, gt, faces)) == 0.0
-  assert float(losses.smooth_loss(gt + jnp.array([0.3, -1.0, 2.0]), gt, faces)) == pytest.approx(0.0)
+  assert float(losses.smooth_loss(gt + jnp.array([0.3, -1.0, 2.0]), gt, faces)) == pytest.approx(
+      0.0
+  )
   # In-plane motion keeps every edge perpendicular to the (z) normals too.
   in_plane = gt.at[0, 4, :2].add(jnp.array([0.2, -0.1]))
   assert float(losses.smooth_loss(in_plane, gt, faces)) == pytest.approx(0.0, abs=1e-7)
@@ -57,10 +59,13 @@ def test_smooth_loss_uses_ground_truth_normals_and_per_sample_mask():
   batch_pred = jnp.concatenate([gt, bent])
   batch_gt = jnp.concatenate([gt, gt])
   only_bent = losses.smooth_loss(bent, gt, faces)
-  assert float(losses.smooth_loss(batch_pred, batch_gt, faces, jnp.array([0.0, 1.0]))) == pytest.approx(
-      float(only_bent))
+  assert float(
+      losses.smooth_loss(batch_pred, batch_gt, faces, jnp.array([0.0, 1.0]))
+  ) == pytest.approx(float(only_bent))
   assert float(losses.smooth_loss(batch_pred, batch_gt, faces, jnp.array([1.0, 0.0]))) == 0.0
-  assert float(losses.smooth_loss(batch_pred, batch_gt, faces)) == pytest.approx(float(only_bent) / 2)
+  assert float(losses.smooth_loss(batch_pred, batch_gt, faces)) == pytest.approx(
+      float(only_bent) / 2
+  )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,7 +83,9 @@ def test_vertex_loss_hand_worked():
   assert float(losses.vertex_loss(pred2, gt2)) == pytest.approx((4.5 + 3.0) / 2)
   assert float(losses.vertex_loss(pred2, gt2, jnp.array([True, False]))) == pytest.approx(4.5)
   assert float(losses.vertex_loss(pred2, gt2, jnp.array([0.0, 0.0]))) == 0.0
-  per_vertex = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # vertex 0 of sample 0 (9), vertex 1 of sample 1 (3)
+  per_vertex = jnp.array(
+      [[1.0, 0.0], [0.0, 1.0]]
+  )  # vertex 0 of sample 0 (9), vertex 1 of sample 1 (3)
   assert float(losses.vertex_loss(pred2, gt2, per_vertex)) == pytest.approx(6.0)
 
 
@@ -115,8 +122,9 @@ def test_joint_loss_2d_hand_worked_camera_offset():
   assert float(loss_3d) == pytest.approx(0.0, abs=1e-12)
   assert float(loss_2d) == pytest.approx(0.01, rel=1e-5)
   # has_2d masks samples out of the 2D term only.
-  _, loss_2d_masked = losses.joint_loss(gt_verts, gt_joints, regressor, shifted, gt_2d,
-                                        jnp.array([0.0, 0.0]))
+  _, loss_2d_masked = losses.joint_loss(
+      gt_verts, gt_joints, regressor, shifted, gt_2d, jnp.array([0.0, 0.0])
+  )
   assert float(loss_2d_masked) == 0.0
 
 
@@ -129,7 +137,9 @@ def test_project_weak_perspective_hand_worked():
 
 def test_joint_loss_uses_the_regressor():
   gt_verts, regressor, gt_joints, camera, gt_2d = joint_setup()
-  pred = gt_verts.at[:, 1].add(jnp.array([0.2, 0.0, 0.0]))  # vertex 1 feeds joints 0 and 1 (w = 0.5)
+  pred = gt_verts.at[:, 1].add(
+      jnp.array([0.2, 0.0, 0.0])
+  )  # vertex 1 feeds joints 0 and 1 (w = 0.5)
   loss_3d, _ = losses.joint_loss(pred, gt_joints, regressor, camera, gt_2d)
   # Joints 0 and 1 move by 0.1 in x: squared 0.01 each, mean over 4 joints and 2 samples.
   assert float(loss_3d) == pytest.approx(2 * 0.01 / 4, rel=1e-5)
@@ -168,8 +178,17 @@ def total_setup():
 def test_total_loss_combines_parts_with_lambdas():
   gt_verts, gt_joints, gt_2d, camera, regressor, faces = total_setup()
   pred = gt_verts.at[:, 4, 2].add(0.3).at[:, 0, 0].add(0.1)
-  loss, parts = losses.total_loss(pred, gt_verts, gt_joints, gt_2d, camera, regressor, faces,
-                                  lambda_joint=2.0, lambda_smooth=0.5)
+  loss, parts = losses.total_loss(
+      pred,
+      gt_verts,
+      gt_joints,
+      gt_2d,
+      camera,
+      regressor,
+      faces,
+      lambda_joint=2.0,
+      lambda_smooth=0.5,
+  )
   expected = parts['vertex'] + 2.0 * (parts['joint_3d'] + parts['joint_2d']) + 0.5 * parts['smooth']
   assert float(loss) == pytest.approx(float(expected), rel=1e-6)
   assert float(parts['total']) == float(loss)
@@ -184,8 +203,17 @@ def test_total_loss_combines_parts_with_lambdas():
 def test_total_loss_has_3d_masks_every_3d_term():
   gt_verts, gt_joints, gt_2d, camera, regressor, faces = total_setup()
   pred = gt_verts.at[1].add(jnp.asarray(np.random.default_rng(0).normal(size=(9, 3)), jnp.float32))
-  _, parts = losses.total_loss(pred, gt_verts, gt_joints, gt_2d, camera, regressor, faces,
-                               has_3d=jnp.array([True, False]), has_2d=jnp.array([True, False]))
+  _, parts = losses.total_loss(
+      pred,
+      gt_verts,
+      gt_joints,
+      gt_2d,
+      camera,
+      regressor,
+      faces,
+      has_3d=jnp.array([True, False]),
+      has_2d=jnp.array([True, False]),
+  )
   for name in ('vertex', 'joint_3d', 'joint_2d', 'smooth', 'total'):
     assert float(parts[name]) == pytest.approx(0.0, abs=1e-12), name
 
@@ -222,14 +250,19 @@ def test_gradient_of_vertex_loss_hand_worked():
 
 def test_wrong_shapes_raise_clear_errors():
   gt_verts, gt_joints, gt_2d, camera, regressor, faces = total_setup()
-  with pytest.raises(ValueError, match=r'vertex_loss: gt_verts must have shape \(2, 9, 3\), got \(2, 8, 3\)'):
+  with pytest.raises(
+      ValueError, match=r'vertex_loss: gt_verts must have shape \(2, 9, 3\), got \(2, 8, 3\)'
+  ):
     losses.vertex_loss(gt_verts, gt_verts[:, :8])
   with pytest.raises(ValueError, match=r'joint_loss: joint_regressor must have shape \(\*, 9\)'):
     losses.joint_loss(gt_verts, gt_joints, regressor[:, :8], camera, gt_2d)
-  with pytest.raises(ValueError, match=r'joint_loss: camera must have shape \(2, 3\), got \(2, 2\)'):
+  with pytest.raises(
+      ValueError, match=r'joint_loss: camera must have shape \(2, 3\), got \(2, 2\)'
+  ):
     losses.joint_loss(gt_verts, gt_joints, regressor, camera[:, :2], gt_2d)
   with pytest.raises(ValueError, match=r'smooth_loss: faces must have shape \(\*, 3\)'):
     losses.smooth_loss(gt_verts, gt_verts, faces[:, :2])
   with pytest.raises(ValueError, match=r'total_loss: has_3d must have shape \(2,\), got \(3,\)'):
-    losses.total_loss(gt_verts, gt_verts, gt_joints, gt_2d, camera, regressor, faces,
-                      has_3d=jnp.ones(3))
+    losses.total_loss(
+        gt_verts, gt_verts, gt_joints, gt_2d, camera, regressor, faces, has_3d=jnp.ones(3)
+    )

@@ -85,9 +85,12 @@ def handoccnet_rigid_align(A, B):
 
 def reference_evaluate(pred_joints, gt_joints, pred_verts, gt_verts):
   """The FreiHAND eval loop, with the wrist subtracted for the unaligned errors (docs/design.md §6)."""
-  joints_err, joints_al, verts_err, verts_al = (OfficialEvalUtil(21), OfficialEvalUtil(21),
-                                                OfficialEvalUtil(gt_verts.shape[1]),
-                                                OfficialEvalUtil(gt_verts.shape[1]))
+  joints_err, joints_al, verts_err, verts_al = (
+      OfficialEvalUtil(21),
+      OfficialEvalUtil(21),
+      OfficialEvalUtil(gt_verts.shape[1]),
+      OfficialEvalUtil(gt_verts.shape[1]),
+  )
   f5, f15 = [], []
   for pj, gj, pv, gv in zip(pred_joints, gt_joints, pred_verts, gt_verts):
     joints_err.feed(gj - gj[0], pj - pj[0])
@@ -101,9 +104,16 @@ def reference_evaluate(pred_joints, gt_joints, pred_verts, gt_verts):
   pa_mpjpe, pa_auc_j = joints_al.get_measures(0.0, 0.05, 100)
   mpvpe, _ = verts_err.get_measures(0.0, 0.05, 100)
   pa_mpvpe, pa_auc_v = verts_al.get_measures(0.0, 0.05, 100)
-  return {'mpjpe': mpjpe * 1000, 'pa_mpjpe': pa_mpjpe * 1000, 'mpvpe': mpvpe * 1000,
-          'pa_mpvpe': pa_mpvpe * 1000, 'pa_auc_j': pa_auc_j, 'pa_auc_v': pa_auc_v,
-          'pa_f5': np.mean(f5), 'pa_f15': np.mean(f15)}
+  return {
+      'mpjpe': mpjpe * 1000,
+      'pa_mpjpe': pa_mpjpe * 1000,
+      'mpvpe': mpvpe * 1000,
+      'pa_mpvpe': pa_mpvpe * 1000,
+      'pa_auc_j': pa_auc_j,
+      'pa_auc_v': pa_auc_v,
+      'pa_f5': np.mean(f5),
+      'pa_f15': np.mean(f15),
+  }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,8 +211,11 @@ def test_umeyama_matches_handoccnet_port():
 def test_umeyama_collapsed_prediction_goes_to_gt_centroid():
   gt = np.random.default_rng(6).normal(size=(1, 21, 3))
   collapsed = np.ones((1, 21, 3))
-  np.testing.assert_allclose(metrics.align_umeyama_batch(gt, collapsed),
-                             np.broadcast_to(gt.mean(1, keepdims=True), gt.shape), atol=1e-12)
+  np.testing.assert_allclose(
+      metrics.align_umeyama_batch(gt, collapsed),
+      np.broadcast_to(gt.mean(1, keepdims=True), gt.shape),
+      atol=1e-12,
+  )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,9 +228,13 @@ def test_fscore_hand_worked_with_strict_threshold():
   # GT: 4 points. Pred: 3 points. Nearest distances chosen by hand; 0.005 is exactly representable as
   # a difference of 0.005 and 0, and sqrt(x*x) == x in IEEE arithmetic.
   gt = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
-  pred = np.array([[0.0, 0.001, 0.0],  # 1 mm from gt0
-                   [1.0, 0.0, 0.005],  # exactly th from gt1: NOT counted (strict <)
-                   [3.0, 0.0, 0.02]])  # 20 mm from gt3
+  pred = np.array(
+      [
+          [0.0, 0.001, 0.0],  # 1 mm from gt0
+          [1.0, 0.0, 0.005],  # exactly th from gt1: NOT counted (strict <)
+          [3.0, 0.0, 0.02],
+      ]
+  )  # 20 mm from gt3
   # d1 (gt -> pred): 0.001, 0.005, ~1.0, 0.02 -> precision = 1/4
   # d2 (pred -> gt): 0.001, 0.005, 0.02        -> recall = 1/3
   precision, recall = 1 / 4, 1 / 3
@@ -242,7 +259,9 @@ def test_fscore_matches_official_port_on_random_batches():
   gt, pred = random_hands(rng, 12, 778)
   aligned = metrics.align_w_scale_batch(gt, pred)
   got = metrics.fscore(gt, aligned, (0.005, 0.015))
-  expected = [[official_calculate_fscore(g, a, t) for t in (0.005, 0.015)] for g, a in zip(gt, aligned)]
+  expected = [
+      [official_calculate_fscore(g, a, t) for t in (0.005, 0.015)] for g, a in zip(gt, aligned)
+  ]
   np.testing.assert_allclose(got, expected, atol=1e-12)
   assert 0.05 < got[:, 0].mean() < 0.95  # the data exercises both sides of the threshold
 
@@ -269,8 +288,9 @@ def trapezoid_auc_of_constant_error(error_m):
   return ((99 - i0) + 0.5) / 99
 
 
-@pytest.mark.parametrize('error_mm, expected', [(0.0, 1.0), (25.0, 0.5), (10.0, 79.5 / 99),
-                                                 (60.0, 0.0)])
+@pytest.mark.parametrize(
+    'error_mm, expected', [(0.0, 1.0), (25.0, 0.5), (10.0, 79.5 / 99), (60.0, 0.0)]
+)
 def test_auc_hand_worked(error_mm, expected):
   assert trapezoid_auc_of_constant_error(error_mm / 1000) == pytest.approx(expected)
   distances = np.full((3, 21), error_mm / 1000)
@@ -317,7 +337,7 @@ def test_evaluate_is_mean_of_per_sample_and_batched_equals_loop():
   for key in metrics.METRIC_KEYS:
     assert per_sample[key].shape == (5,)
     assert means[key] == pytest.approx(per_sample[key].mean(), abs=1e-12)
-    one_at_a_time = [metrics.evaluate(*(x[i:i + 1] for x in batch))[key] for i in range(5)]
+    one_at_a_time = [metrics.evaluate(*(x[i : i + 1] for x in batch))[key] for i in range(5)]
     np.testing.assert_allclose(per_sample[key], one_at_a_time, atol=1e-9, err_msg=key)
 
 
@@ -372,15 +392,27 @@ def test_thousand_samples_score_without_python_loop_per_sample():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('bad_index, bad_value, match', [
-    (0, np.zeros((2, 21, 2)), r'metrics.evaluate: pred_joints must have shape \(B, 21, 3\), got \(2, 21, 2\)'),
-    (1, np.zeros((2, 20, 3)), r'gt_joints must have shape \(B, 21, 3\), got \(2, 20, 3\)'),
-    (2, np.zeros((2, 777, 3)), r'pred_verts and gt_verts must have the same shape'),
-    (1, np.zeros((3, 21, 3)), r'evaluate: all inputs need the same batch size'),
-    (2, np.zeros((778, 3)), r'pred_verts must have shape \(B, K, 3\)'),
-])
+@pytest.mark.parametrize(
+    'bad_index, bad_value, match',
+    [
+        (
+            0,
+            np.zeros((2, 21, 2)),
+            r'metrics.evaluate: pred_joints must have shape \(B, 21, 3\), got \(2, 21, 2\)',
+        ),
+        (1, np.zeros((2, 20, 3)), r'gt_joints must have shape \(B, 21, 3\), got \(2, 20, 3\)'),
+        (2, np.zeros((2, 777, 3)), r'pred_verts and gt_verts must have the same shape'),
+        (1, np.zeros((3, 21, 3)), r'evaluate: all inputs need the same batch size'),
+        (2, np.zeros((778, 3)), r'pred_verts must have shape \(B, K, 3\)'),
+    ],
+)
 def test_evaluate_rejects_wrong_shapes(bad_index, bad_value, match):
-  inputs = [np.zeros((2, 21, 3)), np.zeros((2, 21, 3)), np.zeros((2, 778, 3)), np.zeros((2, 778, 3))]
+  inputs = [
+      np.zeros((2, 21, 3)),
+      np.zeros((2, 21, 3)),
+      np.zeros((2, 778, 3)),
+      np.zeros((2, 778, 3)),
+  ]
   inputs[bad_index] = bad_value
   with pytest.raises(ValueError, match=match):
     metrics.evaluate(*inputs)
@@ -391,7 +423,9 @@ def test_rejects_nan_inputs_with_a_clear_message():
   pred = np.zeros((2, 21, 3))
   pred[1, 4, 2] = np.nan
   verts = np.zeros((2, 30, 3))
-  with pytest.raises(ValueError, match=r'pred_joints holds 1 NaN/inf value\(s\), in sample\(s\) \[1\]'):
+  with pytest.raises(
+      ValueError, match=r'pred_joints holds 1 NaN/inf value\(s\), in sample\(s\) \[1\]'
+  ):
     metrics.evaluate(pred, gt, verts, verts)
   with pytest.raises(ValueError, match=r'align_w_scale: pred holds'):
     metrics.align_w_scale(gt[0], pred[1])

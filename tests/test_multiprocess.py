@@ -13,9 +13,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _write_tiny_config(path, data_dir, **overrides):
   """A config file for main: the tests' tiny run, with ``overrides`` set in order."""
-  lines = ['import sys', f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})',
-           'from _inference_workdir import tiny_config', 'def get_config():',
-           f'  config = tiny_config({str(data_dir)!r})']
+  lines = [
+      'import sys',
+      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})',
+      'from _inference_workdir import tiny_config',
+      'def get_config():',
+      f'  config = tiny_config({str(data_dir)!r})',
+  ]
   lines += [f'  config.{key} = {value!r}' for key, value in overrides.items()]
   path.write_text('\n'.join(lines + ['  return config', '']))
 
@@ -32,12 +36,25 @@ def test_two_processes_match_one(tmp_path):
   _write_tiny_config(config_file, tmp_path / 'tfds', log_every_steps=1)
   command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
   env = dict(os.environ, LOG_DIR=str(tmp_path / 'logs'))
-  single = subprocess.run(command + [f'--workdir={tmp_path / "one"}'], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+  single = subprocess.run(
+      command + [f'--workdir={tmp_path / "one"}'],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert single.returncode == 0, single.stderr[-3000:]
-  multi = subprocess.run([os.path.join(REPO, 'launch', 'local.sh'), '2', '--'] + command
-                         + [f'--workdir={tmp_path / "two"}'], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
+  multi = subprocess.run(
+      [os.path.join(REPO, 'launch', 'local.sh'), '2', '--']
+      + command
+      + [f'--workdir={tmp_path / "two"}'],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   logs = ''.join(open(tmp_path / 'logs' / f'process_{i}.log').read()[-2000:] for i in range(2))
   assert multi.returncode == 0, logs
   assert 'process 1 of 2' in logs
@@ -54,12 +71,27 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
   then resumes from that step."""
   import signal
   import time
+
   config_file = tmp_path / 'long_config.py'
-  _write_tiny_config(config_file, tmp_path / 'tfds', num_train_steps=100000, log_every_steps=1,
-                     checkpoint_every_steps=100000, eval_every_steps=100000)
+  _write_tiny_config(
+      config_file,
+      tmp_path / 'tfds',
+      num_train_steps=100000,
+      log_every_steps=1,
+      checkpoint_every_steps=100000,
+      eval_every_steps=100000,
+  )
   workdir = tmp_path / 'run'
-  command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}', f'--workdir={workdir}']
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  command = [
+      sys.executable,
+      '-m',
+      'diffhand_jax.main',
+      f'--config={config_file}',
+      f'--workdir={workdir}',
+  ]
+  process = subprocess.Popen(
+      command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   deadline = time.time() + 300
   output = ''
   while time.time() < deadline:
@@ -76,8 +108,11 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
   assert saved >= 3
   assert str(saved) in os.listdir(workdir / 'checkpoints')
 
-  config_file.write_text(config_file.read_text().replace('100000\n  config.log_every_steps',
-                                                         f'{saved + 2}\n  config.log_every_steps'))
+  config_file.write_text(
+      config_file.read_text().replace(
+          '100000\n  config.log_every_steps', f'{saved + 2}\n  config.log_every_steps'
+      )
+  )
   resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'resumed from step {saved}' in resumed.stdout
@@ -89,24 +124,39 @@ def test_meshes_match_one_device(tmp_path):
   """With 8 fake CPU devices, meshes (data=8), (data=2, fsdp=4) and (fsdp=8) give the same losses and
   parameters after 3 steps as one device, and FSDP really shards the parameters."""
   import numpy as np
+
   out = tmp_path / 'meshes.npz'
   env = dict(os.environ, PYTHONPATH=REPO)
-  result = subprocess.run([sys.executable, os.path.join(REPO, 'tests', '_mesh_equivalence.py'),
-                           str(tmp_path / 'tfds'), str(out)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+  result = subprocess.run(
+      [
+          sys.executable,
+          os.path.join(REPO, 'tests', '_mesh_equivalence.py'),
+          str(tmp_path / 'tfds'),
+          str(out),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   runs = np.load(out)
   reference_losses, reference_params = runs['one_device_losses'], runs['one_device_params']
   for name in ('data8', 'data2_fsdp4', 'fsdp8'):
     np.testing.assert_allclose(runs[f'{name}_losses'], reference_losses, rtol=1e-5)
-    relative = np.linalg.norm(runs[f'{name}_params'] - reference_params) / np.linalg.norm(reference_params)
+    relative = np.linalg.norm(runs[f'{name}_params'] - reference_params) / np.linalg.norm(
+        reference_params
+    )
     assert relative <= 1e-5, (name, relative)
   assert int(runs['data8_sharded_leaves']) == 0
   assert int(runs['fsdp8_sharded_leaves']) > 0 and int(runs['data2_fsdp4_sharded_leaves']) > 0
 
 
 def _run(command, env, timeout=900):
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run(
+      command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
   assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
   return result
 
@@ -116,16 +166,32 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
   """2 processes x 2 fake CPU devices (launch/local.sh) and 1 process x 4 give the same losses, on a
   (data=2, fsdp=2) mesh whose fsdp axis shards params across the processes, with 2 micro-batches."""
   config_file = tmp_path / 'config.py'
-  _write_tiny_config(config_file, tmp_path / 'tfds', log_every_steps=1, batch_size=8, grad_accum_steps=2,
-                     mesh={'data': 2, 'fsdp': 2}, fsdp_min_size=1)
+  _write_tiny_config(
+      config_file,
+      tmp_path / 'tfds',
+      log_every_steps=1,
+      batch_size=8,
+      grad_accum_steps=2,
+      mesh={'data': 2, 'fsdp': 2},
+      fsdp_min_size=1,
+  )
   command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
   env = dict(os.environ, LOG_DIR=str(tmp_path / 'logs'), JAX_PLATFORMS='cpu')
-  single_env = dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=4 ' + env.get('XLA_FLAGS', ''))
+  single_env = dict(
+      env, XLA_FLAGS='--xla_force_host_platform_device_count=4 ' + env.get('XLA_FLAGS', '')
+  )
   single = _run(command + [f'--workdir={tmp_path / "one"}'], single_env)
   assert "mesh {'data': 2, 'fsdp': 2}" in single.stdout
-  multi = subprocess.run([os.path.join(REPO, 'launch', 'local.sh'), '2', '2', '--'] + command
-                         + [f'--workdir={tmp_path / "two"}'], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=900)
+  multi = subprocess.run(
+      [os.path.join(REPO, 'launch', 'local.sh'), '2', '2', '--']
+      + command
+      + [f'--workdir={tmp_path / "two"}'],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   logs = [open(tmp_path / 'logs' / f'process_{i}.log').read() for i in range(2)]
   assert multi.returncode == 0, ''.join(log[-2000:] for log in logs)
   assert 'process 1 of 2 (explicit), 2 local / 4 global devices' in logs[1]
@@ -143,18 +209,32 @@ def test_kill_9_then_rerun_resumes_with_the_uninterrupted_losses(tmp_path):
   import random
   import signal
   import time
+
   num_steps = 10
   config_file = tmp_path / 'config.py'
-  _write_tiny_config(config_file, tmp_path / 'tfds', num_train_steps=num_steps, log_every_steps=1,
-                     checkpoint_every_steps=1, keep_checkpoints=3, eval_every_steps=num_steps)
+  _write_tiny_config(
+      config_file,
+      tmp_path / 'tfds',
+      num_train_steps=num_steps,
+      log_every_steps=1,
+      checkpoint_every_steps=1,
+      keep_checkpoints=3,
+      eval_every_steps=num_steps,
+  )
   command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   _run(command + [f'--workdir={tmp_path / "straight"}'], env)
 
   kill_after = random.randint(3, num_steps - 2)
   workdir = tmp_path / 'killed'
-  process = subprocess.Popen(command + [f'--workdir={workdir}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+  process = subprocess.Popen(
+      command + [f'--workdir={workdir}'],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   deadline, output = time.time() + 600, ''
   while time.time() < deadline and process.poll() is None:
     line = process.stdout.readline()
@@ -163,7 +243,9 @@ def test_kill_9_then_rerun_resumes_with_the_uninterrupted_losses(tmp_path):
       process.send_signal(signal.SIGKILL)
       break
   process.wait(timeout=60)
-  assert process.returncode == -signal.SIGKILL, f'not killed after step {kill_after}:\n{output[-3000:]}'
+  assert (
+      process.returncode == -signal.SIGKILL
+  ), f'not killed after step {kill_after}:\n{output[-3000:]}'
 
   resumed = _run(command + [f'--workdir={workdir}'], env)
   assert 'resumed from step ' in resumed.stdout, (kill_after, resumed.stdout[-2000:])
@@ -174,7 +256,11 @@ def test_kill_9_then_rerun_resumes_with_the_uninterrupted_losses(tmp_path):
   assert sorted(r['step'] for r in train_records) == list(range(1, num_steps + 1))  # no step twice
   straight, killed = _losses(tmp_path / 'straight'), _losses(workdir)
   for step in range(1, num_steps + 1):
-    assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-7), (step, kill_after, resumed_from)
+    assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-7), (
+        step,
+        kill_after,
+        resumed_from,
+    )
 
 
 @pytest.mark.slow
@@ -183,10 +269,19 @@ def test_memory_mode_compiles_without_data_or_workdir(tmp_path):
   data (the dataset is never built)."""
   config_file = tmp_path / 'config.py'
   _write_tiny_config(config_file, tmp_path / 'tfds', mode='memory', grad_accum_steps=2)
-  result = _run([sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}'],
-                dict(os.environ, JAX_PLATFORMS='cpu'))
+  result = _run(
+      [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}'],
+      dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert 'in 2 micro-batch(es)' in result.stdout
-  for row in ('arguments', 'outputs', 'temporaries', 'generated code', 'total (peak estimate)', 'params',
-              'optimiser state'):
+  for row in (
+      'arguments',
+      'outputs',
+      'temporaries',
+      'generated code',
+      'total (peak estimate)',
+      'params',
+      'optimiser state',
+  ):
     assert f'\n  {row}' in result.stdout, row
   assert not (tmp_path / 'tfds').exists()

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-_PROBE = '''
+_PROBE = """
 import importlib.util, os, sys
 import datasets
 import diffhand_jax
@@ -24,15 +24,21 @@ assert "site-packages" in datasets.__file__, datasets.__file__
 if sys.argv[1] == "outside":
   assert importlib.util.find_spec("configs") is None, importlib.util.find_spec("configs")
 print(datasets.__file__)
-'''
+"""
 
 
 @pytest.mark.parametrize('where', ['outside', 'repository_root'])
 def test_hugging_face_datasets_imports_beside_diffhand_jax(tmp_path, where):
   cwd = tmp_path if where == 'outside' else ROOT
   env = dict(os.environ, PYTHONPATH='')
-  result = subprocess.run([sys.executable, '-c', _PROBE, where], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+      [sys.executable, '-c', _PROBE, where],
+      cwd=cwd,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'site-packages' in result.stdout
 
@@ -41,11 +47,39 @@ def test_the_wheel_holds_only_the_package(tmp_path):
   """A regular (non-editable) install's files: the wheel built from this checkout."""
   # A copy of the checkout: an in-tree build would leave build/ and *.egg-info in the repository.
   source = tmp_path / 'source'
-  shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-      '.git', '.ci', '.venv', 'venv', 'build', 'runs', '*.egg-info', '__pycache__', 'bench_results'))
-  result = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                           '--quiet', '--wheel-dir', str(tmp_path), str(source)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  shutil.copytree(
+      ROOT,
+      source,
+      ignore=shutil.ignore_patterns(
+          '.git',
+          '.ci',
+          '.venv',
+          'venv',
+          'build',
+          'runs',
+          '*.egg-info',
+          '__pycache__',
+          'bench_results',
+      ),
+  )
+  result = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'pip',
+          'wheel',
+          '--no-deps',
+          '--no-build-isolation',
+          '--quiet',
+          '--wheel-dir',
+          str(tmp_path),
+          str(source),
+      ],
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   (wheel,) = tmp_path.glob('diffhand_jax-*.whl')
   with zipfile.ZipFile(wheel) as archive:
@@ -55,6 +89,8 @@ def test_the_wheel_holds_only_the_package(tmp_path):
   # The TFDS builders travel with their README, citations and checksums (TFDS reads them beside the code).
   for name in ('freihand', 'ho3d', 'dex_ycb', 'synthetic_hands'):
     folder = f'diffhand_jax/data/builders/{name}/'
-    assert {folder + f for f in (f'{name}_dataset_builder.py', 'README.md', 'CITATIONS.bib',
-                                 'checksums.tsv')} <= set(names), name
+    assert {
+        folder + f
+        for f in (f'{name}_dataset_builder.py', 'README.md', 'CITATIONS.bib', 'checksums.tsv')
+    } <= set(names), name
   assert 'diffhand_jax/assets/procedural_hand.npz' in names

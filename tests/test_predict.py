@@ -16,6 +16,7 @@ from diffhand_jax.inference import predict as predict_lib
 @pytest.fixture(scope='module')
 def workdir():
   from _inference_workdir import tiny_workdir
+
   return tiny_workdir()[0]
 
 
@@ -38,6 +39,7 @@ def _write_image(path, height, width, seed):
 
 def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
   from diffhand_jax.inference import loading
+
   images = tmp_path / 'images'
   images.mkdir()
   square = _write_image(images / 'a_right.png', 48, 48, 0)
@@ -47,14 +49,26 @@ def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
   (images / 'notes.txt').write_text('ignored')
   (tmp_path / 'boxes.json').write_text(json.dumps({'c_box': [70, 5, 100, 35]}))
   out = tmp_path / 'out'
-  status = predict.main([f'--workdir={workdir}', f'--images={images}', f'--output={out}',
-                         f'--boxes={tmp_path / "boxes.json"}', '--left=b_left.jpg', '--num_hypotheses=2',
-                         '--steps=2', '--batch_size=4', '--overlay_size=48'])
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={images}',
+          f'--output={out}',
+          f'--boxes={tmp_path / "boxes.json"}',
+          '--left=b_left.jpg',
+          '--num_hypotheses=2',
+          '--steps=2',
+          '--batch_size=4',
+          '--overlay_size=48',
+      ]
+  )
   captured = capsys.readouterr()
   assert status == 0, captured.err
   assert 'd_broken.jpg' in captured.err  # named, and the rest carried on
   names = ('a_right', 'b_left', 'c_box')
-  assert sorted(os.listdir(out)) == sorted(f'{n}.{e}' for n in names for e in ('obj', 'png', 'json'))
+  assert sorted(os.listdir(out)) == sorted(
+      f'{n}.{e}' for n in names for e in ('obj', 'png', 'json')
+  )
 
   _, _, _, topology, _ = loading.load_for_inference(workdir)
   regressor = np.asarray(topology.joint_regressor, np.float64)
@@ -63,7 +77,9 @@ def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
     vertices = np.asarray(record['vertices'])
     assert vertices.shape == (778, 3) and np.asarray(record['joints']).shape == (21, 3)
     assert np.asarray(record['uncertainty']).shape == (778,)
-    assert np.all(np.asarray(record['uncertainty']) >= 0) and record['uncertainty_mean'] > 0  # K = 2
+    assert (
+        np.all(np.asarray(record['uncertainty']) >= 0) and record['uncertainty_mean'] > 0
+    )  # K = 2
     np.testing.assert_allclose(record['joints'], regressor @ vertices, atol=1e-5)
     obj_vertices, obj_faces = _read_obj(out / f'{name}.obj')
     np.testing.assert_allclose(obj_vertices, vertices, atol=2e-6)
@@ -73,7 +89,9 @@ def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
     assert record['settings']['hypotheses'] == 2 and record['settings']['steps'] == 2
     assert record['hand_side'] == ('left' if name == 'b_left' else 'right')
   box = json.loads((out / 'c_box.json').read_text())['crop_box']
-  np.testing.assert_allclose(box, [85 - 19.5, 20 - 19.5, 85 + 19.5, 20 + 19.5])  # 30 px × 1.3, centred
+  np.testing.assert_allclose(
+      box, [85 - 19.5, 20 - 19.5, 85 + 19.5, 20 + 19.5]
+  )  # 30 px × 1.3, centred
   # A square image without a box is cropped whole: the overlay is that image where no mesh is drawn.
   overlay = np.asarray(Image.open(out / 'a_right.png')).astype(int)
   unchanged = np.all(overlay == square, axis=-1)
@@ -87,17 +105,28 @@ def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
   out2 = tmp_path / 'out2'
   # The same number of steps, here through the run's config (--config.model.sampling_steps) and the
   # flags of the previous call back at their defaults (no --boxes, --left).
-  status = predict.main([f'--workdir={workdir}', f'--images={mirrored}', f'--output={out2}', '--all_left',
-                         '--num_hypotheses=2', '--config.model.sampling_steps=2', '--batch_size=4',
-                         '--overlay_size=48'])
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={mirrored}',
+          f'--output={out2}',
+          '--all_left',
+          '--num_hypotheses=2',
+          '--config.model.sampling_steps=2',
+          '--batch_size=4',
+          '--overlay_size=48',
+      ]
+  )
   assert status == 0
   assert json.loads((out2 / 'a_right.json').read_text())['settings']['steps'] == 2
   right = json.loads((out / 'a_right.json').read_text())
   left = json.loads((out2 / 'a_right.json').read_text())
-  np.testing.assert_allclose(np.asarray(left['vertices']), np.asarray(right['vertices']) * [-1, 1, 1],
-                             atol=1e-5)
-  np.testing.assert_allclose(np.asarray(Image.open(out2 / 'a_right.png')).astype(int),
-                             overlay[:, ::-1], atol=2)
+  np.testing.assert_allclose(
+      np.asarray(left['vertices']), np.asarray(right['vertices']) * [-1, 1, 1], atol=1e-5
+  )
+  np.testing.assert_allclose(
+      np.asarray(Image.open(out2 / 'a_right.png')).astype(int), overlay[:, ::-1], atol=2
+  )
 
 
 def test_weak_perspective_overlay_geometry():
@@ -106,6 +135,7 @@ def test_weak_perspective_overlay_geometry():
   camera = np.array([0.35, 0.1, -0.2])
   placed, K = predict_lib.orthographic_setup(vertices_model, camera, 200)
   from diffhand_jax.geometry import render
+
   pixels = render.project(placed, K)
   expected = (camera[0] * vertices_model[:, :2] + camera[1:] + 1.0) * 200 / 2.0
   np.testing.assert_allclose(pixels, expected, atol=0.05)
@@ -144,6 +174,7 @@ def test_square_crops():
 # Flags: --config overrides of the run's config, usage errors
 # ------------------------------------------------------------------------------------------------
 
+
 def test_override_fields_are_the_sampler_and_the_dataset_and_eval_sections():
   fields = overrides.override_fields()
   assert set(fields.model) == {'sampling_steps', 'num_hypotheses', 'eta'}
@@ -155,6 +186,7 @@ def test_override_fields_are_the_sampler_and_the_dataset_and_eval_sections():
 
 def test_apply_overrides_sets_only_what_was_given():
   from diffhand_jax.runs import presets
+
   config = presets.base_config(dataset_name='synthetic_hands', eval_split='test')
   config.model = {'sampling_steps': 10, 'eta': 0.0, 'num_hypotheses': 1, 'width': 32}
   config.dataset.tip_ids = [1, 2, 3, 4, 5]  # as config.json gives a tuple back: a list
@@ -175,15 +207,26 @@ def test_apply_overrides_sets_only_what_was_given():
 
 def test_config_flags_parse_types_and_start_fresh_each_time(capsys):
   from absl import flags
+
   flag_values = flags.FlagValues()
   flags.DEFINE_integer('batch', 1, 'a plain flag beside --config', flag_values=flag_values)
 
   def parse(*argv):
-    return command_line.parse(flag_values, list(argv), prog='cmd', config=overrides.override_fields,
-                              config_help=overrides.HELP)
+    return command_line.parse(
+        flag_values,
+        list(argv),
+        prog='cmd',
+        config=overrides.override_fields,
+        config_help=overrides.HELP,
+    )
 
-  parse('--batch=3', '--config.model.sampling_steps=4', '--config.model.eta=0.5',
-        '--config.dataset.data_dir=/d', '--config.dataset.in_memory=false')
+  parse(
+      '--batch=3',
+      '--config.model.sampling_steps=4',
+      '--config.model.eta=0.5',
+      '--config.dataset.data_dir=/d',
+      '--config.dataset.in_memory=false',
+  )
   config = flag_values.config
   assert flag_values.batch == 3
   assert (config.model.sampling_steps, config.model.eta, config.dataset.data_dir) == (4, 0.5, '/d')

@@ -16,13 +16,43 @@ def unproject(uv, z):
 
 
 def icosphere(subdivisions):
-  golden = (1 + 5 ** 0.5) / 2
-  vertices = [[-1, golden, 0], [1, golden, 0], [-1, -golden, 0], [1, -golden, 0], [0, -1, golden],
-              [0, 1, golden], [0, -1, -golden], [0, 1, -golden], [golden, 0, -1], [golden, 0, 1],
-              [-golden, 0, -1], [-golden, 0, 1]]
-  faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
-           [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
-           [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
+  golden = (1 + 5**0.5) / 2
+  vertices = [
+      [-1, golden, 0],
+      [1, golden, 0],
+      [-1, -golden, 0],
+      [1, -golden, 0],
+      [0, -1, golden],
+      [0, 1, golden],
+      [0, -1, -golden],
+      [0, 1, -golden],
+      [golden, 0, -1],
+      [golden, 0, 1],
+      [-golden, 0, -1],
+      [-golden, 0, 1],
+  ]
+  faces = [
+      [0, 11, 5],
+      [0, 5, 1],
+      [0, 1, 7],
+      [0, 7, 10],
+      [0, 10, 11],
+      [1, 5, 9],
+      [5, 11, 4],
+      [11, 10, 2],
+      [10, 7, 6],
+      [7, 1, 8],
+      [3, 9, 4],
+      [3, 4, 2],
+      [3, 2, 6],
+      [3, 6, 8],
+      [3, 8, 9],
+      [4, 9, 5],
+      [2, 4, 11],
+      [6, 2, 10],
+      [8, 6, 7],
+      [9, 8, 1],
+  ]
   vertices = [np.array(v, float) / np.linalg.norm(v) for v in vertices]
   for _ in range(subdivisions):
     midpoints, refined = {}, []
@@ -104,18 +134,28 @@ def test_lambert_plus_ambient_shading():
   faces = np.array([[0, 1, 2]])
   base, ambient = (0.8, 0.4, 0.2), 0.3
   # Light from the camera: n . l = 1, so the colour is the albedo.
-  head_on = render.render(vertices, faces, K, (32, 32), base_color=base, ambient=ambient,
-                          light_dir=(0, 0, -1))
+  head_on = render.render(
+      vertices, faces, K, (32, 32), base_color=base, ambient=ambient, light_dir=(0, 0, -1)
+  )
   np.testing.assert_array_equal(head_on['rgb'][3, 3], np.round(np.array(base) * 255))
   # Grazing light (perpendicular to the normal): only the ambient term remains.
-  grazing = render.render(vertices, faces, K, (32, 32), base_color=base, ambient=ambient,
-                          light_dir=(1, 0, 0))
+  grazing = render.render(
+      vertices, faces, K, (32, 32), base_color=base, ambient=ambient, light_dir=(1, 0, 0)
+  )
   np.testing.assert_array_equal(grazing['rgb'][3, 3], np.round(np.array(base) * ambient * 255))
   # 60 degrees off the normal: cos = 0.5.
-  tilted = render.render(vertices, faces, K, (32, 32), base_color=base, ambient=ambient,
-                         light_dir=(np.sin(np.pi / 3), 0, -np.cos(np.pi / 3)))
-  np.testing.assert_array_equal(tilted['rgb'][3, 3],
-                                np.round(np.array(base) * (ambient + (1 - ambient) * 0.5) * 255))
+  tilted = render.render(
+      vertices,
+      faces,
+      K,
+      (32, 32),
+      base_color=base,
+      ambient=ambient,
+      light_dir=(np.sin(np.pi / 3), 0, -np.cos(np.pi / 3)),
+  )
+  np.testing.assert_array_equal(
+      tilted['rgb'][3, 3], np.round(np.array(base) * (ambient + (1 - ambient) * 0.5) * 255)
+  )
 
 
 def test_sphere_silhouette_and_front_depth():
@@ -123,7 +163,7 @@ def test_sphere_silhouette_and_front_depth():
   unit, faces = icosphere(3)
   out = render.render(unit * radius + [0, 0, distance], faces, K, (32, 32))
   # A sphere's perspective silhouette is a disc of radius f r / sqrt(d^2 - r^2) about the principal point.
-  disc_radius = FOCAL * radius / np.sqrt(distance ** 2 - radius ** 2)
+  disc_radius = FOCAL * radius / np.sqrt(distance**2 - radius**2)
   rows, cols = np.mgrid[0:32, 0:32]
   disc = np.hypot(cols - CX, rows - CY)
   assert np.all(out['mask'][disc < disc_radius - 0.6])
@@ -134,7 +174,9 @@ def test_sphere_silhouette_and_front_depth():
   points = unproject(np.stack([xs, ys], -1), out['depth'][ys, xs])
   np.testing.assert_allclose(np.linalg.norm(points - [0, 0, distance], axis=-1), radius, atol=2e-3)
   # The lit side faces the light: upper-left lit, lower-right dark.
-  lit = render.render(unit * radius + [0, 0, distance], faces, K, (32, 32), light_dir=(-1, -1, -0.3))
+  lit = render.render(
+      unit * radius + [0, 0, distance], faces, K, (32, 32), light_dir=(-1, -1, -0.3)
+  )
   brightness = lit['rgb'].astype(float).sum(-1)
   assert brightness[11, 11] > brightness[21, 21] + 50
 

@@ -84,15 +84,18 @@ def test_dexycb_lines_are_id_then_63_millimetre_values(tmp_path):
   np.testing.assert_allclose(read_mm, joints * 1000.0, atol=1e-3)
 
 
-@pytest.mark.parametrize('case, message', [
-    ('count', 'evaluation set has 6'),
-    ('joints_shape', r'\(M, 21, 3\)'),
-    ('verts_shape', '778'),
-    ('nan', 'not finite'),
-    ('millimetres', 'units'),
-    ('model_space', 'extent'),
-    ('root_relative', 'behind the camera'),
-])
+@pytest.mark.parametrize(
+    'case, message',
+    [
+        ('count', 'evaluation set has 6'),
+        ('joints_shape', r'\(M, 21, 3\)'),
+        ('verts_shape', '778'),
+        ('nan', 'not finite'),
+        ('millimetres', 'units'),
+        ('model_space', 'extent'),
+        ('root_relative', 'behind the camera'),
+    ],
+)
 def test_freihand_validator_rejects_and_leaves_nothing(tmp_path, case, message):
   joints, vertices = _hands(5, seed=3)
   expected = 5
@@ -109,7 +112,11 @@ def test_freihand_validator_rejects_and_leaves_nothing(tmp_path, case, message):
   elif case == 'model_space':  # root-relative / 0.1 m, then placed: a hand 10x too big
     joints = (joints - joints[:, :1]) * 10 + joints[:, :1]
   elif case == 'root_relative':  # the root was never added: wrists at 0 or behind
-    vertices, joints = vertices - joints[:, :1] - [0, 0, 0.01], joints - joints[:, :1] - [0, 0, 0.01]
+    vertices, joints = vertices - joints[:, :1] - [0, 0, 0.01], joints - joints[:, :1] - [
+        0,
+        0,
+        0.01,
+    ]
   path = tmp_path / 'pred.zip'
   with pytest.raises(submission.SubmissionError, match=message):
     submission.write_freihand(str(path), joints, vertices, expected_count=expected)
@@ -139,21 +146,28 @@ def test_ho3d_and_dexycb_validators_check_frame_and_units(tmp_path):
 def test_dexycb_validator_says_the_toolkit_needs_every_scored_sample(tmp_path):
   joints, _ = _hands(3, seed=6)
   path = tmp_path / 'r.txt'
-  with pytest.raises(submission.SubmissionError, match=r'no line for 1 of the 4 .*ids \[7\].*missing image id'):
+  with pytest.raises(
+      submission.SubmissionError, match=r'no line for 1 of the 4 .*ids \[7\].*missing image id'
+  ):
     submission.write_dexycb(str(path), [0, 2, 3], joints, required_ids=[0, 2, 3, 7])
-  with pytest.raises(submission.SubmissionError, match='3 lines, but the toolkit scores 4 .*missing image id'):
+  with pytest.raises(
+      submission.SubmissionError, match='3 lines, but the toolkit scores 4 .*missing image id'
+  ):
     submission.write_dexycb(str(path), [0, 2, 3], joints, expected_count=4)
   with pytest.raises(submission.SubmissionError, match='image id 9 is past the split.*0..8'):
     submission.write_dexycb(str(path), [0, 2, 9], joints, num_samples=9)
   assert not path.exists() and _left_behind(tmp_path) == []
   # Lines for ids the toolkit does not score are harmless (it iterates over its ground truth).
-  submission.write_dexycb(str(path), [0, 2, 3], joints, expected_count=3, num_samples=4, required_ids=[0, 3])
+  submission.write_dexycb(
+      str(path), [0, 2, 3], joints, expected_count=3, num_samples=4, required_ids=[0, 3]
+  )
   with pytest.raises(submission.SubmissionError, match='missing image id'):
     submission.read_dexycb(str(path), required_ids=[0, 1, 2, 3])
 
 
 def test_root_from_weak_perspective_recovers_the_camera_frame_wrist():
   from diffhand_jax.inference import crops
+
   rng = np.random.default_rng(5)
   size, focal, vertex_scale = 224, 480.0, 0.1
   K = np.array([[focal, 0, 110.0], [0, focal * 1.02, 114.0], [0, 0, 1]])
@@ -166,10 +180,18 @@ def test_root_from_weak_perspective_recovers_the_camera_frame_wrist():
     normalised = 2 * pixels / size - 1
     # Fit u = s·X + tx, v = s·Y + ty to the model-space points by least squares (one shared s).
     model_space = shape / vertex_scale
-    rows = np.concatenate([np.stack([model_space[:, 0], np.ones(100), np.zeros(100)], 1),
-                           np.stack([model_space[:, 1], np.zeros(100), np.ones(100)], 1)])
-    camera, *_ = np.linalg.lstsq(rows, np.concatenate([normalised[:, 0], normalised[:, 1]]), rcond=None)
-    estimate = crops.root_from_weak_perspective(camera[None], K[None], (size, size), vertex_scale)[0]
+    rows = np.concatenate(
+        [
+            np.stack([model_space[:, 0], np.ones(100), np.zeros(100)], 1),
+            np.stack([model_space[:, 1], np.zeros(100), np.ones(100)], 1),
+        ]
+    )
+    camera, *_ = np.linalg.lstsq(
+        rows, np.concatenate([normalised[:, 0], normalised[:, 1]]), rcond=None
+    )
+    estimate = crops.root_from_weak_perspective(camera[None], K[None], (size, size), vertex_scale)[
+        0
+    ]
     np.testing.assert_allclose(estimate, root, atol=0.03 * root[2])
 
 
@@ -177,17 +199,26 @@ def test_root_from_weak_perspective_recovers_the_camera_frame_wrist():
 # The command, on a tiny trained workdir
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope='module')
 def workdir():
   from _inference_workdir import tiny_workdir
+
   return tiny_workdir()
 
 
 def test_command_writes_a_valid_freihand_file(workdir, tmp_path, capsys):
   run, data_dir = workdir
   output = str(tmp_path / 'pred.zip')
-  status = submission_command.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
-                                    f'--config.dataset.data_dir={data_dir}', '--num_hypotheses=2'])
+  status = submission_command.main(
+      [
+          f'--workdir={run}',
+          '--benchmark=freihand',
+          f'--output={output}',
+          f'--config.dataset.data_dir={data_dir}',
+          '--num_hypotheses=2',
+      ]
+  )
   assert status == 0, capsys.readouterr().err
   joints, vertices = submission.read_pred_zip(output, expected_count=3)  # the tiny test split
   assert joints.shape == (3, 21, 3) and vertices.shape == (3, 778, 3)
@@ -197,20 +228,32 @@ def test_command_writes_a_valid_freihand_file(workdir, tmp_path, capsys):
 def test_command_names_what_is_missing(workdir, tmp_path, capsys):
   run, data_dir = workdir
   output = tmp_path / 'results.txt'
-  status = submission_command.main([f'--workdir={run}', '--benchmark=dexycb', f'--output={output}',
-                                    f'--config.dataset.data_dir={data_dir}'])
+  status = submission_command.main(
+      [
+          f'--workdir={run}',
+          '--benchmark=dexycb',
+          f'--output={output}',
+          f'--config.dataset.data_dir={data_dir}',
+      ]
+  )
   assert status == 1 and 'image id' in capsys.readouterr().err and not output.exists()
   # The network is fixed by the checkpoint: of config.model only the sampler's fields are flags.
-  status = submission_command.main([f'--workdir={run}', '--benchmark=freihand', f'--output={output}',
-                                    '--config.model.width=999'])
+  status = submission_command.main(
+      [f'--workdir={run}', '--benchmark=freihand', f'--output={output}', '--config.model.width=999']
+  )
   err = capsys.readouterr().err
-  assert status == 2 and 'unknown flag --config.model.width' in err and 'fixed by the checkpoint' in err
+  assert (
+      status == 2
+      and 'unknown flag --config.model.width' in err
+      and 'fixed by the checkpoint' in err
+  )
   assert 'Traceback' not in err and not output.exists()
 
 
 # ------------------------------------------------------------------------------------------------
 # DexYCB, from the generated DexYCB copy built by datasets/dex_ycb
 # ------------------------------------------------------------------------------------------------
+
 
 def _toolkit_hpe_check(result_path, scored_ids):
   """dex-ycb-toolkit hpe_eval.py's reading of a result file (HPEEvaluator._load_results) and its
@@ -231,23 +274,39 @@ def _toolkit_hpe_check(result_path, scored_ids):
 def dexycb_data():
   pytest.importorskip('tensorflow_datasets')
   import test_dex_ycb  # the built fixture (shared within the process) and the toolkit's numbering
+
   built = test_dex_ycb.built_fixture()
-  return {'root': str(built['root']), 'data_dir': built['data_dir'], 'truth': built['truth'],
-          'helpers': test_dex_ycb}
+  return {
+      'root': str(built['root']),
+      'data_dir': built['data_dir'],
+      'truth': built['truth'],
+      'helpers': test_dex_ycb,
+  }
 
 
 def _dexycb_args(run, data, output, *extra):
-  return [f'--workdir={run}', '--benchmark=dexycb', f'--output={output}', '--config.dataset.name=dex_ycb',
-          '--config.dataset.config_name=default', f'--config.dataset.data_dir={data["data_dir"]}', *extra]
+  return [
+      f'--workdir={run}',
+      '--benchmark=dexycb',
+      f'--output={output}',
+      '--config.dataset.name=dex_ycb',
+      '--config.dataset.config_name=default',
+      f'--config.dataset.data_dir={data["data_dir"]}',
+      *extra,
+  ]
 
 
-def test_dexycb_submission_from_the_fixture_has_the_toolkit_ids(workdir, dexycb_data, tmp_path, capsys):
+def test_dexycb_submission_from_the_fixture_has_the_toolkit_ids(
+    workdir, dexycb_data, tmp_path, capsys
+):
   run, _ = workdir
   helpers = dexycb_data['helpers']
   output = tmp_path / 'results.txt'
   status = submission_command.main(_dexycb_args(run, dexycb_data, output, '--split=test'))
   assert status == 0, capsys.readouterr().err
-  assert 'partial copy' in capsys.readouterr().err  # 3 subjects of 5 sequences: not the full release
+  assert (
+      'partial copy' in capsys.readouterr().err
+  )  # 3 subjects of 5 sequences: not the full release
   scored = helpers.toolkit_evaluated_ids(dexycb_data['root'], 'test')
   assert scored == [0, 2, 3]  # camera 0 frame 1 (toolkit index 1) has an all -1 joint_3d: a gap
   lines = output.read_text().splitlines()
@@ -256,7 +315,9 @@ def test_dexycb_submission_from_the_fixture_has_the_toolkit_ids(workdir, dexycb_
   ids, joints_mm = submission.read_dexycb(str(output), required_ids=scored)
   for image_id, hand in zip(ids, joints_mm):
     np.testing.assert_array_equal(results[image_id], hand)
-  assert 100 < np.median(joints_mm[:, 0, 2]) < 5000  # wrists some decimetres in front, in millimetres
+  assert (
+      100 < np.median(joints_mm[:, 0, 2]) < 5000
+  )  # wrists some decimetres in front, in millimetres
   # Without one line the toolkit's assert fires, and our reader says why.
   short = tmp_path / 'short.txt'
   short.write_text('\n'.join(lines[:1] + lines[2:]) + '\n')
@@ -267,13 +328,17 @@ def test_dexycb_submission_from_the_fixture_has_the_toolkit_ids(workdir, dexycb_
 
 
 def test_dexycb_submission_refuses_a_split_the_builder_filtered_more_than_the_toolkit(
-    workdir, dexycb_data, tmp_path, capsys):
+    workdir, dexycb_data, tmp_path, capsys
+):
   run, _ = workdir
   helpers = dexycb_data['helpers']
   index_of = {key: index for index, key, _ in helpers.toolkit_samples(dexycb_data['root'], 'train')}
   # The fixture's all-zero pose_m and all -1 joint_2d samples: dropped, yet scored by the toolkit.
-  scored_but_dropped = sorted(index_of[key] for key, entry in dexycb_data['truth'].items()
-                              if entry['invalid'] in ('pose_m', 'joint_2d'))
+  scored_but_dropped = sorted(
+      index_of[key]
+      for key, entry in dexycb_data['truth'].items()
+      if entry['invalid'] in ('pose_m', 'joint_2d')
+  )
   assert len(scored_but_dropped) == 2
   output = tmp_path / 'results.txt'
   status = submission_command.main(_dexycb_args(run, dexycb_data, output, '--split=train'))

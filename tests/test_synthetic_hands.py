@@ -48,10 +48,17 @@ def ray_visible(vertices, faces):
 
 def test_schema_shapes_and_dtypes(examples):
   expected = {
-      'image': ((SIZE, SIZE, 3), np.uint8), 'mask': ((SIZE, SIZE, 1), np.uint8),
-      'depth': ((SIZE, SIZE), np.float32), 'K': ((3, 3), np.float32), 'joints_3d': ((21, 3), np.float32),
-      'vertices_3d': ((778, 3), np.float32), 'mano_pose': ((48,), np.float32),
-      'mano_shape': ((10,), np.float32), 'mano_trans': ((3,), np.float32), 'bbox': ((4,), np.float32)}
+      'image': ((SIZE, SIZE, 3), np.uint8),
+      'mask': ((SIZE, SIZE, 1), np.uint8),
+      'depth': ((SIZE, SIZE), np.float32),
+      'K': ((3, 3), np.float32),
+      'joints_3d': ((21, 3), np.float32),
+      'vertices_3d': ((778, 3), np.float32),
+      'mano_pose': ((48,), np.float32),
+      'mano_shape': ((10,), np.float32),
+      'mano_trans': ((3,), np.float32),
+      'bbox': ((4,), np.float32),
+  }
   for example in examples:
     for key, (shape, dtype) in expected.items():
       assert example[key].shape == shape and example[key].dtype == dtype, key
@@ -65,7 +72,9 @@ def test_same_seed_same_example_and_different_otherwise(kit, examples):
   for key in examples[0]:
     np.testing.assert_array_equal(np.asarray(again[key]), np.asarray(examples[0][key]), err_msg=key)
   other_split = synthetic_scene.generate_example(CONFIG, 'train', 0, kit=kit)
-  other_seed = synthetic_scene.generate_example(synthetic_scene.SceneConfig(image_size=SIZE, seed=1), 'test', 0, kit=kit)
+  other_seed = synthetic_scene.generate_example(
+      synthetic_scene.SceneConfig(image_size=SIZE, seed=1), 'test', 0, kit=kit
+  )
   for other in (other_split, other_seed, examples[1]):
     assert not np.array_equal(other['image'], examples[0]['image'])
     assert not np.allclose(other['vertices_3d'], examples[0]['vertices_3d'])
@@ -77,11 +86,16 @@ def test_mano_parameters_reproduce_the_mesh_and_joints(kit, examples):
     vertices, joints16 = forward(example['mano_pose'][None], example['mano_shape'][None])
     vertices = np.asarray(vertices[0]) + example['mano_trans']
     np.testing.assert_allclose(vertices, example['vertices_3d'], atol=2e-6)
-    joints = np.asarray(mano.joints21(vertices, np.asarray(joints16[0]) + example['mano_trans'], kit.tip_ids))
+    joints = np.asarray(
+        mano.joints21(vertices, np.asarray(joints16[0]) + example['mano_trans'], kit.tip_ids)
+    )
     np.testing.assert_allclose(joints, example['joints_3d'], atol=2e-6)
     # Joints 4, 8, 12, 16, 20 are the tips (thumb, index, middle, ring, little): vertices of the mesh.
-    np.testing.assert_allclose(example['joints_3d'][[4, 8, 12, 16, 20]],
-                               example['vertices_3d'][list(kit.tip_ids)], atol=1e-7)
+    np.testing.assert_allclose(
+        example['joints_3d'][[4, 8, 12, 16, 20]],
+        example['vertices_3d'][list(kit.tip_ids)],
+        atol=1e-7,
+    )
 
 
 def test_poses_within_joint_limits(kit):
@@ -91,7 +105,9 @@ def test_poses_within_joint_limits(kit):
     poses = np.stack([synthetic_scene.sample_finger_pose(rng, kit, prior) for _ in range(200)])
     full = np.concatenate([np.zeros((200, 3)), poses], axis=1)
     angles = mano.pose_to_angles(kit.model, full)  # (n, 15, 3) along each joint's limit axes
-    assert np.all(angles >= limits[..., 0] - 1e-6) and np.all(angles <= limits[..., 1] + 1e-6), prior
+    assert np.all(angles >= limits[..., 0] - 1e-6) and np.all(
+        angles <= limits[..., 1] + 1e-6
+    ), prior
 
 
 def test_synergy_prior_couples_the_fingers(kit):
@@ -99,7 +115,9 @@ def test_synergy_prior_couples_the_fingers(kit):
   axes = np.asarray(kit.model.pose_axes, np.float64)
 
   def flexion(prior):  # (n, 15) angles along each joint's flexion axis
-    poses = np.stack([synthetic_scene.sample_finger_pose(rng, kit, prior) for _ in range(400)]).reshape(-1, 15, 3)
+    poses = np.stack(
+        [synthetic_scene.sample_finger_pose(rng, kit, prior) for _ in range(400)]
+    ).reshape(-1, 15, 3)
     return np.einsum('njc,jc->nj', poses, axes[:, 0])
 
   synergy, uniform = flexion('synergy'), flexion('uniform')
@@ -111,7 +129,9 @@ def test_synergy_prior_couples_the_fingers(kit):
   # Within a finger, MCP and PIP move together.
   assert np.corrcoef(synergy[:, 3], synergy[:, 4])[0, 1] > 0.8
   # And the prior still spans open and closed hands.
-  assert synergy[:, 1].min() < 0.2 * kit.flex_high[1] and synergy[:, 1].max() > 0.8 * kit.flex_high[1]
+  assert (
+      synergy[:, 1].min() < 0.2 * kit.flex_high[1] and synergy[:, 1].max() > 0.8 * kit.flex_high[1]
+  )
 
 
 def test_mask_contains_projected_vertices(examples):
@@ -173,7 +193,9 @@ def test_stored_depth_is_the_renderers(kit, examples):
 def test_parallel_generation_matches_serial(kit):
   config = synthetic_scene.SceneConfig(image_size=32)
   serial = list(synthetic_scene.generate_split(config, 'validation', 4, num_workers=1, kit=kit))
-  parallel = list(synthetic_scene.generate_split(config, 'validation', 4, num_workers=2, chunk_size=2))
+  parallel = list(
+      synthetic_scene.generate_split(config, 'validation', 4, num_workers=2, chunk_size=2)
+  )
   assert [i for i, _ in parallel] == [0, 1, 2, 3]
   for (_, a), (_, b) in zip(serial, parallel):
     np.testing.assert_array_equal(a['image'], b['image'])
@@ -200,7 +222,9 @@ def test_tfds_builder_tiny_round_trip(tmp_path, kit):
     # Stored in index order and losslessly: example i is generate_example(config, split, i).
     direct = synthetic_scene.generate_example(config, 'test', index, kit=kit)
     for key in ('image', 'mask', 'depth', 'K', 'joints_3d', 'vertices_3d', 'mano_pose', 'bbox'):
-      np.testing.assert_array_equal(record[key].reshape(direct[key].shape), direct[key], err_msg=key)
+      np.testing.assert_array_equal(
+          record[key].reshape(direct[key].shape), direct[key], err_msg=key
+      )
   # A second call finds the prepared data and does not rebuild.
   again = builder_module.build(str(tmp_path), 'tiny', num_workers=1)
   assert again.is_prepared()
@@ -214,7 +238,12 @@ def test_tfds_command_line_builds_tiny(tmp_path):
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')
-  result = subprocess.run([tfds_cli, 'build', 'datasets/synthetic_hands', f'--data_dir={tmp_path}',
-                           '--config=tiny'], cwd=root, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+      [tfds_cli, 'build', 'datasets/synthetic_hands', f'--data_dir={tmp_path}', '--config=tiny'],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert (tmp_path / 'synthetic_hands' / 'tiny' / '1.0.0' / 'dataset_info.json').exists()

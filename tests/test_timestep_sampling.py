@@ -15,7 +15,8 @@ NUM_SAMPLES = 200_000
 
 def _exact_moments(num_timesteps: int, power: float) -> tuple[float, float]:
   """Mean and variance of s = T − 1 − t for t = T − 1 − ⌊T·u^power⌋, u ~ U[0, 1), from the tail sums
-  E[s] = Σ_{j≥1} P(s ≥ j) and E[s²] = Σ_{j≥1} (2j − 1) P(s ≥ j), with P(s ≥ j) = 1 − (j/T)^(1/power)."""
+  E[s] = Σ_{j≥1} P(s ≥ j) and E[s²] = Σ_{j≥1} (2j − 1) P(s ≥ j), with P(s ≥ j) = 1 − (j/T)^(1/power).
+  """
   j = np.arange(1, num_timesteps, dtype=np.float64)
   tail = 1.0 - (j / num_timesteps) ** (1.0 / power)
   mean = tail.sum()
@@ -50,7 +51,9 @@ def test_power_two_tail():
   """P(t ≥ 900) = P(T·u² < 100) = √0.1 ≈ 0.316 for power 2 (uniform: 0.1)."""
   t = np.asarray(losses.sample_timesteps(jax.random.PRNGKey(1), NUM_SAMPLES, T, 'power', 2.0))
   expected = np.sqrt(0.1)
-  assert np.mean(t >= 900) == pytest.approx(expected, abs=5 * np.sqrt(expected * (1 - expected) / NUM_SAMPLES))
+  assert np.mean(t >= 900) == pytest.approx(
+      expected, abs=5 * np.sqrt(expected * (1 - expected) / NUM_SAMPLES)
+  )
 
 
 def test_bad_options_name_the_config_field():
@@ -62,13 +65,17 @@ def test_bad_options_name_the_config_field():
 
 
 def test_train_step_draws_its_timesteps_from_the_config():
-  config = ml_collections.ConfigDict({
-      'model': {'diffusion': True, 'regression_timestep': 0},
-      'loss': {'timestep_sampling': 'power', 'timestep_power': 2.0}})
+  config = ml_collections.ConfigDict(
+      {
+          'model': {'diffusion': True, 'regression_timestep': 0},
+          'loss': {'timestep_sampling': 'power', 'timestep_power': 2.0},
+      }
+  )
   x0 = np.zeros((2048, 4, 3), np.float32)
   key = jax.random.PRNGKey(5)
   t, _ = step_lib.noised_inputs(key, x0, diffusion.cosine_schedule(T), config)
   t_key, _ = jax.random.split(key)
-  np.testing.assert_array_equal(np.asarray(t),
-                                np.asarray(losses.sample_timesteps(t_key, 2048, T, 'power', 2.0)))
+  np.testing.assert_array_equal(
+      np.asarray(t), np.asarray(losses.sample_timesteps(t_key, 2048, T, 'power', 2.0))
+  )
   assert np.mean(np.asarray(t) >= 900) > 0.25  # uniform would give 0.1

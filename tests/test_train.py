@@ -39,13 +39,18 @@ def test_fsdp_rule_shards_largest_divisible_dimension():
 
 def test_global_indices_are_epoch_permutations_and_resumable():
   n, batch = 10, 4
-  first_two_epochs = np.concatenate([train_step for train_step in
-                                     (input_pipeline.global_indices(n, batch, 7, s) for s in range(5))])
+  first_two_epochs = np.concatenate(
+      [
+          train_step
+          for train_step in (input_pipeline.global_indices(n, batch, 7, s) for s in range(5))
+      ]
+  )
   np.testing.assert_array_equal(np.sort(first_two_epochs[:10]), np.arange(10))
   np.testing.assert_array_equal(np.sort(first_two_epochs[10:20]), np.arange(10))
   assert not np.array_equal(first_two_epochs[:10], first_two_epochs[10:20])
-  np.testing.assert_array_equal(input_pipeline.global_indices(n, batch, 7, 3),
-                                first_two_epochs[12:16])  # a pure function of the step
+  np.testing.assert_array_equal(
+      input_pipeline.global_indices(n, batch, 7, 3), first_two_epochs[12:16]
+  )  # a pure function of the step
 
 
 def _fake_split(count, size=8, seed=0):
@@ -54,16 +59,32 @@ def _fake_split(count, size=8, seed=0):
   return {
       'image': rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8),
       'K': np.tile(np.array([[20.0, 0, 3.5], [0, 20.0, 3.5], [0, 0, 1]]), (count, 1, 1)),
-      'joints_3d': joints, 'vertices_3d': rng.normal(0, 0.03, (count, 778, 3)) + joints[:, :1],
-      'has_3d': np.ones(count, bool), 'hand_side': np.array(['right', 'left'] * (count // 2)),
+      'joints_3d': joints,
+      'vertices_3d': rng.normal(0, 0.03, (count, 778, 3)) + joints[:, :1],
+      'has_3d': np.ones(count, bool),
+      'hand_side': np.array(['right', 'left'] * (count // 2)),
   }
 
 
 def test_process_slices_concatenate_to_the_global_batch():
   arrays = _fake_split(12)
-  whole = next(input_pipeline.train_batches(arrays, batch_size=6, seed=1, start_step=3, vertex_scale=0.1))
-  parts = [next(input_pipeline.train_batches(arrays, batch_size=6, seed=1, start_step=3, vertex_scale=0.1,
-                                             process_index=p, process_count=3)) for p in range(3)]
+  whole = next(
+      input_pipeline.train_batches(arrays, batch_size=6, seed=1, start_step=3, vertex_scale=0.1)
+  )
+  parts = [
+      next(
+          input_pipeline.train_batches(
+              arrays,
+              batch_size=6,
+              seed=1,
+              start_step=3,
+              vertex_scale=0.1,
+              process_index=p,
+              process_count=3,
+          )
+      )
+      for p in range(3)
+  ]
   for key in ('image', 'vertices', 'joints_2d'):
     np.testing.assert_array_equal(whole[key], np.concatenate([p[key] for p in parts]))
 
@@ -72,7 +93,8 @@ def test_mirroring_commutes_with_projection():
   arrays = _fake_split(2)
   is_left = np.array([False, True])
   images, K, joints, vertices = input_pipeline.mirror_left_hands(
-      arrays['image'], arrays['K'], arrays['joints_3d'], arrays['vertices_3d'], is_left)
+      arrays['image'], arrays['K'], arrays['joints_3d'], arrays['vertices_3d'], is_left
+  )
   width = images.shape[2]
   before = input_pipeline.project(arrays['joints_3d'], arrays['K'])
   after = input_pipeline.project(joints, K)
@@ -93,7 +115,9 @@ def test_resize_keeps_projection_consistent():
 
 
 def _tiny_config(data_dir):
-  config = tiny_config(data_dir)  # the inference tests' tiny run, logging every step and exporting one
+  config = tiny_config(
+      data_dir
+  )  # the inference tests' tiny run, logging every step and exporting one
   config.log_every_steps = 1
   config.eval.num_export = 1
   return config
@@ -118,8 +142,18 @@ def test_train_writes_metrics_results_checkpoints_and_exports(trained):
   workdir = root / 'run'
   assert results['step'] == 4
   on_disk = json.loads((workdir / 'results.json').read_text())
-  for key in ('mpjpe', 'pa_mpjpe', 'mpvpe', 'pa_mpvpe', 'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15',
-              'baseline_pa_mpvpe', 'step'):
+  for key in (
+      'mpjpe',
+      'pa_mpjpe',
+      'mpvpe',
+      'pa_mpvpe',
+      'pa_auc_j',
+      'pa_auc_v',
+      'pa_f5',
+      'pa_f15',
+      'baseline_pa_mpvpe',
+      'step',
+  ):
     assert key in on_disk
   assert sorted(_train_losses(workdir)) == [1, 2, 3, 4]
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -209,6 +243,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path,
 
 # ----- gradient accumulation, bf16 compute, AOT memory report ----------------------------------------
 
+
 def _step_setup(config, with_state: bool = True):
   """(initial state or None, jitted train step, mesh) of a config, on this process's devices."""
   topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
@@ -217,14 +252,20 @@ def _step_setup(config, with_state: bool = True):
   if with_state:  # unjitted, the EMA shares the params' buffers: copy, as the step donates both
     state = state_lib.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
     state = jax.tree_util.tree_map(jnp.copy, state)
-  return state, step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings), mesh
+  return (
+      state,
+      step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings),
+      mesh,
+  )
 
 
 def _random_batch(config, has_3d):
   """A fixed global batch in train_batch_spec's shapes; has_3d (B,) as given."""
   rng = np.random.default_rng(0)
-  batch = {key: rng.normal(0.0, 0.3, spec.shape).astype(np.float32)
-           for key, spec in step_lib.train_batch_spec(config).items()}
+  batch = {
+      key: rng.normal(0.0, 0.3, spec.shape).astype(np.float32)
+      for key, spec in step_lib.train_batch_spec(config).items()
+  }
   batch['has_3d'] = np.asarray(has_3d, np.float32)
   return batch
 
@@ -251,7 +292,8 @@ def test_micro_batches_take_every_kth_row():
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
   """Two micro-batches give the one-batch losses, gradient norm and updates over two steps, although the
-  labelled examples (has_3d) are spread unevenly over the micro-batches (2 in one, 1 in the other)."""
+  labelled examples (has_3d) are spread unevenly over the micro-batches (2 in one, 1 in the other).
+  """
   config = tiny_config(tmp_path / 'tfds')
   # A smaller network than the tiny preset's: this test is about the step, and compiles it twice.
   config.model.encoder_overrides.depth = 1
@@ -263,7 +305,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
   batch = _random_batch(config, has_3d=[1.0, 0.0, 1.0, 1.0])
   topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
   _, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
-  first_state = state_lib.create_train_state(config, model, optimizer, jax.random.PRNGKey(config.seed))
+  first_state = state_lib.create_train_state(
+      config, model, optimizer, jax.random.PRNGKey(config.seed)
+  )
   runs = {}
   for num_micro in (1, 2):
     config.grad_accum_steps = num_micro
@@ -274,8 +318,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     if num_micro == 2:  # the step really runs a scan over 2 micro-batches of 2 examples
       jaxpr = jax.make_jaxpr(step_fn)(state, global_batch)
       scans = [e for e in _jaxpr_equations(jaxpr.jaxpr) if e.primitive.name == 'scan']
-      assert any(e.params['length'] == 2 and any(v.aval.shape == (2, 2, 32, 32, 3) for v in e.invars)
-                 for e in scans)
+      assert any(
+          e.params['length'] == 2 and any(v.aval.shape == (2, 2, 32, 32, 3) for v in e.invars)
+          for e in scans
+      )
     parts = []
     for _ in range(2):
       state, step_parts = step_fn(state, global_batch)
@@ -295,7 +341,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 def _bf16_config(data_dir):
   config = tiny_config(data_dir)
   config.model.dtype = 'bfloat16'
-  config.model.diffusion = False  # a fixed input per example, so the loss on a fixed batch must fall
+  config.model.diffusion = (
+      False  # a fixed input per example, so the loss on a fixed batch must fall
+  )
   config.optimizer.warmup_steps = 1
   config.optimizer.learning_rate = 3e-3
   config.num_train_steps = 8
@@ -305,12 +353,17 @@ def _bf16_config(data_dir):
 def test_bfloat16_compute_keeps_float32_params_and_loss_and_trains(tmp_path):
   config = _bf16_config(tmp_path / 'tfds')
   state, step_fn, mesh = _step_setup(config)
-  batch = sharding.to_global(_random_batch(config, has_3d=[1.0, 1.0]), sharding.batch_sharding(mesh))
+  batch = sharding.to_global(
+      _random_batch(config, has_3d=[1.0, 1.0]), sharding.batch_sharding(mesh)
+  )
 
   def dot_dtypes(step):
     jaxpr = jax.make_jaxpr(step)(state, batch)
-    return [e.invars[0].aval.dtype for e in _jaxpr_equations(jaxpr.jaxpr)
-            if e.primitive.name == 'dot_general']
+    return [
+        e.invars[0].aval.dtype
+        for e in _jaxpr_equations(jaxpr.jaxpr)
+        if e.primitive.name == 'dot_general'
+    ]
 
   bf16_dots = dot_dtypes(step_fn)
   # The encoder's and decoder's matmuls run in bfloat16 (forward and backward); only the heads, the
@@ -338,10 +391,17 @@ def test_aot_memory_report(tmp_path, capsys):
   params as `diffhand.param_shapes` gives them, independently of the train state."""
   from diffhand_jax.training import memory
   from diffhand_jax.models import diffhand
+
   config = _bf16_config(tmp_path / 'tfds')
   report = memory.print_memory_report(config)
-  for key in ('argument_bytes', 'output_bytes', 'temp_bytes', 'total_bytes', 'param_bytes',
-              'opt_state_bytes'):
+  for key in (
+      'argument_bytes',
+      'output_bytes',
+      'temp_bytes',
+      'total_bytes',
+      'param_bytes',
+      'opt_state_bytes',
+  ):
     assert report[key] > 0, key
   assert report['generated_code_bytes'] >= 0
   _, model, _, _, _ = step_lib.build_components(config)

@@ -13,8 +13,10 @@ SIZE = 64
 def _pinhole(points, focal, size):
   """A pinhole camera whose principal point is the image centre (pixel centres at integers)."""
   centre = (size - 1) / 2.0
-  return np.stack([focal * points[:, 0] / points[:, 2] + centre,
-                   focal * points[:, 1] / points[:, 2] + centre], -1)
+  return np.stack(
+      [focal * points[:, 0] / points[:, 2] + centre, focal * points[:, 1] / points[:, 2] + centre],
+      -1,
+  )
 
 
 @pytest.mark.parametrize('angle, scale', [(30.0, 1.0), (-75.0, 1.0), (20.0, 0.8), (0.0, 1.25)])
@@ -29,8 +31,9 @@ def test_image_rotation_is_camera_z_rotation_by_minus_theta(angle, scale):
   rotated = points @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]]).T
   # A zoom by `scale` is the same camera with a `scale` times longer focal length.
   np.testing.assert_allclose(_pinhole(rotated, focal * scale, SIZE), on_augmented_image, atol=1e-9)
-  np.testing.assert_allclose(tta.rotation_for_image_angle(angle),
-                             np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]]), atol=1e-12)
+  np.testing.assert_allclose(
+      tta.rotation_for_image_angle(angle), np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]]), atol=1e-12
+  )
   if angle:  # and the other sign does not match
     wrong = points @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T
     assert np.abs(_pinhole(wrong, focal * scale, SIZE) - on_augmented_image).max() > 0.5
@@ -50,14 +53,14 @@ def test_positive_angle_turns_content_counter_clockwise_like_pil():
 
 def _dot_image(centre_uv, size=SIZE, sigma=1.5):
   rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
-  blob = np.exp(-((cols - centre_uv[0]) ** 2 + (rows - centre_uv[1]) ** 2) / (2 * sigma ** 2))
+  blob = np.exp(-((cols - centre_uv[0]) ** 2 + (rows - centre_uv[1]) ** 2) / (2 * sigma**2))
   return np.repeat(blob[..., None], 3, -1).astype(np.float32)
 
 
 def _dot_position(image):
   weights = image[..., 0].astype(np.float64)
   weights = np.where(weights > 0.2 * weights.max(), weights, 0.0)
-  rows, cols = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+  rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
   return np.array([(weights * cols).sum(), (weights * rows).sum()]) / weights.sum()
 
 
@@ -91,6 +94,7 @@ def _oracle(gt_vertices, radius=20.0, scale_shape=1.0, shift=0.0):
         seen = seen * scale_shape + shift
       out.append(seen)
     return np.stack(out)
+
   return predict_fn, _dot_image((centre + radius, centre))
 
 
@@ -100,8 +104,14 @@ def test_tta_with_a_rotation_consistent_oracle_returns_the_ground_truth(align):
   gt = rng.normal(0, 0.04, (2, 50, 3))
   predict_fn, image = _oracle(gt)
   images = np.stack([image, image])
-  result, passes, pairs = tta.tta_predict(predict_fn, images, angles_deg=(-30.0, 0.0, 15.0),
-                                          scales=(0.9, 1.0), align=align, return_passes=True)
+  result, passes, pairs = tta.tta_predict(
+      predict_fn,
+      images,
+      angles_deg=(-30.0, 0.0, 15.0),
+      scales=(0.9, 1.0),
+      align=align,
+      return_passes=True,
+  )
   assert len(pairs) == 6 and pairs[0] == (0.0, 1.0)
   np.testing.assert_allclose(passes, np.broadcast_to(gt, passes.shape), atol=1e-9)
   np.testing.assert_allclose(result, gt, atol=1e-9)

@@ -18,8 +18,9 @@ def block(tree: Any) -> Any:
   return jax.block_until_ready(tree)
 
 
-def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
-            min_seconds: float = 0.2) -> dict[str, float]:
+def time_fn(
+    fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, min_seconds: float = 0.2
+) -> dict[str, float]:
   """Times ``fn()`` (which must block) after ``warmup`` calls.
 
   Each repeat runs ``fn`` enough times to last about ``min_seconds`` and reports seconds per call, so
@@ -31,8 +32,13 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
   return time_interleaved({'fn': fn}, repeats=repeats, warmup=warmup, min_seconds=min_seconds)['fn']
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7, warmup: int = 1,
-                     min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int = 7,
+    warmup: int = 1,
+    min_seconds: float = 0.2,
+) -> dict[str, dict[str, float]]:
   """`time_fn` for several callables, alternating them repeat by repeat, so that a slow spell of the
   machine (another process, frequency changes) falls on all of them alike. Returns time_fn's dict per
   name."""
@@ -50,8 +56,15 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 7, war
       for _ in range(calls[name]):
         fn()
       per_call[name].append((time.perf_counter() - start) / calls[name])
-  return {name: {'min': min(v), 'median': statistics.median(v), 'max': max(v),
-                 'calls_per_repeat': calls[name]} for name, v in per_call.items()}
+  return {
+      name: {
+          'min': min(v),
+          'median': statistics.median(v),
+          'max': max(v),
+          'calls_per_repeat': calls[name],
+      }
+      for name, v in per_call.items()
+  }
 
 
 def machine() -> dict[str, Any]:
@@ -79,25 +92,40 @@ def machine() -> dict[str, Any]:
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """Prints (and returns) a Markdown table, so it can be pasted into the README as is."""
+
   def fmt(value):
     if isinstance(value, float):
       return f'{value:.4g}'
     return str(value)
-  lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |',
-           '|' + '|'.join('---' for _ in header) + '|']
+
+  lines = [
+      f'### {title}',
+      '',
+      '| ' + ' | '.join(header) + ' |',
+      '|' + '|'.join('---' for _ in header) + '|',
+  ]
   lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
   text = '\n'.join(lines)
   print(text, flush=True)
   return text
 
 
-def report(benchmark: str, output: str, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
-           results: Any, **extra: Any) -> str:
+def report(
+    benchmark: str,
+    output: str,
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    results: Any,
+    **extra: Any,
+) -> str:
   """Prints the benchmark's table and writes ``output`` as JSON: {'benchmark', 'machine', **extra,
   'results', 'table'}. Returns the table."""
   table = print_table(title, header, rows)
-  write_json(output, {'benchmark': benchmark, 'machine': machine(), **extra, 'results': results,
-                      'table': table})
+  write_json(
+      output,
+      {'benchmark': benchmark, 'machine': machine(), **extra, 'results': results, 'table': table},
+  )
   return table
 
 

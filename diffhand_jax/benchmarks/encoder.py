@@ -26,21 +26,34 @@ from diffhand_jax.models import vit
 
 def _timm_model(name: str, img_size: int | None):
   import timm
+
   kwargs = {} if img_size is None else {'img_size': img_size}
   return timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
 
 
-def measure(name: str, batch: int, *, img_size: int | None = None, repeats: int = 7,
-            threads: int | None = None, dtype: str = 'float32') -> dict:
+def measure(
+    name: str,
+    batch: int,
+    *,
+    img_size: int | None = None,
+    repeats: int = 7,
+    threads: int | None = None,
+    dtype: str = 'float32',
+) -> dict:
   """Times one model at one batch size; returns seconds per forward for both, and the ratio."""
   import torch
+
   threads = threads or os.cpu_count() or 1
   torch.set_num_threads(threads)
   timm_model = _timm_model(name, img_size)
   state_dict = {k: v.detach().numpy() for k, v in timm_model.state_dict().items()}
   size = timm_model.patch_embed.img_size
-  module, params = vit.from_timm(name, state_dict, img_size=tuple(size),
-                                 dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+  module, params = vit.from_timm(
+      name,
+      state_dict,
+      img_size=tuple(size),
+      dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32,
+  )
   params = jax.device_put(params)
   images_nchw = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
   torch_images = torch.from_numpy(images_nchw)
@@ -55,20 +68,36 @@ def measure(name: str, batch: int, *, img_size: int | None = None, repeats: int 
       return timm_model.forward_features(torch_images)
 
   ours_features, _ = run_ours()
-  timm_features = run_timm().numpy()[:, timm_model.num_prefix_tokens:]
+  timm_features = run_timm().numpy()[:, timm_model.num_prefix_tokens :]
   max_diff = float(np.max(np.abs(np.asarray(ours_features, np.float32) - timm_features)))
   if dtype == 'float32' and max_diff > 1e-3:
-    raise AssertionError(f'{name}: our features differ from timm by {max_diff}; not timing a wrong model')
-  timed = common.time_interleaved({'ours': run_ours, 'timm': run_timm}, repeats=repeats, min_seconds=0.5)
+    raise AssertionError(
+        f'{name}: our features differ from timm by {max_diff}; not timing a wrong model'
+    )
+  timed = common.time_interleaved(
+      {'ours': run_ours, 'timm': run_timm}, repeats=repeats, min_seconds=0.5
+  )
   ours, theirs = timed['ours'], timed['timm']
-  return {'model': name, 'batch': batch, 'img_size': list(size), 'dtype': dtype, 'threads': threads,
-          'torch': torch.__version__, 'max_abs_diff': max_diff, 'ours_s': ours, 'timm_s': theirs,
-          'ours_over_timm': ours['median'] / theirs['median'],
-          'ours_images_per_s': batch / ours['median'], 'timm_images_per_s': batch / theirs['median']}
+  return {
+      'model': name,
+      'batch': batch,
+      'img_size': list(size),
+      'dtype': dtype,
+      'threads': threads,
+      'torch': torch.__version__,
+      'max_abs_diff': max_diff,
+      'ours_s': ours,
+      'timm_s': theirs,
+      'ours_over_timm': ours['median'] / theirs['median'],
+      'ours_images_per_s': batch / ours['median'],
+      'timm_images_per_s': batch / theirs['median'],
+  }
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('models', 'deit_small_patch16_224', 'timm model names, comma-separated', flag_values=FLAGS)
+flags.DEFINE_string(
+    'models', 'deit_small_patch16_224', 'timm model names, comma-separated', flag_values=FLAGS
+)
 flags.DEFINE_string('batch_sizes', '8', 'batch sizes, comma-separated', flag_values=FLAGS)
 flags.DEFINE_integer('repeats', 7, 'timed repeats', flag_values=FLAGS)
 flags.DEFINE_integer('threads', None, 'default: every core', flag_values=FLAGS)
@@ -86,16 +115,42 @@ def main(argv: list[str]) -> int:
     for batch in [int(b) for b in FLAGS.batch_sizes.split(',')]:
       r = measure(name, batch, repeats=FLAGS.repeats, threads=FLAGS.threads)
       results.append(r)
-      rows.append([name, batch, r['ours_s']['median'] * 1e3, r['ours_s']['min'] * 1e3,
-                   r['ours_s']['max'] * 1e3, r['timm_s']['median'] * 1e3, r['timm_s']['min'] * 1e3,
-                   r['timm_s']['max'] * 1e3, r['ours_over_timm']])
-  header = ['model', 'batch', 'ours ms (median)', 'ours min', 'ours max', 'timm ms (median)', 'timm min',
-            'timm max', 'ours/timm']
-  common.report('encoder', FLAGS.output, f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), '
-                f'{jax.default_backend()}', header, rows, results)
+      rows.append(
+          [
+              name,
+              batch,
+              r['ours_s']['median'] * 1e3,
+              r['ours_s']['min'] * 1e3,
+              r['ours_s']['max'] * 1e3,
+              r['timm_s']['median'] * 1e3,
+              r['timm_s']['min'] * 1e3,
+              r['timm_s']['max'] * 1e3,
+              r['ours_over_timm'],
+          ]
+      )
+  header = [
+      'model',
+      'batch',
+      'ours ms (median)',
+      'ours min',
+      'ours max',
+      'timm ms (median)',
+      'timm min',
+      'timm max',
+      'ours/timm',
+  ]
+  common.report(
+      'encoder',
+      FLAGS.output,
+      f'ViT encoder forward: ours (JAX, jit) vs timm (PyTorch, eager), ' f'{jax.default_backend()}',
+      header,
+      rows,
+      results,
+  )
   return 0
 
 
 if __name__ == '__main__':
   import sys
+
   sys.exit(main(sys.argv[1:]))

@@ -34,13 +34,23 @@ def _row(name: str, scores: dict) -> list:
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', 'runs/synthetic', "a trained workdir (default: the CPU demo's runs/synthetic)",
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+    'workdir',
+    'runs/synthetic',
+    "a trained workdir (default: the CPU demo's runs/synthetic)",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer('num_hypotheses', 8, 'hypotheses K per image', flag_values=FLAGS)
 flags.DEFINE_integer('steps', None, "DDIM steps (default: the config's)", flag_values=FLAGS)
-flags.DEFINE_integer('max_examples', None, 'score at most this many images of the split', flag_values=FLAGS)
-flags.DEFINE_string('split', None, 'the split (default: config.dataset.eval_split)', flag_values=FLAGS)
-flags.DEFINE_string('tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS)
+flags.DEFINE_integer(
+    'max_examples', None, 'score at most this many images of the split', flag_values=FLAGS
+)
+flags.DEFINE_string(
+    'split', None, 'the split (default: config.dataset.eval_split)', flag_values=FLAGS
+)
+flags.DEFINE_string(
+    'tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS
+)
 flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
 flags.DEFINE_bool('no_tta', False, 'skip the TTA comparison', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
@@ -49,13 +59,21 @@ flags.DEFINE_string('output', 'bench_results/hypotheses.json', 'the JSON report'
 
 def main(argv: list[str]) -> int:
   try:
-    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench hypotheses', doc=__doc__,
-                       config=overrides.override_fields, config_help=overrides.HELP)
+    command_line.parse(
+        FLAGS,
+        argv,
+        prog='python -m diffhand_jax.bench hypotheses',
+        doc=__doc__,
+        config=overrides.override_fields,
+        config_help=overrides.HELP,
+    )
   except command_line.Exit as done:
     return done.code
   if not os.path.exists(os.path.join(FLAGS.workdir, 'config.json')):
-    print(f'hypotheses: skipped, {FLAGS.workdir!r} is not a trained workdir (train one with '
-          '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)')
+    print(
+        f'hypotheses: skipped, {FLAGS.workdir!r} is not a trained workdir (train one with '
+        '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)'
+    )
     return 0
   import jax
   from diffhand_jax import metrics
@@ -69,7 +87,9 @@ def main(argv: list[str]) -> int:
   vertex_scale = float(config.model.vertex_scale)
   steps = int(FLAGS.steps or config.model.sampling_steps)
   arrays = input_pipeline.load_split(config.dataset, split, FLAGS.max_examples)
-  batch = input_pipeline.prepare_batch(arrays, vertex_scale=vertex_scale, image_size=config.model.img_size)
+  batch = input_pipeline.prepare_batch(
+      arrays, vertex_scale=vertex_scale, image_size=config.model.img_size
+  )
   keep = batch['has_3d'] > 0
   if not keep.any():
     raise SystemExit(f'the {split!r} split has no ground truth to score against')
@@ -81,53 +101,97 @@ def main(argv: list[str]) -> int:
   timings = {}
 
   start = time.time()
-  sampler = sampling.Sampler(model, params, schedule, vertex_scale, num_steps=steps,
-                              num_hypotheses=FLAGS.num_hypotheses, eta=float(config.model.eta),
-                              batch_size=int(config.eval.batch_size))
+  sampler = sampling.Sampler(
+      model,
+      params,
+      schedule,
+      vertex_scale,
+      num_steps=steps,
+      num_hypotheses=FLAGS.num_hypotheses,
+      eta=float(config.model.eta),
+      batch_size=int(config.eval.batch_size),
+  )
   samples = sampler.sample(images, key, sampling.progress_printer(f'K={FLAGS.num_hypotheses}'))
   timings['sample_k_s'] = time.time() - start
-  summaries = {method: hypotheses.summarize(samples['vertices'], gt_vertices, gt_joints, regressor,
-                                            method=method) for method in hypotheses.METHODS}
+  summaries = {
+      method: hypotheses.summarize(
+          samples['vertices'], gt_vertices, gt_joints, regressor, method=method
+      )
+      for method in hypotheses.METHODS
+  }
   mean_summary = summaries['mean']
-  rows = [_row('hypothesis 0 (K=1)', mean_summary['first']),
-          _row(f'mean of K={FLAGS.num_hypotheses}', mean_summary['aggregated']),
-          _row(f'medoid of K={FLAGS.num_hypotheses}', summaries['medoid']['aggregated']),
-          _row(f'aligned mean of K={FLAGS.num_hypotheses}', summaries['aligned_mean']['aggregated']),
-          _row(f'best-of-{FLAGS.num_hypotheses} oracle (by pa_mpvpe)', mean_summary['oracle'])]
+  rows = [
+      _row('hypothesis 0 (K=1)', mean_summary['first']),
+      _row(f'mean of K={FLAGS.num_hypotheses}', mean_summary['aggregated']),
+      _row(f'medoid of K={FLAGS.num_hypotheses}', summaries['medoid']['aggregated']),
+      _row(f'aligned mean of K={FLAGS.num_hypotheses}', summaries['aligned_mean']['aggregated']),
+      _row(f'best-of-{FLAGS.num_hypotheses} oracle (by pa_mpvpe)', mean_summary['oracle']),
+  ]
 
   tta_result = None
   if not FLAGS.no_tta:
-    tta_config = tta.TTAConfig(angles_deg=tta.parse_list(FLAGS.tta_angles),
-                               scales=tta.parse_list(FLAGS.tta_scales))
-    single = sampling.Sampler(model, params, schedule, vertex_scale, num_steps=steps, num_hypotheses=1,
-                               eta=float(config.model.eta), batch_size=int(config.eval.batch_size))
+    tta_config = tta.TTAConfig(
+        angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
+    )
+    single = sampling.Sampler(
+        model,
+        params,
+        schedule,
+        vertex_scale,
+        num_steps=steps,
+        num_hypotheses=1,
+        eta=float(config.model.eta),
+        batch_size=int(config.eval.batch_size),
+    )
     start = time.time()
     plain = single.predict(images, key)['vertices']
     with_tta = single.predict(images, key, tta_config=tta_config)['vertices']
     timings['tta_s'] = time.time() - start
     scores = {}
-    for name, mesh in (('no TTA (K=1)', plain), (f'TTA, {len(tta_config.passes())} passes (K=1)', with_tta)):
+    for name, mesh in (
+        ('no TTA (K=1)', plain),
+        (f'TTA, {len(tta_config.passes())} passes (K=1)', with_tta),
+    ):
       joints = conventions.regress_joints(mesh, regressor)
       scores[name] = metrics.evaluate(joints, gt_joints, mesh, gt_vertices)
       rows.append(_row(name, scores[name]))
-    tta_result = {'angles_deg': list(tta_config.angles_deg), 'scales': list(tta_config.scales),
-                  'passes': len(tta_config.passes()), 'scores': scores}
+    tta_result = {
+        'angles_deg': list(tta_config.angles_deg),
+        'scales': list(tta_config.scales),
+        'passes': len(tta_config.passes()),
+        'scores': scores,
+    }
 
-  title = (f'Hypotheses and TTA on {config.dataset.name}/{split} ({int(keep.sum())} images, '
-           f'{steps} DDIM steps, eta {float(config.model.eta)}); errors in mm')
+  title = (
+      f'Hypotheses and TTA on {config.dataset.name}/{split} ({int(keep.sum())} images, '
+      f'{steps} DDIM steps, eta {float(config.model.eta)}); errors in mm'
+  )
   table = common.print_table(title, ['prediction'] + list(_COLUMNS), rows)
-  corr_rows = [[f'{metric}', mean_summary['spearman'][metric]]
-               for metric in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')]
+  corr_rows = [
+      [f'{metric}', mean_summary['spearman'][metric]]
+      for metric in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
+  ]
   corr_table = common.print_table(
       f'Spearman rank correlation: per-image uncertainty (mean per-vertex std of K={FLAGS.num_hypotheses}, '
       f'average {mean_summary["uncertainty_mm"]:.3g} mm) vs per-image error of the mean',
-      ['error', 'spearman rho'], corr_rows)
+      ['error', 'spearman rho'],
+      corr_rows,
+  )
   payload = {
-      'benchmark': 'hypotheses', 'machine': common.machine(), 'workdir': FLAGS.workdir, 'split': split,
-      'num_examples': int(keep.sum()), 'steps': steps, 'eta': float(config.model.eta),
+      'benchmark': 'hypotheses',
+      'machine': common.machine(),
+      'workdir': FLAGS.workdir,
+      'split': split,
+      'num_examples': int(keep.sum()),
+      'steps': steps,
+      'eta': float(config.model.eta),
       'num_hypotheses': FLAGS.num_hypotheses,
-      'summaries': {m: {k: v for k, v in s.items() if k != 'per_sample'} for m, s in summaries.items()},
-      'tta': tta_result, 'timings_s': timings, 'table': table + '\n\n' + corr_table,
+      'summaries': {
+          m: {k: v for k, v in s.items() if k != 'per_sample'} for m, s in summaries.items()
+      },
+      'tta': tta_result,
+      'timings_s': timings,
+      'table': table + '\n\n' + corr_table,
   }
   common.write_json(FLAGS.output, payload)
   return 0
@@ -135,4 +199,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   import sys
+
   sys.exit(main(sys.argv[1:]))

@@ -32,7 +32,11 @@ from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 
 # FreiHAND's training augmentation (configs/freihand.py and diffhand_jax/runs/presets.py).
-AUGMENT = {'scale_range': (0.9, 1.1), 'max_rotation': float(np.deg2rad(30.0)), 'max_translation': 0.05}
+AUGMENT = {
+    'scale_range': (0.9, 1.1),
+    'max_rotation': float(np.deg2rad(30.0)),
+    'max_translation': 0.05,
+}
 COLOUR_STRENGTH = 0.2
 
 
@@ -42,6 +46,7 @@ def build_fixture(directory: str, num_annotations: int) -> dict[str, str]:
   import tensorflow_datasets as tfds
   from diffhand_jax.data import fixtures
   from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
+
   mano_dir = fixtures.write_mano_standins(os.path.join(directory, 'mano'))
   manual_dir = os.path.join(directory, 'freihand')
   fixtures.make_freihand(manual_dir, mano_dir, num_train=num_annotations, num_eval=1)
@@ -56,9 +61,17 @@ def images_per_second(arrays, args, *, prefetch: int, num_threads: int) -> dict[
   (``args``: the parsed flags, or anything with batch_size, image_size, num_batches and repeats)
   of one iterator (steady state: its threads stay ahead of the consumer between runs)."""
   batches = input_pipeline.train_batches(
-      arrays, batch_size=args.batch_size, seed=0, start_step=0, vertex_scale=0.1,
-      image_size=args.image_size, colour_strength=COLOUR_STRENGTH, augment=AUGMENT,
-      prefetch=prefetch, num_threads=num_threads)
+      arrays,
+      batch_size=args.batch_size,
+      seed=0,
+      start_step=0,
+      vertex_scale=0.1,
+      image_size=args.image_size,
+      colour_strength=COLOUR_STRENGTH,
+      augment=AUGMENT,
+      prefetch=prefetch,
+      num_threads=num_threads,
+  )
 
   def draw():
     for _ in range(args.num_batches):
@@ -70,27 +83,46 @@ def images_per_second(arrays, args, *, prefetch: int, num_threads: int) -> dict[
   finally:
     batches.close()
   images = args.batch_size * args.num_batches
-  return {'min': images / seconds['max'], 'median': images / seconds['median'],
-          'max': images / seconds['min']}
+  return {
+      'min': images / seconds['max'],
+      'median': images / seconds['median'],
+      'max': images / seconds['min'],
+  }
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('data_dir', '', 'a prepared TFDS data dir (default: build a fixture)', flag_values=FLAGS)
+flags.DEFINE_string(
+    'data_dir', '', 'a prepared TFDS data dir (default: build a fixture)', flag_values=FLAGS
+)
 flags.DEFINE_string('dataset', 'freihand', 'the TFDS dataset in --data_dir', flag_values=FLAGS)
 flags.DEFINE_string('config_name', '', 'its builder config', flag_values=FLAGS)
 flags.DEFINE_string('split', 'train', 'the split to read', flag_values=FLAGS)
-flags.DEFINE_integer('fixture_annotations', 16, 'FreiHAND annotations of the fixture (4 images each)',
-                     flag_values=FLAGS)
+flags.DEFINE_integer(
+    'fixture_annotations',
+    16,
+    'FreiHAND annotations of the fixture (4 images each)',
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer('batch_size', 64, 'images per batch', flag_values=FLAGS)
 flags.DEFINE_integer('image_size', 224, 'crop side, pixels', flag_values=FLAGS)
 flags.DEFINE_integer('num_batches', 12, 'batches per timed repeat', flag_values=FLAGS)
-flags.DEFINE_integer('prefetch', input_pipeline.DEFAULT_PREFETCH, 'batches prefetched', flag_values=FLAGS)
-flags.DEFINE_integer('num_threads', None, 'prefetch threads (default: min(prefetch, cpu_count - 1))',
-                     flag_values=FLAGS)
+flags.DEFINE_integer(
+    'prefetch', input_pipeline.DEFAULT_PREFETCH, 'batches prefetched', flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    'num_threads',
+    None,
+    'prefetch threads (default: min(prefetch, cpu_count - 1))',
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer('repeats', 3, 'timed repeats', flag_values=FLAGS)
 flags.DEFINE_bool('skip_memory', False, 'do not time the in-memory split', flag_values=FLAGS)
-flags.DEFINE_integer('memory_examples', 512, 'the in-memory setting reads at most this many examples of the '
-                     'split', flag_values=FLAGS)
+flags.DEFINE_integer(
+    'memory_examples',
+    512,
+    'the in-memory setting reads at most this many examples of the ' 'split',
+    flag_values=FLAGS,
+)
 flags.DEFINE_string('output', 'bench_results/input.json', 'the JSON report', flag_values=FLAGS)
 
 
@@ -103,13 +135,19 @@ def main(argv: list[str]) -> int:
   temporary = None
   try:
     if FLAGS.data_dir:
-      dataset_config = {'name': FLAGS.dataset, 'config_name': FLAGS.config_name, 'data_dir': FLAGS.data_dir}
+      dataset_config = {
+          'name': FLAGS.dataset,
+          'config_name': FLAGS.config_name,
+          'data_dir': FLAGS.data_dir,
+      }
       where = FLAGS.data_dir
     else:
       temporary = tempfile.mkdtemp(prefix='diffhand_bench_input_')
       start = time.time()
-      print(f'building a FreiHAND fixture ({FLAGS.fixture_annotations} x 4 images) in {temporary}',
-            flush=True)
+      print(
+          f'building a FreiHAND fixture ({FLAGS.fixture_annotations} x 4 images) in {temporary}',
+          flush=True,
+      )
       dataset_config = build_fixture(temporary, FLAGS.fixture_annotations)
       print(f'built in {time.time() - start:.0f} s', flush=True)
       where = 'fixture'
@@ -119,22 +157,37 @@ def main(argv: list[str]) -> int:
     settings = [('stream', source, FLAGS.prefetch, threads), ('stream, no prefetch', source, 0, 1)]
     if not FLAGS.skip_memory:
       memory = source.read(np.arange(min(source.num_examples, FLAGS.memory_examples)))
-      settings.append((f'memory ({len(memory["image"])} examples)', memory, FLAGS.prefetch, threads))
+      settings.append(
+          (f'memory ({len(memory["image"])} examples)', memory, FLAGS.prefetch, threads)
+      )
     rows, results = [], []
     for name, arrays, prefetch, num_threads in settings:
       rate = images_per_second(arrays, FLAGS, prefetch=prefetch, num_threads=num_threads)
-      results.append({'pipeline': name, 'prefetch': prefetch, 'threads': num_threads,
-                      'images_per_s': rate})
+      results.append(
+          {'pipeline': name, 'prefetch': prefetch, 'threads': num_threads, 'images_per_s': rate}
+      )
       rows.append([name, prefetch, num_threads, rate['median'], rate['min'], rate['max']])
     common.report(
-        'input', FLAGS.output,
+        'input',
+        FLAGS.output,
         f'Training input pipeline ({builder.info.full_name}:{FLAGS.split}, {source.num_examples} examples, '
         f'batch {FLAGS.batch_size}, {FLAGS.image_size} px, augmented)',
-        ['pipeline', 'prefetch', 'threads', 'images/s (median)', 'min', 'max'], rows, results,
-        settings={'dataset': builder.info.full_name, 'split': FLAGS.split, 'data': where,
-                  'num_examples': source.num_examples, 'batch_size': FLAGS.batch_size,
-                  'image_size': FLAGS.image_size, 'num_batches': FLAGS.num_batches,
-                  'repeats': FLAGS.repeats, 'augment': AUGMENT, 'colour_strength': COLOUR_STRENGTH})
+        ['pipeline', 'prefetch', 'threads', 'images/s (median)', 'min', 'max'],
+        rows,
+        results,
+        settings={
+            'dataset': builder.info.full_name,
+            'split': FLAGS.split,
+            'data': where,
+            'num_examples': source.num_examples,
+            'batch_size': FLAGS.batch_size,
+            'image_size': FLAGS.image_size,
+            'num_batches': FLAGS.num_batches,
+            'repeats': FLAGS.repeats,
+            'augment': AUGMENT,
+            'colour_strength': COLOUR_STRENGTH,
+        },
+    )
   finally:
     if temporary is not None:
       shutil.rmtree(temporary, ignore_errors=True)
@@ -143,4 +196,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   import sys
+
   sys.exit(main(sys.argv[1:]))

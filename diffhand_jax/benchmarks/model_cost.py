@@ -9,6 +9,7 @@ S DDIM steps costs one encoder pass plus S decoder passes (the image is encoded 
 sum for the preset's `sampling_steps`. Nothing is materialised: the functions are lowered on shapes only.
 XLA counts a multiply-add as 2 FLOPs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,6 +32,7 @@ def _flops(fn, *args) -> float:
 
 def measure(preset: str, batch: int = 1) -> dict[str, Any]:
   from diffhand_jax.runs import model_presets
+
   config = model_presets.get_model_config(preset)
   model = diffhand.build_model(config)
   size = config.img_size
@@ -69,33 +71,59 @@ def measure(preset: str, batch: int = 1) -> dict[str, Any]:
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('presets', 'paper,cpu_demo', 'model presets, comma-separated', flag_values=FLAGS)
-flags.DEFINE_integer('batch', 1, 'batch the functions are lowered at', flag_values=FLAGS)
-flags.DEFINE_string('output', 'bench_results/model_cost.json', 'the JSON report', flag_values=FLAGS)
+flags.DEFINE_string(
+    "presets", "paper,cpu_demo", "model presets, comma-separated", flag_values=FLAGS
+)
+flags.DEFINE_integer("batch", 1, "batch the functions are lowered at", flag_values=FLAGS)
+flags.DEFINE_string("output", "bench_results/model_cost.json", "the JSON report", flag_values=FLAGS)
 
 
 def main(argv: list[str]) -> int:
   try:
-    command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.bench model_cost', doc=__doc__)
+    command_line.parse(FLAGS, argv, prog="python -m diffhand_jax.bench model_cost", doc=__doc__)
   except command_line.Exit as done:
     return done.code
 
   results = [measure(preset, FLAGS.batch) for preset in FLAGS.presets.split(",") if preset]
   millions = lambda n: n / 1e6
   giga = lambda n: n / 1e9
-  rows = [[r["preset"], f'{r["encoder"]} @ {r["img_size"]}',
-           f'{r["decoder"]} D={r["width"]} x{r["num_blocks"]} h={r["num_heads"]}',
-           millions(r["params_encoder"]), millions(r["params_decoder"]), millions(r["params_total"]),
-           giga(r["flops_encoder_per_sample"]), giga(r["flops_decoder_per_sample"]),
-           giga(r["flops_inference_per_sample"])] for r in results]
-  header = ["preset", "encoder", "decoder", "encoder params (M)", "decoder params (M)", "total params (M)",
-            "encoder GFLOPs/sample", "decoder GFLOPs/sample (one pass)",
-            "inference GFLOPs/sample (1 enc + S dec)"]
-  common.report("model_cost", FLAGS.output, "DiffHand model cost (XLA cost analysis, FLOPs per sample)",
-                header, rows, results)
+  rows = [
+      [
+          r["preset"],
+          f'{r["encoder"]} @ {r["img_size"]}',
+          f'{r["decoder"]} D={r["width"]} x{r["num_blocks"]} h={r["num_heads"]}',
+          millions(r["params_encoder"]),
+          millions(r["params_decoder"]),
+          millions(r["params_total"]),
+          giga(r["flops_encoder_per_sample"]),
+          giga(r["flops_decoder_per_sample"]),
+          giga(r["flops_inference_per_sample"]),
+      ]
+      for r in results
+  ]
+  header = [
+      "preset",
+      "encoder",
+      "decoder",
+      "encoder params (M)",
+      "decoder params (M)",
+      "total params (M)",
+      "encoder GFLOPs/sample",
+      "decoder GFLOPs/sample (one pass)",
+      "inference GFLOPs/sample (1 enc + S dec)",
+  ]
+  common.report(
+      "model_cost",
+      FLAGS.output,
+      "DiffHand model cost (XLA cost analysis, FLOPs per sample)",
+      header,
+      rows,
+      results,
+  )
   return 0
 
 
 if __name__ == "__main__":
   import sys
+
   sys.exit(main(sys.argv[1:]))

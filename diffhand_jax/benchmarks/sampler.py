@@ -34,6 +34,7 @@ from diffhand_jax.models import diffhand
 def build(preset: str, batch: int) -> tuple[Any, Any, Any, Any]:
   """A model of the preset with random params, images (B, H, W, 3) and x_T (1, B, N, 3)."""
   from diffhand_jax.runs import model_presets
+
   config = model_presets.get_model_config(preset)
   model = diffhand.build_model(config)
   params = diffhand.init(model, jax.random.PRNGKey(0), config.img_size)
@@ -47,16 +48,22 @@ def make_samplers(model, schedule: diffusion.Schedule, num_steps: int) -> dict[s
   """The jitted callables of the three ways (see the module docstring)."""
   reconstruct = diffhand.make_reconstruct_fn(model, num_steps=num_steps, schedule=schedule)
   encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method=diffhand.DiffHand.encode))
-  denoise = jax.jit(lambda p, c, x, t: model.apply({'params': p}, c, x, t,
-                                                   method=diffhand.DiffHand.denoise)[0])
+  denoise = jax.jit(
+      lambda p, c, x, t: model.apply({'params': p}, c, x, t, method=diffhand.DiffHand.denoise)[0]
+  )
   timesteps = diffusion.ddim_timesteps(schedule.num_timesteps, num_steps)
 
   @jax.jit
   def step(params, cond, x_t, t_now, t_next):
     alpha_now = jnp.where(t_now >= 0, schedule.alphas_cumprod[jnp.maximum(t_now, 0)], 1.0)
     alpha_next = jnp.where(t_next >= 0, schedule.alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
-    x0_hat = model.apply({'params': params}, cond, x_t, jnp.full((x_t.shape[0],), t_now, jnp.int32),
-                         method=diffhand.DiffHand.denoise)[0]
+    x0_hat = model.apply(
+        {'params': params},
+        cond,
+        x_t,
+        jnp.full((x_t.shape[0],), t_now, jnp.int32),
+        method=diffhand.DiffHand.denoise,
+    )[0]
     eps_hat = (x_t - jnp.sqrt(alpha_now) * x0_hat) / jnp.sqrt(1.0 - alpha_now)
     return jnp.sqrt(alpha_next) * x0_hat + jnp.sqrt(jnp.maximum(1.0 - alpha_next, 0.0)) * eps_hat
 
@@ -68,8 +75,15 @@ def make_samplers(model, schedule: diffusion.Schedule, num_steps: int) -> dict[s
     return x
 
   noop = jax.jit(lambda params, cond, x_t, t_now, t_next: x_t + 0.0)
-  return {'reconstruct': reconstruct, 'encode': encode, 'denoise': denoise, 'step': step, 'loop': loop,
-          'noop': noop, 'timesteps': timesteps}
+  return {
+      'reconstruct': reconstruct,
+      'encode': encode,
+      'denoise': denoise,
+      'step': step,
+      'loop': loop,
+      'noop': noop,
+      'timesteps': timesteps,
+  }
 
 
 def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
@@ -79,26 +93,41 @@ def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, 
   key = jax.random.PRNGKey(3)
   scan_vertices = fns['reconstruct'](params, images, key, noise=x_T)['vertices'][:, 0]
   loop_vertices = fns['loop'](params, images, x_T[0])
-  np.testing.assert_allclose(np.asarray(scan_vertices), np.asarray(loop_vertices), atol=1e-3, rtol=1e-3)
+  np.testing.assert_allclose(
+      np.asarray(scan_vertices), np.asarray(loop_vertices), atol=1e-3, rtol=1e-3
+  )
 
   cond = common.block(fns['encode'](params, images))
   t = jnp.full((batch,), int(fns['timesteps'][0]), jnp.int32)
   timed = {
       'reconstruct': common.time_fn(
-          lambda: common.block(fns['reconstruct'](params, images, key, noise=x_T)), repeats=repeats),
-      'encoder': common.time_fn(lambda: common.block(fns['encode'](params, images)), repeats=repeats),
-      'decoder': common.time_fn(lambda: common.block(fns['denoise'](params, cond, x_T[0], t)),
-                                repeats=repeats),
-      'loop': common.time_fn(lambda: common.block(fns['loop'](params, images, x_T[0])), repeats=repeats),
+          lambda: common.block(fns['reconstruct'](params, images, key, noise=x_T)), repeats=repeats
+      ),
+      'encoder': common.time_fn(
+          lambda: common.block(fns['encode'](params, images)), repeats=repeats
+      ),
+      'decoder': common.time_fn(
+          lambda: common.block(fns['denoise'](params, cond, x_T[0], t)), repeats=repeats
+      ),
+      'loop': common.time_fn(
+          lambda: common.block(fns['loop'](params, images, x_T[0])), repeats=repeats
+      ),
       # What one loop iteration costs beyond its compute: a jitted call taking the same arguments.
-      'dispatch': common.time_fn(lambda: common.block(fns['noop'](params, cond, x_T[0], np.int32(1),
-                                                                  np.int32(0))), repeats=repeats),
+      'dispatch': common.time_fn(
+          lambda: common.block(fns['noop'](params, cond, x_T[0], np.int32(1), np.int32(0))),
+          repeats=repeats,
+      ),
   }
   parts = timed['encoder']['median'] + num_steps * timed['decoder']['median']
-  return {'preset': preset, 'batch': batch, 'num_steps': num_steps, 'seconds': timed,
-          'parts_s': parts,
-          'reconstruct_over_parts': timed['reconstruct']['median'] / parts,
-          'loop_over_reconstruct': timed['loop']['median'] / timed['reconstruct']['median']}
+  return {
+      'preset': preset,
+      'batch': batch,
+      'num_steps': num_steps,
+      'seconds': timed,
+      'parts_s': parts,
+      'reconstruct_over_parts': timed['reconstruct']['median'] / parts,
+      'loop_over_reconstruct': timed['loop']['median'] / timed['reconstruct']['median'],
+  }
 
 
 FLAGS = flags.FlagValues()
@@ -121,19 +150,50 @@ def main(argv: list[str]) -> int:
     r = measure(preset, batch, FLAGS.num_steps, FLAGS.repeats)
     results.append(r)
     s = r['seconds']
-    rows.append([preset, batch, FLAGS.num_steps, s['reconstruct']['median'] * 1e3,
-                 f"{s['reconstruct']['min'] * 1e3:.4g}-{s['reconstruct']['max'] * 1e3:.4g}",
-                 s['encoder']['median'] * 1e3, s['decoder']['median'] * 1e3, r['parts_s'] * 1e3,
-                 s['loop']['median'] * 1e3, f"{s['loop']['min'] * 1e3:.4g}-{s['loop']['max'] * 1e3:.4g}",
-                 s['dispatch']['median'] * 1e6, r['reconstruct_over_parts'], r['loop_over_reconstruct']])
-  header = ['preset', 'batch', 'steps', 'reconstruct ms (median)', 'min-max', 'encoder ms',
-            'decoder ms (one pass)', 'parts ms (enc + S dec)', 'loop ms (median)', 'min-max',
-            'dispatch µs per loop step', 'reconstruct/parts', 'loop/reconstruct']
-  common.report('sampler', FLAGS.output, f'reconstruct (one scan) vs its parts vs a Python loop, '
-                f'{jax.default_backend()}', header, rows, results)
+    rows.append(
+        [
+            preset,
+            batch,
+            FLAGS.num_steps,
+            s['reconstruct']['median'] * 1e3,
+            f"{s['reconstruct']['min'] * 1e3:.4g}-{s['reconstruct']['max'] * 1e3:.4g}",
+            s['encoder']['median'] * 1e3,
+            s['decoder']['median'] * 1e3,
+            r['parts_s'] * 1e3,
+            s['loop']['median'] * 1e3,
+            f"{s['loop']['min'] * 1e3:.4g}-{s['loop']['max'] * 1e3:.4g}",
+            s['dispatch']['median'] * 1e6,
+            r['reconstruct_over_parts'],
+            r['loop_over_reconstruct'],
+        ]
+    )
+  header = [
+      'preset',
+      'batch',
+      'steps',
+      'reconstruct ms (median)',
+      'min-max',
+      'encoder ms',
+      'decoder ms (one pass)',
+      'parts ms (enc + S dec)',
+      'loop ms (median)',
+      'min-max',
+      'dispatch µs per loop step',
+      'reconstruct/parts',
+      'loop/reconstruct',
+  ]
+  common.report(
+      'sampler',
+      FLAGS.output,
+      f'reconstruct (one scan) vs its parts vs a Python loop, ' f'{jax.default_backend()}',
+      header,
+      rows,
+      results,
+  )
   return 0
 
 
 if __name__ == '__main__':
   import sys
+
   sys.exit(main(sys.argv[1:]))

@@ -25,8 +25,19 @@ import jax
 TARGETS = ('encoder', 'decoder', 'reconstruct')
 
 # Events that wrap other events (whole executions, thread-pool waits), not ops of the program.
-_WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'PjitFunction', 'ExecuteHelper', 'Execute',
-             'TfrtCpuExecutable', 'PjRt', 'CommonPjRt', 'ParseArguments', 'Handle inputs', '$')
+_WRAPPERS = (
+    'ThunkExecutor',
+    'SlinkyThreadPool',
+    'PjitFunction',
+    'ExecuteHelper',
+    'Execute',
+    'TfrtCpuExecutable',
+    'PjRt',
+    'CommonPjRt',
+    'ParseArguments',
+    'Handle inputs',
+    '$',
+)
 _BOOKKEEPING = ('ThreadpoolListener', 'end: ', 'Allocate', 'Wait for', 'PythonRefManager')
 
 
@@ -34,8 +45,10 @@ def _load_xspace(directory: str):
   try:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise RuntimeError('reading a trace needs the XSpace protobuf schema that tensorflow ships '
-                       '(pip install tensorflow-cpu), or open the trace in TensorBoard') from error
+    raise RuntimeError(
+        'reading a trace needs the XSpace protobuf schema that tensorflow ships '
+        '(pip install tensorflow-cpu), or open the trace in TensorBoard'
+    ) from error
   paths = sorted(glob.glob(os.path.join(directory, '**', '*.xplane.pb'), recursive=True))
   if not paths:
     raise RuntimeError(f'no *.xplane.pb trace under {directory}')
@@ -68,12 +81,15 @@ def summarise(directory: str, calls: int) -> list[tuple[float, float, str, str]]
         total_ms[name] += event.duration_ps / 1e9
         count[name] += 1
         threads[name].add(thread)
-  return [(ms / calls, count[name] / calls, name, ','.join(sorted(threads[name])))
-          for name, ms in total_ms.most_common()]
+  return [
+      (ms / calls, count[name] / calls, name, ','.join(sorted(threads[name])))
+      for name, ms in total_ms.most_common()
+  ]
 
 
-def top_ops(fn: Callable[..., Any], *args: Any, calls: int = 3,
-            trace_dir: str | None = None) -> list[tuple[float, float, str, str]]:
+def top_ops(
+    fn: Callable[..., Any], *args: Any, calls: int = 3, trace_dir: str | None = None
+) -> list[tuple[float, float, str, str]]:
   """Runs ``fn(*args)`` once to compile, then ``calls`` times under the profiler; see `summarise`."""
   jax.block_until_ready(fn(*args))
   directory = trace_dir or tempfile.mkdtemp(prefix='diffhand_trace_')
@@ -109,6 +125,7 @@ def target(name: str, preset: str, batch: int):
   import jax.numpy as jnp
   from diffhand_jax import diffusion
   from diffhand_jax.benchmarks import sampler
+
   model, params, images, x_T = sampler.build(preset, batch)
   fns = sampler.make_samplers(model, diffusion.cosine_schedule(1000), 10)
   if name == 'encoder':
@@ -117,5 +134,9 @@ def target(name: str, preset: str, batch: int):
     cond = fns['encode'](params, images)
     return fns['denoise'], (params, cond, x_T[0], jnp.full((batch,), 999, jnp.int32))
   if name == 'reconstruct':
-    return (lambda p, x, n: fns['reconstruct'](p, x, jax.random.PRNGKey(0), noise=n)), (params, images, x_T)
+    return (lambda p, x, n: fns['reconstruct'](p, x, jax.random.PRNGKey(0), noise=n)), (
+        params,
+        images,
+        x_T,
+    )
   raise ValueError(f'unknown target {name!r}: choose one of {", ".join(TARGETS)}')

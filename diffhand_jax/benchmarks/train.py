@@ -25,7 +25,16 @@ from diffhand_jax.benchmarks import common, trace
 from diffhand_jax import command_line
 
 _MATMUL_MARKERS = ('ynn', 'xnn', 'onednn', 'dot', 'gemm', 'matmul', 'cublas', 'cutlass', 'conv')
-_MOVEMENT_MARKERS = ('copy', 'transpose', 'gather', 'scatter', 'slice', 'concatenate', 'pad', 'dynamic')
+_MOVEMENT_MARKERS = (
+    'copy',
+    'transpose',
+    'gather',
+    'scatter',
+    'slice',
+    'concatenate',
+    'pad',
+    'dynamic',
+)
 
 
 def op_category(name: str) -> str:
@@ -63,7 +72,7 @@ def peak_matmul_flops(dtype: Any, repeats: int = 5) -> dict[str, float]:
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     seconds = common.time_fn(lambda: common.block(matmul(a, b)), repeats=repeats, min_seconds=0.5)
-    rate = 2.0 * n ** 3 / seconds['min']
+    rate = 2.0 * n**3 / seconds['min']
     if rate > best['flops_per_s']:
       best = {'flops_per_s': rate, 'size': n}
   return best
@@ -77,7 +86,9 @@ def _random_batch(config, batch_sharding) -> dict[str, jax.Array]:
   return sharding.to_global(batch, batch_sharding)
 
 
-def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: bool) -> dict[str, Any]:
+def measure(
+    name: str, *, paper_batch: int, dtype: str, steps: int, profile: bool
+) -> dict[str, Any]:
   config = load_config(name, paper_batch, dtype)
   topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
   _, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
@@ -98,31 +109,53 @@ def measure(name: str, *, paper_batch: int, dtype: str, steps: int, profile: boo
   for _ in range(2):  # warm up (and settle the donated buffers)
     one_step()
   seconds = common.time_fn(one_step, repeats=steps, warmup=0, min_seconds=0.0)
-  result = {'config': name, 'batch': int(config.batch_size), 'img_size': int(config.model.img_size),
-            'encoder': config.model.encoder, 'dtype': dtype, 'mesh': dict(mesh.shape),
-            'flops_per_step': flops, 'step_s': seconds,
-            'examples_per_s': config.batch_size / seconds['median'],
-            'achieved_flops_per_s': flops / seconds['median']}
+  result = {
+      'config': name,
+      'batch': int(config.batch_size),
+      'img_size': int(config.model.img_size),
+      'encoder': config.model.encoder,
+      'dtype': dtype,
+      'mesh': dict(mesh.shape),
+      'flops_per_step': flops,
+      'step_s': seconds,
+      'examples_per_s': config.batch_size / seconds['median'],
+      'achieved_flops_per_s': flops / seconds['median'],
+  }
   if profile:
     rows = trace.top_ops(one_step, calls=2)
     total = max(sum(r[0] for r in rows), 1e-12)
     shares: dict[str, float] = {}
     for ms, _, name, _ in rows:
       shares[op_category(name)] = shares.get(op_category(name), 0.0) + ms / total
-    result['profile'] = {'op_ms_per_step': total, 'matmul_share': shares.get('matmul', 0.0),
-                         'shares': shares,
-                         'top_ops': [{'name': r[2], 'ms': r[0], 'count': r[1]} for r in rows[:10]]}
+    result['profile'] = {
+        'op_ms_per_step': total,
+        'matmul_share': shares.get('matmul', 0.0),
+        'shares': shares,
+        'top_ops': [{'name': r[2], 'ms': r[0], 'count': r[1]} for r in rows[:10]],
+    }
   return result
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('configs', 'synthetic,paper', 'configs to time, comma-separated (synthetic, paper)',
-                    flag_values=FLAGS)
-flags.DEFINE_integer('paper_batch', None, 'batch of the paper config (default: 2 on CPU, 32 on an accelerator)',
-                     flag_values=FLAGS)
-flags.DEFINE_enum('dtype', 'float32', ('float32', 'bfloat16'), 'the compute dtype', flag_values=FLAGS)
+flags.DEFINE_string(
+    'configs',
+    'synthetic,paper',
+    'configs to time, comma-separated (synthetic, paper)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    'paper_batch',
+    None,
+    'batch of the paper config (default: 2 on CPU, 32 on an accelerator)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    'dtype', 'float32', ('float32', 'bfloat16'), 'the compute dtype', flag_values=FLAGS
+)
 flags.DEFINE_integer('steps', 5, 'timed steps (after 2 warm-up steps)', flag_values=FLAGS)
-flags.DEFINE_bool('no_profile', False, 'skip the jax.profiler trace of the op time', flag_values=FLAGS)
+flags.DEFINE_bool(
+    'no_profile', False, 'skip the jax.profiler trace of the op time', flag_values=FLAGS
+)
 flags.DEFINE_string('output', 'bench_results/train.json', 'the JSON report', flag_values=FLAGS)
 
 
@@ -137,26 +170,63 @@ def main(argv: list[str]) -> int:
   peak = peak_matmul_flops(dtype)
   results, rows = [], []
   for name in FLAGS.configs.split(','):
-    r = measure(name, paper_batch=paper_batch, dtype=FLAGS.dtype, steps=FLAGS.steps,
-                profile=not FLAGS.no_profile)
+    r = measure(
+        name,
+        paper_batch=paper_batch,
+        dtype=FLAGS.dtype,
+        steps=FLAGS.steps,
+        profile=not FLAGS.no_profile,
+    )
     r['peak_matmul_flops_per_s'] = peak['flops_per_s']
     r['mfu'] = r['achieved_flops_per_s'] / peak['flops_per_s']
     results.append(r)
     shares = r.get('profile', {}).get('shares')
-    rows.append([name, r['batch'], FLAGS.dtype, r['step_s']['median'] * 1e3,
-                 f"{r['step_s']['min'] * 1e3:.4g}-{r['step_s']['max'] * 1e3:.4g}", r['examples_per_s'],
-                 r['flops_per_step'] / 1e9, r['achieved_flops_per_s'] / 1e9, peak['flops_per_s'] / 1e9,
-                 f"{100 * r['mfu']:.1f}%",
-                 '-' if shares is None else ' / '.join(f'{100 * shares.get(c, 0.0):.0f}%' for c in
-                                                       ('matmul', 'elementwise/reduction', 'data movement'))])
-  header = ['config', 'batch', 'dtype', 'step ms (median)', 'min-max', 'examples/s', 'GFLOP/step',
-            'achieved GFLOP/s', f'peak GFLOP/s ({peak["size"]}² matmul)', 'MFU',
-            'op time: matmul / elementwise+reduction / data movement']
-  common.report('train', FLAGS.output, f'Train step throughput and MFU, {jax.default_backend()}', header,
-                rows, results, peak=peak)
+    rows.append(
+        [
+            name,
+            r['batch'],
+            FLAGS.dtype,
+            r['step_s']['median'] * 1e3,
+            f"{r['step_s']['min'] * 1e3:.4g}-{r['step_s']['max'] * 1e3:.4g}",
+            r['examples_per_s'],
+            r['flops_per_step'] / 1e9,
+            r['achieved_flops_per_s'] / 1e9,
+            peak['flops_per_s'] / 1e9,
+            f"{100 * r['mfu']:.1f}%",
+            '-'
+            if shares is None
+            else ' / '.join(
+                f'{100 * shares.get(c, 0.0):.0f}%'
+                for c in ('matmul', 'elementwise/reduction', 'data movement')
+            ),
+        ]
+    )
+  header = [
+      'config',
+      'batch',
+      'dtype',
+      'step ms (median)',
+      'min-max',
+      'examples/s',
+      'GFLOP/step',
+      'achieved GFLOP/s',
+      f'peak GFLOP/s ({peak["size"]}² matmul)',
+      'MFU',
+      'op time: matmul / elementwise+reduction / data movement',
+  ]
+  common.report(
+      'train',
+      FLAGS.output,
+      f'Train step throughput and MFU, {jax.default_backend()}',
+      header,
+      rows,
+      results,
+      peak=peak,
+  )
   return 0
 
 
 if __name__ == '__main__':
   import sys
+
   sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,9 @@ import chex
 import numpy as np
 
 
-def crop_box_from_points(points_2d: np.ndarray, margin: float = 0.25, *, min_size: float = 1.0) -> np.ndarray:
+def crop_box_from_points(
+    points_2d: np.ndarray, margin: float = 0.25, *, min_size: float = 1.0
+) -> np.ndarray:
   """A square box around 2D points, centred on their bounding box.
 
   Args:
@@ -63,8 +65,9 @@ def rotation_z(theta: float) -> np.ndarray:
 def rotate_points(points: np.ndarray, theta: float) -> np.ndarray:
   """(..., 3) camera-frame points as seen by the camera rotated by ``theta`` about its axis: R_z(theta) X."""
   points = np.asarray(points)
-  return (points.astype(np.float64) @ rotation_z(theta).T).astype(points.dtype if points.dtype.kind == 'f'
-                                                                   else np.float64)
+  return (points.astype(np.float64) @ rotation_z(theta).T).astype(
+      points.dtype if points.dtype.kind == 'f' else np.float64
+  )
 
 
 def transform_points(points_2d: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -87,8 +90,14 @@ def _out_hw(out_size: int | Sequence[int]) -> tuple[int, int]:
   return height, width
 
 
-def crop_affine(K: np.ndarray, box: np.ndarray, out_size: int | Sequence[int], rotation: float = 0.0,
-                scale: float = 1.0, translation: Sequence[float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+def crop_affine(
+    K: np.ndarray,
+    box: np.ndarray,
+    out_size: int | Sequence[int],
+    rotation: float = 0.0,
+    scale: float = 1.0,
+    translation: Sequence[float] = (0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray]:
   """The (2, 3) source→output pixel map of :func:`crop_and_resize` and the new (3, 3) K'. See there."""
   K = np.asarray(K, np.float64)
   chex.assert_shape(K, (3, 3))
@@ -96,7 +105,9 @@ def crop_affine(K: np.ndarray, box: np.ndarray, out_size: int | Sequence[int], r
   out_h, out_w = _out_hw(out_size)
   box_w, box_h = box[2] - box[0], box[3] - box[1]
   if not (box_w > 0 and box_h > 0 and scale > 0):
-    raise ValueError(f'crop box must have positive size and scale > 0; got box {box.tolist()}, scale {scale}')
+    raise ValueError(
+        f'crop box must have positive size and scale > 0; got box {box.tolist()}, scale {scale}'
+    )
   translation = np.asarray(translation, np.float64).reshape(2)
   centre = (box[:2] + box[2:]) / 2.0 + translation * np.array([box_w, box_h])
   focal = np.array([K[0, 0], K[1, 1]])
@@ -132,18 +143,32 @@ def warp_affine(image: np.ndarray, affine: np.ndarray, out_size: int | Sequence[
   offset = inverse[:, 2] + inverse[:, :2] @ np.array([-0.5, -0.5]) + 0.5
   coeffs = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
   size = (out_w, out_h)
-  if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))):
+  if image.dtype == np.uint8 and (
+      image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))
+  ):
     squeeze = image.ndim == 3 and image.shape[2] == 1
     source = Image.fromarray(image[..., 0] if squeeze else image)
-    warped = np.asarray(source.transform(size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR,
-                                         fillcolor=0))
+    warped = np.asarray(
+        source.transform(
+            size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=0
+        )
+    )
     return warped[..., None] if squeeze else warped
   channels = image[..., None] if image.ndim == 2 else image
   planes = []
   for c in range(channels.shape[2]):
     plane = Image.fromarray(np.ascontiguousarray(channels[..., c], np.float32), mode='F')
-    planes.append(np.asarray(plane.transform(size, Image.Transform.AFFINE, coeffs,
-                                             resample=Image.Resampling.BILINEAR, fillcolor=0.0)))
+    planes.append(
+        np.asarray(
+            plane.transform(
+                size,
+                Image.Transform.AFFINE,
+                coeffs,
+                resample=Image.Resampling.BILINEAR,
+                fillcolor=0.0,
+            )
+        )
+    )
   warped = np.stack(planes, axis=-1)
   if image.dtype.kind in 'iu':
     info = np.iinfo(image.dtype)
@@ -152,9 +177,15 @@ def warp_affine(image: np.ndarray, affine: np.ndarray, out_size: int | Sequence[
   return warped[..., 0] if image.ndim == 2 else warped
 
 
-def crop_and_resize(image: np.ndarray, K: np.ndarray, box: np.ndarray, out_size: int | Sequence[int],
-                    rotation: float = 0.0, scale: float = 1.0,
-                    translation: Sequence[float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_and_resize(
+    image: np.ndarray,
+    K: np.ndarray,
+    box: np.ndarray,
+    out_size: int | Sequence[int],
+    rotation: float = 0.0,
+    scale: float = 1.0,
+    translation: Sequence[float] = (0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Crops ``box`` out of ``image``, resizes it to ``out_size`` and applies scale / rotation / shift jitter,
   all as one affine warp.
 
@@ -177,8 +208,13 @@ def crop_and_resize(image: np.ndarray, K: np.ndarray, box: np.ndarray, out_size:
   return warp_affine(image, affine, out_size), new_K, affine
 
 
-def sample_params(rng: np.random.Generator, *, scale_range: tuple[float, float] = (0.9, 1.1),
-                  max_rotation: float = np.pi / 6, max_translation: float = 0.05) -> dict[str, float | np.ndarray]:
+def sample_params(
+    rng: np.random.Generator,
+    *,
+    scale_range: tuple[float, float] = (0.9, 1.1),
+    max_rotation: float = np.pi / 6,
+    max_translation: float = 0.05,
+) -> dict[str, float | np.ndarray]:
   """Random (scale, rotation, translation) for :func:`crop_and_resize`, uniform in the given ranges."""
   scale = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
   rotation = float(rng.uniform(-max_rotation, max_rotation))

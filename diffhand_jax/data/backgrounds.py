@@ -18,7 +18,9 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarra
   """Low-frequency colour noise: a coarse random grid upsampled bilinearly, float (H, W, 3) in [0, 1]."""
   cells = int(rng.integers(2, 9))
   grid = rng.uniform(0.0, 1.0, size=(cells, cells, 3)).astype(np.float32)
-  image = Image.fromarray(np.round(grid * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+  image = Image.fromarray(np.round(grid * 255).astype(np.uint8)).resize(
+      (width, height), Image.BILINEAR
+  )
   return np.asarray(image, np.float64) / 255.0
 
 
@@ -26,7 +28,7 @@ def gradient(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
   """A linear gradient between two random colours at a random angle, float (H, W, 3)."""
   angle = rng.uniform(0.0, 2.0 * np.pi)
   rows, cols = np.mgrid[0:height, 0:width]
-  coordinate = (np.cos(angle) * cols / max(width - 1, 1) + np.sin(angle) * rows / max(height - 1, 1))
+  coordinate = np.cos(angle) * cols / max(width - 1, 1) + np.sin(angle) * rows / max(height - 1, 1)
   coordinate = (coordinate - coordinate.min()) / max(np.ptp(coordinate), 1e-9)
   start, end = _random_color(rng), _random_color(rng)
   return start + coordinate[..., None] * (end - start)

@@ -14,14 +14,12 @@ the tests can check what the builders read against an independent answer.
 
 from __future__ import annotations
 
-import argparse
 import io
 import importlib.util
 import json
 import os
 import pickle
 import struct
-import sys
 from typing import Any
 
 import numpy as np
@@ -38,8 +36,17 @@ HO3D_DEPTH_SCALE = 0.00012498664727900177
 # MANO stand-ins and hands
 # --------------------------------------------------------------------------------------------------
 
-_OFFICIAL_KEYS = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights', 'kintree_table', 'f',
-                  'hands_components', 'hands_mean')
+_OFFICIAL_KEYS = (
+    'v_template',
+    'shapedirs',
+    'posedirs',
+    'J_regressor',
+    'weights',
+    'kintree_table',
+    'f',
+    'hands_components',
+    'hands_mean',
+)
 
 
 def write_mano_standins(out_dir: str) -> str:
@@ -56,23 +63,40 @@ class _Hands:
   """MANO forward passes on the stand-ins (loaded from the written files, as the builders will)."""
 
   def __init__(self, mano_dir: str):
-    self.models = {side: mano.load(os.path.join(mano_dir, f'MANO_{side.upper()}.pkl'), side=side)
-                   for side in ('right', 'left')}
+    self.models = {
+        side: mano.load(os.path.join(mano_dir, f'MANO_{side.upper()}.pkl'), side=side)
+        for side in ('right', 'left')
+    }
 
   def pose(self, rng: np.random.Generator, side: str, *, flat_hand_mean: bool) -> np.ndarray:
     """(48,) plausible pose with a random global orientation (camera frame)."""
-    return mano.sample_random_pose(rng, self.models[side], 1, flat_hand_mean=flat_hand_mean,
-                                   random_global_orient=True)[0].astype(np.float64)
+    return mano.sample_random_pose(
+        rng, self.models[side], 1, flat_hand_mean=flat_hand_mean, random_global_orient=True
+    )[0].astype(np.float64)
 
-  def forward(self, side: str, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray, *, flat_hand_mean: bool):
-    verts, joints16 = mano.forward(self.models[side], np.asarray(pose, np.float32)[None],
-                                   np.asarray(betas, np.float32)[None], flat_hand_mean=flat_hand_mean,
-                                   trans=np.asarray(trans, np.float32)[None])
+  def forward(
+      self,
+      side: str,
+      pose: np.ndarray,
+      betas: np.ndarray,
+      trans: np.ndarray,
+      *,
+      flat_hand_mean: bool,
+  ):
+    verts, joints16 = mano.forward(
+        self.models[side],
+        np.asarray(pose, np.float32)[None],
+        np.asarray(betas, np.float32)[None],
+        flat_hand_mean=flat_hand_mean,
+        trans=np.asarray(trans, np.float32)[None],
+    )
     return np.asarray(verts[0], np.float64), np.asarray(joints16[0], np.float64)
 
   def rest_root(self, side: str, betas: np.ndarray) -> np.ndarray:
     model = self.models[side]
-    shaped = np.asarray(model.v_template, np.float64) + np.asarray(model.shapedirs, np.float64) @ betas
+    shaped = (
+        np.asarray(model.v_template, np.float64) + np.asarray(model.shapedirs, np.float64) @ betas
+    )
     return np.asarray(model.J_regressor, np.float64)[0] @ shaped
 
   def place(self, rng, side, pose, betas, root_target, *, flat_hand_mean):
@@ -93,15 +117,19 @@ def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 def _rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
   from scipy.spatial.transform import Rotation
+
   return Rotation.from_rotvec(rotvec).as_matrix()
 
 
 def _matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
   from scipy.spatial.transform import Rotation
+
   return Rotation.from_matrix(matrix).as_rotvec()
 
 
-def _noise_image(rng: np.random.Generator, height: int, width: int, base: tuple[int, int, int]) -> np.ndarray:
+def _noise_image(
+    rng: np.random.Generator, height: int, width: int, base: tuple[int, int, int]
+) -> np.ndarray:
   """A flat colour plus mild noise, so that each file's mean colour identifies it."""
   noise = rng.integers(-12, 13, size=(height, width, 3))
   return np.clip(np.array(base)[None, None] + noise, 0, 255).astype(np.uint8)
@@ -185,8 +213,15 @@ def dump_py2_pickle(path: str, value: Any) -> None:
 FREIHAND_VERSIONS = ('gs', 'hom', 'sample', 'auto')
 
 
-def make_freihand(root: str, mano_dir: str, *, num_train: int = 3, num_eval: int = 2, with_eval_gt: bool = True,
-                  seed: int = 0) -> dict:
+def make_freihand(
+    root: str,
+    mano_dir: str,
+    *,
+    num_train: int = 3,
+    num_eval: int = 2,
+    with_eval_gt: bool = True,
+    seed: int = 0,
+) -> dict:
   """FreiHAND v2 in the official layout (no top-level folder): 224x224 images, 4 versions per training sample.
 
   Returns ground truth: {'train': {'K','xyz','verts','mano'}, 'evaluation': {...}} as arrays per
@@ -199,10 +234,16 @@ def make_freihand(root: str, mano_dir: str, *, num_train: int = 3, num_eval: int
     Ks, xyzs, vertss, manos, scales = [], [], [], [], []
     for index in range(count):
       f = rng.uniform(450.0, 600.0)
-      K = np.array([[f, 0.0, 112.0 + rng.uniform(-4, 4)], [0.0, f, 112.0 + rng.uniform(-4, 4)], [0, 0, 1.0]])
-      pose = hands.pose(rng, 'right', flat_hand_mean=False)  # FreiHAND's MANO uses flat_hand_mean=False
+      K = np.array(
+          [[f, 0.0, 112.0 + rng.uniform(-4, 4)], [0.0, f, 112.0 + rng.uniform(-4, 4)], [0, 0, 1.0]]
+      )
+      pose = hands.pose(
+          rng, 'right', flat_hand_mean=False
+      )  # FreiHAND's MANO uses flat_hand_mean=False
       betas = rng.normal(0.0, 0.5, size=10)
-      root_target = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.6, 0.75)])
+      root_target = np.array(
+          [rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.6, 0.75)]
+      )
       _, verts, joints16 = hands.place(rng, 'right', pose, betas, root_target, flat_hand_mean=False)
       xyz = _joints21(verts, joints16, 'freihand')
       uv_root = _project(xyz[:1], K)[0]
@@ -213,8 +254,13 @@ def make_freihand(root: str, mano_dir: str, *, num_train: int = 3, num_eval: int
       manos.append([list(pose) + list(betas) + list(uv_root) + [scale]])  # [[61 floats]]
       scales.append(scale)
     key = 'train' if set_name == 'training' else 'evaluation'
-    truth[key] = {'K': np.array(Ks), 'xyz': np.array(xyzs), 'verts': np.array(vertss),
-                  'mano': np.array(manos)[:, 0], 'scale': np.array(scales)}
+    truth[key] = {
+        'K': np.array(Ks),
+        'xyz': np.array(xyzs),
+        'verts': np.array(vertss),
+        'mano': np.array(manos)[:, 0],
+        'scale': np.array(scales),
+    }
     _dump_json(os.path.join(root, f'{set_name}_K.json'), Ks)
     _dump_json(os.path.join(root, f'{set_name}_scale.json'), scales)
     if set_name == 'training' or with_eval_gt:
@@ -225,7 +271,10 @@ def make_freihand(root: str, mano_dir: str, *, num_train: int = 3, num_eval: int
     for image_id in range(count * versions):
       colour = tuple(int(c) for c in rng.integers(30, 226, size=3))
       truth['image_colour'][(set_name, image_id)] = colour
-      _save_jpg(os.path.join(root, set_name, 'rgb', f'{image_id:08d}.jpg'), _noise_image(rng, 224, 224, colour))
+      _save_jpg(
+          os.path.join(root, set_name, 'rgb', f'{image_id:08d}.jpg'),
+          _noise_image(rng, 224, 224, colour),
+      )
     if set_name == 'training':
       for index in range(count):
         mask = np.zeros((224, 224), np.uint8)
@@ -233,7 +282,9 @@ def make_freihand(root: str, mano_dir: str, *, num_train: int = 3, num_eval: int
         cols = np.clip(np.round(uv).astype(int), 0, 223)
         mask[cols[:, 1], cols[:, 0]] = 255
         os.makedirs(os.path.join(root, 'training', 'mask'), exist_ok=True)
-        Image.fromarray(mask).save(os.path.join(root, 'training', 'mask', f'{index:08d}.jpg'), quality=95)
+        Image.fromarray(mask).save(
+            os.path.join(root, 'training', 'mask', f'{index:08d}.jpg'), quality=95
+        )
   return truth
 
 
@@ -242,18 +293,29 @@ def make_freihand(root: str, mano_dir: str, *, num_train: int = 3, num_eval: int
 # --------------------------------------------------------------------------------------------------
 
 HO3D_SIZE = (48, 64)  # (height, width): a tenth of the real 480x640
-HO3D_TRAIN = {'ABF10': 3, 'MC1': 2}  # frames on disk; the last ABF10 frame is unannotated and unlisted
+HO3D_TRAIN = {
+    'ABF10': 3,
+    'MC1': 2,
+}  # frames on disk; the last ABF10 frame is unannotated and unlisted
 HO3D_EVAL = {'SM1': 2}
 
 
 def _ho3d_K(rng) -> np.ndarray:
   f = rng.uniform(60.0, 64.0)
-  return np.array([[f, 0.0, 32.0 + rng.uniform(-1, 1)], [0.0, f, 24.0 + rng.uniform(-1, 1)], [0.0, 0.0, 1.0]])
+  return np.array(
+      [[f, 0.0, 32.0 + rng.uniform(-1, 1)], [0.0, f, 24.0 + rng.uniform(-1, 1)], [0.0, 0.0, 1.0]]
+  )
 
 
 def _ho3d_object_keys(rng) -> dict:
-  return {'objRot': rng.normal(size=(3, 1)), 'objTrans': rng.normal(size=3), 'objName': '021_bleach_cleanser',
-          'objLabel': 12, 'objCorners3D': rng.normal(size=(8, 3)), 'objCorners3DRest': rng.normal(size=(8, 3))}
+  return {
+      'objRot': rng.normal(size=(3, 1)),
+      'objTrans': rng.normal(size=3),
+      'objName': '021_bleach_cleanser',
+      'objLabel': 12,
+      'objCorners3D': rng.normal(size=(8, 3)),
+      'objCorners3DRest': rng.normal(size=(8, 3)),
+  }
 
 
 def _ho3d_depth_png(rng, depth_m: np.ndarray) -> np.ndarray:
@@ -282,25 +344,52 @@ def make_ho3d(root: str, mano_dir: str, *, seed: int = 1) -> dict:
         frame_id = f'{frame:04d}'
         base = os.path.join(root, split, seq)
         K = _ho3d_K(rng)
-        _save_png(os.path.join(base, 'rgb', f'{frame_id}.png'),
-                  _noise_image(rng, *HO3D_SIZE, tuple(int(c) for c in rng.integers(30, 226, 3))))
+        _save_png(
+            os.path.join(base, 'rgb', f'{frame_id}.png'),
+            _noise_image(rng, *HO3D_SIZE, tuple(int(c) for c in rng.integers(30, 226, 3))),
+        )
         depth_m = rng.uniform(0.4, 1.2, size=HO3D_SIZE)
         _save_png(os.path.join(base, 'depth', f'{frame_id}.png'), _ho3d_depth_png(rng, depth_m))
         meta_path = os.path.join(base, 'meta', f'{frame_id}.pkl')
         unannotated = split == 'train' and seq == 'ABF10' and frame == frames - 1
         if unannotated:  # as in the release: such frames hold None and are absent from train.txt
-          dump_py2_pickle(meta_path, {key: None for key in ('handPose', 'handBeta', 'handTrans', 'handJoints3D',
-                                                            'camMat', 'objRot', 'objTrans', 'objName')})
+          dump_py2_pickle(
+              meta_path,
+              {
+                  key: None
+                  for key in (
+                      'handPose',
+                      'handBeta',
+                      'handTrans',
+                      'handJoints3D',
+                      'camMat',
+                      'objRot',
+                      'objTrans',
+                      'objName',
+                  )
+              },
+          )
           continue
         listed[split].append(f'{seq}/{frame_id}')
         # The hand in our convention first: OpenCV frame, flat_hand_mean=False.
         pose_cv = hands.pose(rng, 'right', flat_hand_mean=False)
         betas = rng.normal(0.0, 0.5, size=10)
-        root_target = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.5, 0.6)])
-        trans_cv, verts, joints16 = hands.place(rng, 'right', pose_cv, betas, root_target, flat_hand_mean=False)
+        root_target = np.array(
+            [rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.5, 0.6)]
+        )
+        trans_cv, verts, joints16 = hands.place(
+            rng, 'right', pose_cv, betas, root_target, flat_hand_mean=False
+        )
         joints = _joints21(verts, joints16, 'ho3d')
-        entry = {'joints': joints, 'verts': verts, 'K': K, 'pose_cv': pose_cv, 'betas': betas,
-                 'trans_cv': trans_cv, 'depth_m': depth_m}
+        entry = {
+            'joints': joints,
+            'verts': verts,
+            'K': K,
+            'pose_cv': pose_cv,
+            'betas': betas,
+            'trans_cv': trans_cv,
+            'depth_m': depth_m,
+        }
         # The same hand as HO-3D stores it: OpenGL frame, flat_hand_mean=True.
         rest_root = hands.rest_root('right', betas)
         rot_gl = np.diag(FLIP_GL) @ _rotvec_to_matrix(pose_cv[:3])
@@ -308,12 +397,23 @@ def make_ho3d(root: str, mano_dir: str, *, seed: int = 1) -> dict:
         hand_trans = FLIP_GL * (rest_root + trans_cv) - rest_root
         ho3d_order = np.concatenate([joints16, verts[list(mano.TIP_IDS['ho3d'])]]) * FLIP_GL
         if split == 'train':
-          meta = {'handPose': hand_pose, 'handBeta': betas, 'handTrans': hand_trans, 'handJoints3D': ho3d_order,
-                  'camMat': K, **_ho3d_object_keys(rng)}
+          meta = {
+              'handPose': hand_pose,
+              'handBeta': betas,
+              'handTrans': hand_trans,
+              'handJoints3D': ho3d_order,
+              'camMat': K,
+              **_ho3d_object_keys(rng),
+          }
         else:
           uv = _project(verts, K)
           bbox = np.concatenate([uv.min(0), uv.max(0)])
-          meta = {'handJoints3D': ho3d_order[0], 'handBoundingBox': bbox, 'camMat': K, **_ho3d_object_keys(rng)}
+          meta = {
+              'handJoints3D': ho3d_order[0],
+              'handBoundingBox': bbox,
+              'camMat': K,
+              **_ho3d_object_keys(rng),
+          }
           entry.update(root=joints[0], bbox=bbox)
         entry['meta'] = meta
         dump_py2_pickle(meta_path, meta)
@@ -358,12 +458,19 @@ def make_dex_ycb(root: str, mano_dir: str, *, seed: int = 2) -> dict:
     path = os.path.join(root, 'calibration', 'intrinsics', f'{serial}_640x480.yml')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as handle:
-      yaml.safe_dump({'color': {'fx': float(fx), 'fy': float(fy), 'ppx': float(ppx), 'ppy': float(ppy)},
-                      'depth': {'fx': float(fx), 'fy': float(fy), 'ppx': float(ppx), 'ppy': float(ppy)}}, handle)
-  invalid_at = {('20200709-subject-01', 0, DEXYCB_SERIALS[1], 0): 'joint_3d',
-                ('20200813-subject-02', 2, DEXYCB_SERIALS[0], 0): 'pose_m',
-                ('20200820-subject-03', 3, DEXYCB_SERIALS[1], 1): 'joint_2d',
-                ('20200820-subject-03', 4, DEXYCB_SERIALS[0], 1): 'joint_3d'}
+      yaml.safe_dump(
+          {
+              'color': {'fx': float(fx), 'fy': float(fy), 'ppx': float(ppx), 'ppy': float(ppy)},
+              'depth': {'fx': float(fx), 'fy': float(fy), 'ppx': float(ppx), 'ppy': float(ppy)},
+          },
+          handle,
+      )
+  invalid_at = {
+      ('20200709-subject-01', 0, DEXYCB_SERIALS[1], 0): 'joint_3d',
+      ('20200813-subject-02', 2, DEXYCB_SERIALS[0], 0): 'pose_m',
+      ('20200820-subject-03', 3, DEXYCB_SERIALS[1], 1): 'joint_2d',
+      ('20200820-subject-03', 4, DEXYCB_SERIALS[0], 1): 'joint_3d',
+  }
   for subject_index, subject in enumerate(DEXYCB_SUBJECTS):
     side_of = {'20200813-subject-02': {1: 'left'}}.get(subject, {})
     for calib_side in ('right', 'left'):
@@ -384,9 +491,19 @@ def make_dex_ycb(root: str, mano_dir: str, *, seed: int = 2) -> dict:
       seq_dir = os.path.join(root, subject, sequence)
       os.makedirs(seq_dir, exist_ok=True)
       with open(os.path.join(seq_dir, 'meta.yml'), 'w') as handle:
-        yaml.safe_dump({'serials': list(DEXYCB_SERIALS), 'num_frames': num_frames, 'ycb_ids': ycb_ids,
-                        'ycb_grasp_ind': grasp, 'mano_sides': [side], 'mano_calib': [calib],
-                        'extrinsics': '20200702_151821', 'pcd': None}, handle)
+        yaml.safe_dump(
+            {
+                'serials': list(DEXYCB_SERIALS),
+                'num_frames': num_frames,
+                'ycb_ids': ycb_ids,
+                'ycb_grasp_ind': grasp,
+                'mano_sides': [side],
+                'mano_calib': [calib],
+                'extrinsics': '20200702_151821',
+                'pcd': None,
+            },
+            handle,
+        )
       if seq_index % 5 != 4:
         split = 'train'
       else:
@@ -395,8 +512,12 @@ def make_dex_ycb(root: str, mano_dir: str, *, seed: int = 2) -> dict:
         K = intrinsics[serial]
         for frame in range(num_frames):
           pose = hands.pose(rng, side, flat_hand_mean=False)
-          root_target = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.5, 0.6)])
-          trans, verts, joints16 = hands.place(rng, side, pose, betas, root_target, flat_hand_mean=False)
+          root_target = np.array(
+              [rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.5, 0.6)]
+          )
+          trans, verts, joints16 = hands.place(
+              rng, side, pose, betas, root_target, flat_hand_mean=False
+          )
           joints = _joints21(verts, joints16, 'dexycb')
           uv = _project(joints, K)
           components = np.asarray(hands.models[side].hands_components, np.float64)
@@ -417,17 +538,39 @@ def make_dex_ycb(root: str, mano_dir: str, *, seed: int = 2) -> dict:
           seg[cols[:, 1], cols[:, 0]] = 255
           sample_dir = os.path.join(seq_dir, serial)
           os.makedirs(sample_dir, exist_ok=True)
-          np.savez(os.path.join(sample_dir, f'labels_{frame:06d}.npz'), seg=seg,
-                   pose_y=rng.normal(size=(2, 3, 4)).astype(np.float32), pose_m=pose_m, joint_3d=joint_3d,
-                   joint_2d=joint_2d)
+          np.savez(
+              os.path.join(sample_dir, f'labels_{frame:06d}.npz'),
+              seg=seg,
+              pose_y=rng.normal(size=(2, 3, 4)).astype(np.float32),
+              pose_m=pose_m,
+              joint_3d=joint_3d,
+              joint_2d=joint_2d,
+          )
           colour = tuple(int(c) for c in rng.integers(30, 226, 3))
-          _save_jpg(os.path.join(sample_dir, f'color_{frame:06d}.jpg'), _noise_image(rng, *DEXYCB_SIZE, colour))
+          _save_jpg(
+              os.path.join(sample_dir, f'color_{frame:06d}.jpg'),
+              _noise_image(rng, *DEXYCB_SIZE, colour),
+          )
           depth_mm = rng.integers(400, 1200, size=DEXYCB_SIZE).astype(np.uint16)
-          Image.fromarray(depth_mm).save(os.path.join(sample_dir, f'aligned_depth_to_color_{frame:06d}.png'))
+          Image.fromarray(depth_mm).save(
+              os.path.join(sample_dir, f'aligned_depth_to_color_{frame:06d}.png')
+          )
           truth[f'{subject}/{sequence}/{serial}/{frame}'] = {
-              'joints': joints, 'verts': verts, 'K': K, 'side': side, 'pose': pose, 'betas': betas,
-              'trans': trans, 'uv': uv, 'split': split, 'invalid': reason, 'object_id': ycb_ids[grasp],
-              'depth_mm': depth_mm, 'colour': colour, 'pca': pca}
+              'joints': joints,
+              'verts': verts,
+              'K': K,
+              'side': side,
+              'pose': pose,
+              'betas': betas,
+              'trans': trans,
+              'uv': uv,
+              'split': split,
+              'invalid': reason,
+              'object_id': ycb_ids[grasp],
+              'depth_mm': depth_mm,
+              'colour': colour,
+              'pca': pca,
+          }
   return truth
 
 

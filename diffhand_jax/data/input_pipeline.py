@@ -93,8 +93,8 @@ def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
       raise FileNotFoundError(
           f'dataset {full_name} is not prepared in {data_dir}. Download it by hand and run\n'
           f'  tfds build datasets/{name}{config_flag} --manual_dir=<where you put the files> '
-          f'--data_dir={data_dir} --file_format={STREAMING_FILE_FORMAT}\n'
-          + instructions)
+          f'--data_dir={data_dir} --file_format={STREAMING_FILE_FORMAT}\n' + instructions
+      )
     print(f'building {full_name} into {data_dir} (first run only)', flush=True)
     builder = tfds.builder(full_name, data_dir=data_dir, file_format=STREAMING_FILE_FORMAT)
     builder.download_and_prepare()
@@ -118,8 +118,10 @@ def has_random_access(builder) -> bool:
 
 def _split_spec(builder, split: str, max_examples: int | None) -> str:
   if split not in builder.info.splits:
-    raise ValueError(f'dataset {builder.info.full_name} has no split {split!r}; '
-                     f'it has {sorted(builder.info.splits.keys())}')
+    raise ValueError(
+        f'dataset {builder.info.full_name} has no split {split!r}; '
+        f'it has {sorted(builder.info.splits.keys())}'
+    )
   return f'{split}[:{int(max_examples)}]' if max_examples else split
 
 
@@ -127,8 +129,12 @@ def _decode_text(values: Sequence[Any]) -> np.ndarray:
   return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
 
 
-def load_split(dataset_config: Mapping[str, Any], split: str, max_examples: int | None = None,
-               features: Sequence[str] = FEATURES) -> dict[str, np.ndarray]:
+def load_split(
+    dataset_config: Mapping[str, Any],
+    split: str,
+    max_examples: int | None = None,
+    features: Sequence[str] = FEATURES,
+) -> dict[str, np.ndarray]:
   """Reads a whole split into numpy arrays (N, ...), keeping ``features`` (default: those the pipeline
   needs; images not among them are not decoded).
 
@@ -142,14 +148,19 @@ def load_split(dataset_config: Mapping[str, Any], split: str, max_examples: int 
   spec = _split_spec(builder, split, max_examples)
   missing = [key for key in features if key not in builder.info.features]
   if missing:
-    raise KeyError(f'dataset {builder.info.full_name} lacks the feature(s) {missing} (docs/design.md §7)')
+    raise KeyError(
+        f'dataset {builder.info.full_name} lacks the feature(s) {missing} (docs/design.md §7)'
+    )
   if builder.info.file_format != file_adapters.FileFormat.TFRECORD and has_random_access(builder):
     source = SplitSource(builder, split, max_examples=max_examples, features=features)
     if source.num_examples == 0:
       raise ValueError(f'{source.name} is empty')
     return source.read(np.arange(source.num_examples))
-  decoders = {key: tfds.decode.SkipDecoding() for key in builder.info.features.keys()
-              if key not in features and isinstance(builder.info.features[key], tfds.features.Image)}
+  decoders = {
+      key: tfds.decode.SkipDecoding()
+      for key in builder.info.features.keys()
+      if key not in features and isinstance(builder.info.features[key], tfds.features.Image)
+  }
   dataset = builder.as_dataset(split=spec, batch_size=-1, decoders=decoders or None)
   arrays = tfds.as_numpy(dataset)
   out = {}
@@ -184,16 +195,25 @@ def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int 
   builder = get_builder(dataset_config)
   spec = _split_spec(builder, split, max_examples)
   if has_random_access(builder):
-    return SplitSource(builder, split, max_examples=max_examples,
-                       prefetch=dataset_config.get('prefetch_batches'),
-                       num_threads=dataset_config.get('num_threads'))
+    return SplitSource(
+        builder,
+        split,
+        max_examples=max_examples,
+        prefetch=dataset_config.get('prefetch_batches'),
+        num_threads=dataset_config.get('num_threads'),
+    )
   count = int(builder.info.splits[spec].num_examples)
-  convert = (f'  tfds convert_format --dataset_version_dir={builder.data_dir} '
-             f'--out_file_format={STREAMING_FILE_FORMAT}')
+  convert = (
+      f'  tfds convert_format --dataset_version_dir={builder.data_dir} '
+      f'--out_file_format={STREAMING_FILE_FORMAT}'
+  )
   if count <= IN_MEMORY_FALLBACK_MAX_EXAMPLES:
-    print(f'note: {builder.info.full_name} is stored as tfrecord only, so its {count}-example split '
-          f'{spec!r} is read into memory instead of streamed. To stream it, convert the data in place:\n'
-          f'{convert}', flush=True)
+    print(
+        f'note: {builder.info.full_name} is stored as tfrecord only, so its {count}-example split '
+        f'{spec!r} is read into memory instead of streamed. To stream it, convert the data in place:\n'
+        f'{convert}',
+        flush=True,
+    )
     return load_split(dataset_config, split, max_examples)
   raise ValueError(
       f'dataset {builder.info.full_name} in {builder.data_dir} is stored as tfrecord only, and its '
@@ -201,7 +221,8 @@ def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int 
       f'{STREAMING_FILE_FORMAT} format; convert the prepared data in place (no download needed):\n'
       f'{convert}\n'
       f'(or rebuild it with `tfds build ... --file_format={STREAMING_FILE_FORMAT}`, or set '
-      f'config.dataset.in_memory=True if it fits in memory)')
+      f'config.dataset.in_memory=True if it fits in memory)'
+  )
 
 
 class SplitSource(Mapping[str, '_Column']):
@@ -222,21 +243,32 @@ class SplitSource(Mapping[str, '_Column']):
     prefetch, num_threads: the batch iterators' defaults for this source (None: module defaults).
   """
 
-  def __init__(self, builder, split: str, *, max_examples: int | None = None,
-               features: Sequence[str] = FEATURES, prefetch: int | None = None,
-               num_threads: int | None = None):
+  def __init__(
+      self,
+      builder,
+      split: str,
+      *,
+      max_examples: int | None = None,
+      features: Sequence[str] = FEATURES,
+      prefetch: int | None = None,
+      num_threads: int | None = None,
+  ):
     from tensorflow_datasets.core import decode
 
     spec = _split_spec(builder, split, max_examples)
     self.name = f'{builder.info.full_name}:{spec}'
     if not has_random_access(builder):
-      raise ValueError(f'{self.name}: the data in {builder.data_dir} is stored as '
-                       f'{sorted(stored_file_formats(builder))} only; random access needs '
-                       f'{STREAMING_FILE_FORMAT} (see open_split)')
+      raise ValueError(
+          f'{self.name}: the data in {builder.data_dir} is stored as '
+          f'{sorted(stored_file_formats(builder))} only; random access needs '
+          f'{STREAMING_FILE_FORMAT} (see open_split)'
+      )
     self._features = builder.info.features
     missing = [key for key in features if key not in self._features]
     if missing:
-      raise KeyError(f'dataset {builder.info.full_name} lacks the feature(s) {missing} (docs/design.md §7)')
+      raise KeyError(
+          f'dataset {builder.info.full_name} lacks the feature(s) {missing} (docs/design.md §7)'
+      )
     self._feature_names = tuple(features)
     # as_data_source reads the format from builder.info: point it at the ArrayRecord files for the
     # call, then put back what the builder had (its as_dataset keeps reading tfrecord files).
@@ -244,7 +276,9 @@ class SplitSource(Mapping[str, '_Column']):
     previous = info.file_format
     info.set_file_format(STREAMING_FILE_FORMAT, override=True, override_if_initialized=True)
     try:
-      self._records = builder.as_data_source(spec, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
+      self._records = builder.as_data_source(
+          spec, deserialize_method=decode.DeserializeMethod.RAW_BYTES
+      )
     finally:
       if previous is not None:
         info.set_file_format(previous, override=True, override_if_initialized=True)
@@ -255,7 +289,7 @@ class SplitSource(Mapping[str, '_Column']):
     self._mean_mesh_lock = threading.Lock()
 
   # Mapping interface: feature → column.
-  def __getitem__(self, key: str) -> '_Column':
+  def __getitem__(self, key: str) -> _Column:
     if key not in self._feature_names:
       raise KeyError(f'{self.name}: no feature {key!r}; it has {list(self._feature_names)}')
     return _Column(self, key)
@@ -273,21 +307,27 @@ class SplitSource(Mapping[str, '_Column']):
   def _decoders(self, wanted: Sequence[str]) -> dict[str, Any]:
     import tensorflow_datasets as tfds
     # Skip what is not wanted; images are kept as bytes here and decoded by TensorFlow in _decode.
-    return {key: tfds.decode.SkipDecoding() for key in self._features.keys()
-            if key not in wanted or isinstance(self._features[key], tfds.features.Image)}
+    return {
+        key: tfds.decode.SkipDecoding()
+        for key in self._features.keys()
+        if key not in wanted or isinstance(self._features[key], tfds.features.Image)
+    }
 
   def _decode(self, key: str, value: Any) -> Any:
     import tensorflow_datasets as tfds
+
     feature = self._features[key]
     if isinstance(feature, tfds.features.Image):
       import tensorflow as tf
+
       return feature.decode_example(tf.constant(value)).numpy()
     if isinstance(feature, tfds.features.Text):
       return value.decode() if isinstance(value, bytes) else str(value)
     return np.asarray(value)
 
-  def read(self, indices: Sequence[int] | np.ndarray,
-           features: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  def read(
+      self, indices: Sequence[int] | np.ndarray, features: Sequence[str] | None = None
+  ) -> dict[str, np.ndarray]:
     """Rows ``indices`` (B,) as a dict of (B, ...) arrays (``features``, default all of the source's).
 
     Each distinct row is read and decoded once, however often it repeats; 'hand_side' comes back as
@@ -314,8 +354,10 @@ class SplitSource(Mapping[str, '_Column']):
         for key in features:
           columns[key].append(self._decode(key, example[key]))
       except Exception as error:  # a corrupt record: say which
-        raise ValueError(f'{self.name}: example {int(index)} does not decode: '
-                         f'{type(error).__name__}: {error}') from error
+        raise ValueError(
+            f'{self.name}: example {int(index)} does not decode: '
+            f'{type(error).__name__}: {error}'
+        ) from error
     out = {}
     for key, values in columns.items():
       if key == 'hand_side' or isinstance(values[0], str):
@@ -323,8 +365,10 @@ class SplitSource(Mapping[str, '_Column']):
       else:
         shapes = {np.shape(v) for v in values}
         if len(shapes) > 1:
-          raise ValueError(f'{self.name}: feature {key!r} has different shapes {sorted(shapes)} in rows '
-                           f'{unique.tolist()}; a batch needs one shape (crop first)')
+          raise ValueError(
+              f'{self.name}: feature {key!r} has different shapes {sorted(shapes)} in rows '
+              f'{unique.tolist()}; a batch needs one shape (crop first)'
+          )
         stacked = np.stack(values)
       out[key] = stacked[inverse]
     return out
@@ -338,8 +382,10 @@ class SplitSource(Mapping[str, '_Column']):
       if self._mean_mesh is None:
         total, count = None, 0
         for start in range(0, self.num_examples, chunk_size):
-          rows = self.read(np.arange(start, min(start + chunk_size, self.num_examples)),
-                           ('vertices_3d', 'joints_3d', 'hand_side'))
+          rows = self.read(
+              np.arange(start, min(start + chunk_size, self.num_examples)),
+              ('vertices_3d', 'joints_3d', 'hand_side'),
+          )
           part = _root_relative_right(rows).sum(axis=0)
           total = part if total is None else total + part
           count += len(rows['hand_side'])
@@ -369,14 +415,17 @@ class _Column:
     return self._source.read(index, (self._key,))[self._key]
 
   def __array__(self, *args, **kwargs):
-    raise TypeError(f'{self._source.name}: the streamed column {self._key!r} does not turn into one '
-                    f'array (that decodes the whole split); index rows, or use SplitSource.read')
+    raise TypeError(
+        f'{self._source.name}: the streamed column {self._key!r} does not turn into one '
+        f'array (that decodes the whole split); index rows, or use SplitSource.read'
+    )
 
 
 def _root_relative_right(rows: Mapping[str, np.ndarray]) -> np.ndarray:
   """vertices_3d − wrist (B, N, 3) float64, with x negated for left hands (the mirroring of docs/design.md §2)."""
-  relative = (np.asarray(rows['vertices_3d'], np.float64)
-              - np.asarray(rows['joints_3d'], np.float64)[:, :1])
+  relative = (
+      np.asarray(rows['vertices_3d'], np.float64) - np.asarray(rows['joints_3d'], np.float64)[:, :1]
+  )
   is_left = np.asarray(rows['hand_side']) == 'left'
   relative[is_left, :, 0] *= -1
   return relative
@@ -424,14 +473,16 @@ def gather_rows(arrays, indices: np.ndarray) -> dict[str, np.ndarray]:
 # Per-example conventions
 # --------------------------------------------------------------------------------------------------
 
+
 def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
   """Pinhole projection of camera-frame points (B, P, 3) with K (B, 3, 3) → pixels (B, P, 2)."""
   homogeneous = np.einsum('bij,bpj->bpi', K, points)
   return homogeneous[..., :2] / homogeneous[..., 2:3]
 
 
-def mirror_left_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, vertices: np.ndarray,
-                      is_left: np.ndarray):
+def mirror_left_hands(
+    images: np.ndarray, K: np.ndarray, joints: np.ndarray, vertices: np.ndarray, is_left: np.ndarray
+):
   """Mirrors left hands into right hands (docs/design.md §2): flip the image, negate x, and move the principal
   point so that projection commutes with the flip (c_x' = W − 1 − c_x, pixel centres at integers).
 
@@ -457,8 +508,10 @@ def resize_frames(images: np.ndarray, K: np.ndarray, size: int) -> tuple[np.ndar
   if (height, width) == (size, size):
     return images, K
   from PIL import Image
-  resized = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
-                      for im in images])
+
+  resized = np.stack(
+      [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+  )
   scale_x, scale_y = size / width, size / height
   K = np.array(K, copy=True)
   K[:, 0, :] *= scale_x
@@ -473,10 +526,18 @@ def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
   return (images_uint8.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def crop_around_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, vertices: np.ndarray,
-                      bbox: np.ndarray, *, image_size: int, margin: float,
-                      rngs: Sequence[np.random.Generator] | None = None,
-                      augment: Mapping[str, Any] | None = None):
+def crop_around_hands(
+    images: np.ndarray,
+    K: np.ndarray,
+    joints: np.ndarray,
+    vertices: np.ndarray,
+    bbox: np.ndarray,
+    *,
+    image_size: int,
+    margin: float,
+    rngs: Sequence[np.random.Generator] | None = None,
+    augment: Mapping[str, Any] | None = None,
+):
   """Crops a square box around each hand (its bbox widened by ``margin``) and resizes it to
   ``image_size``, with optional scale / rotation / shift jitter drawn from ``rngs`` (one per example).
 
@@ -487,6 +548,7 @@ def crop_around_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, ver
   Returns (images (B, S, S, 3), K, joints, vertices), new arrays.
   """
   from diffhand_jax.data import augment as augment_lib
+
   out_images, out_K, out_joints, out_vertices = [], [], [], []
   for i in range(len(images)):
     box = augment_lib.box_from_bbox(bbox[i], margin)
@@ -498,8 +560,12 @@ def crop_around_hands(images: np.ndarray, K: np.ndarray, joints: np.ndarray, ver
     out_K.append(new_K)
     out_joints.append(augment_lib.rotate_points(joints[i], params['rotation']))
     out_vertices.append(augment_lib.rotate_points(vertices[i], params['rotation']))
-  return (np.stack(out_images), np.stack(out_K).astype(np.float32),
-          np.stack(out_joints).astype(np.float32), np.stack(out_vertices).astype(np.float32))
+  return (
+      np.stack(out_images),
+      np.stack(out_K).astype(np.float32),
+      np.stack(out_joints).astype(np.float32),
+      np.stack(out_vertices).astype(np.float32),
+  )
 
 
 def _mirror_boxes(bbox: np.ndarray, width: int, is_left: np.ndarray) -> np.ndarray:
@@ -509,10 +575,15 @@ def _mirror_boxes(bbox: np.ndarray, width: int, is_left: np.ndarray) -> np.ndarr
   return bbox
 
 
-def prepare_batch(raw: Mapping[str, np.ndarray], *, vertex_scale: float,
-                  image_size: int | None = None, crop_margin: float | None = None,
-                  rngs: Sequence[np.random.Generator] | None = None,
-                  augment: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def prepare_batch(
+    raw: Mapping[str, np.ndarray],
+    *,
+    vertex_scale: float,
+    image_size: int | None = None,
+    crop_margin: float | None = None,
+    rngs: Sequence[np.random.Generator] | None = None,
+    augment: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
   """Turns raw examples (a dict of (B, ...) arrays in the common schema) into model inputs.
 
   Left hands are mirrored first. Then, with ``crop_margin`` set, a square crop around each ``bbox``
@@ -527,26 +598,42 @@ def prepare_batch(raw: Mapping[str, np.ndarray], *, vertex_scale: float,
   """
   is_left = np.asarray(raw['hand_side']) == 'left'
   images, K, joints, vertices = mirror_left_hands(
-      raw['image'], raw['K'].astype(np.float32), raw['joints_3d'].astype(np.float32),
-      raw['vertices_3d'].astype(np.float32), is_left)
+      raw['image'],
+      raw['K'].astype(np.float32),
+      raw['joints_3d'].astype(np.float32),
+      raw['vertices_3d'].astype(np.float32),
+      is_left,
+  )
   if crop_margin is not None or augment is not None:
     if image_size is None:
       raise ValueError('prepare_batch: cropping needs image_size')
     if crop_margin is None:  # the frame is the crop; jitter it as a whole
       height, width = images.shape[1:3]
-      bbox = np.tile(np.array([[-0.5, -0.5, width - 0.5, height - 0.5]], np.float32), (len(images), 1))
+      bbox = np.tile(
+          np.array([[-0.5, -0.5, width - 0.5, height - 0.5]], np.float32), (len(images), 1)
+      )
       margin = 0.0
     else:
       bbox = _mirror_boxes(raw['bbox'], images.shape[2], is_left)
       margin = crop_margin
-    images, K, joints, vertices = crop_around_hands(images, K, joints, vertices, bbox,
-                                                    image_size=image_size, margin=margin, rngs=rngs,
-                                                    augment=augment)
+    images, K, joints, vertices = crop_around_hands(
+        images,
+        K,
+        joints,
+        vertices,
+        bbox,
+        image_size=image_size,
+        margin=margin,
+        rngs=rngs,
+        augment=augment,
+    )
   elif image_size is not None:
     images, K = resize_frames(images, K, image_size)
   height, width = images.shape[1:3]
   pixels = project(joints, K)
-  joints_2d = np.stack([2.0 * pixels[..., 0] / width - 1.0, 2.0 * pixels[..., 1] / height - 1.0], -1)
+  joints_2d = np.stack(
+      [2.0 * pixels[..., 0] / width - 1.0, 2.0 * pixels[..., 1] / height - 1.0], -1
+  )
   wrist = joints[:, :1]
   return {
       'image': normalise_images(images),
@@ -564,6 +651,7 @@ def prepare_batch(raw: Mapping[str, np.ndarray], *, vertex_scale: float,
 # Deterministic, resumable batching
 # --------------------------------------------------------------------------------------------------
 
+
 def global_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   """Example indices of global step ``step``: (batch_size,) int64, a pure function of its arguments."""
   if num_examples <= 0:
@@ -579,8 +667,9 @@ def global_indices(num_examples: int, batch_size: int, seed: int, step: int) -> 
   return out
 
 
-def colour_jitter(images_uint8: np.ndarray, rngs: Sequence[np.random.Generator],
-                  strength: float) -> np.ndarray:
+def colour_jitter(
+    images_uint8: np.ndarray, rngs: Sequence[np.random.Generator], strength: float
+) -> np.ndarray:
   """Random brightness, contrast and per-channel gain, (B, H, W, 3) uint8 → uint8; example i draws
   from rngs[i]."""
   if strength <= 0:
@@ -595,10 +684,20 @@ def colour_jitter(images_uint8: np.ndarray, rngs: Sequence[np.random.Generator],
   return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def train_batch(arrays, step: int, *, batch_size: int, seed: int, vertex_scale: float,
-                image_size: int | None = None, colour_strength: float = 0.0,
-                crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
-                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+def train_batch(
+    arrays,
+    step: int,
+    *,
+    batch_size: int,
+    seed: int,
+    vertex_scale: float,
+    image_size: int | None = None,
+    colour_strength: float = 0.0,
+    crop_margin: float | None = None,
+    augment: Mapping[str, Any] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
   """This process's part of the global batch of step ``step``: a pure function of its arguments.
 
   ``arrays`` is an in-memory dict or a :class:`SplitSource` (the same data gives the same batch).
@@ -606,18 +705,26 @@ def train_batch(arrays, step: int, *, batch_size: int, seed: int, vertex_scale: 
   :func:`prepare_batch`'s dict with batch_size / process_count rows.
   """
   if batch_size % process_count:
-    raise ValueError(f'global batch_size={batch_size} does not split over {process_count} processes')
+    raise ValueError(
+        f'global batch_size={batch_size} does not split over {process_count} processes'
+    )
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} is not in [0, {process_count})')
   local = batch_size // process_count
   indices = global_indices(num_rows(arrays), batch_size, seed, step)
   positions = range(process_index * local, (process_index + 1) * local)
-  raw = gather_rows(arrays, indices[process_index * local:(process_index + 1) * local])
+  raw = gather_rows(arrays, indices[process_index * local : (process_index + 1) * local])
   # One generator per row of the global batch: augmentation does not depend on how it is split.
   rngs = [np.random.default_rng([seed, step, 1, position]) for position in positions]
   raw['image'] = colour_jitter(raw['image'], rngs, colour_strength)
-  return prepare_batch(raw, vertex_scale=vertex_scale, image_size=image_size, crop_margin=crop_margin,
-                       rngs=rngs, augment=augment)
+  return prepare_batch(
+      raw,
+      vertex_scale=vertex_scale,
+      image_size=image_size,
+      crop_margin=crop_margin,
+      rngs=rngs,
+      augment=augment,
+  )
 
 
 def prefetch_settings(arrays, prefetch: int | None, num_threads: int | None) -> tuple[int, int]:
@@ -635,8 +742,9 @@ def prefetch_settings(arrays, prefetch: int | None, num_threads: int | None) -> 
   return int(prefetch), int(num_threads)
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int,
-                num_threads: int) -> Iterator[Any]:
+def ordered_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int, num_threads: int
+) -> Iterator[Any]:
   """Yields fn(item) for each item, in the order of ``items``, computing up to ``prefetch`` results
   ahead of the one being consumed on ``num_threads`` background threads (prefetch=0: in the caller's
   thread, nothing ahead).
@@ -649,8 +757,9 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int
     for item in items:
       yield fn(item)
     return
-  executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads,
-                                                   thread_name_prefix='input_pipeline')
+  executor = concurrent.futures.ThreadPoolExecutor(
+      max_workers=num_threads, thread_name_prefix='input_pipeline'
+  )
   pending: collections.deque = collections.deque()
   try:
     for item in items:
@@ -660,17 +769,30 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int
     while pending:
       yield pending.popleft().result()
   finally:
-    if not sys.is_finalizing():  # an iterator dropped at interpreter exit: its threads are being joined
+    if (
+        not sys.is_finalizing()
+    ):  # an iterator dropped at interpreter exit: its threads are being joined
       for future in pending:
         future.cancel()
       executor.shutdown(wait=False, cancel_futures=True)
 
 
-def train_batches(arrays, *, batch_size: int, seed: int, start_step: int, vertex_scale: float,
-                  image_size: int | None = None, colour_strength: float = 0.0,
-                  crop_margin: float | None = None, augment: Mapping[str, Any] | None = None,
-                  process_index: int = 0, process_count: int = 1, prefetch: int | None = None,
-                  num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+    arrays,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    vertex_scale: float,
+    image_size: int | None = None,
+    colour_strength: float = 0.0,
+    crop_margin: float | None = None,
+    augment: Mapping[str, Any] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int | None = None,
+    num_threads: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's part of the global batch for steps start_step, start_step + 1, ...
   (:func:`train_batch` of each step).
 
@@ -681,18 +803,36 @@ def train_batches(arrays, *, batch_size: int, seed: int, start_step: int, vertex
   iterator started earlier yields from s on.
   """
   if batch_size % process_count:
-    raise ValueError(f'global batch_size={batch_size} does not split over {process_count} processes')
-  make = functools.partial(train_batch, arrays, batch_size=batch_size, seed=seed,
-                           vertex_scale=vertex_scale, image_size=image_size,
-                           colour_strength=colour_strength, crop_margin=crop_margin, augment=augment,
-                           process_index=process_index, process_count=process_count)
+    raise ValueError(
+        f'global batch_size={batch_size} does not split over {process_count} processes'
+    )
+  make = functools.partial(
+      train_batch,
+      arrays,
+      batch_size=batch_size,
+      seed=seed,
+      vertex_scale=vertex_scale,
+      image_size=image_size,
+      colour_strength=colour_strength,
+      crop_margin=crop_margin,
+      augment=augment,
+      process_index=process_index,
+      process_count=process_count,
+  )
   prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
   return ordered_map(make, itertools.count(start_step), prefetch=prefetch, num_threads=num_threads)
 
 
-def eval_batches(arrays, *, batch_size: int, vertex_scale: float, image_size: int | None = None,
-                 crop_margin: float | None = None, prefetch: int | None = None,
-                 num_threads: int | None = None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def eval_batches(
+    arrays,
+    *,
+    batch_size: int,
+    vertex_scale: float,
+    image_size: int | None = None,
+    crop_margin: float | None = None,
+    prefetch: int | None = None,
+    num_threads: int | None = None,
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """Yields (batch, num_valid) over a whole split in order; the last batch is padded by repetition so
   every batch has the same shape (one compilation), and ``num_valid`` says how many rows are real.
 
@@ -704,18 +844,28 @@ def eval_batches(arrays, *, batch_size: int, vertex_scale: float, image_size: in
   def make(start: int) -> tuple[dict[str, np.ndarray], int]:
     indices = np.minimum(np.arange(start, start + batch_size), num_examples - 1)
     valid = int(min(batch_size, num_examples - start))
-    return prepare_batch(gather_rows(arrays, indices), vertex_scale=vertex_scale,
-                         image_size=image_size, crop_margin=crop_margin), valid
+    return (
+        prepare_batch(
+            gather_rows(arrays, indices),
+            vertex_scale=vertex_scale,
+            image_size=image_size,
+            crop_margin=crop_margin,
+        ),
+        valid,
+    )
 
   prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
-  return ordered_map(make, range(0, num_examples, batch_size), prefetch=prefetch,
-                     num_threads=num_threads)
+  return ordered_map(
+      make, range(0, num_examples, batch_size), prefetch=prefetch, num_threads=num_threads
+  )
 
 
 def augment_options(dataset_config) -> dict[str, Any] | None:
   """The crop jitter of a dataset config, as `augment.sample_params` keywords; None = no jitter."""
   if dataset_config.get('max_rotation_deg') is None:
     return None
-  return {'scale_range': tuple(dataset_config.get('scale_range', (1.0, 1.0))),
-          'max_rotation': float(np.deg2rad(dataset_config.max_rotation_deg)),
-          'max_translation': float(dataset_config.get('max_translation', 0.0))}
+  return {
+      'scale_range': tuple(dataset_config.get('scale_range', (1.0, 1.0))),
+      'max_rotation': float(np.deg2rad(dataset_config.max_rotation_deg)),
+      'max_translation': float(dataset_config.get('max_translation', 0.0)),
+  }

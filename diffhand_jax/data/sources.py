@@ -18,7 +18,6 @@ import numpy as np
 from diffhand_jax.geometry import hand_model, safe_pickle
 
 
-
 class SourceError(ValueError):
   """A dataset source file is missing, truncated, corrupt, or holds values of the wrong shape."""
 
@@ -39,8 +38,9 @@ def _open_image(path: str, what: str):
     image = Image.open(io.BytesIO(data))
     image.load()  # decodes every pixel, so a truncated file fails here and not in TFDS
   except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-    raise SourceError(f'{path}: cannot decode the {what} (truncated or corrupt: {type(err).__name__}: '
-                      f'{err})') from None
+    raise SourceError(
+        f'{path}: cannot decode the {what} (truncated or corrupt: {type(err).__name__}: ' f'{err})'
+    ) from None
   return image, data
 
 
@@ -66,7 +66,10 @@ def encodable_rgb(path: str, encoding: str, *, what: str = 'image') -> tuple[Any
   """
   image, data = _open_image(path, what)
   size = (image.height, image.width)
-  if image.mode == 'RGB' and (image.format or '').lower() in {'jpeg': ('jpeg', 'mpo'), 'png': ('png',)}[encoding]:
+  if (
+      image.mode == 'RGB'
+      and (image.format or '').lower() in {'jpeg': ('jpeg', 'mpo'), 'png': ('png',)}[encoding]
+  ):
     return data, size
   return np.asarray(image.convert('RGB'), np.uint8), size
 
@@ -75,7 +78,11 @@ def read_gray(path: str, *, what: str = 'image') -> np.ndarray:
   """Decodes a single-channel image to (H, W) of its own integer type (uint8 or uint16...)."""
   image, _ = _open_image(path, what)
   if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-    return np.asarray(image).astype(np.uint16) if image.mode != 'I' else np.asarray(image).astype(np.int64)
+    return (
+        np.asarray(image).astype(np.uint16)
+        if image.mode != 'I'
+        else np.asarray(image).astype(np.int64)
+    )
   if image.mode != 'L':
     image = image.convert('L')
   return np.asarray(image, np.uint8)
@@ -86,7 +93,9 @@ def read_gray(path: str, *, what: str = 'image') -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def as_array(value: Any, shape: Sequence[int], path: str, *, index: Any = None, key: str = '') -> np.ndarray:
+def as_array(
+    value: Any, shape: Sequence[int], path: str, *, index: Any = None, key: str = ''
+) -> np.ndarray:
   """``value`` as a float64 array of ``shape``; an error naming the file, index and key otherwise."""
   where = path + (f' [index {index}]' if index is not None else '') + (f' {key!r}' if key else '')
   if value is None:
@@ -109,14 +118,16 @@ def read_json_list(path: str, *, length: int | None = None, length_source: str =
   if not os.path.isfile(path):
     raise SourceError(f'{path}: file is missing')
   try:
-    with open(path, 'r') as handle:
+    with open(path) as handle:
       data = json.load(handle)
   except (json.JSONDecodeError, UnicodeDecodeError) as err:
     raise SourceError(f'{path}: not valid json (truncated or corrupt: {err})') from None
   if not isinstance(data, list):
     raise SourceError(f'{path}: expected a json list, got {type(data).__name__}')
   if length is not None and len(data) != length:
-    raise SourceError(f'{path}: has {len(data)} items but {length_source or "the split"} has {length}')
+    raise SourceError(
+        f'{path}: has {len(data)} items but {length_source or "the split"} has {length}'
+    )
   return data
 
 
@@ -135,8 +146,10 @@ class _DataUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str) -> Any:
     found = safe_pickle.NUMPY_GLOBALS.get((module, name))
     if found is None:
-      raise SourceError(f'{self._source}: refused to load {module}.{name} from the pickle (only numpy '
-                        'arrays and plain Python values are allowed; no pickle code is executed)')
+      raise SourceError(
+          f'{self._source}: refused to load {module}.{name} from the pickle (only numpy '
+          'arrays and plain Python values are allowed; no pickle code is executed)'
+      )
     return found
 
 
@@ -151,8 +164,9 @@ def load_latin1_pickle(path: str) -> Any:
   except SourceError:
     raise
   except Exception as err:  # noqa: BLE001 - EOFError, UnpicklingError, ValueError... of a corrupt file
-    raise SourceError(f'{path}: not a readable pickle (truncated or corrupt: {type(err).__name__}: '
-                      f'{err})') from None
+    raise SourceError(
+        f'{path}: not a readable pickle (truncated or corrupt: {type(err).__name__}: ' f'{err})'
+    ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,12 +176,16 @@ def load_latin1_pickle(path: str) -> Any:
 
 def resolve_mano_dir(configured: str | None, dataset: str) -> str:
   """The MANO folder: the builder config's ``mano_dir``, else $DIFFHAND_MANO_DIR; a clear error otherwise."""
-  folder, problem = hand_model.mano_dir_problem(configured, f'{dataset} (to compute the hand vertices)')
+  folder, problem = hand_model.mano_dir_problem(
+      configured, f'{dataset} (to compute the hand vertices)'
+  )
   if problem:
     raise SourceError(
-        problem + '. With the environment variable the config "default" builds; a folder given as tfds '
+        problem
+        + '. With the environment variable the config "default" builds; a folder given as tfds '
         'build --config \'{"name": "custom", "mano_dir": "/path/to/folder"}\' needs a new config name '
-        '(train with --config.dataset.config_name=custom).')
+        '(train with --config.dataset.config_name=custom).'
+    )
   return folder
 
 
@@ -193,24 +211,42 @@ class ManoEvaluator:
       mano = self._mano
 
       def run(pose, betas, trans):
-        return mano.forward(model, pose, betas, flat_hand_mean=flat_hand_mean, use_pca=use_pca,
-                            num_pca_comps=45 if use_pca else None, trans=trans)
+        return mano.forward(
+            model,
+            pose,
+            betas,
+            flat_hand_mean=flat_hand_mean,
+            use_pca=use_pca,
+            num_pca_comps=45 if use_pca else None,
+            trans=trans,
+        )
 
       self._compiled[key] = jax.jit(run)
     return self._compiled[key]
 
-  def __call__(self, side: str, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray, *,
-               flat_hand_mean: bool, use_pca: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(
+      self,
+      side: str,
+      pose: np.ndarray,
+      betas: np.ndarray,
+      trans: np.ndarray,
+      *,
+      flat_hand_mean: bool,
+      use_pca: bool = False,
+  ) -> tuple[np.ndarray, np.ndarray]:
     """pose (48,), betas (10,), trans (3,) -> vertices (778, 3), joints16 (16, 3), float64 numpy."""
     fn = self._fn(side, flat_hand_mean, use_pca)
-    verts, joints = fn(np.asarray(pose, np.float32)[None], np.asarray(betas, np.float32)[None],
-                       np.asarray(trans, np.float32)[None])
+    verts, joints = fn(
+        np.asarray(pose, np.float32)[None],
+        np.asarray(betas, np.float32)[None],
+        np.asarray(trans, np.float32)[None],
+    )
     return np.asarray(verts[0], np.float64), np.asarray(joints[0], np.float64)
 
   def rest_root(self, side: str, betas: np.ndarray) -> np.ndarray:
     """The rest-pose wrist joint (3,) of the shaped template: the centre of the global rotation."""
     model = self.models[side]
-    shapedirs = np.asarray(model.shapedirs, np.float64)[..., :len(betas)]
+    shapedirs = np.asarray(model.shapedirs, np.float64)[..., : len(betas)]
     shaped = np.asarray(model.v_template, np.float64) + shapedirs @ np.asarray(betas, np.float64)
     return np.asarray(model.J_regressor, np.float64)[0] @ shaped
 
@@ -261,7 +297,7 @@ def load_yaml(path: str) -> Mapping[str, Any]:
 
   require_file(path, 'yaml file')
   try:
-    with open(path, 'r') as handle:
+    with open(path) as handle:
       data = yaml.safe_load(handle)
   except yaml.YAMLError as err:
     raise SourceError(f'{path}: not valid yaml ({err})') from None
@@ -281,15 +317,30 @@ def common_features(image_encoding: str) -> dict:
 
   tensor = tfds.features.Tensor
   return {
-      'image': tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format=image_encoding,
-                                   doc='the original frame'),
-      'K': tensor(shape=(3, 3), dtype=np.float32, doc='intrinsics, OpenCV convention (pixel centres at integers)'),
-      'joints_3d': tensor(shape=(21, 3), dtype=np.float32, doc='metres, OpenCV camera frame, 21-order'),
+      'image': tfds.features.Image(
+          shape=(None, None, 3),
+          dtype=np.uint8,
+          encoding_format=image_encoding,
+          doc='the original frame',
+      ),
+      'K': tensor(
+          shape=(3, 3),
+          dtype=np.float32,
+          doc='intrinsics, OpenCV convention (pixel centres at integers)',
+      ),
+      'joints_3d': tensor(
+          shape=(21, 3), dtype=np.float32, doc='metres, OpenCV camera frame, 21-order'
+      ),
       'vertices_3d': tensor(shape=(778, 3), dtype=np.float32, doc='metres, OpenCV camera frame'),
-      'mano_pose': tensor(shape=(48,), dtype=np.float32,
-                          doc='axis-angle, global first, in the OpenCV camera frame; use flat_hand_mean=False'),
+      'mano_pose': tensor(
+          shape=(48,),
+          dtype=np.float32,
+          doc='axis-angle, global first, in the OpenCV camera frame; use flat_hand_mean=False',
+      ),
       'mano_shape': tensor(shape=(10,), dtype=np.float32),
-      'has_3d': tensor(shape=(), dtype=np.bool_, doc='False where the split has no 3D ground truth'),
+      'has_3d': tensor(
+          shape=(), dtype=np.bool_, doc='False where the split has no 3D ground truth'
+      ),
       'hand_side': tfds.features.Text(doc="'right' or 'left'"),
       'bbox': tensor(shape=(4,), dtype=np.float32, doc='x0, y0, x1, y1 pixels of the hand'),
   }
@@ -297,5 +348,9 @@ def common_features(image_encoding: str) -> dict:
 
 def empty_targets() -> dict:
   """Zero 3D targets for examples without ground truth (has_3d=False)."""
-  return {'joints_3d': np.zeros((21, 3), np.float32), 'vertices_3d': np.zeros((778, 3), np.float32),
-          'mano_pose': np.zeros(48, np.float32), 'mano_shape': np.zeros(10, np.float32)}
+  return {
+      'joints_3d': np.zeros((21, 3), np.float32),
+      'vertices_3d': np.zeros((778, 3), np.float32),
+      'mano_pose': np.zeros(48, np.float32),
+      'mano_shape': np.zeros(10, np.float32),
+  }

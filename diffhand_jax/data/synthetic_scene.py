@@ -44,7 +44,7 @@ import os
 import pathlib
 import sys
 import warnings
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -57,14 +57,16 @@ SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
 POSE_PRIORS = ('synergy', 'uniform')
 
 # Skin albedos from light to dark (linear RGB-ish, in [0, 1]); tones are interpolated between them.
-SKIN_PALETTE = np.array([
-    [0.96, 0.80, 0.70],
-    [0.90, 0.68, 0.56],
-    [0.78, 0.56, 0.42],
-    [0.60, 0.41, 0.29],
-    [0.42, 0.27, 0.19],
-    [0.28, 0.18, 0.13],
-])
+SKIN_PALETTE = np.array(
+    [
+        [0.96, 0.80, 0.70],
+        [0.90, 0.68, 0.56],
+        [0.78, 0.56, 0.42],
+        [0.60, 0.41, 0.29],
+        [0.42, 0.27, 0.19],
+        [0.28, 0.18, 0.13],
+    ]
+)
 
 # MANO finger joints (1..15) as rows of the (15, 3) angle table, per finger: index, middle, little, ring,
 # thumb. Column 0 is flexion, 1 abduction, 2 twist, along the model's `pose_axes`.
@@ -85,24 +87,35 @@ class SceneConfig:
   back_fraction: float = 0.5
   tilt_std_deg: float = 25.0
   roll_std_deg: float = 35.0
-  focal_range: tuple[float, float] = (2.0, 2.8)  # focal length in image widths (FreiHAND: about 2.2-2.6)
+  focal_range: tuple[float, float] = (
+      2.0,
+      2.8,
+  )  # focal length in image widths (FreiHAND: about 2.2-2.6)
   fill_range: tuple[float, float] = (0.6, 0.9)  # projected hand extent as a fraction of the crop
   center_jitter: float = 0.06  # of the crop size
   noise_std_max: float = 6.0  # sensor noise, grey levels
 
   def __post_init__(self):
     if self.pose_prior not in POSE_PRIORS:
-      raise ValueError(f'synthetic_hands: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}')
+      raise ValueError(
+          f'synthetic_hands: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}'
+      )
     if self.image_size < 8 or self.supersample < 1:
-      raise ValueError(f'synthetic_hands: need image_size >= 8 and supersample >= 1, got '
-                       f'{self.image_size}, {self.supersample}')
+      raise ValueError(
+          f'synthetic_hands: need image_size >= 8 and supersample >= 1, got '
+          f'{self.image_size}, {self.supersample}'
+      )
 
 
 def scene_config(config: Any) -> SceneConfig:
   """A `SceneConfig` from any object with (some of) its field names, e.g. the TFDS builder config."""
   if isinstance(config, SceneConfig):
     return config
-  values = {f.name: getattr(config, f.name) for f in dataclasses.fields(SceneConfig) if hasattr(config, f.name)}
+  values = {
+      f.name: getattr(config, f.name)
+      for f in dataclasses.fields(SceneConfig)
+      if hasattr(config, f.name)
+  }
   return SceneConfig(**values)
 
 
@@ -110,8 +123,12 @@ class HandKit(NamedTuple):
   """The procedural hand and what the generator derives from it once."""
 
   model: Any  # mano.ManoModel
-  forward: Any  # jitted (pose (1, 48), betas (1, 10)) -> (vertices (1, 778, 3), joints16 (1, 16, 3))
-  joints21: Any  # jitted (vertices (778, 3), joints16 (16, 3)) -> (21, 3) with the procedural tip ids
+  forward: (
+      Any  # jitted (pose (1, 48), betas (1, 10)) -> (vertices (1, 778, 3), joints16 (1, 16, 3))
+  )
+  joints21: (
+      Any  # jitted (vertices (778, 3), joints16 (16, 3)) -> (21, 3) with the procedural tip ids
+  )
   hands_mean: np.ndarray  # (45,)
   faces: np.ndarray  # (F, 3) int32
   tip_ids: tuple[int, ...]
@@ -129,15 +146,19 @@ def load_hand_kit() -> HandKit:
 
   model = mano.load_procedural('right')
   if model.pose_axes is None or model.pose_limits is None or model.tip_ids is None:
-    raise ValueError('synthetic_hands: the procedural hand file lacks pose_axes, pose_limits or tip_ids')
+    raise ValueError(
+        'synthetic_hands: the procedural hand file lacks pose_axes, pose_limits or tip_ids'
+    )
 
   def forward(pose, betas):
     return mano.forward(model, pose, betas, flat_hand_mean=True)
 
   forward = jax.jit(forward)
   joints21 = jax.jit(lambda vertices, joints16: mano.joints21(vertices, joints16, model.tip_ids))
-  rest_vertices, rest_joints = (np.asarray(a, np.float64)[0] for a in
-                                forward(np.zeros((1, 48), np.float32), np.zeros((1, model.num_betas), np.float32)))
+  rest_vertices, rest_joints = (
+      np.asarray(a, np.float64)[0]
+      for a in forward(np.zeros((1, 48), np.float32), np.zeros((1, model.num_betas), np.float32))
+  )
   wrist, index_mcp, middle_mcp, little_mcp = rest_joints[[0, 1, 4, 7]]
   finger_dir = _unit(middle_mcp - wrist)
   lateral = _unit(index_mcp - little_mcp)  # towards the thumb/index side
@@ -151,14 +172,41 @@ def load_hand_kit() -> HandKit:
   axes = np.asarray(model.pose_axes, np.float64)  # (15, 3, 3): flex, abduction, twist unit axes
   limits = np.asarray(model.pose_limits, np.float64)  # (15, 3, 2)
   # Flexion: the side of the range whose rotation moves the bone towards the palm.
-  children = {1: 2, 2: 3, 3: None, 4: 5, 5: 6, 6: None, 7: 8, 8: 9, 9: None, 10: 11, 11: 12, 12: None,
-              13: 14, 14: 15, 15: None}
-  tips = dict(zip((3, 6, 9, 12, 15), (model.tip_ids[1], model.tip_ids[2], model.tip_ids[4],
-                                      model.tip_ids[3], model.tip_ids[0])))
+  children = {
+      1: 2,
+      2: 3,
+      3: None,
+      4: 5,
+      5: 6,
+      6: None,
+      7: 8,
+      8: 9,
+      9: None,
+      10: 11,
+      11: 12,
+      12: None,
+      13: 14,
+      14: 15,
+      15: None,
+  }
+  tips = dict(
+      zip(
+          (3, 6, 9, 12, 15),
+          (
+              model.tip_ids[1],
+              model.tip_ids[2],
+              model.tip_ids[4],
+              model.tip_ids[3],
+              model.tip_ids[0],
+          ),
+      )
+  )
   flex_high, flex_low = np.zeros(15), np.zeros(15)
   for row in range(15):
     joint = row + 1
-    end = rest_joints[children[joint]] if children[joint] is not None else rest_vertices[tips[joint]]
+    end = (
+        rest_joints[children[joint]] if children[joint] is not None else rest_vertices[tips[joint]]
+    )
     bone = _unit(end - rest_joints[joint])
     towards_palm = np.cross(axes[row, 0], bone) @ palm_normal
     low, high = limits[row, 0]
@@ -168,10 +216,19 @@ def load_hand_kit() -> HandKit:
     row = FINGER_ROWS[finger][0]
     bone = _unit(rest_joints[row + 2] - rest_joints[row + 1])
     spread_sign[finger] = np.sign(np.cross(axes[row, 1], bone) @ lateral) or 1.0
-  return HandKit(model=model, forward=forward, joints21=joints21,
-                 hands_mean=np.asarray(model.hands_mean, np.float64), faces=np.asarray(model.faces, np.int32),
-                 tip_ids=tuple(int(t) for t in model.tip_ids), canonical=canonical, flex_high=flex_high,
-                 flex_low=flex_low, spread_sign=spread_sign, limits=limits)
+  return HandKit(
+      model=model,
+      forward=forward,
+      joints21=joints21,
+      hands_mean=np.asarray(model.hands_mean, np.float64),
+      faces=np.asarray(model.faces, np.int32),
+      tip_ids=tuple(int(t) for t in model.tip_ids),
+      canonical=canonical,
+      flex_high=flex_high,
+      flex_low=flex_low,
+      spread_sign=spread_sign,
+      limits=limits,
+  )
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -215,7 +272,12 @@ def sample_synergy_angles(rng: np.random.Generator, kit: HandKit) -> np.ndarray:
     curl = np.clip(finger_curl[finger] * joint_weight + rng.normal(0.0, 0.05, size=3), -0.15, 1.0)
     angles[rows, 0] = _flex_angle(kit, rows, curl)
     # Spread fans the MCPs out; curled fingers close up.
-    amount = spread * SPREAD_FAN[finger] * kit.spread_sign[finger] * (1.0 - 0.8 * max(finger_curl[finger], 0))
+    amount = (
+        spread
+        * SPREAD_FAN[finger]
+        * kit.spread_sign[finger]
+        * (1.0 - 0.8 * max(finger_curl[finger], 0))
+    )
     mcp = rows[0]
     low, high = kit.limits[mcp, 1]
     angles[mcp, 1] = amount * (high if amount >= 0 else -low)
@@ -223,14 +285,24 @@ def sample_synergy_angles(rng: np.random.Generator, kit: HandKit) -> np.ndarray:
     angles[rows, 2] = rng.normal(0.0, 0.04, size=3)
   # Thumb: its own curl, and an opposition level that follows the grasp.
   rows = np.array(FINGER_ROWS[4])
-  thumb_curl = np.clip(0.8 * grasp + rng.normal(0.0, 0.25), -0.1, 1.0) if mode == 0 else rng.uniform(-0.1, 1.0)
+  thumb_curl = (
+      np.clip(0.8 * grasp + rng.normal(0.0, 0.25), -0.1, 1.0)
+      if mode == 0
+      else rng.uniform(-0.1, 1.0)
+  )
   opposition = np.clip(0.7 * grasp + rng.normal(0.15, 0.2), 0.0, 1.0)
-  angles[rows, 0] = _flex_angle(kit, rows, np.clip(thumb_curl * np.array([0.5, 0.9, 1.0])
-                                                   + rng.normal(0.0, 0.05, size=3), -0.1, 1.0))
+  angles[rows, 0] = _flex_angle(
+      kit,
+      rows,
+      np.clip(thumb_curl * np.array([0.5, 0.9, 1.0]) + rng.normal(0.0, 0.05, size=3), -0.1, 1.0),
+  )
   low, high = kit.limits[rows[0], 1:, 0], kit.limits[rows[0], 1:, 1]
   # CMC abduction and pronation move from their low ends (thumb alongside the palm) towards opposition.
   angles[rows[0], 1:] = low + (high - low) * np.clip(
-      np.array([0.25, 0.35]) + opposition * np.array([0.45, 0.5]) + rng.normal(0.0, 0.05, size=2), 0, 1)
+      np.array([0.25, 0.35]) + opposition * np.array([0.45, 0.5]) + rng.normal(0.0, 0.05, size=2),
+      0,
+      1,
+  )
   angles[rows[1:], 1:] = rng.normal(0.0, 0.03, size=(2, 2))
   return np.clip(angles, kit.limits[..., 0], kit.limits[..., 1])
 
@@ -239,7 +311,10 @@ def sample_finger_pose(rng: np.random.Generator, kit: HandKit, prior: str) -> np
   """(45,) absolute finger axis-angle pose (flat_hand_mean=True semantics)."""
   if prior == 'uniform':
     from diffhand_jax import mano
-    return np.asarray(mano.sample_random_pose(rng, kit.model, 1, flat_hand_mean=True)[0, 3:], np.float64)
+
+    return np.asarray(
+        mano.sample_random_pose(rng, kit.model, 1, flat_hand_mean=True)[0, 3:], np.float64
+    )
   angles = sample_synergy_angles(rng, kit)
   return np.einsum('jk,jkc->jc', angles, np.asarray(kit.model.pose_axes, np.float64)).reshape(45)
 
@@ -248,11 +323,17 @@ def sample_view_rotation(rng: np.random.Generator, kit: HandKit, config: SceneCo
   """(3, 3) rotation from the model frame to the camera frame."""
   view = Rotation.identity()
   if rng.uniform() < config.back_fraction:
-    view = Rotation.from_rotvec([0.0, np.pi, 0.0]) * view  # show the back: turn about the finger axis
+    view = (
+        Rotation.from_rotvec([0.0, np.pi, 0.0]) * view
+    )  # show the back: turn about the finger axis
   tilt = np.deg2rad(config.tilt_std_deg) * rng.normal(size=2)
   roll = np.deg2rad(config.roll_std_deg) * rng.normal()
-  view = (Rotation.from_rotvec([0.0, 0.0, roll]) * Rotation.from_rotvec([tilt[0], 0.0, 0.0])
-          * Rotation.from_rotvec([0.0, tilt[1], 0.0]) * view)
+  view = (
+      Rotation.from_rotvec([0.0, 0.0, roll])
+      * Rotation.from_rotvec([tilt[0], 0.0, 0.0])
+      * Rotation.from_rotvec([0.0, tilt[1], 0.0])
+      * view
+  )
   return view.as_matrix() @ kit.canonical
 
 
@@ -280,8 +361,16 @@ def place_in_camera(rng: np.random.Generator, vertices: np.ndarray, config: Scen
   fill = rng.uniform(*config.fill_range)
   depth = focal * extent / (fill * size) + (high[2] - low[2]) / 2.0
   target = principal + rng.uniform(-1.0, 1.0, size=2) * config.center_jitter * size
-  translation = np.array([(target[0] - principal[0]) * depth / focal, (target[1] - principal[1]) * depth / focal,
-                          depth]) - centre
+  translation = (
+      np.array(
+          [
+              (target[0] - principal[0]) * depth / focal,
+              (target[1] - principal[1]) * depth / focal,
+              depth,
+          ]
+      )
+      - centre
+  )
   # Perspective enlarges the near side: push back until the projection fits with a half-pixel margin.
   for _ in range(20):
     uv = render.project(vertices + translation, K)
@@ -315,7 +404,7 @@ def _skin_colors(rng: np.random.Generator, num_vertices: int) -> np.ndarray:
   return np.clip(base * mottle, 0.0, 1.0)
 
 
-def generate_example(config: Any, split: str, index: int, *, kit: Optional[HandKit] = None) -> dict:
+def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None = None) -> dict:
   """One synthetic example in the common feature schema (docs/design.md §7) plus `mask`, `depth`, `mano_trans`.
 
   Args:
@@ -339,7 +428,9 @@ def generate_example(config: Any, split: str, index: int, *, kit: Optional[HandK
   betas = np.clip(rng.normal(0.0, config.shape_std, size=num_betas), -2.5, 2.5)
   finger_pose = sample_finger_pose(rng, kit, config.pose_prior)
   rotation = sample_view_rotation(rng, kit, config)
-  pose = np.concatenate([Rotation.from_matrix(rotation).as_rotvec(), finger_pose]).astype(np.float32)
+  pose = np.concatenate([Rotation.from_matrix(rotation).as_rotvec(), finger_pose]).astype(
+      np.float32
+  )
   betas = betas.astype(np.float32)
   vertices, joints16 = kit.forward(pose[None], betas[None])
   vertices = np.asarray(vertices[0], np.float64)
@@ -358,23 +449,43 @@ def generate_example(config: Any, split: str, index: int, *, kit: Optional[HandK
   factor = config.supersample
   albedo = np.clip(colors * exposure, 0, 1)
   if factor == 1:
-    drawn = render.render(vertices, kit.faces, K, (size, size), vertex_colors=albedo, light_dir=light,
-                          ambient=ambient, background=background)
+    drawn = render.render(
+        vertices,
+        kit.faces,
+        K,
+        (size, size),
+        vertex_colors=albedo,
+        light_dir=light,
+        ambient=ambient,
+        background=background,
+    )
     shaded, depth = drawn['rgb'].astype(np.float64), drawn['depth']
   else:
     big_background = np.repeat(np.repeat(background, factor, axis=0), factor, axis=1)
     # The hand is closed and wound outwards, so culling back faces only drops hidden work (the RGB may
     # differ at a few pixels where skinning folds the skin over; depth and mask below do not cull).
-    big = render.render(vertices, kit.faces, _supersampled_K(K, factor), (size * factor, size * factor),
-                        vertex_colors=albedo, light_dir=light, ambient=ambient, background=big_background,
-                        cull_back_faces=True)
+    big = render.render(
+        vertices,
+        kit.faces,
+        _supersampled_K(K, factor),
+        (size * factor, size * factor),
+        vertex_colors=albedo,
+        light_dir=light,
+        ambient=ambient,
+        background=big_background,
+        cull_back_faces=True,
+    )
     shaded = render.downsample(big['rgb'].astype(np.float64), factor)
     depth = render.rasterize(vertices, kit.faces, K, (size, size))['depth']
   noise_std = rng.uniform(0.0, config.noise_std_max)
-  image = np.clip(np.round(shaded + rng.normal(0.0, noise_std, size=shaded.shape)), 0, 255).astype(np.uint8)
+  image = np.clip(np.round(shaded + rng.normal(0.0, noise_std, size=shaded.shape)), 0, 255).astype(
+      np.uint8
+  )
 
   uv = render.project(vertices, K)
-  bbox = np.concatenate([np.clip(uv.min(axis=0), 0, size - 1), np.clip(uv.max(axis=0), 0, size - 1)])
+  bbox = np.concatenate(
+      [np.clip(uv.min(axis=0), 0, size - 1), np.clip(uv.max(axis=0), 0, size - 1)]
+  )
   return dict(
       image=image,
       mask=(render.coverage_mask(vertices, kit.faces, K, (size, size))[..., None] * np.uint8(255)),
@@ -392,10 +503,9 @@ def generate_example(config: Any, split: str, index: int, *, kit: Optional[HandK
   )
 
 
-
 def _pad_betas(betas: np.ndarray) -> np.ndarray:
   padded = np.zeros(10, np.float32)
-  padded[:min(10, len(betas))] = betas[:10]
+  padded[: min(10, len(betas))] = betas[:10]
   return padded
 
 
@@ -404,7 +514,7 @@ def _pad_betas(betas: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 # Per-worker-process hand kit, set once by the pool initialiser (worker processes only).
-_WORKER_KIT: Optional[HandKit] = None
+_WORKER_KIT: HandKit | None = None
 
 
 def _init_worker() -> None:
@@ -417,8 +527,15 @@ def _generate_range(job: tuple) -> list:
   return [generate_example(config, split, index, kit=_WORKER_KIT) for index in range(start, stop)]
 
 
-def generate_split(config: Any, split: str, count: int, *, num_workers: Optional[int] = None,
-                   chunk_size: int = 50, kit: Optional[HandKit] = None) -> Iterator[tuple[int, dict]]:
+def generate_split(
+    config: Any,
+    split: str,
+    count: int,
+    *,
+    num_workers: int | None = None,
+    chunk_size: int = 50,
+    kit: HandKit | None = None,
+) -> Iterator[tuple[int, dict]]:
   """Yields (index, example) for index = 0 .. count - 1, in order.
 
   With `num_workers` > 1 the examples are made in that many 'spawn' worker processes (safe when the caller
@@ -441,11 +558,15 @@ def generate_split(config: Any, split: str, count: int, *, num_workers: Optional
   root = str(pathlib.Path(__file__).resolve().parents[__name__.count('.')])
   if root not in sys.path:
     sys.path.append(root)
-  jobs = [(config, split, start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
+  jobs = [
+      (config, split, start, min(start + chunk_size, count))
+      for start in range(0, count, chunk_size)
+  ]
   done = 0
   try:
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context('spawn'),
-                                                initializer=_init_worker) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker
+    ) as pool:
       # A sliding window of chunks in flight bounds the memory held by finished, unconsumed examples.
       in_flight = collections.deque()
       next_job = 0
@@ -458,8 +579,10 @@ def generate_split(config: Any, split: str, count: int, *, num_workers: Optional
           done += 1
   except concurrent.futures.process.BrokenProcessPool:
     # Workers die at start-up when the calling script re-runs this on import (no `__main__` guard).
-    warnings.warn('synthetic_hands: worker processes failed to start (does the calling script lack an '
-                  "`if __name__ == '__main__':` guard?); generating the rest in this process.")
+    warnings.warn(
+        'synthetic_hands: worker processes failed to start (does the calling script lack an '
+        "`if __name__ == '__main__':` guard?); generating the rest in this process."
+    )
     kit = load_hand_kit() if kit is None else kit
     for index in range(done, count):
       yield index, generate_example(config, split, index, kit=kit)

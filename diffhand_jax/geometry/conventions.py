@@ -1,13 +1,13 @@
 """The hand conventions, in one place (docs/design.md §2).
 
-  * the 21-joint order (FreiHAND/OpenPose): wrist, then thumb, index, middle, ring and little, each
-    from base to tip;
-  * `TIP_IDS`: each dataset's fingertip vertices (thumb, index, middle, ring, little) on MANO's mesh;
-  * `MANO16_TO_21`: MANO's 16 joints followed by the 5 tips → the 21-order. HO-3D lists its 21 joints
-    in exactly that concatenated order, so the same index maps HO-3D's order to ours;
-  * `OPENGL_FLIP`: OpenGL (x right, y up, z backward) ↔ OpenCV (x right, y down, z forward) is
-    diag(1, -1, -1), its own inverse;
-  * `regress_joints`: J = W·V, the 21 joints regressed from a mesh (the paper's Eq. 9).
+* the 21-joint order (FreiHAND/OpenPose): wrist, then thumb, index, middle, ring and little, each
+  from base to tip;
+* `TIP_IDS`: each dataset's fingertip vertices (thumb, index, middle, ring, little) on MANO's mesh;
+* `MANO16_TO_21`: MANO's 16 joints followed by the 5 tips → the 21-order. HO-3D lists its 21 joints
+  in exactly that concatenated order, so the same index maps HO-3D's order to ours;
+* `OPENGL_FLIP`: OpenGL (x right, y up, z backward) ↔ OpenCV (x right, y down, z forward) is
+  diag(1, -1, -1), its own inverse;
+* `regress_joints`: J = W·V, the 21 joints regressed from a mesh (the paper's Eq. 9).
 """
 
 from __future__ import annotations
@@ -19,12 +19,29 @@ import jax.numpy as jnp
 import numpy as np
 
 NUM_JOINTS = 21
-JOINT_NAMES = ('wrist',
-               'thumb_1', 'thumb_2', 'thumb_3', 'thumb_tip',
-               'index_1', 'index_2', 'index_3', 'index_tip',
-               'middle_1', 'middle_2', 'middle_3', 'middle_tip',
-               'ring_1', 'ring_2', 'ring_3', 'ring_tip',
-               'little_1', 'little_2', 'little_3', 'little_tip')
+JOINT_NAMES = (
+    'wrist',
+    'thumb_1',
+    'thumb_2',
+    'thumb_3',
+    'thumb_tip',
+    'index_1',
+    'index_2',
+    'index_3',
+    'index_tip',
+    'middle_1',
+    'middle_2',
+    'middle_3',
+    'middle_tip',
+    'ring_1',
+    'ring_2',
+    'ring_3',
+    'ring_tip',
+    'little_1',
+    'little_2',
+    'little_3',
+    'little_tip',
+)
 ROOT_JOINT = 0  # the wrist
 
 # Fingertip vertex ids (thumb, index, middle, ring, little) per dataset.
@@ -35,7 +52,29 @@ TIP_IDS: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 # Index into concat(MANO16 joints, 5 tips (thumb, index, middle, ring, little)) giving the 21-order.
-MANO16_TO_21: tuple[int, ...] = (0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20)
+MANO16_TO_21: tuple[int, ...] = (
+    0,
+    13,
+    14,
+    15,
+    16,
+    1,
+    2,
+    3,
+    17,
+    4,
+    5,
+    6,
+    18,
+    10,
+    11,
+    12,
+    19,
+    7,
+    8,
+    9,
+    20,
+)
 # HO-3D's joint order is that concatenation: joints_21 = joints_ho3d[HO3D_TO_21], and back with TO_HO3D.
 HO3D_TO_21 = np.asarray(MANO16_TO_21)
 TO_HO3D = np.argsort(HO3D_TO_21)
@@ -52,5 +91,6 @@ def regress_joints(vertices: Any, joint_regressor: Any) -> Any:
   """
   if isinstance(vertices, jax.Array):
     return jnp.einsum('jn,...nc->...jc', joint_regressor, vertices)
-  return np.einsum('jn,...nc->...jc', np.asarray(joint_regressor, np.float64),
-                   np.asarray(vertices, np.float64))
+  return np.einsum(
+      'jn,...nc->...jc', np.asarray(joint_regressor, np.float64), np.asarray(vertices, np.float64)
+  )

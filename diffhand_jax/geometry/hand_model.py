@@ -19,6 +19,7 @@ class HandTopology:
 
   joint_regressor: float32 (21, N), W of the paper's Eq. 9; faces: int32 (F, 3); template: (N, 3) m.
   """
+
   joint_regressor: jax.Array
   faces: jax.Array
   template: np.ndarray = flax.struct.field(pytree_node=False)
@@ -30,20 +31,25 @@ MANO_URL = 'https://mano.is.tue.mpg.de'
 MANO_FILES = ('MANO_RIGHT.pkl', 'MANO_LEFT.pkl')
 
 
-def mano_dir_problem(configured: str | None, needed_for: str,
-                     files: tuple[str, ...] = MANO_FILES) -> tuple[str, str | None]:
+def mano_dir_problem(
+    configured: str | None, needed_for: str, files: tuple[str, ...] = MANO_FILES
+) -> tuple[str, str | None]:
   """(the MANO folder, None), or ('', what is missing and how to get it): the ``configured`` folder,
   else $DIFFHAND_MANO_DIR, must hold ``files``."""
   folder = os.path.expanduser(configured or os.environ.get(MANO_DIR_ENV, ''))
   if not folder:
-    return '', (f'{needed_for} needs the MANO model, but no MANO folder is set: download '
-                f'{" and ".join(files)} from {MANO_URL} (under their licence) and set {MANO_DIR_ENV}='
-                f'/path/to/folder (or the config\'s mano_dir)')
+    return '', (
+        f'{needed_for} needs the MANO model, but no MANO folder is set: download '
+        f'{" and ".join(files)} from {MANO_URL} (under their licence) and set {MANO_DIR_ENV}='
+        f"/path/to/folder (or the config's mano_dir)"
+    )
   missing = [name for name in files if not os.path.isfile(os.path.join(folder, name))]
   if missing:
-    where = 'the config\'s mano_dir' if configured else MANO_DIR_ENV
-    return '', (f'{needed_for} needs {" and ".join(missing)} in {folder} (the folder comes from '
-                f'{where}); download them from {MANO_URL}')
+    where = "the config's mano_dir" if configured else MANO_DIR_ENV
+    return '', (
+        f'{needed_for} needs {" and ".join(missing)} in {folder} (the folder comes from '
+        f'{where}); download them from {MANO_URL}'
+    )
   return folder, None
 
 
@@ -52,8 +58,9 @@ def load_hand_model(dataset_config: Mapping[str, Any]) -> mano.ManoModel:
   kind = dataset_config.get('hand_model', 'procedural')
   if kind == 'procedural':
     return mano.load_procedural()
-  folder, problem = mano_dir_problem(dataset_config.get('mano_dir'), 'this config (hand_model "mano")',
-                                     ('MANO_RIGHT.pkl',))
+  folder, problem = mano_dir_problem(
+      dataset_config.get('mano_dir'), 'this config (hand_model "mano")', ('MANO_RIGHT.pkl',)
+  )
   if problem:
     raise FileNotFoundError(problem)
   return mano.load(os.path.join(folder, 'MANO_RIGHT.pkl'), side='right')
@@ -61,6 +68,8 @@ def load_hand_model(dataset_config: Mapping[str, Any]) -> mano.ManoModel:
 
 def hand_topology(hand_model: mano.ManoModel, tip_ids=None) -> HandTopology:
   W = mano.joint_regressor21(hand_model, tip_ids)
-  return HandTopology(joint_regressor=jnp.asarray(W, jnp.float32),
-                      faces=jnp.asarray(np.asarray(hand_model.faces), jnp.int32),
-                      template=np.asarray(hand_model.v_template))
+  return HandTopology(
+      joint_regressor=jnp.asarray(W, jnp.float32),
+      faces=jnp.asarray(np.asarray(hand_model.faces), jnp.int32),
+      template=np.asarray(hand_model.v_template),
+  )

@@ -32,8 +32,10 @@ HIGHER_IS_BETTER = frozenset({'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15'})
 def _check_hypotheses(func: str, vertices: Any) -> np.ndarray:
   vertices = np.asarray(vertices, np.float64)
   if vertices.ndim != 4 or vertices.shape[-1] != 3 or vertices.shape[1] < 1:
-    raise ValueError(f'hypotheses.{func}: vertices must have shape (B, K, N, 3) with K >= 1, '
-                     f'got {vertices.shape}')
+    raise ValueError(
+        f'hypotheses.{func}: vertices must have shape (B, K, N, 3) with K >= 1, '
+        f'got {vertices.shape}'
+    )
   if not np.all(np.isfinite(vertices)):
     raise ValueError(f'hypotheses.{func}: vertices hold non-finite values')
   return vertices
@@ -61,7 +63,9 @@ def rigid_align(source: Any, target: Any) -> np.ndarray:
   source = np.asarray(source, np.float64)
   target = np.broadcast_to(np.asarray(target, np.float64), source.shape)
   points = source.shape[-2:]
-  aligned = metrics.align_rigid_batch(target.reshape((-1,) + points), source.reshape((-1,) + points))
+  aligned = metrics.align_rigid_batch(
+      target.reshape((-1,) + points), source.reshape((-1,) + points)
+  )
   return aligned.reshape(source.shape)
 
 
@@ -100,7 +104,7 @@ def aggregate(vertices: Any, method: str = 'mean') -> np.ndarray:
     return vertices[np.arange(len(vertices)), index]
   if method == 'aligned_mean':
     return aligned_mean(vertices)
-  raise ValueError(f"hypotheses.aggregate: method must be one of {METHODS}, got {method!r}")
+  raise ValueError(f'hypotheses.aggregate: method must be one of {METHODS}, got {method!r}')
 
 
 def per_vertex_std(vertices: Any) -> np.ndarray:
@@ -122,13 +126,15 @@ def per_sample_uncertainty(vertices: Any) -> np.ndarray:
 def _joints(vertices: np.ndarray, joint_regressor: Any) -> np.ndarray:
   regressor = np.asarray(joint_regressor, np.float64)
   if regressor.ndim != 2 or regressor.shape[1] != vertices.shape[-2]:
-    raise ValueError(f'hypotheses: joint_regressor must be (21, {vertices.shape[-2]}), '
-                     f'got {regressor.shape}')
+    raise ValueError(
+        f'hypotheses: joint_regressor must be (21, {vertices.shape[-2]}), ' f'got {regressor.shape}'
+    )
   return conventions.regress_joints(vertices, regressor)
 
 
-def score_hypotheses(vertices: Any, gt_vertices: Any, gt_joints: Any,
-                     joint_regressor: Any) -> dict[str, np.ndarray]:
+def score_hypotheses(
+    vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor: Any
+) -> dict[str, np.ndarray]:
   """`metrics.evaluate_per_sample` of every hypothesis against its image's ground truth.
 
   vertices (B, K, N, 3), gt_vertices (B, N, 3), gt_joints (B, 21, 3), all metres; joint_regressor
@@ -139,20 +145,33 @@ def score_hypotheses(vertices: Any, gt_vertices: Any, gt_joints: Any,
   gt_vertices = np.asarray(gt_vertices, np.float64)
   gt_joints = np.asarray(gt_joints, np.float64)
   if gt_vertices.shape != (batch, num_vertices, 3):
-    raise ValueError(f'hypotheses.score_hypotheses: gt_vertices must be {(batch, num_vertices, 3)}, '
-                     f'got {gt_vertices.shape}')
+    raise ValueError(
+        f'hypotheses.score_hypotheses: gt_vertices must be {(batch, num_vertices, 3)}, '
+        f'got {gt_vertices.shape}'
+    )
   if gt_joints.ndim != 3 or gt_joints.shape[0] != batch:
-    raise ValueError(f'hypotheses.score_hypotheses: gt_joints must be (B={batch}, 21, 3), '
-                     f'got {gt_joints.shape}')
+    raise ValueError(
+        f'hypotheses.score_hypotheses: gt_joints must be (B={batch}, 21, 3), '
+        f'got {gt_joints.shape}'
+    )
   flat = vertices.reshape(batch * num_hyp, num_vertices, 3)
   per_sample = metrics.evaluate_per_sample(
-      _joints(flat, joint_regressor), np.repeat(gt_joints, num_hyp, axis=0),
-      flat, np.repeat(gt_vertices, num_hyp, axis=0))
+      _joints(flat, joint_regressor),
+      np.repeat(gt_joints, num_hyp, axis=0),
+      flat,
+      np.repeat(gt_vertices, num_hyp, axis=0),
+  )
   return {key: value.reshape(batch, num_hyp) for key, value in per_sample.items()}
 
 
-def oracle_best(vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor: Any, *,
-                metric: str = 'pa_mpvpe') -> dict[str, np.ndarray]:
+def oracle_best(
+    vertices: Any,
+    gt_vertices: Any,
+    gt_joints: Any,
+    joint_regressor: Any,
+    *,
+    metric: str = 'pa_mpvpe',
+) -> dict[str, np.ndarray]:
   """Best-of-K: for each image, the hypothesis that scores best on `metric` against the ground truth.
 
   An upper bound on what any aggregation could reach (it peeks at the ground truth). Returns
@@ -161,12 +180,18 @@ def oracle_best(vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor
   """
   scores = score_hypotheses(vertices, gt_vertices, gt_joints, joint_regressor)
   if metric not in scores:
-    raise ValueError(f'hypotheses.oracle_best: metric must be one of {sorted(scores)}, got {metric!r}')
+    raise ValueError(
+        f'hypotheses.oracle_best: metric must be one of {sorted(scores)}, got {metric!r}'
+    )
   values = scores[metric]
   index = np.argmax(values, -1) if metric in HIGHER_IS_BETTER else np.argmin(values, -1)
   rows = np.arange(len(index))
-  return {'index': index, 'errors': values, 'best': values[rows, index],
-          'per_sample': {key: value[rows, index] for key, value in scores.items()}}
+  return {
+      'index': index,
+      'errors': values,
+      'best': values[rows, index],
+      'per_sample': {key: value[rows, index] for key, value in scores.items()},
+  }
 
 
 def uncertainty_error_correlation(uncertainty: Any, error: Any) -> float:
@@ -178,15 +203,24 @@ def uncertainty_error_correlation(uncertainty: Any, error: Any) -> float:
   uncertainty = np.asarray(uncertainty, np.float64).reshape(-1)
   error = np.asarray(error, np.float64).reshape(-1)
   if uncertainty.shape != error.shape or uncertainty.size < 2:
-    raise ValueError('hypotheses.uncertainty_error_correlation: need two (M,) arrays with M >= 2, got '
-                     f'{np.shape(uncertainty)} and {np.shape(error)}')
+    raise ValueError(
+        'hypotheses.uncertainty_error_correlation: need two (M,) arrays with M >= 2, got '
+        f'{np.shape(uncertainty)} and {np.shape(error)}'
+    )
   if np.ptp(uncertainty) == 0 or np.ptp(error) == 0:
     return float('nan')
   return float(scipy.stats.spearmanr(uncertainty, error)[0])
 
 
-def summarize(vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor: Any, *,
-              method: str = 'mean', oracle_metric: str = 'pa_mpvpe') -> dict[str, Any]:
+def summarize(
+    vertices: Any,
+    gt_vertices: Any,
+    gt_joints: Any,
+    joint_regressor: Any,
+    *,
+    method: str = 'mean',
+    oracle_metric: str = 'pa_mpvpe',
+) -> dict[str, Any]:
   """What an evaluation with K hypotheses reports, from (B, K, N, 3) predictions in metres.
 
   Returns a JSON-ready dict:
@@ -201,18 +235,32 @@ def summarize(vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor: 
   """
   vertices = _check_hypotheses('summarize', vertices)
   mesh = aggregate(vertices, method)
-  per_sample = metrics.evaluate_per_sample(_joints(mesh, joint_regressor), gt_joints, mesh, gt_vertices)
+  per_sample = metrics.evaluate_per_sample(
+      _joints(mesh, joint_regressor), gt_joints, mesh, gt_vertices
+  )
   oracle = oracle_best(vertices, gt_vertices, gt_joints, joint_regressor, metric=oracle_metric)
-  first = metrics.evaluate_per_sample(_joints(vertices[:, 0], joint_regressor), gt_joints,
-                                      vertices[:, 0], gt_vertices)
+  first = metrics.evaluate_per_sample(
+      _joints(vertices[:, 0], joint_regressor), gt_joints, vertices[:, 0], gt_vertices
+  )
   uncertainty = per_sample_uncertainty(vertices)
-  correlations = {key: uncertainty_error_correlation(uncertainty, per_sample[key])
-                  for key in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')}
+  correlations = {
+      key: uncertainty_error_correlation(uncertainty, per_sample[key])
+      for key in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
+  }
   return {
-      'method': method, 'num_hypotheses': int(vertices.shape[1]), 'oracle_metric': oracle_metric,
-      'aggregated': _means(per_sample), 'oracle': _means(oracle['per_sample']), 'first': _means(first),
-      'uncertainty_mm': float(uncertainty.mean() * 1000.0), 'spearman': correlations,
-      'per_sample': {'uncertainty': uncertainty, 'metrics': per_sample, 'oracle_index': oracle['index']},
+      'method': method,
+      'num_hypotheses': int(vertices.shape[1]),
+      'oracle_metric': oracle_metric,
+      'aggregated': _means(per_sample),
+      'oracle': _means(oracle['per_sample']),
+      'first': _means(first),
+      'uncertainty_mm': float(uncertainty.mean() * 1000.0),
+      'spearman': correlations,
+      'per_sample': {
+          'uncertainty': uncertainty,
+          'metrics': per_sample,
+          'oracle_index': oracle['index'],
+      },
   }
 
 

@@ -16,11 +16,19 @@ a multiple of the size and downsample, as the synthetic-hands builder does, if y
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-__all__ = ['project', 'vertex_normals', 'rasterize', 'coverage_mask', 'render', 'overlay', 'downsample']
+__all__ = [
+    'project',
+    'vertex_normals',
+    'rasterize',
+    'coverage_mask',
+    'render',
+    'overlay',
+    'downsample',
+]
 
 DEFAULT_SKIN = (0.85, 0.65, 0.55)
 _EDGE_EPS = 1e-7  # in barycentric units, i.e. ~1e-7 of a triangle's size
@@ -81,7 +89,9 @@ def _screen_triangles(vertices, faces, K, near, cull_back_faces=False):
   screen-space barycentric weight of corner k (the edge opposite corner k, divided by the signed area).
   """
   z = vertices[:, 2]
-  uv = project(np.where(z[:, None] > near, vertices, 1.0), K)  # guard the division; such faces drop below
+  uv = project(
+      np.where(z[:, None] > near, vertices, 1.0), K
+  )  # guard the division; such faces drop below
   corners = vertices[faces]  # (F, 3, 3)
   keep = np.all(corners[..., 2] > near, axis=1)
   if cull_back_faces:
@@ -104,7 +114,9 @@ def _candidates(tri_uv, keep, height, width, margin):
   """(face, px, py) for every pixel centre within `margin` px of each kept face's bounding box."""
   lo = np.maximum(np.ceil(tri_uv.min(axis=1) - margin), 0)
   hi = np.minimum(np.floor(tri_uv.max(axis=1) + margin), [width - 1, height - 1])
-  box = np.where(keep[:, None], hi - lo + 1, 0).clip(0, None).astype(np.int64)  # (F, 2) width, height
+  box = (
+      np.where(keep[:, None], hi - lo + 1, 0).clip(0, None).astype(np.int64)
+  )  # (F, 2) width, height
   counts = box[:, 0] * box[:, 1]
   total = int(counts.sum())
   cand_face = np.repeat(np.arange(len(tri_uv)), counts)
@@ -116,8 +128,14 @@ def _candidates(tri_uv, keep, height, width, margin):
   return cand_face, px, py
 
 
-def coverage_mask(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size: Sequence[int], *,
-                  near: float = 1e-3) -> np.ndarray:
+def coverage_mask(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    image_size: Sequence[int],
+    *,
+    near: float = 1e-3,
+) -> np.ndarray:
   """Conservative coverage, bool (H, W): pixels whose square [u-0.5, u+0.5] x [v-0.5, v+0.5] touches the
   projection of any face.
 
@@ -139,8 +157,15 @@ def coverage_mask(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_
   return mask.reshape(height, width)
 
 
-def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size: Sequence[int],
-              *, near: float = 1e-3, cull_back_faces: bool = False) -> dict:
+def rasterize(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    image_size: Sequence[int],
+    *,
+    near: float = 1e-3,
+    cull_back_faces: bool = False,
+) -> dict:
   """Z-buffered visibility of a mesh.
 
   Args:
@@ -166,8 +191,12 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size
   tri_uv, keep, edge_coef = _screen_triangles(vertices, faces, K, near, cull_back_faces)
   cand_face, px, py = _candidates(tri_uv, keep, height, width, margin=0.0)
   if len(cand_face) == 0:
-    return dict(face_index=face_index.reshape(height, width), depth=depth.reshape(height, width),
-                mask=np.zeros((height, width), bool), barycentric=barycentric.reshape(height, width, 3))
+    return dict(
+        face_index=face_index.reshape(height, width),
+        depth=depth.reshape(height, width),
+        mask=np.zeros((height, width), bool),
+        barycentric=barycentric.reshape(height, width, 3),
+    )
 
   coef = edge_coef[cand_face]  # (N, 9)
   screen_bary = coef[:, 0:3] * px[:, None] + coef[:, 3:6] * py[:, None] + coef[:, 6:9]  # (N, 3)
@@ -175,8 +204,12 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size
   inside = np.all(screen_bary >= -_EDGE_EPS, axis=1)
   cand_face, px, py, screen_bary = cand_face[inside], px[inside], py[inside], screen_bary[inside]
   if len(cand_face) == 0:
-    return dict(face_index=face_index.reshape(height, width), depth=depth.reshape(height, width),
-                mask=np.zeros((height, width), bool), barycentric=barycentric.reshape(height, width, 3))
+    return dict(
+        face_index=face_index.reshape(height, width),
+        depth=depth.reshape(height, width),
+        mask=np.zeros((height, width), bool),
+        barycentric=barycentric.reshape(height, width, 3),
+    )
 
   # Perspective correction: 1/z is affine in screen space.
   inv_z = 1.0 / z[faces[cand_face]]  # (N, 3)
@@ -196,15 +229,28 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size
   depth[pixel[winner]] = cand_depth[winner]
   barycentric[pixel[winner]] = weighted[winner] * cand_depth[winner, None]
   face_index = face_index.reshape(height, width)
-  return dict(face_index=face_index, depth=depth.reshape(height, width), mask=face_index >= 0,
-              barycentric=barycentric.reshape(height, width, 3))
+  return dict(
+      face_index=face_index,
+      depth=depth.reshape(height, width),
+      mask=face_index >= 0,
+      barycentric=barycentric.reshape(height, width, 3),
+  )
 
 
-def render(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size: Sequence[int], *,
-           vertex_colors: Optional[np.ndarray] = None, base_color: Sequence[float] = DEFAULT_SKIN,
-           light_dir: Sequence[float] = (0.0, 0.0, -1.0), ambient: float = 0.35,
-           background: Optional[np.ndarray] = None, near: float = 1e-3,
-           cull_back_faces: bool = False) -> dict:
+def render(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    image_size: Sequence[int],
+    *,
+    vertex_colors: np.ndarray | None = None,
+    base_color: Sequence[float] = DEFAULT_SKIN,
+    light_dir: Sequence[float] = (0.0, 0.0, -1.0),
+    ambient: float = 0.35,
+    background: np.ndarray | None = None,
+    near: float = 1e-3,
+    cull_back_faces: bool = False,
+) -> dict:
   """Renders a shaded mesh.
 
   Shading is Lambert plus ambient with smooth (interpolated) vertex normals, two-sided: normals are turned to
@@ -245,7 +291,9 @@ def render(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size: S
       raise ValueError(f'render: background must be ({height}, {width}, 3), got {rgb.shape}')
     rgb = rgb.astype(np.uint8, copy=True)
 
-  raster = rasterize(vertices, faces, K, (height, width), near=near, cull_back_faces=cull_back_faces)
+  raster = rasterize(
+      vertices, faces, K, (height, width), near=near, cull_back_faces=cull_back_faces
+  )
   mask = raster['mask']
   if mask.any():
     face_ids = raster['face_index'][mask]
@@ -265,8 +313,14 @@ def render(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, image_size: S
   return dict(rgb=rgb, mask=mask, depth=raster['depth'], face_index=raster['face_index'])
 
 
-def overlay(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
-            alpha: float = 0.5, color: Sequence[float] = (0.35, 0.6, 1.0)) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    alpha: float = 0.5,
+    color: Sequence[float] = (0.35, 0.6, 1.0),
+) -> np.ndarray:
   """Blends a shaded mesh over an image, e.g. a predicted hand over its input crop.
 
   Args:

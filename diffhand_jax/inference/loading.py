@@ -17,7 +17,8 @@ def load_for_inference(workdir: str, *, use_ema: bool = True):
   components = state_lib.build(config)
   manager = checkpoints.checkpoint_manager(workdir, config)
   state = checkpoints.restore_latest(
-      manager, state_lib.abstract_state(config, components.model, components.optimizer))
+      manager, state_lib.abstract_state(config, components.model, components.optimizer)
+  )
   manager.close()
   if state is None:
     raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}')

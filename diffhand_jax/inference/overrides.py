@@ -24,20 +24,25 @@ SAMPLER_FIELDS = {'sampling_steps': int, 'num_hypotheses': int, 'eta': float}
 # Whole sections of the run's config that an inference command may change.
 SECTIONS = ('dataset', 'eval')
 
-HELP = ('overrides of the run\'s config: --config.model.sampling_steps / num_hypotheses / eta (the network '
-        'itself is fixed by the checkpoint), --config.dataset.* and --config.eval.*')
+HELP = (
+    "overrides of the run's config: --config.model.sampling_steps / num_hypotheses / eta (the network "
+    'itself is fixed by the checkpoint), --config.dataset.* and --config.eval.*'
+)
 
 
 def override_fields() -> ml_collections.ConfigDict:
   """The overridable fields, each a placeholder of its type with value None."""
   from diffhand_jax.runs import presets
+
   shared = presets.base_config(dataset_name='', eval_split='')
   fields = ml_collections.ConfigDict()
   fields.model = ml_collections.ConfigDict(
-      {name: config_dict.placeholder(kind) for name, kind in SAMPLER_FIELDS.items()})
+      {name: config_dict.placeholder(kind) for name, kind in SAMPLER_FIELDS.items()}
+  )
   for section in SECTIONS:
     fields[section] = ml_collections.ConfigDict(
-        {name: config_dict.placeholder(shared[section].get_type(name)) for name in shared[section]})
+        {name: config_dict.placeholder(shared[section].get_type(name)) for name in shared[section]}
+    )
   return fields
 
 
@@ -49,8 +54,9 @@ def _set_leaves(node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple
       yield prefix + (name,), value
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: ml_collections.ConfigDict | dict | None) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict | dict | None
+) -> ml_collections.ConfigDict:
   """A copy of `config` with every field of `overrides` that is not None set (nested keys as in the
   config: {'model': {'sampling_steps': 4}}). Keys outside `override_fields()` raise ValueError."""
   config = ml_collections.ConfigDict(config.to_dict())
@@ -71,7 +77,11 @@ def apply_overrides(config: ml_collections.ConfigDict,
       target = target[part]
     if isinstance(value, list):
       value = tuple(value)
-    if path[-1] in target and target[path[-1]] is not None and type(target[path[-1]]) is not type(value):
+    if (
+        path[-1] in target
+        and target[path[-1]] is not None
+        and type(target[path[-1]]) is not type(value)
+    ):
       # JSON keeps tuples as lists, and ConfigDict refuses a value of another type than the field's.
       del target[path[-1]]
     target[path[-1]] = value

@@ -31,11 +31,15 @@ class InputError(ValueError):
 # Inputs
 # ==================================================================================================
 
+
 def list_images(folder: str) -> list[str]:
   if not os.path.isdir(folder):
     raise InputError(f'--images={folder!r} is not a folder')
-  names = sorted(n for n in os.listdir(folder)
-                 if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+  names = sorted(
+      n
+      for n in os.listdir(folder)
+      if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+  )
   if not names:
     raise InputError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder!r}')
   return names
@@ -44,6 +48,7 @@ def list_images(folder: str) -> list[str]:
 def read_image(path: str) -> np.ndarray:
   """uint8 (H, W, 3), EXIF rotation applied. Raises InputError naming the file."""
   from PIL import Image, ImageOps
+
   try:
     with Image.open(path) as image:
       image = ImageOps.exif_transpose(image)
@@ -74,7 +79,9 @@ def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[float]]
     return {}
   payload = _load_json(path, '--boxes')
   if not isinstance(payload, dict):
-    raise InputError(f'--boxes file {path} must hold a JSON object {{"image.jpg": [x0, y0, x1, y1]}}')
+    raise InputError(
+        f'--boxes file {path} must hold a JSON object {{"image.jpg": [x0, y0, x1, y1]}}'
+    )
   boxes = {}
   for name in names:
     box = _lookup(payload, name)
@@ -84,15 +91,24 @@ def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[float]]
       values = [float(v) for v in box]
     except (TypeError, ValueError):
       values = []
-    if len(values) != 4 or not np.all(np.isfinite(values)) or values[2] <= values[0] or values[3] <= values[1]:
-      raise InputError(f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] with '
-                       f'x1 > x0 and y1 > y0, got {box!r}')
+    if (
+        len(values) != 4
+        or not np.all(np.isfinite(values))
+        or values[2] <= values[0]
+        or values[3] <= values[1]
+    ):
+      raise InputError(
+          f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] with '
+          f'x1 > x0 and y1 > y0, got {box!r}'
+      )
     boxes[name] = values
   known = set(names) | {os.path.splitext(n)[0] for n in names}
   unknown = sorted(k for k in payload if k not in known)
   if unknown:
-    print(f'note: --boxes names {len(unknown)} image(s) not in the folder: {", ".join(unknown[:5])}',
-          file=sys.stderr)
+    print(
+        f'note: --boxes names {len(unknown)} image(s) not in the folder: {", ".join(unknown[:5])}',
+        file=sys.stderr,
+    )
   return boxes
 
 
@@ -109,7 +125,9 @@ def load_left(spec: str | None, names: Sequence[str], all_left: bool = False) ->
     elif isinstance(payload, dict):
       chosen = {str(k): bool(v) for k, v in payload.items()}
     else:
-      raise InputError(f'--left file {spec} must hold a JSON list of names or an object {{name: bool}}')
+      raise InputError(
+          f'--left file {spec} must hold a JSON list of names or an object {{name: bool}}'
+      )
   else:
     chosen = {item.strip(): True for item in spec.split(',') if item.strip()}
   return {name: bool(_lookup(chosen, name)) for name in names}
@@ -119,8 +137,10 @@ def load_left(spec: str | None, names: Sequence[str], all_left: bool = False) ->
 # Outputs
 # ==================================================================================================
 
-def orthographic_setup(vertices_model: np.ndarray, camera: np.ndarray,
-                       size: int) -> tuple[np.ndarray, np.ndarray]:
+
+def orthographic_setup(
+    vertices_model: np.ndarray, camera: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Vertices and a pinhole K that `render.py` draws as the weak-perspective projection
   u = s·X + tx, v = s·Y + ty (normalised; pixel = (u + 1)·size/2) of model-space vertices (N, 3)."""
   scale, tx, ty = (float(c) for c in camera)
@@ -128,17 +148,23 @@ def orthographic_setup(vertices_model: np.ndarray, camera: np.ndarray,
     scale = 1e-3  # a degenerate camera: draw a dot rather than fail
   distance = _ORTHO_DISTANCE
   focal = scale * size / 2.0 * distance
-  K = np.array([[focal, 0.0, (tx + 1.0) * size / 2.0],
-                [0.0, focal, (ty + 1.0) * size / 2.0],
-                [0.0, 0.0, 1.0]])
+  K = np.array(
+      [
+          [focal, 0.0, (tx + 1.0) * size / 2.0],
+          [0.0, focal, (ty + 1.0) * size / 2.0],
+          [0.0, 0.0, 1.0],
+      ]
+  )
   placed = np.asarray(vertices_model, np.float64) + np.array([0.0, 0.0, distance])
   return placed, K
 
 
-def draw_overlay(crop: np.ndarray, vertices_model: np.ndarray, faces: np.ndarray,
-                 camera: np.ndarray) -> np.ndarray:
+def draw_overlay(
+    crop: np.ndarray, vertices_model: np.ndarray, faces: np.ndarray, camera: np.ndarray
+) -> np.ndarray:
   """The shaded mesh over a square crop (S, S, 3) uint8, placed by the weak-perspective camera."""
   from diffhand_jax.geometry import render
+
   placed, K = orthographic_setup(vertices_model, camera, crop.shape[0])
   return render.overlay(crop, placed, faces, K, alpha=0.6)
 
@@ -147,13 +173,27 @@ def draw_overlay(crop: np.ndarray, vertices_model: np.ndarray, faces: np.ndarray
 # A folder of images
 # ==================================================================================================
 
-def predict_folder(workdir: str, images_dir: str, output_dir: str, *, boxes: str | None = None,
-                   left: str | None = None, all_left: bool = False, box_scale: float = 1.3,
-                   num_hypotheses: int = 5, steps: int | None = None, eta: float | None = None,
-                   method: str = 'mean', tta_config=None, batch_size: int = 8, seed: int = 0,
-                   overlay_size: int = 256,
-                   overrides: ml_collections.ConfigDict | dict | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+
+def predict_folder(
+    workdir: str,
+    images_dir: str,
+    output_dir: str,
+    *,
+    boxes: str | None = None,
+    left: str | None = None,
+    all_left: bool = False,
+    box_scale: float = 1.3,
+    num_hypotheses: int = 5,
+    steps: int | None = None,
+    eta: float | None = None,
+    method: str = 'mean',
+    tta_config=None,
+    batch_size: int = 8,
+    seed: int = 0,
+    overlay_size: int = 256,
+    overrides: ml_collections.ConfigDict | dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
   """Runs the model over a folder; returns {'written': [names], 'failed': {name: reason}}.
 
   overrides: changes to the run's config (`overrides.apply_overrides`), e.g. the --config flag's value.
@@ -168,17 +208,23 @@ def predict_folder(workdir: str, images_dir: str, output_dir: str, *, boxes: str
   box_table = load_boxes(boxes, names)
   left_table = load_left(left, names, all_left)
   if not box_scale > 0 or overlay_size < 8 or batch_size < 1 or num_hypotheses < 1:
-    raise InputError('--box_scale must be > 0, --overlay_size >= 8, --batch_size and '
-                     '--num_hypotheses >= 1')
+    raise InputError(
+        '--box_scale must be > 0, --overlay_size >= 8, --batch_size and ' '--num_hypotheses >= 1'
+    )
   config, model, params, topology, schedule = loading.load_for_inference(workdir)
   config = overrides_lib.apply_overrides(config, overrides)
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)
   sampler = sampling.Sampler(
-      model, params, schedule, vertex_scale,
+      model,
+      params,
+      schedule,
+      vertex_scale,
       num_steps=int(steps if steps is not None else config.model.sampling_steps),
       num_hypotheses=int(num_hypotheses),
-      eta=float(eta if eta is not None else config.model.eta), batch_size=batch_size)
+      eta=float(eta if eta is not None else config.model.eta),
+      batch_size=batch_size,
+  )
   faces = np.asarray(topology.faces)
   os.makedirs(output_dir, exist_ok=True)
 
@@ -206,14 +252,26 @@ def predict_folder(workdir: str, images_dir: str, output_dir: str, *, boxes: str
 
   images = input_pipeline.normalise_images(np.stack(model_crops))
   report = sampling.progress_printer('predict') if progress else None
-  out = sampler.predict(images, jax.random.PRNGKey(seed), method=method, tta_config=tta_config,
-                        progress=report)
+  out = sampler.predict(
+      images, jax.random.PRNGKey(seed), method=method, tta_config=tta_config, progress=report
+  )
   joints = conventions.regress_joints(out['vertices'], topology.joint_regressor)
-  settings = dict(sampler.settings(), method=method, seed=seed, img_size=image_size,
-                  vertex_scale=vertex_scale, box_scale=box_scale, workdir=os.path.abspath(workdir),
-                  tta=None if tta_config is None else {'angles_deg': list(tta_config.angles_deg),
-                                                       'scales': list(tta_config.scales),
-                                                       'align': tta_config.align})
+  settings = dict(
+      sampler.settings(),
+      method=method,
+      seed=seed,
+      img_size=image_size,
+      vertex_scale=vertex_scale,
+      box_scale=box_scale,
+      workdir=os.path.abspath(workdir),
+      tta=None
+      if tta_config is None
+      else {
+          'angles_deg': list(tta_config.angles_deg),
+          'scales': list(tta_config.scales),
+          'align': tta_config.align,
+      },
+  )
   written = []
   mirror = np.array([-1.0, 1.0, 1.0])
   for i, name in enumerate(kept):
@@ -227,18 +285,22 @@ def predict_folder(workdir: str, images_dir: str, output_dir: str, *, boxes: str
       vertices, hand_joints = vertices * mirror, hand_joints * mirror
       # u' = -u - 2/S under the pixel flip x' = S - 1 - x: the camera of the un-mirrored crop.
       camera = np.array([camera[0], -camera[1] - 2.0 / image_size, camera[2]])
-    mesh_faces = faces[:, ::-1] if is_left else faces  # mirroring flips the winding; keep it outward
+    mesh_faces = (
+        faces[:, ::-1] if is_left else faces
+    )  # mirroring flips the winding; keep it outward
     mesh_io.write_obj(os.path.join(output_dir, f'{stem}.obj'), vertices, mesh_faces)
     mesh_io.write_image(os.path.join(output_dir, f'{stem}.png'), overlay)
     record = {
-        'image': name, 'hand_side': 'left' if is_left else 'right',
+        'image': name,
+        'hand_side': 'left' if is_left else 'right',
         'units': 'metres, root-relative (wrist at 0), camera axes x right, y down, z forward',
-        'joints': np.round(hand_joints, 6).tolist(), 'vertices': np.round(vertices, 6).tolist(),
+        'joints': np.round(hand_joints, 6).tolist(),
+        'vertices': np.round(vertices, 6).tolist(),
         'uncertainty': np.round(out['vertex_std'][i], 6).tolist(),
         'uncertainty_mean': float(out['vertex_std'][i].mean()),
         'camera': [float(c) for c in camera],
         'camera_convention': 'weak perspective of model-space X = metres / vertex_scale: '
-                             'u = s*X + tx, v = s*Y + ty, u = 2x/W - 1 over the crop',
+        'u = s*X + tx, v = s*Y + ty, u = 2x/W - 1 over the crop',
         'crop_box': [float(v) for v in crop_boxes[i]],
         'settings': settings,
     }

@@ -27,6 +27,7 @@ from diffhand_jax.models import diffhand
 # Batched sampling of a trained model
 # ==================================================================================================
 
+
 @dataclasses.dataclass
 class Sampler:
   """A trained DiffHand's sampler over arrays of any length.
@@ -34,6 +35,7 @@ class Sampler:
   model, params, schedule: from `loading.load_for_inference`. vertex_scale: metres per model unit.
   Outputs are root-relative metres in the frame the model saw (mirrored for left hands).
   """
+
   model: diffhand.DiffHand
   params: Any
   schedule: Any
@@ -46,16 +48,25 @@ class Sampler:
   def __post_init__(self):
     if self.num_hypotheses < 1 or self.num_steps < 1 or self.batch_size < 1:
       raise ValueError('inference.Sampler: num_hypotheses, num_steps and batch_size must be >= 1')
-    self._fn = diffhand.make_reconstruct_fn(self.model, num_steps=int(self.num_steps),
-                                            num_hypotheses=int(self.num_hypotheses), eta=float(self.eta),
-                                            schedule=self.schedule)
+    self._fn = diffhand.make_reconstruct_fn(
+        self.model,
+        num_steps=int(self.num_steps),
+        num_hypotheses=int(self.num_hypotheses),
+        eta=float(self.eta),
+        schedule=self.schedule,
+    )
 
   def settings(self) -> dict[str, Any]:
-    return {'steps': int(self.num_steps), 'eta': float(self.eta),
-            'hypotheses': int(self.num_hypotheses), 'diffusion': bool(self.model.diffusion)}
+    return {
+        'steps': int(self.num_steps),
+        'eta': float(self.eta),
+        'hypotheses': int(self.num_hypotheses),
+        'diffusion': bool(self.model.diffusion),
+    }
 
-  def sample(self, images: np.ndarray, key: jax.Array,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+  def sample(
+      self, images: np.ndarray, key: jax.Array, progress: Callable[[int, int], None] | None = None
+  ) -> dict[str, np.ndarray]:
     """images float32 (M, H, W, 3), normalised → {'vertices': (M, K, N, 3) m, 'camera': (M, 3)}.
 
     Batch i uses the key fold_in(key, i); the last batch is padded by repeating its last image.
@@ -73,11 +84,20 @@ class Sampler:
       cameras.append(np.asarray(out['camera'], np.float64)[:valid, 0])
       if progress is not None:
         progress(start + valid, count)
-    return {'vertices': np.concatenate(vertices) * self.vertex_scale, 'camera': np.concatenate(cameras)}
+    return {
+        'vertices': np.concatenate(vertices) * self.vertex_scale,
+        'camera': np.concatenate(cameras),
+    }
 
-  def predict(self, images: np.ndarray, key: jax.Array, *, method: str = 'mean',
-              tta_config: tta.TTAConfig | None = None,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+  def predict(
+      self,
+      images: np.ndarray,
+      key: jax.Array,
+      *,
+      method: str = 'mean',
+      tta_config: tta.TTAConfig | None = None,
+      progress: Callable[[int, int], None] | None = None,
+  ) -> dict[str, np.ndarray]:
     """Aggregated meshes, optionally with TTA.
 
     Returns {'vertices': (M, N, 3) m (the `method` aggregate, TTA-averaged when tta_config),
@@ -87,14 +107,19 @@ class Sampler:
     reference = self.sample(images, key, progress)
     mesh = hypotheses.aggregate(reference['vertices'], method)
     if tta_config is not None:
+
       def predict_fn(batch):
         if batch is images:  # the reference pass: already computed
           return mesh
         return hypotheses.aggregate(self.sample(batch, key)['vertices'], method)
+
       mesh = tta.tta_predict(predict_fn, images, tta_config)
-    return {'vertices': mesh, 'hypotheses': reference['vertices'],
-            'vertex_std': hypotheses.per_vertex_std(reference['vertices']),
-            'camera': reference['camera']}
+    return {
+        'vertices': mesh,
+        'hypotheses': reference['vertices'],
+        'vertex_std': hypotheses.per_vertex_std(reference['vertices']),
+        'camera': reference['camera'],
+    }
 
 
 def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
@@ -106,4 +131,5 @@ def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
     end = '\n' if done >= total else ''
     stream.write(f'\r{label} [{"#" * filled}{"." * (30 - filled)}] {done}/{total}{end}')
     stream.flush()
+
   return report

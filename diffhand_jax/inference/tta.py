@@ -45,6 +45,7 @@ class TTAConfig:
   fill: the value outside the rotated/zoomed-out image, in the units of the images given (0 for
   ImageNet-normalised images is the mean colour).
   """
+
   angles_deg: tuple[float, ...] = (-10.0, 0.0, 10.0)
   scales: tuple[float, ...] = (0.9, 1.0, 1.1)
   align: str = 'procrustes'
@@ -80,8 +81,9 @@ def image_matrix(angle_deg: float, scale: float) -> np.ndarray:
   return scale * np.array([[cos, sin], [-sin, cos]])
 
 
-def transform_pixels(points: np.ndarray, angle_deg: float, scale: float,
-                     image_size: Sequence[int]) -> np.ndarray:
+def transform_pixels(
+    points: np.ndarray, angle_deg: float, scale: float, image_size: Sequence[int]
+) -> np.ndarray:
   """Where pixel positions (..., 2) as (u, v) land in the augmented image of size (H, W)."""
   height, width = image_size
   centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
@@ -100,7 +102,9 @@ def rotation_for_image_angle(angle_deg: float) -> np.ndarray:
   return rotation_z(-np.deg2rad(angle_deg))
 
 
-def augment_images(images: np.ndarray, angle_deg: float, scale: float, *, fill: float = 0.0) -> np.ndarray:
+def augment_images(
+    images: np.ndarray, angle_deg: float, scale: float, *, fill: float = 0.0
+) -> np.ndarray:
   """Rotates (screen-CCW, degrees) and zooms (B, H, W, C) images about their centre, bilinear.
 
   The output pixel p samples the input at c + A⁻¹ (p - c); outside the input it is `fill`. The identity
@@ -115,20 +119,27 @@ def augment_images(images: np.ndarray, angle_deg: float, scale: float, *, fill: 
     return images.copy()
   batch, height, width, channels = images.shape
   centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-  rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64),
-                           indexing='ij')
+  rows, cols = np.meshgrid(
+      np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing='ij'
+  )
   out_offsets = np.stack([cols - centre[0], rows - centre[1]], -1)  # (H, W, 2) as (du, dv)
   src = out_offsets @ np.linalg.inv(image_matrix(angle_deg, scale)).T + centre
   src_u = np.broadcast_to(src[None, :, :, None, 0], images.shape)
   src_v = np.broadcast_to(src[None, :, :, None, 1], images.shape)
-  batch_index = np.broadcast_to(np.arange(batch, dtype=np.float64)[:, None, None, None], images.shape)
+  batch_index = np.broadcast_to(
+      np.arange(batch, dtype=np.float64)[:, None, None, None], images.shape
+  )
   channel_index = np.broadcast_to(np.arange(channels, dtype=np.float64), images.shape)
   coordinates = np.stack([batch_index, src_v, src_u, channel_index])
   # Batch and channel coordinates are integers, so linear interpolation never mixes images or channels.
-  warped = scipy.ndimage.map_coordinates(images.astype(np.float64), coordinates, order=1,
-                                         mode='constant', cval=float(fill))
-  return warped.astype(images.dtype) if np.issubdtype(images.dtype, np.floating) else \
-      np.clip(np.round(warped), 0, 255).astype(images.dtype)
+  warped = scipy.ndimage.map_coordinates(
+      images.astype(np.float64), coordinates, order=1, mode='constant', cval=float(fill)
+  )
+  return (
+      warped.astype(images.dtype)
+      if np.issubdtype(images.dtype, np.floating)
+      else np.clip(np.round(warped), 0, 255).astype(images.dtype)
+  )
 
 
 def rotate_back(vertices: np.ndarray, angle_deg: float) -> np.ndarray:
@@ -137,8 +148,14 @@ def rotate_back(vertices: np.ndarray, angle_deg: float) -> np.ndarray:
   return np.asarray(vertices, np.float64) @ rotation.T
 
 
-def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                config: TTAConfig | None = None, *, return_passes: bool = False, **overrides):
+def tta_predict(
+    predict_fn: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    config: TTAConfig | None = None,
+    *,
+    return_passes: bool = False,
+    **overrides,
+):
   """The TTA prediction for a batch: (B, H, W, C) → vertices (B, N, 3) float64.
 
   Args:
@@ -159,8 +176,10 @@ def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarr
   passes = config.passes()
   reference = np.asarray(predict_fn(images), np.float64)
   if reference.ndim != 3 or reference.shape[0] != images.shape[0] or reference.shape[-1] != 3:
-    raise ValueError(f'tta: predict_fn must return (B, N, 3) with B = {images.shape[0]}, '
-                     f'got {reference.shape}')
+    raise ValueError(
+        f'tta: predict_fn must return (B, N, 3) with B = {images.shape[0]}, '
+        f'got {reference.shape}'
+    )
   predictions = [reference]
   for angle, scale in passes[1:]:
     augmented = augment_images(images, angle, scale, fill=config.fill)

@@ -25,6 +25,7 @@ CNN_CONFIGS = {
 
 class ResidualBlock(nn.Module):
   """Two 3x3 convolutions with GroupNorm and a skip connection (pre-activation)."""
+
   width: int
   dtype: Any = jnp.float32
 
@@ -39,6 +40,7 @@ class ResidualBlock(nn.Module):
 
 class ConvEncoder(nn.Module):
   """images (B, H, W, 3) → (features (B, P, C), embedding (B, C)), C = the last stage's width."""
+
   widths: Sequence[int] = (32, 64, 128)
   blocks_per_stage: int = 1
   dtype: Any = jnp.float32

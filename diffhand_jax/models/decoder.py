@@ -26,6 +26,7 @@ Choices the paper leaves open (all switchable):
   * The timestep embedding lives here (not in the model), so the decoder alone is f_θ(x_t, t, I).
   * I_F is projected C→D once per call and layer-normalised; every cross-attention reads that.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,6 +57,7 @@ def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) ->
 
 class Mlp(nn.Module):
   """Dense → GELU → Dense; (..., D) → (..., out_dim or D)."""
+
   hidden_dim: int
   out_dim: int | None = None
   dtype: Any = jnp.float32
@@ -70,6 +72,7 @@ class Mlp(nn.Module):
 
 class GlobalEmbedding(nn.Module):
   """E_g = Linear(I_E) + E_t with E_t = MLP(sinusoidal(t)) (paper §3.4 "Training"). → (B, D)."""
+
   width: int
   dtype: Any = jnp.float32
 
@@ -87,26 +90,29 @@ class AttentionBlock(nn.Module):
   points (B, M, D), global_embedding (B, D), image_tokens (B, P, D) or None → (B, M, D).
   With image_tokens None the cross-attention is skipped (used only by the vanilla variant).
   """
+
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, points: jax.Array, global_embedding: jax.Array | None,
-               image_tokens: jax.Array | None) -> jax.Array:
+  def __call__(
+      self, points: jax.Array, global_embedding: jax.Array | None, image_tokens: jax.Array | None
+  ) -> jax.Array:
     width = points.shape[-1]
     y = nn.LayerNorm(dtype=self.dtype, name="norm_self")(points)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
-                                        deterministic=True, name="self_attention")(y, y)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, deterministic=True, name="self_attention"
+    )(y, y)
     if global_embedding is not None:
       # Eq. 8: Y = softmax(QK^T/√d)V + Linear(E_g), broadcast over the points.
       y = y + nn.Dense(width, dtype=self.dtype, name="global_proj")(global_embedding)[:, None, :]
     points = points + y
     if image_tokens is not None:
       y = nn.LayerNorm(dtype=self.dtype, name="norm_cross")(points)
-      y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
-                                          deterministic=True, name="cross_attention")(
-                                              y, image_tokens)
+      y = nn.MultiHeadDotProductAttention(
+          num_heads=self.num_heads, dtype=self.dtype, deterministic=True, name="cross_attention"
+      )(y, image_tokens)
       points = points + y
     y = nn.LayerNorm(dtype=self.dtype, name="norm_mlp")(points)
     return points + Mlp(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
@@ -123,6 +129,7 @@ class PointUpsample(nn.Module):
   a random dense mix; it is still a free, learned matrix. A random start makes every fine vertex a blend
   of the whole hand, which the network must first unlearn.
   """
+
   out_points: int
   dtype: Any = jnp.float32
   init_neighbours: Any = None
@@ -148,8 +155,11 @@ def _interpolation_init(neighbours: Any):
     if idx.shape[0] != shape[0] or idx.max() >= shape[1]:
       raise ValueError(f"{_FILE}: upsampling init of {idx.shape} does not fit a {shape} kernel.")
     dense = np.zeros(shape, np.float32)
-    np.add.at(dense, (np.repeat(np.arange(shape[0]), idx.shape[1]), idx.reshape(-1)), weights.reshape(-1))
+    np.add.at(
+        dense, (np.repeat(np.arange(shape[0]), idx.shape[1]), idx.reshape(-1)), weights.reshape(-1)
+    )
     return jnp.asarray(dense, dtype)
+
   return init
 
 
@@ -157,12 +167,15 @@ def upsampling_neighbours(template_vertices: np.ndarray, fps_indices, k: int = 3
   """Per level of the U shape, the (idx, weights) nested tuples that initialise its upsampling map:
   level k+1 → level k by inverse-distance interpolation over the template's points."""
   from diffhand_jax.geometry import topology
+
   points = [np.asarray(template_vertices, np.float64)]
   for indices in fps_indices:
     points.append(points[-1][np.asarray(indices)])
   out = []
   for level in range(len(fps_indices)):
-    idx, weights = topology.upsample_neighbours(points[level + 1], points[level], k=min(k, len(points[level + 1])))
+    idx, weights = topology.upsample_neighbours(
+        points[level + 1], points[level], k=min(k, len(points[level + 1]))
+    )
     out.append((tuple(map(tuple, idx.tolist())), tuple(map(tuple, weights.tolist()))))
   return tuple(out)
 
@@ -175,11 +188,15 @@ def check_fps_indices(fps_indices: Sequence[Sequence[int]], num_vertices: int) -
   for level, indices in enumerate(fps_indices):
     array = np.asarray(indices)
     if array.ndim != 1 or array.size == 0:
-      raise ValueError(f"{_FILE}: fps_indices[{level}] must be a non-empty 1-D index list, "
-                       f"got shape {array.shape}.")
+      raise ValueError(
+          f"{_FILE}: fps_indices[{level}] must be a non-empty 1-D index list, "
+          f"got shape {array.shape}."
+      )
     if array.min() < 0 or array.max() >= previous:
-      raise ValueError(f"{_FILE}: fps_indices[{level}] indexes {previous} points of the level above "
-                       f"but holds values in [{array.min()}, {array.max()}].")
+      raise ValueError(
+          f"{_FILE}: fps_indices[{level}] indexes {previous} points of the level above "
+          f"but holds values in [{array.min()}, {array.max()}]."
+      )
     if len(np.unique(array)) != array.size:
       raise ValueError(f"{_FILE}: fps_indices[{level}] repeats indices.")
     previous = array.size
@@ -192,6 +209,7 @@ class VertexBlock(nn.Module):
   runs; on the way back each coarser level is layer-normalised, mapped up by PointUpsample and added to
   the same level's features from the way down (the lateral residual).
   """
+
   fps_indices: tuple[tuple[int, ...], ...]
   num_heads: int
   mlp_ratio: float = 4.0
@@ -200,16 +218,19 @@ class VertexBlock(nn.Module):
   upsample_init: Any = None  # per level, see `upsampling_neighbours`; None = random init
 
   @nn.compact
-  def __call__(self, h: jax.Array, global_embedding: jax.Array,
-               image_tokens: jax.Array) -> jax.Array:
+  def __call__(
+      self, h: jax.Array, global_embedding: jax.Array, image_tokens: jax.Array
+  ) -> jax.Array:
     if self.full_res_attention:
-      h = AttentionBlock(self.num_heads, self.mlp_ratio, self.dtype,
-                         name="attention_full")(h, global_embedding, image_tokens)
+      h = AttentionBlock(self.num_heads, self.mlp_ratio, self.dtype, name="attention_full")(
+          h, global_embedding, image_tokens
+      )
     levels = [h]
     for k, indices in enumerate(self.fps_indices):
       coarse = jnp.take(levels[-1], jnp.asarray(indices, dtype=jnp.int32), axis=1)
-      coarse = AttentionBlock(self.num_heads, self.mlp_ratio, self.dtype,
-                              name=f"attention_down{k + 1}")(coarse, global_embedding, image_tokens)
+      coarse = AttentionBlock(
+          self.num_heads, self.mlp_ratio, self.dtype, name=f"attention_down{k + 1}"
+      )(coarse, global_embedding, image_tokens)
       levels.append(coarse)
     up = levels[-1]
     for k in reversed(range(len(self.fps_indices))):
@@ -226,6 +247,7 @@ class ChannelAttention(nn.Module):
   Per head, q and k (B, h, d, N) are L2-normalised along the points, A = softmax(τ_h · q kᵀ) is (d × d),
   and the output is A v. The cost is linear in N.
   """
+
   num_heads: int
   dtype: Any = jnp.float32
 
@@ -250,6 +272,7 @@ class ChannelAttention(nn.Module):
 
 class FeatureBlock(nn.Module):
   """Fig. 3(b): correlation in feature space. kind 'channel_attention' | 'mlp' | 'none'. (B,N,D) → (B,N,D)."""
+
   kind: str = "channel_attention"
   num_heads: int = 8
   mlp_ratio: float = 4.0
@@ -258,7 +281,9 @@ class FeatureBlock(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     if self.kind not in FEATURE_BLOCKS:
-      raise ValueError(f"{_FILE}: feature_block must be one of {FEATURE_BLOCKS}, got {self.kind!r}.")
+      raise ValueError(
+          f"{_FILE}: feature_block must be one of {FEATURE_BLOCKS}, got {self.kind!r}."
+      )
     if self.kind == "none":
       return h
     if self.kind == "channel_attention":
@@ -270,14 +295,16 @@ class FeatureBlock(nn.Module):
 
 class _VertexInput(nn.Module):
   """Linear(3→D)(x_t) + a learned per-vertex position embedding. (B, N, 3) → (B, N, D)."""
+
   num_vertices: int
   width: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_t: jax.Array) -> jax.Array:
-    position = self.param("position", nn.initializers.normal(stddev=0.02),
-                          (self.num_vertices, self.width))
+    position = self.param(
+        "position", nn.initializers.normal(stddev=0.02), (self.num_vertices, self.width)
+    )
     h = nn.Dense(self.width, dtype=self.dtype, name="proj")(x_t)
     return h + position.astype(h.dtype)[None]
 
@@ -302,6 +329,7 @@ def _check_inputs(num_vertices: int, x_t, t, image_features, image_embedding) ->
 
 class CrossModalityDecoder(nn.Module):
   """f_θ(x_t, t, I): see the module docstring. __call__ → x̂_0 (B, N, 3) float32."""
+
   num_vertices: int
   fps_indices: tuple[tuple[int, ...], ...]
   width: int = 256
@@ -311,25 +339,39 @@ class CrossModalityDecoder(nn.Module):
   feature_block: str = "channel_attention"
   full_res_attention: bool = False
   dtype: Any = jnp.float32
-  upsample_init: Any = None  # see `upsampling_neighbours`; None = random init of the upsampling maps
+  upsample_init: Any = (
+      None  # see `upsampling_neighbours`; None = random init of the upsampling maps
+  )
 
   @nn.compact
-  def __call__(self, x_t: jax.Array, t: jax.Array, image_features: jax.Array,
-               image_embedding: jax.Array) -> jax.Array:
+  def __call__(
+      self, x_t: jax.Array, t: jax.Array, image_features: jax.Array, image_embedding: jax.Array
+  ) -> jax.Array:
     _check_inputs(self.num_vertices, x_t, t, image_features, image_embedding)
     check_fps_indices(self.fps_indices, self.num_vertices)
     if self.width % self.num_heads:
-      raise ValueError(f"{_FILE}: width {self.width} is not divisible by num_heads {self.num_heads}.")
+      raise ValueError(
+          f"{_FILE}: width {self.width} is not divisible by num_heads {self.num_heads}."
+      )
     h = _VertexInput(self.num_vertices, self.width, self.dtype, name="vertex_embedding")(x_t)
     global_embedding = GlobalEmbedding(self.width, self.dtype, name="global_embedding")(
-        image_embedding, t)
+        image_embedding, t
+    )
     tokens = nn.Dense(self.width, dtype=self.dtype, name="image_proj")(image_features)
     tokens = nn.LayerNorm(dtype=self.dtype, name="image_norm")(tokens)
     for i in range(self.num_blocks):
-      h = VertexBlock(self.fps_indices, self.num_heads, self.mlp_ratio, self.full_res_attention,
-                      self.dtype, self.upsample_init, name=f"vertex_block{i}")(h, global_embedding, tokens)
-      h = FeatureBlock(self.feature_block, self.num_heads, self.mlp_ratio, self.dtype,
-                       name=f"feature_block{i}")(h)
+      h = VertexBlock(
+          self.fps_indices,
+          self.num_heads,
+          self.mlp_ratio,
+          self.full_res_attention,
+          self.dtype,
+          self.upsample_init,
+          name=f"vertex_block{i}",
+      )(h, global_embedding, tokens)
+      h = FeatureBlock(
+          self.feature_block, self.num_heads, self.mlp_ratio, self.dtype, name=f"feature_block{i}"
+      )(h)
     x0_hat = _Head(name="head")(h)
     chex.assert_shape(x0_hat, x_t.shape)
     return x0_hat
@@ -342,6 +384,7 @@ class VanillaDecoder(nn.Module):
   block and no cross-attention, so the image reaches it only through I_E inside E_g. image_features
   is accepted (and ignored) so that both decoders share one signature. → x̂_0 (B, N, 3) float32.
   """
+
   num_vertices: int
   width: int = 256
   depth: int = 6
@@ -350,21 +393,28 @@ class VanillaDecoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_t: jax.Array, t: jax.Array, image_features: jax.Array,
-               image_embedding: jax.Array) -> jax.Array:
+  def __call__(
+      self, x_t: jax.Array, t: jax.Array, image_features: jax.Array, image_embedding: jax.Array
+  ) -> jax.Array:
     _check_inputs(self.num_vertices, x_t, t, image_features, image_embedding)
     h = _VertexInput(self.num_vertices, self.width, self.dtype, name="vertex_embedding")(x_t)
     global_embedding = GlobalEmbedding(self.width, self.dtype, name="global_embedding")(
-        image_embedding, t)
+        image_embedding, t
+    )
     h = h + global_embedding[:, None, :]
     for i in range(self.depth):
-      h = AttentionBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"layer{i}")(h, None, None)
+      h = AttentionBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"layer{i}")(
+          h, None, None
+      )
     return _Head(name="head")(h)
 
 
 # XLA options that make a one-off program (such as parameter init) compile about 3x faster on CPU; init
 # runs once, so its speed does not matter, while its compile time dominates small-model start-up.
-_FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_FAST_COMPILE_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
 
 
 def jit_init(module: nn.Module, key: jax.Array, *args: Any, **kwargs: Any) -> Any:
@@ -373,7 +423,9 @@ def jit_init(module: nn.Module, key: jax.Array, *args: Any, **kwargs: Any) -> An
   Under an outer transformation (jit, eval_shape) it simply traces `module.init`: the outer program
   is compiled as a whole.
   """
-  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((key, args, kwargs))):
+  if any(
+      isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((key, args, kwargs))
+  ):
     return module.init(key, *args, **kwargs)
   lowered = jax.jit(module.init).lower(key, *args, **kwargs)
   if jax.default_backend() == "cpu":
@@ -388,8 +440,9 @@ def _as_index_tuples(levels: Sequence[Any]) -> tuple[tuple[int, ...], ...]:
   return tuple(tuple(int(i) for i in np.asarray(level).reshape(-1)) for level in levels)
 
 
-def build_decoder(config: Any, template_vertices: np.ndarray | None = None,
-                  dtype: Any = jnp.float32) -> nn.Module:
+def build_decoder(
+    config: Any, template_vertices: np.ndarray | None = None, dtype: Any = jnp.float32
+) -> nn.Module:
   """The decoder that `config` (a model config, see diffhand_jax/runs/model_presets.py) asks for.
 
   template_vertices (N, 3): the mesh the FPS indices are computed on (topology.fps_hierarchy with
@@ -402,25 +455,41 @@ def build_decoder(config: Any, template_vertices: np.ndarray | None = None,
   num_vertices = int(config.num_vertices)
   if kind == "vanilla":
     depth = config.get("vanilla_depth", None) or 2 * int(config.num_blocks)
-    return VanillaDecoder(num_vertices=num_vertices, width=int(config.width), depth=int(depth),
-                          num_heads=int(config.num_heads), mlp_ratio=float(config.mlp_ratio),
-                          dtype=dtype)
+    return VanillaDecoder(
+        num_vertices=num_vertices,
+        width=int(config.width),
+        depth=int(depth),
+        num_heads=int(config.num_heads),
+        mlp_ratio=float(config.mlp_ratio),
+        dtype=dtype,
+    )
   if template_vertices is None:
     from diffhand_jax import mano
+
     template_vertices = np.asarray(mano.load_procedural().v_template)
   template_vertices = np.asarray(template_vertices, dtype=np.float32)
   if template_vertices.shape != (num_vertices, 3):
-    raise ValueError(f"{_FILE}: template_vertices has shape {template_vertices.shape}, but "
-                     f"config.num_vertices = {num_vertices} needs ({num_vertices}, 3).")
+    raise ValueError(
+        f"{_FILE}: template_vertices has shape {template_vertices.shape}, but "
+        f"config.num_vertices = {num_vertices} needs ({num_vertices}, 3)."
+    )
   from diffhand_jax.geometry import topology
+
   fps_indices = _as_index_tuples(
-      topology.fps_hierarchy(template_vertices, sizes=tuple(int(s) for s in config.fps_sizes)))
+      topology.fps_hierarchy(template_vertices, sizes=tuple(int(s) for s in config.fps_sizes))
+  )
   upsample_init = None
   if config.get("upsample_init", "interpolation") == "interpolation":
     upsample_init = upsampling_neighbours(template_vertices, fps_indices)
   return CrossModalityDecoder(
-      num_vertices=num_vertices, fps_indices=fps_indices, width=int(config.width),
-      num_blocks=int(config.num_blocks), num_heads=int(config.num_heads),
-      mlp_ratio=float(config.mlp_ratio), feature_block=str(config.feature_block),
-      full_res_attention=bool(config.get("full_res_attention", False)), dtype=dtype,
-      upsample_init=upsample_init)
+      num_vertices=num_vertices,
+      fps_indices=fps_indices,
+      width=int(config.width),
+      num_blocks=int(config.num_blocks),
+      num_heads=int(config.num_heads),
+      mlp_ratio=float(config.mlp_ratio),
+      feature_block=str(config.feature_block),
+      full_res_attention=bool(config.get("full_res_attention", False)),
+      dtype=dtype,
+      upsample_init=upsample_init,
+  )

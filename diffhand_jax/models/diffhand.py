@@ -15,6 +15,7 @@ all hypotheses (a `vmap` over the noise only).
 The camera is weak-perspective (s, tx, ty) from I_E, in the convention of `losses.project_weak_perspective`:
 u = s·X + tx, v = s·Y + ty with X in model space and (u, v) in normalised crop coordinates ([-1, 1]).
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,6 +40,7 @@ PyTree = Any
 @flax.struct.dataclass
 class Condition:
   """The encoded image: I_F features (B, P, C) and I_E embedding (B, C). A pytree."""
+
   features: jax.Array
   embedding: jax.Array
 
@@ -52,6 +54,7 @@ class DepthBlock(nn.Module):
   at zero, so at initialisation the block adds exactly 0 and the RGB model's outputs are unchanged. (The
   paper zero-initialises every layer; then no gradient would ever reach the inner weights.)
   """
+
   channels: tuple[int, ...] = (32, 64, 128)
 
   @nn.compact
@@ -59,23 +62,38 @@ class DepthBlock(nn.Module):
     batch, height, width = depth.shape[:3]
     grid_h, grid_w = grid
     if height % grid_h or width % grid_w or height // grid_h != width // grid_w:
-      raise ValueError(f"{_FILE}: depth of size {height}x{width} does not tile the {grid_h}x{grid_w} "
-                       "patch grid with square patches.")
+      raise ValueError(
+          f"{_FILE}: depth of size {height}x{width} does not tile the {grid_h}x{grid_w} "
+          "patch grid with square patches."
+      )
     patch = height // grid_h
     num_halvings = 0
     while num_halvings < 2 and patch % (2 ** (num_halvings + 1)) == 0:
       num_halvings += 1
-    remaining = patch // 2 ** num_halvings
-    channels = list(self.channels) + [self.channels[-1]] * max(0, num_halvings + 2 - len(self.channels))
+    remaining = patch // 2**num_halvings
+    channels = list(self.channels) + [self.channels[-1]] * max(
+        0, num_halvings + 2 - len(self.channels)
+    )
     x = nn.silu(nn.Conv(channels[0], (3, 3), name="conv_in")(depth))
     for k in range(num_halvings):
       x = nn.silu(nn.Conv(channels[k + 1], (3, 3), strides=(2, 2), name=f"conv_down{k}")(x))
     if remaining > 1:
-      x = nn.silu(nn.Conv(channels[-1], (remaining, remaining), strides=(remaining, remaining),
-                          padding="VALID", name="conv_patch")(x))
+      x = nn.silu(
+          nn.Conv(
+              channels[-1],
+              (remaining, remaining),
+              strides=(remaining, remaining),
+              padding="VALID",
+              name="conv_patch",
+          )(x)
+      )
     chex.assert_shape(x, (batch, grid_h, grid_w, None))
-    x = nn.Dense(out_dim, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
-                 name="zero_proj")(x)
+    x = nn.Dense(
+        out_dim,
+        kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.zeros,
+        name="zero_proj",
+    )(x)
     return x.reshape(batch, grid_h * grid_w, out_dim)
 
 
@@ -98,6 +116,7 @@ class DiffHand(nn.Module):
     use_depth: add the DepthBlock; `encode` then needs a depth image.
     depth_channels: the DepthBlock's inner widths.
   """
+
   encoder: nn.Module
   decoder: nn.Module
   num_vertices: int = 778
@@ -107,8 +126,9 @@ class DiffHand(nn.Module):
   depth_channels: tuple[int, ...] = (32, 64, 128)
 
   def setup(self):
-    self.camera_head = nn.Dense(3, kernel_init=nn.initializers.normal(0.01),
-                                bias_init=_camera_bias_init, name="camera_head")
+    self.camera_head = nn.Dense(
+        3, kernel_init=nn.initializers.normal(0.01), bias_init=_camera_bias_init, name="camera_head"
+    )
     if self.use_depth:
       self.depth_block = DepthBlock(self.depth_channels, name="depth_block")
 
@@ -116,10 +136,14 @@ class DiffHand(nn.Module):
     """images float32 (B, H, W, 3), normalised; depth (B, H, W) or (B, H, W, 1) → Condition."""
     chex.assert_rank(images, 4)
     if self.use_depth and depth is None:
-      raise ValueError(f"{_FILE}: this model has use_depth=True; pass depth= to encode/reconstruct.")
+      raise ValueError(
+          f"{_FILE}: this model has use_depth=True; pass depth= to encode/reconstruct."
+      )
     if not self.use_depth and depth is not None:
-      raise ValueError(f"{_FILE}: depth was given but the model has use_depth=False "
-                       "(set config.model.use_depth=True).")
+      raise ValueError(
+          f"{_FILE}: depth was given but the model has use_depth=False "
+          "(set config.model.use_depth=True)."
+      )
     features, embedding = self.encoder(images)
     batch, num_patches, _ = features.shape
     chex.assert_shape(embedding, (batch, features.shape[-1]))
@@ -129,8 +153,9 @@ class DiffHand(nn.Module):
       chex.assert_shape(depth, (batch, images.shape[1], images.shape[2], 1))
       grid = _patch_grid(images.shape[1], images.shape[2], num_patches)
       # Added on the patch grid after the encoder (ControlNet-style); exactly + 0 at initialisation.
-      features = features + self.depth_block(depth.astype(features.dtype), grid,
-                                             features.shape[-1]).astype(features.dtype)
+      features = features + self.depth_block(
+          depth.astype(features.dtype), grid, features.shape[-1]
+      ).astype(features.dtype)
     return Condition(features=features, embedding=embedding)
 
   def camera(self, cond: Condition) -> jax.Array:
@@ -148,8 +173,9 @@ class DiffHand(nn.Module):
     x0_hat = self.decoder(x_t, t.astype(jnp.int32), cond.features, cond.embedding)
     return x0_hat.astype(jnp.float32), self.camera(cond)
 
-  def __call__(self, images: jax.Array, x_t: jax.Array, t: jax.Array,
-               depth: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+      self, images: jax.Array, x_t: jax.Array, t: jax.Array, depth: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """encode + denoise: images (B, H, W, 3), x_t (B, N, 3), t (B,) → (x̂_0 (B, N, 3), camera (B, 3))."""
     return self.denoise(self.encode(images, depth), x_t, t)
 
@@ -183,22 +209,27 @@ def build_model(model_config: Any, template_vertices: np.ndarray | None = None) 
   procedural template (mano.load_procedural()), N = 778.
   """
   from diffhand_jax.models import vit
+
   dtype = _dtype(model_config.get("dtype", "float32"))
   overrides = model_config.get("encoder_overrides", None) or {}
   overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
   overrides.setdefault("dtype", dtype)
   if model_config.encoder.startswith("cnn_"):
     from diffhand_jax.models import cnn
+
     encoder = cnn.create(model_config.encoder, img_size=model_config.img_size, **overrides)
   else:
     encoder = vit.create(model_config.encoder, img_size=model_config.img_size, **overrides)
   decoder = decoder_lib.build_decoder(model_config, template_vertices, dtype=dtype)
   return DiffHand(
-      encoder=encoder, decoder=decoder, num_vertices=int(model_config.num_vertices),
+      encoder=encoder,
+      decoder=decoder,
+      num_vertices=int(model_config.num_vertices),
       diffusion=bool(model_config.diffusion),
       regression_timestep=int(model_config.get("regression_timestep", 0)),
       use_depth=bool(model_config.get("use_depth", False)),
-      depth_channels=tuple(int(c) for c in model_config.get("depth_channels", (32, 64, 128))))
+      depth_channels=tuple(int(c) for c in model_config.get("depth_channels", (32, 64, 128))),
+  )
 
 
 def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -208,8 +239,13 @@ def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
   return int(height), int(width)
 
 
-def init(model: DiffHand, key: jax.Array, image_size: int | tuple[int, int], batch: int = 1,
-         encoder_init: str | None = None) -> PyTree:
+def init(
+    model: DiffHand,
+    key: jax.Array,
+    image_size: int | tuple[int, int],
+    batch: int = 1,
+    encoder_init: str | None = None,
+) -> PyTree:
   """Random params for `model` (jit-compiled init); encoder_init: a converted encoder checkpoint
   (see models/vit.py) whose params replace the random encoder params.
   """
@@ -239,6 +275,7 @@ def load_encoder_init(params: PyTree, path: str) -> PyTree:
   """Replaces params['encoder'] by the checkpoint at `path` (written by `python -m
   diffhand_jax.convert_checkpoint`), checking every name and shape."""
   from diffhand_jax.models import encoder_weights
+
   loaded = encoder_weights.load_encoder_params(path)
   loaded = loaded.get("params", loaded) if isinstance(loaded, dict) else loaded
   expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), params["encoder"])
@@ -248,10 +285,15 @@ def load_encoder_init(params: PyTree, path: str) -> PyTree:
     flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
     problems = [f"missing {jax.tree_util.keystr(k)}" for k in flat_expected if k not in flat_got]
     problems += [f"unused {jax.tree_util.keystr(k)}" for k in flat_got if k not in flat_expected]
-    problems += [f"{jax.tree_util.keystr(k)}: checkpoint {flat_got[k]} vs model {v}"
-                 for k, v in flat_expected.items() if k in flat_got and flat_got[k] != v]
-    raise ValueError(f"{_FILE}: encoder_init {path!r} does not fit the configured encoder: "
-                     + "; ".join(problems[:20]))
+    problems += [
+        f"{jax.tree_util.keystr(k)}: checkpoint {flat_got[k]} vs model {v}"
+        for k, v in flat_expected.items()
+        if k in flat_got and flat_got[k] != v
+    ]
+    raise ValueError(
+        f"{_FILE}: encoder_init {path!r} does not fit the configured encoder: "
+        + "; ".join(problems[:20])
+    )
   params = dict(params)
   params["encoder"] = jax.tree_util.tree_map(jnp.asarray, loaded)
   return params
@@ -265,8 +307,10 @@ def num_params(tree: PyTree) -> int:
 # Inference
 # -------------------------------------------------------------------------------------------------------
 
-def initial_noise(key: jax.Array, num_hypotheses: int, batch: int,
-                  num_vertices: int) -> tuple[jax.Array, jax.Array]:
+
+def initial_noise(
+    key: jax.Array, num_hypotheses: int, batch: int, num_vertices: int
+) -> tuple[jax.Array, jax.Array]:
   """The x_T (K, B, N, 3) and the per-hypothesis sampler keys (K, ...) that `reconstruct` uses."""
   keys = jax.random.split(key, num_hypotheses)
   split = jax.vmap(jax.random.split)(keys)  # (K, 2, ...)
@@ -275,10 +319,19 @@ def initial_noise(key: jax.Array, num_hypotheses: int, batch: int,
   return x_T, sampler_keys
 
 
-def reconstruct(model: DiffHand, params: PyTree, images: jax.Array, key: jax.Array, *,
-                num_steps: int = 10, num_hypotheses: int = 1, eta: float = 0.0,
-                schedule: diffusion.Schedule | None = None, depth: jax.Array | None = None,
-                noise: jax.Array | None = None) -> dict[str, jax.Array]:
+def reconstruct(
+    model: DiffHand,
+    params: PyTree,
+    images: jax.Array,
+    key: jax.Array,
+    *,
+    num_steps: int = 10,
+    num_hypotheses: int = 1,
+    eta: float = 0.0,
+    schedule: diffusion.Schedule | None = None,
+    depth: jax.Array | None = None,
+    noise: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """Meshes for a batch of images: DDIM from noise, the image encoded once.
 
   Args:
@@ -313,8 +366,14 @@ def reconstruct(model: DiffHand, params: PyTree, images: jax.Array, key: jax.Arr
     stochastic = not (isinstance(eta, (int, float)) and eta == 0.0)
 
     def sample_one(x_start, sampler_key):
-      return diffusion.ddim_sample(denoise_fn, x_start, schedule, num_steps=num_steps, eta=eta,
-                                   key=sampler_key if stochastic else None)
+      return diffusion.ddim_sample(
+          denoise_fn,
+          x_start,
+          schedule,
+          num_steps=num_steps,
+          eta=eta,
+          key=sampler_key if stochastic else None,
+      )
 
     vertices = jax.vmap(sample_one)(x_T, sampler_keys)  # (K, B, N, 3); cond is closed over, shared
   else:
@@ -323,14 +382,30 @@ def reconstruct(model: DiffHand, params: PyTree, images: jax.Array, key: jax.Arr
   vertices = jnp.swapaxes(vertices, 0, 1)  # (B, K, N, 3)
   mean = vertices.mean(axis=1)
   std = jnp.sqrt(jnp.mean(jnp.var(vertices, axis=1), axis=-1))
-  return {"vertices": vertices,
-          "camera": jnp.broadcast_to(camera[:, None], (batch, num_hypotheses, 3)),
-          "vertices_mean": mean,
-          "vertices_std": std}
+  return {
+      "vertices": vertices,
+      "camera": jnp.broadcast_to(camera[:, None], (batch, num_hypotheses, 3)),
+      "vertices_mean": mean,
+      "vertices_std": std,
+  }
 
 
-def make_reconstruct_fn(model: DiffHand, *, num_steps: int = 10, num_hypotheses: int = 1,
-                        eta: float = 0.0, schedule: diffusion.Schedule | None = None):
+def make_reconstruct_fn(
+    model: DiffHand,
+    *,
+    num_steps: int = 10,
+    num_hypotheses: int = 1,
+    eta: float = 0.0,
+    schedule: diffusion.Schedule | None = None,
+):
   """A jitted `fn(params, images, key, depth=None) -> dict` with the static settings bound."""
-  return jax.jit(functools.partial(reconstruct, model, num_steps=num_steps,
-                                   num_hypotheses=num_hypotheses, eta=eta, schedule=schedule))
+  return jax.jit(
+      functools.partial(
+          reconstruct,
+          model,
+          num_steps=num_steps,
+          num_hypotheses=num_hypotheses,
+          eta=eta,
+          schedule=schedule,
+      )
+  )

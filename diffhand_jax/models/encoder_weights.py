@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Any, Mapping
 
 import flax.serialization
@@ -37,7 +36,7 @@ _WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'model', 'state_dict', 'module')
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not fit the requested model."""
+  """A checkpoint file is missing, unreadable, or does not fit the requested model."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -46,57 +45,67 @@ class CheckpointError(ValueError):
 
 
 def _unwrap(checkpoint: Any, path: str) -> dict[str, Any]:
-    """The flat {name: tensor} inside a torch checkpoint, without wrappers or 'module.' prefixes."""
-    state = checkpoint
-    while isinstance(state, Mapping):
-        if any(hasattr(value, 'shape') for value in state.values()):
-            break
-        inner = next((key for key in _WRAPPER_KEYS if isinstance(state.get(key), Mapping)), None)
-        if inner is None:
-            raise CheckpointError(f'{path}: found no tensors; top-level keys are {sorted(state)[:20]}')
-        state = state[inner]
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f'{path}: expected a state dict (a mapping of names to tensors), '
-                              f'got {type(state).__name__}')
-    not_arrays = sorted(name for name, value in state.items() if not hasattr(value, 'shape'))
-    if not_arrays:
-        raise CheckpointError(f'{path}: these entries are not tensors: {", ".join(map(str, not_arrays))}')
-    if state and all(str(name).startswith('module.') for name in state):
-        state = {str(name)[len('module.'):]: value for name, value in state.items()}
-    return {str(name): value for name, value in state.items()}
+  """The flat {name: tensor} inside a torch checkpoint, without wrappers or 'module.' prefixes."""
+  state = checkpoint
+  while isinstance(state, Mapping):
+    if any(hasattr(value, 'shape') for value in state.values()):
+      break
+    inner = next((key for key in _WRAPPER_KEYS if isinstance(state.get(key), Mapping)), None)
+    if inner is None:
+      raise CheckpointError(f'{path}: found no tensors; top-level keys are {sorted(state)[:20]}')
+    state = state[inner]
+  if not isinstance(state, Mapping):
+    raise CheckpointError(
+        f'{path}: expected a state dict (a mapping of names to tensors), '
+        f'got {type(state).__name__}'
+    )
+  not_arrays = sorted(name for name, value in state.items() if not hasattr(value, 'shape'))
+  if not_arrays:
+    raise CheckpointError(
+        f'{path}: these entries are not tensors: {", ".join(map(str, not_arrays))}'
+    )
+  if state and all(str(name).startswith('module.') for name in state):
+    state = {str(name)[len('module.') :]: value for name, value in state.items()}
+  return {str(name): value for name, value in state.items()}
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """{name: numpy array} from a `.pth`/`.pt`/`.bin` torch file or a `.safetensors` file."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'{path}: no such file')
-    extension = os.path.splitext(path)[1].lower()
-    try:
-        if extension == '.safetensors':
-            state = _read_safetensors(path)
-        elif extension in ('.pth', '.pt', '.bin', '.ckpt'):
-            import torch  # only needed for torch files
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        else:
-            raise CheckpointError(f'{path}: unknown checkpoint type {extension!r}; expected .pth, .pt, '
-                                  '.bin or .safetensors')
-    except CheckpointError:
-        raise
-    except Exception as error:  # corrupt file, pickled code refused by weights_only, ...
-        raise CheckpointError(f'{path}: cannot read it as a {extension} checkpoint '
-                              f'({type(error).__name__}: {error})') from None
-    state = _unwrap(state, path)
-    return {name: vit.to_numpy(value) for name, value in state.items()}
+  """{name: numpy array} from a `.pth`/`.pt`/`.bin` torch file or a `.safetensors` file."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f'{path}: no such file')
+  extension = os.path.splitext(path)[1].lower()
+  try:
+    if extension == '.safetensors':
+      state = _read_safetensors(path)
+    elif extension in ('.pth', '.pt', '.bin', '.ckpt'):
+      import torch  # only needed for torch files
+
+      state = torch.load(path, map_location='cpu', weights_only=True)
+    else:
+      raise CheckpointError(
+          f'{path}: unknown checkpoint type {extension!r}; expected .pth, .pt, '
+          '.bin or .safetensors'
+      )
+  except CheckpointError:
+    raise
+  except Exception as error:  # corrupt file, pickled code refused by weights_only, ...
+    raise CheckpointError(
+        f'{path}: cannot read it as a {extension} checkpoint ' f'({type(error).__name__}: {error})'
+    ) from None
+  state = _unwrap(state, path)
+  return {name: vit.to_numpy(value) for name, value in state.items()}
 
 
 def _read_safetensors(path: str) -> dict[str, Any]:
-    try:
-        from safetensors.numpy import load_file
-        return load_file(path)
-    except TypeError:
-        # numpy has no bfloat16: read through torch instead.
-        from safetensors.torch import load_file as load_torch_file
-        return load_torch_file(path)
+  try:
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+  except TypeError:
+    # numpy has no bfloat16: read through torch instead.
+    from safetensors.torch import load_file as load_torch_file
+
+    return load_torch_file(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -130,48 +139,56 @@ _HF_LAYER = {
     'mlp.fc1': 'mlp.fc1',
     'mlp.fc2': 'mlp.fc2',
 }
-_HF_QKV = {'attention.attention.query': 0, 'attention.attention.key': 1, 'attention.attention.value': 2,
-           'attention.q_proj': 0, 'attention.k_proj': 1, 'attention.v_proj': 2}
+_HF_QKV = {
+    'attention.attention.query': 0,
+    'attention.attention.key': 1,
+    'attention.attention.value': 2,
+    'attention.q_proj': 0,
+    'attention.k_proj': 1,
+    'attention.v_proj': 2,
+}
 _HF_LAYER_RE = re.compile(r'^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$')
 _HF_DROPPED = ('pooler.', 'embeddings.mask_token')  # parts of HF models the encoder has no use for
 
 
 def is_hf_transformers(state_dict: Mapping[str, Any]) -> bool:
-    return any(re.sub(r'^(vit|deit)\.', '', name).startswith('embeddings.') for name in state_dict)
+  return any(re.sub(r'^(vit|deit)\.', '', name).startswith('embeddings.') for name in state_dict)
 
 
 def hf_to_timm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rename a transformers ViT/DeiT state dict to timm's names (q, k, v fused into qkv).
+  """Rename a transformers ViT/DeiT state dict to timm's names (q, k, v fused into qkv).
 
-    Names it does not know are kept as they are, so that they show up as unused keys.
-    """
-    converted: dict[str, np.ndarray] = {}
-    qkv_parts: dict[tuple[int, str], dict[int, np.ndarray]] = {}
-    for name, value in state_dict.items():
-        short = re.sub(r'^(vit|deit)\.', '', name)
-        if short.startswith(_HF_DROPPED):
-            continue
-        if short in _HF_GLOBAL:
-            converted[_HF_GLOBAL[short]] = value
-            continue
-        match = _HF_LAYER_RE.match(short)
-        if match is None:
-            converted[name] = value
-            continue
-        index, layer, kind = int(match.group(1)), match.group(2), match.group(3)
-        if layer in _HF_QKV:
-            qkv_parts.setdefault((index, kind), {})[_HF_QKV[layer]] = value
-        elif layer in _HF_LAYER:
-            converted[f'blocks.{index}.{_HF_LAYER[layer]}.{kind}'] = value
-        else:
-            converted[name] = value
-    for (index, kind), parts in qkv_parts.items():
-        if len(parts) == 3:
-            converted[f'blocks.{index}.attn.qkv.{kind}'] = np.concatenate([parts[0], parts[1], parts[2]], 0)
-        else:  # incomplete: report what is there as unused, under its timm-ish name
-            for part, value in parts.items():
-                converted[f'blocks.{index}.attn.{"qkv"[part]}.{kind}'] = value
-    return converted
+  Names it does not know are kept as they are, so that they show up as unused keys.
+  """
+  converted: dict[str, np.ndarray] = {}
+  qkv_parts: dict[tuple[int, str], dict[int, np.ndarray]] = {}
+  for name, value in state_dict.items():
+    short = re.sub(r'^(vit|deit)\.', '', name)
+    if short.startswith(_HF_DROPPED):
+      continue
+    if short in _HF_GLOBAL:
+      converted[_HF_GLOBAL[short]] = value
+      continue
+    match = _HF_LAYER_RE.match(short)
+    if match is None:
+      converted[name] = value
+      continue
+    index, layer, kind = int(match.group(1)), match.group(2), match.group(3)
+    if layer in _HF_QKV:
+      qkv_parts.setdefault((index, kind), {})[_HF_QKV[layer]] = value
+    elif layer in _HF_LAYER:
+      converted[f'blocks.{index}.{_HF_LAYER[layer]}.{kind}'] = value
+    else:
+      converted[name] = value
+  for (index, kind), parts in qkv_parts.items():
+    if len(parts) == 3:
+      converted[f'blocks.{index}.attn.qkv.{kind}'] = np.concatenate(
+          [parts[0], parts[1], parts[2]], 0
+      )
+    else:  # incomplete: report what is there as unused, under its timm-ish name
+      for part, value in parts.items():
+        converted[f'blocks.{index}.attn.{"qkv"[part]}.{kind}'] = value
+  return converted
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,54 +196,69 @@ def hf_to_timm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def convert(model_name: str, input_path: str, output_path: str | None = None, *,
-            img_size: int | tuple[int, int] | None = None) -> tuple[vit.VisionTransformer, PyTree]:
-    """Read a checkpoint, map it onto `model_name` (resampling pos_embed to img_size), optionally write it.
+def convert(
+    model_name: str,
+    input_path: str,
+    output_path: str | None = None,
+    *,
+    img_size: int | tuple[int, int] | None = None,
+) -> tuple[vit.VisionTransformer, PyTree]:
+  """Read a checkpoint, map it onto `model_name` (resampling pos_embed to img_size), optionally write it.
 
-    Returns (module, params). Raises `CheckpointError` naming the file on any problem.
-    """
-    state_dict = read_state_dict(input_path)
-    if is_hf_transformers(state_dict):
-        state_dict = hf_to_timm(state_dict)
-    try:
-        module = vit.create(model_name, img_size=img_size)
-        params = vit.params_from_timm(module, state_dict, source=input_path)
-    except vit.CheckpointMismatchError as error:
-        raise CheckpointError(f'{error}\n  (converting for model {model_name!r})') from None
-    if output_path is not None:
-        height, width = vit.image_size_pair(module.img_size)
-        record = {'model_name': model_name, 'img_size': [height, width],
-                  'params': jax.tree_util.tree_map(np.asarray, params)}
-        directory = os.path.dirname(os.path.abspath(output_path))
-        os.makedirs(directory, exist_ok=True)
-        with open(output_path, 'wb') as file:
-            file.write(flax.serialization.msgpack_serialize(record))
-    return module, params
+  Returns (module, params). Raises `CheckpointError` naming the file on any problem.
+  """
+  state_dict = read_state_dict(input_path)
+  if is_hf_transformers(state_dict):
+    state_dict = hf_to_timm(state_dict)
+  try:
+    module = vit.create(model_name, img_size=img_size)
+    params = vit.params_from_timm(module, state_dict, source=input_path)
+  except vit.CheckpointMismatchError as error:
+    raise CheckpointError(f'{error}\n  (converting for model {model_name!r})') from None
+  if output_path is not None:
+    height, width = vit.image_size_pair(module.img_size)
+    record = {
+        'model_name': model_name,
+        'img_size': [height, width],
+        'params': jax.tree_util.tree_map(np.asarray, params),
+    }
+    directory = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(directory, exist_ok=True)
+    with open(output_path, 'wb') as file:
+      file.write(flax.serialization.msgpack_serialize(record))
+  return module, params
 
 
 def _read_record(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise CheckpointError(f'{path}: no such file (make it with python -m diffhand_jax.convert_checkpoint)')
-    try:
-        with open(path, 'rb') as file:
-            record = flax.serialization.msgpack_restore(file.read())
-    except Exception as error:
-        raise CheckpointError(f'{path}: not a msgpack file written by convert_checkpoint '
-                              f'({type(error).__name__}: {error})') from None
-    if not isinstance(record, dict) or not {'model_name', 'img_size', 'params'} <= set(record):
-        raise CheckpointError(f'{path}: msgpack file lacks the model_name / img_size / params entries '
-                              'that convert_checkpoint writes')
-    return record
+  if not os.path.isfile(path):
+    raise CheckpointError(
+        f'{path}: no such file (make it with python -m diffhand_jax.convert_checkpoint)'
+    )
+  try:
+    with open(path, 'rb') as file:
+      record = flax.serialization.msgpack_restore(file.read())
+  except Exception as error:
+    raise CheckpointError(
+        f'{path}: not a msgpack file written by convert_checkpoint '
+        f'({type(error).__name__}: {error})'
+    ) from None
+  if not isinstance(record, dict) or not {'model_name', 'img_size', 'params'} <= set(record):
+    raise CheckpointError(
+        f'{path}: msgpack file lacks the model_name / img_size / params entries '
+        'that convert_checkpoint writes'
+    )
+  return record
 
 
 def load_encoder_params(path: str) -> PyTree:
-    """The encoder params (a nested dict of numpy arrays) stored by `convert` / the CLI at `path`."""
-    return _read_record(path)['params']
+  """The encoder params (a nested dict of numpy arrays) stored by `convert` / the CLI at `path`."""
+  return _read_record(path)['params']
 
 
 def load_encoder(path: str, **overrides: Any) -> tuple[vit.VisionTransformer, PyTree]:
-    """(module, params) from a converted file; overrides (dtype, remat, ...) go to `vit.create`."""
-    record = _read_record(path)
-    module = vit.create(record['model_name'], img_size=tuple(int(s) for s in record['img_size']),
-                        **overrides)
-    return module, record['params']
+  """(module, params) from a converted file; overrides (dtype, remat, ...) go to `vit.create`."""
+  record = _read_record(path)
+  module = vit.create(
+      record['model_name'], img_size=tuple(int(s) for s in record['img_size']), **overrides
+  )
+  return module, record['params']

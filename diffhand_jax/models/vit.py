@@ -49,22 +49,22 @@ _LAYER_NORM_EPS = 1e-6  # timm's ViT: partial(nn.LayerNorm, eps=1e-6)
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-    """Architecture of one timm ViT variant (the arguments its timm entry point passes)."""
+  """Architecture of one timm ViT variant (the arguments its timm entry point passes)."""
 
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    img_size: int = 224  # the native (pretraining) resolution
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    init_values: float | None = None  # LayerScale init; None = no LayerScale
-    no_embed_class: bool = False  # True: position embedding covers the patch tokens only (DeiT III)
-    distilled: bool = False  # True: a distillation token follows the class token (DeiT distilled)
+  patch_size: int
+  embed_dim: int
+  depth: int
+  num_heads: int
+  img_size: int = 224  # the native (pretraining) resolution
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  init_values: float | None = None  # LayerScale init; None = no LayerScale
+  no_embed_class: bool = False  # True: position embedding covers the patch tokens only (DeiT III)
+  distilled: bool = False  # True: a distillation token follows the class token (DeiT distilled)
 
 
 def _deit3(**kwargs: Any) -> ViTConfig:
-    return ViTConfig(no_embed_class=True, init_values=1e-6, **kwargs)
+  return ViTConfig(no_embed_class=True, init_values=1e-6, **kwargs)
 
 
 # Settings copied from timm's entry points in timm/models/deit.py and vision_transformer.py.
@@ -78,12 +78,18 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
     'deit_base_distilled_patch16_224': ViTConfig(16, 768, 12, 12, distilled=True),
     'deit_base_distilled_patch16_384': ViTConfig(16, 768, 12, 12, img_size=384, distilled=True),
     'deit3_small_patch16_224': _deit3(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    'deit3_small_patch16_384': _deit3(patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=384),
+    'deit3_small_patch16_384': _deit3(
+        patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=384
+    ),
     'deit3_medium_patch16_224': _deit3(patch_size=16, embed_dim=512, depth=12, num_heads=8),
     'deit3_base_patch16_224': _deit3(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    'deit3_base_patch16_384': _deit3(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=384),
+    'deit3_base_patch16_384': _deit3(
+        patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=384
+    ),
     'deit3_large_patch16_224': _deit3(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    'deit3_large_patch16_384': _deit3(patch_size=16, embed_dim=1024, depth=24, num_heads=16, img_size=384),
+    'deit3_large_patch16_384': _deit3(
+        patch_size=16, embed_dim=1024, depth=24, num_heads=16, img_size=384
+    ),
     'deit3_huge_patch14_224': _deit3(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
     'vit_tiny_patch16_224': ViTConfig(16, 192, 12, 3),
     'vit_small_patch16_224': ViTConfig(16, 384, 12, 6),
@@ -93,260 +99,302 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
 
 
 def get_config(model_name: str) -> ViTConfig:
-    """The `ViTConfig` registered under a timm model name (pretrained tags like '.fb_in1k' are ignored)."""
-    base_name = model_name.split('.', 1)[0]
-    if base_name not in VIT_CONFIGS:
-        raise ValueError(
-            f'unknown ViT model {model_name!r}; known models: {", ".join(sorted(VIT_CONFIGS))}')
-    return VIT_CONFIGS[base_name]
+  """The `ViTConfig` registered under a timm model name (pretrained tags like '.fb_in1k' are ignored)."""
+  base_name = model_name.split('.', 1)[0]
+  if base_name not in VIT_CONFIGS:
+    raise ValueError(
+        f'unknown ViT model {model_name!r}; known models: {", ".join(sorted(VIT_CONFIGS))}'
+    )
+  return VIT_CONFIGS[base_name]
 
 
 def image_size_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    height, width = size
-    return int(height), int(width)
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  height, width = size
+  return int(height), int(width)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------------------
 
-_dense_init = nn.initializers.truncated_normal(stddev=0.02)  # timm's init_weights_vit_timm for Linear
+_dense_init = nn.initializers.truncated_normal(
+    stddev=0.02
+)  # timm's init_weights_vit_timm for Linear
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection, the same linear map as timm's Conv2d(kernel=stride=patch).
+  """Non-overlapping patch projection, the same linear map as timm's Conv2d(kernel=stride=patch).
 
-    The kernel is stored as (p, p, in_chans, C), i.e. a Flax conv kernel (HWIO), whichever way it is
-    computed: 'matmul' patchifies with a reshape and does one matmul (faster on CPU), 'conv' calls XLA's
-    convolution.
-    """
+  The kernel is stored as (p, p, in_chans, C), i.e. a Flax conv kernel (HWIO), whichever way it is
+  computed: 'matmul' patchifies with a reshape and does one matmul (faster on CPU), 'conv' calls XLA's
+  convolution.
+  """
 
-    patch_size: int
-    embed_dim: int
-    impl: str = 'matmul'
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  patch_size: int
+  embed_dim: int
+  impl: str = 'matmul'
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """images (B, H, W, c) -> patch tokens (B, H/p * W/p, C), row-major over the patch grid."""
-        batch, height, width, chans = images.shape
-        p = self.patch_size
-        kernel = self.param('kernel', nn.initializers.lecun_normal(), (p, p, chans, self.embed_dim),
-                            self.param_dtype)
-        bias = self.param('bias', nn.initializers.zeros, (self.embed_dim,), self.param_dtype)
-        images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
-        grid_h, grid_w = height // p, width // p
-        if self.impl == 'matmul':
-            patches = images.reshape(batch, grid_h, p, grid_w, p, chans)
-            patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid_h * grid_w, p * p * chans)
-            tokens = patches @ kernel.reshape(p * p * chans, self.embed_dim)
-        elif self.impl == 'conv':
-            tokens = jax.lax.conv_general_dilated(
-                images, kernel, window_strides=(p, p), padding='VALID',
-                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-            tokens = tokens.reshape(batch, grid_h * grid_w, self.embed_dim)
-        else:
-            raise ValueError(f"PatchEmbed.impl must be 'matmul' or 'conv', got {self.impl!r}")
-        return tokens + bias
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """images (B, H, W, c) -> patch tokens (B, H/p * W/p, C), row-major over the patch grid."""
+    batch, height, width, chans = images.shape
+    p = self.patch_size
+    kernel = self.param(
+        'kernel', nn.initializers.lecun_normal(), (p, p, chans, self.embed_dim), self.param_dtype
+    )
+    bias = self.param('bias', nn.initializers.zeros, (self.embed_dim,), self.param_dtype)
+    images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
+    grid_h, grid_w = height // p, width // p
+    if self.impl == 'matmul':
+      patches = images.reshape(batch, grid_h, p, grid_w, p, chans)
+      patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid_h * grid_w, p * p * chans)
+      tokens = patches @ kernel.reshape(p * p * chans, self.embed_dim)
+    elif self.impl == 'conv':
+      tokens = jax.lax.conv_general_dilated(
+          images,
+          kernel,
+          window_strides=(p, p),
+          padding='VALID',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      )
+      tokens = tokens.reshape(batch, grid_h * grid_w, self.embed_dim)
+    else:
+      raise ValueError(f"PatchEmbed.impl must be 'matmul' or 'conv', got {self.impl!r}")
+    return tokens + bias
 
 
 class Attention(nn.Module):
-    """timm's multi-head self-attention: fused qkv Linear (with bias), softmax(q k^T / sqrt(d)) v, proj."""
+  """timm's multi-head self-attention: fused qkv Linear (with bias), softmax(q k^T / sqrt(d)) v, proj."""
 
-    num_heads: int
-    qkv_bias: bool = True
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  num_heads: int
+  qkv_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x (B, N, C) -> (B, N, C)."""
-        batch, tokens, width = x.shape
-        head_dim = width // self.num_heads
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init)
-        qkv = nn.Dense(3 * width, use_bias=self.qkv_bias, name='qkv', **dense)(x)
-        # timm's layout of the fused projection: (3, heads, head_dim) along the output features.
-        # Heads-major (3, B, h, N, d) before the two matmuls: on CPU this makes them plain batched
-        # matmuls over contiguous rows, about 13% faster for the whole DeiT-S forward than einsums on
-        # (B, N, h, d) (measured with `python -m diffhand_jax.bench encoder`).
-        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-        query, key, value = qkv[0] * (head_dim ** -0.5), qkv[1], qkv[2]  # (B, h, N, d) each
-        logits = jnp.matmul(query, jnp.swapaxes(key, -1, -2))  # (B, h, N, N)
-        # Softmax in float32 even under a bfloat16 compute dtype.
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
-        attended = jnp.matmul(weights, value).transpose(0, 2, 1, 3).reshape(batch, tokens, width)
-        return nn.Dense(width, name='proj', **dense)(attended)
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (B, N, C) -> (B, N, C)."""
+    batch, tokens, width = x.shape
+    head_dim = width // self.num_heads
+    dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init)
+    qkv = nn.Dense(3 * width, use_bias=self.qkv_bias, name='qkv', **dense)(x)
+    # timm's layout of the fused projection: (3, heads, head_dim) along the output features.
+    # Heads-major (3, B, h, N, d) before the two matmuls: on CPU this makes them plain batched
+    # matmuls over contiguous rows, about 13% faster for the whole DeiT-S forward than einsums on
+    # (B, N, h, d) (measured with `python -m diffhand_jax.bench encoder`).
+    qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    query, key, value = qkv[0] * (head_dim**-0.5), qkv[1], qkv[2]  # (B, h, N, d) each
+    logits = jnp.matmul(query, jnp.swapaxes(key, -1, -2))  # (B, h, N, N)
+    # Softmax in float32 even under a bfloat16 compute dtype.
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+    attended = jnp.matmul(weights, value).transpose(0, 2, 1, 3).reshape(batch, tokens, width)
+    return nn.Dense(width, name='proj', **dense)(attended)
 
 
 class Mlp(nn.Module):
-    """fc1 -> exact GELU (torch nn.GELU) -> fc2."""
+  """fc1 -> exact GELU (torch nn.GELU) -> fc2."""
 
-    hidden_dim: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x (B, N, C) -> (B, N, C)."""
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init)
-        hidden = nn.gelu(nn.Dense(self.hidden_dim, name='fc1', **dense)(x), approximate=False)
-        return nn.Dense(x.shape[-1], name='fc2', **dense)(hidden)
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (B, N, C) -> (B, N, C)."""
+    dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init)
+    hidden = nn.gelu(nn.Dense(self.hidden_dim, name='fc1', **dense)(x), approximate=False)
+    return nn.Dense(x.shape[-1], name='fc2', **dense)(hidden)
 
 
 class LayerScale(nn.Module):
-    """Per-channel scale gamma, initialised to `init_values` (DeiT III)."""
+  """Per-channel scale gamma, initialised to `init_values` (DeiT III)."""
 
-    init_values: float
-    param_dtype: Dtype = jnp.float32
+  init_values: float
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gamma = self.param('gamma', nn.initializers.constant(self.init_values), (x.shape[-1],),
-                           self.param_dtype)
-        return x * gamma.astype(x.dtype)
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gamma = self.param(
+        'gamma', nn.initializers.constant(self.init_values), (x.shape[-1],), self.param_dtype
+    )
+    return x * gamma.astype(x.dtype)
 
 
 def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-    # use_fast_variance=False: E[(x - mean)^2] as torch computes it, not E[x^2] - mean^2.
-    return nn.LayerNorm(epsilon=_LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype,
-                        param_dtype=param_dtype, name=name)
+  # use_fast_variance=False: E[(x - mean)^2] as torch computes it, not E[x^2] - mean^2.
+  return nn.LayerNorm(
+      epsilon=_LAYER_NORM_EPS,
+      use_fast_variance=False,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      name=name,
+  )
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x += ls1(attn(norm1(x))); x += ls2(mlp(norm2(x)))."""
+  """Pre-LN transformer block: x += ls1(attn(norm1(x))); x += ls2(mlp(norm2(x)))."""
 
-    num_heads: int
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    init_values: float | None = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  num_heads: int
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  init_values: float | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x (B, N, C) -> (B, N, C)."""
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        branch = Attention(self.num_heads, self.qkv_bias, name='attn', **dtypes)(
-            _layer_norm('norm1', **dtypes)(x))
-        if self.init_values is not None:
-            branch = LayerScale(self.init_values, self.param_dtype, name='ls1')(branch)
-        x = x + branch
-        branch = Mlp(int(x.shape[-1] * self.mlp_ratio), name='mlp', **dtypes)(
-            _layer_norm('norm2', **dtypes)(x))
-        if self.init_values is not None:
-            branch = LayerScale(self.init_values, self.param_dtype, name='ls2')(branch)
-        return x + branch
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (B, N, C) -> (B, N, C)."""
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    branch = Attention(self.num_heads, self.qkv_bias, name='attn', **dtypes)(
+        _layer_norm('norm1', **dtypes)(x)
+    )
+    if self.init_values is not None:
+      branch = LayerScale(self.init_values, self.param_dtype, name='ls1')(branch)
+    x = x + branch
+    branch = Mlp(int(x.shape[-1] * self.mlp_ratio), name='mlp', **dtypes)(
+        _layer_norm('norm2', **dtypes)(x)
+    )
+    if self.init_values is not None:
+      branch = LayerScale(self.init_values, self.param_dtype, name='ls2')(branch)
+    return x + branch
 
 
 class VisionTransformer(nn.Module):
-    """timm-compatible ViT / DeiT / DeiT III encoder.
+  """timm-compatible ViT / DeiT / DeiT III encoder.
 
-    Attributes:
-      img_size: input (H, W) (or one int for square inputs) that the position embedding is made for.
-      patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: as timm.
-      init_values: LayerScale init value, or None for no LayerScale.
-      no_embed_class: position embedding only on the patch tokens (DeiT III).
-      distilled: add timm's DeiT distillation token (excluded from the features).
-      patch_embed_impl: 'matmul' (default, faster on CPU) or 'conv'; same parameters either way.
-      remat: rematerialise each block in the backward pass (saves activation memory when training).
-      dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype. Both default to float32.
-    """
+  Attributes:
+    img_size: input (H, W) (or one int for square inputs) that the position embedding is made for.
+    patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: as timm.
+    init_values: LayerScale init value, or None for no LayerScale.
+    no_embed_class: position embedding only on the patch tokens (DeiT III).
+    distilled: add timm's DeiT distillation token (excluded from the features).
+    patch_embed_impl: 'matmul' (default, faster on CPU) or 'conv'; same parameters either way.
+    remat: rematerialise each block in the backward pass (saves activation memory when training).
+    dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype. Both default to float32.
+  """
 
-    img_size: int | tuple[int, int] = 224
-    patch_size: int = 16
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    init_values: float | None = None
-    no_embed_class: bool = False
-    distilled: bool = False
-    patch_embed_impl: str = 'matmul'
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  img_size: int | tuple[int, int] = 224
+  patch_size: int = 16
+  embed_dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  init_values: float | None = None
+  no_embed_class: bool = False
+  distilled: bool = False
+  patch_embed_impl: str = 'matmul'
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        height, width = image_size_pair(self.img_size)
-        return height // self.patch_size, width // self.patch_size
+  @property
+  def grid_size(self) -> tuple[int, int]:
+    height, width = image_size_pair(self.img_size)
+    return height // self.patch_size, width // self.patch_size
 
-    @property
-    def num_patches(self) -> int:
-        grid_h, grid_w = self.grid_size
-        return grid_h * grid_w
+  @property
+  def num_patches(self) -> int:
+    grid_h, grid_w = self.grid_size
+    return grid_h * grid_w
 
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 2 if self.distilled else 1
+  @property
+  def num_prefix_tokens(self) -> int:
+    return 2 if self.distilled else 1
 
-    @nn.compact
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """images float32 (B, H, W, 3), normalised -> (features (B, P, C), embedding (B, C))."""
-        chex.assert_rank(images, 4)
-        height, width = image_size_pair(self.img_size)
-        if images.shape[1:3] != (height, width):
-            raise ValueError(
-                f'VisionTransformer was built for {height}x{width} images (img_size={self.img_size}) but '
-                f'got images of shape {images.shape}; expected (B, {height}, {width}, C). Convert the '
-                f'weights for that size with from_timm(..., img_size=...).')
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f'img_size {height}x{width} is not a multiple of patch_size {self.patch_size}')
-        batch = images.shape[0]
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """images float32 (B, H, W, 3), normalised -> (features (B, P, C), embedding (B, C))."""
+    chex.assert_rank(images, 4)
+    height, width = image_size_pair(self.img_size)
+    if images.shape[1:3] != (height, width):
+      raise ValueError(
+          f'VisionTransformer was built for {height}x{width} images (img_size={self.img_size}) but '
+          f'got images of shape {images.shape}; expected (B, {height}, {width}, C). Convert the '
+          f'weights for that size with from_timm(..., img_size=...).'
+      )
+    if height % self.patch_size or width % self.patch_size:
+      raise ValueError(
+          f'img_size {height}x{width} is not a multiple of patch_size {self.patch_size}'
+      )
+    batch = images.shape[0]
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-        tokens = PatchEmbed(self.patch_size, self.embed_dim, self.patch_embed_impl, name='patch_embed',
-                            **dtypes)(images)
-        prefix = [self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.embed_dim),
-                             self.param_dtype)]
-        if self.distilled:
-            prefix.append(self.param('dist_token', nn.initializers.truncated_normal(0.02),
-                                     (1, 1, self.embed_dim), self.param_dtype))
-        num_pos = self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
-        pos_embed = self.param('pos_embed', nn.initializers.truncated_normal(0.02),
-                               (1, num_pos, self.embed_dim), self.param_dtype)
-        prefix = [jnp.broadcast_to(token, (batch, 1, self.embed_dim)).astype(tokens.dtype)
-                  for token in prefix]
-        pos_embed = pos_embed.astype(tokens.dtype)
-        if self.no_embed_class:  # DeiT III: add to the patches, then prepend the tokens
-            x = jnp.concatenate(prefix + [tokens + pos_embed], axis=1)
-        else:  # DeiT / ViT: prepend the tokens, then add to all
-            x = jnp.concatenate(prefix + [tokens], axis=1) + pos_embed
+    tokens = PatchEmbed(
+        self.patch_size, self.embed_dim, self.patch_embed_impl, name='patch_embed', **dtypes
+    )(images)
+    prefix = [
+        self.param(
+            'cls_token', nn.initializers.normal(1e-6), (1, 1, self.embed_dim), self.param_dtype
+        )
+    ]
+    if self.distilled:
+      prefix.append(
+          self.param(
+              'dist_token',
+              nn.initializers.truncated_normal(0.02),
+              (1, 1, self.embed_dim),
+              self.param_dtype,
+          )
+      )
+    num_pos = self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+    pos_embed = self.param(
+        'pos_embed',
+        nn.initializers.truncated_normal(0.02),
+        (1, num_pos, self.embed_dim),
+        self.param_dtype,
+    )
+    prefix = [
+        jnp.broadcast_to(token, (batch, 1, self.embed_dim)).astype(tokens.dtype) for token in prefix
+    ]
+    pos_embed = pos_embed.astype(tokens.dtype)
+    if self.no_embed_class:  # DeiT III: add to the patches, then prepend the tokens
+      x = jnp.concatenate(prefix + [tokens + pos_embed], axis=1)
+    else:  # DeiT / ViT: prepend the tokens, then add to all
+      x = jnp.concatenate(prefix + [tokens], axis=1) + pos_embed
 
-        block_cls = nn.remat(Block) if self.remat else Block
-        for index in range(self.depth):
-            x = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.init_values,
-                          name=f'blocks_{index}', **dtypes)(x)
-        x = _layer_norm('norm', **dtypes)(x)
-        return x[:, self.num_prefix_tokens:], x[:, 0]
+    block_cls = nn.remat(Block) if self.remat else Block
+    for index in range(self.depth):
+      x = block_cls(
+          self.num_heads,
+          self.mlp_ratio,
+          self.qkv_bias,
+          self.init_values,
+          name=f'blocks_{index}',
+          **dtypes,
+      )(x)
+    x = _layer_norm('norm', **dtypes)(x)
+    return x[:, self.num_prefix_tokens :], x[:, 0]
 
 
-def create(model_name: str, img_size: int | tuple[int, int] | None = None,
-           **overrides: Any) -> VisionTransformer:
-    """A `VisionTransformer` with the architecture of timm's `model_name`, for random init or import.
+def create(
+    model_name: str, img_size: int | tuple[int, int] | None = None, **overrides: Any
+) -> VisionTransformer:
+  """A `VisionTransformer` with the architecture of timm's `model_name`, for random init or import.
 
-    Args:
-      model_name: a key of `VIT_CONFIGS`, e.g. 'deit3_large_patch16_224'.
-      img_size: input size (int or (H, W)); None = the model's native size.
-      **overrides: any other `VisionTransformer` field (dtype, param_dtype, remat, depth, ...).
-    """
-    config = get_config(model_name)
-    fields = dataclasses.asdict(config)
-    native_size = fields.pop('img_size')
-    fields.update(overrides)
-    return VisionTransformer(img_size=native_size if img_size is None else img_size, **fields)
+  Args:
+    model_name: a key of `VIT_CONFIGS`, e.g. 'deit3_large_patch16_224'.
+    img_size: input size (int or (H, W)); None = the model's native size.
+    **overrides: any other `VisionTransformer` field (dtype, param_dtype, remat, depth, ...).
+  """
+  config = get_config(model_name)
+  fields = dataclasses.asdict(config)
+  native_size = fields.pop('img_size')
+  fields.update(overrides)
+  return VisionTransformer(img_size=native_size if img_size is None else img_size, **fields)
 
 
-def init_params(module: VisionTransformer, key: jax.Array,
-                img_size: int | tuple[int, int] | None = None) -> PyTree:
-    """Randomly initialised params (timm-like init) for `module`, built for its own img_size."""
-    height, width = image_size_pair(module.img_size if img_size is None else img_size)
-    images = jnp.zeros((1, height, width, 3), jnp.float32)
-    return jax.jit(module.init)(key, images)['params']
+def init_params(
+    module: VisionTransformer, key: jax.Array, img_size: int | tuple[int, int] | None = None
+) -> PyTree:
+  """Randomly initialised params (timm-like init) for `module`, built for its own img_size."""
+  height, width = image_size_pair(module.img_size if img_size is None else img_size)
+  images = jnp.zeros((1, height, width, 3), jnp.float32)
+  return jax.jit(module.init)(key, images)['params']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -355,69 +403,77 @@ def init_params(module: VisionTransformer, key: jax.Array,
 
 
 def _aa_cubic(x: np.ndarray) -> np.ndarray:
-    """PIL / torch-antialias cubic kernel, a = -0.5."""
-    a = -0.5
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+  """PIL / torch-antialias cubic kernel, a = -0.5."""
+  a = -0.5
+  x = np.abs(x)
+  near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+  far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+  return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
 def antialias_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64 matrix of torch's antialiased bicubic resize (align_corners=False).
+  """(out_size, in_size) float64 matrix of torch's antialiased bicubic resize (align_corners=False).
 
-    Mirrors ATen's `_compute_indices_min_size_weights_aa`: the kernel support widens by the scale when
-    downsampling, taps outside [0, in_size) are dropped and each row is renormalised to sum to 1.
-    """
-    scale = in_size / out_size
-    support = 2.0 * scale if scale >= 1.0 else 2.0
-    inv_scale = 1.0 / scale if scale >= 1.0 else 1.0
-    matrix = np.zeros((out_size, in_size), np.float64)
-    for out_index in range(out_size):
-        center = scale * (out_index + 0.5)
-        first = max(int(center - support + 0.5), 0)
-        stop = min(int(center + support + 0.5), in_size)
-        taps = np.arange(first, stop)
-        weights = _aa_cubic((taps - center + 0.5) * inv_scale)
-        total = weights.sum()
-        matrix[out_index, first:stop] = weights / total if total != 0 else weights
-    return matrix
+  Mirrors ATen's `_compute_indices_min_size_weights_aa`: the kernel support widens by the scale when
+  downsampling, taps outside [0, in_size) are dropped and each row is renormalised to sum to 1.
+  """
+  scale = in_size / out_size
+  support = 2.0 * scale if scale >= 1.0 else 2.0
+  inv_scale = 1.0 / scale if scale >= 1.0 else 1.0
+  matrix = np.zeros((out_size, in_size), np.float64)
+  for out_index in range(out_size):
+    center = scale * (out_index + 0.5)
+    first = max(int(center - support + 0.5), 0)
+    stop = min(int(center + support + 0.5), in_size)
+    taps = np.arange(first, stop)
+    weights = _aa_cubic((taps - center + 0.5) * inv_scale)
+    total = weights.sum()
+    matrix[out_index, first:stop] = weights / total if total != 0 else weights
+  return matrix
 
 
-def resample_pos_embed(pos_embed: np.ndarray, new_grid: tuple[int, int], *, num_prefix_tokens: int,
-                       old_grid: tuple[int, int] | None = None) -> np.ndarray:
-    """Resample a timm position embedding to another patch grid, as timm's `resample_abs_pos_embed`.
+def resample_pos_embed(
+    pos_embed: np.ndarray,
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int,
+    old_grid: tuple[int, int] | None = None,
+) -> np.ndarray:
+  """Resample a timm position embedding to another patch grid, as timm's `resample_abs_pos_embed`.
 
-    Args:
-      pos_embed: (1, num_prefix_tokens + gh * gw, C); the prefix rows (class / distillation token) are
-        kept as they are.
-      new_grid: (new_gh, new_gw).
-      num_prefix_tokens: rows at the start that are not on the grid (0 for DeiT III).
-      old_grid: (gh, gw); None = square.
-    Returns:
-      (1, num_prefix_tokens + new_gh * new_gw, C), the dtype of `pos_embed`.
-    """
-    pos_embed = np.asarray(pos_embed)
-    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
-        raise ValueError(f'pos_embed must have shape (1, N, C), got {pos_embed.shape}')
-    prefix, grid_rows = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    num_grid = grid_rows.shape[1]
-    if old_grid is None:
-        side = math.isqrt(num_grid)
-        if side * side != num_grid:
-            raise ValueError(f'pos_embed has {num_grid} grid positions, which is not a square grid; '
-                             'pass old_grid')
-        old_grid = (side, side)
-    if old_grid[0] * old_grid[1] != num_grid:
-        raise ValueError(f'old_grid {old_grid} does not hold the {num_grid} grid positions of pos_embed')
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    grid = grid_rows.reshape(old_grid[0], old_grid[1], -1).astype(np.float64)
-    rows = antialias_bicubic_matrix(old_grid[0], new_grid[0])
-    cols = antialias_bicubic_matrix(old_grid[1], new_grid[1])
-    resized = np.einsum('ih,jw,hwc->ijc', rows, cols, grid)
-    resized = resized.reshape(1, new_grid[0] * new_grid[1], -1).astype(pos_embed.dtype)
-    return np.concatenate([prefix, resized], axis=1)
+  Args:
+    pos_embed: (1, num_prefix_tokens + gh * gw, C); the prefix rows (class / distillation token) are
+      kept as they are.
+    new_grid: (new_gh, new_gw).
+    num_prefix_tokens: rows at the start that are not on the grid (0 for DeiT III).
+    old_grid: (gh, gw); None = square.
+  Returns:
+    (1, num_prefix_tokens + new_gh * new_gw, C), the dtype of `pos_embed`.
+  """
+  pos_embed = np.asarray(pos_embed)
+  if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+    raise ValueError(f'pos_embed must have shape (1, N, C), got {pos_embed.shape}')
+  prefix, grid_rows = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+  num_grid = grid_rows.shape[1]
+  if old_grid is None:
+    side = math.isqrt(num_grid)
+    if side * side != num_grid:
+      raise ValueError(
+          f'pos_embed has {num_grid} grid positions, which is not a square grid; ' 'pass old_grid'
+      )
+    old_grid = (side, side)
+  if old_grid[0] * old_grid[1] != num_grid:
+    raise ValueError(
+        f'old_grid {old_grid} does not hold the {num_grid} grid positions of pos_embed'
+    )
+  if tuple(old_grid) == tuple(new_grid):
+    return pos_embed
+  grid = grid_rows.reshape(old_grid[0], old_grid[1], -1).astype(np.float64)
+  rows = antialias_bicubic_matrix(old_grid[0], new_grid[0])
+  cols = antialias_bicubic_matrix(old_grid[1], new_grid[1])
+  resized = np.einsum('ih,jw,hwc->ijc', rows, cols, grid)
+  resized = resized.reshape(1, new_grid[0] * new_grid[1], -1).astype(pos_embed.dtype)
+  return np.concatenate([prefix, resized], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,138 +485,158 @@ IGNORED_TIMM_KEYS = ('head.weight', 'head.bias', 'head_dist.weight', 'head_dist.
 
 
 class CheckpointMismatchError(ValueError):
-    """A state dict does not fit the model: lists every missing, unused and mis-shaped key."""
+  """A state dict does not fit the model: lists every missing, unused and mis-shaped key."""
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """A numpy array from a numpy array or a torch tensor (bfloat16 tensors become float32)."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, 'detach'):  # a torch tensor; torch is not imported here
-        tensor = value.detach().cpu()
-        if tensor.dtype.is_floating_point and tensor.dtype.itemsize < 4:  # numpy has no bfloat16
-            tensor = tensor.float()
-        return tensor.numpy()
-    return np.asarray(value)
+  """A numpy array from a numpy array or a torch tensor (bfloat16 tensors become float32)."""
+  if isinstance(value, np.ndarray):
+    return value
+  if hasattr(value, 'detach'):  # a torch tensor; torch is not imported here
+    tensor = value.detach().cpu()
+    if tensor.dtype.is_floating_point and tensor.dtype.itemsize < 4:  # numpy has no bfloat16
+      tensor = tensor.float()
+    return tensor.numpy()
+  return np.asarray(value)
 
 
-def _timm_key_map(module: VisionTransformer) -> dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]]:
-    """timm name -> (Flax param path, axis permutation from the torch layout to the Flax one, or None)."""
-    same = None
-    linear = (1, 0)  # torch Linear (out, in) -> Flax Dense (in, out)
-    conv = (2, 3, 1, 0)  # torch Conv2d (O, I, kh, kw) -> Flax (kh, kw, I, O)
-    key_map = {
-        'cls_token': (('cls_token',), same),
-        'pos_embed': (('pos_embed',), same),
-        'patch_embed.proj.weight': (('patch_embed', 'kernel'), conv),
-        'patch_embed.proj.bias': (('patch_embed', 'bias'), same),
-        'norm.weight': (('norm', 'scale'), same),
-        'norm.bias': (('norm', 'bias'), same),
-    }
-    if module.distilled:
-        key_map['dist_token'] = (('dist_token',), same)
-    for index in range(module.depth):
-        src, dst = f'blocks.{index}.', f'blocks_{index}'
-        for norm in ('norm1', 'norm2'):
-            key_map[f'{src}{norm}.weight'] = ((dst, norm, 'scale'), same)
-            key_map[f'{src}{norm}.bias'] = ((dst, norm, 'bias'), same)
-        for parent, layer in (('attn', 'qkv'), ('attn', 'proj'), ('mlp', 'fc1'), ('mlp', 'fc2')):
-            key_map[f'{src}{parent}.{layer}.weight'] = ((dst, parent, layer, 'kernel'), linear)
-            if layer != 'qkv' or module.qkv_bias:
-                key_map[f'{src}{parent}.{layer}.bias'] = ((dst, parent, layer, 'bias'), same)
-        if module.init_values is not None:
-            key_map[f'{src}ls1.gamma'] = ((dst, 'ls1', 'gamma'), same)
-            key_map[f'{src}ls2.gamma'] = ((dst, 'ls2', 'gamma'), same)
-    return key_map
+def _timm_key_map(
+    module: VisionTransformer,
+) -> dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]]:
+  """timm name -> (Flax param path, axis permutation from the torch layout to the Flax one, or None)."""
+  same = None
+  linear = (1, 0)  # torch Linear (out, in) -> Flax Dense (in, out)
+  conv = (2, 3, 1, 0)  # torch Conv2d (O, I, kh, kw) -> Flax (kh, kw, I, O)
+  key_map = {
+      'cls_token': (('cls_token',), same),
+      'pos_embed': (('pos_embed',), same),
+      'patch_embed.proj.weight': (('patch_embed', 'kernel'), conv),
+      'patch_embed.proj.bias': (('patch_embed', 'bias'), same),
+      'norm.weight': (('norm', 'scale'), same),
+      'norm.bias': (('norm', 'bias'), same),
+  }
+  if module.distilled:
+    key_map['dist_token'] = (('dist_token',), same)
+  for index in range(module.depth):
+    src, dst = f'blocks.{index}.', f'blocks_{index}'
+    for norm in ('norm1', 'norm2'):
+      key_map[f'{src}{norm}.weight'] = ((dst, norm, 'scale'), same)
+      key_map[f'{src}{norm}.bias'] = ((dst, norm, 'bias'), same)
+    for parent, layer in (('attn', 'qkv'), ('attn', 'proj'), ('mlp', 'fc1'), ('mlp', 'fc2')):
+      key_map[f'{src}{parent}.{layer}.weight'] = ((dst, parent, layer, 'kernel'), linear)
+      if layer != 'qkv' or module.qkv_bias:
+        key_map[f'{src}{parent}.{layer}.bias'] = ((dst, parent, layer, 'bias'), same)
+    if module.init_values is not None:
+      key_map[f'{src}ls1.gamma'] = ((dst, 'ls1', 'gamma'), same)
+      key_map[f'{src}ls2.gamma'] = ((dst, 'ls2', 'gamma'), same)
+  return key_map
 
 
 def _rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Original DeiT III checkpoints name LayerScale 'blocks.i.gamma_1'; timm calls it 'blocks.i.ls1.gamma'."""
-    return {re.sub(r'\.gamma_([12])$', r'.ls\1.gamma', name): value for name, value in state_dict.items()}
+  """Original DeiT III checkpoints name LayerScale 'blocks.i.gamma_1'; timm calls it 'blocks.i.ls1.gamma'."""
+  return {
+      re.sub(r'\.gamma_([12])$', r'.ls\1.gamma', name): value for name, value in state_dict.items()
+  }
 
 
-def params_from_timm(module: VisionTransformer, state_dict: Mapping[str, Any], *,
-                     source: str = 'state dict') -> PyTree:
-    """Flax params for `module` from a timm state dict, resampling the position embedding if needed.
+def params_from_timm(
+    module: VisionTransformer, state_dict: Mapping[str, Any], *, source: str = 'state dict'
+) -> PyTree:
+  """Flax params for `module` from a timm state dict, resampling the position embedding if needed.
 
-    Raises `CheckpointMismatchError` naming `source` and listing every missing, unused and mis-shaped key.
-    """
-    state_dict = _rename_legacy_keys(state_dict)
-    key_map = _timm_key_map(module)
-    missing = sorted(set(key_map) - set(state_dict))
-    unused = sorted(set(state_dict) - set(key_map) - set(IGNORED_TIMM_KEYS))
-    expected_shapes = jax.tree_util.tree_map(
-        lambda leaf: leaf.shape,
-        jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                       jnp.zeros((1, *image_size_pair(module.img_size), 3)))['params'])
+  Raises `CheckpointMismatchError` naming `source` and listing every missing, unused and mis-shaped key.
+  """
+  state_dict = _rename_legacy_keys(state_dict)
+  key_map = _timm_key_map(module)
+  missing = sorted(set(key_map) - set(state_dict))
+  unused = sorted(set(state_dict) - set(key_map) - set(IGNORED_TIMM_KEYS))
+  expected_shapes = jax.tree_util.tree_map(
+      lambda leaf: leaf.shape,
+      jax.eval_shape(
+          module.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_size_pair(module.img_size), 3))
+      )['params'],
+  )
 
-    params: dict[str, Any] = {}
-    mismatched = []
-    for timm_name, (path, permutation) in key_map.items():
-        if timm_name not in state_dict:
-            continue
-        array = to_numpy(state_dict[timm_name])
-        expected = expected_shapes
-        for part in path:
-            expected = expected[part]
-        if permutation is not None:
-            if array.ndim != len(permutation):
-                mismatched.append(f'{timm_name}: checkpoint {tuple(array.shape)}, model '
-                                  f'{tuple(expected[i] for i in np.argsort(permutation))}')
-                continue
-            array = array.transpose(permutation)
-        if timm_name == 'pos_embed' and array.ndim == 3 and array.shape[0] == 1 and \
-                array.shape[2] == expected[2] and array.shape[1] != expected[1]:
-            prefix_rows = 0 if module.no_embed_class else module.num_prefix_tokens
-            try:
-                array = resample_pos_embed(array, module.grid_size, num_prefix_tokens=prefix_rows)
-            except ValueError as error:
-                mismatched.append(f'pos_embed: {error}')
-                continue
-        if tuple(array.shape) != tuple(expected):
-            # Both shapes in timm's (torch) layout, as the user knows them.
-            checkpoint_shape, model_shape = tuple(array.shape), tuple(expected)
-            if permutation is not None:
-                inverse = np.argsort(permutation)
-                checkpoint_shape = tuple(checkpoint_shape[i] for i in inverse)
-                model_shape = tuple(model_shape[i] for i in inverse)
-            mismatched.append(f'{timm_name}: checkpoint {checkpoint_shape}, model {model_shape}')
-            continue
-        node = params
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = jnp.asarray(array, dtype=module.param_dtype)
+  params: dict[str, Any] = {}
+  mismatched = []
+  for timm_name, (path, permutation) in key_map.items():
+    if timm_name not in state_dict:
+      continue
+    array = to_numpy(state_dict[timm_name])
+    expected = expected_shapes
+    for part in path:
+      expected = expected[part]
+    if permutation is not None:
+      if array.ndim != len(permutation):
+        mismatched.append(
+            f'{timm_name}: checkpoint {tuple(array.shape)}, model '
+            f'{tuple(expected[i] for i in np.argsort(permutation))}'
+        )
+        continue
+      array = array.transpose(permutation)
+    if (
+        timm_name == 'pos_embed'
+        and array.ndim == 3
+        and array.shape[0] == 1
+        and array.shape[2] == expected[2]
+        and array.shape[1] != expected[1]
+    ):
+      prefix_rows = 0 if module.no_embed_class else module.num_prefix_tokens
+      try:
+        array = resample_pos_embed(array, module.grid_size, num_prefix_tokens=prefix_rows)
+      except ValueError as error:
+        mismatched.append(f'pos_embed: {error}')
+        continue
+    if tuple(array.shape) != tuple(expected):
+      # Both shapes in timm's (torch) layout, as the user knows them.
+      checkpoint_shape, model_shape = tuple(array.shape), tuple(expected)
+      if permutation is not None:
+        inverse = np.argsort(permutation)
+        checkpoint_shape = tuple(checkpoint_shape[i] for i in inverse)
+        model_shape = tuple(model_shape[i] for i in inverse)
+      mismatched.append(f'{timm_name}: checkpoint {checkpoint_shape}, model {model_shape}')
+      continue
+    node = params
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = jnp.asarray(array, dtype=module.param_dtype)
 
-    if missing or unused or mismatched:
-        lines = [f'{source} does not fit this VisionTransformer (depth={module.depth}, '
-                 f'embed_dim={module.embed_dim}, layer_scale={module.init_values is not None}, '
-                 f'distilled={module.distilled}):']
-        if missing:
-            lines.append(f'  missing keys ({len(missing)}): {", ".join(missing)}')
-        if unused:
-            lines.append(f'  unused keys ({len(unused)}): {", ".join(unused)}')
-        if mismatched:
-            lines.append(f'  shape mismatches ({len(mismatched)}): ' + '; '.join(mismatched))
-        raise CheckpointMismatchError('\n'.join(lines))
-    return params
+  if missing or unused or mismatched:
+    lines = [
+        f'{source} does not fit this VisionTransformer (depth={module.depth}, '
+        f'embed_dim={module.embed_dim}, layer_scale={module.init_values is not None}, '
+        f'distilled={module.distilled}):'
+    ]
+    if missing:
+      lines.append(f'  missing keys ({len(missing)}): {", ".join(missing)}')
+    if unused:
+      lines.append(f'  unused keys ({len(unused)}): {", ".join(unused)}')
+    if mismatched:
+      lines.append(f'  shape mismatches ({len(mismatched)}): ' + '; '.join(mismatched))
+    raise CheckpointMismatchError('\n'.join(lines))
+  return params
 
 
-def from_timm(model_name: str, state_dict: Mapping[str, Any], *,
-              img_size: int | tuple[int, int] | None = None,
-              **overrides: Any) -> tuple[VisionTransformer, PyTree]:
-    """A module and its params from a timm state dict (docs/design.md §8).
+def from_timm(
+    model_name: str,
+    state_dict: Mapping[str, Any],
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> tuple[VisionTransformer, PyTree]:
+  """A module and its params from a timm state dict (docs/design.md §8).
 
-    Args:
-      model_name: timm model name, e.g. 'deit3_large_patch16_224' (see `VIT_CONFIGS`).
-      state_dict: {timm parameter name: numpy array or torch tensor}. The classifier ('head.*',
-        'head_dist.*') is skipped; original DeiT III names ('gamma_1') are accepted.
-      img_size: input size for the returned module; None = the model's native size. The position
-        embedding is resampled to that grid as timm does (bicubic, antialias, align_corners=False).
-      **overrides: other `VisionTransformer` fields (dtype, param_dtype, remat, patch_embed_impl).
-    Returns:
-      (module, params) with `module.apply({'params': params}, images)` -> (features, embedding), where
-      images is float32 (B, H, W, 3) and the outputs equal timm's forward_features(x)[:, 1:] and [:, 0].
-    """
-    module = create(model_name, img_size=img_size, **overrides)
-    params = params_from_timm(module, state_dict, source=f'state dict for {model_name!r}')
-    return module, params
+  Args:
+    model_name: timm model name, e.g. 'deit3_large_patch16_224' (see `VIT_CONFIGS`).
+    state_dict: {timm parameter name: numpy array or torch tensor}. The classifier ('head.*',
+      'head_dist.*') is skipped; original DeiT III names ('gamma_1') are accepted.
+    img_size: input size for the returned module; None = the model's native size. The position
+      embedding is resampled to that grid as timm does (bicubic, antialias, align_corners=False).
+    **overrides: other `VisionTransformer` fields (dtype, param_dtype, remat, patch_embed_impl).
+  Returns:
+    (module, params) with `module.apply({'params': params}, images)` -> (features, embedding), where
+    images is float32 (B, H, W, 3) and the outputs equal timm's forward_features(x)[:, 1:] and [:, 0].
+  """
+  module = create(model_name, img_size=img_size, **overrides)
+  params = params_from_timm(module, state_dict, source=f'state dict for {model_name!r}')
+  return module, params

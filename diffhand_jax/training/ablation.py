@@ -26,13 +26,17 @@ COLUMNS = ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
 
 def table(rows: dict) -> str:
   """A Markdown table of the variants' errors (mm), in the paper's order."""
-  lines = ['| cross-modality decoder | diffusion | PA-MPVPE | MPVPE | PA-MPJPE | MPJPE |',
-           '|---|---|---|---|---|---|']
+  lines = [
+      '| cross-modality decoder | diffusion | PA-MPVPE | MPVPE | PA-MPJPE | MPJPE |',
+      '|---|---|---|---|---|---|',
+  ]
   for name, decoder, use_diffusion in VARIANTS:
     if name in rows:
       values = ' | '.join(f'{rows[name][c]:.2f}' for c in COLUMNS)
-      lines.append(f'| {"yes" if decoder == "cross_modality" else "no"} | '
-                   f'{"yes" if use_diffusion else "no"} | {values} |')
+      lines.append(
+          f'| {"yes" if decoder == "cross_modality" else "no"} | '
+          f'{"yes" if use_diffusion else "no"} | {values} |'
+      )
   return '\n'.join(lines)
 
 

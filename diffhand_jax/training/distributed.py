@@ -26,11 +26,14 @@ def maybe_initialize() -> str:
       num_processes = int(os.environ['DIFFHAND_NUM_PROCESSES'])
       process_id = int(os.environ['DIFFHAND_PROCESS_ID'])
     except (KeyError, ValueError):
-      raise ValueError('DIFFHAND_COORDINATOR is set, so DIFFHAND_NUM_PROCESSES and DIFFHAND_PROCESS_ID '
-                       'must be set to integers too') from None
+      raise ValueError(
+          'DIFFHAND_COORDINATOR is set, so DIFFHAND_NUM_PROCESSES and DIFFHAND_PROCESS_ID '
+          'must be set to integers too'
+      ) from None
     _cpu_collectives()
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
     return 'explicit'
   if _slurm_multi_task():
     jax.distributed.initialize()

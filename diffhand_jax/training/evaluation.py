@@ -1,5 +1,6 @@
 """Evaluation during and after training: sample the eval split, score it against the ground truth and the
-mean-mesh baseline, write results.json and eval_per_sample.npz, and export a few meshes and overlays."""
+mean-mesh baseline, write results.json and eval_per_sample.npz, and export a few meshes and overlays.
+"""
 
 from __future__ import annotations
 
@@ -27,43 +28,64 @@ def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.n
   hypotheses (M, K, N, 3), vertices_std (M, N) and the ground truth (gt_vertices, gt_joints)."""
   vertex_scale = config.model.vertex_scale
   hyps, stds, gt_verts, gt_joints = [], [], [], []
-  for index, (batch, valid) in enumerate(input_pipeline.eval_batches(
-      arrays, batch_size=config.eval.batch_size, vertex_scale=vertex_scale,
-      image_size=config.model.img_size, crop_margin=config.dataset.get('crop_margin'))):
+  for index, (batch, valid) in enumerate(
+      input_pipeline.eval_batches(
+          arrays,
+          batch_size=config.eval.batch_size,
+          vertex_scale=vertex_scale,
+          image_size=config.model.img_size,
+          crop_margin=config.dataset.get('crop_margin'),
+      )
+  ):
     out = reconstruct_fn(params, jnp.asarray(batch['image']), jax.random.fold_in(key, index))
     hyps.append(np.asarray(out['vertices'])[:valid])
     stds.append(np.asarray(out['vertices_std'])[:valid])
     gt_verts.append(batch['vertices'][:valid])
     gt_joints.append(batch['joints'][:valid])
-  return {'hypotheses': _to_metres(np.concatenate(hyps), vertex_scale),
-          'vertices_std': _to_metres(np.concatenate(stds), vertex_scale),
-          'gt_vertices': _to_metres(np.concatenate(gt_verts), vertex_scale),
-          'gt_joints': _to_metres(np.concatenate(gt_joints), vertex_scale)}
+  return {
+      'hypotheses': _to_metres(np.concatenate(hyps), vertex_scale),
+      'vertices_std': _to_metres(np.concatenate(stds), vertex_scale),
+      'gt_vertices': _to_metres(np.concatenate(gt_verts), vertex_scale),
+      'gt_joints': _to_metres(np.concatenate(gt_joints), vertex_scale),
+  }
 
 
 def score(pred_vertices, gt_vertices, gt_joints, joint_regressor) -> dict[str, float]:
   """metrics.evaluate with predicted joints regressed from the predicted mesh (J = W·V̂)."""
-  return metrics.evaluate(conventions.regress_joints(pred_vertices, joint_regressor), gt_joints, pred_vertices,
-                          gt_vertices)
+  return metrics.evaluate(
+      conventions.regress_joints(pred_vertices, joint_regressor),
+      gt_joints,
+      pred_vertices,
+      gt_vertices,
+  )
 
 
-def mean_mesh_baseline(train_arrays, eval_prediction, joint_regressor, vertex_scale) -> dict[str, float]:
+def mean_mesh_baseline(
+    train_arrays, eval_prediction, joint_regressor, vertex_scale
+) -> dict[str, float]:
   """Scores always predicting the training set's mean root-relative mesh."""
   train = input_pipeline.prepare_batch(
-      {k: v for k, v in train_arrays.items()}, vertex_scale=vertex_scale)
+      {k: v for k, v in train_arrays.items()}, vertex_scale=vertex_scale
+  )
   mean_mesh = _to_metres(train['vertices'].mean(axis=0), vertex_scale)
   count = len(eval_prediction['gt_vertices'])
-  return score(np.broadcast_to(mean_mesh, (count,) + mean_mesh.shape),
-               eval_prediction['gt_vertices'], eval_prediction['gt_joints'], joint_regressor)
+  return score(
+      np.broadcast_to(mean_mesh, (count,) + mean_mesh.shape),
+      eval_prediction['gt_vertices'],
+      eval_prediction['gt_joints'],
+      joint_regressor,
+  )
 
 
-def export_examples(directory, prediction, arrays, topology: hand_model.HandTopology, count: int) -> None:
+def export_examples(
+    directory, prediction, arrays, topology: hand_model.HandTopology, count: int
+) -> None:
   """Writes the first ``count`` predictions as .obj meshes (camera frame, placed at the ground-truth
   wrist, since the model predicts root-relative shape) and overlays on their input images."""
   os.makedirs(directory, exist_ok=True)
   faces = np.asarray(topology.faces)
   for i in range(min(count, len(prediction['vertices']))):
-    raw = {k: v[i:i + 1] for k, v in arrays.items()}
+    raw = {k: v[i : i + 1] for k, v in arrays.items()}
     batch = input_pipeline.prepare_batch(raw, vertex_scale=1.0)
     vertices = prediction['vertices'][i] + batch['wrist'][0]
     if batch['is_left'][0]:  # back to the left hand's own frame
@@ -79,39 +101,73 @@ def _eval_params(state, config):
   params = state.ema_params if config.ema_decay > 0 else state.params
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     params = multihost_utils.process_allgather(params, tiled=True)
   return params
 
 
-def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval_arrays, train_arrays,
-                   logger, *, export: bool = True) -> dict[str, Any]:
+def run_evaluation(
+    state,
+    config,
+    workdir,
+    topology,
+    model,
+    reconstruct_fn,
+    eval_arrays,
+    train_arrays,
+    logger,
+    *,
+    export: bool = True,
+) -> dict[str, Any]:
   """Samples the eval split, scores it, and writes results.json, the per-sample errors
   (eval_per_sample.npz) and the exports. With K > 1 hypotheses the reported metrics are those of their
   aggregate (config.eval.aggregate: 'mean' | 'medoid'), and results['hypotheses'] adds the best-of-K
   oracle, hypothesis 0 alone, and the rank correlation of uncertainty with error."""
   step = int(state.step)
   start = time.time()
-  prediction = predict_split(reconstruct_fn, _eval_params(state, config), eval_arrays, config,
-                             jax.random.PRNGKey(config.seed + 1))
+  prediction = predict_split(
+      reconstruct_fn,
+      _eval_params(state, config),
+      eval_arrays,
+      config,
+      jax.random.PRNGKey(config.seed + 1),
+  )
   method = config.eval.get('aggregate', 'mean')
   prediction['vertices'] = hypotheses.aggregate(prediction['hypotheses'], method)
   W = np.asarray(topology.joint_regressor, np.float64)
-  per_sample = metrics.evaluate_per_sample(conventions.regress_joints(prediction['vertices'], W), prediction['gt_joints'],
-                                           prediction['vertices'], prediction['gt_vertices'])
+  per_sample = metrics.evaluate_per_sample(
+      conventions.regress_joints(prediction['vertices'], W),
+      prediction['gt_joints'],
+      prediction['vertices'],
+      prediction['gt_vertices'],
+  )
   results = {key: float(np.mean(value)) for key, value in per_sample.items()}
-  baseline = mean_mesh_baseline(input_pipeline.mean_mesh_example(train_arrays), prediction,
-                                topology.joint_regressor, config.model.vertex_scale)
+  baseline = mean_mesh_baseline(
+      input_pipeline.mean_mesh_example(train_arrays),
+      prediction,
+      topology.joint_regressor,
+      config.model.vertex_scale,
+  )
   results['baseline_pa_mpvpe'] = baseline['pa_mpvpe']
   results['baseline_mpvpe'] = baseline['mpvpe']
   results['step'] = step
   results['num_examples'] = int(len(prediction['vertices']))
   num_hypotheses = int(config.model.num_hypotheses)
-  results['sampler'] = {'steps': int(config.model.sampling_steps), 'eta': float(config.model.eta),
-                        'hypotheses': num_hypotheses, 'aggregate': method,
-                        'diffusion': bool(config.model.diffusion)}
+  results['sampler'] = {
+      'steps': int(config.model.sampling_steps),
+      'eta': float(config.model.eta),
+      'hypotheses': num_hypotheses,
+      'aggregate': method,
+      'diffusion': bool(config.model.diffusion),
+  }
   if num_hypotheses > 1:
-    summary = hypotheses.summarize(prediction['hypotheses'], prediction['gt_vertices'],
-                                       prediction['gt_joints'], W, method=method)
+    summary = hypotheses.summarize(
+        prediction['hypotheses'],
+        prediction['gt_vertices'],
+        prediction['gt_joints'],
+        W,
+        method=method,
+    )
     summary.pop('per_sample')
     results['hypotheses'] = summary
   split = config.dataset.eval_split
@@ -122,24 +178,40 @@ def run_evaluation(state, config, workdir, topology, model, reconstruct_fn, eval
 
     def write_per_sample(tmp):
       with open(tmp, 'wb') as f:
-        np.savez(f, step=step, uncertainty_m=prediction['vertices_std'].mean(axis=-1),
-                 **{key: np.asarray(value) for key, value in per_sample.items()})
+        np.savez(
+            f,
+            step=step,
+            uncertainty_m=prediction['vertices_std'].mean(axis=-1),
+            **{key: np.asarray(value) for key, value in per_sample.items()},
+        )
+
     files.atomic_write(per_sample_path, write_per_sample)
     if export and config.eval.num_export > 0:
-      export_examples(os.path.join(workdir, 'export', f'step_{step}'), prediction, eval_arrays, topology,
-                      config.eval.num_export)
-  metric_log.print0(f'eval step {step} ({split}, {results["num_examples"]} examples, {time.time() - start:.1f}s): '
-        f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {baseline["pa_mpvpe"]:.2f}), '
-        f'mpvpe {results["mpvpe"]:.2f}, pa_mpjpe {results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}',
-        flush=True)
+      export_examples(
+          os.path.join(workdir, 'export', f'step_{step}'),
+          prediction,
+          eval_arrays,
+          topology,
+          config.eval.num_export,
+      )
+  metric_log.print0(
+      f'eval step {step} ({split}, {results["num_examples"]} examples, {time.time() - start:.1f}s): '
+      f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {baseline["pa_mpvpe"]:.2f}), '
+      f'mpvpe {results["mpvpe"]:.2f}, pa_mpjpe {results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}',
+      flush=True,
+  )
   if num_hypotheses > 1:
     oracle = results['hypotheses']['oracle']
-    metric_log.print0(f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
-          f'uncertainty-error rank correlation '
-          f'{results["hypotheses"]["spearman"]["pa_mpvpe"]:.2f}', flush=True)
+    metric_log.print0(
+        f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
+        f'uncertainty-error rank correlation '
+        f'{results["hypotheses"]["spearman"]["pa_mpvpe"]:.2f}',
+        flush=True,
+    )
   return results
 
 
 def eval_arrays(config):
-  return input_pipeline.open_split(config.dataset, config.dataset.eval_split,
-                                   config.eval.get('max_examples'))
+  return input_pipeline.open_split(
+      config.dataset, config.dataset.eval_split, config.eval.get('max_examples')
+  )

@@ -40,6 +40,7 @@ _TINY = 1e-12  # guards the normal of a zero-area ground-truth face
 # Shape checks (static shapes, so they also run under jit)
 # ---------------------------------------------------------------------------------------------------
 
+
 def _check_shape(func: str, name: str, array, expected: tuple) -> None:
   """Raises ValueError unless `array.shape` matches `expected` (None matches any size)."""
   shape = tuple(getattr(array, 'shape', ()))
@@ -67,6 +68,7 @@ def _weighted_batch_mean(per_sample: jax.Array, weights) -> jax.Array:
 # ---------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------
+
 
 def regress_joints(verts: jax.Array, joint_regressor: jax.Array) -> jax.Array:
   """J = W · V: verts (B, N, 3), joint_regressor W (J, N) -> joints (B, J, 3)."""
@@ -102,6 +104,7 @@ def face_normals(verts: jax.Array, faces: jax.Array) -> jax.Array:
 # Losses
 # ---------------------------------------------------------------------------------------------------
 
+
 def vertex_loss(pred_verts: jax.Array, gt_verts: jax.Array, mask=None) -> jax.Array:
   """L_vertex: squared Euclidean vertex error, averaged over vertices and batch. Scalar.
 
@@ -117,14 +120,23 @@ def vertex_loss(pred_verts: jax.Array, gt_verts: jax.Array, mask=None) -> jax.Ar
     weights = jnp.asarray(mask, squared_error.dtype)
     total = jnp.sum(weights)
     has_any = total > 0
-    return jnp.where(has_any, jnp.sum(weights * squared_error) / jnp.where(has_any, total, 1.0), 0.0)
+    return jnp.where(
+        has_any, jnp.sum(weights * squared_error) / jnp.where(has_any, total, 1.0), 0.0
+    )
   _check_weights(func, 'mask', mask, pred_verts.shape[0])
   return _weighted_batch_mean(jnp.mean(squared_error, -1), mask)
 
 
-def joint_loss(pred_verts: jax.Array, gt_joints_3d: jax.Array, joint_regressor: jax.Array,
-               camera: jax.Array, gt_joints_2d: jax.Array, has_2d=None, *,
-               has_3d=None) -> tuple[jax.Array, jax.Array]:
+def joint_loss(
+    pred_verts: jax.Array,
+    gt_joints_3d: jax.Array,
+    joint_regressor: jax.Array,
+    camera: jax.Array,
+    gt_joints_2d: jax.Array,
+    has_2d=None,
+    *,
+    has_3d=None,
+) -> tuple[jax.Array, jax.Array]:
   """L_joint parts: (loss_3d, loss_2d), each a scalar; L_joint = loss_3d + loss_2d.
 
   pred_verts (B, N, 3); gt_joints_3d (B, J, 3) in the same space as pred_verts; joint_regressor W (J, N)
@@ -149,7 +161,9 @@ def joint_loss(pred_verts: jax.Array, gt_joints_3d: jax.Array, joint_regressor: 
   return _weighted_batch_mean(error_3d, has_3d), _weighted_batch_mean(error_2d, has_2d)
 
 
-def smooth_loss(pred_verts: jax.Array, gt_verts: jax.Array, faces: jax.Array, mask=None) -> jax.Array:
+def smooth_loss(
+    pred_verts: jax.Array, gt_verts: jax.Array, faces: jax.Array, mask=None
+) -> jax.Array:
   """L_smooth: Σ_j |e_{f,j} · n_f^GT| averaged over faces and batch. Scalar.
 
   e_{f,j} are the three edges of face f on the predicted mesh, n_f^GT the unit normal of that face on the
@@ -170,10 +184,20 @@ def smooth_loss(pred_verts: jax.Array, gt_verts: jax.Array, faces: jax.Array, ma
   return _weighted_batch_mean(jnp.mean(per_face, -1), mask)
 
 
-def total_loss(pred_verts: jax.Array, gt_verts: jax.Array, gt_joints_3d: jax.Array,
-               gt_joints_2d: jax.Array, camera: jax.Array, joint_regressor: jax.Array,
-               faces: jax.Array, *, has_3d=None, has_2d=None, lambda_joint: float = LAMBDA_JOINT,
-               lambda_smooth: float = LAMBDA_SMOOTH) -> tuple[jax.Array, dict[str, jax.Array]]:
+def total_loss(
+    pred_verts: jax.Array,
+    gt_verts: jax.Array,
+    gt_joints_3d: jax.Array,
+    gt_joints_2d: jax.Array,
+    camera: jax.Array,
+    joint_regressor: jax.Array,
+    faces: jax.Array,
+    *,
+    has_3d=None,
+    has_2d=None,
+    lambda_joint: float = LAMBDA_JOINT,
+    lambda_smooth: float = LAMBDA_SMOOTH,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L = L_vertex + λ_joint · (L_joint3d + L_joint2d) + λ_smooth · L_smooth (paper Eq. 13).
 
   Shapes as in `vertex_loss`, `joint_loss` and `smooth_loss`. has_3d (B,) weights every term that needs
@@ -184,13 +208,20 @@ def total_loss(pred_verts: jax.Array, gt_verts: jax.Array, gt_joints_3d: jax.Arr
   _check_weights('total_loss', 'has_3d', has_3d, pred_verts.shape[0])
   _check_weights('total_loss', 'has_2d', has_2d, pred_verts.shape[0])
   loss_vertex = vertex_loss(pred_verts, gt_verts, has_3d)
-  loss_3d, loss_2d = joint_loss(pred_verts, gt_joints_3d, joint_regressor, camera, gt_joints_2d,
-                                has_2d, has_3d=has_3d)
+  loss_3d, loss_2d = joint_loss(
+      pred_verts, gt_joints_3d, joint_regressor, camera, gt_joints_2d, has_2d, has_3d=has_3d
+  )
   loss_joint = loss_3d + loss_2d
   loss_smooth = smooth_loss(pred_verts, gt_verts, faces, has_3d)
   loss = loss_vertex + lambda_joint * loss_joint + lambda_smooth * loss_smooth
-  parts = {'vertex': loss_vertex, 'joint_3d': loss_3d, 'joint_2d': loss_2d, 'joint': loss_joint,
-           'smooth': loss_smooth, 'total': loss}
+  parts = {
+      'vertex': loss_vertex,
+      'joint_3d': loss_3d,
+      'joint_2d': loss_2d,
+      'joint': loss_joint,
+      'smooth': loss_smooth,
+      'total': loss,
+  }
   return loss, parts
 
 
@@ -201,8 +232,9 @@ def total_loss(pred_verts: jax.Array, gt_verts: jax.Array, gt_joints_3d: jax.Arr
 TIMESTEP_SAMPLINGS = ('uniform', 'power')
 
 
-def sample_timesteps(key: jax.Array, batch_size: int, num_timesteps: int, method: str = 'uniform',
-                     power: float = 1.0) -> jax.Array:
+def sample_timesteps(
+    key: jax.Array, batch_size: int, num_timesteps: int, method: str = 'uniform', power: float = 1.0
+) -> jax.Array:
   """Training timesteps t (batch_size,) int32 in [0, T). The loss is an expectation over t, so this
   distribution is how the objective weights the noise levels.
 
@@ -213,12 +245,16 @@ def sample_timesteps(key: jax.Array, batch_size: int, num_timesteps: int, method
     image decides the mesh) set the result; power = 2 trains about 3× more often on the top 10 % of t.
   """
   if method not in TIMESTEP_SAMPLINGS:
-    raise ValueError(f"losses.sample_timesteps: method must be one of {TIMESTEP_SAMPLINGS} "
-                     f"(config.loss.timestep_sampling), got {method!r}")
+    raise ValueError(
+        f'losses.sample_timesteps: method must be one of {TIMESTEP_SAMPLINGS} '
+        f'(config.loss.timestep_sampling), got {method!r}'
+    )
   if method == 'uniform':
     return jax.random.randint(key, (batch_size,), 0, num_timesteps)
   if not power > 0:
-    raise ValueError(f'losses.sample_timesteps: power must be > 0 (config.loss.timestep_power), got {power!r}')
+    raise ValueError(
+        f'losses.sample_timesteps: power must be > 0 (config.loss.timestep_power), got {power!r}'
+    )
   u = jax.random.uniform(key, (batch_size,), jnp.float32)
-  steps_from_top = jnp.floor(num_timesteps * u ** power).astype(jnp.int32)
+  steps_from_top = jnp.floor(num_timesteps * u**power).astype(jnp.int32)
   return num_timesteps - 1 - jnp.clip(steps_from_top, 0, num_timesteps - 1)

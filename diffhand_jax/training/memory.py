@@ -21,7 +21,7 @@ import numpy as np
 
 from diffhand_jax.training import sharding, step as step_lib
 
-MIB = 2.0 ** 20
+MIB = 2.0**20
 
 
 def per_device_bytes(abstract_tree: Any) -> int:
@@ -45,43 +45,66 @@ def memory_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
   abstract_state, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
   step_fn = step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
   data_sharding = sharding.batch_sharding(mesh)
-  abstract_batch = {key: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=data_sharding)
-                    for key, spec in step_lib.train_batch_spec(config).items()}
+  abstract_batch = {
+      key: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=data_sharding)
+      for key, spec in step_lib.train_batch_spec(config).items()
+  }
   start = time.time()
   compiled = step_fn.lower(abstract_state, abstract_batch).compile()
   seconds = time.time() - start
   stats = compiled.memory_analysis()
   if stats is None:
-    raise RuntimeError(f'diffhand_jax/aot.py: the {jax.default_backend()} backend gives no memory '
-                       'analysis for compiled programs')
+    raise RuntimeError(
+        f'diffhand_jax/aot.py: the {jax.default_backend()} backend gives no memory '
+        'analysis for compiled programs'
+    )
   report = {
-      'mesh': dict(mesh.shape), 'num_devices': int(mesh.size), 'batch_size': int(config.batch_size),
+      'mesh': dict(mesh.shape),
+      'num_devices': int(mesh.size),
+      'batch_size': int(config.batch_size),
       'grad_accum_steps': int(config.get('grad_accum_steps', 1)),
-      'dtype': str(config.model.get('dtype', 'float32')), 'compile_seconds': seconds,
-      'argument_bytes': int(stats.argument_size_in_bytes), 'output_bytes': int(stats.output_size_in_bytes),
-      'alias_bytes': int(stats.alias_size_in_bytes), 'temp_bytes': int(stats.temp_size_in_bytes),
+      'dtype': str(config.model.get('dtype', 'float32')),
+      'compile_seconds': seconds,
+      'argument_bytes': int(stats.argument_size_in_bytes),
+      'output_bytes': int(stats.output_size_in_bytes),
+      'alias_bytes': int(stats.alias_size_in_bytes),
+      'temp_bytes': int(stats.temp_size_in_bytes),
       'generated_code_bytes': int(stats.generated_code_size_in_bytes),
       'param_bytes': per_device_bytes(abstract_state.params),
       'opt_state_bytes': per_device_bytes(abstract_state.opt_state),
       'ema_bytes': per_device_bytes(abstract_state.ema_params),
   }
-  report['total_bytes'] = (report['argument_bytes'] + report['output_bytes'] - report['alias_bytes']
-                           + report['temp_bytes'] + report['generated_code_bytes'])
+  report['total_bytes'] = (
+      report['argument_bytes']
+      + report['output_bytes']
+      - report['alias_bytes']
+      + report['temp_bytes']
+      + report['generated_code_bytes']
+  )
   return report
 
 
 def format_report(report: dict[str, Any]) -> str:
   """The report as the table `main` prints (MiB per device)."""
-  rows = [('arguments', 'argument_bytes'), ('outputs', 'output_bytes'),
-          ('  aliased (donated)', 'alias_bytes'), ('temporaries', 'temp_bytes'),
-          ('generated code', 'generated_code_bytes'), ('total (peak estimate)', 'total_bytes'),
-          ('params', 'param_bytes'), ('optimiser state', 'opt_state_bytes'), ('EMA params', 'ema_bytes')]
+  rows = [
+      ('arguments', 'argument_bytes'),
+      ('outputs', 'output_bytes'),
+      ('  aliased (donated)', 'alias_bytes'),
+      ('temporaries', 'temp_bytes'),
+      ('generated code', 'generated_code_bytes'),
+      ('total (peak estimate)', 'total_bytes'),
+      ('params', 'param_bytes'),
+      ('optimiser state', 'opt_state_bytes'),
+      ('EMA params', 'ema_bytes'),
+  ]
   micro = report['batch_size'] // report['grad_accum_steps'] // report['num_devices']
-  lines = [f"train step on {report['num_devices']} {jax.default_backend()} device(s), mesh {report['mesh']}: "
-           f"global batch {report['batch_size']} in {report['grad_accum_steps']} micro-batch(es) "
-           f"({micro} examples per device per micro-batch), compute {report['dtype']}, compiled in "
-           f"{report['compile_seconds']:.1f}s",
-           'per-device memory (MiB):']
+  lines = [
+      f"train step on {report['num_devices']} {jax.default_backend()} device(s), mesh {report['mesh']}: "
+      f"global batch {report['batch_size']} in {report['grad_accum_steps']} micro-batch(es) "
+      f"({micro} examples per device per micro-batch), compute {report['dtype']}, compiled in "
+      f"{report['compile_seconds']:.1f}s",
+      'per-device memory (MiB):',
+  ]
   lines += [f'  {label:<24}{report[key] / MIB:>12.2f}' for label, key in rows]
   return '\n'.join(lines)
 

@@ -20,6 +20,7 @@ class Logger:
     self.writer = None
     if self.enabled:
       from tensorboardX import SummaryWriter
+
       self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
@@ -58,8 +59,11 @@ def truncate_metrics_log(path: str, step: int) -> None:
 
 def format_seconds(seconds: float) -> str:
   seconds = int(max(seconds, 0))
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s' if seconds >= 3600 \
+  return (
+      f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+      if seconds >= 3600
       else f'{seconds // 60}m{seconds % 60:02d}s'
+  )
 
 
 def print0(*args, **kwargs) -> None:

@@ -27,12 +27,14 @@ class PreemptionSignal:
   def __enter__(self):
     import signal
     import threading
+
     if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def __exit__(self, *exc):
     import signal
+
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False

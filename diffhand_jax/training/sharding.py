@@ -31,8 +31,10 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
       raise ValueError(f'config.mesh {dict(mesh_config)} does not divide {len(devices)} devices')
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f'config.mesh {dict(mesh_config)} needs {int(np.prod(sizes))} devices, '
-                     f'{len(devices)} are present')
+    raise ValueError(
+        f'config.mesh {dict(mesh_config)} needs {int(np.prod(sizes))} devices, '
+        f'{len(devices)} are present'
+    )
   return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
@@ -76,8 +78,10 @@ def check_sharding_rules(rules) -> list[tuple[re.Pattern, Any]]:
   for index, rule in enumerate(rules):
     where = f'config.sharding_rules[{index}] = {rule!r}'
     if isinstance(rule, (str, bytes)) or len(rule) != 2 or not isinstance(rule[0], str):
-      raise ValueError(f"{where}: a rule is a pair (regex over the param path, spec), e.g. "
-                       f"('encoder/.*/kernel', 'fsdp_largest')")
+      raise ValueError(
+          f'{where}: a rule is a pair (regex over the param path, spec), e.g. '
+          f"('encoder/.*/kernel', 'fsdp_largest')"
+      )
     pattern, spec = rule
     try:
       regex = re.compile(pattern)
@@ -85,8 +89,10 @@ def check_sharding_rules(rules) -> list[tuple[re.Pattern, Any]]:
       raise ValueError(f'{where}: {pattern!r} is not a valid regex ({error})') from None
     if isinstance(spec, str):
       if spec not in _NAMED_SPECS:
-        raise ValueError(f'{where}: spec must be one of {_NAMED_SPECS} or a tuple of mesh axis names / '
-                         f'None per dimension, got {spec!r}')
+        raise ValueError(
+            f'{where}: spec must be one of {_NAMED_SPECS} or a tuple of mesh axis names / '
+            f'None per dimension, got {spec!r}'
+        )
     elif spec is None:
       spec = 'replicate'
     elif isinstance(spec, (tuple, list)):
@@ -97,28 +103,36 @@ def check_sharding_rules(rules) -> list[tuple[re.Pattern, Any]]:
   return compiled
 
 
-def _explicit_spec(spec: tuple, path: str, shape: tuple[int, ...], mesh_shape: Mapping[str, int],
-                   pattern: str) -> P:
+def _explicit_spec(
+    spec: tuple, path: str, shape: tuple[int, ...], mesh_shape: Mapping[str, int], pattern: str
+) -> P:
   where = f'config.sharding_rules: rule {pattern!r} gives {spec!r} to {path} of shape {shape}'
   if len(spec) != len(shape):
-    raise ValueError(f'{where}, but the spec needs one entry (axis name, tuple of names or None) per '
-                     f'dimension: {len(spec)} != {len(shape)}')
+    raise ValueError(
+        f'{where}, but the spec needs one entry (axis name, tuple of names or None) per '
+        f'dimension: {len(spec)} != {len(shape)}'
+    )
   for dim, axes in enumerate(spec):
     if axes is None:
       continue
     names = axes if isinstance(axes, tuple) else (axes,)
     unknown = [name for name in names if name not in mesh_shape]
     if unknown:
-      raise ValueError(f'{where}, but the mesh has no axis {unknown[0]!r} (axes: {list(mesh_shape)})')
+      raise ValueError(
+          f'{where}, but the mesh has no axis {unknown[0]!r} (axes: {list(mesh_shape)})'
+      )
     size = int(np.prod([mesh_shape[name] for name in names]))
     if shape[dim] % size:
-      raise ValueError(f'{where}, but dimension {dim} ({shape[dim]}) does not divide over {axes!r} '
-                       f'({size} devices)')
+      raise ValueError(
+          f'{where}, but dimension {dim} ({shape[dim]}) does not divide over {axes!r} '
+          f'({size} devices)'
+      )
   return P(*spec)
 
 
-def rule_spec(path: str, shape: tuple[int, ...], rules, mesh_shape: Mapping[str, int],
-              min_size: int) -> P:
+def rule_spec(
+    path: str, shape: tuple[int, ...], rules, mesh_shape: Mapping[str, int], min_size: int
+) -> P:
   """The PartitionSpec of the tensor at ``path``: the spec of the first rule whose regex matches
   (re.search) the path; replicated when none matches.
 
@@ -140,16 +154,21 @@ def _first_match(path, shape, compiled_rules, mesh_shape, min_size) -> P:
   return P()
 
 
-def state_shardings(mesh: Mesh, abstract_state: PyTree, min_size: int,
-                    rules=DEFAULT_SHARDING_RULES) -> PyTree:
+def state_shardings(
+    mesh: Mesh, abstract_state: PyTree, min_size: int, rules=DEFAULT_SHARDING_RULES
+) -> PyTree:
   """A NamedSharding per leaf of ``abstract_state`` by the sharding rules (see `rule_spec`); the paths
-  the rules see are those of the state: 'params/...', 'opt_state/...', 'ema_params/...', 'step', 'rng'."""
+  the rules see are those of the state: 'params/...', 'opt_state/...', 'ema_params/...', 'step', 'rng'.
+  """
   compiled_rules = check_sharding_rules(rules)
   mesh_shape = dict(mesh.shape)
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(
-          mesh, _first_match(leaf_path(path), tuple(leaf.shape), compiled_rules, mesh_shape, min_size)),
-      abstract_state)
+          mesh,
+          _first_match(leaf_path(path), tuple(leaf.shape), compiled_rules, mesh_shape, min_size),
+      ),
+      abstract_state,
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -159,16 +178,26 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's rows of the global batch → global jax.Arrays."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
-def sharded_abstract_state(config, model, optimizer, mesh: Mesh) -> tuple[state_lib.TrainState, PyTree]:
+def sharded_abstract_state(
+    config, model, optimizer, mesh: Mesh
+) -> tuple[state_lib.TrainState, PyTree]:
   """(the train state as jax.ShapeDtypeStructs carrying their shardings, the NamedShardings), by
   config.sharding_rules (default: DEFAULT_SHARDING_RULES) and config.fsdp_min_size."""
   abstract_state = state_lib.abstract_state(config, model, optimizer)
-  shardings = state_shardings(mesh, abstract_state, config.get('fsdp_min_size', 2**18),
-                              config.get('sharding_rules', DEFAULT_SHARDING_RULES))
+  shardings = state_shardings(
+      mesh,
+      abstract_state,
+      config.get('fsdp_min_size', 2**18),
+      config.get('sharding_rules', DEFAULT_SHARDING_RULES),
+  )
   abstract_state = jax.tree_util.tree_map(
       lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract_state, shardings)
+      abstract_state,
+      shardings,
+  )
   return abstract_state, shardings

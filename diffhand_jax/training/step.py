@@ -8,7 +8,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -22,8 +21,10 @@ PyTree = Any
 
 def init_sharded_state(config, model, optimizer, shardings, key: jax.Array) -> state_lib.TrainState:
   """A fresh train state, created directly in its shardings (never materialised whole on one device)."""
-  return jax.jit(functools.partial(state_lib.create_train_state, config, model, optimizer),
-                 out_shardings=shardings)(key)
+  return jax.jit(
+      functools.partial(state_lib.create_train_state, config, model, optimizer),
+      out_shardings=shardings,
+  )(key)
 
 
 def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.Array, jax.Array]:
@@ -32,11 +33,18 @@ def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.
   The regression variant (model.diffusion=False) gets t = regression_timestep and x_t = 0."""
   batch_size = x0.shape[0]
   if not config.model.diffusion:
-    return (jnp.full((batch_size,), config.model.regression_timestep, jnp.int32), jnp.zeros_like(x0))
+    return (
+        jnp.full((batch_size,), config.model.regression_timestep, jnp.int32),
+        jnp.zeros_like(x0),
+    )
   t_key, noise_key = jax.random.split(key)
-  t = losses.sample_timesteps(t_key, batch_size, schedule.num_timesteps,
-                              config.loss.get('timestep_sampling', 'uniform'),
-                              config.loss.get('timestep_power', 1.0))
+  t = losses.sample_timesteps(
+      t_key,
+      batch_size,
+      schedule.num_timesteps,
+      config.loss.get('timestep_sampling', 'uniform'),
+      config.loss.get('timestep_power', 1.0),
+  )
   return t, diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype))
 
 
@@ -45,10 +53,18 @@ def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
   all in model space. The model computes in config.model.dtype; the losses are float32."""
   x0_hat, camera = model.apply({'params': params}, batch['image'], batch['x_t'], batch['t'])
   loss, parts = losses.total_loss(
-      x0_hat.astype(jnp.float32), batch['vertices'], batch['joints'], batch['joints_2d'],
-      camera.astype(jnp.float32), topology.joint_regressor, topology.faces, has_3d=batch['has_3d'],
-      has_2d=_has_2d(batch, config), lambda_joint=config.loss.lambda_joint,
-      lambda_smooth=config.loss.lambda_smooth)
+      x0_hat.astype(jnp.float32),
+      batch['vertices'],
+      batch['joints'],
+      batch['joints_2d'],
+      camera.astype(jnp.float32),
+      topology.joint_regressor,
+      topology.faces,
+      has_3d=batch['has_3d'],
+      has_2d=_has_2d(batch, config),
+      lambda_joint=config.loss.lambda_joint,
+      lambda_smooth=config.loss.lambda_smooth,
+  )
   return loss, parts
 
 
@@ -60,16 +76,19 @@ def micro_batches(batch: Mapping[str, jax.Array], num_micro: int, mesh: Mesh | N
   """(B, ...) arrays → (num_micro, B / num_micro, ...). Micro-batch j holds rows j, j + num_micro, ...:
   every device's rows of the batch (split over the mesh on axis 0) feed every micro-batch evenly, so no
   data moves between devices."""
+
   def split(x):
     x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
     if mesh is not None:
       x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, tuple(mesh.axis_names))))
     return x
+
   return {key: split(value) for key, value in batch.items()}
 
 
-def accumulated_loss_and_grads(params, batch, num_micro: int, *, model, topology, config, mesh=None,
-                               param_shardings=None):
+def accumulated_loss_and_grads(
+    params, batch, num_micro: int, *, model, topology, config, mesh=None, param_shardings=None
+):
   """Loss parts and gradients of the whole batch, computed ``num_micro`` micro-batches at a time
   (lax.scan, gradients summed in float32; with ``param_shardings`` the running sum is laid out as the
   params are, so FSDP keeps it sharded).
@@ -82,22 +101,32 @@ def accumulated_loss_and_grads(params, batch, num_micro: int, *, model, topology
   total_2d = jnp.sum(_has_2d(batch, config).astype(jnp.float32))
 
   def share(weights, total):
-    return jnp.where(total > 0, jnp.sum(weights.astype(jnp.float32)) / jnp.where(total > 0, total, 1.0),
-                     0.0)
+    return jnp.where(
+        total > 0, jnp.sum(weights.astype(jnp.float32)) / jnp.where(total > 0, total, 1.0), 0.0
+    )
 
   def weighted_loss(p, micro):
     _, parts = loss_fn(p, model, micro, topology, config)
     share_3d, share_2d = share(micro['has_3d'], total_3d), share(_has_2d(micro, config), total_2d)
-    parts = {'vertex': share_3d * parts['vertex'], 'joint_3d': share_3d * parts['joint_3d'],
-             'joint_2d': share_2d * parts['joint_2d'], 'smooth': share_3d * parts['smooth']}
+    parts = {
+        'vertex': share_3d * parts['vertex'],
+        'joint_3d': share_3d * parts['joint_3d'],
+        'joint_2d': share_2d * parts['joint_2d'],
+        'smooth': share_3d * parts['smooth'],
+    }
     parts['joint'] = parts['joint_3d'] + parts['joint_2d']
     # losses.total_loss's combination (paper Eq. 13), of the weighted terms.
-    parts['total'] = (parts['vertex'] + config.loss.lambda_joint * parts['joint']
-                      + config.loss.lambda_smooth * parts['smooth'])
+    parts['total'] = (
+        parts['vertex']
+        + config.loss.lambda_joint * parts['joint']
+        + config.loss.lambda_smooth * parts['smooth']
+    )
     return parts['total'], parts
 
   def like_params(tree):
-    return tree if param_shardings is None else jax.lax.with_sharding_constraint(tree, param_shardings)
+    return (
+        tree if param_shardings is None else jax.lax.with_sharding_constraint(tree, param_shardings)
+    )
 
   def body(grad_sum, micro):
     (_, parts), grads = jax.value_and_grad(weighted_loss, has_aux=True)(params, micro)
@@ -117,13 +146,25 @@ def check_batch_layout(config, mesh: Mesh) -> None:
     raise ValueError(f'config.grad_accum_steps must be >= 1, got {num_micro}')
   rows = config.batch_size // num_micro if config.batch_size % num_micro == 0 else None
   if rows is None or rows % mesh.size:
-    raise ValueError(f'config.batch_size={config.batch_size} must be a multiple of grad_accum_steps '
-                     f'({num_micro}) x devices in the mesh ({mesh.size}: {dict(mesh.shape)}), so that '
-                     f'every micro-batch splits evenly over the devices')
+    raise ValueError(
+        f'config.batch_size={config.batch_size} must be a multiple of grad_accum_steps '
+        f'({num_micro}) x devices in the mesh ({mesh.size}: {dict(mesh.shape)}), so that '
+        f'every micro-batch splits evenly over the devices'
+    )
 
 
-def train_step(state: state_lib.TrainState, batch, *, model, optimizer, schedule, topology, config,
-               mesh: Mesh | None = None, param_shardings=None):
+def train_step(
+    state: state_lib.TrainState,
+    batch,
+    *,
+    model,
+    optimizer,
+    schedule,
+    topology,
+    config,
+    mesh: Mesh | None = None,
+    param_shardings=None,
+):
   """One optimiser update on a global batch; with config.grad_accum_steps = k > 1 the gradients are
   accumulated over k micro-batches first (``mesh`` keeps each micro-batch split over the devices, and
   ``param_shardings`` the gradient sum laid out as the params)."""
@@ -135,17 +176,26 @@ def train_step(state: state_lib.TrainState, batch, *, model, optimizer, schedule
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, parts), grads = grad_fn(state.params, model, batch, topology, config)
   else:
-    parts, grads = accumulated_loss_and_grads(state.params, batch, num_micro, model=model,
-                                              topology=topology, config=config, mesh=mesh,
-                                              param_shardings=param_shardings)
+    parts, grads = accumulated_loss_and_grads(
+        state.params,
+        batch,
+        num_micro,
+        model=model,
+        topology=topology,
+        config=config,
+        mesh=mesh,
+        param_shardings=param_shardings,
+    )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if config.ema_decay > 0:
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
   parts = dict(parts, grad_norm=optax.global_norm(grads))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       ema_params=ema_params), parts
+  return (
+      state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params),
+      parts,
+  )
 
 
 TRAIN_KEYS = ('image', 'vertices', 'joints', 'joints_2d', 'has_3d')
@@ -154,11 +204,13 @@ TRAIN_KEYS = ('image', 'vertices', 'joints', 'joints_2d', 'has_3d')
 def train_batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a global training batch (what `input_pipeline.train_batches` yields)."""
   batch, size, vertices = config.batch_size, config.model.img_size, config.model.num_vertices
-  return {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-          'vertices': jax.ShapeDtypeStruct((batch, vertices, 3), jnp.float32),
-          'joints': jax.ShapeDtypeStruct((batch, 21, 3), jnp.float32),
-          'joints_2d': jax.ShapeDtypeStruct((batch, 21, 2), jnp.float32),
-          'has_3d': jax.ShapeDtypeStruct((batch,), jnp.float32)}
+  return {
+      'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+      'vertices': jax.ShapeDtypeStruct((batch, vertices, 3), jnp.float32),
+      'joints': jax.ShapeDtypeStruct((batch, 21, 3), jnp.float32),
+      'joints_2d': jax.ShapeDtypeStruct((batch, 21, 2), jnp.float32),
+      'has_3d': jax.ShapeDtypeStruct((batch,), jnp.float32),
+  }
 
 
 def jit_train_step(config, model, optimizer, schedule, topology, mesh: Mesh, shardings):
@@ -166,14 +218,29 @@ def jit_train_step(config, model, optimizer, schedule, topology, mesh: Mesh, sha
   the state donated."""
   check_batch_layout(config, mesh)
   return jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
-                        topology=topology, config=config, mesh=mesh, param_shardings=shardings.params),
-      in_shardings=(shardings, sharding.batch_sharding(mesh)), out_shardings=(shardings, None),
-      donate_argnums=(0,))
+      functools.partial(
+          train_step,
+          model=model,
+          optimizer=optimizer,
+          schedule=schedule,
+          topology=topology,
+          config=config,
+          mesh=mesh,
+          param_shardings=shardings.params,
+      ),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, None),
+      donate_argnums=(0,),
+  )
 
 
 def build_components(config):
   """(topology, model, schedule, optimizer, mesh) of a config; reads only the hand model file."""
   components = state_lib.build(config)
-  return (components.topology, components.model, components.schedule, components.optimizer,
-          sharding.make_mesh(config.mesh))
+  return (
+      components.topology,
+      components.model,
+      components.schedule,
+      components.optimizer,
+      sharding.make_mesh(config.mesh),
+  )

@@ -42,18 +42,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------------------------------------
   # Input
   # ----------------------------------------------------------------------------------------------
-  train_arrays = input_pipeline.open_split(config.dataset, config.dataset.train_split,
-                                           config.dataset.get('max_train_examples'))
+  train_arrays = input_pipeline.open_split(
+      config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
+  )
   eval_arrays = evaluation.eval_arrays(config)
-  print0(f'data: {len(train_arrays["image"])} train / {len(eval_arrays["image"])} '
-         f'{config.dataset.eval_split} examples; mesh {dict(mesh.shape)}', flush=True)
+  print0(
+      f'data: {len(train_arrays["image"])} train / {len(eval_arrays["image"])} '
+      f'{config.dataset.eval_split} examples; mesh {dict(mesh.shape)}',
+      flush=True,
+  )
 
   # ----------------------------------------------------------------------------------------------
   # Model
   # ----------------------------------------------------------------------------------------------
   components = state_lib.build(config)
-  topology, model, schedule, optimizer = (components.topology, components.model, components.schedule,
-                                          components.optimizer)
+  topology, model, schedule, optimizer = (
+      components.topology,
+      components.model,
+      components.schedule,
+      components.optimizer,
+  )
 
   # ----------------------------------------------------------------------------------------------
   # Shard: the state's layout by config.sharding_rules; batches split over every mesh axis
@@ -67,8 +75,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoints.checkpoint_manager(workdir, config)
   restored = checkpoints.restore_latest(manager, abstract_state)
   if restored is None:
-    state = step_lib.init_sharded_state(config, model, optimizer, shardings,
-                                        jax.random.PRNGKey(config.seed))
+    state = step_lib.init_sharded_state(
+        config, model, optimizer, shardings, jax.random.PRNGKey(config.seed)
+    )
     print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   else:
     state = restored
@@ -86,24 +95,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Evaluate
   # ----------------------------------------------------------------------------------------------
   reconstruct_fn = diffhand.make_reconstruct_fn(
-      model, num_steps=config.model.sampling_steps, num_hypotheses=config.model.num_hypotheses,
-      eta=config.model.eta, schedule=schedule)
+      model,
+      num_steps=config.model.sampling_steps,
+      num_hypotheses=config.model.num_hypotheses,
+      eta=config.model.eta,
+      schedule=schedule,
+  )
 
   def evaluate(state):
-    return evaluation.run_evaluation(state, config, workdir, topology, model, reconstruct_fn,
-                                     eval_arrays, train_arrays, logger)
+    return evaluation.run_evaluation(
+        state, config, workdir, topology, model, reconstruct_fn, eval_arrays, train_arrays, logger
+    )
 
   # ----------------------------------------------------------------------------------------------
   # Loop
   # ----------------------------------------------------------------------------------------------
   logger = metric_log.Logger(workdir)
   batches = input_pipeline.train_batches(
-      train_arrays, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      vertex_scale=config.model.vertex_scale, image_size=config.model.img_size,
+      train_arrays,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      vertex_scale=config.model.vertex_scale,
+      image_size=config.model.img_size,
       colour_strength=config.dataset.get('colour_jitter', 0.0),
       crop_margin=config.dataset.get('crop_margin'),
       augment=input_pipeline.augment_options(config.dataset),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
   results = None
   window_start, window_steps, history = time.time(), 0, []
   loop_start = time.time()
@@ -111,8 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with preemption.PreemptionSignal() as preempt:
       for step in range(start_step, config.num_train_steps):
         batch = next(batches)
-        state, parts = step_fn(state, sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS},
-                                                         data_sharding))
+        state, parts = step_fn(
+            state, sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
+        )
         history.append(parts)
         window_steps += 1
         done = step + 1
@@ -125,10 +146,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           values['loss'] = values['total']
           logger.write(done, 'train', values)
           eta = (config.num_train_steps - done) / max(rate, 1e-9)
-          print0(f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
-                 f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
-                 f'smooth {values["smooth"]:.4f}) | {rate:.2f} steps/s | '
-                 f'ETA {metric_log.format_seconds(eta)}', flush=True)
+          print0(
+              f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
+              f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
+              f'smooth {values["smooth"]:.4f}) | {rate:.2f} steps/s | '
+              f'ETA {metric_log.format_seconds(eta)}',
+              flush=True,
+          )
           window_start, window_steps, history = time.time(), 0, []
         preempted = preempt.received or manager.reached_preemption(done)
         if preempted or manager.should_save(done):
@@ -137,8 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
         if preempted:
           manager.wait_until_finished()
-          print0(f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
-                 flush=True)
+          print0(
+              f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
+              flush=True,
+          )
           manager.close()
           logger.close()
           return {'step': done, 'preempted': True}
@@ -155,8 +181,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.wait_until_finished()
   manager.close()
   logger.close()
-  print0(f'trained steps {start_step}..{int(state.step)} in '
-         f'{metric_log.format_seconds(time.time() - loop_start)}', flush=True)
+  print0(
+      f'trained steps {start_step}..{int(state.step)} in '
+      f'{metric_log.format_seconds(time.time() - loop_start)}',
+      flush=True,
+  )
   if results is None:  # nothing left to train: score what was restored
     results = evaluate_checkpoint(config, workdir)
   return results
@@ -166,7 +195,8 @@ def _check_finite(loss: float, step: int, workdir: str) -> None:
   if not np.isfinite(loss):
     raise FloatingPointError(
         f'the training loss became {loss} by step {step}; stopping. The last good checkpoint is kept '
-        f'in {os.path.join(workdir, "checkpoints")} (lower the learning rate or check the data)')
+        f'in {os.path.join(workdir, "checkpoints")} (lower the learning rate or check the data)'
+    )
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -175,18 +205,33 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   components = state_lib.build(config)
   manager = checkpoints.checkpoint_manager(workdir, config)
   state = checkpoints.restore_latest(
-      manager, state_lib.abstract_state(config, components.model, components.optimizer))
+      manager, state_lib.abstract_state(config, components.model, components.optimizer)
+  )
   manager.close()
   if state is None:
     raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}')
-  train_arrays = input_pipeline.open_split(config.dataset, config.dataset.train_split,
-                                           config.dataset.get('max_train_examples'))
+  train_arrays = input_pipeline.open_split(
+      config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
+  )
   reconstruct_fn = diffhand.make_reconstruct_fn(
-      components.model, num_steps=config.model.sampling_steps,
-      num_hypotheses=config.model.num_hypotheses, eta=config.model.eta, schedule=components.schedule)
+      components.model,
+      num_steps=config.model.sampling_steps,
+      num_hypotheses=config.model.num_hypotheses,
+      eta=config.model.eta,
+      schedule=components.schedule,
+  )
   logger = metric_log.Logger(workdir)
   try:
-    return evaluation.run_evaluation(state, config, workdir, components.topology, components.model,
-                                     reconstruct_fn, evaluation.eval_arrays(config), train_arrays, logger)
+    return evaluation.run_evaluation(
+        state,
+        config,
+        workdir,
+        components.topology,
+        components.model,
+        reconstruct_fn,
+        evaluation.eval_arrays(config),
+        train_arrays,
+        logger,
+    )
   finally:
     logger.close()

@@ -50,7 +50,6 @@ import collections
 import dataclasses
 import os
 import re
-import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -63,11 +62,28 @@ SPLITS = ('train', 'validation', 'test')
 
 # dex-ycb-toolkit's fixed lists (dex_ycb_toolkit/dex_ycb.py, _SUBJECTS and _SERIALS) and its assert of 100
 # sequences per subject: a copy that matches them numbers its samples exactly as the toolkit does.
-TOOLKIT_SUBJECTS = ('20200709-subject-01', '20200813-subject-02', '20200820-subject-03', '20200903-subject-04',
-                    '20200908-subject-05', '20200918-subject-06', '20200928-subject-07', '20201002-subject-08',
-                    '20201015-subject-09', '20201022-subject-10')
-TOOLKIT_SERIALS = ('836212060125', '839512060362', '840412060917', '841412060263', '932122060857',
-                   '932122060861', '932122061900', '932122062010')
+TOOLKIT_SUBJECTS = (
+    '20200709-subject-01',
+    '20200813-subject-02',
+    '20200820-subject-03',
+    '20200903-subject-04',
+    '20200908-subject-05',
+    '20200918-subject-06',
+    '20200928-subject-07',
+    '20201002-subject-08',
+    '20201015-subject-09',
+    '20201022-subject-10',
+)
+TOOLKIT_SERIALS = (
+    '836212060125',
+    '839512060362',
+    '840412060917',
+    '841412060263',
+    '932122060857',
+    '932122060861',
+    '932122061900',
+    '932122062010',
+)
 TOOLKIT_SEQUENCES_PER_SUBJECT = 100
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -96,36 +112,63 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for DexYCB (S0 split)."""
 
   VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': "sample_id: the dex-ycb-toolkit's sample index; the toolkit's counts in metadata."}
-  BUILDER_CONFIGS = [DexYcbConfig(name='default', description='S0 split, RGB frames and hand masks.')]
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': "sample_id: the dex-ycb-toolkit's sample index; the toolkit's counts in metadata.",
+  }
+  BUILDER_CONFIGS = [
+      DexYcbConfig(name='default', description='S0 split, RGB frames and hand masks.')
+  ]
   DEFAULT_CONFIG_NAME = 'default'
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = sources.common_features('jpeg')
     tensor = tfds.features.Tensor
-    features.update({
-        'mano_trans': tensor(shape=(3,), dtype=np.float32,
-                             doc='vertices_3d = mano.forward(mano_pose, mano_shape, flat_hand_mean=False) + mano_trans'),
-        'joints_2d': tensor(shape=(21, 2), dtype=np.float32, doc="the label's joint_2d, pixels"),
-        'mask': tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, doc='255 on the hand, 0 elsewhere'),
-        'dexycb_pose_m': tensor(shape=(51,), dtype=np.float32, doc='raw pose_m: global 3, PCA 45, trans 3'),
-        'object_id': tensor(shape=(), dtype=np.int64, doc='YCB id (1-21) of the grasped object'),
-        'subject': tfds.features.Text(),
-        'sequence': tfds.features.Text(),
-        'serial': tfds.features.Text(doc='camera serial'),
-        'frame': tensor(shape=(), dtype=np.int64),
-        'sample_id': tensor(shape=(), dtype=np.int64,
-                            doc="dex-ycb-toolkit's index in DexYCBDataset('s0', split), counted before filtering: "
-                                'the image id of an HPE result file'),
-    })
+    features.update(
+        {
+            'mano_trans': tensor(
+                shape=(3,),
+                dtype=np.float32,
+                doc='vertices_3d = mano.forward(mano_pose, mano_shape, flat_hand_mean=False) + mano_trans',
+            ),
+            'joints_2d': tensor(
+                shape=(21, 2), dtype=np.float32, doc="the label's joint_2d, pixels"
+            ),
+            'mask': tfds.features.Image(
+                shape=(None, None, 1), dtype=np.uint8, doc='255 on the hand, 0 elsewhere'
+            ),
+            'dexycb_pose_m': tensor(
+                shape=(51,), dtype=np.float32, doc='raw pose_m: global 3, PCA 45, trans 3'
+            ),
+            'object_id': tensor(
+                shape=(), dtype=np.int64, doc='YCB id (1-21) of the grasped object'
+            ),
+            'subject': tfds.features.Text(),
+            'sequence': tfds.features.Text(),
+            'serial': tfds.features.Text(doc='camera serial'),
+            'frame': tensor(shape=(), dtype=np.int64),
+            'sample_id': tensor(
+                shape=(),
+                dtype=np.int64,
+                doc="dex-ycb-toolkit's index in DexYCBDataset('s0', split), counted before filtering: "
+                'the image id of an HPE result file',
+            ),
+        }
+    )
     if self.builder_config.with_depth:
-      features['depth'] = tfds.features.Image(shape=(None, None, 1), dtype=np.uint16,
-                                              doc='millimetres (metres = value * 0.001); 0 = no reading')
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features), supervised_keys=None,
-                                          disable_shuffling=True, homepage='https://dex-ycb.github.io',
-                                          metadata=tfds.core.MetadataDict())
+      features['depth'] = tfds.features.Image(
+          shape=(None, None, 1),
+          dtype=np.uint16,
+          doc='millimetres (metres = value * 0.001); 0 = no reading',
+      )
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=None,
+        disable_shuffling=True,
+        homepage='https://dex-ycb.github.io',
+        metadata=tfds.core.MetadataDict(),
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
@@ -134,42 +177,68 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     sequences = s0_sequences(root)
     differences = differences_from_release(root)
     if differences:
-      print(f'dex_ycb: {root} is not the full release ({"; ".join(differences)}): sample_id counts over '
-            "this copy and equals the toolkit's index only on the full release", flush=True)
+      print(
+          f'dex_ycb: {root} is not the full release ({"; ".join(differences)}): sample_id counts over '
+          "this copy and equals the toolkit's index only on the full release",
+          flush=True,
+      )
     # Filled in as the splits are generated; TFDS writes it to metadata.json after generation.
     self.info.metadata['toolkit'] = {'full_release': not differences, 'splits': {}}
-    return {split: self._generate_examples(root, split, sequences[split], hands) for split in SPLITS}
+    return {
+        split: self._generate_examples(root, split, sequences[split], hands) for split in SPLITS
+    }
 
-  def _generate_examples(self, root: str, split: str, sequences: list[str], hands: sources.ManoEvaluator):
+  def _generate_examples(
+      self, root: str, split: str, sequences: list[str], hands: sources.ManoEvaluator
+  ):
     skipped = collections.Counter()
     intrinsics_cache: dict = {}
     evaluated_but_dropped: list[int] = []
     first_id = kept = 0
     for sequence in sequences:
-      for key, example in sequence_examples(root, sequence, hands, skipped, self.builder_config.with_depth,
-                                            intrinsics_cache, first_id=first_id,
-                                            evaluated_but_dropped=evaluated_but_dropped):
+      for key, example in sequence_examples(
+          root,
+          sequence,
+          hands,
+          skipped,
+          self.builder_config.with_depth,
+          intrinsics_cache,
+          first_id=first_id,
+          evaluated_but_dropped=evaluated_but_dropped,
+      ):
         kept += 1
         yield key, example
       first_id += sequence_sample_count(root, sequence)
     if skipped:
       details = ', '.join(f'{count} with {reason}' for reason, count in sorted(skipped.items()))
-      print(f'dex_ycb: {split}: skipped {sum(skipped.values())} invalid label(s) ({details})', flush=True)
+      print(
+          f'dex_ycb: {split}: skipped {sum(skipped.values())} invalid label(s) ({details})',
+          flush=True,
+      )
     if evaluated_but_dropped:
-      print(f"dex_ycb: {split}: {len(evaluated_but_dropped)} skipped sample(s) have a valid joint_3d, which the "
-            f"toolkit's hpe_eval scores (sample_id {evaluated_but_dropped[:10]}); an HPE result file of this "
-            'split cannot be complete', flush=True)
+      print(
+          f'dex_ycb: {split}: {len(evaluated_but_dropped)} skipped sample(s) have a valid joint_3d, which the '
+          f"toolkit's hpe_eval scores (sample_id {evaluated_but_dropped[:10]}); an HPE result file of this "
+          'split cannot be complete',
+          flush=True,
+      )
     self.info.metadata['toolkit']['splits'][split] = {
-        'num_samples': first_id, 'num_evaluated': kept + len(evaluated_but_dropped), 'num_kept': kept,
-        'evaluated_but_dropped': evaluated_but_dropped}
+        'num_samples': first_id,
+        'num_evaluated': kept + len(evaluated_but_dropped),
+        'num_kept': kept,
+        'evaluated_but_dropped': evaluated_but_dropped,
+    }
 
 
 def subjects(root: str) -> list[str]:
   """Subject folders (named '<yyyymmdd>-...') in date order, which is the toolkit's subject order."""
   if not os.path.isdir(root):
     raise sources.SourceError(f'{root}: folder is missing (see MANUAL_DOWNLOAD_INSTRUCTIONS)')
-  found = sorted(name for name in os.listdir(root)
-                 if re.fullmatch(r'\d{8}-.+', name) and os.path.isdir(os.path.join(root, name)))
+  found = sorted(
+      name
+      for name in os.listdir(root)
+      if re.fullmatch(r'\d{8}-.+', name) and os.path.isdir(os.path.join(root, name))
+  )
   if not found:
     raise sources.SourceError(f'{root}: no subject folders (<yyyymmdd>-subject-NN) found')
   return found
@@ -180,7 +249,9 @@ def s0_sequences(root: str) -> dict[str, list[str]]:
   out = {split: [] for split in SPLITS}
   for subject_index, subject in enumerate(subjects(root)):
     folder = os.path.join(root, subject)
-    sequences = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
+    sequences = sorted(
+        name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))
+    )
     for i, sequence in enumerate(sequences):
       if i % 5 != 4:
         split = 'train'
@@ -192,21 +263,29 @@ def s0_sequences(root: str) -> dict[str, list[str]]:
 
 def differences_from_release(root: str) -> list[str]:
   """How the copy differs from what the toolkit's numbering assumes ([] = not at all): its subject list,
-  100 sequences per subject, and its 8 cameras in every sequence (it never reads meta.yml's serials)."""
+  100 sequences per subject, and its 8 cameras in every sequence (it never reads meta.yml's serials).
+  """
   found = subjects(root)
   out = []
   if tuple(found) != TOOLKIT_SUBJECTS:
-    out.append(f'{len(found)} subject folder(s), not the toolkit\'s {len(TOOLKIT_SUBJECTS)}')
+    out.append(f"{len(found)} subject folder(s), not the toolkit's {len(TOOLKIT_SUBJECTS)}")
   other_cameras = 0
   for subject in found:
     folder = os.path.join(root, subject)
-    sequences = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
+    sequences = sorted(
+        name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))
+    )
     if len(sequences) != TOOLKIT_SEQUENCES_PER_SUBJECT:
       out.append(f'{subject} has {len(sequences)} sequences, not {TOOLKIT_SEQUENCES_PER_SUBJECT}')
-    other_cameras += sum(tuple(sorted(str(s) for s in _read_meta(root, f'{subject}/{name}')['serials']))
-                         != TOOLKIT_SERIALS for name in sequences)
+    other_cameras += sum(
+        tuple(sorted(str(s) for s in _read_meta(root, f'{subject}/{name}')['serials']))
+        != TOOLKIT_SERIALS
+        for name in sequences
+    )
   if other_cameras:
-    out.append(f"{other_cameras} sequence(s) list other cameras than the toolkit's {len(TOOLKIT_SERIALS)}")
+    out.append(
+        f"{other_cameras} sequence(s) list other cameras than the toolkit's {len(TOOLKIT_SERIALS)}"
+    )
   return out
 
 
@@ -236,9 +315,17 @@ def _intrinsics(root: str, serial: str, cache: dict) -> np.ndarray:
   return cache[serial]
 
 
-def sequence_examples(root: str, sequence: str, hands: sources.ManoEvaluator, skipped: collections.Counter,
-                      with_depth: bool, intrinsics_cache: dict, *, first_id: int = 0,
-                      evaluated_but_dropped: list[int] | None = None):
+def sequence_examples(
+    root: str,
+    sequence: str,
+    hands: sources.ManoEvaluator,
+    skipped: collections.Counter,
+    with_depth: bool,
+    intrinsics_cache: dict,
+    *,
+    first_id: int = 0,
+    evaluated_but_dropped: list[int] | None = None,
+):
   """(key, example) for every valid label of one sequence, camera by camera, frame by frame.
 
   `first_id`: the toolkit index of the sequence's first sample (camera 0, frame 0); sample (c, f) gets
@@ -251,7 +338,9 @@ def sequence_examples(root: str, sequence: str, hands: sources.ManoEvaluator, sk
   if side not in ('right', 'left'):
     raise sources.SourceError(f"{meta_path}: mano_sides[0] is {side!r}, expected 'right' or 'left'")
   calib_path = os.path.join(root, 'calibration', f'mano_{meta["mano_calib"][0]}', 'mano.yml')
-  betas = sources.as_array(sources.load_yaml(calib_path).get('betas'), (10,), calib_path, key='betas')
+  betas = sources.as_array(
+      sources.load_yaml(calib_path).get('betas'), (10,), calib_path, key='betas'
+  )
   object_id = int(meta['ycb_ids'][int(meta['ycb_grasp_ind'])])
   subject, sequence_name = sequence.split('/')
   num_frames = int(meta['num_frames'])
@@ -270,9 +359,24 @@ def sequence_examples(root: str, sequence: str, hands: sources.ManoEvaluator, sk
           evaluated_but_dropped.append(sample_id)
         continue
       yield f'{sequence}/{serial}/{frame}', make_example(
-          folder, frame, label, label_path, K, side, betas, hands, with_depth,
-          raw={'subject': subject, 'sequence': sequence_name, 'serial': serial, 'frame': frame,
-               'object_id': object_id, 'sample_id': sample_id})
+          folder,
+          frame,
+          label,
+          label_path,
+          K,
+          side,
+          betas,
+          hands,
+          with_depth,
+          raw={
+              'subject': subject,
+              'sequence': sequence_name,
+              'serial': serial,
+              'frame': frame,
+              'object_id': object_id,
+              'sample_id': sample_id,
+          },
+      )
 
 
 def _read_label(path: str) -> dict:
@@ -281,8 +385,9 @@ def _read_label(path: str) -> dict:
     with np.load(path, allow_pickle=False) as data:
       label = {key: data[key] for key in data.files}
   except Exception as err:  # noqa: BLE001 - zipfile / OSError / ValueError variants of a bad file
-    raise sources.SourceError(f'{path}: not a readable npz (truncated or corrupt: {type(err).__name__}: '
-                                f'{err})') from None
+    raise sources.SourceError(
+        f'{path}: not a readable npz (truncated or corrupt: {type(err).__name__}: ' f'{err})'
+    ) from None
   for key in ('pose_m', 'joint_3d', 'joint_2d'):
     if key not in label:
       raise sources.SourceError(f'{path}: key {key!r} is missing; found {sorted(label)}')
@@ -305,8 +410,18 @@ def invalid_reason(label: dict) -> str:
   return ''
 
 
-def make_example(folder: str, frame: int, label: dict, label_path: str, K: np.ndarray, side: str,
-                 betas: np.ndarray, hands: sources.ManoEvaluator, with_depth: bool, raw: dict) -> dict:
+def make_example(
+    folder: str,
+    frame: int,
+    label: dict,
+    label_path: str,
+    K: np.ndarray,
+    side: str,
+    betas: np.ndarray,
+    hands: sources.ManoEvaluator,
+    with_depth: bool,
+    raw: dict,
+) -> dict:
   pose_m = sources.as_array(label['pose_m'], (51,), label_path, key='pose_m')
   joints = sources.as_array(label['joint_3d'], (21, 3), label_path, key='joint_3d')
   joints_2d = sources.as_array(label['joint_2d'], (21, 2), label_path, key='joint_2d')
@@ -321,21 +436,34 @@ def make_example(folder: str, frame: int, label: dict, label_path: str, K: np.nd
   if 'seg' in label:
     seg = np.asarray(label['seg'])
     if seg.shape != (height, width):
-      raise sources.SourceError(f'{label_path}: seg is {seg.shape}, the image {image_path} is {(height, width)}')
+      raise sources.SourceError(
+          f'{label_path}: seg is {seg.shape}, the image {image_path} is {(height, width)}'
+      )
     mask = np.where(seg == HAND_LABEL, 255, 0).astype(np.uint8)[..., None]
   else:
     mask = np.zeros((height, width, 1), np.uint8)
   example = {
-      'image': image, 'K': K.astype(np.float32), 'joints_3d': joints.astype(np.float32),
-      'vertices_3d': verts.astype(np.float32), 'mano_pose': pose.astype(np.float32),
-      'mano_shape': betas.astype(np.float32), 'mano_trans': trans.astype(np.float32), 'has_3d': True,
-      'hand_side': side, 'bbox': sources.bbox_of_points(joints_2d), 'joints_2d': joints_2d.astype(np.float32),
-      'mask': mask, 'dexycb_pose_m': pose_m.astype(np.float32), **raw,
+      'image': image,
+      'K': K.astype(np.float32),
+      'joints_3d': joints.astype(np.float32),
+      'vertices_3d': verts.astype(np.float32),
+      'mano_pose': pose.astype(np.float32),
+      'mano_shape': betas.astype(np.float32),
+      'mano_trans': trans.astype(np.float32),
+      'has_3d': True,
+      'hand_side': side,
+      'bbox': sources.bbox_of_points(joints_2d),
+      'joints_2d': joints_2d.astype(np.float32),
+      'mask': mask,
+      'dexycb_pose_m': pose_m.astype(np.float32),
+      **raw,
   }
   if with_depth:
     depth_path = os.path.join(folder, f'aligned_depth_to_color_{frame:06d}.png')
     depth = sources.read_gray(depth_path, what='depth image')
     if depth.shape != (height, width):
-      raise sources.SourceError(f'{depth_path}: depth is {depth.shape}, the image is {(height, width)}')
+      raise sources.SourceError(
+          f'{depth_path}: depth is {depth.shape}, the image is {(height, width)}'
+      )
     example['depth'] = np.clip(depth, 0, 65535).astype(np.uint16)[..., None]
   return example

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -65,47 +64,72 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [Ho3dConfig(name='default', description='RGB frames, 3D targets in the OpenCV frame.')]
+  BUILDER_CONFIGS = [
+      Ho3dConfig(name='default', description='RGB frames, 3D targets in the OpenCV frame.')
+  ]
   DEFAULT_CONFIG_NAME = 'default'
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = sources.common_features('png')
     tensor = tfds.features.Tensor
-    features.update({
-        'mano_trans': tensor(shape=(3,), dtype=np.float32,
-                             doc='vertices_3d = mano.forward(mano_pose, mano_shape, flat_hand_mean=False) + mano_trans'),
-        'root_joint': tensor(shape=(3,), dtype=np.float32, doc='wrist, metres, OpenCV frame (also in evaluation)'),
-        'ho3d_hand_pose': tensor(shape=(48,), dtype=np.float32, doc='raw handPose (OpenGL, flat_hand_mean=True)'),
-        'ho3d_hand_trans': tensor(shape=(3,), dtype=np.float32, doc='raw handTrans (OpenGL)'),
-        'sequence': tfds.features.Text(doc='sequence name, e.g. ABF10'),
-        'frame': tfds.features.Text(doc="frame id as in train.txt / evaluation.txt, e.g. '0000'"),
-    })
+    features.update(
+        {
+            'mano_trans': tensor(
+                shape=(3,),
+                dtype=np.float32,
+                doc='vertices_3d = mano.forward(mano_pose, mano_shape, flat_hand_mean=False) + mano_trans',
+            ),
+            'root_joint': tensor(
+                shape=(3,), dtype=np.float32, doc='wrist, metres, OpenCV frame (also in evaluation)'
+            ),
+            'ho3d_hand_pose': tensor(
+                shape=(48,), dtype=np.float32, doc='raw handPose (OpenGL, flat_hand_mean=True)'
+            ),
+            'ho3d_hand_trans': tensor(shape=(3,), dtype=np.float32, doc='raw handTrans (OpenGL)'),
+            'sequence': tfds.features.Text(doc='sequence name, e.g. ABF10'),
+            'frame': tfds.features.Text(
+                doc="frame id as in train.txt / evaluation.txt, e.g. '0000'"
+            ),
+        }
+    )
     if self.builder_config.with_depth:
-      features['depth'] = tfds.features.Image(shape=(None, None, 1), dtype=np.uint16,
-                                              doc=f'metres = value * {DEPTH_SCALE}; 0 = no reading')
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features), supervised_keys=None,
-                                          disable_shuffling=True, homepage='https://github.com/shreyashampali/ho3d')
+      features['depth'] = tfds.features.Image(
+          shape=(None, None, 1),
+          dtype=np.uint16,
+          doc=f'metres = value * {DEPTH_SCALE}; 0 = no reading',
+      )
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=None,
+        disable_shuffling=True,
+        homepage='https://github.com/shreyashampali/ho3d',
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
     mano_dir = sources.resolve_mano_dir(self.builder_config.mano_dir, 'ho3d')
     hands = sources.ManoEvaluator(mano_dir)
-    return {'train': self._generate_examples(root, 'train', hands),
-            'evaluation': self._generate_examples(root, 'evaluation', hands)}
+    return {
+        'train': self._generate_examples(root, 'train', hands),
+        'evaluation': self._generate_examples(root, 'evaluation', hands),
+    }
 
   def _generate_examples(self, root: str, split: str, hands: sources.ManoEvaluator):
     names = read_split_list(root, split)
     unlisted = _count_unlisted(root, split, names)
     if unlisted:
-      print(f'ho3d: {split}: skipped {unlisted} frame(s) on disk that {split}.txt does not list', flush=True)
+      print(
+          f'ho3d: {split}: skipped {unlisted} frame(s) on disk that {split}.txt does not list',
+          flush=True,
+      )
     for index, name in enumerate(names):
       yield index, make_example(root, split, index, name, hands, self.builder_config.with_depth)
 
 
 def read_split_list(root: str, split: str) -> list[str]:
   path = sources.require_file(os.path.join(root, f'{split}.txt'), 'split list')
-  with open(path, 'r') as handle:
+  with open(path) as handle:
     names = [line.strip() for line in handle if line.strip()]
   for line_number, name in enumerate(names, start=1):
     if not re.fullmatch(r'[^/\s]+/\d+', name):
@@ -122,7 +146,9 @@ def _count_unlisted(root: str, split: str, names: list[str]) -> int:
   for seq in os.listdir(folder):
     meta_dir = os.path.join(folder, seq, 'meta')
     if os.path.isdir(meta_dir):
-      count += sum(1 for f in os.listdir(meta_dir) if f.endswith('.pkl') and f'{seq}/{f[:-4]}' not in listed)
+      count += sum(
+          1 for f in os.listdir(meta_dir) if f.endswith('.pkl') and f'{seq}/{f[:-4]}' not in listed
+      )
   return count
 
 
@@ -142,8 +168,9 @@ def read_depth(path: str) -> np.ndarray:
   return (rgb[..., 0].astype(np.uint16) + rgb[..., 1].astype(np.uint16) * 256).astype(np.uint16)
 
 
-def make_example(root: str, split: str, index: int, name: str, hands: sources.ManoEvaluator,
-                 with_depth: bool) -> dict:
+def make_example(
+    root: str, split: str, index: int, name: str, hands: sources.ManoEvaluator, with_depth: bool
+) -> dict:
   seq, frame = name.split('/')
   base = os.path.join(root, split, seq)
   meta_path = os.path.join(base, 'meta', f'{frame}.pkl')
@@ -159,33 +186,60 @@ def make_example(root: str, split: str, index: int, name: str, hands: sources.Ma
 
   image, (height, width) = sources.encodable_rgb(_rgb_path(base, frame), 'png')
   K = get('camMat', (3, 3))
-  example = {'image': image, 'K': K.astype(np.float32), 'hand_side': 'right', 'sequence': seq, 'frame': frame}
+  example = {
+      'image': image,
+      'K': K.astype(np.float32),
+      'hand_side': 'right',
+      'sequence': seq,
+      'frame': frame,
+  }
   if split == 'train':
-    hand_pose, betas, hand_trans = get('handPose', (48,)), get('handBeta', (10,)), get('handTrans', (3,))
+    hand_pose, betas, hand_trans = (
+        get('handPose', (48,)),
+        get('handBeta', (10,)),
+        get('handTrans', (3,)),
+    )
     joints_gl = get('handJoints3D', (21, 3))
     joints = (joints_gl * FLIP)[HO3D_TO_21]
     verts_gl, _ = hands('right', hand_pose, betas, hand_trans, flat_hand_mean=True)
     verts = verts_gl * FLIP
     # Our pose convention: global rotation in the OpenCV frame, fingers relative to the mean hand.
     rest_root = hands.rest_root('right', betas)
-    global_cv = sources.matrix_to_axis_angle(np.diag(FLIP) @ sources.axis_angle_to_matrix(hand_pose[:3]))
+    global_cv = sources.matrix_to_axis_angle(
+        np.diag(FLIP) @ sources.axis_angle_to_matrix(hand_pose[:3])
+    )
     hands_mean = np.asarray(hands.models['right'].hands_mean, np.float64)
     pose = np.concatenate([global_cv, hand_pose[3:] - hands_mean])
     trans_cv = FLIP * (rest_root + hand_trans) - rest_root
-    example.update(joints_3d=joints.astype(np.float32), vertices_3d=verts.astype(np.float32),
-                   mano_pose=pose.astype(np.float32), mano_shape=betas.astype(np.float32),
-                   mano_trans=trans_cv.astype(np.float32), has_3d=True, root_joint=joints[0].astype(np.float32),
-                   ho3d_hand_pose=hand_pose.astype(np.float32), ho3d_hand_trans=hand_trans.astype(np.float32),
-                   bbox=sources.bbox_of_points(sources.project(joints, K)))
+    example.update(
+        joints_3d=joints.astype(np.float32),
+        vertices_3d=verts.astype(np.float32),
+        mano_pose=pose.astype(np.float32),
+        mano_shape=betas.astype(np.float32),
+        mano_trans=trans_cv.astype(np.float32),
+        has_3d=True,
+        root_joint=joints[0].astype(np.float32),
+        ho3d_hand_pose=hand_pose.astype(np.float32),
+        ho3d_hand_trans=hand_trans.astype(np.float32),
+        bbox=sources.bbox_of_points(sources.project(joints, K)),
+    )
   else:
     root_joint = get('handJoints3D', (3,)) * FLIP
-    example.update(sources.empty_targets(), mano_trans=np.zeros(3, np.float32), has_3d=False,
-                   root_joint=root_joint.astype(np.float32), ho3d_hand_pose=np.zeros(48, np.float32),
-                   ho3d_hand_trans=np.zeros(3, np.float32), bbox=get('handBoundingBox', (4,)).astype(np.float32))
+    example.update(
+        sources.empty_targets(),
+        mano_trans=np.zeros(3, np.float32),
+        has_3d=False,
+        root_joint=root_joint.astype(np.float32),
+        ho3d_hand_pose=np.zeros(48, np.float32),
+        ho3d_hand_trans=np.zeros(3, np.float32),
+        bbox=get('handBoundingBox', (4,)).astype(np.float32),
+    )
   if with_depth:
     depth = read_depth(os.path.join(base, 'depth', f'{frame}.png'))
     if depth.shape != (height, width):
-      raise sources.SourceError(f'{os.path.join(base, "depth", frame + ".png")}: depth is {depth.shape}, '
-                                  f'the image is {(height, width)}')
+      raise sources.SourceError(
+          f'{os.path.join(base, "depth", frame + ".png")}: depth is {depth.shape}, '
+          f'the image is {(height, width)}'
+      )
     example['depth'] = depth[..., None]
   return example

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import sys
 import time
-from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -49,14 +46,29 @@ class SyntheticHandsConfig(tfds.core.BuilderConfig):
 
 BUILDER_CONFIGS = [
     SyntheticHandsConfig(
-        name='default', description='64x64 crops, 8000 train / 500 test: the CPU demo (builds in 1-3 min on '
-        '2 cores).', image_size=64, num_train=8000, num_test=500),
+        name='default',
+        description='64x64 crops, 8000 train / 500 test: the CPU demo (builds in 1-3 min on '
+        '2 cores).',
+        image_size=64,
+        num_train=8000,
+        num_test=500,
+    ),
     SyntheticHandsConfig(
-        name='tiny', description='32x32 crops, 6 train / 2 validation / 3 test: for tests.', image_size=32,
-        num_train=6, num_validation=2, num_test=3),
+        name='tiny',
+        description='32x32 crops, 6 train / 2 validation / 3 test: for tests.',
+        image_size=32,
+        num_train=6,
+        num_validation=2,
+        num_test=3,
+    ),
     SyntheticHandsConfig(
-        name='large', description='128x128 crops, 20000 train / 1000 validation / 1000 test (for bigger models).',
-        image_size=128, num_train=20000, num_validation=1000, num_test=1000),
+        name='large',
+        description='128x128 crops, 20000 train / 1000 validation / 1000 test (for bigger models).',
+        image_size=128,
+        num_train=20000,
+        num_validation=1000,
+        num_test=1000,
+    ),
 ]
 
 
@@ -71,28 +83,49 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 3), dtype=np.uint8),
-            'mask': tfds.features.Image(shape=(size, size, 1), dtype=np.uint8,
-                                        doc='255 where the hand touches the pixel (conservative), else 0; test mask > 0'),
-            'depth': tfds.features.Tensor(shape=(size, size), dtype=np.float32,
-                                          encoding=tfds.features.Encoding.ZLIB,
-                                          doc='metres along the optical axis at pixel centres, 0 on the background'),
-            'K': tfds.features.Tensor(shape=(3, 3), dtype=np.float32),
-            'joints_3d': tfds.features.Tensor(shape=(NUM_JOINTS, 3), dtype=np.float32,
-                                              doc='metres, OpenCV camera frame, 21-order'),
-            'vertices_3d': tfds.features.Tensor(shape=(NUM_VERTICES, 3), dtype=np.float32,
-                                                doc='metres, OpenCV camera frame'),
-            'mano_pose': tfds.features.Tensor(shape=(48,), dtype=np.float32,
-                                              doc='axis-angle, global first; use flat_hand_mean=False'),
-            'mano_shape': tfds.features.Tensor(shape=(10,), dtype=np.float32),
-            'mano_trans': tfds.features.Tensor(shape=(3,), dtype=np.float32,
-                                               doc='vertices_3d = mano.forward(pose, shape, flat_hand_mean=False) + trans'),
-            'has_3d': tfds.features.Tensor(shape=(), dtype=np.bool_),
-            'hand_side': tfds.features.Text(doc="'right' or 'left' (always 'right' here)"),
-            'bbox': tfds.features.Tensor(shape=(4,), dtype=np.float32,
-                                         doc='x0, y0, x1, y1 pixels of the projected vertices'),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(size, size, 3), dtype=np.uint8),
+                'mask': tfds.features.Image(
+                    shape=(size, size, 1),
+                    dtype=np.uint8,
+                    doc='255 where the hand touches the pixel (conservative), else 0; test mask > 0',
+                ),
+                'depth': tfds.features.Tensor(
+                    shape=(size, size),
+                    dtype=np.float32,
+                    encoding=tfds.features.Encoding.ZLIB,
+                    doc='metres along the optical axis at pixel centres, 0 on the background',
+                ),
+                'K': tfds.features.Tensor(shape=(3, 3), dtype=np.float32),
+                'joints_3d': tfds.features.Tensor(
+                    shape=(NUM_JOINTS, 3),
+                    dtype=np.float32,
+                    doc='metres, OpenCV camera frame, 21-order',
+                ),
+                'vertices_3d': tfds.features.Tensor(
+                    shape=(NUM_VERTICES, 3), dtype=np.float32, doc='metres, OpenCV camera frame'
+                ),
+                'mano_pose': tfds.features.Tensor(
+                    shape=(48,),
+                    dtype=np.float32,
+                    doc='axis-angle, global first; use flat_hand_mean=False',
+                ),
+                'mano_shape': tfds.features.Tensor(shape=(10,), dtype=np.float32),
+                'mano_trans': tfds.features.Tensor(
+                    shape=(3,),
+                    dtype=np.float32,
+                    doc='vertices_3d = mano.forward(pose, shape, flat_hand_mean=False) + trans',
+                ),
+                'has_3d': tfds.features.Tensor(shape=(), dtype=np.bool_),
+                'hand_side': tfds.features.Text(doc="'right' or 'left' (always 'right' here)"),
+                'bbox': tfds.features.Tensor(
+                    shape=(4,),
+                    dtype=np.float32,
+                    doc='x0, y0, x1, y1 pixels of the projected vertices',
+                ),
+            }
+        ),
         supervised_keys=None,
         # Keep examples in index order, so example i of a split is generate_example(config, split, i).
         disable_shuffling=True,
@@ -101,20 +134,33 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # nothing to download
     config = self.builder_config
-    sizes = {'train': config.num_train, 'validation': config.num_validation, 'test': config.num_test}
-    return {split: self._generate_examples(split, count) for split, count in sizes.items() if count > 0}
+    sizes = {
+        'train': config.num_train,
+        'validation': config.num_validation,
+        'test': config.num_test,
+    }
+    return {
+        split: self._generate_examples(split, count) for split, count in sizes.items() if count > 0
+    }
 
-  def __init__(self, *, num_workers: Optional[int] = None, **kwargs):
+  def __init__(self, *, num_workers: int | None = None, **kwargs):
     """`num_workers`: processes that render examples (None: all cores for large splits, 1: in-process)."""
     super().__init__(**kwargs)
     self._num_workers = num_workers
 
   def _generate_examples(self, split: str, count: int):
-    yield from synthetic_scene.generate_split(self.builder_config.scene(), split, count, num_workers=self._num_workers)
+    yield from synthetic_scene.generate_split(
+        self.builder_config.scene(), split, count, num_workers=self._num_workers
+    )
 
 
-def build(data_dir: Optional[str] = None, config_name: str = 'default', *, num_workers: Optional[int] = None,
-          **config_overrides) -> Builder:
+def build(
+    data_dir: str | None = None,
+    config_name: str = 'default',
+    *,
+    num_workers: int | None = None,
+    **config_overrides,
+) -> Builder:
   """Builds (if missing) and returns the synthetic_hands builder for `config_name` under `data_dir`.
 
   `num_workers` processes render the examples (None: all cores for large splits).
@@ -124,7 +170,9 @@ def build(data_dir: Optional[str] = None, config_name: str = 'default', *, num_w
   """
   configs = {config.name: config for config in BUILDER_CONFIGS}
   if config_name not in configs:
-    raise ValueError(f'synthetic_hands: unknown config {config_name!r}; choose one of {sorted(configs)}')
+    raise ValueError(
+        f'synthetic_hands: unknown config {config_name!r}; choose one of {sorted(configs)}'
+    )
   config = configs[config_name]
   if config_overrides:
     unknown = set(config_overrides) - {f.name for f in dataclasses.fields(SyntheticHandsConfig)}
@@ -136,8 +184,11 @@ def build(data_dir: Optional[str] = None, config_name: str = 'default', *, num_w
   builder = Builder(config=config, data_dir=data_dir, num_workers=num_workers)
   if not builder.is_prepared():
     start = time.time()
-    print(f'synthetic_hands: building config {config_name!r} ({config.num_train} train, {config.num_validation}'
-          f' validation, {config.num_test} test, {config.image_size}px) into {builder.data_dir}', flush=True)
+    print(
+        f'synthetic_hands: building config {config_name!r} ({config.num_train} train, {config.num_validation}'
+        f' validation, {config.num_test} test, {config.image_size}px) into {builder.data_dir}',
+        flush=True,
+    )
     builder.download_and_prepare()
     print(f'synthetic_hands: built in {time.time() - start:.0f} s', flush=True)
   return builder
