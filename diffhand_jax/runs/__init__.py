@@ -1,0 +1,1 @@
+"""The run-directory layer: a run's config, its checkpoints and the files in its workdir."""

@@ -1,0 +1,93 @@
+"""The train state a checkpoint holds, the optimiser whose state it carries, and its abstract shape.
+
+Training and the restore behind loading a trained run both need the exact structure of what was saved,
+so it is defined once here, below both.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from diffhand_jax import diffusion
+from diffhand_jax.geometry import hand_model
+from diffhand_jax.models import diffhand
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  ema_params: PyTree
+  rng: jax.Array  # a raw uint32 key, so checkpoints hold plain arrays
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, after global-norm clipping."""
+  opt = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=opt.learning_rate,
+      warmup_steps=opt.warmup_steps,
+      decay_steps=max(config.num_train_steps, opt.warmup_steps + 1),
+      end_value=opt.learning_rate * opt.get('end_lr_factor', 0.01),
+  )
+  return optax.chain(
+      optax.clip_by_global_norm(opt.clip_norm),
+      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
+  )
+
+
+def create_train_state(config, model, optimizer, key) -> TrainState:
+  init_key, state_key = jax.random.split(key)
+  params = diffhand.init(
+      model, init_key, config.model.img_size, encoder_init=config.model.get('encoder_init')
+  )
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      ema_params=params if config.ema_decay > 0 else {},
+      rng=state_key,
+  )
+
+
+def abstract_state(config, model, optimizer) -> TrainState:
+  """The train state of ``config`` as jax.ShapeDtypeStructs (nothing is computed or read)."""
+  return jax.eval_shape(
+      functools.partial(create_train_state, config, model, optimizer),
+      jax.random.PRNGKey(config.seed),
+  )
+
+
+@flax.struct.dataclass
+class Components:
+  """What a config builds before any state exists: the hand's topology, the network, the diffusion
+  schedule and the optimiser (whose state a checkpoint carries)."""
+
+  topology: hand_model.HandTopology
+  model: Any = flax.struct.field(pytree_node=False)
+  schedule: diffusion.Schedule = flax.struct.field(pytree_node=False)
+  optimizer: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def build(config: ml_collections.ConfigDict) -> Components:
+  """The components of ``config``; reads only the hand model file."""
+  topology = hand_model.hand_topology(
+      hand_model.load_hand_model(config.dataset), config.dataset.get('tip_ids')
+  )
+  return Components(
+      topology=topology,
+      model=diffhand.build_model(config.model, topology.template),
+      schedule=diffusion.cosine_schedule(config.model.num_timesteps),
+      optimizer=make_optimizer(config),
+  )
