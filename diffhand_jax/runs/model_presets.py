@@ -24,7 +24,7 @@ Fields:
   feature_block                'channel_attention' (XCiT) | 'mlp' | 'none'
   full_res_attention           also an attention block at full resolution in each vertex block
   upsample_init                'interpolation' (the U shape's point-axis maps start as inverse-distance
-                               interpolation on the template) | 'random' 
+                               interpolation on the template) | 'random'
   diffusion                    False = the one-pass regression variant (ablation)
   width, num_blocks, num_heads, mlp_ratio   decoder width D, cross-modality blocks, heads, MLP ratio
   vanilla_depth                layers of the vanilla decoder (None = 2 · num_blocks, as many attention
@@ -37,6 +37,7 @@ Fields:
   sampling_steps, num_hypotheses, eta   DDIM inference defaults
   dtype                        compute dtype: 'float32' | 'bfloat16' (params stay float32)
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -82,7 +83,8 @@ def get_model_config(preset: str = "paper") -> ml_collections.ConfigDict:
   if preset == "tiny":
     config.encoder = "deit_tiny_patch16_224"
     config.encoder_overrides = ml_collections.ConfigDict(
-        dict(embed_dim=32, depth=2, num_heads=2, patch_size=16))
+        dict(embed_dim=32, depth=2, num_heads=2, patch_size=16)
+    )
     config.img_size = 64
     config.width = 32
     config.num_blocks = 1
@@ -93,7 +95,8 @@ def get_model_config(preset: str = "paper") -> ml_collections.ConfigDict:
   if preset == "cpu_demo":
     config.encoder = "deit_small_patch16_224"
     config.encoder_overrides = ml_collections.ConfigDict(
-        dict(embed_dim=128, depth=4, num_heads=4, patch_size=8))
+        dict(embed_dim=128, depth=4, num_heads=4, patch_size=8)
+    )
     config.img_size = 64
     config.width = 64
     config.num_blocks = 2
@@ -101,7 +104,9 @@ def get_model_config(preset: str = "paper") -> ml_collections.ConfigDict:
     config.mlp_ratio = 2.0
     config.depth_channels = (16, 32, 64)
     return config
-  raise ValueError(f"diffhand_jax/runs/model_presets.py: unknown preset {preset!r}; choose one of {PRESETS}.")
+  raise ValueError(
+      f"diffhand_jax/runs/model_presets.py: unknown preset {preset!r}; choose one of {PRESETS}."
+  )
 
 
 def get_config(preset: str = "paper") -> ml_collections.ConfigDict:

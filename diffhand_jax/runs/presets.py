@@ -1,5 +1,6 @@
 """What every training config shares (docs/design.md §8 keys), so that each dataset's config states only what
-differs. `configs/synthetic.py`, `freihand.py`, `ho3d.py` and `dexycb.py` start from `base_config()`."""
+differs. `configs/synthetic.py`, `freihand.py`, `ho3d.py` and `dexycb.py` start from `base_config()`.
+"""
 
 import ml_collections
 
@@ -21,7 +22,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   # or a tuple of mesh axis names / None per dimension, e.g. (None, 'fsdp'). No match: replicated.
   config.sharding_rules = (('.*', 'fsdp_largest'),)
   config.grad_accum_steps = 1  # > 1: split the global batch into this many micro-batches per update
-  config.ema_decay = 0.0  # > 0: also keep (and evaluate) an exponential moving average of the weights
+  config.ema_decay = (
+      0.0  # > 0: also keep (and evaluate) an exponential moving average of the weights
+  )
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = dataset_name
@@ -29,7 +32,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.dataset.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.dataset.train_split = 'train'
   config.dataset.eval_split = eval_split
-  config.dataset.hand_model = 'mano'  # 'mano': MANO_RIGHT/LEFT.pkl via mano_dir or $DIFFHAND_MANO_DIR
+  config.dataset.hand_model = (
+      'mano'  # 'mano': MANO_RIGHT/LEFT.pkl via mano_dir or $DIFFHAND_MANO_DIR
+  )
   config.dataset.mano_dir = ''
   config.dataset.tip_ids = ml_collections.config_dict.placeholder(tuple)  # None = the model file's
   # A square crop around `bbox` widened by this margin per side; None = the frame is already a crop.
