@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 10_000
 
   config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
+  # ImageNet-22k pretrained DeiT III Large from the Hugging Face Hub (model_presets.PAPER_ENCODER_INIT says
+  # why this tag); --config.model.encoder_init='' trains from random weights.
+  config.model.encoder_init = model_presets.PAPER_ENCODER_INIT
   config.model.img_size = 256
 
   config.dataset.tip_ids = conventions.TIP_IDS[

@@ -4,40 +4,61 @@
 
 Trains and evaluates the four variants one after another, each in WORKDIR/<variant> (so an interrupted
 run resumes), then prints a Markdown table of PA-MPVPE, MPVPE, PA-MPJPE and MPJPE (mm) and writes it,
-with the full results, to WORKDIR/ablation.json (diffhand_jax/training/ablation.py does the work).
+with the full results, to WORKDIR/ablation.json (diffhand_jax/training/ablation.py does the work). The
+base config and what it needs are checked first, as `main` checks them.
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Where the four runs and ablation.json go.')
-config_flags.DEFINE_config_file(
-    'config', None, 'Base training configuration file.', lock_config=True
-)
-flags.mark_flags_as_required(['config', 'workdir'])
+from diffhand_jax import command_line  # noqa: E402
+
+PROG = 'python -m diffhand_jax.ablation'
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'Where the four runs and ablation.json go.', flag_values=FLAGS)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def main(argv=None) -> int:
+  try:
+    command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, config_file=True)
+  except command_line.Exit as done:
+    return done.code
+  if not FLAGS['config'].present or not FLAGS.workdir:
+    print(f'{PROG}: error: --config and --workdir are required', file=sys.stderr)
+    return 2
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)
-  from diffhand_jax.training import ablation
+  from diffhand_jax.runs import checks  # pylint: disable=g-import-not-at-top
 
-  summary = ablation.run_ablation(FLAGS.config, FLAGS.workdir)
+  try:
+    # Each variant's folder is a workdir of its own; the base config's needs are the same for all.
+    checks.check_run(FLAGS.config, FLAGS.workdir, mode='train', check_resume=False)
+  except checks.RunCheckError as error:
+    print(f'{PROG}: error: {error}', file=sys.stderr)
+    return 2
+  from diffhand_jax.training import ablation  # pylint: disable=g-import-not-at-top
+
+  try:
+    summary = ablation.run_ablation(FLAGS.config, FLAGS.workdir)
+  except KeyboardInterrupt:
+    print(f'{PROG}: interrupted; rerun the same command to resume', file=sys.stderr)
+    return 130
   if 'preempted' in summary:
     print(
         f'stopped by a signal during {summary["preempted"]}; rerun the same command to resume',
         flush=True,
     )
-    return
+    return 0
   print(summary['table'], flush=True)
   print(f'wrote {os.path.join(FLAGS.workdir, "ablation.json")}', flush=True)
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

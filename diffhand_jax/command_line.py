@@ -80,6 +80,11 @@ def flags_help(
   return '\n'.join(lines)
 
 
+def _first_lines(error: BaseException, count: int = 4) -> str:
+  lines = [line for line in str(error).splitlines() if line.strip()]
+  return '\n'.join(lines[:count]) or type(error).__name__
+
+
 def usage_error(prog: str, message: str) -> Exit:
   """Prints `message` as a usage error and returns the Exit (status 2) to raise."""
   print(f'{prog}: error: {message}\n(`{prog} --help` lists the flags)', file=sys.stderr)
@@ -136,6 +141,7 @@ def parse(
     doc: str = '',
     config: Callable[[], ml_collections.ConfigDict] | None = None,
     config_help: str = '',
+    config_file: bool = False,
     max_positional: int | None = 0,
 ) -> list[str]:
   """Parses `argv` (without the program name; None: sys.argv[1:]) into `flag_values`, every flag starting
@@ -143,7 +149,9 @@ def parse(
 
   config: makes the ConfigDict that `--config.key=value` overrides (`config_flags.DEFINE_config_dict`;
   read it as `flag_values.config` afterwards). config_help: one line on what may be overridden, shown in
-  --help and after an unknown key.
+  --help and after an unknown key. config_file: --config names a config file (configs/<name>.py, its
+  `get_config()`), which `--config.key=value` overrides (`config_flags.DEFINE_config_file`); a missing
+  or broken file is a usage error too.
 
   Raises Exit(0) after printing --help, Exit(2) after printing a usage error.
   """
@@ -164,6 +172,23 @@ def parse(
       raise _unknown_override(prog, argv, config(), error, config_help) from None
     except flags.Error as error:
       raise usage_error(prog, str(error)) from None
+  if config_file:
+    try:
+      config_flags.DEFINE_config_file(
+          'config',
+          None,
+          'a training config file (configs/<name>.py); --config.key=value overrides its fields',
+          flag_values=flag_values,
+          lock_config=True,
+          sys_argv=[prog, *argv],
+      )
+    except AttributeError as error:  # an override naming no field of the file's config
+      inner = error.args[0] if error.args else error
+      message = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
+      unknown = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
+      raise usage_error(prog, f'unknown flag among {unknown}: no field {message}') from None
+    except (flags.Error, OSError) as error:
+      raise usage_error(prog, _first_lines(error)) from None
   if any(arg in HELP_FLAGS for arg in flagged):
     print(doc.rstrip())
     print('\nflags:')
@@ -171,8 +196,12 @@ def parse(
     raise Exit(0)
   try:
     rest = flag_values([prog, *argv])
-  except flags.Error as error:
-    raise usage_error(prog, str(error)) from None
+    if config_file and flag_values['config'].present:
+      flag_values.config.keys()  # a file that failed to load raises here: report it now
+  except (flags.Error, OSError) as error:
+    raise usage_error(prog, _first_lines(error)) from None
+  except Exception as error:  # pylint: disable=broad-except - an exception inside the config file
+    raise usage_error(prog, f'the config file failed: {_first_lines(error)}') from None
   rest = rest[1:]
   if max_positional is not None and len(rest) > max_positional:
     raise usage_error(prog, f'unexpected arguments: {" ".join(rest[max_positional:])}')

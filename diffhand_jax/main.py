@@ -5,63 +5,132 @@
   python -m diffhand_jax.main --config=configs/synthetic.py --config.mode=memory   # no --workdir needed
 
 Training resumes from the newest checkpoint in --workdir. Mode 'memory' compiles the train step without
-running it and prints the per-device memory XLA plans for it (diffhand_jax/training/memory.py). Any config field can
-be overridden on the command line (``--config.batch_size=16``).
+running it and prints the per-device memory XLA plans for it (diffhand_jax/training/memory.py). Any config
+field can be overridden on the command line (``--config.batch_size=16``).
+
+Before anything is built, the config's fields and everything the run needs (the MANO files, the prepared
+dataset, the pretrained encoder of a fresh run, a writable workdir, devices for the mesh, a workdir that
+holds no other model) are checked, and every problem is reported in one message with exit status 2. One
+run holds a workdir at a time (workdir/run.lock). Ctrl-C and SIGTERM both checkpoint the current step and
+exit; a second Ctrl-C quits at once.
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads the datasets here
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Where checkpoints, logs, results and exports go.')
-config_flags.DEFINE_config_file(
-    'config', None, 'Training configuration file (configs/*.py).', lock_config=True
+from diffhand_jax import command_line  # noqa: E402
+
+PROG = 'python -m diffhand_jax.main'
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints, logs, results and exports go.', flag_values=FLAGS
 )
-flags.mark_flags_as_required(['config'])
+flags.DEFINE_bool(
+    'move_aside',
+    False,
+    'When --workdir holds a run of another model, move that run to WORKDIR.<timestamp> and start '
+    'afresh (nothing is deleted).',
+    flag_values=FLAGS,
+)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  import tensorflow as tf
+def error_exit(message: str, status: int = 2) -> int:
+  print(f'{PROG}: error: {message}', file=sys.stderr, flush=True)
+  return status
+
+
+def main(argv=None) -> int:
+  """Runs the command on ``argv`` (the flags, without the program name); returns the exit status."""
+  try:
+    command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__, config_file=True)
+  except command_line.Exit as done:
+    return done.code
+  if not FLAGS['config'].present:
+    return error_exit('--config=configs/<name>.py is required')
+  config = FLAGS.config
+  mode = config.get('mode', 'train')
+
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   tf.config.set_visible_devices([], 'GPU')  # keep TensorFlow off the accelerators JAX uses
-  from absl import logging
+  from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  from diffhand_jax.training import distributed, train
+  from diffhand_jax.models import encoder_weights  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.runs import checkpoints, checks, lock  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.training import distributed  # pylint: disable=g-import-not-at-top
 
   how = distributed.maybe_initialize()
-  if how != 'single':
-    import jax
+  import jax  # pylint: disable=g-import-not-at-top
 
+  if how != 'single':
     print(
         f'process {jax.process_index()} of {jax.process_count()} ({how}), '
         f'{jax.local_device_count()} local / {jax.device_count()} global devices',
         flush=True,
     )
-  config = FLAGS.config
-  mode = config.get('mode', 'train')
-  if mode in ('train', 'evaluate') and not FLAGS.workdir:
-    raise app.UsageError(f'--workdir is required in mode {mode!r}')
-  if mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif mode == 'evaluate':
-    train.evaluate_checkpoint(config, FLAGS.workdir)
-  elif mode == 'memory':
-    from diffhand_jax.training import memory
+  workdir = FLAGS.workdir
+  try:
+    # Everything is checked before the lock is taken, so that a refused run changes nothing.
+    checks.check_run(config, workdir, mode=mode, check_resume=not FLAGS.move_aside)
+  except checks.RunCheckError as error:
+    return error_exit(str(error))
 
+  if mode == 'memory':
+    from diffhand_jax.geometry import hand_model  # pylint: disable=g-import-not-at-top
+    from diffhand_jax.training import memory  # pylint: disable=g-import-not-at-top
+
+    if config.dataset.hand_model == 'mano':
+      _, missing = hand_model.mano_dir_problem(
+          config.dataset.get('mano_dir'), 'memory', ('MANO_RIGHT.pkl',)
+      )
+      if missing:  # the same 778-vertex topology: the memory plan does not change
+        print(
+            'no MANO files: the memory report uses the procedural hand (same topology)', flush=True
+        )
+        config.dataset.hand_model = 'procedural'
     memory.print_memory_report(config)
-  else:
-    raise app.UsageError(f"config.mode must be 'train', 'evaluate' or 'memory', got {mode!r}")
+    return 0
+
+  from diffhand_jax.training import train  # pylint: disable=g-import-not-at-top
+
+  holder = None
+  try:
+    if jax.process_index() == 0:
+      if FLAGS.move_aside:
+        moved = lock.move_run_aside(workdir)
+        if moved:
+          print(f'moved the run that was in {workdir} to {moved}', flush=True)
+      holder = lock.WorkdirLock(workdir).acquire()
+    if mode == 'train':
+      results = train.train_and_evaluate(config, workdir)
+      if results.get('preempted'):  # the loop said where it stopped
+        return 130 if results.get('signal') == 'SIGINT' else 0
+    else:
+      train.evaluate_checkpoint(config, workdir)
+  except lock.WorkdirLockedError as error:
+    return error_exit(str(error))
+  except checkpoints.CheckpointMismatchError as error:
+    return error_exit(str(error))
+  except encoder_weights.CheckpointError as error:
+    return error_exit(str(error))
+  except FloatingPointError as error:  # the NaN stop: its message says what was kept
+    return error_exit(str(error))
+  except KeyboardInterrupt:
+    return error_exit('interrupted (a second Ctrl-C); the last checkpoint saved is kept', 130)
+  finally:
+    if holder is not None:
+      holder.release()
+  return 0
 
 
-def run():
-  app.run(main)
+def run() -> None:
+  sys.exit(main())
 
 
 if __name__ == '__main__':

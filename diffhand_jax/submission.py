@@ -39,7 +39,8 @@ into place: a failed run never leaves a partial or invalid submission behind.
 --config.key=value overrides the run's config (WORKDIR/config.json): model.sampling_steps,
 model.num_hypotheses and model.eta (the sampler; the network is fixed by the checkpoint), and any field of
 config.dataset (e.g. --config.dataset.data_dir=DIR) and config.eval. Exit status: 0 when the file was
-written, 1 when it could not be, 2 for bad flags.
+written, 1 when the predictions failed the benchmark's checks, 2 for bad flags and missing inputs (no
+trained run, no checkpoint, data not prepared), each with a one-line message.
 
 The writers, readers and validators are in `diffhand_jax.inference.submission`.
 """
@@ -122,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except command_line.Exit as done:
     return done.code
   from diffhand_jax.inference import submission, tta
+  from diffhand_jax.runs import checkpoints
 
   try:
     tta_config = None
@@ -143,7 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         id_feature=FLAGS.id_feature,
         max_examples=FLAGS.max_examples,
     )
-  except (SubmissionError, ValueError, FileNotFoundError, KeyError) as error:
+  except (
+      FileNotFoundError,
+      checkpoints.CheckpointMismatchError,
+  ) as error:  # a missing or wrong input
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  except (SubmissionError, ValueError, KeyError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   print(

@@ -210,8 +210,8 @@ def tiny_model():
   from _inference_workdir import tiny_workdir
 
   workdir, _ = tiny_workdir()
-  _, model, params, _, schedule = loading.load_for_inference(workdir)
-  return model, params, schedule
+  run = loading.load_trained(workdir)
+  return run.model, run.params, run.schedule
 
 
 def test_k_hypotheses_equal_plain_sampler_runs(tiny_model):

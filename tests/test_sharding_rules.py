@@ -37,7 +37,7 @@ def _abstract_state(config=None):
 
 def _specs(shardings):
   flat, _ = jax.tree_util.tree_flatten_with_path(shardings)
-  return {sharding.leaf_path(path): named.spec for path, named in flat}
+  return {state_lib.leaf_path(path): named.spec for path, named in flat}
 
 
 def test_paths_name_params_moments_and_ema():
@@ -55,7 +55,7 @@ def test_default_rules_reproduce_the_fsdp_rule_for_every_leaf():
     specs = _specs(sharding.state_shardings(MESH, state, min_size=min_size))
     flat, _ = jax.tree_util.tree_flatten_with_path(state)
     for path, leaf in flat:  # the rule worked out independently, per leaf
-      assert specs[sharding.leaf_path(path)] == sharding.param_spec(leaf.shape, 4, min_size)
+      assert specs[state_lib.leaf_path(path)] == sharding.param_spec(leaf.shape, 4, min_size)
   specs = _specs(sharding.state_shardings(MESH, state, min_size=1))
   assert specs['params/encoder/blocks_0/mlp/fc1/kernel'] == P(
       None, 'fsdp'

@@ -195,7 +195,12 @@ def test_newest_damaged_checkpoint_falls_back_to_previous(trained, tmp_path, cap
   config.eval.num_export = 0
   results = train.evaluate_checkpoint(config, str(workdir))
   assert results['step'] == 2
-  assert 'could not be restored' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert out.count('warning: the checkpoint at step 4 could not be read') == 1
+  # Moved aside, never deleted; the good step 2 is where it was.
+  assert (workdir / 'checkpoints' / 'corrupt' / '4').is_dir() and (
+      workdir / 'checkpoints' / '2'
+  ).is_dir()
 
 
 def test_evaluate_mode_with_hypotheses_writes_oracle_and_per_sample_errors(trained, tmp_path):

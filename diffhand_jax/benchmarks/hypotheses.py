@@ -81,7 +81,14 @@ def main(argv: list[str]) -> int:
   from diffhand_jax.geometry import conventions, hypotheses
   from diffhand_jax.inference import loading, sampling, tta
 
-  config, model, params, topology, schedule = loading.load_for_inference(FLAGS.workdir)
+  run = loading.load_trained(FLAGS.workdir)
+  config, model, params, topology, schedule = (
+      run.config,
+      run.model,
+      run.params,
+      run.topology,
+      run.schedule,
+  )
   config = overrides.apply_overrides(config, FLAGS.config)
   split = FLAGS.split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)

@@ -64,6 +64,50 @@ def default_data_dir(data_dir: str | None) -> str:
   return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
 
+def _full_name(dataset_config: Mapping[str, Any]) -> str:
+  config_name = dataset_config.get('config_name') or ''
+  return f"{dataset_config['name']}/{config_name}" if config_name else dataset_config['name']
+
+
+def _unprepared_message(dataset_config: Mapping[str, Any], data_dir: str) -> str:
+  """How to prepare a manual-download dataset: the exact `tfds build` command and where to download."""
+  name = dataset_config['name']
+  config_name = dataset_config.get('config_name') or ''
+  module = importlib.import_module(BUILDER_MODULES[name]) if name in BUILDER_MODULES else None
+  instructions = getattr(module, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
+  config_flag = f' --config={config_name}' if config_name else ''
+  return (
+      f'dataset {_full_name(dataset_config)} is not prepared in {data_dir}. Download it by hand and run\n'
+      f'  tfds build datasets/{name}{config_flag} --manual_dir=<where you put the files> '
+      f'--data_dir={data_dir} --file_format={STREAMING_FILE_FORMAT}\n' + instructions
+  )
+
+
+def _builder(dataset_config: Mapping[str, Any], **kwargs):
+  import tensorflow_datasets as tfds  # imported lazily: TensorFlow is slow to import
+
+  name = dataset_config['name']
+  if name in BUILDER_MODULES:
+    importlib.import_module(BUILDER_MODULES[name])  # registers the builder with TFDS
+  data_dir = default_data_dir(dataset_config.get('data_dir'))
+  return tfds.builder(_full_name(dataset_config), data_dir=data_dir, **kwargs)
+
+
+def preparation_problem(dataset_config: Mapping[str, Any]) -> str | None:
+  """Why the dataset cannot be read yet (not prepared, with the command that prepares it; an unknown
+  config), or None. A dataset that makes itself (synthetic) is never a problem: it builds on first use.
+  """
+  if dataset_config['name'] in SELF_GENERATING:
+    return None
+  try:
+    builder = _builder(dataset_config)
+  except Exception as error:  # pylint: disable=broad-except - TFDS: unknown config, unreadable info
+    return f'dataset {_full_name(dataset_config)}: {str(error).splitlines()[0]}'
+  if builder.is_prepared():
+    return None
+  return _unprepared_message(dataset_config, default_data_dir(dataset_config.get('data_dir')))
+
+
 def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
   """The TFDS builder for ``dataset_config`` (keys ``name``, ``data_dir``, optional ``config_name``).
 
@@ -71,32 +115,17 @@ def get_builder(dataset_config: Mapping[str, Any], *, prepare: bool = True):
   ArrayRecord format so that it can be streamed; otherwise tells the user how to prepare it. Data
   already prepared is used in whatever format it has (see :func:`open_split` for tfrecord-only data).
   """
-  import tensorflow_datasets as tfds  # imported lazily: TensorFlow is slow to import
-
-  name = dataset_config['name']
-  if name in BUILDER_MODULES:
-    importlib.import_module(BUILDER_MODULES[name])  # registers the builder with TFDS
-  full_name = name
-  config_name = dataset_config.get('config_name') or ''
-  if config_name:
-    full_name = f'{name}/{config_name}'
+  full_name = _full_name(dataset_config)
   data_dir = default_data_dir(dataset_config.get('data_dir'))
   # Without file_format first: a builder asked for ArrayRecord refuses data prepared as tfrecord.
-  builder = tfds.builder(full_name, data_dir=data_dir)
+  builder = _builder(dataset_config)
   if not builder.is_prepared():
     if not prepare:
       raise FileNotFoundError(f'dataset {full_name} is not prepared in {data_dir}')
-    if name not in SELF_GENERATING:
-      module = importlib.import_module(BUILDER_MODULES[name]) if name in BUILDER_MODULES else None
-      instructions = getattr(module, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
-      config_flag = f' --config={config_name}' if config_name else ''
-      raise FileNotFoundError(
-          f'dataset {full_name} is not prepared in {data_dir}. Download it by hand and run\n'
-          f'  tfds build datasets/{name}{config_flag} --manual_dir=<where you put the files> '
-          f'--data_dir={data_dir} --file_format={STREAMING_FILE_FORMAT}\n' + instructions
-      )
+    if dataset_config['name'] not in SELF_GENERATING:
+      raise FileNotFoundError(_unprepared_message(dataset_config, data_dir))
     print(f'building {full_name} into {data_dir} (first run only)', flush=True)
-    builder = tfds.builder(full_name, data_dir=data_dir, file_format=STREAMING_FILE_FORMAT)
+    builder = _builder(dataset_config, file_format=STREAMING_FILE_FORMAT)
     builder.download_and_prepare()
   return builder
 

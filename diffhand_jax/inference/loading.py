@@ -1,26 +1,59 @@
-"""Opening a trained run: its config, its model and the params of its newest checkpoint."""
+"""Opening a trained run: `load_trained(workdir)`, the one way in.
+
+It rebuilds the model from the config the newest checkpoint carries (workdir/config.json for runs
+written before checkpoints carried it) and restores that checkpoint's params item only: not the
+optimiser's moments, nor, where the run keeps an EMA, the raw params. Nothing reads the pretrained
+encoder file the run started from; the checkpoint holds those weights.
+"""
 
 from __future__ import annotations
 
-import os
+import dataclasses
+from typing import Any
 
+import ml_collections
+
+from diffhand_jax import diffusion
+from diffhand_jax.geometry import hand_model
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 
 
-def load_for_inference(workdir: str, *, use_ema: bool = True):
-  """Rebuilds the model of a training run and restores its newest checkpoint.
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A trained run, ready to sample: ``model.apply({'params': params}, ...)``."""
 
-  Returns (config, model, params, topology, schedule); params are the EMA params when the run kept them
-  and ``use_ema``.
-  """
-  config = run_config.load_config(workdir)
-  components = state_lib.build(config)
-  manager = checkpoints.checkpoint_manager(workdir, config)
-  state = checkpoints.restore_latest(
-      manager, state_lib.abstract_state(config, components.model, components.optimizer)
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: Any  # models.diffhand.DiffHand
+  params: Any  # the EMA params where the run keeps them (unless use_ema=False)
+  topology: hand_model.HandTopology  # joint regressor W, faces, template
+  schedule: diffusion.Schedule
+  step: int
+
+
+def load_trained(workdir: str, *, use_ema: bool = True) -> TrainedRun:
+  """The newest checkpoint of the run in ``workdir``, params only (see the module docstring)."""
+  payload = checkpoints.saved_config(workdir)
+  config = (
+      run_config.config_from_json(payload)
+      if payload is not None
+      else run_config.load_config(workdir)
   )
-  manager.close()
-  if state is None:
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}')
-  params = state.ema_params if (use_ema and config.ema_decay > 0) else state.params
-  return config, components.model, params, components.topology, components.schedule
+  components = state_lib.build(config)
+  abstract = state_lib.abstract_state(config, components.model, components.optimizer)
+  params, step = checkpoints.restore_params(workdir, abstract, config, use_ema=use_ema)
+  return TrainedRun(
+      workdir=workdir,
+      config=config,
+      model=components.model,
+      params=params,
+      topology=components.topology,
+      schedule=components.schedule,
+      step=step,
+  )
+
+
+def load_for_inference(workdir: str, *, use_ema: bool = True):
+  """`load_trained` as the tuple (config, model, params, topology, schedule) older callers unpack."""
+  run = load_trained(workdir, use_ema=use_ema)
+  return run.config, run.model, run.params, run.topology, run.schedule

@@ -32,7 +32,7 @@ from diffhand_jax.models import diffhand
 class Sampler:
   """A trained DiffHand's sampler over arrays of any length.
 
-  model, params, schedule: from `loading.load_for_inference`. vertex_scale: metres per model unit.
+  model, params, schedule: from `loading.load_trained`. vertex_scale: metres per model unit.
   Outputs are root-relative metres in the frame the model saw (mirrored for left hands).
   """
 

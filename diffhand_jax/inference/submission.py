@@ -476,7 +476,14 @@ def predict_absolute(
 
   if benchmark not in BENCHMARKS:
     raise SubmissionError(f'benchmark must be one of {BENCHMARKS}, got {benchmark!r}')
-  config, model, params, topology, schedule = loading.load_for_inference(workdir)
+  run = loading.load_trained(workdir)
+  config, model, params, topology, schedule = (
+      run.config,
+      run.model,
+      run.params,
+      run.topology,
+      run.schedule,
+  )
   config = overrides_lib.apply_overrides(config, overrides)
   split = split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)

@@ -213,6 +213,7 @@ def build_model(model_config: Any, template_vertices: np.ndarray | None = None) 
   dtype = _dtype(model_config.get("dtype", "float32"))
   overrides = model_config.get("encoder_overrides", None) or {}
   overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+  overrides = {name: value for name, value in overrides.items() if value is not None}
   overrides.setdefault("dtype", dtype)
   if model_config.encoder.startswith("cnn_"):
     from diffhand_jax.models import cnn
@@ -271,6 +272,28 @@ def param_shapes(model: DiffHand, image_size: int | tuple[int, int], batch: int 
   return jax.eval_shape(lambda k: model.init(k, *inputs), jax.random.key(0))["params"]
 
 
+def encoder_params_problems(expected: PyTree, loaded: PyTree, *, limit: int = 20) -> list[str]:
+  """How ``loaded`` encoder params differ from ``expected`` (arrays or shape structs): missing, unused
+  and mis-shaped names; [] when they fit."""
+  expected = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), expected)
+  got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), loaded)
+  if (
+      jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(got)
+      and expected == got
+  ):
+    return []
+  flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+  flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+  problems = [f"missing {jax.tree_util.keystr(k)}" for k in flat_expected if k not in flat_got]
+  problems += [f"unused {jax.tree_util.keystr(k)}" for k in flat_got if k not in flat_expected]
+  problems += [
+      f"{jax.tree_util.keystr(k)}: checkpoint {flat_got[k]} vs model {v}"
+      for k, v in flat_expected.items()
+      if k in flat_got and flat_got[k] != v
+  ]
+  return problems[:limit]
+
+
 def load_encoder_init(params: PyTree, path: str) -> PyTree:
   """Replaces params['encoder'] by the checkpoint at `path` (written by `python -m
   diffhand_jax.convert_checkpoint`), checking every name and shape."""
@@ -278,21 +301,11 @@ def load_encoder_init(params: PyTree, path: str) -> PyTree:
 
   loaded = encoder_weights.load_encoder_params(path)
   loaded = loaded.get("params", loaded) if isinstance(loaded, dict) else loaded
-  expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), params["encoder"])
-  got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), loaded)
-  if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(got) or expected != got:
-    flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-    flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
-    problems = [f"missing {jax.tree_util.keystr(k)}" for k in flat_expected if k not in flat_got]
-    problems += [f"unused {jax.tree_util.keystr(k)}" for k in flat_got if k not in flat_expected]
-    problems += [
-        f"{jax.tree_util.keystr(k)}: checkpoint {flat_got[k]} vs model {v}"
-        for k, v in flat_expected.items()
-        if k in flat_got and flat_got[k] != v
-    ]
+  problems = encoder_params_problems(params["encoder"], loaded)
+  if problems:
     raise ValueError(
         f"{_FILE}: encoder_init {path!r} does not fit the configured encoder: "
-        + "; ".join(problems[:20])
+        + "; ".join(problems)
     )
   params = dict(params)
   params["encoder"] = jax.tree_util.tree_map(jnp.asarray, loaded)

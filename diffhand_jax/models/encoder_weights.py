@@ -262,3 +262,106 @@ def load_encoder(path: str, **overrides: Any) -> tuple[vit.VisionTransformer, Py
       record['model_name'], img_size=tuple(int(s) for s in record['img_size']), **overrides
   )
   return module, record['params']
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretrained weights by name: config.model.encoder_init
+# ---------------------------------------------------------------------------------------------------------
+
+# The file a timm model repository on the Hugging Face Hub holds its weights in.
+HUB_FILENAME = 'model.safetensors'
+CHECKPOINT_EXTENSIONS = ('.safetensors', '.pth', '.pt', '.bin', '.ckpt')
+CONVERTED_EXTENSIONS = ('.msgpack',)
+
+
+def is_hub_id(spec: str) -> bool:
+  """'timm/deit3_large_patch16_224.fb_in22k_ft_in1k' (owner/name, not a file here) is a Hub model id."""
+  if os.path.exists(os.path.expanduser(spec)) or spec.startswith(('/', '.', '~')):
+    return False
+  if spec.lower().endswith(CHECKPOINT_EXTENSIONS + CONVERTED_EXTENSIONS):
+    return False
+  return len(spec.split('/')) == 2 and all(spec.split('/'))
+
+
+def _fill_cache_command(repo_id: str) -> str:
+  return (
+      f'on a machine with internet access and the same HF_HOME, run:\n'
+      f'    hf download {repo_id} {HUB_FILENAME}\n'
+      f'  (or python -c "import huggingface_hub as h; h.hf_hub_download({repo_id!r}, {HUB_FILENAME!r})")'
+  )
+
+
+def _hub_offline() -> bool:
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
+  return bool(constants.HF_HUB_OFFLINE)
+
+
+def encoder_init_problem(spec: str | None) -> str | None:
+  """Why ``spec`` (config.model.encoder_init) cannot be read here, or None. Checks without
+  downloading: a file must exist; a Hub id must be in the cache when HF_HUB_OFFLINE=1."""
+  if not spec:
+    return None
+  if is_hub_id(spec):
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+
+    cached = huggingface_hub.try_to_load_from_cache(spec, HUB_FILENAME)
+    if isinstance(cached, str) and os.path.isfile(cached):
+      return None
+    if _hub_offline():
+      return (
+          f'config.model.encoder_init = {spec!r}: {HUB_FILENAME} of that Hub model is not in the '
+          f'Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 '
+          f'forbids downloading it; {_fill_cache_command(spec)}'
+      )
+    return None
+  path = os.path.expanduser(spec)
+  if not os.path.isfile(path):
+    return (
+        f'config.model.encoder_init = {spec!r}: no such file (give a Hugging Face Hub id such as '
+        "'timm/deit3_large_patch16_224.fb_in22k_ft_in1k', a .safetensors/.pth/.bin checkpoint, a "
+        ".msgpack from python -m diffhand_jax.convert_checkpoint, or '' for random weights)"
+    )
+  return None
+
+
+def resolve_encoder_init(spec: str) -> str:
+  """The local file behind ``spec``: the file itself, or the Hub file fetched into (or found in) the
+  standard Hugging Face cache, which honours HF_HOME and HF_HUB_OFFLINE."""
+  if not is_hub_id(spec):
+    path = os.path.expanduser(spec)
+    if not os.path.isfile(path):
+      raise CheckpointError(encoder_init_problem(spec) or f'{spec}: no such file')
+    return path
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+
+  try:
+    return huggingface_hub.hf_hub_download(spec, HUB_FILENAME)
+  except Exception as error:  # pylint: disable=broad-except - offline, no such repo, network errors
+    raise CheckpointError(
+        f'config.model.encoder_init = {spec!r}: cannot get {HUB_FILENAME} of that Hub model '
+        f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}); '
+        f'{_fill_cache_command(spec)}'
+    ) from None
+
+
+def load_pretrained_encoder(
+    spec: str, model_name: str, img_size: int | tuple[int, int], **overrides: Any
+) -> PyTree:
+  """The encoder params (numpy) of ``spec`` for the encoder ``model_name`` at ``img_size``: a Hub id, a
+  timm/HF checkpoint file (mapped to this encoder, position embedding resampled to ``img_size``), or a
+  file written by `convert` (used as it is). Read eagerly, on the host, never inside jit."""
+  path = resolve_encoder_init(spec)
+  if path.lower().endswith(CONVERTED_EXTENSIONS):
+    return load_encoder_params(path)
+  state_dict = read_state_dict(path)
+  if is_hf_transformers(state_dict):
+    state_dict = hf_to_timm(state_dict)
+  module = vit.create(model_name, img_size=img_size, **overrides)
+  try:
+    params = vit.params_from_timm(
+        module, state_dict, source=f'{spec} ({path})' if spec != path else path
+    )
+  except vit.CheckpointMismatchError as error:
+    raise CheckpointError(f'{error}\n  (config.model.encoder = {model_name!r})') from None
+  return jax.tree_util.tree_map(np.asarray, params)

@@ -18,8 +18,11 @@ Presets:
 Fields:
   encoder, encoder_overrides   timm model name for models/vit.py `create`, and fields it overrides
   img_size                     input side in pixels (224 FreiHAND, 256 HO-3D / DexYCB)
-  encoder_init                 encoder params file from `python -m diffhand_jax.convert_checkpoint`,
-                               or None = random init (applied by models/diffhand.py `init`)
+  encoder_init                 pretrained encoder weights: a Hugging Face Hub id ('timm/<name>.<tag>',
+                               fetched into the HF cache), a timm/HF checkpoint file (.safetensors,
+                               .pth, .bin), a file from `python -m diffhand_jax.convert_checkpoint`,
+                               or None / '' = random init. Read once, outside jit, by a fresh training
+                               run only (runs/state.py `pretrained_encoder_params`)
   decoder                      'cross_modality' | 'vanilla' (the ablation's plain self-attention)
   feature_block                'channel_attention' (XCiT) | 'mlp' | 'none'
   full_res_attention           also an attention block at full resolution in each vertex block
@@ -43,12 +46,25 @@ from __future__ import annotations
 import ml_collections
 
 PRESETS = ("tiny", "cpu_demo", "paper")
+# The encoder fields a config may override without a preset of its own (models/vit.py `create`).
+VIT_OVERRIDES = ("embed_dim", "depth", "num_heads", "patch_size")
+
+# The pretrained weights of the paper configs (freihand, ho3d, dexycb): timm's DeiT III Large at 224,
+# pretrained on ImageNet-22k and fine-tuned on ImageNet-1k. The paper names DeiT III ("Deit-Large",
+# Touvron et al. 2022) without a tag; of timm's DeiT III Large weights this is the strongest at 224
+# (ImageNet-1k top-1 87.0% in the DeiT III paper, against 84.9% for the ImageNet-1k-only `fb_in1k`), and
+# its 224 input is FreiHAND's. At 256 (HO-3D, DexYCB) the position embedding is resampled, as timm does.
+PAPER_ENCODER_INIT = "timm/deit3_large_patch16_224.fb_in22k_ft_in1k"
 
 
 def _base() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.encoder = "deit3_large_patch16_224"
-  config.encoder_overrides = ml_collections.ConfigDict()
+  # None keeps the timm model's own value; set on the command line to shrink the encoder
+  # (--config.model.encoder_overrides.depth=2).
+  config.encoder_overrides = ml_collections.ConfigDict(
+      {name: ml_collections.config_dict.placeholder(int) for name in VIT_OVERRIDES}
+  )
   config.img_size = 224
   config.encoder_init = ml_collections.config_dict.placeholder(str)
   config.decoder = "cross_modality"

@@ -95,10 +95,9 @@ def export_examples(
     mesh_io.write_image(os.path.join(directory, f'{i:04d}.png'), image)
 
 
-def _eval_params(state, config):
-  """The params to evaluate, as arrays this process can use on its own (evaluation runs the whole
-  split in every process; with several processes the global params are gathered first)."""
-  params = state.ema_params if config.ema_decay > 0 else state.params
+def _process_local(params):
+  """``params`` as arrays this process can use on its own (evaluation runs the whole split in every
+  process; with several processes the global params are gathered first)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -107,7 +106,8 @@ def _eval_params(state, config):
 
 
 def run_evaluation(
-    state,
+    params,
+    step: int,
     config,
     workdir,
     topology,
@@ -122,12 +122,15 @@ def run_evaluation(
   """Samples the eval split, scores it, and writes results.json, the per-sample errors
   (eval_per_sample.npz) and the exports. With K > 1 hypotheses the reported metrics are those of their
   aggregate (config.eval.aggregate: 'mean' | 'medoid'), and results['hypotheses'] adds the best-of-K
-  oracle, hypothesis 0 alone, and the rank correlation of uncertainty with error."""
-  step = int(state.step)
+  oracle, hypothesis 0 alone, and the rank correlation of uncertainty with error.
+
+  params: the params to sample with (the EMA params where the run keeps them); step: the step they are
+  of."""
+  step = int(step)
   start = time.time()
   prediction = predict_split(
       reconstruct_fn,
-      _eval_params(state, config),
+      _process_local(params),
       eval_arrays,
       config,
       jax.random.PRNGKey(config.seed + 1),

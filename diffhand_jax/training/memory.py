@@ -55,7 +55,7 @@ def memory_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
   stats = compiled.memory_analysis()
   if stats is None:
     raise RuntimeError(
-        f'diffhand_jax/aot.py: the {jax.default_backend()} backend gives no memory '
+        f'diffhand_jax/training/memory.py: the {jax.default_backend()} backend gives no memory '
         'analysis for compiled programs'
     )
   report = {

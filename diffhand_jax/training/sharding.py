@@ -58,20 +58,6 @@ DEFAULT_SHARDING_RULES = (('.*', 'fsdp_largest'),)
 _NAMED_SPECS = ('fsdp_largest', 'replicate')
 
 
-def leaf_path(path: tuple) -> str:
-  """'/'-joined names of a pytree path: 'params/encoder/blocks_0/attn/qkv/kernel',
-  'opt_state/1/0/mu/encoder/...', 'ema_params/...', 'step'."""
-  names = []
-  for entry in path:
-    for attribute in ('key', 'name', 'idx'):
-      if hasattr(entry, attribute):
-        names.append(str(getattr(entry, attribute)))
-        break
-    else:
-      names.append(str(entry))
-  return '/'.join(names)
-
-
 def check_sharding_rules(rules) -> list[tuple[re.Pattern, Any]]:
   """config.sharding_rules → [(compiled regex, spec)], or a ValueError saying which rule is wrong."""
   compiled = []
@@ -165,7 +151,9 @@ def state_shardings(
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(
           mesh,
-          _first_match(leaf_path(path), tuple(leaf.shape), compiled_rules, mesh_shape, min_size),
+          _first_match(
+              state_lib.leaf_path(path), tuple(leaf.shape), compiled_rules, mesh_shape, min_size
+          ),
       ),
       abstract_state,
   )

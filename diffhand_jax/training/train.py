@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from diffhand_jax.data import input_pipeline
 from diffhand_jax.models import diffhand
@@ -70,14 +69,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_sharding = sharding.batch_sharding(mesh)
 
   # ----------------------------------------------------------------------------------------------
-  # Checkpoint: resume from the newest readable one, else initialise
+  # Checkpoint: resume from the newest readable one, else initialise (random, then the pretrained
+  # encoder read on the host and placed with the state's shardings; a resume never reads it)
   # ----------------------------------------------------------------------------------------------
-  manager = checkpoints.checkpoint_manager(workdir, config)
-  restored = checkpoints.restore_latest(manager, abstract_state)
+  manager, restored = checkpoints.open_for_training(workdir, config, abstract_state)
   if restored is None:
     state = step_lib.init_sharded_state(
         config, model, optimizer, shardings, jax.random.PRNGKey(config.seed)
     )
+    encoder_params = state_lib.pretrained_encoder_params(config)
+    if encoder_params is not None:
+      state = state_lib.with_pretrained_encoder(state, encoder_params, shardings)
+      print0(f'encoder weights from {config.model.encoder_init}', flush=True)
     print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   else:
     state = restored
@@ -104,7 +107,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def evaluate(state):
     return evaluation.run_evaluation(
-        state, config, workdir, topology, model, reconstruct_fn, eval_arrays, train_arrays, logger
+        checkpoints.inference_params(state, config),
+        int(state.step),
+        config,
+        workdir,
+        topology,
+        model,
+        reconstruct_fn,
+        eval_arrays,
+        train_arrays,
+        logger,
     )
 
   # ----------------------------------------------------------------------------------------------
@@ -158,16 +170,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if preempted or manager.should_save(done):
           # Never let a diverged state replace the last good checkpoint.
           _check_finite(float(parts['total']), done, workdir)
-          manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
+          checkpoints.save(manager, done, state, config, force=preempted)
         if preempted:
           manager.wait_until_finished()
+          how = 'interrupted (Ctrl-C)' if preempt.signal_name == 'SIGINT' else 'preempted'
           print0(
-              f'preempted: saved a checkpoint at step {done}; rerun the same command to resume',
+              f'{how}: saved a checkpoint at step {done}; rerun the same command to resume',
               flush=True,
           )
           manager.close()
           logger.close()
-          return {'step': done, 'preempted': True}
+          return {'step': done, 'preempted': True, 'signal': preempt.signal_name or 'SIGTERM'}
         if done % config.eval_every_steps == 0 or done == config.num_train_steps:
           results = evaluate(state)
   except BaseException:
@@ -177,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logger.close()
     raise
   if manager.latest_step() != int(state.step):
-    manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
+    checkpoints.save(manager, int(state.step), state, config, force=True)
   manager.wait_until_finished()
   manager.close()
   logger.close()
@@ -200,16 +213,12 @@ def _check_finite(loss: float, step: int, workdir: str) -> None:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Scores the newest checkpoint in ``workdir`` (EMA params when the config keeps them)."""
-  os.makedirs(workdir, exist_ok=True)
+  """Scores the newest checkpoint in ``workdir`` (EMA params when the config keeps them), reading its
+  params only."""
   components = state_lib.build(config)
-  manager = checkpoints.checkpoint_manager(workdir, config)
-  state = checkpoints.restore_latest(
-      manager, state_lib.abstract_state(config, components.model, components.optimizer)
+  params, step = checkpoints.restore_params(
+      workdir, state_lib.abstract_state(config, components.model, components.optimizer), config
   )
-  manager.close()
-  if state is None:
-    raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}')
   train_arrays = input_pipeline.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
   )
@@ -223,7 +232,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   logger = metric_log.Logger(workdir)
   try:
     return evaluation.run_evaluation(
-        state,
+        params,
+        step,
         config,
         workdir,
         components.topology,
