@@ -158,6 +158,21 @@ def test_train_writes_metrics_results_checkpoints_and_exports(trained):
   assert sorted(_train_losses(workdir)) == [1, 2, 3, 4]
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert any(r['split'] == 'test' for r in records)
+  for row in (r for r in records if r['split'] == 'train'):  # throughput you can see (perf/ names)
+    perf = {k: v for k, v in row.items() if k.startswith('perf/')}
+    assert set(perf) == {
+        'perf/step_time_seconds',
+        'perf/images_per_sec',
+        'perf/images_per_sec_per_device',
+        'perf/per_device_tflops_per_sec',
+        'perf/mfu',
+        'perf/input_wait_fraction',
+    }
+    assert perf['perf/images_per_sec'] == pytest.approx(
+        config.batch_size / perf['perf/step_time_seconds']
+    )
+    assert 0 < perf['perf/mfu'] < 1 and 0 <= perf['perf/input_wait_fraction'] <= 1
+  assert os.listdir(workdir / 'tensorboard')  # clu's writer
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
   assert sorted(os.listdir(workdir / 'export' / 'step_4')) == ['0000.obj', '0000.png']
   assert (workdir / 'config.json').exists()

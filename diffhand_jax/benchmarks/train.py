@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax.runs import run_config
-from diffhand_jax.training import sharding, step as step_lib
+from diffhand_jax.training import sharding, step as step_lib, throughput
 from diffhand_jax.benchmarks import common, trace
 from diffhand_jax import command_line
 
@@ -63,19 +63,10 @@ def load_config(name: str, paper_batch: int, dtype: str):
   return config
 
 
-def peak_matmul_flops(dtype: Any, repeats: int = 5) -> dict[str, float]:
-  """The best FLOP/s of square matmuls of `dtype` on the default device (sizes by backend)."""
+def peak_matmul_flops(dtype: Any) -> dict[str, float]:
+  """The best FLOP/s of square matmuls of `dtype` on the default device (training/throughput.py)."""
   sizes = (1024, 2048) if jax.default_backend() == 'cpu' else (4096, 8192)
-  best = {'flops_per_s': 0.0, 'size': 0}
-  for n in sizes:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
-    matmul = jax.jit(lambda x, y: x @ y)
-    seconds = common.time_fn(lambda: common.block(matmul(a, b)), repeats=repeats, min_seconds=0.5)
-    rate = 2.0 * n**3 / seconds['min']
-    if rate > best['flops_per_s']:
-      best = {'flops_per_s': rate, 'size': n}
-  return best
+  return throughput.measured_matmul_peak(dtype, sizes=sizes, min_seconds=0.5)
 
 
 def _random_batch(config, batch_sharding) -> dict[str, jax.Array]:
@@ -96,9 +87,7 @@ def measure(
   step_fn = step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
   batch = _random_batch(config, sharding.batch_sharding(mesh))
   compiled = step_fn.lower(state, batch).compile()
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  flops = float(analysis['flops'])
+  flops = throughput.compiled_flops(compiled)
 
   holder = {'state': state}
 

@@ -28,6 +28,8 @@ def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.n
   hypotheses (M, K, N, 3), vertices_std (M, N) and the ground truth (gt_vertices, gt_joints)."""
   vertex_scale = config.model.vertex_scale
   hyps, stds, gt_verts, gt_joints = [], [], [], []
+  total = input_pipeline.num_rows(arrays)
+  done, reported, start = 0, 0.0, time.time()
   for index, (batch, valid) in enumerate(
       input_pipeline.eval_batches(
           arrays,
@@ -42,6 +44,14 @@ def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.n
     stds.append(np.asarray(out['vertices_std'])[:valid])
     gt_verts.append(batch['vertices'][:valid])
     gt_joints.append(batch['joints'][:valid])
+    done += valid
+    # Progress about every 10 s (a large split samples for minutes), and at the end.
+    if done == total or time.time() - reported > 10.0:
+      reported = time.time()
+      rate = done / max(reported - start, 1e-9)
+      metric_log.print0(
+          f'  sampling the eval split: {done}/{total} images ({rate:.1f} images/s)', flush=True
+      )
   return {
       'hypotheses': _to_metres(np.concatenate(hyps), vertex_scale),
       'vertices_std': _to_metres(np.concatenate(stds), vertex_scale),

@@ -45,10 +45,7 @@ def memory_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
   abstract_state, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
   step_fn = step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
   data_sharding = sharding.batch_sharding(mesh)
-  abstract_batch = {
-      key: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=data_sharding)
-      for key, spec in step_lib.train_batch_spec(config).items()
-  }
+  abstract_batch = step_lib.abstract_train_batch(config, data_sharding)
   start = time.time()
   compiled = step_fn.lower(abstract_state, abstract_batch).compile()
   seconds = time.time() - start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Mapping
 
@@ -11,31 +12,71 @@ import jax
 from diffhand_jax.runs import files
 
 
-class Logger:
-  """metrics.jsonl + TensorBoard, written by process 0 only."""
+class _ProgressNotes(logging.Filter):
+  """Prints clu's progress notes (ReportProgress: steps/s, percent done, ETA, time per part) as
+  'progress: ...' lines. clu logs them at INFO through absl; every other record keeps the threshold the
+  absl logger had."""
 
-  def __init__(self, workdir: str):
+  PREFIX = 'Setting work unit notes: '
+
+  def __init__(self, threshold: int):
+    super().__init__()
+    self.threshold = threshold
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if message.startswith(self.PREFIX):
+      print(f'progress: {message[len(self.PREFIX):]}', flush=True)
+      return False
+    return record.levelno >= self.threshold
+
+
+class Logger:
+  """metrics.jsonl, plus TensorBoard through clu's metric writers; written by process 0 only.
+
+  `report_progress(step)` is clu's ReportProgress: it writes steps/s to TensorBoard, and its note (steps/s,
+  percent done, ETA, and the share of time spent in `with logger.report_progress.timed('eval'):`) is
+  printed by process 0 every ``every_steps``.
+  """
+
+  def __init__(self, workdir: str, *, num_train_steps: int | None = None, every_steps: int = 100):
+    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.writer = None
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=not self.enabled, asynchronous=False
+    )
+    self.report_progress = periodic_actions.ReportProgress(
+        num_train_steps=num_train_steps, writer=self.writer, every_steps=every_steps
+    )
+    self._absl = logging.getLogger('absl')
+    self._previous_level = self._absl.level
+    self._notes = None
     if self.enabled:
-      from tensorboardX import SummaryWriter
-
-      self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._notes = _ProgressNotes(self._absl.getEffectiveLevel())
+      self._absl.addFilter(self._notes)
+      self._absl.setLevel(min(self._absl.getEffectiveLevel(), logging.INFO))
 
   def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+    """One metrics.jsonl row {'step', 'split', **values}; TensorBoard tags are '<split>/<name>', or the
+    name itself where it has a '/' already (perf/images_per_sec)."""
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **{k: float(v) for k, v in values.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    for name, value in values.items():
-      self.writer.add_scalar(f'{split}/{name}', float(value), int(step))
+    self.writer.write_scalars(
+        int(step), {(k if '/' in k else f'{split}/{k}'): float(v) for k, v in values.items()}
+    )
     self.writer.flush()
 
   def close(self):
-    if self.writer is not None:
-      self.writer.close()
+    self.writer.close()
+    if self._notes is not None:
+      self._absl.removeFilter(self._notes)
+      self._absl.setLevel(self._previous_level)
+      self._notes = None
 
 
 def truncate_metrics_log(path: str, step: int) -> None:

@@ -244,3 +244,11 @@ def build_components(config):
       components.optimizer,
       sharding.make_mesh(config.mesh),
   )
+
+
+def abstract_train_batch(config, batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
+  """`train_batch_spec` with the batch's sharding: what the train step is compiled for ahead of time."""
+  return {
+      key: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=batch_sharding)
+      for key, spec in train_batch_spec(config).items()
+  }

@@ -23,7 +23,14 @@ import numpy as np
 from diffhand_jax.data import input_pipeline
 from diffhand_jax.models import diffhand
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
-from diffhand_jax.training import evaluation, metric_log, preemption, sharding, step as step_lib
+from diffhand_jax.training import (
+    evaluation,
+    metric_log,
+    preemption,
+    sharding,
+    step as step_lib,
+    throughput,
+)
 
 print0 = metric_log.print0
 
@@ -92,7 +99,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------------------------------------
   # Update step
   # ----------------------------------------------------------------------------------------------
-  step_fn = step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+  # Compiled ahead of the loop, so that its cost analysis gives the FLOPs per step (perf/ metrics).
+  step_fn = (
+      step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+      .lower(abstract_state, step_lib.abstract_train_batch(config, data_sharding))
+      .compile()
+  )
+  peak_flops, peak_source = throughput.device_peak(str(config.model.get('dtype', 'float32')))
+  meter = throughput.Meter(
+      global_batch=int(config.batch_size),
+      flops_per_step=throughput.compiled_flops(step_fn),
+      peak_flops=peak_flops,
+      num_devices=int(mesh.size),
+  )
+  print0(
+      f'train step: {meter.flops_per_step / 1e9:.2f} GFLOP per device per step; MFU against a '
+      f'peak of {peak_flops / 1e12:.3g} TFLOP/s ({peak_source})',
+      flush=True,
+  )
 
   # ----------------------------------------------------------------------------------------------
   # Evaluate
@@ -122,7 +146,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------------------------------------
   # Loop
   # ----------------------------------------------------------------------------------------------
-  logger = metric_log.Logger(workdir)
+  logger = metric_log.Logger(
+      workdir, num_train_steps=config.num_train_steps, every_steps=config.log_every_steps
+  )
   batches = input_pipeline.train_batches(
       train_arrays,
       batch_size=config.batch_size,
@@ -137,35 +163,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       process_count=jax.process_count(),
   )
   results = None
-  window_start, window_steps, history = time.time(), 0, []
+  history = []
   loop_start = time.time()
+  meter.reset()
   try:
     with preemption.PreemptionSignal() as preempt:
       for step in range(start_step, config.num_train_steps):
+        waiting = time.perf_counter()
         batch = next(batches)
-        state, parts = step_fn(
-            state, sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
-        )
+        global_batch = sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
+        meter.input_seconds += time.perf_counter() - waiting
+        state, parts = step_fn(state, global_batch)
         history.append(parts)
-        window_steps += 1
+        meter.steps += 1
         done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_train_steps:
           values = {k: float(np.mean([float(p[k]) for p in history])) for k in history[0]}
           _check_finite(values['total'], done, workdir)
-          elapsed = time.time() - window_start
-          rate = window_steps / max(elapsed, 1e-9)
-          values['steps_per_sec'] = rate
+          perf = meter.metrics()  # after the float()s above: the window's steps have finished
+          values['steps_per_sec'] = 1.0 / perf['perf/step_time_seconds']
           values['loss'] = values['total']
-          logger.write(done, 'train', values)
-          eta = (config.num_train_steps - done) / max(rate, 1e-9)
+          logger.write(done, 'train', {**values, **perf})
           print0(
               f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
               f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
-              f'smooth {values["smooth"]:.4f}) | {rate:.2f} steps/s | '
-              f'ETA {metric_log.format_seconds(eta)}',
+              f'smooth {values["smooth"]:.4f}) | {perf["perf/images_per_sec"]:.1f} images/s, '
+              f'{perf["perf/per_device_tflops_per_sec"] * 1e3:.1f} GFLOP/s per device, '
+              f'MFU {perf["perf/mfu"]:.1%}, input wait {perf["perf/input_wait_fraction"]:.0%}',
               flush=True,
           )
-          window_start, window_steps, history = time.time(), 0, []
+          history = []
+          meter.reset()
+        logger.report_progress(done)
         preempted = preempt.received or manager.reached_preemption(done)
         if preempted or manager.should_save(done):
           # Never let a diverged state replace the last good checkpoint.
@@ -182,7 +211,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logger.close()
           return {'step': done, 'preempted': True, 'signal': preempt.signal_name or 'SIGTERM'}
         if done % config.eval_every_steps == 0 or done == config.num_train_steps:
-          results = evaluate(state)
+          with logger.report_progress.timed('eval', wait_jax_async_dispatch=False):
+            results = evaluate(state)
+          meter.reset()  # evaluation time is no step's
   except BaseException:
     # Let the checkpoints already saved (the last good state) finish writing before the error leaves.
     manager.wait_until_finished()
