@@ -40,9 +40,9 @@ def test_a_cpu_peak_is_measured():
 
 
 def test_window_metrics(monkeypatch):
-  clock = iter([100.0, 110.0])
-  monkeypatch.setattr(throughput.time, 'perf_counter', lambda: next(clock))
   meter = throughput.Meter(global_batch=64, flops_per_step=5e12, peak_flops=1e14, num_devices=8)
+  meter.start = 100.0
+  monkeypatch.setattr(throughput.time, 'perf_counter', lambda: 110.0)
   meter.steps, meter.input_seconds = 20, 2.5  # 20 steps in 10 s, 2.5 s of them waiting for input
   metrics = meter.metrics()
   assert metrics['perf/step_time_seconds'] == pytest.approx(0.5)
