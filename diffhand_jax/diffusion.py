@@ -7,6 +7,8 @@ Everything here follows docs/design.md §3 to the equation:
 * ``q_sample``: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
 * ``ddim_timesteps``: "trailing" spacing τ_i = round((S − i)·T/S) − 1, then τ_S = −1 with ᾱ_{−1} := 1.
 * ``ddim_sample``: each step predicts x̂_0, recovers ε̂ and moves to the next listed timestep.
+* ``ddim_sample_from``: a warm start (img2img / SDEdit): a guess of x_0 noised to τ_{S−k} with
+  ``q_sample``, then the last k = int(S·strength) steps of ``ddim_sample``.
 
 The sampler is a single ``lax.scan``; it works under ``jit`` and ``vmap`` and with any denoiser callable
 ``denoise_fn(x_t, t) -> x0_hat``. Nothing here knows about hands: the model closes over its (already
@@ -161,13 +163,86 @@ def ddim_sample(
   """
   if x_T.ndim < 1:
     raise ValueError(f'x_T must have a leading batch axis, got shape {x_T.shape}')
+  _check_key('ddim_sample', eta, key)
+  timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
+  return _ddim_scan(denoise_fn, x_T, schedule, timesteps, eta, key, return_trajectory)
+
+
+def warm_start_steps(num_steps: int, strength: float) -> int:
+  """k, the number of DDIM steps a warm start of ``strength`` runs: int(S·strength), at least 1.
+
+  diffusers' img2img takes int(S·strength) steps too (and runs none when that is 0; here it is 1).
+  """
+  try:
+    strength = float(strength)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    raise ValueError(
+        'strength sets how many steps run (the length of the scan), so it must be a Python float, '
+        f'not {type(strength).__name__}'
+    ) from None
+  if int(num_steps) != num_steps or num_steps < 1:
+    raise ValueError(f'num_steps must be a positive integer, got {num_steps!r}')
+  if not 0.0 < strength <= 1.0:
+    raise ValueError(f'strength must lie in (0, 1], got {strength!r}')
+  return max(1, min(int(num_steps * strength), int(num_steps)))
+
+
+def ddim_sample_from(
+    denoise_fn: DenoiseFn,
+    x0_guess: jax.Array,
+    schedule: Schedule,
+    *,
+    strength: float,
+    noise: jax.Array,
+    num_steps: int = 10,
+    eta: float | jax.Array = 0.0,
+    key: jax.Array | None = None,
+    return_trajectory: bool = False,
+):
+  """DDIM warm-started from a guess of x_0: the img2img (SDEdit) convention of diffusers.
+
+  With S = ``num_steps`` and k = ``warm_start_steps(S, strength)``, the guess is noised to τ_{S−k} of
+  the trailing grid (``ddim_timesteps``), x = q_sample(x0_guess, τ_{S−k}, noise), and the last k steps
+  of ``ddim_sample`` run from there, in one ``lax.scan``. strength = 1 starts at τ_0 = T − 1, where
+  √ᾱ is about 5e-5 for the cosine schedule, so it nearly equals ``ddim_sample`` from x_T = noise.
+
+  Args:
+    denoise_fn: ``denoise_fn(x_t, t) -> x0_hat``, as for ``ddim_sample``.
+    x0_guess: the guess (B, ...), e.g. the previous video frame's mesh.
+    schedule: the training noise schedule.
+    strength: a Python float in (0, 1]: the fraction of the S steps that run (and how much noise is
+      added: more strength, less of the guess survives).
+    noise: ε with the shape of ``x0_guess``, used to noise the guess.
+    num_steps: S, a Python int; the grid is that of ``ddim_sample`` with S steps.
+    eta, key: as for ``ddim_sample``; with η > 0, k fresh draws from ``key``.
+    return_trajectory: also return every state.
+
+  Returns:
+    x_0 with the shape of ``x0_guess``; with ``return_trajectory``, ``(x_0, trajectory)``, trajectory
+    (k + 1, *x0_guess.shape): the noised guess followed by each step's x_next.
+  """
+  if x0_guess.ndim < 1:
+    raise ValueError(f'x0_guess must have a leading batch axis, got shape {x0_guess.shape}')
+  _check_key('ddim_sample_from', eta, key)
+  k = warm_start_steps(num_steps, strength)
+  timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)[num_steps - k :]
+  t_start = jnp.full((x0_guess.shape[0],), int(timesteps[0]), jnp.int32)
+  x_start = q_sample(schedule, x0_guess, t_start, noise.astype(x0_guess.dtype))
+  return _ddim_scan(denoise_fn, x_start, schedule, timesteps, eta, key, return_trajectory)
+
+
+def _check_key(name: str, eta, key) -> None:
   if key is None and not _is_concrete_zero(eta):
     raise ValueError(
-        f'ddim_sample: eta={eta!r} draws fresh noise at every step, so it needs key=; '
+        f'{name}: eta={eta!r} draws fresh noise at every step, so it needs key=; '
         'pass a jax.random key (or use eta=0 for the deterministic sampler)'
     )
-  timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
-  batch = x_T.shape[0]
+
+
+def _ddim_scan(denoise_fn, x_start, schedule, timesteps, eta, key, return_trajectory):
+  """The DDIM steps τ_i → τ_{i+1} along ``timesteps`` (numpy int32, ending with −1), one scan."""
+  num_steps = len(timesteps) - 1
+  batch = x_start.shape[0]
   stochastic = key is not None
   step_keys = (
       jax.random.split(key, num_steps) if stochastic else jnp.zeros((num_steps,), jnp.uint32)
@@ -192,7 +267,7 @@ def ddim_sample(
     return x_next, (x_next if return_trajectory else None)
 
   scanned = (jnp.asarray(timesteps[:-1]), jnp.asarray(timesteps[1:]), step_keys)
-  x0, states = jax.lax.scan(step, x_T, scanned)
+  x0, states = jax.lax.scan(step, x_start, scanned)
   if return_trajectory:
-    return x0, jnp.concatenate([x_T[None], states], axis=0)
+    return x0, jnp.concatenate([x_start[None], states], axis=0)
   return x0

@@ -192,16 +192,23 @@ def align_umeyama_batch(gt, pred) -> np.ndarray:
   return _align_umeyama_batch(gt, pred)
 
 
+def rigid_transform_batch(gt, pred) -> tuple[np.ndarray, np.ndarray]:
+  """The rotation R (B, 3, 3) (proper: the reflection fix applies) and translation t (B, 3) that minimise
+  |pred Rᵀ + t − gt|² (Kabsch, no scale), for `pred` and `gt` (B, K, 3); float64."""
+  gt = _as_points('rigid_transform_batch', 'gt', gt, batched=True)
+  pred = _as_points('rigid_transform_batch', 'pred', pred, batched=True)
+  _check_same_shape('rigid_transform_batch', ('gt', 'pred'), (gt, pred))
+  pred_mean, gt_mean = pred.mean(1), gt.mean(1)
+  rotation, _ = _proper_rotation_batch(pred - pred_mean[:, None], gt - gt_mean[:, None])
+  return rotation, gt_mean - np.einsum('bij,bj->bi', rotation, pred_mean)
+
+
 def align_rigid_batch(gt, pred) -> np.ndarray:
   """Rotation and translation only (Kabsch, no scale), with the reflection fix, batched: `pred` (B, K, 3)
   aligned to `gt` (B, K, 3); returns float64 (B, K, 3). `align_umeyama_batch` without the scale."""
-  gt = _as_points('align_rigid_batch', 'gt', gt, batched=True)
-  pred = _as_points('align_rigid_batch', 'pred', pred, batched=True)
-  _check_same_shape('align_rigid_batch', ('gt', 'pred'), (gt, pred))
-  pred_c = pred - pred.mean(1, keepdims=True)
-  gt_mean = gt.mean(1, keepdims=True)
-  rotation, _ = _proper_rotation_batch(pred_c, gt - gt_mean)
-  return pred_c @ np.swapaxes(rotation, 1, 2) + gt_mean
+  rotation, translation = rigid_transform_batch(gt, pred)
+  pred = np.asarray(pred, np.float64)
+  return pred @ np.swapaxes(rotation, 1, 2) + translation[:, None]
 
 
 def align_umeyama(gt, pred) -> np.ndarray:
@@ -445,3 +452,44 @@ def evaluate_dexycb(pred_joints, gt_joints, pred_verts=None, gt_verts=None) -> d
   return _mean_of(
       _evaluate_dexycb_per_sample('evaluate_dexycb', pred_joints, gt_joints, pred_verts, gt_verts)
   )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Temporal metrics (one clip, frames in order)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _second_difference(points: np.ndarray) -> np.ndarray:
+  """P_{f+1} − 2 P_f + P_{f−1} for f = 1 .. F−2: (F, K, 3) → (F − 2, K, 3)."""
+  return points[2:] - 2.0 * points[1:-1] + points[:-2]
+
+
+def _clip_points(func: str, name: str, value) -> np.ndarray:
+  array = _as_points(func, name, value, batched=True)
+  if array.shape[0] < 3:
+    raise ValueError(
+        f'metrics.{func}: {name} needs at least 3 frames for a second difference, got '
+        f'{array.shape[0]}'
+    )
+  return array
+
+
+def acceleration_error(pred, gt) -> np.ndarray:
+  """Per interior frame f = 1 .. F−2, the mean over points of ‖Δ²pred_f − Δ²gt_f‖, in mm/frame²,
+  where Δ²P_f = P_{f+1} − 2 P_f + P_{f−1} (as HMMR and VIBE report it, on whatever points are given).
+
+  pred, gt: (F, K, 3) metres, one clip's frames in order (e.g. root-relative vertices). Returns (F − 2,).
+  """
+  pred = _clip_points('acceleration_error', 'pred', pred)
+  gt = _clip_points('acceleration_error', 'gt', gt)
+  _check_same_shape('acceleration_error', ('pred', 'gt'), (pred, gt))
+  difference = _second_difference(pred) - _second_difference(gt)
+  return np.linalg.norm(difference, axis=-1).mean(-1) * _MM_PER_M
+
+
+def jitter(pred) -> np.ndarray:
+  """Per interior frame f = 1 .. F−2, the mean over points of ‖Δ²pred_f‖, in mm/frame²: how much the
+  prediction shakes, whatever the truth does. pred (F, K, 3) metres, frames in order. Returns (F − 2,).
+  """
+  pred = _clip_points('jitter', 'pred', pred)
+  return np.linalg.norm(_second_difference(pred), axis=-1).mean(-1) * _MM_PER_M

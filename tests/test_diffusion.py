@@ -252,3 +252,164 @@ def test_gradient_through_sampler_matches_finite_differences():
     numeric = (objective(weight + h) - objective(weight - h)) / (2 * h)
     assert abs(float(analytic)) > 1e-3
     np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Warm start (ddim_sample_from): the img2img convention of diffusers
+# ------------------------------------------------------------------------------------------------
+
+
+def _reference_img2img(num_steps, strength, guess, noise, eta=0.0, step_noise=None):
+  """diffusers' img2img stepping (StableDiffusionImg2ImgPipeline.get_timesteps and prepare_latents):
+  the last int(S·strength) timesteps, the guess noised to the first of them with add_noise."""
+  scheduler = _reference_scheduler(num_steps)
+  init_timestep = min(int(num_steps * strength), num_steps)
+  t_start = max(num_steps - init_timestep, 0)
+  timesteps = scheduler.timesteps[t_start * scheduler.order :]
+  sample = scheduler.add_noise(torch.from_numpy(guess), torch.from_numpy(noise), timesteps[:1])
+  states = [sample.numpy()]
+  for i, t in enumerate(timesteps):
+    x0_hat = _denoiser_torch(sample, int(t))
+    variance_noise = None if step_noise is None else torch.from_numpy(step_noise[i])
+    sample = scheduler.step(x0_hat, t, sample, eta=eta, variance_noise=variance_noise).prev_sample
+    states.append(sample.numpy())
+  return np.stack(states)
+
+
+@pytest.mark.parametrize(
+    'num_steps, strength', [(10, 0.3), (10, 0.5), (10, 0.75), (10, 1.0), (20, 0.42), (50, 0.5)]
+)
+def test_warm_start_matches_diffusers_img2img(num_steps, strength):
+  rng = np.random.default_rng(int(num_steps * 100 * strength))
+  guess = rng.standard_normal((3, 17, 3)).astype(np.float32)
+  noise = rng.standard_normal((3, 17, 3)).astype(np.float32)
+  schedule = diffusion.cosine_schedule(T)
+  x0, trajectory = jax.jit(
+      lambda g, n: diffusion.ddim_sample_from(
+          _denoiser_jax,
+          g,
+          schedule,
+          strength=strength,
+          noise=n,
+          num_steps=num_steps,
+          return_trajectory=True,
+      )
+  )(guess, noise)
+  expected = _reference_img2img(num_steps, strength, guess, noise)
+  assert trajectory.shape == expected.shape  # k + 1 states: the noised guess, then each step
+  assert len(expected) - 1 == diffusion.warm_start_steps(num_steps, strength)
+  np.testing.assert_allclose(np.asarray(trajectory), expected, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(x0), expected[-1], atol=1e-5, rtol=0)
+
+
+def test_warm_start_with_eta_matches_diffusers_with_the_same_noise():
+  num_steps, strength, eta = 10, 0.6, 0.8
+  rng = np.random.default_rng(7)
+  guess = rng.standard_normal((2, 6)).astype(np.float32)
+  noise = rng.standard_normal((2, 6)).astype(np.float32)
+  key = jax.random.PRNGKey(8)
+  k = diffusion.warm_start_steps(num_steps, strength)
+  _, trajectory = diffusion.ddim_sample_from(
+      _denoiser_jax,
+      jnp.asarray(guess),
+      diffusion.cosine_schedule(T),
+      strength=strength,
+      noise=jnp.asarray(noise),
+      num_steps=num_steps,
+      eta=eta,
+      key=key,
+      return_trajectory=True,
+  )
+  step_noise = [np.array(jax.random.normal(s, guess.shape)) for s in jax.random.split(key, k)]
+  expected = _reference_img2img(num_steps, strength, guess, noise, eta=eta, step_noise=step_noise)
+  np.testing.assert_allclose(np.asarray(trajectory), expected, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match='needs key'):
+    diffusion.ddim_sample_from(
+        _denoiser_jax, jnp.asarray(guess), diffusion.cosine_schedule(T), strength=0.5,
+        noise=jnp.asarray(noise), eta=0.5,
+    )  # fmt: skip
+
+
+def test_warm_start_strength_one_nearly_equals_ddim_sample():
+  """strength = 1 starts at τ_0 = T − 1 from √ᾱ_{T−1}·guess + √(1 − ᾱ_{T−1})·x_T, where ddim_sample
+  starts from x_T. In float32 √(1 − ᾱ_{T−1}) rounds to 1 (ᾱ_{T−1} ≈ 2.4e-9), so the start moves by
+  √ᾱ_{T−1}·guess, at most shift = √ᾱ_{T−1}·max|guess| (about 5e-5 times the guess). That shift is the
+  tolerance, at the start and, since these samplers do not amplify it, at the end."""
+  schedule = diffusion.cosine_schedule(T)
+  rng = np.random.default_rng(3)
+  x_T = jnp.asarray(rng.standard_normal((3, 17, 3)).astype(np.float32))
+  guess = jnp.asarray((3.0 * rng.standard_normal((3, 17, 3))).astype(np.float32))
+  shift = float(np.sqrt(np.float64(schedule.alphas_cumprod[T - 1]))) * float(
+      jnp.max(jnp.abs(guess))
+  )
+  assert shift < 1e-3  # the guess barely survives the noising at τ_0
+  rounding = 1e-6  # float32 rounding of values of order 1
+  for num_steps in (1, 10, 50):
+    cold = diffusion.ddim_sample(_denoiser_jax, x_T, schedule, num_steps=num_steps)
+    warm, trajectory = diffusion.ddim_sample_from(
+        _denoiser_jax,
+        guess,
+        schedule,
+        strength=1.0,
+        noise=x_T,
+        num_steps=num_steps,
+        return_trajectory=True,
+    )
+    assert trajectory.shape == (num_steps + 1,) + x_T.shape
+    assert float(jnp.max(jnp.abs(trajectory[0] - x_T))) <= shift + rounding
+    assert float(jnp.max(jnp.abs(warm - cold))) <= shift + rounding
+    # A zero guess leaves the start at x_T exactly, and then every step is ddim_sample's.
+    zero = diffusion.ddim_sample_from(
+        _denoiser_jax, jnp.zeros_like(guess), schedule, strength=1.0, noise=x_T, num_steps=num_steps
+    )
+    np.testing.assert_array_equal(np.asarray(zero), np.asarray(cold))
+  # The tolerance is tight: other noise moves the result by far more than the shift.
+  other = diffusion.ddim_sample_from(
+      _denoiser_jax, guess, schedule, strength=1.0, noise=-x_T, num_steps=10
+  )
+  assert float(jnp.max(jnp.abs(other - cold))) > 100 * shift
+
+
+def test_warm_start_steps_and_single_step_by_hand():
+  # k = int(S·strength), at least 1 (diffusers would run none below 1/S).
+  assert [diffusion.warm_start_steps(10, s) for s in (1.0, 0.5, 0.3, 0.29, 0.05)] == [
+      10,
+      5,
+      3,
+      2,
+      1,
+  ]
+  assert diffusion.warm_start_steps(4, 0.6) == 2
+  for bad in (0.0, -0.2, 1.5):
+    with pytest.raises(ValueError, match='strength'):
+      diffusion.warm_start_steps(10, bad)
+  # One step: the guess noised to τ_9 = 99 with zero noise is √ᾱ_99·guess, and the step to −1 returns
+  # x̂_0 exactly (ᾱ_{−1} = 1); this denoiser reports the timestep it was given.
+  schedule = diffusion.cosine_schedule(T)
+  guess = jnp.full((2, 5), 2.0)
+  denoise = lambda x, t: 0.5 * x + t[:, None].astype(x.dtype) / 1000.0
+  x0 = diffusion.ddim_sample_from(
+      denoise, guess, schedule, strength=0.05, noise=jnp.zeros_like(guess), num_steps=10
+  )
+  alpha_99 = float(schedule.alphas_cumprod[99])
+  np.testing.assert_allclose(np.asarray(x0), 0.5 * np.sqrt(alpha_99) * 2.0 + 0.099, rtol=1e-6)
+
+
+def test_warm_start_under_jit_and_vmap_is_one_scan():
+  schedule = diffusion.cosine_schedule(T)
+  guesses = jax.random.normal(jax.random.PRNGKey(4), (3, 2, 21, 3))
+  noises = jax.random.normal(jax.random.PRNGKey(5), (3, 2, 21, 3))
+  run = lambda g, n: diffusion.ddim_sample_from(
+      _denoiser_jax, g, schedule, strength=0.4, noise=n, num_steps=10
+  )
+  batched = jax.jit(jax.vmap(run))(guesses, noises)
+  looped = np.stack([np.asarray(jax.jit(run)(guesses[i], noises[i])) for i in range(3)])
+  np.testing.assert_allclose(np.asarray(batched), looped, atol=1e-6, rtol=0)
+  jaxpr = jax.make_jaxpr(run)(guesses[0], noises[0]).jaxpr
+  assert _count_primitives(jaxpr, 'scan') == 1 and _count_primitives(jaxpr, 'tanh') == 1
+  with pytest.raises(ValueError, match='Python float'):
+    jax.jit(
+        lambda s: diffusion.ddim_sample_from(
+            _denoiser_jax, guesses[0], schedule, strength=s, noise=noises[0]
+        )
+    )(0.5)

@@ -431,3 +431,28 @@ def test_rejects_nan_inputs_with_a_clear_message():
     metrics.align_w_scale(gt[0], pred[1])
   with pytest.raises(ValueError, match=r'align_w_scale: gt and pred must have the same shape'):
     metrics.align_w_scale(gt[0], gt[0, :20])
+
+
+def test_acceleration_error_and_jitter_hand_worked():
+  rng = np.random.default_rng(0)
+  frames = np.arange(6, dtype=np.float64)
+  gt = rng.normal(size=(1, 4, 3)) * 0.05 + np.zeros((6, 1, 1))  # a still hand
+  # Constant velocity adds no acceleration: an offset moving 2 mm per frame along y.
+  drift = gt + np.array([0.0, 0.002, 0.0]) * frames[:, None, None]
+  np.testing.assert_allclose(metrics.acceleration_error(drift, gt), 0.0, atol=1e-9)
+  np.testing.assert_allclose(metrics.jitter(drift), 0.0, atol=1e-9)
+  # x_f = c·f² has the second difference 2c in every frame: 2 · 1.5 mm = 3 mm/frame².
+  parabola = gt + np.array([0.0015, 0.0, 0.0]) * frames[:, None, None] ** 2
+  np.testing.assert_allclose(metrics.acceleration_error(parabola, gt), 3.0, rtol=1e-9)
+  np.testing.assert_allclose(metrics.jitter(parabola), 3.0, rtol=1e-9)
+  # Flicker ±ε: (−1)^{f+1} − 2(−1)^f + (−1)^{f−1} = −4(−1)^f, so 4ε = 4 mm/frame² (ε = 1 mm along z).
+  flicker = gt + np.array([0.0, 0.0, 0.001]) * ((-1.0) ** frames)[:, None, None]
+  errors = metrics.acceleration_error(flicker, gt)
+  assert errors.shape == (4,)
+  np.testing.assert_allclose(errors, 4.0, rtol=1e-9)
+  # Jitter ignores the truth; the acceleration error subtracts it: the parabola followed exactly.
+  np.testing.assert_allclose(metrics.acceleration_error(parabola, parabola), 0.0, atol=1e-12)
+  with pytest.raises(ValueError, match='at least 3 frames'):
+    metrics.jitter(gt[:2])
+  with pytest.raises(ValueError, match='same shape'):
+    metrics.acceleration_error(gt, gt[:5])

@@ -30,6 +30,13 @@ Recipe (all choices are fields of `SceneConfig`):
    is conservative: a pixel is on if the hand's projection touches any part of it, so every projected
    vertex falls inside it; `depth > 0` is the pixel-centre mask, a rim of up to one pixel smaller.
 
+Clips (`clip_length` > 0, the `sequences` config): example i is frame i % L of clip i // L, and a clip
+depends only on (seed, split, clip). It draws one shape, side (palm or back), camera K, skin, background
+and noise level, and key states at irregular spacings (`keyframe_spacing`, so the speed varies): a finger
+pose from the prior, a view, a placement, a light. Between keys every quantity eases along a smoothstep
+(rotations by slerp), so poses stay within the joint limits and the motion is smooth; each frame adds
+its own sensor noise. Such examples also carry `clip_id` and `frame_index`.
+
 Every hand is a right hand (`hand_side` = 'right'); mirroring into left hands is left to the input
 pipeline, which does it for real data anyway (docs/design.md §2).
 """
@@ -94,11 +101,20 @@ class SceneConfig:
   fill_range: tuple[float, float] = (0.6, 0.9)  # projected hand extent as a fraction of the crop
   center_jitter: float = 0.06  # of the crop size
   noise_std_max: float = 6.0  # sensor noise, grey levels
+  # Clips (the `sequences` config): 0 makes independent stills; L > 0 makes example i frame i % L of
+  # clip i // L. A clip moves between key states whose spacing is drawn from keyframe_spacing (frames).
+  clip_length: int = 0
+  keyframe_spacing: tuple[float, float] = (6.0, 18.0)
 
   def __post_init__(self):
     if self.pose_prior not in POSE_PRIORS:
       raise ValueError(
           f'synthetic_hands: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}'
+      )
+    if self.clip_length < 0 or not 1.0 <= self.keyframe_spacing[0] <= self.keyframe_spacing[1]:
+      raise ValueError(
+          f'synthetic_hands: need clip_length >= 0 and 1 <= keyframe_spacing[0] <= keyframe_spacing[1],'
+          f' got {self.clip_length}, {self.keyframe_spacing}'
       )
     if self.image_size < 8 or self.supersample < 1:
       raise ValueError(
@@ -321,8 +337,15 @@ def sample_finger_pose(rng: np.random.Generator, kit: HandKit, prior: str) -> np
 
 def sample_view_rotation(rng: np.random.Generator, kit: HandKit, config: SceneConfig) -> np.ndarray:
   """(3, 3) rotation from the model frame to the camera frame."""
+  return sample_view_for_side(rng, kit, config, back=rng.uniform() < config.back_fraction)
+
+
+def sample_view_for_side(
+    rng: np.random.Generator, kit: HandKit, config: SceneConfig, *, back: bool
+) -> np.ndarray:
+  """(3, 3) rotation from the model frame to the camera frame, palm or (``back``) back to the camera."""
   view = Rotation.identity()
-  if rng.uniform() < config.back_fraction:
+  if back:
     view = (
         Rotation.from_rotvec([0.0, np.pi, 0.0]) * view
     )  # show the back: turn about the finger axis
@@ -351,10 +374,24 @@ def place_in_camera(rng: np.random.Generator, vertices: np.ndarray, config: Scen
   Returns:
     K (3, 3) and translation (3,) so that `vertices + translation` is in the camera frame.
   """
+  K = sample_intrinsics(rng, config)
+  return K, place_with_intrinsics(rng, vertices, K, config)
+
+
+def sample_intrinsics(rng: np.random.Generator, config: SceneConfig) -> np.ndarray:
+  """FreiHAND-like crop intrinsics K (3, 3): focal U(focal_range) image widths, centre jittered."""
   size = config.image_size
   focal = rng.uniform(*config.focal_range) * size
   principal = (size - 1) / 2.0 + rng.uniform(-0.03, 0.03, size=2) * size
-  K = np.array([[focal, 0.0, principal[0]], [0.0, focal, principal[1]], [0.0, 0.0, 1.0]])
+  return np.array([[focal, 0.0, principal[0]], [0.0, focal, principal[1]], [0.0, 0.0, 1.0]])
+
+
+def place_with_intrinsics(
+    rng: np.random.Generator, vertices: np.ndarray, K: np.ndarray, config: SceneConfig
+) -> np.ndarray:
+  """The translation (3,) that frames ``vertices`` (778, 3) in the crop of K, as `place_in_camera`."""
+  size = config.image_size
+  focal, principal = K[0, 0], K[:2, 2]
   low, high = vertices.min(axis=0), vertices.max(axis=0)
   centre = (low + high) / 2.0
   extent = float(np.max(high[:2] - low[:2]))
@@ -378,7 +415,7 @@ def place_in_camera(rng: np.random.Generator, vertices: np.ndarray, config: Scen
     if overflow <= 0:
       break
     translation[2] *= 1.08
-  return K, translation
+  return translation
 
 
 def _supersampled_K(K: np.ndarray, factor: int) -> np.ndarray:
@@ -421,6 +458,9 @@ def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None
   """
   config = scene_config(config)
   kit = load_hand_kit() if kit is None else kit
+  if config.clip_length:
+    clip, frame = divmod(int(index), config.clip_length)
+    return generate_clip_frame(config, split, clip, frame, kit=kit)
   rng = example_rng(config.seed, split, index)
   size = config.image_size
 
@@ -446,6 +486,18 @@ def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None
   light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.3, 1.2)])
   ambient = rng.uniform(0.25, 0.55)
   exposure = rng.uniform(0.75, 1.15)
+  shaded, depth = _shade(kit, config, vertices, K, background, colors, light, ambient, exposure)
+  noise_std = rng.uniform(0.0, config.noise_std_max)
+  image = np.clip(np.round(shaded + rng.normal(0.0, noise_std, size=shaded.shape)), 0, 255).astype(
+      np.uint8
+  )
+  return _features(kit, config, image, depth, K, vertices, joints, pose, betas, translation)
+
+
+def _shade(kit, config, vertices, K, background, colors, light, ambient, exposure):
+  """The lit, anti-aliased render (H, W, 3) float64 in [0, 255] and the depth map (H, W) at pixel
+  centres of camera-frame ``vertices`` (778, 3)."""
+  size = config.image_size
   factor = config.supersample
   albedo = np.clip(colors * exposure, 0, 1)
   if factor == 1:
@@ -459,29 +511,29 @@ def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None
         ambient=ambient,
         background=background,
     )
-    shaded, depth = drawn['rgb'].astype(np.float64), drawn['depth']
-  else:
-    big_background = np.repeat(np.repeat(background, factor, axis=0), factor, axis=1)
-    # The hand is closed and wound outwards, so culling back faces only drops hidden work (the RGB may
-    # differ at a few pixels where skinning folds the skin over; depth and mask below do not cull).
-    big = render.render(
-        vertices,
-        kit.faces,
-        _supersampled_K(K, factor),
-        (size * factor, size * factor),
-        vertex_colors=albedo,
-        light_dir=light,
-        ambient=ambient,
-        background=big_background,
-        cull_back_faces=True,
-    )
-    shaded = render.downsample(big['rgb'].astype(np.float64), factor)
-    depth = render.rasterize(vertices, kit.faces, K, (size, size))['depth']
-  noise_std = rng.uniform(0.0, config.noise_std_max)
-  image = np.clip(np.round(shaded + rng.normal(0.0, noise_std, size=shaded.shape)), 0, 255).astype(
-      np.uint8
+    return drawn['rgb'].astype(np.float64), drawn['depth']
+  big_background = np.repeat(np.repeat(background, factor, axis=0), factor, axis=1)
+  # The hand is closed and wound outwards, so culling back faces only drops hidden work (the RGB may
+  # differ at a few pixels where skinning folds the skin over; depth and mask below do not cull).
+  big = render.render(
+      vertices,
+      kit.faces,
+      _supersampled_K(K, factor),
+      (size * factor, size * factor),
+      vertex_colors=albedo,
+      light_dir=light,
+      ambient=ambient,
+      background=big_background,
+      cull_back_faces=True,
   )
+  shaded = render.downsample(big['rgb'].astype(np.float64), factor)
+  depth = render.rasterize(vertices, kit.faces, K, (size, size))['depth']
+  return shaded, depth
 
+
+def _features(kit, config, image, depth, K, vertices, joints, pose, betas, translation) -> dict:
+  """The example's features (see `generate_example`) from its render and its 3D state."""
+  size = config.image_size
   uv = render.project(vertices, K)
   bbox = np.concatenate(
       [np.clip(uv.min(axis=0), 0, size - 1), np.clip(uv.max(axis=0), 0, size - 1)]
@@ -501,6 +553,152 @@ def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None
       hand_side='right',
       bbox=bbox.astype(np.float32),
   )
+
+
+# ------------------------------------------------------------------------------------------------
+# Clips: smooth trajectories between key states
+# ------------------------------------------------------------------------------------------------
+
+# The last entry of a clip's seed, after (seed, split, clip): keeps clip streams apart from the stills'.
+_CLIP_STREAM = 1
+
+
+class ClipPlan(NamedTuple):
+  """What stays fixed in a clip, and its M key states (at frames key_frames, increasing from 0)."""
+
+  key_frames: np.ndarray  # (M,) float, the first 0 and the last >= clip_length - 1
+  finger_poses: np.ndarray  # (M, 45) absolute axis-angle (flat_hand_mean=True semantics)
+  views: np.ndarray  # (M, 3, 3) rotations from the model frame to the camera frame
+  translations: np.ndarray  # (M, 3) metres
+  lights: np.ndarray  # (M, 3) light directions
+  ambients: np.ndarray  # (M,)
+  exposures: np.ndarray  # (M,)
+  betas: np.ndarray  # (num_betas,) float32
+  K: np.ndarray  # (3, 3)
+  background: np.ndarray  # (H, W, 3) uint8
+  colors: np.ndarray  # (778, 3) skin albedo
+  noise_std: float
+
+
+def clip_rng(seed: int, split: str, clip: int, frame: int | None = None) -> np.random.Generator:
+  """The generator of a clip's plan (frame None) or of one frame's sensor noise."""
+  if split not in SPLIT_IDS:
+    raise ValueError(f'synthetic_hands: unknown split {split!r}; choose one of {sorted(SPLIT_IDS)}')
+  entropy = [int(seed), SPLIT_IDS[split], int(clip), _CLIP_STREAM]
+  return np.random.default_rng(entropy if frame is None else entropy + [int(frame)])
+
+
+def plan_clip(config: Any, split: str, clip: int, *, kit: HandKit) -> ClipPlan:
+  """The key states and fixed look of clip ``clip``: a function of (config.seed, split, clip) only."""
+  config = scene_config(config)
+  if config.clip_length < 1:
+    raise ValueError('synthetic_hands: plan_clip needs config.clip_length >= 1')
+  rng = clip_rng(config.seed, split, clip)
+  size = config.image_size
+  key_frames = [0.0]
+  while key_frames[-1] < config.clip_length - 1:
+    key_frames.append(key_frames[-1] + rng.uniform(*config.keyframe_spacing))
+  count = len(key_frames)
+  betas = np.clip(rng.normal(0.0, config.shape_std, size=kit.model.num_betas), -2.5, 2.5)
+  betas = betas.astype(np.float32)
+  back = rng.uniform() < config.back_fraction
+  K = sample_intrinsics(rng, config)
+  finger_poses, views, translations = [], [], []
+  for _ in range(count):
+    finger_pose = sample_finger_pose(rng, kit, config.pose_prior)
+    view = sample_view_for_side(rng, kit, config, back=back)
+    pose = np.concatenate([Rotation.from_matrix(view).as_rotvec(), finger_pose]).astype(np.float32)
+    vertices = np.asarray(kit.forward(pose[None], betas[None])[0][0], np.float64)
+    finger_poses.append(finger_pose)
+    views.append(view)
+    translations.append(place_with_intrinsics(rng, vertices, K, config))
+  lights = np.stack(
+      [[rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.3, 1.2)] for _ in range(count)]
+  )
+  return ClipPlan(
+      key_frames=np.asarray(key_frames),
+      finger_poses=np.stack(finger_poses),
+      views=np.stack(views),
+      translations=np.stack(translations),
+      lights=lights,
+      ambients=rng.uniform(0.25, 0.55, size=count),
+      exposures=rng.uniform(0.75, 1.15, size=count),
+      betas=betas,
+      K=K,
+      background=backgrounds.sample_background(rng, size, size),
+      colors=_skin_colors(rng, len(kit.model.v_template)),
+      noise_std=float(rng.uniform(0.0, config.noise_std_max)),
+  )
+
+
+def clip_state(plan: ClipPlan, frame: float) -> dict[str, np.ndarray]:
+  """The clip's state at ``frame``: between keys j and j + 1 every quantity moves by the smoothstep
+  w = 3u² − 2u³ of u, the fraction of the way (rotations by slerp), so it stays between the two keys
+  and its velocity is continuous. Returns finger_pose (45,), view (3, 3), translation (3,), light (3,),
+  ambient and exposure (floats)."""
+  keys = plan.key_frames
+  j = int(np.clip(np.searchsorted(keys, frame, side='right') - 1, 0, len(keys) - 2))
+  u = float(np.clip((frame - keys[j]) / (keys[j + 1] - keys[j]), 0.0, 1.0))
+  w = 3.0 * u * u - 2.0 * u * u * u
+  mix = lambda values: (1.0 - w) * values[j] + w * values[j + 1]
+  relative = Rotation.from_matrix(plan.views[j + 1] @ plan.views[j].T).as_rotvec()
+  view = Rotation.from_rotvec(w * relative).as_matrix() @ plan.views[j]
+  return {
+      'finger_pose': mix(plan.finger_poses),
+      'view': view,
+      'translation': mix(plan.translations),
+      'light': mix(plan.lights),
+      'ambient': float(mix(plan.ambients)),
+      'exposure': float(mix(plan.exposures)),
+  }
+
+
+# The plan of the clip made last, (config, split, clip) -> ClipPlan: a clip's frames come in order.
+_LAST_PLAN: dict = {}
+
+
+def generate_clip_frame(
+    config: Any, split: str, clip: int, frame: int, *, kit: HandKit | None = None
+) -> dict:
+  """Frame ``frame`` of clip ``clip``: `generate_example`'s features plus clip_id and frame_index
+  (int32). It depends only on (config.seed, split, clip, frame)."""
+  config = scene_config(config)
+  kit = load_hand_kit() if kit is None else kit
+  if not 0 <= frame < config.clip_length:
+    raise ValueError(f'synthetic_hands: frame {frame} outside a clip of {config.clip_length}')
+  cache_key = (config, split, int(clip))
+  plan = _LAST_PLAN.get(cache_key)
+  if plan is None:
+    plan = plan_clip(config, split, clip, kit=kit)
+    _LAST_PLAN.clear()
+    _LAST_PLAN[cache_key] = plan
+  state = clip_state(plan, float(frame))
+  pose = np.concatenate([Rotation.from_matrix(state['view']).as_rotvec(), state['finger_pose']])
+  pose = pose.astype(np.float32)
+  vertices, joints16 = kit.forward(pose[None], plan.betas[None])
+  vertices = np.asarray(vertices[0], np.float64) + state['translation']
+  joints16 = np.asarray(joints16[0], np.float64) + state['translation']
+  joints = np.asarray(kit.joints21(vertices, joints16), np.float64)
+  shaded, depth = _shade(
+      kit,
+      config,
+      vertices,
+      plan.K,
+      plan.background,
+      plan.colors,
+      state['light'],
+      state['ambient'],
+      state['exposure'],
+  )
+  rng = clip_rng(config.seed, split, clip, frame)
+  noisy = shaded + rng.normal(0.0, plan.noise_std, size=shaded.shape)
+  image = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+  features = _features(
+      kit, config, image, depth, plan.K, vertices, joints, pose, plan.betas, state['translation']
+  )
+  features['clip_id'] = np.int32(clip)
+  features['frame_index'] = np.int32(frame)
+  return features
 
 
 def _pad_betas(betas: np.ndarray) -> np.ndarray:

@@ -1,0 +1,750 @@
+"""Hand meshes for a video: each frame's sampler warm-started from the frame before.
+
+  python -m diffhand_jax.predict --workdir=DIR --video=IN.mp4 --output=OUT_DIR [--warm_strength=0.3]
+
+* Reading (`Frames`): a video file decoded with PyAV (the `video` extra: pip install -e ".[video]"), or a
+  folder of images read in sorted name order. A video that breaks off raises `VideoError` naming the
+  file, after what was decoded before the break has been processed and written.
+* Tracking (`BoxTracker`, `Track`): a detector's boxes (anything with `detect(image)` returning objects
+  with `.box` (x0, y0, x1, y1) pixels, `.side` and `.score`, such as inference/detection.py's) are joined
+  to tracks frame to frame by box overlap (IoU, same side). Without a detector there is one hand, in a
+  box given for the first frame (or the largest centred square), which stays, or with `follow` moves to
+  the centre of the mesh predicted on the frame before (as good as the model's camera).
+* Sampling (`WarmStartSampler`): a track's first frame runs DDIM from noise (`diffhand.reconstruct`);
+  later frames start from the previous frame's mesh, noised part of the way, and run only the last
+  k = int(S·strength) steps (`diffusion.ddim_sample_from`, docs/design.md §3). strength = 1 makes every
+  frame independent. A new track, a track seen again after missed frames, or a large change of the crop
+  (mean absolute difference above `reset_threshold` of the pixel range) starts from noise again.
+* Writing: the overlay video (`OverlayWriter`, H.264 MP4) and one NPZ per track (`write_track`; the
+  layout is in docs/design.md §8, "Video results").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffhand_jax import diffusion
+from diffhand_jax.geometry import conventions, hypotheses
+from diffhand_jax.inference import crops
+from diffhand_jax.inference import predict as predict_lib
+from diffhand_jax.models import diffhand
+
+VIDEO_INSTALL = 'pip install -e ".[video]"'
+# The NPZ layout's version (docs/design.md §8): bump when a key changes meaning.
+TRACK_FORMAT = 1
+
+
+class VideoError(ValueError):
+  """The video broke off (truncated or corrupt) after some frames; those frames were written."""
+
+
+def _import_av():
+  try:
+    import av  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise predict_lib.InputError(
+        f'video needs PyAV, which is not installed: {VIDEO_INSTALL}'
+    ) from None
+  return av
+
+
+# ==================================================================================================
+# Reading frames
+# ==================================================================================================
+
+
+class Frames:
+  """The frames of a video file or of a folder of images, in order.
+
+  Iterating gives (index, uint8 (H, W, 3)). `fps` is the file's frame rate (or `fps` given, for a
+  folder: default 30), `declared` the number of frames the file states (None when it does not).
+  Raises InputError when the file cannot be opened, VideoError (naming the file) when it breaks off.
+  """
+
+  def __init__(self, path: str, *, fps: float | None = None):
+    self.path = path
+    self._container = None
+    if os.path.isdir(path):
+      self._names = predict_lib.list_images(path)
+      self.fps = float(fps or 30.0)
+      self.declared = len(self._names)
+      return
+    if not os.path.isfile(path):
+      raise predict_lib.InputError(
+          f'--video={path!r} is neither a video file nor a folder of frames'
+      )
+    av = _import_av()
+    self._names = None
+    try:
+      self._container = av.open(path)
+      stream = self._container.streams.video[0]
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError) as error:
+      self.close()
+      raise predict_lib.InputError(
+          f'cannot read video {path}: {type(error).__name__}: {error} (truncated, or not a video?)'
+      ) from None
+    stream.thread_type = 'AUTO'
+    self._stream = stream
+    rate = stream.average_rate or stream.guessed_rate
+    self.fps = float(fps or (float(rate) if rate else 30.0))
+    self.declared = int(stream.frames) or None
+
+  def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    if self._names is not None:
+      for index, name in enumerate(self._names):
+        try:
+          yield index, predict_lib.read_image(os.path.join(self.path, name))
+        except predict_lib.InputError as error:
+          raise VideoError(f'{error}; stopped at frame {index} of {self.path}') from None
+      return
+    av = _import_av()
+    count = 0
+    try:
+      for frame in self._container.decode(self._stream):
+        yield count, frame.to_ndarray(format='rgb24')
+        count += 1
+    except av.error.FFmpegError as error:
+      raise VideoError(
+          f'video {self.path} is truncated or corrupt: decoding stopped after {count} frame(s) '
+          f'({type(error).__name__}: {error})'
+      ) from None
+    if self.declared and count < self.declared:
+      raise VideoError(
+          f'video {self.path} is truncated: it states {self.declared} frames but holds {count}'
+      )
+
+  def close(self) -> None:
+    if self._container is not None:
+      self._container.close()
+      self._container = None
+
+
+# ==================================================================================================
+# Tracking
+# ==================================================================================================
+
+
+def parse_box(text: str | None) -> list[float] | None:
+  """'x0,y0,x1,y1' (pixels) → four floats; None stays None. Raises InputError."""
+  if not text:
+    return None
+  try:
+    box = [float(v) for v in text.split(',')]
+  except ValueError:
+    box = []
+  if len(box) != 4 or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+    raise predict_lib.InputError(
+        f'--video_box must be x0,y0,x1,y1 in pixels with x1 > x0 and y1 > y0, got {text!r}'
+    )
+  return box
+
+
+def _make_detector(name: str):
+  """inference/detection.py's detector by name; InputError when it cannot run here."""
+  from diffhand_jax.inference import detection  # pylint: disable=g-import-not-at-top
+
+  try:
+    return detection.make_detector(name)
+  except (detection.DetectorUnavailable, ValueError) as error:
+    raise predict_lib.InputError(f'hand detector {name!r}: {error}') from None
+
+
+@dataclasses.dataclass
+class Track:
+  """One hand followed through the video, with its warm-start state and its per-frame results."""
+
+  track_id: int
+  box: np.ndarray | None  # (4,) x0, y0, x1, y1 pixels; None: the largest centred square
+  side: str = 'right'
+  score: float = 1.0
+  missed: int = 0  # frames since it was last seen
+  guess: np.ndarray | None = None  # (N, 3) model space: the last mesh, the next frame's start
+  noise: jax.Array | None = None  # (K, 1, N, 3): the track's noise, when reused across frames
+  last_crop: np.ndarray | None = None  # uint8 (S, S, 3): the last model input (change test)
+  records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+  def reset(self) -> None:
+    self.guess, self.noise, self.last_crop = None, None, None
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Intersection over union of boxes (..., 4), (x0, y0, x1, y1); inference/detection.py's."""
+  from diffhand_jax.inference import detection  # pylint: disable=g-import-not-at-top
+
+  return detection.box_iou(a, b)
+
+
+class BoxTracker:
+  """Joins each frame's detections to tracks by box overlap.
+
+  Greedy: the pair (track, detection) of the same side with the largest IoU is joined first, while the
+  IoU is at least `iou_threshold`. A detection left over starts a new track; a track left over counts a
+  missed frame and ends after `max_missed` of them.
+  """
+
+  def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5):
+    self.iou_threshold = float(iou_threshold)
+    self.max_missed = int(max_missed)
+    self.tracks: list[Track] = []  # live
+    self.ended: list[Track] = []  # missed for longer than max_missed
+    self._next_id = 0
+
+  def new_track(self, box, side: str = 'right', score: float = 1.0) -> Track:
+    track = Track(self._next_id, None if box is None else np.asarray(box, np.float64), side, score)
+    self._next_id += 1
+    self.tracks.append(track)
+    return track
+
+  def update(self, detections: Sequence[Any]) -> list[tuple[Track, Any]]:
+    """detections: objects with .box (4,), .side and .score. Returns (track, detection) for every track
+    seen in this frame; a track that was missing before starts again from noise."""
+    pairs = []
+    if self.tracks and detections:
+      boxes = np.array([[np.nan] * 4 if t.box is None else t.box for t in self.tracks])
+      found = np.array([np.asarray(d.box, np.float64) for d in detections])
+      iou = np.nan_to_num(box_iou(boxes[:, None], found[None]))
+      same_side = np.array([[t.side == d.side for d in detections] for t in self.tracks])
+      iou = np.where(same_side, iou, 0.0)
+      while iou.size and iou.max() >= self.iou_threshold and iou.max() > 0:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        pairs.append((self.tracks[i], detections[j]))
+        iou[i, :], iou[:, j] = -1.0, -1.0
+    matched_tracks = {id(t) for t, _ in pairs}
+    matched_detections = {id(d) for _, d in pairs}
+    for track in list(self.tracks):
+      if id(track) not in matched_tracks:
+        track.missed += 1
+        if track.missed > self.max_missed:
+          self.tracks.remove(track)
+          self.ended.append(track)
+    for track, detection in pairs:
+      if track.missed:
+        track.reset()  # its last mesh is stale
+      track.missed = 0
+      track.box = np.asarray(detection.box, np.float64)
+      track.score = float(getattr(detection, 'score', 1.0))
+    for detection in detections:
+      if id(detection) not in matched_detections:
+        track = self.new_track(
+            detection.box, detection.side, float(getattr(detection, 'score', 1.0))
+        )
+        pairs.append((track, detection))
+    return pairs
+
+
+def mesh_box(
+    vertices_model: np.ndarray, camera: np.ndarray, crop: np.ndarray, image_size: int
+) -> np.ndarray | None:
+  """The box (4,) in frame pixels of a mesh (N, 3) model space, placed by the weak-perspective camera
+  (s, tx, ty) of the square `crop` (x0, y0, x1, y1) that the model saw at image_size pixels; None when
+  it is degenerate (not finite, or under 2 model pixels)."""
+  scale, tx, ty = (float(c) for c in camera)
+  u = scale * vertices_model[:, 0] + tx
+  v = scale * vertices_model[:, 1] + ty
+  side = crop[2] - crop[0]
+  x = crop[0] + (u + 1.0) / 2.0 * side
+  y = crop[1] + (v + 1.0) / 2.0 * side
+  box = np.array([x.min(), y.min(), x.max(), y.max()])
+  if (
+      not np.all(np.isfinite(box))
+      or min(box[2] - box[0], box[3] - box[1]) < 2.0 * side / image_size
+  ):
+    return None
+  return box
+
+
+def follow_box(box: np.ndarray, found: np.ndarray | None) -> np.ndarray:
+  """The hand box (4,) to crop the next frame around when a hand is followed without a detector: the
+  box, moved to the centre of found, the box of the mesh just predicted (`mesh_box`). Its size stays:
+  a model whose camera scale barely depends on the image (the CPU demo's) would otherwise make the crop
+  grow or shrink without end, since the mesh box it predicts scales with the crop. When found is None,
+  or its centre lies outside the box (one bad camera), the box stays."""
+  box = np.asarray(box, np.float64)
+  if found is None:
+    return box
+  centre = (found[:2] + found[2:]) / 2.0
+  if np.any(centre < box[:2]) or np.any(centre > box[2:]):
+    return box
+  half = (box[2:] - box[:2]) / 2.0
+  return np.concatenate([centre - half, centre + half])
+
+
+# ==================================================================================================
+# Warm-start sampling
+# ==================================================================================================
+
+
+def warm_reconstruct(
+    model: diffhand.DiffHand,
+    params: Any,
+    images: jax.Array,
+    x0_guess: jax.Array,
+    noise: jax.Array,
+    key: jax.Array,
+    *,
+    num_steps: int,
+    strength: float,
+    eta: float = 0.0,
+    schedule: diffusion.Schedule | None = None,
+) -> dict[str, jax.Array]:
+  """`diffhand.reconstruct` started from a guess: the image encoded once, then for each of the K
+  noises the guess noised to τ_{S−k} and the last k = int(S·strength) DDIM steps
+  (`diffusion.ddim_sample_from`).
+
+  images float32 (B, H, W, 3), normalised; x0_guess (B, N, 3) model space; noise (K, B, N, 3); key for
+  η > 0. Returns vertices (B, K, N, 3) model space and camera (B, K, 3).
+  """
+  variables = {'params': params}
+  cond = model.apply(variables, images, None, method=diffhand.DiffHand.encode)
+  camera = model.apply(variables, cond, method=diffhand.DiffHand.camera)
+  schedule = diffusion.cosine_schedule() if schedule is None else schedule
+
+  def denoise_fn(x_t, t):
+    return model.apply(variables, cond, x_t, t, method=diffhand.DiffHand.denoise)[0]
+
+  stochastic = not (isinstance(eta, (int, float)) and eta == 0.0)
+
+  def sample_one(one_noise, sampler_key):
+    return diffusion.ddim_sample_from(
+        denoise_fn,
+        x0_guess,
+        schedule,
+        strength=strength,
+        noise=one_noise,
+        num_steps=num_steps,
+        eta=eta,
+        key=sampler_key if stochastic else None,
+    )
+
+  num_hypotheses = noise.shape[0]
+  vertices = jax.vmap(sample_one)(noise, jax.random.split(key, num_hypotheses))
+  batch = images.shape[0]
+  return {
+      'vertices': jnp.swapaxes(vertices, 0, 1),
+      'camera': jnp.broadcast_to(camera[:, None], (batch, num_hypotheses, 3)),
+  }
+
+
+@dataclasses.dataclass
+class WarmStartSampler:
+  """Frame-by-frame sampling of a trained DiffHand: cold (from noise, S decoder passes) without a guess,
+  warm (`warm_reconstruct`, k = int(S·strength) passes) with one. strength = 1 is always cold.
+
+  model, params, schedule: from `loading.load_for_inference`. Meshes stay in model space (× vertex_scale
+  for metres), in the frame the model saw (mirrored for left hands).
+  """
+
+  model: diffhand.DiffHand
+  params: Any
+  schedule: Any
+  num_steps: int = 10
+  strength: float = 0.5
+  num_hypotheses: int = 1
+  method: str = 'mean'
+  eta: float = 0.0
+
+  def __post_init__(self):
+    diffusion.warm_start_steps(self.num_steps, self.strength)  # validates both
+    if self.num_hypotheses < 1:
+      raise ValueError('WarmStartSampler: num_hypotheses must be >= 1')
+    if self.method not in hypotheses.METHODS:
+      raise ValueError(f'WarmStartSampler: method must be one of {hypotheses.METHODS}')
+    self._cold = diffhand.make_reconstruct_fn(
+        self.model,
+        num_steps=int(self.num_steps),
+        num_hypotheses=int(self.num_hypotheses),
+        eta=float(self.eta),
+        schedule=self.schedule,
+    )
+    self._warm = jax.jit(
+        functools.partial(
+            warm_reconstruct,
+            self.model,
+            num_steps=int(self.num_steps),
+            strength=float(self.strength),
+            eta=float(self.eta),
+            schedule=self.schedule,
+        )
+    )
+
+  @property
+  def independent(self) -> bool:
+    """Every frame from noise: strength 1, or a model without diffusion (one pass, nothing to warm)."""
+    return self.strength >= 1.0 or not self.model.diffusion
+
+  def passes(self, warm: bool) -> int:
+    """Decoder passes of one frame."""
+    if not self.model.diffusion:
+      return 1
+    if warm and not self.independent:
+      return diffusion.warm_start_steps(self.num_steps, self.strength)
+    return int(self.num_steps)
+
+  def noise(self, key: jax.Array, batch: int) -> jax.Array:
+    """Starting noise (K, B, N, 3)."""
+    shape = (self.num_hypotheses, batch, self.model.num_vertices, 3)
+    return jax.random.normal(key, shape, jnp.float32)
+
+  def __call__(
+      self, images: np.ndarray, guess: np.ndarray | None, noise: jax.Array, key: jax.Array
+  ) -> dict[str, Any]:
+    """images float32 (B, H, W, 3) normalised; guess (B, N, 3) model space or None; noise (K, B, N, 3).
+
+    Returns vertices (B, N, 3) (the `method` aggregate of the K hypotheses, float64, model space),
+    hypotheses (B, K, N, 3), camera (B, 3), warm (bool) and passes (decoder passes per image).
+    """
+    warm = guess is not None and not self.independent
+    images = jnp.asarray(images, jnp.float32)
+    if warm:
+      out = self._warm(self.params, images, jnp.asarray(guess, jnp.float32), noise, key)
+    else:
+      out = self._cold(self.params, images, key, noise=noise)
+    sampled = np.asarray(out['vertices'], np.float64)
+    return {
+        'vertices': hypotheses.aggregate(sampled, self.method),
+        'hypotheses': sampled,
+        'camera': np.asarray(out['camera'], np.float64)[:, 0],
+        'warm': warm,
+        'passes': self.passes(warm),
+    }
+
+
+def step_track(
+    sampler: WarmStartSampler,
+    track: Track,
+    model_crop: np.ndarray,
+    key: jax.Array,
+    *,
+    reuse_noise: bool = True,
+    reset_threshold: float = 0.15,
+) -> dict[str, Any]:
+  """One frame of one track: `sampler` on model_crop (uint8 (S, S, 3), the model's input, already
+  mirrored for a left hand), warm from the track's last mesh unless the crop changed by more than
+  reset_threshold (`image_change`), in which case it starts from noise. Updates the track's guess, noise
+  and last crop; returns the sampler's output for the one image."""
+  from diffhand_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  if image_change(track.last_crop, model_crop) > reset_threshold:
+    track.reset()
+  if track.noise is None or not reuse_noise:
+    track.noise = sampler.noise(jax.random.fold_in(key, 1), 1)
+  out = sampler(
+      input_pipeline.normalise_images(model_crop[None]),
+      None if track.guess is None else track.guess[None],
+      track.noise,
+      jax.random.fold_in(key, 2),
+  )
+  track.guess, track.last_crop = out['vertices'][0], model_crop
+  return out
+
+
+def image_change(a: np.ndarray | None, b: np.ndarray) -> float:
+  """Mean absolute difference of two uint8 images of one shape, as a fraction of 255 (1 if a is None)."""
+  if a is None or a.shape != b.shape:
+    return 1.0
+  return float(np.mean(np.abs(a.astype(np.float32) - b.astype(np.float32))) / 255.0)
+
+
+# ==================================================================================================
+# Writing
+# ==================================================================================================
+
+
+class OverlayWriter:
+  """The overlay video: H.264 in MP4 (yuv420p, so odd sizes are padded by a pixel), opened on the first
+  frame. `close` finishes the file, so what was written is playable even when the input broke off.
+  """
+
+  def __init__(self, path: str, fps: float):
+    self.path = path
+    self.fps = fps
+    self.frames = 0
+    self._container = None
+    self._stream = None
+
+  def write(self, image: np.ndarray) -> None:
+    av = _import_av()
+    image = np.asarray(image, np.uint8)
+    height, width = image.shape[:2]
+    if self._container is None:
+      from fractions import Fraction  # pylint: disable=g-import-not-at-top
+
+      self._container = av.open(self.path, 'w')
+      self._stream = self._container.add_stream(
+          'libx264', rate=Fraction(self.fps).limit_denominator(1001)
+      )
+      self._stream.width, self._stream.height = width + width % 2, height + height % 2
+      self._stream.pix_fmt = 'yuv420p'
+      self._stream.options = {'crf': '18'}
+    padded = np.pad(
+        image, ((0, self._stream.height - height), (0, self._stream.width - width), (0, 0))
+    )
+    for packet in self._stream.encode(av.VideoFrame.from_ndarray(padded, format='rgb24')):
+      self._container.mux(packet)
+    self.frames += 1
+
+  def close(self) -> None:
+    if self._container is None:
+      return
+    for packet in self._stream.encode():
+      self._container.mux(packet)
+    self._container.close()
+    self._container = None
+
+
+def track_arrays(
+    track: Track, faces: np.ndarray, settings: dict[str, Any]
+) -> dict[str, np.ndarray]:
+  """A track's records as the arrays of its NPZ (docs/design.md §8, "Video results")."""
+  records = track.records
+  return {
+      'format': np.int32(TRACK_FORMAT),
+      'track_id': np.int32(track.track_id),
+      'frame_index': np.array([r['frame_index'] for r in records], np.int32),
+      'box': np.array([r['box'] for r in records], np.float32).reshape(-1, 4),
+      'crop_box': np.array([r['crop_box'] for r in records], np.float32).reshape(-1, 4),
+      'hand_side': np.array([r['hand_side'] for r in records], '<U5'),
+      'score': np.array([r['score'] for r in records], np.float32),
+      'joints': np.array([r['joints'] for r in records], np.float32).reshape(-1, 21, 3),
+      'vertices': np.array([r['vertices'] for r in records], np.float32),
+      'camera': np.array([r['camera'] for r in records], np.float32).reshape(-1, 3),
+      'warm': np.array([r['warm'] for r in records], bool),
+      'decoder_passes': np.array([r['passes'] for r in records], np.int32),
+      'faces': np.asarray(faces, np.int32),
+      'fps': np.float32(settings['fps']),
+      'settings': np.array(json.dumps(settings)),
+  }
+
+
+def write_track(path: str, arrays: dict[str, np.ndarray]) -> str:
+  """The NPZ at `path`, never half-written (runs/files.py's atomic write)."""
+  from diffhand_jax.runs import files  # pylint: disable=g-import-not-at-top
+
+  def write(tmp: str) -> None:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+
+  return files.atomic_write(path, write)
+
+
+def draw_hand(
+    frame: np.ndarray,
+    vertices_model: np.ndarray,
+    faces: np.ndarray,
+    camera: np.ndarray,
+    crop: np.ndarray,
+) -> np.ndarray:
+  """The shaded mesh (N, 3) model space over a whole frame, placed by the weak-perspective camera of
+  the square `crop` (x0, y0, x1, y1) it was predicted in."""
+  from diffhand_jax.geometry import render  # pylint: disable=g-import-not-at-top
+
+  placed, K = predict_lib.orthographic_setup(vertices_model, camera, float(crop[2] - crop[0]))
+  K[:2, 2] += crop[:2]  # from the crop's pixels to the frame's
+  return render.overlay(frame, placed, faces, K, alpha=0.6)
+
+
+# ==================================================================================================
+# A whole video
+# ==================================================================================================
+
+
+def reconstruct_video(
+    workdir: str,
+    video: str,
+    output_dir: str,
+    *,
+    box: Sequence[float] | None = None,
+    left: bool = False,
+    detector: Any = None,
+    min_hand_score: float = 0.5,
+    warm_strength: float = 0.3,
+    steps: int | None = None,
+    num_hypotheses: int = 1,
+    method: str = 'mean',
+    eta: float | None = None,
+    box_scale: float = 1.3,
+    reset_threshold: float = 0.15,
+    reuse_noise: bool = True,
+    follow: bool = False,
+    fps: float | None = None,
+    seed: int = 0,
+    overrides: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+  """Runs a trained run over a video; writes OUTPUT/overlay.mp4 and OUTPUT/track_<id>.npz.
+
+  Args:
+    box: the hand's box (x0, y0, x1, y1) pixels in the first frame (None: the largest centred square).
+    left: that hand is a left hand.
+    detector: finds the hands in every frame instead (see the module docstring), or its name for
+      `detection.make_detector` ('none' or None: no detector); box and left are then unused.
+    min_hand_score: detections below it are dropped.
+    warm_strength: the warm start's strength (1: every frame from noise).
+    reset_threshold: a change of the crop (mean absolute difference, fraction of 255) above which a
+      track starts from noise again.
+    reuse_noise: one noise per track (else fresh noise every frame).
+    follow: without a detector, move the box to the centre of each frame's predicted mesh
+      (`follow_box`: only as good as the model's camera; the CPU demo's cannot follow) instead of
+      keeping the first box.
+    fps: the frame rate of a folder of frames (a file's own otherwise).
+    steps, num_hypotheses, method, eta, box_scale, seed, overrides: as for `predict.predict_folder`.
+
+  Returns {'frames', 'tracks' (paths), 'overlay' (path), 'seconds', 'frames_per_second',
+  'steady_frames_per_second' (without the first two frames, which compile), 'decoder_passes_per_frame'}.
+  Raises InputError for bad arguments or an unreadable video (nothing written), VideoError when the video
+  breaks off (the frames before the break are written first).
+  """
+  from diffhand_jax.inference import loading, sampling  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.inference import overrides as overrides_lib  # pylint: disable=g-import-not-at-top
+
+  if not 0.0 < warm_strength <= 1.0:
+    raise predict_lib.InputError(f'--warm_strength must lie in (0, 1], got {warm_strength}')
+  if not box_scale > 0 or num_hypotheses < 1 or not reset_threshold > 0:
+    raise predict_lib.InputError('--box_scale and --video_reset must be > 0, --num_hypotheses >= 1')
+  if box is not None:
+    box = np.asarray(box, np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+      raise predict_lib.InputError(f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0: {box}')
+  _import_av()  # the overlay video needs it, even for a folder of frames
+  if isinstance(detector, str):
+    detector = None if detector == 'none' else _make_detector(detector)
+  frames = Frames(video, fps=fps)
+  try:
+    config, model, params, topology, schedule = loading.load_for_inference(workdir)
+  except Exception:
+    frames.close()
+    raise
+  config = overrides_lib.apply_overrides(config, overrides)
+  vertex_scale = float(config.model.vertex_scale)
+  image_size = int(config.model.img_size)
+  sampler = WarmStartSampler(
+      model,
+      params,
+      schedule,
+      num_steps=int(steps if steps is not None else config.model.sampling_steps),
+      strength=float(warm_strength),
+      num_hypotheses=int(num_hypotheses),
+      method=method,
+      eta=float(eta if eta is not None else config.model.eta),
+  )
+  faces = np.asarray(topology.faces)
+  regressor = np.asarray(topology.joint_regressor)
+  os.makedirs(output_dir, exist_ok=True)
+  settings = {
+      'workdir': os.path.abspath(workdir),
+      'video': os.path.abspath(video),
+      'fps': frames.fps,
+      'warm_strength': float(warm_strength),
+      'steps': int(sampler.num_steps),
+      'warm_steps': diffusion.warm_start_steps(sampler.num_steps, warm_strength),
+      'hypotheses': int(num_hypotheses),
+      'method': method,
+      'eta': float(sampler.eta),
+      'reuse_noise': bool(reuse_noise),
+      'reset_threshold': float(reset_threshold),
+      'box_scale': float(box_scale),
+      'img_size': image_size,
+      'vertex_scale': vertex_scale,
+      'seed': int(seed),
+      'detector': None
+      if detector is None
+      else str(getattr(detector, 'name', type(detector).__name__)),
+      'units': 'metres, root-relative (wrist at 0), camera axes x right, y down, z forward',
+  }
+  tracker = BoxTracker()
+  if detector is None:
+    tracker.new_track(box, 'left' if left else 'right')
+  writer = OverlayWriter(os.path.join(output_dir, 'overlay.mp4'), frames.fps)
+  base_key = jax.random.PRNGKey(seed)
+  report = sampling.progress_printer('video') if progress and frames.declared else None
+  mirror = np.array([-1.0, 1.0, 1.0])
+  done, passes, start, steady_start = 0, 0, time.perf_counter(), None
+  result: dict[str, Any] = {'tracks': {}}
+  try:
+    for index, frame in frames:
+      if index == 2:
+        steady_start = time.perf_counter()
+      if detector is not None:
+        found = [d for d in detector.detect(frame) if float(d.score) >= min_hand_score]
+        seen = [track for track, _ in tracker.update(found)]
+      else:
+        seen = tracker.tracks
+      drawn = frame
+      for track in seen:
+        crop = crops.square_box(track.box, frame.shape[:2], box_scale)
+        model_crop = crops.crop_box(frame, crop, image_size)
+        is_left = track.side == 'left'
+        if is_left:  # the model sees right hands (docs/design.md §2)
+          model_crop = model_crop[:, ::-1]
+        key = jax.random.fold_in(jax.random.fold_in(base_key, track.track_id), index)
+        out = step_track(
+            sampler,
+            track,
+            model_crop,
+            key,
+            reuse_noise=reuse_noise,
+            reset_threshold=reset_threshold,
+        )
+        vertices_model, camera = out['vertices'][0], out['camera'][0]
+        passes += out['passes']
+        if is_left:
+          vertices_model = vertices_model * mirror
+          # u' = -u - 2/S under the pixel flip x' = S - 1 - x: the camera of the un-mirrored crop.
+          camera = np.array([camera[0], -camera[1] - 2.0 / image_size, camera[2]])
+        vertices = vertices_model * vertex_scale
+        track.records.append(
+            {
+                'frame_index': index,
+                'box': crop if track.box is None else track.box,
+                'crop_box': crop,
+                'hand_side': track.side,
+                'score': track.score,
+                'joints': conventions.regress_joints(vertices, regressor),
+                'vertices': vertices,
+                'camera': camera,
+                'warm': out['warm'],
+                'passes': out['passes'],
+            }
+        )
+        drawn = draw_hand(drawn, vertices_model, faces[:, ::-1] if is_left else faces, camera, crop)
+        if detector is None and follow:
+          found = mesh_box(vertices_model, camera, crop, image_size)
+          if track.box is None:  # the hand box the centred square implies
+            centre, half = (crop[:2] + crop[2:]) / 2.0, (crop[2] - crop[0]) / (2.0 * box_scale)
+            track.box = np.concatenate([centre - half, centre + half])
+          track.box = follow_box(track.box, found)
+      writer.write(drawn)
+      done += 1
+      if report is not None:
+        report(done, frames.declared)
+  except VideoError as error:
+    raise VideoError(f'{error}; wrote the {done} frame(s) before it to {output_dir}') from None
+  finally:
+    frames.close()
+    writer.close()
+    for track in tracker.ended + tracker.tracks:
+      if track.records:
+        path = os.path.join(output_dir, f'track_{track.track_id}.npz')
+        result['tracks'][track.track_id] = write_track(path, track_arrays(track, faces, settings))
+  seconds = time.perf_counter() - start
+  steady = None
+  if steady_start is not None and done > 2:
+    steady = (done - 2) / (time.perf_counter() - steady_start)
+  result.update(
+      frames=done,
+      overlay=writer.path,
+      seconds=seconds,
+      frames_per_second=done / seconds if seconds > 0 else None,
+      steady_frames_per_second=steady,
+      decoder_passes_per_frame=passes / max(done, 1),
+  )
+  return result
