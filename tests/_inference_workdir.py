@@ -28,6 +28,22 @@ def tiny_config(data_dir):
   return config
 
 
+def write_tiny_config_file(path, data_dir, **overrides) -> str:
+  """A config file for main (``--config=PATH``): the tiny run, with ``overrides`` set in order."""
+  tests = os.path.dirname(os.path.abspath(__file__))
+  lines = [
+      'import sys',
+      f'sys.path.insert(0, {tests!r})',
+      'from _inference_workdir import tiny_config',
+      'def get_config():',
+      f'  config = tiny_config({str(data_dir)!r})',
+  ]
+  lines += [f'  config.{key} = {value!r}' for key, value in overrides.items()]
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines + ['  return config', '']))
+  return str(path)
+
+
 @functools.cache
 def tiny_workdir() -> tuple[str, str]:
   """(workdir, tfds data_dir) of a 4-step run; removed when the process exits."""

@@ -14,6 +14,7 @@ import pytest
 
 from diffhand_jax import main as main_command
 from diffhand_jax.runs import lock
+from _inference_workdir import write_tiny_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(REPO, 'configs', 'synthetic.py')
@@ -37,26 +38,13 @@ def _main(capsys, *argv):
   return status, captured.err
 
 
-def _tiny_config_file(path, data_dir, **overrides):
-  lines = [
-      'import sys',
-      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})',
-      'from _inference_workdir import tiny_config',
-      'def get_config():',
-      f'  config = tiny_config({str(data_dir)!r})',
-  ]
-  lines += [f'  config.{key} = {value!r}' for key, value in overrides.items()]
-  path.write_text('\n'.join(lines + ['  return config', '']))
-  return str(path)
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """A copy-me trained run: (workdir, config file) of the tests' tiny 4-step run."""
   from _inference_workdir import tiny_workdir
 
   workdir, data_dir = tiny_workdir()
-  config_file = _tiny_config_file(tmp_path_factory.mktemp('config') / 'tiny.py', data_dir)
+  config_file = write_tiny_config_file(tmp_path_factory.mktemp('config') / 'tiny.py', data_dir)
   return workdir, config_file
 
 
@@ -284,7 +272,7 @@ def test_ctrl_c_during_training_exits_130_after_checkpointing(tmp_path, capsys, 
 def test_ctrl_c_checkpoints_the_current_step_and_a_second_one_quits(trained, tmp_path):
   """A real SIGINT to a training process: one checkpoints and exits 130 with a one-line message."""
   workdir = str(tmp_path / 'run')
-  config_file = _tiny_config_file(
+  config_file = write_tiny_config_file(
       tmp_path / 'cfg.py',
       os.path.join(os.path.dirname(trained[0]), 'tfds'),
       num_train_steps=100000,

@@ -8,20 +8,9 @@ import sys
 
 import pytest
 
+from _inference_workdir import write_tiny_config_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write_tiny_config(path, data_dir, **overrides):
-  """A config file for main: the tests' tiny run, with ``overrides`` set in order."""
-  lines = [
-      'import sys',
-      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})',
-      'from _inference_workdir import tiny_config',
-      'def get_config():',
-      f'  config = tiny_config({str(data_dir)!r})',
-  ]
-  lines += [f'  config.{key} = {value!r}' for key, value in overrides.items()]
-  path.write_text('\n'.join(lines + ['  return config', '']))
 
 
 def _losses(workdir):
@@ -33,7 +22,7 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   config_file = tmp_path / 'tiny_config.py'
-  _write_tiny_config(config_file, tmp_path / 'tfds', log_every_steps=1)
+  write_tiny_config_file(config_file, tmp_path / 'tfds', log_every_steps=1)
   command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
   env = dict(os.environ, LOG_DIR=str(tmp_path / 'logs'))
   single = subprocess.run(
@@ -73,7 +62,7 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
   import time
 
   config_file = tmp_path / 'long_config.py'
-  _write_tiny_config(
+  write_tiny_config_file(
       config_file,
       tmp_path / 'tfds',
       num_train_steps=100000,
@@ -166,7 +155,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
   """2 processes x 2 fake CPU devices (launch/local.sh) and 1 process x 4 give the same losses, on a
   (data=2, fsdp=2) mesh whose fsdp axis shards params across the processes, with 2 micro-batches."""
   config_file = tmp_path / 'config.py'
-  _write_tiny_config(
+  write_tiny_config_file(
       config_file,
       tmp_path / 'tfds',
       log_every_steps=1,
@@ -212,7 +201,7 @@ def test_kill_9_then_rerun_resumes_with_the_uninterrupted_losses(tmp_path):
 
   num_steps = 10
   config_file = tmp_path / 'config.py'
-  _write_tiny_config(
+  write_tiny_config_file(
       config_file,
       tmp_path / 'tfds',
       num_train_steps=num_steps,
@@ -268,7 +257,7 @@ def test_memory_mode_compiles_without_data_or_workdir(tmp_path):
   """`main --config.mode=memory` prints the per-device memory table, needs no --workdir, and reads no
   data (the dataset is never built)."""
   config_file = tmp_path / 'config.py'
-  _write_tiny_config(config_file, tmp_path / 'tfds', mode='memory', grad_accum_steps=2)
+  write_tiny_config_file(config_file, tmp_path / 'tfds', mode='memory', grad_accum_steps=2)
   result = _run(
       [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}'],
       dict(os.environ, JAX_PLATFORMS='cpu'),

@@ -133,3 +133,15 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
   """``payload`` as indented JSON at ``path``, never half-written; prints "wrote PATH"."""
   files.write_json_atomic(path, payload)
   print(f'wrote {path}', flush=True)
+
+
+def trained_workdir_missing(name: str, workdir: str) -> bool:
+  """True (after saying so) when ``workdir`` holds no trained run: the benchmark is skipped, since `bench
+  all` runs every benchmark with its defaults and a missing run is no failure."""
+  if os.path.exists(os.path.join(workdir, 'config.json')):
+    return False
+  print(
+      f'{name}: skipped, {workdir!r} is not a trained workdir (train one with '
+      '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)'
+  )
+  return True

@@ -16,7 +16,6 @@ Errors in mm (root-relative, in the model's right-hand frame), as `metrics.evalu
 
 from __future__ import annotations
 
-import os
 import time
 
 from absl import flags
@@ -69,11 +68,7 @@ def main(argv: list[str]) -> int:
     )
   except command_line.Exit as done:
     return done.code
-  if not os.path.exists(os.path.join(FLAGS.workdir, 'config.json')):
-    print(
-        f'hypotheses: skipped, {FLAGS.workdir!r} is not a trained workdir (train one with '
-        '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)'
-    )
+  if common.trained_workdir_missing('hypotheses', FLAGS.workdir):
     return 0
   import jax
   from diffhand_jax import metrics

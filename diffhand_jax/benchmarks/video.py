@@ -143,11 +143,7 @@ def main(argv: list[str]) -> int:
     )
   except command_line.Exit as done:
     return done.code
-  if not os.path.exists(os.path.join(FLAGS.workdir, 'config.json')):
-    print(
-        f'video: skipped, {FLAGS.workdir!r} is not a trained workdir (train one with '
-        '`python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic`)'
-    )
+  if common.trained_workdir_missing('video', FLAGS.workdir):
     return 0
   import jax  # pylint: disable=g-import-not-at-top
   from diffhand_jax import metrics  # pylint: disable=g-import-not-at-top
