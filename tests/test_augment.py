@@ -1,4 +1,4 @@
-"""diffhand_jax/augment.py: crop boxes, one-warp crop/resize/rotate/scale, and colour jitter."""
+"""diffhand_jax/data/augment.py: crop boxes and the one-warp crop/resize/rotate/scale."""
 
 import numpy as np
 import pytest

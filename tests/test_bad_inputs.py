@@ -88,7 +88,7 @@ def test_every_config_mistake_is_reported_at_once_before_the_workdir_is_made(tmp
 @pytest.mark.parametrize(
     'argv, message',
     [
-        (['--config=configs/no_such_config.py'], 'No such file'),
+        ([f'--config={os.path.join("configs", "no_such_config.py")}'], 'No such file'),
         ([f'--config={SYNTHETIC}', '--config.model.widht=3'], 'Did you mean "width"'),
         (
             [f'--config={SYNTHETIC}', '--config.batch_size=abc'],

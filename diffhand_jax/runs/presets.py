@@ -39,7 +39,7 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.dataset.tip_ids = ml_collections.config_dict.placeholder(tuple)  # None = the model file's
   # A square crop around `bbox` widened by this margin per side; None = the frame is already a crop.
   config.dataset.crop_margin = ml_collections.config_dict.placeholder(float)
-  # Training jitter of the crop (diffhand_jax/augment.py); max_rotation_deg None = no geometric jitter.
+  # Training jitter of the crop (diffhand_jax/data/augment.py); max_rotation_deg None = no geometric jitter.
   config.dataset.scale_range = (0.9, 1.1)
   config.dataset.max_rotation_deg = ml_collections.config_dict.placeholder(float)
   config.dataset.max_translation = 0.05  # fraction of the crop box
