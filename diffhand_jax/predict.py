@@ -1,31 +1,53 @@
-"""Hand meshes for your own images.
+"""Hand meshes for your own photos: every hand in each photo, in the photo's camera.
 
   python -m diffhand_jax.predict --workdir=DIR --images=IN_DIR --output=OUT_DIR
+      [--detector=mediapipe|none] [--min_hand_score=0.5] [--focal=PIXELS] [--fit_mano]
       [--boxes=boxes.json] [--box_scale=1.3] [--left=left.json | --left=a.jpg,b.png | --all_left]
       [--num_hypotheses=5] [--steps=10] [--eta=0] [--method=mean|medoid|aligned_mean] [--tta] [--batch_size=8]
-      [--seed=0] [--overlay_size=256] [--config.key=value ...]
+      [--seed=0] [--overlay_size=1024] [--config.key=value ...]
+  python -m diffhand_jax.predict --workdir=DIR --video=IN.mp4|FRAMES_DIR --output=OUT_DIR
+      [--warm_strength=0.3] [--video_box=x0,y0,x1,y1 | --detector=mediapipe|none] [--all_left]
+      [--video_follow] [--video_reset=0.15] [--video_fps=30] [--num_hypotheses=1] [--steps=10] [...]
 
-For every .jpg/.jpeg/.png/.bmp/.webp in IN_DIR (any size) it writes to OUT_DIR:
-  NAME.obj    the mesh: root-relative metres, camera axes (x right, y down, z forward), wrist at 0
-  NAME.png    the mesh rendered over the crop the model saw (shaded triangles, not points)
-  NAME.json   joints (21, 3) and vertices (778, 3) root-relative metres, per-vertex uncertainty (778,)
-              metres (the spread of the K hypotheses), the weak-perspective camera, the crop box, and
-              the settings
+--video reconstructs a video (PyAV decodes it: pip install -e ".[video]") or a folder of frames (sorted
+by name), frame by frame, each frame's sampler started from the previous frame's mesh (docs/video.md),
+and writes OUT_DIR/overlay.mp4 and one OUT_DIR/track_<id>.npz per hand (docs/design.md §8, "Video
+results"). The hands are found by --detector in every frame and followed by box overlap; or one hand
+is taken from --video_box (first-frame pixels), a box that stays (--video_follow: moves with the mesh).
+A video that breaks off is reported by name (exit status 1), its frames before the break written.
 
-Crop: the box from --boxes ({"NAME.jpg": [x0, y0, x1, y1], ...} in pixels; the key may also be the name
-without its extension), made square around its centre with side = longer side × --box_scale; without a
-box, the largest centred square. The crop is resized to the model's input size.
+For every .jpg/.jpeg/.png/.bmp/.webp in IN_DIR (any size) it finds the hands (MediaPipe's palm detector
+and hand-landmark model, shipped with the package: a box, a side and a score per hand) and writes to
+OUT_DIR (docs/design.md §8 names the keys; docs/photos.md shows an example):
+  NAME.png        every hand's mesh rendered over the photo (longer side at most --overlay_size)
+  NAME_handI.obj  hand I's mesh in the photo's camera frame (metres, x right, y down, z forward)
+  NAME.json       the focal length and K, and a list of hands: box, hand_side, score, root-relative and
+                  camera-frame joints (21, 3) and vertices (778, 3), the per-vertex uncertainty (the
+                  spread of the K hypotheses), the weak-perspective camera, the crop box; with
+                  --fit_mano also MANO pose, betas and trans and the hand model they belong to
 
-Left hands (--left: a JSON list of names, a JSON {name: true/false} object, or a comma-separated list
-of names; --all_left for every image) are mirrored before the model and mirrored back on output.
+Photos without a hand are reported by name and skipped.
+
+Focal length (pixels): --focal, else the photo's EXIF (35 mm-equivalent focal length, or focal length
+and sensor resolution), else the image diagonal (a 53° diagonal field of view).
+
+Boxes: --boxes ({"NAME.jpg": [x0, y0, x1, y1] or a list of such boxes, in pixels; the key may also be
+the name without its extension) replaces detection for the photos it names. --detector=none takes one
+hand per photo in the largest centred square. Each box is made square around its centre with side =
+longer side × --box_scale, and resized to the model's input size.
+
+Left hands (--left: a JSON list of names, a JSON {name: true/false} or {name: [false, true]} object, or a
+comma-separated list of names; --all_left for every image) replace the detector's sides: the named
+photos' hands are left, every other photo's are right. Left hands are mirrored before the model and
+mirrored back on output.
 
 --config.key=value overrides the run's config (WORKDIR/config.json): model.sampling_steps and model.eta
 (--steps and --eta, when given, win over them), model.num_hypotheses (unused here: --num_hypotheses
 sets K), and any field of config.dataset and config.eval. The network is fixed by the checkpoint, so any
 other config.model field is an unknown flag.
 
-Unreadable images are reported by name and skipped; the rest are processed. Exit status: 0 when at
-least one image was processed, 1 when none could be, 2 for bad arguments.
+Unreadable images and images without hands are reported by name and skipped; the rest are processed.
+Exit status: 0 when at least one image was processed, 1 when none could be, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -50,7 +72,29 @@ flags.DEFINE_string(
 flags.DEFINE_string('images', None, 'a folder of images', flag_values=FLAGS)
 flags.DEFINE_string('output', None, 'where the .obj/.png/.json files go', flag_values=FLAGS)
 flags.DEFINE_string(
-    'boxes', None, 'JSON {"name.jpg": [x0, y0, x1, y1]} (pixels)', flag_values=FLAGS
+    'boxes',
+    None,
+    'JSON {"name.jpg": [x0, y0, x1, y1] or a list of them} (pixels); replaces detection there',
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    'detector',
+    'mediapipe',
+    ['mediapipe', 'none'],
+    "how hands are found: MediaPipe's hand models, or none (one hand, the largest centred square)",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    'min_hand_score', 0.5, 'detected hands below this score are dropped', flag_values=FLAGS
+)
+flags.DEFINE_float(
+    'focal',
+    None,
+    'focal length in pixels of the photos (default: from EXIF, else the image diagonal)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    'fit_mano', False, "add each hand's MANO pose, betas and trans (mano.fit)", flag_values=FLAGS
 )
 flags.DEFINE_float(
     'box_scale',
@@ -76,9 +120,43 @@ flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', 
 flags.DEFINE_integer('batch_size', 8, 'images per sampler call', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
 flags.DEFINE_integer(
-    'overlay_size', 256, 'side of the NAME.png overlays, pixels', flag_values=FLAGS
+    'overlay_size',
+    1024,
+    'longer side of the NAME.png overlays at most, pixels (photos are scaled down, never up; 0: as is)',
+    flag_values=FLAGS,
 )
-flags.mark_flags_as_required(['workdir', 'images', 'output'], flag_values=FLAGS)
+flags.DEFINE_string(
+    'video', None, 'a video file or a folder of frames, instead of --images', flag_values=FLAGS
+)
+flags.DEFINE_string(
+    'video_box',
+    None,
+    "--video: the hand's box x0,y0,x1,y1 (pixels) in the first frame; the crop then follows it",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    'warm_strength',
+    0.3,
+    '--video: each frame starts from the last mesh and runs this fraction of the DDIM steps '
+    '(1: every frame from noise)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    'video_reset',
+    0.15,
+    '--video: start from noise again when the crop changes more than this (mean |difference|/255)',
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    'video_fps', None, '--video: frame rate of a folder of frames (default 30)', flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    'video_follow',
+    False,
+    "--video_box: move the box with the predicted mesh (as good as the model's camera)",
+    flag_values=FLAGS,
+)
+flags.mark_flags_as_required(['workdir', 'output'], flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,6 +172,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
   except command_line.Exit as done:
     return done.code
+  if bool(FLAGS.images) == bool(FLAGS.video):
+    print(f'{PROG}: give one of --images=DIR and --video=FILE_OR_DIR', file=sys.stderr)
+    return 2
+  if FLAGS.video:
+    from diffhand_jax.inference import video
+
+    try:
+      result = video.reconstruct_video(
+          FLAGS.workdir,
+          FLAGS.video,
+          FLAGS.output,
+          box=video.parse_box(FLAGS.video_box),
+          left=FLAGS.all_left,
+          detector='none' if FLAGS.video_box else FLAGS.detector,
+          min_hand_score=FLAGS.min_hand_score,
+          warm_strength=FLAGS.warm_strength,
+          steps=FLAGS.steps,
+          eta=FLAGS.eta,
+          num_hypotheses=FLAGS.num_hypotheses if FLAGS['num_hypotheses'].present else 1,
+          method=FLAGS.method,
+          box_scale=FLAGS.box_scale,
+          reset_threshold=FLAGS.video_reset,
+          follow=FLAGS.video_follow,
+          fps=FLAGS.video_fps,
+          seed=FLAGS.seed,
+          overrides=FLAGS.config,
+      )
+    except video.VideoError as error:
+      print(f'error: {error}', file=sys.stderr)
+      return 1
+    except (InputError, FileNotFoundError, ValueError) as error:
+      print(f'error: {error}', file=sys.stderr)
+      return 2
+    steady = result['steady_frames_per_second']
+    print(
+        f'wrote {result["frames"]} frames, {len(result["tracks"])} track(s) to {FLAGS.output}: '
+        f'{result["frames_per_second"]:.1f} frames/s'
+        + (f' ({steady:.1f} after compiling)' if steady else '')
+        + f', {result["decoder_passes_per_frame"]:.2f} decoder passes per frame'
+    )
+    return 0
   from diffhand_jax.inference import predict, tta
 
   try:
@@ -119,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=FLAGS.seed,
         overlay_size=FLAGS.overlay_size,
         overrides=FLAGS.config,
+        detector=FLAGS.detector,
+        focal=FLAGS.focal,
+        fit_mano=FLAGS.fit_mano,
+        min_hand_score=FLAGS.min_hand_score,
     )
   except (InputError, FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
@@ -127,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if result['failed']:
     print(
         f'could not read {len(result["failed"])} image(s): {", ".join(sorted(result["failed"]))}',
+        file=sys.stderr,
+    )
+  if result.get('no_hands'):
+    print(
+        f'no hand found in {len(result["no_hands"])} image(s): {", ".join(result["no_hands"])}',
         file=sys.stderr,
     )
   return 0 if result['written'] else 1

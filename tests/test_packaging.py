@@ -94,3 +94,11 @@ def test_the_wheel_holds_only_the_package(tmp_path):
         for f in (f'{name}_dataset_builder.py', 'README.md', 'CITATIONS.bib', 'checksums.tsv')
     } <= set(names), name
   assert 'diffhand_jax/assets/procedural_hand.npz' in names
+  # The hand detector's models travel with their licence and provenance (no download at run time).
+  for name in (
+      'palm_detection_full.tflite',
+      'hand_landmark_full.tflite',
+      'LICENSE',
+      'PROVENANCE.md',
+  ):
+    assert f'diffhand_jax/assets/detector/{name}' in names, name

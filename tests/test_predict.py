@@ -37,65 +37,139 @@ def _write_image(path, height, width, seed):
   return image
 
 
-def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
-  from diffhand_jax.inference import loading
+def _json(path):
+  return json.loads(path.read_text())
+
+
+def test_predict_finds_every_hand_and_places_it_in_the_photo(workdir, tmp_path, capsys):
+  """Whole frames: the detector's hands (box, side, score), one .obj per hand in the photo's camera,
+  one overlay, one JSON with a list of hands and their MANO parameters; photos without hands and
+  unreadable ones are named and skipped."""
+  from diffhand_jax import mano
+  from diffhand_jax.data import synthetic_frames as sf
+  from diffhand_jax.inference import detection, loading
 
   images = tmp_path / 'images'
   images.mkdir()
-  square = _write_image(images / 'a_right.png', 48, 48, 0)
-  _write_image(images / 'b_left.jpg', 90, 60, 1)
-  _write_image(images / 'c_box.png', 40, 120, 2)
-  (images / 'd_broken.jpg').write_bytes(b'this is not a jpeg')
-  (images / 'notes.txt').write_text('ignored')
-  (tmp_path / 'boxes.json').write_text(json.dumps({'c_box': [70, 5, 100, 35]}))
+  # Backs of the hands: the detector's sides are right for them (tests/test_detection.py).
+  frame = sf.render_frame(
+      [
+          sf.FrameHand('right', (0.3, 0.5), 0.45, 'flat', back=True, skin=1.0),
+          sf.FrameHand('left', (0.72, 0.5), 0.45, 'relaxed', back=True, skin=2.5),
+      ],
+      (240, 320),
+      seed=5,
+  )
+  Image.fromarray(frame['image']).save(images / 'two.png')
+  Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(images / 'empty.png')
+  (images / 'broken.jpg').write_bytes(b'this is not a jpeg')
   out = tmp_path / 'out'
   status = predict.main(
       [
           f'--workdir={workdir}',
           f'--images={images}',
           f'--output={out}',
-          f'--boxes={tmp_path / "boxes.json"}',
-          '--left=b_left.jpg',
           '--num_hypotheses=2',
           '--steps=2',
           '--batch_size=4',
-          '--overlay_size=48',
+          '--overlay_size=160',
+          '--fit_mano',
       ]
   )
-  captured = capsys.readouterr()
-  assert status == 0, captured.err
-  assert 'd_broken.jpg' in captured.err  # named, and the rest carried on
-  names = ('a_right', 'b_left', 'c_box')
-  assert sorted(os.listdir(out)) == sorted(
-      f'{n}.{e}' for n in names for e in ('obj', 'png', 'json')
-  )
+  err = capsys.readouterr().err
+  assert status == 0, err
+  assert 'broken.jpg' in err and 'no hand found in' in err and 'empty.png' in err
+  assert sorted(os.listdir(out)) == ['two.json', 'two.png', 'two_hand0.obj', 'two_hand1.obj']
 
-  _, _, _, topology, _ = loading.load_for_inference(workdir)
-  regressor = np.asarray(topology.joint_regressor, np.float64)
-  for name in names:
-    record = json.loads((out / f'{name}.json').read_text())
-    vertices = np.asarray(record['vertices'])
-    assert vertices.shape == (778, 3) and np.asarray(record['joints']).shape == (21, 3)
-    assert np.asarray(record['uncertainty']).shape == (778,)
-    assert (
-        np.all(np.asarray(record['uncertainty']) >= 0) and record['uncertainty_mean'] > 0
-    )  # K = 2
-    np.testing.assert_allclose(record['joints'], regressor @ vertices, atol=1e-5)
-    obj_vertices, obj_faces = _read_obj(out / f'{name}.obj')
-    np.testing.assert_allclose(obj_vertices, vertices, atol=2e-6)
-    assert obj_faces.shape == np.asarray(topology.faces).shape
-    overlay = np.asarray(Image.open(out / f'{name}.png'))
-    assert overlay.shape == (48, 48, 3)
-    assert record['settings']['hypotheses'] == 2 and record['settings']['steps'] == 2
-    assert record['hand_side'] == ('left' if name == 'b_left' else 'right')
-  box = json.loads((out / 'c_box.json').read_text())['crop_box']
-  np.testing.assert_allclose(
-      box, [85 - 19.5, 20 - 19.5, 85 + 19.5, 20 + 19.5]
-  )  # 30 px × 1.3, centred
-  # A square image without a box is cropped whole: the overlay is that image where no mesh is drawn.
+  regressor = np.asarray(loading.load_trained(workdir).topology.joint_regressor, np.float64)
+  record = _json(out / 'two.json')
+  assert record['image_size'] == [240, 320] and record['focal_source'] == 'default'
+  assert record['focal_length'] == pytest.approx(400.0)  # the diagonal of 240 × 320
+  K = np.asarray(record['K'])
+  hands = record['hands']
+  assert len(hands) == 2
+  for truth in frame['hands']:
+    hand = max(hands, key=lambda h: detection.box_iou(np.asarray(h['box']), truth['box']))
+    assert detection.box_iou(np.asarray(hand['box']), truth['box']) > 0.6
+    assert hand['hand_side'] == truth['side'] and hand['side_source'] == 'detector'
+    assert hand['box_source'] == 'detector' and 0.5 <= hand['score'] <= 1.0
+    vertices, joints = np.asarray(hand['vertices']), np.asarray(hand['joints'])
+    assert vertices.shape == (778, 3) and np.asarray(hand['uncertainty']).shape == (778,)
+    np.testing.assert_allclose(joints, regressor @ vertices, atol=1e-5)
+    root = np.asarray(hand['root'])
+    np.testing.assert_allclose(hand['vertices_camera'], vertices + root, atol=2e-6)
+    np.testing.assert_allclose(hand['joints_camera'], joints + root, atol=2e-6)
+    obj_vertices, obj_faces = _read_obj(out / hand['obj'])
+    np.testing.assert_allclose(obj_vertices, hand['vertices_camera'], atol=2e-6)
+    # The hand's crop is the square around its box.
+    box = np.asarray(hand['box'])
+    np.testing.assert_allclose(hand['crop_box'], crops.square_box(box, (240, 320), 1.3), atol=1e-5)
+    # MANO parameters of the hand's own side that reproduce the camera-frame mesh (up to the fit's error).
+    params = hand['mano']
+    model = mano.load_procedural(hand['hand_side'])
+    assert params['hand_model'] == f"mano.load_procedural('{hand['hand_side']}')"
+    fitted = np.asarray(
+        mano.forward(
+            model,
+            np.asarray(params['pose'])[None],
+            np.asarray(params['betas'])[None],
+            flat_hand_mean=params['flat_hand_mean'],
+            trans=np.asarray(params['trans'])[None],
+        )[0][0]
+    )
+    distance = np.linalg.norm(fitted - np.asarray(hand['vertices_camera']), axis=1).mean()
+    assert distance == pytest.approx(params['error'], abs=1e-5)
+  overlay = np.asarray(Image.open(out / 'two.png'))
+  assert overlay.shape == (120, 160, 3)
+  assert np.abs(K[:2, 2] - [159.5, 119.5]).max() < 1e-9
+
+
+def test_predict_boxes_and_left_override_the_detector(workdir, tmp_path, capsys):
+  images = tmp_path / 'images'
+  images.mkdir()
+  square = _write_image(images / 'a_right.png', 48, 48, 0)
+  _write_image(images / 'b_left.jpg', 90, 60, 1)
+  _write_image(images / 'c_box.png', 40, 120, 2)
+  (tmp_path / 'boxes.json').write_text(json.dumps({'c_box': [[70, 5, 100, 35], [10, 5, 40, 35]]}))
+  (tmp_path / 'left.json').write_text(json.dumps({'b_left.jpg': True, 'c_box': [False, True]}))
+  out = tmp_path / 'out'
+  args = [
+      '--num_hypotheses=2',
+      '--steps=2',
+      '--batch_size=4',
+      '--overlay_size=0',
+      '--detector=none',
+  ]
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={images}',
+          f'--output={out}',
+          f'--boxes={tmp_path / "boxes.json"}',
+          f'--left={tmp_path / "left.json"}',
+          '--focal=100',
+          *args,
+      ]
+  )
+  assert status == 0, capsys.readouterr().err
+  sides = {
+      name: [h['hand_side'] for h in _json(out / f'{name}.json')['hands']]
+      for name in ('a_right', 'b_left', 'c_box')
+  }
+  assert sides == {'a_right': ['right'], 'b_left': ['left'], 'c_box': ['right', 'left']}
+  boxes = _json(out / 'c_box.json')['hands']
+  assert [h['box_source'] for h in boxes] == ['boxes', 'boxes']
+  # 30 px × 1.3, centred on each box.
+  np.testing.assert_allclose(boxes[0]['crop_box'], [85 - 19.5, 20 - 19.5, 85 + 19.5, 20 + 19.5])
+  np.testing.assert_allclose(boxes[1]['crop_box'], [25 - 19.5, 20 - 19.5, 25 + 19.5, 20 + 19.5])
+  record = _json(out / 'a_right.json')
+  assert record['focal_source'] == 'flag' and record['focal_length'] == 100.0
+  assert record['hands'][0]['box'] is None and record['hands'][0]['box_source'] == 'whole image'
+  # The whole square image, at its own size: the overlay is that image where no mesh is drawn.
   overlay = np.asarray(Image.open(out / 'a_right.png')).astype(int)
+  assert overlay.shape == (48, 48, 3)
   unchanged = np.all(overlay == square, axis=-1)
-  assert 0.05 < unchanged.mean() < 1.0  # some mesh drawn, not everywhere
+  assert 0.05 < unchanged.mean() <= 1.0
 
   # Left hands are mirrored for the model and back on output: a mirrored copy of a_right marked left
   # (same batch position, same seed, so the same noise) gives the mirror-image mesh.
@@ -103,8 +177,7 @@ def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
   mirrored.mkdir()
   Image.fromarray(square[:, ::-1]).save(mirrored / 'a_right.png')
   out2 = tmp_path / 'out2'
-  # The same number of steps, here through the run's config (--config.model.sampling_steps) and the
-  # flags of the previous call back at their defaults (no --boxes, --left).
+  # The same number of steps, here through the run's config (--config.model.sampling_steps).
   status = predict.main(
       [
           f'--workdir={workdir}',
@@ -114,19 +187,35 @@ def test_predict_folder_end_to_end(workdir, tmp_path, capsys):
           '--num_hypotheses=2',
           '--config.model.sampling_steps=2',
           '--batch_size=4',
-          '--overlay_size=48',
+          '--detector=none',
+          '--focal=100',
       ]
   )
   assert status == 0
-  assert json.loads((out2 / 'a_right.json').read_text())['settings']['steps'] == 2
-  right = json.loads((out / 'a_right.json').read_text())
-  left = json.loads((out2 / 'a_right.json').read_text())
+  left = _json(out2 / 'a_right.json')
+  assert left['settings']['steps'] == 2
+  right, left = record['hands'][0], left['hands'][0]
+  assert left['hand_side'] == 'left'
   np.testing.assert_allclose(
       np.asarray(left['vertices']), np.asarray(right['vertices']) * [-1, 1, 1], atol=1e-5
   )
+  # In the camera frame too: the photo mirrored about its centre column, which is the principal point.
   np.testing.assert_allclose(
-      np.asarray(Image.open(out2 / 'a_right.png')).astype(int), overlay[:, ::-1], atol=2
+      np.asarray(left['vertices_camera']),
+      np.asarray(right['vertices_camera']) * [-1, 1, 1],
+      atol=1e-5,
   )
+
+
+def test_photos_without_any_hand_exit_1(workdir, tmp_path, capsys):
+  images = tmp_path / 'images'
+  images.mkdir()
+  Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(images / 'wall.png')
+  status = predict.main(
+      [f'--workdir={workdir}', f'--images={images}', f'--output={tmp_path / "o"}']
+  )
+  assert status == 1
+  assert 'wall.png' in capsys.readouterr().err
 
 
 def test_weak_perspective_overlay_geometry():
@@ -153,9 +242,17 @@ def test_bad_inputs_are_reported_clearly(tmp_path, capsys):
   (tmp_path / 'inverted.json').write_text('{"x": [10, 10, 5, 20]}')
   with pytest.raises(predict_lib.InputError, match="'x.png'.*x1 > x0"):
     predict_lib.load_boxes(str(tmp_path / 'inverted.json'), names)
+  (tmp_path / 'two.json').write_text('{"x": [[0, 0, 5, 5], [10, 10, 20, 30]]}')
+  assert predict_lib.load_boxes(str(tmp_path / 'two.json'), names) == {
+      'x.png': [[0, 0, 5, 5], [10, 10, 20, 30]]
+  }
+  (tmp_path / 'one.json').write_text('{"x.png": [0, 0, 5, 5]}')
+  assert predict_lib.load_boxes(str(tmp_path / 'one.json'), names) == {'x.png': [[0, 0, 5, 5]]}
   (tmp_path / 'left.json').write_text('{"x": true}')
   assert predict_lib.load_left(str(tmp_path / 'left.json'), names) == {'x.png': True}
   assert predict_lib.load_left('x.png,y.png', names + ['z.png']) == {'x.png': True, 'z.png': False}
+  with pytest.raises(predict_lib.InputError, match='--fit_mano: .*MANO_LEFT.pkl'):
+    predict_lib.fit_models({'hand_model': 'mano', 'mano_dir': str(tmp_path)}, ['left'])
   (tmp_path / 'broken.png').write_bytes(b'\x89PNG garbage')
   with pytest.raises(predict_lib.InputError, match='broken.png'):
     predict_lib.read_image(str(tmp_path / 'broken.png'))

@@ -66,6 +66,24 @@ def load_hand_model(dataset_config: Mapping[str, Any]) -> mano.ManoModel:
   return mano.load(os.path.join(folder, 'MANO_RIGHT.pkl'), side='right')
 
 
+def load_side_model(dataset_config: Mapping[str, Any], side: str) -> tuple[mano.ManoModel, str]:
+  """The run's hand model for one side, and a name for it: ``mano.load_procedural('left')`` for the
+  procedural hand, else the path of MANO_RIGHT.pkl / MANO_LEFT.pkl (config's mano_dir or
+  $DIFFHAND_MANO_DIR). Raises FileNotFoundError saying what is missing."""
+  if side not in ('right', 'left'):
+    raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+  if dataset_config.get('hand_model', 'procedural') == 'procedural':
+    return mano.load_procedural(side), f"mano.load_procedural('{side}')"
+  name = f'MANO_{side.upper()}.pkl'
+  folder, problem = mano_dir_problem(
+      dataset_config.get('mano_dir'), f'MANO parameters of a {side} hand', (name,)
+  )
+  if problem:
+    raise FileNotFoundError(problem)
+  path = os.path.abspath(os.path.join(folder, name))
+  return mano.load(path, side=side), path
+
+
 def hand_topology(hand_model: mano.ManoModel, tip_ids=None) -> HandTopology:
   W = mano.joint_regressor21(hand_model, tip_ids)
   return HandTopology(

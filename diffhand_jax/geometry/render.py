@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
+    'intrinsics',
+    'default_focal',
     'project',
     'vertex_normals',
     'rasterize',
@@ -56,6 +58,23 @@ def _check_mesh(vertices, faces, K, image_size):
   if len(image_size) != 2 or min(image_size) <= 0:
     raise ValueError(f'render: image_size must be (H, W) with positive entries, got {image_size}')
   return vertices, faces.astype(np.int64), K, (int(image_size[0]), int(image_size[1]))
+
+
+def intrinsics(focal: float, image_size: Sequence[int]) -> np.ndarray:
+  """A pinhole K (3, 3) with square pixels of focal length `focal` (pixels) and the principal point at
+  the centre of an (H, W) image: ((W - 1)/2, (H - 1)/2) with pixel centres at integers."""
+  height, width = image_size
+  return np.array(
+      [[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]]
+  )
+
+
+def default_focal(image_size: Sequence[int]) -> float:
+  """The focal length (pixels) assumed for a photo whose camera is unknown: the image diagonal, a 53°
+  diagonal field of view (a 43 mm lens on a 35 mm camera; CLIFF's choice). `predict` uses it when
+  neither --focal nor the photo's EXIF gives one."""
+  height, width = image_size
+  return float(np.hypot(height, width))
 
 
 def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:

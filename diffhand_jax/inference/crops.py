@@ -2,8 +2,11 @@
 
 * `square_box`: the square crop around a hand box;
 * `crop_box`: that crop, resized to the model's input size;
+* `crop_intrinsics`: the pinhole K of that resized crop, from the photo's K;
 * `root_from_weak_perspective`: the wrist in the camera frame from the predicted weak-perspective
-  camera and the crop's intrinsics.
+  camera and the crop's intrinsics;
+* `root_from_projection`: the same, solved under the full perspective projection (exact where the
+  weak-perspective camera fits the hand's 2D points; `predict` on whole photos uses it).
 """
 
 from __future__ import annotations
@@ -42,6 +45,47 @@ def root_from_weak_perspective(
   return np.stack([(pixel_x - cx) * depth / fx, (pixel_y - cy) * depth / fy, depth], -1)
 
 
+def root_from_projection(
+    points: np.ndarray,
+    camera: np.ndarray,
+    K: np.ndarray,
+    image_size: int,
+    vertex_scale: float,
+) -> np.ndarray:
+  """The translation T (3,) metres that puts root-relative points (P, 3) (metres, e.g. the joints) where
+  the weak-perspective camera (s, tx, ty) draws them, under the pinhole K (3, 3) of the square crop
+  (image_size pixels).
+
+  The camera draws point X (model space: metres / vertex_scale) at the crop pixel ((s·X + tx) + 1)·S/2
+  (likewise y). Requiring the perspective projection of X + T to land there gives two equations per
+  point that are linear in T, f_x (X_x + T_x) − d_x (X_z + T_z) = 0 with d_x the pixel's offset from the
+  principal point, solved in the least-squares sense (as SPIN's estimate_translation). A weak-
+  perspective camera cannot express the perspective of a crop far from the principal point;
+  `root_from_weak_perspective` then misses the wrist by a few per cent of the hand's size, this does
+  not. Falls back to `root_from_weak_perspective` when the solution is not in front of the camera.
+  """
+  points = np.asarray(points, np.float64)
+  camera = np.asarray(camera, np.float64)
+  K = np.asarray(K, np.float64)
+  model = points / vertex_scale
+  pixels = (camera[0] * model[:, :2] + camera[1:] + 1.0) * image_size / 2.0
+  offset = pixels - K[:2, 2]
+  count = len(points)
+  A = np.zeros((2 * count, 3))
+  b = np.zeros(2 * count)
+  for axis in range(2):
+    rows = slice(axis * count, (axis + 1) * count)
+    A[rows, axis] = K[axis, axis]
+    A[rows, 2] = -offset[:, axis]
+    b[rows] = offset[:, axis] * points[:, 2] - K[axis, axis] * points[:, axis]
+  translation = np.linalg.lstsq(A, b, rcond=None)[0]
+  if not (np.all(np.isfinite(translation)) and translation[2] + points[:, 2].min() > 0):
+    return root_from_weak_perspective(
+        camera[None], K[None], (image_size, image_size), vertex_scale
+    )[0]
+  return translation
+
+
 def square_box(
     box: Sequence[float] | None, image_size: Sequence[int], box_scale: float
 ) -> np.ndarray:
@@ -70,3 +114,20 @@ def crop_box(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
     raise ValueError(f'empty crop box {tuple(box)}')
   cropped = Image.fromarray(np.asarray(image, np.uint8)).crop((x0, y0, x1, y1))
   return np.asarray(cropped.resize((size, size), Image.BILINEAR), np.uint8)
+
+
+def crop_intrinsics(K: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+  """The intrinsics (3, 3) of `crop_box(image, box, size)` for an image with intrinsics K (3, 3).
+
+  crop_box cuts the box rounded to whole pixels and resizes it to size × size; with pixel centres at
+  integers, the image pixel x lands at (x − x0 + 0.5)·size/(x1 − x0) − 0.5 in the crop (likewise y).
+  """
+  x0, y0, x1, y1 = (int(round(v)) for v in box)
+  scale_x, scale_y = size / (x1 - x0), size / (y1 - y0)
+  K = np.asarray(K, np.float64)
+  crop = K.copy()
+  crop[0, :] = K[0, :] * scale_x
+  crop[1, :] = K[1, :] * scale_y
+  crop[0, 2] = (K[0, 2] - x0 + 0.5) * scale_x - 0.5
+  crop[1, 2] = (K[1, 2] - y0 + 0.5) * scale_y - 0.5
+  return crop

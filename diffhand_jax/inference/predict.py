@@ -1,5 +1,7 @@
-"""Hand meshes for a folder of images: reading the images and the box / left-hand files, cropping,
-sampling a trained run, and writing NAME.obj, NAME.png and NAME.json per image.
+"""Hand meshes for a folder of photos: reading the images and the box / left-hand files, finding the
+hands (inference/detection.py) unless boxes are given, cropping, sampling a trained run, placing every
+hand in the photo's camera (inference/full_frame.py), optionally fitting MANO parameters
+(`mano.fit`), and writing NAME.png, NAME.json and one NAME_handI.obj per hand.
 
 `python -m diffhand_jax.predict` (diffhand_jax/predict.py) is the command; its docstring describes the
 files.
@@ -7,6 +9,7 @@ files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +18,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from diffhand_jax.geometry import conventions, mesh_io
+from diffhand_jax.geometry import conventions, mesh_io, render
+from diffhand_jax.runs import files
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # The model's weak-perspective camera is orthographic; rendering it through render.py's pinhole with
@@ -73,8 +77,27 @@ def _lookup(table: dict, name: str):
   return table.get(os.path.splitext(name)[0])
 
 
-def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[float]]:
-  """{name: [x0, y0, x1, y1]} from a JSON object keyed by file name (or stem). Raises InputError."""
+def _check_box(box: Any, name: str, path: str) -> list[float]:
+  try:
+    values = [float(v) for v in box]
+  except (TypeError, ValueError):
+    values = []
+  if (
+      len(values) != 4
+      or not np.all(np.isfinite(values))
+      or values[2] <= values[0]
+      or values[3] <= values[1]
+  ):
+    raise InputError(
+        f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] with '
+        f'x1 > x0 and y1 > y0, got {box!r}'
+    )
+  return values
+
+
+def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[list[float]]]:
+  """{name: [[x0, y0, x1, y1], ...]} from a JSON object keyed by file name (or stem) whose values are
+  one box or a list of boxes (one per hand). Raises InputError."""
   if not path:
     return {}
   payload = _load_json(path, '--boxes')
@@ -87,21 +110,10 @@ def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[float]]
     box = _lookup(payload, name)
     if box is None:
       continue
-    try:
-      values = [float(v) for v in box]
-    except (TypeError, ValueError):
-      values = []
-    if (
-        len(values) != 4
-        or not np.all(np.isfinite(values))
-        or values[2] <= values[0]
-        or values[3] <= values[1]
-    ):
-      raise InputError(
-          f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] with '
-          f'x1 > x0 and y1 > y0, got {box!r}'
-      )
-    boxes[name] = values
+    many = isinstance(box, list) and bool(box) and all(isinstance(b, (list, tuple)) for b in box)
+    boxes[name] = (
+        [_check_box(b, name, path) for b in box] if many else [_check_box(box, name, path)]
+    )
   known = set(names) | {os.path.splitext(n)[0] for n in names}
   unknown = sorted(k for k in payload if k not in known)
   if unknown:
@@ -112,8 +124,11 @@ def load_boxes(path: str | None, names: Sequence[str]) -> dict[str, list[float]]
   return boxes
 
 
-def load_left(spec: str | None, names: Sequence[str], all_left: bool = False) -> dict[str, bool]:
-  """{name: is_left} from --left (a JSON list or object file, or a comma-separated list of names)."""
+def load_left(
+    spec: str | None, names: Sequence[str], all_left: bool = False
+) -> dict[str, bool | list[bool]]:
+  """{name: is_left} from --left (a JSON list or object file, or a comma-separated list of names). A
+  JSON object's value may also be a list of booleans, one per hand (in the order of --boxes)."""
   if all_left:
     return {name: True for name in names}
   if not spec:
@@ -123,14 +138,32 @@ def load_left(spec: str | None, names: Sequence[str], all_left: bool = False) ->
     if isinstance(payload, list):
       chosen = {str(n): True for n in payload}
     elif isinstance(payload, dict):
-      chosen = {str(k): bool(v) for k, v in payload.items()}
+      chosen = {
+          str(k): [bool(x) for x in v] if isinstance(v, list) else bool(v)
+          for k, v in payload.items()
+      }
     else:
       raise InputError(
           f'--left file {spec} must hold a JSON list of names or an object {{name: bool}}'
       )
   else:
     chosen = {item.strip(): True for item in spec.split(',') if item.strip()}
-  return {name: bool(_lookup(chosen, name)) for name in names}
+  table = {}
+  for name in names:
+    value = _lookup(chosen, name)
+    table[name] = value if isinstance(value, list) else bool(value)
+  return table
+
+
+def _is_left(table: dict[str, bool | list[bool]] | None, name: str, index: int) -> bool | None:
+  """Whether hand `index` of image `name` is left by --left / --all_left, or None when neither was
+  given."""
+  if table is None:
+    return None
+  value = table[name]
+  if isinstance(value, list):
+    return bool(value[index]) if index < len(value) else False
+  return bool(value)
 
 
 # ==================================================================================================
@@ -159,19 +192,142 @@ def orthographic_setup(
   return placed, K
 
 
-def draw_overlay(
-    crop: np.ndarray, vertices_model: np.ndarray, faces: np.ndarray, camera: np.ndarray
-) -> np.ndarray:
-  """The shaded mesh over a square crop (S, S, 3) uint8, placed by the weak-perspective camera."""
-  from diffhand_jax.geometry import render
-
-  placed, K = orthographic_setup(vertices_model, camera, crop.shape[0])
-  return render.overlay(crop, placed, faces, K, alpha=0.6)
-
-
 # ==================================================================================================
-# A folder of images
+# A folder of photos
 # ==================================================================================================
+
+
+@dataclasses.dataclass
+class _Hand:
+  """One hand to reconstruct: where it is, which side, what the model sees."""
+
+  image: str
+  index: int
+  box: np.ndarray | None  # full-image pixels; None: the largest centred square (--detector=none)
+  crop_box: np.ndarray
+  is_left: bool
+  source: str  # 'detector', 'boxes' or 'whole image'
+  side_source: str  # 'detector', 'left flag' or 'default'
+  score: float | None = None
+  side_score: float | None = None
+  keypoints: np.ndarray | None = None
+
+
+def _write_json(path: str, payload: Any) -> None:
+  def write(tmp: str) -> None:
+    with open(tmp, 'w') as f:
+      json.dump(payload, f)
+
+  files.atomic_write(path, write)
+
+
+def _rounded(array: Any) -> Any:
+  return np.round(np.asarray(array, np.float64), 6).tolist()
+
+
+def find_hands(
+    image: np.ndarray,
+    name: str,
+    *,
+    boxes: list[list[float]] | None,
+    detector: Any,
+    left_table: dict[str, bool | list[bool]] | None,
+    box_scale: float,
+    min_score: float,
+) -> list[_Hand]:
+  """The hands of one photo: the --boxes ones, else the detector's (score ≥ min_score), else (no
+  detector) one hand in the largest centred square. --left / --all_left, when given, set the sides.
+  """
+  from diffhand_jax.inference import crops
+
+  shape = image.shape[:2]
+  found = []
+  if boxes is not None:
+    for box in boxes:
+      found.append(dict(box=np.asarray(box, np.float64), source='boxes'))
+  elif detector is None:
+    found.append(dict(box=None, source='whole image'))
+  else:
+    for hand in detector.detect(image):
+      if hand.score < min_score:
+        continue
+      found.append(
+          dict(
+              box=np.asarray(hand.box, np.float64),
+              source='detector',
+              side=hand.side,
+              score=float(hand.score),
+              side_score=float(hand.side_score),
+              keypoints=None if hand.keypoints is None else np.asarray(hand.keypoints),
+          )
+      )
+  hands = []
+  for index, item in enumerate(found):
+    flagged = _is_left(left_table, name, index)
+    if flagged is not None:
+      is_left, side_source = flagged, 'left flag'
+    elif 'side' in item:
+      is_left, side_source = item['side'] == 'left', 'detector'
+    else:
+      is_left, side_source = False, 'default'
+    hands.append(
+        _Hand(
+            image=name,
+            index=index,
+            box=item['box'],
+            crop_box=crops.square_box(item['box'], shape, box_scale),
+            is_left=is_left,
+            source=item['source'],
+            side_source=side_source,
+            score=item.get('score'),
+            side_score=item.get('side_score'),
+            keypoints=item.get('keypoints'),
+        )
+    )
+  return hands
+
+
+def fit_models(dataset_config: Any, sides: Sequence[str]) -> dict[str, tuple[Any, str]]:
+  """{side: (the run's hand model of that side, its name)} for `mano.fit`; InputError when the MANO
+  files a side needs are missing."""
+  from diffhand_jax.geometry import hand_model
+
+  models = {}
+  for side in sorted(set(sides)):
+    try:
+      models[side] = hand_model.load_side_model(dataset_config, side)
+    except FileNotFoundError as error:
+      raise InputError(f'--fit_mano: {error}') from None
+  return models
+
+
+def fit_mano_parameters(
+    models: dict[str, tuple[Any, str]], vertices: np.ndarray, is_left: np.ndarray
+) -> list[dict[str, Any]]:
+  """`mano.fit` of camera-frame meshes (M, N, 3), each with the model of its side (`fit_models`).
+
+  Returns one dict per mesh: pose (48,), betas, trans (3,), flat_hand_mean (False), error (m) and
+  hand_model (which model the parameters belong to).
+  """
+  from diffhand_jax import mano
+
+  results: list[dict[str, Any]] = [{} for _ in range(len(vertices))]
+  for side in ('right', 'left'):
+    rows = np.nonzero(is_left == (side == 'left'))[0]
+    if not len(rows):
+      continue
+    model, name = models[side]
+    fitted = mano.fit(model, vertices[rows], flat_hand_mean=False)
+    for k, row in enumerate(rows):
+      results[row] = {
+          'pose': _rounded(fitted['pose'][k]),
+          'betas': _rounded(fitted['betas'][k]),
+          'trans': _rounded(fitted['trans'][k]),
+          'flat_hand_mean': False,
+          'error': float(fitted['error'][k]),
+          'hand_model': name,
+      }
+  return results
 
 
 def predict_folder(
@@ -190,27 +346,50 @@ def predict_folder(
     tta_config=None,
     batch_size: int = 8,
     seed: int = 0,
-    overlay_size: int = 256,
+    overlay_size: int = 1024,
     overrides: ml_collections.ConfigDict | dict | None = None,
     progress: bool = True,
+    detector: Any = 'mediapipe',
+    focal: float | None = None,
+    fit_mano: bool = False,
+    min_hand_score: float = 0.5,
 ) -> dict[str, Any]:
-  """Runs the model over a folder; returns {'written': [names], 'failed': {name: reason}}.
+  """Runs the model over a folder of photos; returns {'written': [names], 'failed': {name: reason},
+  'no_hands': [names]}.
 
+  detector: 'mediapipe', 'none' (one hand per photo, in the largest centred square) or any object with
+  `detect(image)` (inference/detection.py's HandDetector). Photos named in `boxes` are not searched.
+  focal: the focal length in pixels for every photo (else EXIF, else render.default_focal).
   overrides: changes to the run's config (`overrides.apply_overrides`), e.g. the --config flag's value.
   steps / eta, when not None, take precedence over config.model.sampling_steps / eta. Raises InputError
   for bad arguments or input files, FileNotFoundError when `workdir` holds no trained run.
   """
   import jax
   from diffhand_jax.data import input_pipeline
-  from diffhand_jax.inference import crops, loading, overrides as overrides_lib, sampling
+  from diffhand_jax.inference import crops, detection, full_frame, loading, sampling
+  from diffhand_jax.inference import overrides as overrides_lib
 
   names = list_images(images_dir)
   box_table = load_boxes(boxes, names)
-  left_table = load_left(left, names, all_left)
-  if not box_scale > 0 or overlay_size < 8 or batch_size < 1 or num_hypotheses < 1:
+  left_table = load_left(left, names, all_left) if (left or all_left) else None
+  if not box_scale > 0 or overlay_size < 0 or batch_size < 1 or num_hypotheses < 1:
     raise InputError(
-        '--box_scale must be > 0, --overlay_size >= 8, --batch_size and ' '--num_hypotheses >= 1'
+        '--box_scale must be > 0, --overlay_size >= 0, --batch_size and --num_hypotheses >= 1'
     )
+  if focal is not None and not focal > 0:
+    raise InputError(f'--focal must be > 0 (pixels), got {focal}')
+  if isinstance(detector, str):
+    if detector == 'none':
+      detector = None
+    elif any(name not in box_table for name in names):
+      try:
+        detector = detection.make_detector(detector)
+      except detection.DetectorUnavailable as error:
+        raise InputError(
+            f'hand detection is unavailable: {error}; or give --boxes, or --detector=none'
+        ) from None
+      except ValueError as error:
+        raise InputError(str(error)) from None
   config, model, params, topology, schedule = loading.load_for_inference(workdir)
   config = overrides_lib.apply_overrides(config, overrides)
   vertex_scale = float(config.model.vertex_scale)
@@ -228,27 +407,54 @@ def predict_folder(
   faces = np.asarray(topology.faces)
   os.makedirs(output_dir, exist_ok=True)
 
-  # Read and crop everything first: a bad file is reported and dropped before any batching.
+  # Read, find and crop everything first: a bad file or a photo without hands is reported and dropped
+  # before any batching.
   failed: dict[str, str] = {}
-  model_crops, overlays, kept, crop_boxes = [], [], [], []
+  no_hands: list[str] = []
+  photos: dict[str, dict[str, Any]] = {}
+  hands: list[_Hand] = []
+  model_crops = []
   for name in names:
+    path = os.path.join(images_dir, name)
     try:
-      image = read_image(os.path.join(images_dir, name))
-      crop = crops.square_box(box_table.get(name), image.shape[:2], box_scale)
-      model_crop = crops.crop_box(image, crop, image_size)
-      overlay_crop = crops.crop_box(image, crop, overlay_size)
+      image = read_image(path)
+      found = find_hands(
+          image,
+          name,
+          boxes=box_table.get(name),
+          detector=detector,
+          left_table=left_table,
+          box_scale=box_scale,
+          min_score=min_hand_score,
+      )
+      if not found:
+        no_hands.append(name)
+        print(f'no hand found in {path}; skipped', file=sys.stderr)
+        continue
+      photo_crops = []
+      for hand in found:
+        crop = crops.crop_box(image, hand.crop_box, image_size)
+        photo_crops.append(crop[:, ::-1] if hand.is_left else crop)  # docs/design.md §2
     except (InputError, ValueError) as error:
       failed[name] = str(error)
       print(f'skipping {name}: {error}', file=sys.stderr)
       continue
-    if left_table[name]:  # the model sees right hands (docs/design.md §2)
-      model_crop, overlay_crop = model_crop[:, ::-1], overlay_crop[:, ::-1]
-    model_crops.append(model_crop)
-    overlays.append(overlay_crop)
-    crop_boxes.append(crop)
-    kept.append(name)
-  if not kept:
-    return {'written': [], 'failed': failed}
+    focal_px, focal_source = full_frame.focal_length(path, image.shape[:2], focal)
+    photos[name] = {
+        'image': image,
+        'K': render.intrinsics(focal_px, image.shape[:2]),
+        'focal': focal_px,
+        'focal_source': focal_source,
+    }
+    hands.extend(found)
+    model_crops.extend(photo_crops)
+  if not hands:
+    return {'written': [], 'failed': failed, 'no_hands': no_hands}
+  models = (
+      fit_models(config.dataset, ['left' if hand.is_left else 'right' for hand in hands])
+      if fit_mano
+      else None
+  )
 
   images = input_pipeline.normalise_images(np.stack(model_crops))
   report = sampling.progress_printer('predict') if progress else None
@@ -256,6 +462,26 @@ def predict_folder(
       images, jax.random.PRNGKey(seed), method=method, tta_config=tta_config, progress=report
   )
   joints = conventions.regress_joints(out['vertices'], topology.joint_regressor)
+  placed = [
+      full_frame.to_photo(
+          out['vertices'][i],
+          joints[i],
+          out['camera'][i],
+          is_left=hand.is_left,
+          crop_box=hand.crop_box,
+          K=photos[hand.image]['K'],
+          image_size=image_size,
+          vertex_scale=vertex_scale,
+      )
+      for i, hand in enumerate(hands)
+  ]
+  parameters = None
+  if models is not None:
+    parameters = fit_mano_parameters(
+        models,
+        np.stack([p['vertices_camera'] for p in placed]),
+        np.array([hand.is_left for hand in hands]),
+    )
   settings = dict(
       sampler.settings(),
       method=method,
@@ -263,6 +489,8 @@ def predict_folder(
       img_size=image_size,
       vertex_scale=vertex_scale,
       box_scale=box_scale,
+      detector=getattr(detector, 'name', type(detector).__name__) if detector else 'none',
+      min_hand_score=min_hand_score,
       workdir=os.path.abspath(workdir),
       tta=None
       if tta_config is None
@@ -272,39 +500,65 @@ def predict_folder(
           'align': tta_config.align,
       },
   )
+
   written = []
-  mirror = np.array([-1.0, 1.0, 1.0])
-  for i, name in enumerate(kept):
+  for name, photo in photos.items():
     stem = os.path.splitext(name)[0]
-    is_left = left_table[name]
-    vertices, hand_joints, camera = out['vertices'][i], joints[i], out['camera'][i]
-    # The overlay is drawn on the crop the model saw, then flipped back for left hands.
-    overlay = draw_overlay(overlays[i], vertices / vertex_scale, faces, camera)
-    if is_left:
-      overlay = overlay[:, ::-1]
-      vertices, hand_joints = vertices * mirror, hand_joints * mirror
-      # u' = -u - 2/S under the pixel flip x' = S - 1 - x: the camera of the un-mirrored crop.
-      camera = np.array([camera[0], -camera[1] - 2.0 / image_size, camera[2]])
-    mesh_faces = (
-        faces[:, ::-1] if is_left else faces
-    )  # mirroring flips the winding; keep it outward
-    mesh_io.write_obj(os.path.join(output_dir, f'{stem}.obj'), vertices, mesh_faces)
-    mesh_io.write_image(os.path.join(output_dir, f'{stem}.png'), overlay)
-    record = {
-        'image': name,
-        'hand_side': 'left' if is_left else 'right',
-        'units': 'metres, root-relative (wrist at 0), camera axes x right, y down, z forward',
-        'joints': np.round(hand_joints, 6).tolist(),
-        'vertices': np.round(vertices, 6).tolist(),
-        'uncertainty': np.round(out['vertex_std'][i], 6).tolist(),
-        'uncertainty_mean': float(out['vertex_std'][i].mean()),
-        'camera': [float(c) for c in camera],
-        'camera_convention': 'weak perspective of model-space X = metres / vertex_scale: '
-        'u = s*X + tx, v = s*Y + ty, u = 2x/W - 1 over the crop',
-        'crop_box': [float(v) for v in crop_boxes[i]],
-        'settings': settings,
-    }
-    with open(os.path.join(output_dir, f'{stem}.json'), 'w') as f:
-      json.dump(record, f)
+    rows = [i for i, hand in enumerate(hands) if hand.image == name]
+    records, meshes = [], []
+    for number, i in enumerate(rows):
+      hand, where = hands[i], placed[i]
+      mesh_faces = faces[:, ::-1] if hand.is_left else faces  # mirroring flips the winding
+      obj_name = f'{stem}_hand{number}.obj'
+      files.atomic_write(
+          os.path.join(output_dir, obj_name),
+          lambda tmp, v=where['vertices_camera'], f=mesh_faces: mesh_io.write_obj(tmp, v, f),
+      )
+      meshes.append((where['vertices_camera'], mesh_faces))
+      record = {
+          'box': None if hand.box is None else _rounded(hand.box),
+          'box_source': hand.source,
+          'hand_side': 'left' if hand.is_left else 'right',
+          'side_source': hand.side_source,
+          'score': hand.score,
+          'side_score': hand.side_score,
+          'keypoints_2d': None if hand.keypoints is None else _rounded(hand.keypoints),
+          'crop_box': _rounded(hand.crop_box),
+          'joints': _rounded(where['joints']),
+          'vertices': _rounded(where['vertices']),
+          'root': _rounded(where['root']),
+          'joints_camera': _rounded(where['joints'] + where['root']),
+          'vertices_camera': _rounded(where['vertices_camera']),
+          'uncertainty': _rounded(out['vertex_std'][i]),
+          'uncertainty_mean': float(out['vertex_std'][i].mean()),
+          'camera': [float(c) for c in where['camera']],
+          'obj': obj_name,
+      }
+      if parameters is not None:
+        record['mano'] = parameters[i]
+      records.append(record)
+    overlay = full_frame.draw_hands(photo['image'], meshes, photo['K'], overlay_size)
+    files.atomic_write(
+        os.path.join(output_dir, f'{stem}.png'),
+        lambda tmp, image=overlay: mesh_io.write_image(tmp, image, 'PNG'),
+    )
+    height, width = photo['image'].shape[:2]
+    _write_json(
+        os.path.join(output_dir, f'{stem}.json'),
+        {
+            'image': name,
+            'image_size': [height, width],
+            'focal_length': float(photo['focal']),
+            'focal_source': photo['focal_source'],
+            'K': _rounded(photo['K']),
+            'units': 'metres; camera frame x right, y down, z forward (OpenCV); joints and '
+            'vertices root-relative (wrist at 0), joints_camera and vertices_camera in the '
+            "photo's camera frame; box, crop_box and keypoints_2d in photo pixels",
+            'camera_convention': 'weak perspective of model-space X = metres / vertex_scale: '
+            'u = s*X + tx, v = s*Y + ty, u = 2x/W - 1 over the crop',
+            'hands': records,
+            'settings': settings,
+        },
+    )
     written.append(name)
-  return {'written': written, 'failed': failed}
+  return {'written': written, 'failed': failed, 'no_hands': no_hands}

@@ -1,0 +1,187 @@
+"""Hands in the whole photo's camera: the focal length, each hand's place in the camera frame, and the
+overlay of every hand on the original photo.
+
+* `focal_length`: --focal, else the photo's EXIF, else `render.default_focal` (the image diagonal);
+* `exif_focal`: the focal length in pixels from a photo's EXIF, when it records one;
+* `to_photo`: a hand the model saw (mirrored when it is a left hand, docs/design.md §2) back into the
+  photo: mesh and weak-perspective camera un-mirrored, then placed in the photo's camera frame with
+  `crops.root_from_projection` and the crop's intrinsics (`crops.crop_intrinsics`);
+* `draw_hands`: every hand's camera-frame mesh rendered over the photo (optionally scaled down).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from diffhand_jax.geometry import render
+from diffhand_jax.inference import crops
+
+# EXIF tags (the Exif sub-IFD holds them).
+_EXIF_IFD = 0x8769
+_FOCAL_LENGTH = 0x920A  # millimetres
+_FOCAL_35MM = 0xA405  # 35 mm-equivalent focal length, millimetres
+_FOCAL_PLANE_X_RESOLUTION = 0xA20E  # pixels per unit on the sensor
+_FOCAL_PLANE_UNIT = 0xA210  # 2 inch, 3 cm, 4 mm, 5 µm
+_PIXEL_DIMENSIONS = (0xA002, 0xA003)  # the width and height the sensor resolution refers to
+_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+_FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+
+
+def _positive(value: Any) -> float | None:
+  try:
+    number = float(value)
+  except (TypeError, ValueError, ZeroDivisionError):
+    return None
+  return number if math.isfinite(number) and number > 0 else None
+
+
+def exif_focal(path: str, image_size: Sequence[int]) -> float | None:
+  """The focal length in pixels of the photo at `path` (H, W as read, EXIF rotation applied), or None.
+
+  From the 35 mm-equivalent focal length when recorded (f_px = f_35 / 43.27 mm × the image diagonal in
+  pixels: the equivalence is defined on the diagonal), else from the focal length in mm and the
+  sensor's pixels per mm (FocalPlaneXResolution, scaled to the image's width when the photo was
+  resized). Both are unchanged by rotating the photo.
+  """
+  from PIL import Image
+
+  height, width = image_size
+  try:
+    with Image.open(path) as image:
+      exif = image.getexif()
+      tags = dict(exif.get_ifd(_EXIF_IFD))
+      tags.update({k: v for k, v in exif.items() if k not in tags})
+  except Exception:  # no EXIF, or an unreadable one: the caller falls back
+    return None
+  focal_35 = _positive(tags.get(_FOCAL_35MM))
+  if focal_35 is not None:
+    return focal_35 / _FULL_FRAME_DIAGONAL_MM * math.hypot(height, width)
+  focal_mm = _positive(tags.get(_FOCAL_LENGTH))
+  resolution = _positive(tags.get(_FOCAL_PLANE_X_RESOLUTION))
+  unit = _UNIT_MM.get(int(tags.get(_FOCAL_PLANE_UNIT, 2) or 2))
+  if focal_mm is None or resolution is None or unit is None:
+    return None
+  focal = focal_mm * resolution / unit
+  recorded = [_positive(tags.get(tag)) for tag in _PIXEL_DIMENSIONS]
+  if all(side is not None for side in recorded):  # the resolution refers to the recorded size
+    focal *= max(height, width) / max(recorded)
+  return focal
+
+
+def focal_length(
+    path: str, image_size: Sequence[int], override: float | None = None
+) -> tuple[float, str]:
+  """(focal length in pixels, where it came from: 'flag', 'exif' or 'default')."""
+  if override is not None:
+    return float(override), 'flag'
+  from_exif = exif_focal(path, image_size)
+  if from_exif is not None:
+    return from_exif, 'exif'
+  return render.default_focal(image_size), 'default'
+
+
+def unmirror(
+    vertices: np.ndarray, camera: np.ndarray, image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """A left hand as the model saw it (mirrored: x negated, crop flipped) → as it is in the photo.
+
+  vertices (..., N, 3) get x negated; the camera (s, tx, ty) of the flipped crop becomes that of the
+  crop itself: the pixel flip x' = S − 1 − x turns u = 2x/S − 1 into −u − 2/S.
+  """
+  camera = np.asarray(camera, np.float64)
+  return (
+      np.asarray(vertices, np.float64) * np.array([-1.0, 1.0, 1.0]),
+      np.array([camera[0], -camera[1] - 2.0 / image_size, camera[2]]),
+  )
+
+
+def to_photo(
+    vertices: np.ndarray,
+    joints: np.ndarray,
+    camera: np.ndarray,
+    *,
+    is_left: bool,
+    crop_box: Sequence[float],
+    K: np.ndarray,
+    image_size: int,
+    vertex_scale: float,
+) -> dict[str, np.ndarray]:
+  """One hand from the model's output into the photo's camera frame.
+
+  vertices (N, 3) and joints (21, 3): root-relative metres as the model gave them (mirrored for a left
+  hand); camera (3,): its weak-perspective camera; crop_box: the photo's square crop (x0, y0, x1, y1)
+  the model saw, resized to image_size; K (3, 3): the photo's intrinsics.
+
+  Returns {'vertices', 'joints': root-relative metres in the photo's orientation, 'camera': (3,) the
+  camera of the un-mirrored crop, 'root': (3,) the wrist in the photo's camera frame, metres
+  (`crops.root_from_projection` of the joints), 'vertices_camera', 'joints_camera': + root}.
+  """
+  vertices = np.asarray(vertices, np.float64)
+  joints = np.asarray(joints, np.float64)
+  camera = np.asarray(camera, np.float64)
+  if is_left:
+    vertices, camera_unmirrored = unmirror(vertices, camera, image_size)
+    joints, _ = unmirror(joints, camera, image_size)
+    camera = camera_unmirrored
+  K_crop = crops.crop_intrinsics(K, crop_box, image_size)
+  root = crops.root_from_projection(joints, camera, K_crop, image_size, vertex_scale)
+  return {
+      'vertices': vertices,
+      'joints': joints,
+      'camera': camera,
+      'root': root,
+      'vertices_camera': vertices + root,
+      'joints_camera': joints + root,
+  }
+
+
+def scaled_intrinsics(K: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+  """K of the photo resized by (scale_x, scale_y) (pixel centres at integers: x → (x + 0.5)·scale − 0.5)."""
+  K = np.asarray(K, np.float64)
+  scaled = K.copy()
+  scaled[0, :] *= scale_x
+  scaled[1, :] *= scale_y
+  scaled[0, 2] = (K[0, 2] + 0.5) * scale_x - 0.5
+  scaled[1, 2] = (K[1, 2] + 0.5) * scale_y - 0.5
+  return scaled
+
+
+def draw_hands(
+    image: np.ndarray,
+    meshes: Sequence[tuple[np.ndarray, np.ndarray]],
+    K: np.ndarray,
+    max_size: int = 0,
+    alpha: float = 0.6,
+) -> np.ndarray:
+  """Every hand's shaded mesh over the photo (H, W, 3) uint8, z-buffered together.
+
+  meshes: [(vertices (N, 3) in the photo's camera frame, faces (F, 3))]; K: the photo's intrinsics.
+  max_size > 0 scales the photo down (never up) so that its longer side is at most max_size pixels.
+  """
+  from PIL import Image
+
+  image = np.asarray(image, np.uint8)
+  height, width = image.shape[:2]
+  scale_x = scale_y = 1.0
+  if max_size and max(height, width) > max_size:
+    scale = max_size / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    scale_x, scale_y = size[0] / width, size[1] / height
+  if not meshes:
+    return image.copy()
+  vertices, faces, offset = [], [], 0
+  for mesh_vertices, mesh_faces in meshes:
+    vertices.append(np.asarray(mesh_vertices, np.float64))
+    faces.append(np.asarray(mesh_faces, np.int64) + offset)
+    offset += len(mesh_vertices)
+  return render.overlay(
+      image,
+      np.concatenate(vertices),
+      np.concatenate(faces),
+      scaled_intrinsics(K, scale_x, scale_y),
+      alpha=alpha,
+  )
