@@ -247,7 +247,7 @@ def test_predict_video_writes_the_overlay_and_one_npz_per_track(workdir, clip, t
   # Frame 0 from noise (2 steps), then warm starts of int(2 · 0.5) = 1 step.
   assert track['warm'].tolist() == [False] + [True] * (NUM_FRAMES - 1)
   assert track['decoder_passes'].tolist() == [2] + [1] * (NUM_FRAMES - 1)
-  _, _, _, topology, _ = loading.load_for_inference(workdir)
+  topology = loading.load_trained(workdir).topology
   joints = np.einsum('jn,fnc->fjc', np.asarray(topology.joint_regressor), track['vertices'])
   np.testing.assert_allclose(track['joints'], joints, atol=1e-5)
   assert track['faces'].shape[1] == 3 and float(track['fps']) == pytest.approx(24.0)

@@ -162,7 +162,14 @@ def main(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return 2
-  config, model, params, topology, schedule = loading.load_for_inference(FLAGS.workdir)
+  run = loading.load_trained(FLAGS.workdir)
+  config, model, params, topology, schedule = (
+      run.config,
+      run.model,
+      run.params,
+      run.topology,
+      run.schedule,
+  )
   config = overrides.apply_overrides(config, FLAGS.config)
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)

@@ -51,9 +51,3 @@ def load_trained(workdir: str, *, use_ema: bool = True) -> TrainedRun:
       schedule=components.schedule,
       step=step,
   )
-
-
-def load_for_inference(workdir: str, *, use_ema: bool = True):
-  """`load_trained` as the tuple (config, model, params, topology, schedule) older callers unpack."""
-  run = load_trained(workdir, use_ema=use_ema)
-  return run.config, run.model, run.params, run.topology, run.schedule

@@ -390,7 +390,14 @@ def predict_folder(
         ) from None
       except ValueError as error:
         raise InputError(str(error)) from None
-  config, model, params, topology, schedule = loading.load_for_inference(workdir)
+  run = loading.load_trained(workdir)
+  config, model, params, topology, schedule = (
+      run.config,
+      run.model,
+      run.params,
+      run.topology,
+      run.schedule,
+  )
   config = overrides_lib.apply_overrides(config, overrides)
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)

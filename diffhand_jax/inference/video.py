@@ -339,7 +339,7 @@ class WarmStartSampler:
   """Frame-by-frame sampling of a trained DiffHand: cold (from noise, S decoder passes) without a guess,
   warm (`warm_reconstruct`, k = int(S·strength) passes) with one. strength = 1 is always cold.
 
-  model, params, schedule: from `loading.load_for_inference`. Meshes stay in model space (× vertex_scale
+  model, params, schedule: from `loading.load_trained`. Meshes stay in model space (× vertex_scale
   for metres), in the frame the model saw (mirrored for left hands).
   """
 
@@ -619,7 +619,14 @@ def reconstruct_video(
     detector = None if detector == 'none' else _make_detector(detector)
   frames = Frames(video, fps=fps)
   try:
-    config, model, params, topology, schedule = loading.load_for_inference(workdir)
+    run = loading.load_trained(workdir)
+    config, model, params, topology, schedule = (
+        run.config,
+        run.model,
+        run.params,
+        run.topology,
+        run.schedule,
+    )
   except Exception:
     frames.close()
     raise
