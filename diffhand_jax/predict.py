@@ -47,7 +47,8 @@ sets K), and any field of config.dataset and config.eval. The network is fixed b
 other config.model field is an unknown flag.
 
 Unreadable images and images without hands are reported by name and skipped; the rest are processed.
-Exit status: 0 when at least one image was processed, 1 when none could be, 2 for bad arguments.
+Exit status: 0 when at least one image was processed; 2 when none could be (each skipped image is named
+with why: unreadable, too small, a box outside it, no hand found), for bad arguments and missing inputs.
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if bool(FLAGS.images) == bool(FLAGS.video):
     print(f'{PROG}: give one of --images=DIR and --video=FILE_OR_DIR', file=sys.stderr)
     return 2
+  if FLAGS.output and os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
+    print(f'{PROG}: error: --output={FLAGS.output} is a file, not a folder', file=sys.stderr)
+    return 2
   if FLAGS.video:
     from diffhand_jax.inference import video
 
@@ -257,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'no hand found in {len(result["no_hands"])} image(s): {", ".join(result["no_hands"])}',
         file=sys.stderr,
     )
-  return 0 if result['written'] else 1
+  return 0 if result['written'] else 2  # nothing could be processed
 
 
 def run() -> None:

@@ -304,3 +304,84 @@ def test_ctrl_c_checkpoints_the_current_step_and_a_second_one_quits(trained, tmp
   assert process.returncode == 130, output[-3000:]
   assert 'interrupted (Ctrl-C): saved a checkpoint at step' in output and 'Traceback' not in output
   assert any(s.isdigit() for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+
+
+# ----- 5. and 6. predict: a run that does not fit, silent garbage, an output that is a file --------------------
+
+
+def test_predict_skips_what_it_cannot_read_and_names_it(trained, tmp_path, capsys):
+  import json  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from diffhand_jax import predict  # pylint: disable=g-import-not-at-top
+
+  images = tmp_path / 'images'
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / 'good.png')
+  Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / 'far_box.png')
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(images / 'dot.png')
+  boxes = tmp_path / 'boxes.json'
+  boxes.write_text(
+      json.dumps(
+          {'good.png': [8, 8, 56, 56], 'far_box.png': [500, 500, 600, 600], 'dot.png': [0, 0, 1, 1]}
+      )
+  )
+  output = tmp_path / 'out'
+  argv = [
+      f'--workdir={trained[0]}',
+      f'--images={images}',
+      f'--boxes={boxes}',
+      '--num_hypotheses=1',
+      '--steps=2',
+  ]
+  status = predict.main(argv + [f'--output={output}'])
+  err = capsys.readouterr().err
+  assert status == 0  # one image could be processed
+  assert (
+      'far_box.png: the box [500.0, 500.0, 600.0, 600.0] lies outside the image (64×64 pixels)'
+      in err
+  )
+  assert 'dot.png' in err and '1×1 pixels is too small' in err
+  assert sorted(p.name for p in output.iterdir() if p.suffix == '.json') == ['good.json']
+  # Nothing processable: exit 2.
+  (images / 'good.png').unlink()
+  assert predict.main(argv + [f'--output={tmp_path / "out2"}']) == 2
+  # An --output that is a file: exit 2, the file untouched.
+  a_file = tmp_path / 'results.txt'
+  a_file.write_text('mine')
+  assert predict.main(argv + [f'--output={a_file}']) == 2
+  assert 'is a file, not a folder' in capsys.readouterr().err and a_file.read_text() == 'mine'
+
+
+def test_predict_on_a_run_of_another_model_says_so(trained, tmp_path, capsys):
+  """A checkpoint's shapes and the config that opens it disagree (a hand-edited run): a mismatch message,
+  not 'no checkpoint', and no traceback."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  from diffhand_jax import predict  # pylint: disable=g-import-not-at-top
+
+  workdir = _copy(trained, tmp_path)
+  for root, _, names in os.walk(os.path.join(workdir, 'checkpoints')):
+    for name in names:
+      path = os.path.join(root, name)
+      if os.path.basename(root) == 'config' and name == 'metadata':  # the checkpoint's config item
+        payload = json.loads(open(path).read())
+        payload['model']['width'] = 48
+        with open(path, 'w') as f:
+          f.write(json.dumps(payload))
+  images = tmp_path / 'images'
+  images.mkdir()
+  shutil.copy(os.path.join(REPO, 'docs', 'procedural_hand.png'), images / 'a.png')
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={images}',
+          f'--output={tmp_path / "o"}',
+          '--detector=none',
+      ]
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'another shape than this config' in err and 'Traceback' not in err

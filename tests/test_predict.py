@@ -207,14 +207,14 @@ def test_predict_boxes_and_left_override_the_detector(workdir, tmp_path, capsys)
   )
 
 
-def test_photos_without_any_hand_exit_1(workdir, tmp_path, capsys):
+def test_photos_without_any_hand_exit_2(workdir, tmp_path, capsys):
   images = tmp_path / 'images'
   images.mkdir()
   Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(images / 'wall.png')
   status = predict.main(
       [f'--workdir={workdir}', f'--images={images}', f'--output={tmp_path / "o"}']
   )
-  assert status == 1
+  assert status == 2  # nothing could be processed
   assert 'wall.png' in capsys.readouterr().err
 
 

@@ -27,6 +27,10 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 _ORTHO_DISTANCE = 1.0e4
 
 
+# Images with a shorter side than this are skipped: they cannot show a hand the model can read.
+MIN_IMAGE_SIDE = 16
+
+
 class InputError(ValueError):
   """A bad argument or input file (reported without a traceback)."""
 
@@ -243,7 +247,14 @@ def find_hands(
   shape = image.shape[:2]
   found = []
   if boxes is not None:
+    height, width = shape
     for box in boxes:
+      x0, y0, x1, y1 = (float(v) for v in box)
+      # A box with no pixel inside the image would give a mesh of an empty crop: refuse it.
+      if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise InputError(
+            f'{name}: the box {[x0, y0, x1, y1]} lies outside the image ({width}×{height} pixels)'
+        )
       found.append(dict(box=np.asarray(box, np.float64), source='boxes'))
   elif detector is None:
     found.append(dict(box=None, source='whole image'))
@@ -425,6 +436,11 @@ def predict_folder(
     path = os.path.join(images_dir, name)
     try:
       image = read_image(path)
+      if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise InputError(
+            f'{path}: {image.shape[1]}×{image.shape[0]} pixels is too small to show a hand '
+            f'(at least {MIN_IMAGE_SIDE} on each side)'
+        )
       found = find_hands(
           image,
           name,
