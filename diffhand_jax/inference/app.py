@@ -1,0 +1,492 @@
+"""The local web app (`python -m diffhand_jax.app`, docs/app.md): drop in a photo or a video, get every
+hand in 3D, see where the model is unsure.
+
+It is a Gradio page over the library functions `predict` uses, with no inference code of its own:
+
+  * a photo (an upload or a webcam snapshot) goes through `predict.predict_folder` on a one-photo
+    folder, which finds the hands (or takes the whole image as one hand), samples the run, places the
+    hands in the photo's camera, optionally fits MANO (`mano.fit`), and writes NAME.png / NAME.json /
+    NAME_handI.obj. This module then draws each hand's box, side and score over that overlay and
+    converts each hand to a GLB (`mesh_io.write_glb`, vertex order kept, optionally coloured by the
+    per-vertex uncertainty) for the 3D viewer;
+  * a video goes through `video.reconstruct_video` (overlay.mp4 and one track_<id>.npz per hand).
+
+Bad uploads (not an image, no hand found, an image over `MAX_PIXELS`) become a message on the page; the
+server keeps running. The page never reaches the network: `offline_environment` turns Gradio's
+analytics and the Hub's telemetry off before Gradio is imported, the theme uses system fonts (no Google
+Fonts stylesheet), server-side rendering (a Node process) is off, and tests/test_app.py checks every
+request the browser makes goes to the local server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from diffhand_jax.geometry import mesh_io
+from diffhand_jax.inference import predict as predict_lib
+
+INSTALL_HINT = 'pip install -e ".[app]"'
+# Photos above this many pixels are refused with a message (PIL's own decompression-bomb limit is ~179 Mpx).
+MAX_PIXELS = 40_000_000
+MAX_FILE_SIZE = '60mb'
+VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv', '.webm', '.m4v')
+DETECTOR_CHOICES = ('detect hands', 'whole image is one hand')
+# The 3D viewer's mesh colour when not coloured by uncertainty (RGBA).
+SKIN = (222, 170, 140, 255)
+_OFFLINE = {
+    'GRADIO_ANALYTICS_ENABLED': 'False',
+    'HF_HUB_DISABLE_TELEMETRY': '1',
+    'HF_HUB_OFFLINE': '1',
+    'GRADIO_SSR_MODE': 'False',
+    'DO_NOT_TRACK': '1',
+}
+
+
+class AppUnavailable(RuntimeError):
+  """Gradio (or trimesh) is not installed: the message says what to install."""
+
+
+def offline_environment() -> None:
+  """Turns off everything in Gradio and the Hub client that would reach the network (set before
+  Gradio is imported: it reads them at import)."""
+  for key, value in _OFFLINE.items():
+    os.environ[key] = value
+
+
+def import_gradio():
+  """gradio, imported offline; AppUnavailable naming the extra when it (or trimesh) is missing."""
+  offline_environment()
+  try:
+    import gradio  # pylint: disable=g-import-not-at-top
+    import trimesh  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+  except ImportError as error:
+    raise AppUnavailable(
+        f'the web app needs Gradio and trimesh ({error.name} is missing): {INSTALL_HINT}'
+    ) from None
+  return gradio
+
+
+# ==================================================================================================
+# One photo, through predict_folder
+# ==================================================================================================
+
+
+@dataclasses.dataclass
+class PhotoResult:
+  """What the page shows for one photo. `message` is set (and the rest may be empty) when the photo
+  could not be processed."""
+
+  message: str
+  overlay: str | None = None  # PNG: meshes, boxes, sides and scores over the photo
+  json: str | None = None  # predict's NAME.json
+  glbs: list[str] = dataclasses.field(default_factory=list)  # one per hand, in the JSON's order
+  objs: list[str] = dataclasses.field(default_factory=list)
+  hands: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  seconds: float = 0.0
+
+
+def check_photo(path: str) -> str | None:
+  """Why the file at `path` cannot be processed as a photo (a message for the page), or None."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except Image.DecompressionBombError:
+    return f'The image is too large (over {MAX_PIXELS / 1e6:.0f} megapixels). Please scale it down.'
+  except Exception:  # PIL raises many types for foreign files
+    return (
+        f'{os.path.basename(path)} is not an image this app can read '
+        f'({", ".join(predict_lib.IMAGE_EXTENSIONS)}, or a video: {", ".join(VIDEO_EXTENSIONS)}).'
+    )
+  if width * height > MAX_PIXELS:
+    return (
+        f'The image is too large ({width}×{height} = {width * height / 1e6:.0f} megapixels; at most '
+        f'{MAX_PIXELS / 1e6:.0f}). Please scale it down.'
+    )
+  return None
+
+
+def uncertainty_colours(std: np.ndarray, scale: float | None = None) -> np.ndarray:
+  """(N, 4) uint8 RGBA: the per-vertex spread (metres) through matplotlib's 'inferno' map, 0 → dark,
+  `scale` (default: the largest spread, at least 1 mm) → bright."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+
+  std = np.asarray(std, np.float64)
+  top = scale if scale else max(float(std.max(initial=0.0)), 1e-3)
+  return (colormaps['inferno'](np.clip(std / top, 0.0, 1.0)) * 255).round().astype(np.uint8)
+
+
+def gltf_vertices(vertices: np.ndarray) -> np.ndarray:
+  """Camera-frame (OpenCV: x right, y down, z forward) → glTF axes (x right, y up, z towards the
+  viewer): y and z negated, a rotation, so the winding and the vertex order stay."""
+  return np.asarray(vertices, np.float64) * np.array([1.0, -1.0, -1.0])
+
+
+def draw_boxes(overlay: np.ndarray, image_size: tuple[int, int], hands: list[dict]) -> np.ndarray:
+  """Each hand's box (photo pixels, scaled to the overlay's size) and a label 'I: side score'."""
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+
+  canvas = Image.fromarray(np.asarray(overlay, np.uint8))
+  draw = ImageDraw.Draw(canvas)
+  sx = canvas.width / image_size[1]
+  sy = canvas.height / image_size[0]
+  width = max(2, round(max(canvas.size) / 300))
+  font = ImageFont.load_default(size=max(12, round(max(canvas.size) / 40)))
+  for number, hand in enumerate(hands):
+    box = hand.get('box') or hand.get('crop_box')
+    x0, y0, x1, y1 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+    colour = (60, 160, 255) if hand['hand_side'] == 'right' else (255, 120, 40)
+    draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+    score = hand.get('score')
+    label = f'{number}: {hand["hand_side"]}' + ('' if score is None else f' {score:.2f}')
+    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+    top_y = max(0.0, y0 - bottom - 6)
+    draw.rectangle([x0, top_y, x0 + right + 6, top_y + bottom + 6], fill=colour)
+    draw.text((x0 + 3, top_y + 3), label, fill=(255, 255, 255), font=font)
+  return np.asarray(canvas)
+
+
+def reconstruct_photo(
+    workdir: str,
+    photo: str,
+    output_dir: str,
+    *,
+    whole_image: bool = False,
+    num_hypotheses: int = 5,
+    steps: int | None = None,
+    tta: bool = False,
+    fit_mano: bool = True,
+    colour_by_uncertainty: bool = False,
+    detector: Any = 'mediapipe',
+    min_hand_score: float = 0.5,
+    seed: int = 0,
+) -> PhotoResult:
+  """Runs `predict.predict_folder` on one photo and prepares what the page shows (PhotoResult).
+
+  whole_image: no detector, the photo's largest centred square is one hand. fit_mano: add MANO
+  parameters to the JSON (skipped, with a note, when the run's hand model files are missing). A photo
+  that cannot be processed gives a PhotoResult with only `message`; a bad workdir raises.
+  """
+  from diffhand_jax.inference import tta as tta_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  problem = check_photo(photo)
+  if problem:
+    return PhotoResult(message=problem)
+  name = os.path.basename(photo)
+  stem, extension = os.path.splitext(name)
+  if extension.lower() not in predict_lib.IMAGE_EXTENSIONS:
+    stem, name = stem or 'photo', (stem or 'photo') + '.png'
+  images_dir = os.path.join(output_dir, 'input')
+  os.makedirs(images_dir, exist_ok=True)
+  if photo.lower().endswith(predict_lib.IMAGE_EXTENSIONS):
+    shutil.copyfile(photo, os.path.join(images_dir, name))
+  else:  # e.g. a .gif or .tiff PIL reads: predict_folder lists only its extensions
+    mesh_io.write_image(os.path.join(images_dir, name), predict_lib.read_image(photo), 'PNG')
+  notes = []
+  options = dict(
+      num_hypotheses=int(num_hypotheses),
+      steps=None if not steps else int(steps),
+      tta_config=tta_lib.TTAConfig() if tta else None,
+      detector='none' if whole_image else detector,
+      min_hand_score=min_hand_score,
+      seed=seed,
+      progress=False,
+  )
+  try:
+    try:
+      result = predict_lib.predict_folder(
+          workdir, images_dir, output_dir, fit_mano=fit_mano, **options
+      )
+    except predict_lib.InputError as error:
+      if not (fit_mano and '--fit_mano' in str(error)):
+        raise
+      notes.append(f'MANO parameters skipped: {error}')
+      result = predict_lib.predict_folder(workdir, images_dir, output_dir, **options)
+  except predict_lib.InputError as error:
+    return PhotoResult(message=str(error).replace(images_dir + os.sep, ''))
+  if result['failed']:  # named by the upload's name, not the server's folder
+    return PhotoResult(
+        message=next(iter(result['failed'].values())).replace(images_dir + os.sep, '')
+    )
+  if not result['written']:
+    return PhotoResult(
+        message='No hand found in this photo. Try a photo where the hand is larger, lower '
+        "'minimum hand score', or choose 'whole image is one hand' for a crop around one hand."
+    )
+  json_path = os.path.join(output_dir, f'{stem}.json')
+  with open(json_path) as f:
+    payload = json.load(f)
+  hands = payload['hands']
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(os.path.join(output_dir, f'{stem}.png')) as image:
+    overlay = np.asarray(image.convert('RGB'))
+  overlay_path = os.path.join(output_dir, f'{stem}_boxes.png')
+  mesh_io.write_image(overlay_path, draw_boxes(overlay, payload['image_size'], hands), 'PNG')
+  glbs, objs = [], []
+  for number, hand in enumerate(hands):
+    obj_path = os.path.join(output_dir, hand['obj'])
+    _, faces = mesh_io.read_obj(obj_path)
+    std = np.asarray(hand['uncertainty'], np.float64)
+    colours = (
+        uncertainty_colours(std)
+        if colour_by_uncertainty
+        else np.tile(np.array(SKIN, np.uint8), (len(std), 1))
+    )
+    glb_path = os.path.join(output_dir, f'{stem}_hand{number}.glb')
+    mesh_io.write_glb(glb_path, gltf_vertices(hand['vertices']), faces, colours)
+    glbs.append(glb_path)
+    objs.append(obj_path)
+  seconds = time.perf_counter() - start
+  summary = ', '.join(
+      f'{n}: {h["hand_side"]}'
+      + ('' if h.get('score') is None else f' (score {h["score"]:.2f})')
+      + f', spread {1000 * h["uncertainty_mean"]:.1f} mm'
+      for n, h in enumerate(hands)
+  )
+  message = f'{len(hands)} hand(s) in {seconds:.1f} s: {summary}.'
+  if num_hypotheses < 2:
+    notes.append('One hypothesis: no spread to colour (choose 2 or more).')
+  if notes:
+    message += ' ' + ' '.join(notes)
+  return PhotoResult(
+      message=message,
+      overlay=overlay_path,
+      json=json_path,
+      glbs=glbs,
+      objs=objs,
+      hands=hands,
+      seconds=seconds,
+  )
+
+
+def reconstruct_clip(
+    workdir: str,
+    video: str,
+    output_dir: str,
+    *,
+    whole_image: bool = False,
+    num_hypotheses: int = 1,
+    steps: int | None = None,
+    min_hand_score: float = 0.5,
+) -> tuple[str, str | None, list[str]]:
+  """`video.reconstruct_video` with its defaults (docs/video.md): (message, the overlay.mp4 path, the
+  track_<id>.npz paths); a video it cannot read gives (message, None, [])."""
+  from diffhand_jax.inference import video as video_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  try:
+    result = video_lib.reconstruct_video(
+        workdir,
+        video,
+        output_dir,
+        detector='none' if whole_image else 'mediapipe',
+        min_hand_score=min_hand_score,
+        num_hypotheses=int(num_hypotheses),
+        steps=None if not steps else int(steps),
+        progress=False,
+    )
+  except (predict_lib.InputError, video_lib.VideoError, ValueError) as error:
+    return f'Cannot reconstruct this video: {error}', None, []
+  tracks = result['tracks']
+  tracks = [str(path) for path in (tracks.values() if isinstance(tracks, dict) else tracks)]
+  return (
+      f'{result["frames"]} frames, {len(tracks)} track(s) in {time.perf_counter() - start:.1f} s '
+      f'({result["frames_per_second"]:.1f} frames/s).',
+      result['overlay'],
+      tracks,
+  )
+
+
+# ==================================================================================================
+# The page
+# ==================================================================================================
+
+
+def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'mediapipe'):
+  """The gr.Blocks page for the run in `workdir`. scratch: where each request's files go (default: a
+  new folder under the system's temporary folder)."""
+  from diffhand_jax.inference import detection  # pylint: disable=g-import-not-at-top
+
+  gr = import_gradio()
+  scratch = scratch or tempfile.mkdtemp(prefix='diffhand_app_')
+  if isinstance(detector, str) and detector != 'none':
+    try:  # once, not per request; when unavailable, predict_folder reports why on each request
+      detector = detection.make_detector(detector)
+    except (detection.DetectorUnavailable, ValueError):
+      pass
+
+  def new_folder() -> str:
+    return tempfile.mkdtemp(dir=scratch)
+
+  def run(upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
+    empty = (
+        None,
+        gr.update(value=None, visible=False),
+        gr.update(choices=[], value=None),
+        [],
+        None,
+        [],
+    )
+    if upload is None and webcam is None:
+      return ('Upload a photo or a video, or take a webcam snapshot.',) + empty
+    folder = new_folder()
+    whole = mode == DETECTOR_CHOICES[1]
+    if upload is not None:
+      path = upload if isinstance(upload, str) else upload.name
+      if path.lower().endswith(VIDEO_EXTENSIONS):
+        message, overlay_video, tracks = reconstruct_clip(
+            workdir,
+            path,
+            folder,
+            whole_image=whole,
+            num_hypotheses=hypotheses,
+            steps=steps,
+            min_hand_score=min_score,
+        )
+        return (
+            message,
+            None,
+            gr.update(value=overlay_video, visible=True),
+            gr.update(choices=[], value=None),
+            [],
+            None,
+            tracks,
+        )
+    else:
+      path = os.path.join(folder, 'webcam.png')
+      mesh_io.write_image(path, np.asarray(webcam, np.uint8)[..., :3], 'PNG')
+    try:
+      result = reconstruct_photo(
+          workdir,
+          path,
+          os.path.join(folder, 'out'),
+          whole_image=whole,
+          num_hypotheses=hypotheses,
+          steps=steps,
+          tta=tta,
+          fit_mano=fit_mano,
+          colour_by_uncertainty=colour,
+          detector=detector,
+          min_hand_score=min_score,
+      )
+    except Exception as error:  # the page reports it; the server keeps serving
+      return (f'Error: {type(error).__name__}: {error}',) + empty
+    if result.overlay is None:
+      return (result.message,) + empty
+    choices = [
+        (f'hand {n}: {h["hand_side"]}', path)
+        for n, (h, path) in enumerate(zip(result.hands, result.glbs))
+    ]
+    return (
+        result.message,
+        result.overlay,
+        gr.update(value=None, visible=False),
+        gr.update(choices=choices, value=result.glbs[0]),
+        result.glbs,
+        result.glbs[0],
+        [result.json] + result.glbs + result.objs,
+    )
+
+  with gr.Blocks(title='DiffHand: hands in 3D') as page:
+    gr.Markdown(
+        '# DiffHand: every hand in 3D\n'
+        f'Run: `{os.path.abspath(workdir)}`. Drop in a photo (or a video), or take a webcam '
+        "snapshot. Boxes show each hand with its side and the detector's score; the 3D view shows "
+        "one hand at a time, coloured by the spread of the model's hypotheses when you ask for it "
+        '(bright = unsure).'
+    )
+    with gr.Row():
+      with gr.Column():
+        upload = gr.File(label='Photo or video', elem_id='upload', type='filepath')
+        webcam = gr.Image(
+            label='Webcam snapshot', sources=['webcam'], type='numpy', elem_id='webcam'
+        )
+        mode = gr.Radio(
+            list(DETECTOR_CHOICES), value=DETECTOR_CHOICES[0], label='Hands', elem_id='mode'
+        )
+        with gr.Row():
+          hypotheses = gr.Slider(1, 16, value=5, step=1, label='Hypotheses', elem_id='hypotheses')
+          steps = gr.Slider(
+              0, 50, value=0, step=1, label="DDIM steps (0: the run's)", elem_id='steps'
+          )
+        with gr.Row():
+          tta = gr.Checkbox(label='TTA (rotations, scales)', value=False, elem_id='tta')
+          fit_mano = gr.Checkbox(label='MANO parameters (mano.fit)', value=True, elem_id='fit')
+          colour = gr.Checkbox(label='Colour by uncertainty', value=True, elem_id='colour')
+        min_score = gr.Slider(
+            0.05, 0.95, value=0.5, step=0.05, label='Minimum hand score', elem_id='min_score'
+        )
+        button = gr.Button('Reconstruct', variant='primary', elem_id='run')
+      with gr.Column():
+        status = gr.Markdown('Upload a photo to start.', elem_id='status')
+        overlay = gr.Image(
+            label='Hands found', type='filepath', interactive=False, elem_id='overlay'
+        )
+        overlay_video = gr.Video(
+            label='Video overlay', interactive=False, visible=False, elem_id='overlay_video'
+        )
+        which = gr.Dropdown(choices=[], label='3D hand', elem_id='which')
+        viewer = gr.Model3D(label='3D mesh', elem_id='viewer', height=420)
+        downloads = gr.File(label='Downloads', file_count='multiple', elem_id='downloads')
+    glbs = gr.State([])
+    button.click(
+        run,
+        inputs=[upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score],
+        outputs=[status, overlay, overlay_video, which, glbs, viewer, downloads],
+        concurrency_limit=1,
+    )
+    which.change(lambda path: path, inputs=which, outputs=viewer)
+  page.scratch = scratch
+  return page
+
+
+def theme():
+  """Gradio's default theme with system fonts: no Google Fonts stylesheet is requested."""
+  gr = import_gradio()
+  return gr.themes.Default(
+      font=['ui-sans-serif', 'system-ui', 'sans-serif'],
+      font_mono=['ui-monospace', 'monospace'],
+  )
+
+
+def check_workdir(workdir: str) -> None:
+  """FileNotFoundError unless `workdir` holds a run's checkpoints (checked before the page is built)."""
+  from diffhand_jax.runs import checkpoints  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+    raise FileNotFoundError(
+        f'--workdir={workdir!r} holds no trained run (config.json, checkpoints/)'
+    )
+
+
+def serve(
+    workdir: str, *, port: int = 7860, host: str = '127.0.0.1', detector: Any = 'mediapipe'
+) -> None:
+  """Builds the page and serves it until interrupted (blocks). OSError when the port is taken."""
+  check_workdir(workdir)
+  page = build_app(workdir, detector=detector)
+  page.queue(default_concurrency_limit=1)
+  page.launch(
+      server_name=host,
+      server_port=port,
+      share=False,
+      inbrowser=False,
+      ssr_mode=False,
+      max_file_size=MAX_FILE_SIZE,
+      allowed_paths=[page.scratch],
+      theme=theme(),
+      footer_links=[],
+      show_error=True,
+      quiet=False,
+  )

@@ -1,0 +1,408 @@
+"""The web app (diffhand_jax/app.py, inference/app.py) in a real browser: the app serves a tiny trained run
+on a free localhost port, headless Chromium (Debian's chromium and chromium-driver, driven by selenium)
+uploads a rendered photo of a known hand, waits for the result and checks the overlay, the GLB (778
+vertices, read with trimesh) and the JSON the page serves, then uploads a broken file and reads the
+message. Neither the browser nor the server may reach anything but the local server.
+
+The browser test is slow (a tiny run is trained first). DIFFHAND_APP_WORKDIR=DIR serves that run instead
+(the README's screenshot: DIFFHAND_APP_WORKDIR=runs/synthetic DIFFHAND_APP_SCREENSHOT=docs/app.png).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from _inference_workdir import tiny_workdir
+
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+CHROMEDRIVER = shutil.which('chromedriver') or '/usr/bin/chromedriver'
+
+# Runs the app with an audit hook that records every connection and name lookup the server makes.
+SERVER = r"""
+import sys
+LOCAL = ('127.0.0.1', 'localhost', '::1', '0.0.0.0', None, '')
+def hook(event, args):
+  if event == 'socket.connect' and isinstance(args[1], tuple) and args[1][0] not in LOCAL:
+    sys.stderr.write(f'NETWORK connect {args[1]!r}\n')
+  elif event == 'socket.getaddrinfo' and args[0] not in LOCAL:
+    sys.stderr.write(f'NETWORK lookup {args[0]!r}\n')
+sys.addaudithook(hook)
+from diffhand_jax import app
+sys.exit(app.main(sys.argv[1:]))
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+  end = time.monotonic() + timeout
+  while time.monotonic() < end:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(every)
+  raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+
+
+def _get(url: str) -> bytes:
+  with urllib.request.urlopen(url, timeout=30) as response:
+    return response.read()
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+  pytest.importorskip('gradio')
+  pytest.importorskip('trimesh')
+  workdir = os.environ.get('DIFFHAND_APP_WORKDIR') or tiny_workdir()[0]
+  log_path = tmp_path_factory.mktemp('app') / 'server.log'
+  port = _free_port()
+  url = f'http://127.0.0.1:{port}'
+  with open(log_path, 'w') as log:
+    process = subprocess.Popen(
+        [sys.executable, '-c', SERVER, f'--workdir={workdir}', f'--port={port}'],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'),
+    )
+
+  def up():
+    assert process.poll() is None, log_path.read_text()
+    try:
+      return _get(url + '/')
+    except OSError:
+      return None
+
+  try:
+    _wait_for(up, 180, 'the app to serve its page')
+    yield url, process, log_path
+  finally:
+    process.terminate()
+    try:
+      process.wait(20)
+    except subprocess.TimeoutExpired:
+      process.kill()
+
+
+@pytest.fixture(scope='module')
+def browser():
+  if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip(
+        'needs Debian chromium and chromium-driver (apt-get install chromium chromium-driver)'
+    )
+  webdriver = pytest.importorskip('selenium.webdriver')
+  from selenium.webdriver.chrome.service import Service
+
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  for argument in (
+      '--headless=new',
+      '--no-sandbox',
+      '--disable-dev-shm-usage',
+      '--disable-gpu',
+      '--window-size=1400,1300',
+      # Any name other than the local server fails to resolve (and shows in the request log).
+      '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+  ):
+    options.add_argument(argument)
+  options.set_capability('goog:loggingPrefs', {'performance': 'ALL', 'browser': 'ALL'})
+  driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+  driver.set_page_load_timeout(60)
+  try:
+    yield driver
+  finally:
+    driver.quit()
+
+
+def _requested_urls(driver) -> list[str]:
+  urls = []
+  for entry in driver.get_log('performance'):
+    message = json.loads(entry['message'])['message']
+    if message['method'] == 'Network.requestWillBeSent':
+      urls.append(message['params']['request']['url'])
+  return urls
+
+
+def _status(driver) -> str:
+  from selenium.webdriver.common.by import By
+
+  return driver.find_element(By.ID, 'status').text
+
+
+def _upload(driver, path: str) -> None:
+  from selenium.webdriver.common.by import By
+
+  driver.find_element(By.CSS_SELECTOR, '#upload input[type=file]').send_keys(path)
+  name = os.path.basename(path)
+  _wait_for(
+      lambda: driver.find_elements(By.CSS_SELECTOR, f'#upload a[download="{name}"]'),
+      60,
+      f'{name} to upload',
+  )
+
+
+@pytest.fixture(scope='module')
+def photo(tmp_path_factory):
+  from PIL import Image
+
+  from diffhand_jax.data import synthetic_frames as sf
+
+  frame = sf.render_frame(
+      [sf.FrameHand('right', (0.5, 0.5), 0.55, 'flat', back=True, skin=1.0)], (240, 320), seed=5
+  )
+  path = tmp_path_factory.mktemp('photo') / 'hand.png'
+  Image.fromarray(frame['image']).save(path)
+  return str(path)
+
+
+@pytest.mark.slow
+def test_the_page_reconstructs_a_photo_and_reports_a_broken_file(server, browser, photo, tmp_path):
+  import trimesh
+  from selenium.webdriver.common.by import By
+
+  url, process, log_path = server
+  browser.get(url + '/')
+  _wait_for(lambda: browser.find_elements(By.ID, 'run'), 60, 'the page to load')
+  _upload(browser, photo)
+  # Few hypotheses and steps keep the tiny model quick; the colours need at least two hypotheses.
+  start = time.monotonic()
+  browser.find_element(By.CSS_SELECTOR, '#run').click()
+  status = _wait_for(
+      lambda: (lambda text: text if ('hand(s) in' in text or 'rror' in text) else None)(
+          _status(browser)
+      ),
+      300,
+      'the result',
+  )
+  seconds = time.monotonic() - start
+  print(f'upload to result: {seconds:.1f} s; status: {status}')
+  assert 'hand(s) in' in status, status
+  assert 'right' in status, status  # the detector's side of the rendered right hand
+
+  # The overlay image shows (decoded by the browser, not just present).
+  overlay = _wait_for(
+      lambda: [
+          img
+          for img in browser.find_elements(By.CSS_SELECTOR, '#overlay img')
+          if browser.execute_script(
+              'return arguments[0].complete && arguments[0].naturalWidth', img
+          )
+      ],
+      30,
+      'the overlay image',
+  )[0]
+  assert overlay.get_attribute('src').startswith(url)
+
+  # The files the page serves: the GLB the viewer shows and the downloads.
+  links = [a.get_attribute('href') for a in browser.find_elements(By.CSS_SELECTOR, '#downloads a')]
+  glbs = [link for link in links if link and link.split('?')[0].endswith('.glb')]
+  jsons = [link for link in links if link and link.split('?')[0].endswith('.json')]
+  objs = [link for link in links if link and link.split('?')[0].endswith('.obj')]
+  assert glbs and jsons and objs and len(glbs) == len(objs), links
+  # The GLB the 3D viewer loads (its download link names the file it shows): the first hand's.
+  shown = _wait_for(
+      lambda: browser.find_elements(
+          By.CSS_SELECTOR, '#viewer a[data-testid="model3d-download-link"]'
+      ),
+      30,
+      'the 3D viewer to load the mesh',
+  )[0].get_attribute('href')
+  assert shown == glbs[0] and browser.find_elements(By.CSS_SELECTOR, '#viewer canvas')
+  path = tmp_path / 'hand0.glb'
+  path.write_bytes(_get(shown))
+  mesh = trimesh.load(str(path), force='mesh', process=False)
+  assert mesh.vertices.shape == (778, 3)
+  assert mesh.visual.vertex_colors.shape == (778, 4)
+  payload = json.loads(_get(jsons[0]))
+  hand = payload['hands'][0]
+  assert hand['hand_side'] == 'right' and hand['box_source'] == 'detector'
+  assert np.asarray(hand['vertices_camera']).shape == (778, 3)
+  assert np.asarray(hand['mano']['pose']).shape == (48,)
+  # The GLB is the JSON's root-relative mesh in glTF axes (y and z negated), vertex for vertex.
+  np.testing.assert_allclose(mesh.vertices, np.asarray(hand['vertices']) * [1, -1, -1], atol=1e-5)
+
+  screenshot = os.environ.get('DIFFHAND_APP_SCREENSHOT') or str(tmp_path / 'app.png')
+  time.sleep(2)  # let the 3D viewer draw
+  browser.save_screenshot(screenshot)
+
+  # A broken file: a message on the page, and the server keeps serving.
+  broken = tmp_path / 'broken.jpg'
+  broken.write_bytes(b'this is not a jpeg')
+  browser.get(url + '/')
+  _wait_for(lambda: browser.find_elements(By.ID, 'run'), 60, 'the page to load again')
+  _upload(browser, str(broken))
+  browser.find_element(By.CSS_SELECTOR, '#run').click()
+  message = _wait_for(
+      lambda: (lambda text: text if 'not an image' in text else None)(_status(browser)),
+      60,
+      'the error message',
+  )
+  assert 'broken.jpg' in message
+  assert process.poll() is None
+  assert _get(url + '/')
+
+  # Nothing but the local server was asked for, by the browser or by the server.
+  requested = _requested_urls(browser)
+  assert requested
+  outside = [u for u in requested if not u.startswith((url, 'data:', 'blob:', 'about:', 'chrome'))]
+  assert not outside, outside
+  server_log = log_path.read_text()
+  assert 'NETWORK' not in server_log, [
+      line for line in server_log.splitlines() if 'NETWORK' in line
+  ]
+
+
+# ==================================================================================================
+# Without a browser
+# ==================================================================================================
+
+
+def test_glb_keeps_the_vertex_order_and_colours(tmp_path):
+  trimesh = pytest.importorskip('trimesh')
+  from diffhand_jax.geometry import mesh_io
+  from diffhand_jax.inference import app
+
+  rng = np.random.default_rng(0)
+  vertices = rng.normal(size=(778, 3))
+  faces = rng.integers(0, 778, size=(1538, 3))
+  std = rng.uniform(0, 0.02, size=778)
+  colours = app.uncertainty_colours(std)
+  assert colours.shape == (778, 4) and colours.dtype == np.uint8
+  # Brighter where the spread is larger (inferno goes from black to yellow).
+  assert colours[np.argmax(std), :3].sum() > colours[np.argmin(std), :3].sum()
+  path = str(tmp_path / 'hand.glb')
+  mesh_io.write_glb(path, app.gltf_vertices(vertices), faces, colours)
+  mesh = trimesh.load(path, force='mesh', process=False)
+  np.testing.assert_allclose(mesh.vertices, vertices * [1, -1, -1], atol=1e-6)
+  np.testing.assert_array_equal(mesh.faces, faces)
+  np.testing.assert_array_equal(mesh.visual.vertex_colors, colours)
+  written, read = tmp_path / 'hand.obj', None
+  mesh_io.write_obj(str(written), vertices, faces)
+  read = mesh_io.read_obj(str(written))
+  np.testing.assert_allclose(read[0], vertices, atol=1e-6)
+  np.testing.assert_array_equal(read[1], faces)
+
+
+def test_bad_photos_get_a_message(tmp_path, monkeypatch):
+  from PIL import Image
+
+  from diffhand_jax.inference import app
+
+  broken = tmp_path / 'broken.jpg'
+  broken.write_bytes(b'this is not a jpeg')
+  assert 'broken.jpg is not an image' in app.check_photo(str(broken))
+  photo = tmp_path / 'photo.png'
+  Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(photo)
+  assert app.check_photo(str(photo)) is None
+  monkeypatch.setattr(app, 'MAX_PIXELS', 1000)
+  assert 'too large (40×30' in app.check_photo(str(photo))
+  # reconstruct_photo answers with the message before it loads anything (the workdir is not a run).
+  result = app.reconstruct_photo(str(tmp_path / 'no_run'), str(broken), str(tmp_path / 'out'))
+  assert result.overlay is None and 'not an image' in result.message
+
+
+def test_boxes_are_drawn_with_side_and_score():
+  from diffhand_jax.inference import app
+
+  overlay = np.zeros((100, 200, 3), np.uint8)
+  hands = [{'box': [40, 40, 80, 90], 'hand_side': 'right', 'score': 0.9}]
+  drawn = app.draw_boxes(overlay, (200, 400), hands)  # the overlay is the photo at half size
+  assert drawn.shape == overlay.shape
+  assert drawn[20:45, 20].any()  # the box's left edge, at half the photo's x0
+  assert not drawn[25:, 60:].any()  # below the label, nothing right of the right edge at x = 40
+
+
+@pytest.fixture
+def restored_environment(monkeypatch):
+  """The command sets Gradio's offline variables in os.environ: restore them for the other tests."""
+  from diffhand_jax.inference import app
+
+  for key in app._OFFLINE:  # pylint: disable=protected-access
+    monkeypatch.delenv(key, raising=False)
+
+
+def test_the_command_names_the_extra_when_gradio_is_missing(
+    monkeypatch, capsys, restored_environment
+):
+  from diffhand_jax import app
+
+  monkeypatch.setitem(sys.modules, 'gradio', None)  # `import gradio` raises ImportError
+  assert app.main(['--workdir=/nonexistent']) == 1
+  assert 'pip install -e ".[app]"' in capsys.readouterr().err
+
+
+def test_the_command_refuses_a_workdir_without_a_run(tmp_path, capsys, restored_environment):
+  pytest.importorskip('gradio')
+  from diffhand_jax import app
+
+  assert app.main([f'--workdir={tmp_path}']) == 1
+  err = capsys.readouterr().err
+  assert 'holds no trained run' in err and str(tmp_path) in err
+
+
+@pytest.mark.slow
+def test_a_video_gives_the_overlay_and_one_track_per_hand(tmp_path):
+  av = pytest.importorskip('av')
+  from diffhand_jax.data import synthetic_scene
+  from diffhand_jax.inference import app
+
+  config = synthetic_scene.SceneConfig(image_size=64, clip_length=3)
+  kit = synthetic_scene.load_hand_kit()
+  frames = [synthetic_scene.generate_clip_frame(config, 'test', 0, f, kit=kit) for f in range(3)]
+  path = tmp_path / 'clip.mp4'
+  with av.open(str(path), 'w') as container:
+    stream = container.add_stream('libx264', rate=24)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, 'yuv420p'
+    for frame in frames:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame['image'], format='rgb24')))
+    container.mux(stream.encode())
+  workdir = tiny_workdir()[0]
+  message, overlay, tracks = app.reconstruct_clip(
+      workdir, str(path), str(tmp_path / 'out'), whole_image=True
+  )
+  assert message.startswith('3 frames, 1 track(s)'), message
+  assert os.path.getsize(overlay) > 0
+  assert [os.path.basename(t) for t in tracks] == ['track_0.npz']
+  assert np.load(tracks[0])['vertices'].shape == (3, 778, 3)
+  broken = tmp_path / 'broken.mp4'
+  broken.write_bytes(b'not a video')
+  message, overlay, tracks = app.reconstruct_clip(workdir, str(broken), str(tmp_path / 'out2'))
+  assert message.startswith('Cannot reconstruct this video') and overlay is None and not tracks
+
+
+@pytest.mark.slow
+def test_photos_without_a_usable_hand_get_a_message(tmp_path):
+  from PIL import Image
+
+  from diffhand_jax.inference import app
+
+  workdir = tiny_workdir()[0]
+  Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(tmp_path / 'empty.png')
+  Image.fromarray(np.full((10, 10, 3), 90, np.uint8)).save(tmp_path / 'tiny.png')
+  empty = app.reconstruct_photo(workdir, str(tmp_path / 'empty.png'), str(tmp_path / 'a'))
+  assert empty.overlay is None and empty.message.startswith('No hand found'), empty.message
+  tiny = app.reconstruct_photo(workdir, str(tmp_path / 'tiny.png'), str(tmp_path / 'b'))
+  assert tiny.overlay is None and tiny.message.startswith('tiny.png: 10×10 pixels'), tiny.message
+  # The whole image as one hand needs no detector; one hypothesis has no spread to colour.
+  whole = app.reconstruct_photo(
+      workdir,
+      str(tmp_path / 'empty.png'),
+      str(tmp_path / 'c'),
+      whole_image=True,
+      num_hypotheses=1,
+      fit_mano=False,
+      colour_by_uncertainty=True,
+  )
+  assert len(whole.glbs) == 1 and whole.hands[0]['box_source'] == 'whole image'
+  assert 'no spread to colour' in whole.message
