@@ -105,7 +105,13 @@ def test_load_split_reads_array_record_data_as_tf_data_reads_tfrecords(data):
 def test_train_batches_from_the_source_equal_the_in_memory_batches(data):
   # 6 examples, batch 4: steps 0-3 cross epoch boundaries; prefetch on one side only.
   streamed = input_pipeline.train_batches(
-      data['source'], batch_size=4, start_step=0, prefetch=3, num_threads=2, **TRAIN_OPTIONS
+      data['source'],
+      batch_size=4,
+      start_step=0,
+      prefetch=3,
+      num_threads=2,
+      num_workers=0,
+      **TRAIN_OPTIONS,
   )
   in_memory = input_pipeline.train_batches(
       data['memory'], batch_size=4, start_step=0, prefetch=0, **TRAIN_OPTIONS
@@ -132,7 +138,7 @@ def test_eval_batches_from_the_source_equal_the_in_memory_batches(data):
 
 
 def test_resuming_at_a_step_gives_the_uninterrupted_batches(data):
-  options = dict(batch_size=4, prefetch=3, num_threads=2, **TRAIN_OPTIONS)
+  options = dict(batch_size=4, prefetch=3, num_threads=2, num_workers=0, **TRAIN_OPTIONS)
   uninterrupted = _take(input_pipeline.train_batches(data['source'], start_step=0, **options), 7)
   resumed = _take(input_pipeline.train_batches(data['source'], start_step=4, **options), 3)
   for a, b in zip(uninterrupted[4:], resumed):
@@ -142,7 +148,7 @@ def test_resuming_at_a_step_gives_the_uninterrupted_batches(data):
 
 @pytest.mark.parametrize('process_count', [2, 3])
 def test_process_shards_make_up_the_single_process_batch(data, process_count):
-  options = dict(batch_size=6, start_step=2, prefetch=2, **TRAIN_OPTIONS)
+  options = dict(batch_size=6, start_step=2, prefetch=2, num_workers=0, **TRAIN_OPTIONS)
   whole = next(input_pipeline.train_batches(data['source'], **options))
   shards = [
       next(
@@ -158,7 +164,7 @@ def test_process_shards_make_up_the_single_process_batch(data, process_count):
 
 def test_process_shards_of_an_epoch_are_disjoint_and_cover_it(data):
   # Without jitter the wrist is the example's own (camera-frame, metres): it names the example.
-  options = dict(batch_size=6, seed=1, vertex_scale=0.1, prefetch=0, process_count=2)
+  options = dict(batch_size=6, seed=1, vertex_scale=0.1, prefetch=0, num_workers=0, process_count=2)
   epoch = [
       next(input_pipeline.train_batches(data['source'], start_step=0, process_index=p, **options))
       for p in range(2)
@@ -175,7 +181,9 @@ def test_process_shards_of_an_epoch_are_disjoint_and_cover_it(data):
 def test_order_does_not_depend_on_thread_timing(data, monkeypatch):
   source = data['source']
   expected = _take(
-      input_pipeline.train_batches(source, batch_size=4, start_step=0, prefetch=0, **TRAIN_OPTIONS),
+      input_pipeline.train_batches(
+          source, batch_size=4, start_step=0, prefetch=0, num_workers=0, **TRAIN_OPTIONS
+      ),
       6,
   )
   real_read = source.read
@@ -191,7 +199,13 @@ def test_order_does_not_depend_on_thread_timing(data, monkeypatch):
   monkeypatch.setattr(source, 'read', slow_read)
   got = _take(
       input_pipeline.train_batches(
-          source, batch_size=4, start_step=0, prefetch=5, num_threads=4, **TRAIN_OPTIONS
+          source,
+          batch_size=4,
+          start_step=0,
+          prefetch=5,
+          num_threads=4,
+          num_workers=0,
+          **TRAIN_OPTIONS,
       ),
       6,
   )
@@ -208,7 +222,7 @@ def test_prefetch_is_bounded_and_errors_surface_at_their_item():
       raise RuntimeError('item 9 is bad')
     return item * item
 
-  results = input_pipeline.ordered_map(work, iter(range(100)), prefetch=3, num_threads=2)
+  results = input_pipeline.map_in_order(work, range(100), prefetch=3, num_threads=2)
   assert [next(results) for _ in range(4)] == [0, 1, 4, 9]
   time.sleep(0.2)  # let the threads run ahead as far as they may
   assert len(started) <= 4 + 3

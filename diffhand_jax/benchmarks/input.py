@@ -1,25 +1,33 @@
-"""Training input pipeline throughput, in images/s: train batches with augmentation at 224 px.
+"""Training input pipeline throughput, in images/s: train batches with augmentation at 224 px, by the
+number of input worker processes.
 
   python -m diffhand_jax.bench input [--data_dir=DIR --dataset=freihand --split=train]
-                                     [--batch_size=64] [--image_size=224] [--num_batches=12]
-                                     [--prefetch=4] [--num_threads=N] [--repeats=3] [--output=...]
+                                     [--workers=0,1,2,...] [--batch_size=64] [--image_size=224]
+                                     [--num_batches=12] [--prefetch=4] [--repeats=3] [--output=...]
 
-Without --data_dir it builds a FreiHAND-shaped fixture (diffhand_jax/data/fixtures.py: 224x224 JPEG frames of
-noise, which decode slower than photographs) in a temporary directory, in the ArrayRecord format, and
+Without --data_dir it builds a FreiHAND-shaped fixture (diffhand_jax/data/fixtures.py: 224x224 JPEG frames
+of noise, which decode slower than photographs) in a temporary directory, in the ArrayRecord format, and
 removes it afterwards. Each repeat times the next ``num_batches`` batches of one iterator (FreiHAND's
 augmentation: colour, scale, rotation up to 30 degrees, translation), for:
-  * stream: a SplitSource, decoding the rows of each batch, with the thread-pool prefetch;
-  * stream, no prefetch: the same in the caller's thread (what the thread pool buys);
-  * memory: the split (at most --memory_examples of it) read into memory first, with the prefetch
-    (decoding excluded from the timing).
-The consumer does nothing between batches, so the figures are the producer's rate, the most a training
-step can be fed; use --num_batches well above --prefetch (the lead built up before timing is small).
-The small fixture sits in the page cache, so disk reads are not measured.
+  * main process, no prefetch: each batch made when asked for, in the caller's thread (the work's own
+    rate on one core);
+  * main process: prefetched on a thread pool (config.dataset.num_workers=0);
+  * N workers: prepared in N worker processes (grain's mp_prefetch; config.dataset.num_workers=N), for
+    each N of --workers (default 1, 2, and 4 and 8 where the machine has that many CPUs);
+  * in memory: the split (at most --memory_examples of it) read into memory first, main process with
+    prefetch (decoding excluded from the timing).
+Worker start-up (spawning the processes, importing TensorFlow there) is excluded: the clock starts after
+a first round of batches. The consumer does nothing between batches, so the figures are the producer's
+rate, the most a training step can be fed. The last column is the CPU time per image of all the
+processes (and of the main process alone) over the timed runs: on a machine that other programs share,
+the wall-clock rates drop with their load, while the CPU time per image says what the pipeline costs. The small fixture sits in the page cache, so disk reads are
+not measured.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -56,10 +64,36 @@ def build_fixture(directory: str, num_annotations: int) -> dict[str, str]:
   return {'name': 'freihand', 'data_dir': data_dir}
 
 
-def images_per_second(arrays, args, *, prefetch: int, num_threads: int) -> dict[str, float]:
+def cpu_seconds() -> dict[str, float]:
+  """CPU seconds (user + system) so far of this process and of its live child processes (the input
+  workers), from /proc; children are {} where /proc is not there."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  out = {'main': usage.ru_utime + usage.ru_stime}
+  tick = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+  me = str(os.getpid())
+  try:
+    pids = [p for p in os.listdir('/proc') if p.isdigit()]
+  except OSError:
+    return out
+  for pid in pids:
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+      continue
+    if fields[1] == me:  # ppid
+      out[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+  return out
+
+
+def images_per_second(
+    arrays, args, *, prefetch: int, num_threads: int = 1, num_workers: int = 0
+) -> dict[str, float]:
   """min / median / max images/s over ``args.repeats`` runs of ``args.num_batches`` consecutive batches
   (``args``: the parsed flags, or anything with batch_size, image_size, num_batches and repeats)
-  of one iterator (steady state: its threads stay ahead of the consumer between runs)."""
+  of one iterator, after a first run that starts its workers (steady state); and the CPU time per
+  image of all processes over the timed runs ('cpu_ms_per_image', 'main_cpu_ms_per_image'), which
+  other programs on the machine disturb far less than the wall-clock rate."""
   batches = input_pipeline.train_batches(
       arrays,
       batch_size=args.batch_size,
@@ -71,6 +105,7 @@ def images_per_second(arrays, args, *, prefetch: int, num_threads: int) -> dict[
       augment=AUGMENT,
       prefetch=prefetch,
       num_threads=num_threads,
+      num_workers=num_workers,
   )
 
   def draw():
@@ -79,15 +114,28 @@ def images_per_second(arrays, args, *, prefetch: int, num_threads: int) -> dict[
     return batch
 
   try:
-    seconds = common.time_fn(draw, repeats=args.repeats, warmup=1, min_seconds=0.0)
+    draw()  # start-up: the workers' processes and imports
+    before = cpu_seconds()
+    seconds = common.time_fn(draw, repeats=args.repeats, warmup=0, min_seconds=0.0)
+    after = cpu_seconds()
   finally:
     batches.close()
   images = args.batch_size * args.num_batches
+  timed_images = images * args.repeats
+  spent = {key: after[key] - before.get(key, 0.0) for key in after}
   return {
       'min': images / seconds['max'],
       'median': images / seconds['median'],
       'max': images / seconds['min'],
+      'cpu_ms_per_image': 1e3 * sum(spent.values()) / timed_images,
+      'main_cpu_ms_per_image': 1e3 * spent['main'] / timed_images,
   }
+
+
+def default_worker_counts() -> list[int]:
+  """1 and 2 workers, and 4 and 8 where the machine has at least that many CPUs."""
+  cpus = input_pipeline.available_cpus()
+  return [1, 2] + [n for n in (4, 8) if n <= cpus]
 
 
 FLAGS = flags.FlagValues()
@@ -112,7 +160,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     'num_threads',
     None,
-    'prefetch threads (default: min(prefetch, cpu_count - 1))',
+    'prefetch threads of the main-process settings (default: min(prefetch, cpus - 1))',
+    flag_values=FLAGS,
+)
+flags.DEFINE_list(
+    'workers',
+    None,
+    'worker process counts to time (default: 1, 2, and 4, 8 where there are that many CPUs)',
     flag_values=FLAGS,
 )
 flags.DEFINE_integer('repeats', 3, 'timed repeats', flag_values=FLAGS)
@@ -154,25 +208,74 @@ def main(argv: list[str]) -> int:
     builder = input_pipeline.get_builder(dataset_config, prepare=False)
     source = input_pipeline.SplitSource(builder, FLAGS.split)
     _, threads = input_pipeline.prefetch_settings(source, FLAGS.prefetch, FLAGS.num_threads)
-    settings = [('stream', source, FLAGS.prefetch, threads), ('stream, no prefetch', source, 0, 1)]
+    workers = [int(n) for n in FLAGS.workers] if FLAGS.workers else default_worker_counts()
+    # (name, arrays, workers, prefetch, threads)
+    settings = [
+        ('main process, no prefetch', source, 0, 0, 1),
+        ('main process', source, 0, FLAGS.prefetch, threads),
+    ]
+    settings += [
+        (f'{n} worker{"s" if n > 1 else ""}', source, n, FLAGS.prefetch, 1) for n in workers
+    ]
     if not FLAGS.skip_memory:
       memory = source.read(np.arange(min(source.num_examples, FLAGS.memory_examples)))
       settings.append(
-          (f'memory ({len(memory["image"])} examples)', memory, FLAGS.prefetch, threads)
+          (
+              f'in memory ({len(memory["image"])} examples), main process',
+              memory,
+              0,
+              FLAGS.prefetch,
+              threads,
+          )
       )
     rows, results = [], []
-    for name, arrays, prefetch, num_threads in settings:
-      rate = images_per_second(arrays, FLAGS, prefetch=prefetch, num_threads=num_threads)
-      results.append(
-          {'pipeline': name, 'prefetch': prefetch, 'threads': num_threads, 'images_per_s': rate}
+    for name, arrays, num_workers, prefetch, num_threads in settings:
+      print(f'timing: {name}', flush=True)
+      rate = images_per_second(
+          arrays, FLAGS, prefetch=prefetch, num_threads=num_threads, num_workers=num_workers
       )
-      rows.append([name, prefetch, num_threads, rate['median'], rate['min'], rate['max']])
+      results.append(
+          {
+              'pipeline': name,
+              'workers': num_workers,
+              'prefetch': prefetch,
+              'threads': num_threads,
+              'images_per_s': rate,
+          }
+      )
+    one = next((r['images_per_s']['median'] for r in results if r['workers'] == 1), None)
+    for r in results:
+      ratio = r['images_per_s']['median'] / one if one and r['workers'] else None
+      r['over_one_worker'] = ratio
+      rate = r['images_per_s']
+      rows.append(
+          [
+              r['pipeline'],
+              r['workers'],
+              r['threads'] if not r['workers'] else '-',
+              rate['median'],
+              rate['min'],
+              rate['max'],
+              '-' if ratio is None else f'{ratio:.2f}x',
+              f"{rate['cpu_ms_per_image']:.2f} ({rate['main_cpu_ms_per_image']:.2f})",
+          ]
+      )
     common.report(
         'input',
         FLAGS.output,
-        f'Training input pipeline ({builder.info.full_name}:{FLAGS.split}, {source.num_examples} examples, '
-        f'batch {FLAGS.batch_size}, {FLAGS.image_size} px, augmented)',
-        ['pipeline', 'prefetch', 'threads', 'images/s (median)', 'min', 'max'],
+        f'Training input pipeline ({builder.info.full_name}:{FLAGS.split}, {source.num_examples} '
+        f'examples, batch {FLAGS.batch_size}, {FLAGS.image_size} px, augmented, '
+        f'{input_pipeline.available_cpus()} CPUs)',
+        [
+            'pipeline',
+            'workers',
+            'threads',
+            'images/s (median)',
+            'min',
+            'max',
+            'vs 1 worker',
+            'CPU ms/image, all (main)',
+        ],
         rows,
         results,
         settings={
@@ -183,7 +286,9 @@ def main(argv: list[str]) -> int:
             'batch_size': FLAGS.batch_size,
             'image_size': FLAGS.image_size,
             'num_batches': FLAGS.num_batches,
+            'prefetch': FLAGS.prefetch,
             'repeats': FLAGS.repeats,
+            'cpus': input_pipeline.available_cpus(),
             'augment': AUGMENT,
             'colour_strength': COLOUR_STRENGTH,
         },

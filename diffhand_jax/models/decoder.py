@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffhand_jax.models import attention
+
 _FILE = "diffhand_jax/models/decoder.py"
 
 FEATURE_BLOCKS = ("channel_attention", "mlp", "none")
@@ -87,6 +89,10 @@ class GlobalEmbedding(nn.Module):
 class AttentionBlock(nn.Module):
   """Fig. 3(c): pre-LN self-attention (+ Linear(E_g), Eq. 8), cross-attention to I_F, MLP.
 
+  Both attentions are flax's MultiHeadDotProductAttention (its q/k/v/out projections and parameter
+  names) around `attention.dot_product_attention` (cuDNN's fused kernel on a GPU in bfloat16; the
+  softmax in float32 under any compute dtype).
+
   points (B, M, D), global_embedding (B, D), image_tokens (B, P, D) or None → (B, M, D).
   With image_tokens None the cross-attention is skipped (used only by the vanilla variant).
   """
@@ -102,7 +108,11 @@ class AttentionBlock(nn.Module):
     width = points.shape[-1]
     y = nn.LayerNorm(dtype=self.dtype, name="norm_self")(points)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, deterministic=True, name="self_attention"
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        deterministic=True,
+        attention_fn=attention.flax_attention_fn,
+        name="self_attention",
     )(y, y)
     if global_embedding is not None:
       # Eq. 8: Y = softmax(QK^T/√d)V + Linear(E_g), broadcast over the points.
@@ -111,7 +121,11 @@ class AttentionBlock(nn.Module):
     if image_tokens is not None:
       y = nn.LayerNorm(dtype=self.dtype, name="norm_cross")(points)
       y = nn.MultiHeadDotProductAttention(
-          num_heads=self.num_heads, dtype=self.dtype, deterministic=True, name="cross_attention"
+          num_heads=self.num_heads,
+          dtype=self.dtype,
+          deterministic=True,
+          attention_fn=attention.flax_attention_fn,
+          name="cross_attention",
       )(y, image_tokens)
       points = points + y
     y = nn.LayerNorm(dtype=self.dtype, name="norm_mlp")(points)

@@ -170,6 +170,7 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.integer('dataset.max_train_examples', 1, optional=True)
   check.integer('dataset.prefetch_batches', 1, optional=True)
   check.integer('dataset.num_threads', 1, optional=True)
+  check.integer('dataset.num_workers', 0, optional=True)
 
   # Model: the sampler fields here; the network's own fields are checked by building it (below).
   timesteps_ok = check.integer('model.num_timesteps', 1)

@@ -49,6 +49,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.dataset.in_memory = ml_collections.config_dict.placeholder(bool)
   config.dataset.prefetch_batches = ml_collections.config_dict.placeholder(int)  # None = 4
   config.dataset.num_threads = ml_collections.config_dict.placeholder(int)  # None = cores - 1
+  # Input worker processes (0 = the main process's threads); None = 0 for an in-memory split, else
+  # min(8, CPUs this process may use − 1) (input_pipeline.default_num_workers).
+  config.dataset.num_workers = ml_collections.config_dict.placeholder(int)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-4

@@ -161,6 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       augment=input_pipeline.augment_options(config.dataset),
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      num_workers=config.dataset.get('num_workers'),
   )
   results = None
   history = []
