@@ -14,7 +14,19 @@ config uses DeiT III Large (the paper's Table 5 finds the two encoders within a 
 filtering; the filtered count is a few percent lower); override with --config.num_train_steps.
 
 Expected result (test split): MPJPE 12.1 mm and PA-MPJPE 4.98 mm (paper Table 2, with HRNet-W64; DexYCB
-protocol of docs/design.md §6: root-relative MPJPE, Umeyama PA with reflection fix)."""
+protocol of docs/design.md §6: root-relative MPJPE, Umeyama PA with reflection fix).
+
+Recommended GPU settings (from the measurements in docs/performance.md; no GPU figures yet):
+  * --config.model.dtype=bfloat16: matmuls in bfloat16, params and optimiser state float32; attention runs
+    cuDNN's fused kernel (models/attention.py). Its losses match float32's (bench bf16_parity).
+  * XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true (launch/slurm.sbatch sets it): overlaps the
+    gradient all-reduce of several GPUs with compute.
+  * Input workers: config.dataset.num_workers defaults to min(8, CPUs - 1), 7 with the 8 CPUs per task of
+    launch/slurm.sbatch. One worker prepares about 300 augmented images/s from FreiHAND's 224x224
+    frames on the development CPU (DexYCB's 640x480 frames cost more to decode), and a GPU takes about
+    1,000 images/s: give each GPU at least 4 workers, and more CPUs per task if the training log's
+    input wait grows. `python -m diffhand_jax.bench input --data_dir=~/tensorflow_datasets
+    --dataset=dex_ycb --image_size=256 --crop_margin=0.25` measures it on the real data."""
 
 import ml_collections
 

@@ -13,7 +13,18 @@ steps from `dataset.num_train_examples` (FreiHAND v2: 130,240 training images); 
 
 Expected result (evaluation split, needs the evaluation release json files for has_3d=True): PA-MPJPE 5.8 mm
 and PA-MPVPE 6.1 mm (paper Table 1, with test-time augmentation as MeshGraphormer; expect a few tenths of a mm
-more without it)."""
+more without it).
+
+Recommended GPU settings (from the measurements in docs/performance.md; no GPU figures yet):
+  * --config.model.dtype=bfloat16: matmuls in bfloat16, params and optimiser state float32; attention runs
+    cuDNN's fused kernel (models/attention.py). Its losses match float32's (bench bf16_parity).
+  * XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true (launch/slurm.sbatch sets it): overlaps the
+    gradient all-reduce of several GPUs with compute.
+  * Input workers: config.dataset.num_workers defaults to min(8, CPUs - 1), 7 with the 8 CPUs per task of
+    launch/slurm.sbatch. One worker prepares about 300 augmented 224 px FreiHAND images/s on the
+    development CPU, and a GPU takes about 1,000 images/s: give each GPU at least 4 workers, and more
+    CPUs per task if the training log's input wait grows. `python -m diffhand_jax.bench input
+    --data_dir=~/tensorflow_datasets` measures it on the real data."""
 
 import ml_collections
 

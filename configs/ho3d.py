@@ -14,7 +14,19 @@ steps from `dataset.num_train_examples` (HO-3D v2: 66,034 frames in train.txt); 
 
 Expected result (evaluation split, scored by the HO-3D v2 CodaLab server, as the split has no public 3D ground
 truth): MPJPE 23.7 mm and PA-MPJPE 9.3 mm (paper Table 3). Locally results.json cannot hold these metrics
-(has_3d is False on this split)."""
+(has_3d is False on this split).
+
+Recommended GPU settings (from the measurements in docs/performance.md; no GPU figures yet):
+  * --config.model.dtype=bfloat16: matmuls in bfloat16, params and optimiser state float32; attention runs
+    cuDNN's fused kernel (models/attention.py). Its losses match float32's (bench bf16_parity).
+  * XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true (launch/slurm.sbatch sets it): overlaps the
+    gradient all-reduce of several GPUs with compute.
+  * Input workers: config.dataset.num_workers defaults to min(8, CPUs - 1), 7 with the 8 CPUs per task of
+    launch/slurm.sbatch. One worker prepares about 300 augmented images/s from FreiHAND's 224x224
+    frames on the development CPU (HO-3D's 640x480 frames cost more to decode), and a GPU takes about
+    1,000 images/s: give each GPU at least 4 workers, and more CPUs per task if the training log's
+    input wait grows. `python -m diffhand_jax.bench input --data_dir=~/tensorflow_datasets
+    --dataset=ho3d --image_size=256 --crop_margin=0.25` measures it on the real data."""
 
 import ml_collections
 

@@ -2,7 +2,8 @@
 number of input worker processes.
 
   python -m diffhand_jax.bench input [--data_dir=DIR --dataset=freihand --split=train]
-                                     [--workers=0,1,2,...] [--batch_size=64] [--image_size=224]
+                                     [--workers=1,2,...] [--batch_size=64] [--image_size=224]
+                                     [--crop_margin=M]
                                      [--num_batches=12] [--prefetch=4] [--repeats=3] [--output=...]
 
 Without --data_dir it builds a FreiHAND-shaped fixture (diffhand_jax/data/fixtures.py: 224x224 JPEG frames
@@ -20,8 +21,8 @@ Worker start-up (spawning the processes, importing TensorFlow there) is excluded
 a first round of batches. The consumer does nothing between batches, so the figures are the producer's
 rate, the most a training step can be fed. The last column is the CPU time per image of all the
 processes (and of the main process alone) over the timed runs: on a machine that other programs share,
-the wall-clock rates drop with their load, while the CPU time per image says what the pipeline costs. The small fixture sits in the page cache, so disk reads are
-not measured.
+the wall-clock rates drop with their load, while the CPU time per image says what the pipeline costs.
+The small fixture sits in the page cache, so disk reads are not measured.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def images_per_second(
       vertex_scale=0.1,
       image_size=args.image_size,
       colour_strength=COLOUR_STRENGTH,
+      crop_margin=getattr(args, 'crop_margin', None),
       augment=AUGMENT,
       prefetch=prefetch,
       num_threads=num_threads,
@@ -153,6 +155,13 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer('batch_size', 64, 'images per batch', flag_values=FLAGS)
 flags.DEFINE_integer('image_size', 224, 'crop side, pixels', flag_values=FLAGS)
+flags.DEFINE_float(
+    'crop_margin',
+    None,
+    "crop a square box around each hand's bbox widened by this margin (HO-3D, DexYCB: 0.25); "
+    'default: the frames are crops already (FreiHAND)',
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer('num_batches', 12, 'batches per timed repeat', flag_values=FLAGS)
 flags.DEFINE_integer(
     'prefetch', input_pipeline.DEFAULT_PREFETCH, 'batches prefetched', flag_values=FLAGS
@@ -285,6 +294,7 @@ def main(argv: list[str]) -> int:
             'num_examples': source.num_examples,
             'batch_size': FLAGS.batch_size,
             'image_size': FLAGS.image_size,
+            'crop_margin': FLAGS.crop_margin,
             'num_batches': FLAGS.num_batches,
             'prefetch': FLAGS.prefetch,
             'repeats': FLAGS.repeats,
