@@ -35,6 +35,8 @@ import numpy as np
 import scipy.linalg
 from scipy.spatial import cKDTree
 
+from diffhand_jax.geometry import conventions
+
 NUM_JOINTS = 21
 ROOT_JOINT = 0  # the wrist in FreiHAND/OpenPose 21-order
 AUC_MIN_M, AUC_MAX_M, AUC_STEPS = (
@@ -398,6 +400,45 @@ def evaluate(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[str, float]:
   pa_f5, pa_f15 (F-scores of the aligned vertices at 5 and 15 mm, in [0, 1]).
   """
   return _mean_of(_evaluate_per_sample('evaluate', pred_joints, gt_joints, pred_verts, gt_verts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which side of the hand faces the camera
+# ---------------------------------------------------------------------------------------------------
+
+_PALM_JOINTS = tuple(
+    conventions.JOINT_NAMES.index(name) for name in ('wrist', 'index_1', 'little_1')
+)
+
+
+def palm_normal(joints) -> np.ndarray:
+  """The unit normal of the palm plane through the wrist, index MCP and little MCP: (..., 21, 3) →
+  (..., 3), n = (index − wrist) × (little − wrist).
+
+  For a right hand (and a left hand mirrored into one, as the model frame holds it) n points out of the
+  palm, so in the camera frame n_z < 0 means the palm faces the camera.
+  """
+  joints = np.asarray(joints, np.float64)
+  if joints.ndim < 2 or joints.shape[-2:] != (NUM_JOINTS, 3):
+    raise ValueError(f'palm_normal: joints must have shape (..., 21, 3), got {joints.shape}')
+  wrist, index, little = (joints[..., j, :] for j in _PALM_JOINTS)
+  normal = np.cross(index - wrist, little - wrist)
+  return normal / np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+
+
+def palm_facing_per_sample(pred_joints, gt_joints) -> np.ndarray:
+  """Whether the predicted palm faces the camera exactly when the true one does: (B, 21, 3) twice, camera
+  orientation (root-relative is fine), 21-order → bool (B,), sign(n_z) of `palm_normal` equal.
+
+  The mean is `results.json`'s `palm_facing_agreement`: 0.5 is chance, 1 means the model never mistakes
+  the palm for the back.
+  """
+  pred_joints = np.asarray(pred_joints, np.float64)
+  gt_joints = np.asarray(gt_joints, np.float64)
+  _check_same_shape(
+      'palm_facing_per_sample', ('pred_joints', 'gt_joints'), (pred_joints, gt_joints)
+  )
+  return (palm_normal(pred_joints)[..., 2] < 0) == (palm_normal(gt_joints)[..., 2] < 0)
 
 
 def evaluate_dexycb_per_sample(

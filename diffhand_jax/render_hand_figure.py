@@ -22,6 +22,7 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 
 from diffhand_jax import mano  # noqa: E402
 from diffhand_jax import command_line  # noqa: E402
+from diffhand_jax.geometry import procedural_hand  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('out', 'docs/procedural_hand.png', 'the PNG to write', flag_values=FLAGS)
@@ -44,9 +45,11 @@ def draw_mesh(
     faces: np.ndarray,
     rotation: np.ndarray,
     colour=(0.93, 0.74, 0.62),
+    vertex_colours: np.ndarray | None = None,
     highlight: np.ndarray | None = None,
 ) -> None:
-  """Draws a closed mesh (V, 3) with faces (F, 3) on a 2-D axis, orthographic, shaded."""
+  """Draws a closed mesh (V, 3) with faces (F, 3) on a 2-D axis, orthographic, shaded; in one colour, or
+  with per-vertex albedo (V, 3) averaged over each face."""
   camera = (vertices - vertices.mean(axis=0)) @ rotation.T
   triangles = camera[faces]
   normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
@@ -57,7 +60,12 @@ def draw_mesh(
   light = np.array([0.35, 0.55, 0.76])
   light /= np.linalg.norm(light)
   shade = 0.35 + 0.65 * np.clip(normals[order] @ light, 0.0, 1.0)
-  colours = np.clip(np.array(colour)[None, :] * shade[:, None], 0, 1)
+  albedo = (
+      np.broadcast_to(np.array(colour), (len(faces), 3))
+      if vertex_colours is None
+      else np.asarray(vertex_colours)[faces].mean(axis=1)
+  )
+  colours = np.clip(albedo[order] * shade[:, None], 0, 1)
   collection = PolyCollection(
       triangles[order][:, :, :2], facecolors=colours, edgecolors=colours * 0.85, linewidths=0.15
   )
@@ -75,6 +83,8 @@ def draw_mesh(
 def render(out_path: str) -> None:
   model = mano.load_procedural('right')
   faces = np.asarray(model.faces)
+  # The synthetic renders' skin: a lighter palm, nails, knuckles and creases (procedural_hand.skin_albedo).
+  albedo = procedural_hand.skin_albedo(np.array([0.86, 0.64, 0.52]), procedural_hand.skin_regions())
   poses = [
       ('flat', mano.named_pose(model, 'flat')),
       ('fist', mano.named_pose(model, 'fist')),
@@ -90,7 +100,7 @@ def render(out_path: str) -> None:
     vertices = np.asarray(vertices[0], np.float64)
     for row, (view_name, rotation) in enumerate(views):
       ax = axes[row, column]
-      draw_mesh(ax, vertices, faces, rotation)
+      draw_mesh(ax, vertices, faces, rotation, vertex_colours=albedo)
       if row == 0:
         ax.set_title(name, fontsize=11)
       if column == 0:

@@ -39,7 +39,7 @@ def data(tmp_path_factory):
       out_dir=None,
       out_file_format='array_record',
       num_workers=1,
-      dataset_version_dir=[os.path.join(root, 'both', 'synthetic_hands', 'tiny', '1.0.0')],
+      dataset_version_dir=[os.path.join(root, 'both', 'synthetic_hands', 'tiny', '2.0.0')],
   )
   return {
       'root': root,
@@ -304,7 +304,7 @@ def test_tfrecord_only_data_falls_back_to_memory_or_says_how_to_convert(data, mo
   with pytest.raises(
       ValueError,
       match=r'(?s)tfrecord only.*tfds convert_format --dataset_version_dir=\S*'
-      r'tfrecord/synthetic_hands/tiny/1.0.0 --out_file_format=array_record',
+      r'tfrecord/synthetic_hands/tiny/2.0.0 --out_file_format=array_record',
   ):
     input_pipeline.open_split(config, 'train')
 

@@ -456,3 +456,40 @@ def test_acceleration_error_and_jitter_hand_worked():
     metrics.jitter(gt[:2])
   with pytest.raises(ValueError, match='same shape'):
     metrics.acceleration_error(gt, gt[:5])
+
+
+def _facing_hand(palm_to_camera: bool) -> np.ndarray:
+  """Joints (21, 3) of a flat right hand, fingers up (-y), in the canonical view the synthetic data
+  uses: palm to the camera means the index side on the image right (+x); turned about the finger axis
+  to show the back, the index side goes to the left and the palm faces +z."""
+  joints = np.zeros((21, 3))
+  for finger, x in zip(range(5), (0.05, 0.03, 0.01, -0.01, -0.03)):  # thumb ... little
+    for k in range(4):
+      joints[1 + 4 * finger + k] = (x, -0.03 - 0.02 * k, 0.0)
+  # The palm bulges towards the side it faces: the wrist sits a little behind the knuckles' plane.
+  joints[0] = (0.0, 0.0, 0.01)
+  if not palm_to_camera:
+    joints = joints * np.array([-1.0, 1.0, -1.0])  # a half turn about the y (finger) axis
+  return joints
+
+
+def test_palm_normal_points_out_of_the_palm_of_a_right_hand():
+  # Worked by hand: index MCP (0.03, -0.03, 0), little MCP (-0.03, -0.03, 0), wrist (0, 0, 0.01):
+  # (0.03, -0.03, -0.01) x (-0.03, -0.03, -0.01) = (0, 0.0006, -0.0018) -> z < 0, towards the camera.
+  normal = metrics.palm_normal(_facing_hand(True))
+  np.testing.assert_allclose(normal, np.array([0.0, 0.0006, -0.0018]) / np.hypot(0.0006, 0.0018))
+  assert metrics.palm_normal(_facing_hand(False))[2] > 0
+
+
+def test_palm_facing_agreement_counts_matching_sides_and_ignores_in_plane_roll():
+  palm, back = _facing_hand(True), _facing_hand(False)
+  roll = Rotation.from_rotvec([0.0, 0.0, 2.0]).as_matrix()  # in-plane: keeps the side
+  predicted = np.stack([palm @ roll.T, back, palm, back @ roll.T])
+  truth = np.stack([palm, back, back, palm])
+  np.testing.assert_array_equal(
+      metrics.palm_facing_per_sample(predicted, truth), [True, True, False, False]
+  )
+  with pytest.raises(ValueError, match='same shape'):
+    metrics.palm_facing_per_sample(predicted, truth[:2])
+  with pytest.raises(ValueError, match=r'\(\.\.\., 21, 3\)'):
+    metrics.palm_normal(np.zeros((4, 20, 3)))

@@ -238,3 +238,46 @@ def test_generator_is_deterministic_and_matches_the_shipped_file():
   assert set(generated) == set(shipped.files)
   for key in generated:
     np.testing.assert_allclose(generated[key], shipped[key], atol=2e-5, err_msg=key)
+
+
+def test_skin_regions_sit_on_the_parts_they_name(model):
+  regions = procedural_hand.skin_regions()
+  vertices = np.asarray(model.v_template, np.float64)
+  faces = np.asarray(model.faces)
+  tips = vertices[list(model.tip_ids)]  # thumb, index, middle, ring, little
+  from diffhand_jax.geometry import render
+
+  normals = render.vertex_normals(vertices, faces)
+  # The back of the hand faces +y in the rest pose (the module's layout), the palm -y. (The thumb is
+  # turned: a few of its vertices face -y from its side, which its own frame does not call palmar.)
+  palm_top = normals[:, 1] > 0.9
+  palm_bottom = normals[:, 1] < -0.9
+  assert palm_top.sum() > 30 and palm_bottom.sum() > 30
+  assert np.all(regions['dorsal'][palm_top] > 0.8)
+  assert np.mean(regions['dorsal'][palm_bottom] < -0.8) > 0.95
+  # Nails: on the back of the last bone of every digit, each within 2.5 cm of its own fingertip.
+  nail = regions['nail'] > 0.5
+  nearest_tip = np.argmin(np.linalg.norm(vertices[:, None] - tips[None], axis=-1), axis=1)
+  tip_distance = np.linalg.norm(vertices - tips[nearest_tip], axis=-1)
+  assert np.all(tip_distance[nail] < 0.025)
+  assert set(nearest_tip[nail]) == {0, 1, 2, 3, 4}
+  assert np.all(regions['dorsal'][nail] > 0.5)
+  # Knuckles on the back, creases on the palm side, never both.
+  assert np.all(regions['dorsal'][regions['knuckle'] > 0] > 0.2)
+  assert np.all(regions['dorsal'][regions['crease'] > 0] < -0.2)
+  assert not np.any((regions['knuckle'] > 0) & (regions['crease'] > 0))
+
+
+def test_skin_albedo_makes_the_palm_lighter_than_the_back_at_every_tone():
+  regions = procedural_hand.skin_regions()
+  luminance = np.array([0.2126, 0.7152, 0.0722])
+  palm = regions['dorsal'] < -0.8
+  back = (regions['dorsal'] > 0.8) & (regions['nail'] == 0) & (regions['knuckle'] == 0)
+  for tone in ([0.96, 0.80, 0.70], [0.60, 0.41, 0.29], [0.28, 0.18, 0.13]):
+    albedo = procedural_hand.skin_albedo(np.array(tone), regions)
+    assert albedo.shape == (778, 3) and albedo.min() >= 0 and albedo.max() <= 1
+    assert albedo[palm].mean(0) @ luminance > 1.1 * (albedo[back].mean(0) @ luminance)
+    nails = albedo[regions['nail'] > 0.9]
+    np.testing.assert_allclose(
+        nails, np.broadcast_to(procedural_hand.NAIL_COLOUR, nails.shape), atol=0.1
+    )

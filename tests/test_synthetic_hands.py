@@ -246,4 +246,4 @@ def test_tfds_command_line_builds_tiny(tmp_path):
       timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / 'synthetic_hands' / 'tiny' / '1.0.0' / 'dataset_info.json').exists()
+  assert (tmp_path / 'synthetic_hands' / 'tiny' / '2.0.0' / 'dataset_info.json').exists()

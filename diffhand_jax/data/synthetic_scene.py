@@ -56,7 +56,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from diffhand_jax.geometry import render
+from diffhand_jax.geometry import procedural_hand, render
 
 from diffhand_jax.data import backgrounds
 
@@ -153,6 +153,7 @@ class HandKit(NamedTuple):
   flex_low: np.ndarray  # (15,) hyper-extension limit
   spread_sign: np.ndarray  # (4,) sign of MCP abduction that moves a finger towards the index side
   limits: np.ndarray  # (15, 3, 2)
+  skin_regions: dict  # procedural_hand.skin_regions(): dorsal, nail, knuckle, crease, each (778,)
 
 
 def load_hand_kit() -> HandKit:
@@ -244,6 +245,7 @@ def load_hand_kit() -> HandKit:
       flex_low=flex_low,
       spread_sign=spread_sign,
       limits=limits,
+      skin_regions=procedural_hand.skin_regions(),
   )
 
 
@@ -418,27 +420,30 @@ def place_with_intrinsics(
   return translation
 
 
-def _supersampled_K(K: np.ndarray, factor: int) -> np.ndarray:
-  # Pixel centres at integers: native u maps to factor * (u + 0.5) - 0.5.
-  scaled = K.copy()
-  scaled[:2, :2] *= factor
-  scaled[:2, 2] = factor * (K[:2, 2] + 0.5) - 0.5
-  return scaled
-
-
 # ------------------------------------------------------------------------------------------------
 # One example
 # ------------------------------------------------------------------------------------------------
 
 
-def _skin_colors(rng: np.random.Generator, num_vertices: int) -> np.ndarray:
+def _skin_colors(rng: np.random.Generator, kit: HandKit) -> np.ndarray:
+  """Per-vertex albedo (778, 3): a tone from the palette, with a lighter palm, nails, knuckles and
+  creases of random strength (procedural_hand.skin_albedo), and mottling."""
   tone = rng.uniform(0, len(SKIN_PALETTE) - 1)
   low = int(np.floor(tone))
   high = min(low + 1, len(SKIN_PALETTE) - 1)
   base = SKIN_PALETTE[low] + (tone - low) * (SKIN_PALETTE[high] - SKIN_PALETTE[low])
   base = base * rng.uniform(0.9, 1.1, size=3)  # slight hue variation
-  mottle = 1.0 + rng.normal(0.0, 0.04, size=(num_vertices, 1))
-  return np.clip(base * mottle, 0.0, 1.0)
+  mottle = 1.0 + rng.normal(0.0, 0.04, size=(len(kit.skin_regions['dorsal']), 1))
+  albedo = procedural_hand.skin_albedo(
+      np.clip(base * mottle, 0.0, 1.0),
+      kit.skin_regions,
+      palm_lighten=rng.uniform(0.35, 0.65),
+      back_darken=rng.uniform(0.05, 0.3),
+      nail=rng.uniform(0.6, 1.0),
+      knuckle=rng.uniform(0.15, 0.35),
+      crease=rng.uniform(0.15, 0.4),
+  )
+  return albedo
 
 
 def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None = None) -> dict:
@@ -482,7 +487,7 @@ def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None
   joints = np.asarray(kit.joints21(vertices, joints16), np.float64)
 
   background = backgrounds.sample_background(rng, size, size)
-  colors = _skin_colors(rng, len(vertices))
+  colors = _skin_colors(rng, kit)
   light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.3, 1.2)])
   ambient = rng.uniform(0.25, 0.55)
   exposure = rng.uniform(0.75, 1.15)
@@ -518,7 +523,7 @@ def _shade(kit, config, vertices, K, background, colors, light, ambient, exposur
   big = render.render(
       vertices,
       kit.faces,
-      _supersampled_K(K, factor),
+      render.upscaled_intrinsics(K, factor),  # pixel centres at integers
       (size * factor, size * factor),
       vertex_colors=albedo,
       light_dir=light,
@@ -626,7 +631,7 @@ def plan_clip(config: Any, split: str, clip: int, *, kit: HandKit) -> ClipPlan:
       betas=betas,
       K=K,
       background=backgrounds.sample_background(rng, size, size),
-      colors=_skin_colors(rng, len(kit.model.v_template)),
+      colors=_skin_colors(rng, kit),
       noise_std=float(rng.uniform(0.0, config.noise_std_max)),
   )
 

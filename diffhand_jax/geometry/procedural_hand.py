@@ -44,7 +44,7 @@ import dataclasses
 import numpy as np
 from scipy.optimize import nnls
 
-from diffhand_jax.geometry import conventions
+from diffhand_jax.geometry import conventions, render
 
 NUM_VERTICES = 778
 RING = 10  # vertices per digit ring
@@ -84,6 +84,11 @@ class Digit:
 def _unit(vector) -> np.ndarray:
   vector = np.asarray(vector, np.float64)
   return vector / np.linalg.norm(vector)
+
+
+# Extra narrowing of the fingers towards the tip (at joints 1, 2, 3 and the tip), so they taper as real
+# fingers do rather than run as tubes.
+FINGER_TAPER = (1.0, 0.96, 0.91, 0.84)
 
 
 def _digits(p: dict[str, float]) -> list[Digit]:
@@ -159,8 +164,8 @@ def _digits(p: dict[str, float]) -> list[Digit]:
             base=np.array([mcp[0] * length, mcp[1] * width, mcp[2] * p['palm_thickness']]),
             directions=(direction, direction, direction),
             lengths=tuple(length * factor for length in lengths),
-            radii_w=tuple(1.14 * r * thick for r in rw),
-            radii_h=tuple(1.12 * r * thick for r in rh),
+            radii_w=tuple(1.14 * r * thick * t for r, t in zip(rw, FINGER_TAPER)),
+            radii_h=tuple(1.12 * r * thick * t for r, t in zip(rh, FINGER_TAPER)),
             dorsal=np.array([0.0, 0.0, 1.0]),
         )
     )
@@ -240,7 +245,8 @@ def _palm_section(tau: float, p: dict[str, float]) -> tuple[float, float, float,
   keys = np.array([0.0, 0.35, 0.7, 1.0])
   half_w = np.interp(tau, keys, [0.028, 0.0365, 0.0395, 0.0385]) * p['palm_width']
   half_h = np.interp(tau, keys, [0.018, 0.0165, 0.0150, 0.0125]) * p['palm_thickness']
-  exponent = np.interp(tau, keys, [2.2, 2.8, 3.0, 3.0])
+  # Superellipse exponents: 2 is an ellipse; a little above it rounds the palm's edges like a real palm.
+  exponent = np.interp(tau, keys, [2.2, 2.5, 2.6, 2.6])
   centre_w = np.interp(tau, keys, [0.0, -0.001, -0.0025, -0.0025]) * p['palm_width']
   centre_h = np.interp(tau, keys, [0.0, -0.001, -0.001, 0.0]) * p['palm_thickness']
   return half_w, half_h, exponent, centre_w, centre_h
@@ -708,6 +714,109 @@ def generate() -> dict[str, np.ndarray]:
   }
   arrays['hands_mean'], arrays['hands_components'] = _pose_statistics(arrays)
   return arrays
+
+
+def skin_regions() -> dict[str, np.ndarray]:
+  """Where the hand's skin differs, per vertex of the shipped hand (778,), from its own parts.
+
+  The synthetic-hands renders colour these (`data/synthetic_scene.py`), so that a picture shows which
+  side of the hand faces the camera, as the palm, nails and knuckles of a real hand do:
+
+    dorsal   in [-1, 1]: the rest-pose normal along the back-of-hand direction of its part (+1 the back,
+             -1 the palm side; the thumb's own nail direction for the thumb)
+    nail     in [0, 1]: the back of each digit's last bone, from about a third of the way along it to
+             just short of the tip
+    knuckle  in [0, 1]: the back of the MCP, PIP and DIP joints of the four fingers
+    crease   in [0, 1]: the palm side of the same finger joints, and two lines across the palm
+
+  Computed from the generator (`_build_mesh`), in the vertex order of `generate()`'s arrays.
+  """
+  params = _default_parameters()
+  mesh, digits, info = _build_mesh(params)
+  order = _vertex_order(len(mesh.points), info['tips'])
+  local = np.array(mesh.points)
+  normals = render.vertex_normals(local, np.array(mesh.faces, np.int64))
+  digit_of = np.array(mesh.digit_of)
+  s_along = np.array(mesh.s_along)
+  count = len(local)
+  dorsal_dir = np.tile([0.0, 0.0, 1.0], (count, 1))  # local h: the back of the palm
+  for v in np.nonzero(digit_of >= 0)[0]:
+    dorsal_dir[v] = _digit_frame(digits[digit_of[v]], s_along[v])[3]
+  dorsal = np.clip(np.sum(normals * dorsal_dir, axis=1), -1.0, 1.0)
+  back = np.clip((dorsal - 0.2) / 0.4, 0.0, 1.0)
+  palm_side = np.clip((-dorsal - 0.2) / 0.4, 0.0, 1.0)
+  nail, knuckle, crease = np.zeros(count), np.zeros(count), np.zeros(count)
+  for index, digit in enumerate(digits):
+    mask = digit_of == index
+    s = s_along[mask]
+    l1, l2, l3 = digit.lengths
+    total, tip_radius = l1 + l2 + l3, digit.radii_w[3]
+    nail[mask] = ((s > l1 + l2 + 0.3 * l3) & (s < total - 0.15 * tip_radius)) * np.clip(
+        (dorsal[mask] - 0.35) / 0.35, 0.0, 1.0
+    )
+    if digit.name == 'thumb':
+      continue
+    near_joint = np.maximum.reduce(
+        [
+            np.clip(1.0 - s / (0.45 * l1), 0.0, 1.0),  # the MCP (the base ring sits just past it)
+            np.clip(1.0 - np.abs(s - l1) / (0.3 * l2), 0.0, 1.0),
+            np.clip(1.0 - np.abs(s - l1 - l2) / (0.3 * l3), 0.0, 1.0),
+        ]
+    )
+    knuckle[mask] = near_joint * back[mask]
+    crease[mask] = near_joint * palm_side[mask]
+  # Two lines across the palm (its rings at 56% and 84% of the way from the wrist to the knuckles).
+  palm = np.nonzero(digit_of == -1)[0]
+  knuckle_u = np.mean([digit.base[0] for digit in digits[1:]])
+  level = (local[palm, 0] - WRIST_CAP_U) / (knuckle_u - WRIST_CAP_U)
+  line = np.maximum(
+      np.clip(1.0 - np.abs(level - 0.56) / 0.08, 0.0, 1.0),
+      np.clip(1.0 - np.abs(level - 0.84) / 0.08, 0.0, 1.0),
+  )
+  crease[palm] = line * palm_side[palm]
+  return {
+      name: values[order]
+      for name, values in (
+          ('dorsal', dorsal),
+          ('nail', nail),
+          ('knuckle', knuckle),
+          ('crease', crease),
+      )
+  }
+
+
+# What the palm side turns towards (lighter, pinker) and the nails' colour, albedo in [0, 1].
+PALM_TINT = np.array([1.0, 0.84, 0.78])
+NAIL_COLOUR = np.array([0.97, 0.86, 0.84])
+
+
+def skin_albedo(
+    base: np.ndarray,
+    regions: dict[str, np.ndarray],
+    *,
+    palm_lighten: float = 0.5,
+    back_darken: float = 0.2,
+    nail: float = 0.9,
+    knuckle: float = 0.25,
+    crease: float = 0.3,
+) -> np.ndarray:
+  """Per-vertex albedo (V, 3) in [0, 1] from a skin tone and `skin_regions()`.
+
+  base: (3,) or (V, 3) skin albedo. The palm side moves `palm_lighten` of the way to `PALM_TINT` and the
+  back darkens by `back_darken` (a real palm is lighter than the back at every skin tone, most of all
+  at dark ones); knuckles and creases darken by their strengths; nails move `nail` of the way to
+  `NAIL_COLOUR`.
+  """
+  base = np.broadcast_to(np.asarray(base, np.float64), (len(regions['dorsal']), 3))
+  palm_weight = np.clip((0.15 - regions['dorsal']) / 0.5, 0.0, 1.0)[:, None]
+  back = base * (1.0 - back_darken)
+  palm = base + palm_lighten * (PALM_TINT - base)
+  albedo = (1.0 - palm_weight) * back + palm_weight * palm
+  albedo = albedo * (1.0 - knuckle * regions['knuckle'][:, None])
+  albedo = albedo * (1.0 - crease * regions['crease'][:, None] * np.array([1.0, 1.15, 1.15]))
+  nail_weight = nail * regions['nail'][:, None]
+  albedo = (1.0 - nail_weight) * albedo + nail_weight * NAIL_COLOUR
+  return np.clip(albedo, 0.0, 1.0)
 
 
 def _pose_statistics(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -90,8 +90,12 @@ BUILDER_CONFIGS = [
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic_hands."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '2.0.0': 'Skin that shows which side faces the camera: a lighter palm, fingernails, knuckles and '
+      'creases (procedural_hand.skin_albedo); rounder palm edges and tapered fingers.',
+  }
   BUILDER_CONFIGS = BUILDER_CONFIGS
   DEFAULT_CONFIG_NAME = 'default'
 
