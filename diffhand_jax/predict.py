@@ -4,7 +4,7 @@
       [--detector=mediapipe|none] [--min_hand_score=0.5] [--focal=PIXELS] [--fit_mano]
       [--boxes=boxes.json] [--box_scale=1.3] [--left=left.json | --left=a.jpg,b.png | --all_left]
       [--num_hypotheses=5] [--steps=10] [--eta=0] [--method=mean|medoid|aligned_mean] [--tta] [--batch_size=8]
-      [--seed=0] [--overlay_size=1024] [--config.key=value ...]
+      [--seed=0] [--overlay_size=1024] [--color_by_uncertainty] [--config.key=value ...]
   python -m diffhand_jax.predict --workdir=DIR --video=IN.mp4|FRAMES_DIR --output=OUT_DIR
       [--warm_strength=0.3] [--video_box=x0,y0,x1,y1 | --detector=mediapipe|none] [--all_left]
       [--video_follow] [--video_reset=0.15] [--video_fps=30] [--num_hypotheses=1] [--steps=10] [...]
@@ -19,11 +19,13 @@ A video that breaks off is reported by name (exit status 1), its frames before t
 For every .jpg/.jpeg/.png/.bmp/.webp in IN_DIR (any size) it finds the hands (MediaPipe's palm detector
 and hand-landmark model, shipped with the package: a box, a side and a score per hand) and writes to
 OUT_DIR (docs/design.md §8 names the keys; docs/photos.md shows an example):
-  NAME.png        every hand's mesh rendered over the photo (longer side at most --overlay_size)
+  NAME.png        every hand's mesh rendered over the photo (longer side at most --overlay_size);
+                  --color_by_uncertainty colours it by the per-vertex uncertainty (dark: sure)
   NAME_handI.obj  hand I's mesh in the photo's camera frame (metres, x right, y down, z forward)
   NAME.json       the focal length and K, and a list of hands: box, hand_side, score, root-relative and
-                  camera-frame joints (21, 3) and vertices (778, 3), the per-vertex uncertainty (the
-                  spread of the K hypotheses), the weak-perspective camera, the crop box; with
+                  camera-frame joints (21, 3) and vertices (778, 3), the uncertainty (metres: how
+                  much the K hypotheses disagree in shape once rigidly aligned; 0 for K = 1) and its
+                  per-vertex form, the weak-perspective camera, the crop box; with
                   --fit_mano also MANO pose, betas and trans and the hand model they belong to
 
 Photos without a hand are reported by name and skipped.
@@ -126,6 +128,12 @@ flags.DEFINE_integer(
     'longer side of the NAME.png overlays at most, pixels (photos are scaled down, never up; 0: as is)',
     flag_values=FLAGS,
 )
+flags.DEFINE_bool(
+    'color_by_uncertainty',
+    False,
+    'colour each hand in NAME.png by its per-vertex uncertainty (needs --num_hypotheses >= 2)',
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     'video', None, 'a video file or a folder of frames, instead of --images', flag_values=FLAGS
 )
@@ -181,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if FLAGS.video:
     from diffhand_jax.inference import video
+
+    if FLAGS.color_by_uncertainty:  # the video path keeps no per-hand uncertainty to colour by
+      print(f'{PROG}: note: --color_by_uncertainty applies to --images only', file=sys.stderr)
 
     try:
       result = video.reconstruct_video(
@@ -246,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         focal=FLAGS.focal,
         fit_mano=FLAGS.fit_mano,
         min_hand_score=FLAGS.min_hand_score,
+        color_by_uncertainty=FLAGS.color_by_uncertainty,
     )
   except (InputError, FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)

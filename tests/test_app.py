@@ -270,14 +270,14 @@ def test_the_page_reconstructs_a_photo_and_reports_a_broken_file(server, browser
 
 def test_glb_keeps_the_vertex_order_and_colours(tmp_path):
   trimesh = pytest.importorskip('trimesh')
-  from diffhand_jax.geometry import mesh_io
+  from diffhand_jax.geometry import mesh_io, render
   from diffhand_jax.inference import app
 
   rng = np.random.default_rng(0)
   vertices = rng.normal(size=(778, 3))
   faces = rng.integers(0, 778, size=(1538, 3))
   std = rng.uniform(0, 0.02, size=778)
-  colours = app.uncertainty_colours(std)
+  colours = render.uncertainty_colors(std)
   assert colours.shape == (778, 4) and colours.dtype == np.uint8
   # Brighter where the spread is larger (inferno goes from black to yellow).
   assert colours[np.argmax(std), :3].sum() > colours[np.argmin(std), :3].sum()
@@ -406,3 +406,4 @@ def test_photos_without_a_usable_hand_get_a_message(tmp_path):
   )
   assert len(whole.glbs) == 1 and whole.hands[0]['box_source'] == 'whole image'
   assert 'no spread to colour' in whole.message
+  assert 'uncertainty 0.0 mm' in whole.message  # the JSON's `uncertainty`: 0 for one hypothesis

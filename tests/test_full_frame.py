@@ -147,3 +147,33 @@ def test_draw_hands_scales_the_photo_and_its_camera_together(frame):
     expected |= render.rasterize(vertices, faces, K_small, (240, 320))['mask']
   assert (changed & expected).sum() / (changed | expected).sum() > 0.9
   assert full_frame.draw_hands(frame['image'], [], frame['K']).shape == frame['image'].shape
+
+
+def test_draw_hands_colours_only_the_hands_given_colours(frame):
+  from diffhand_jax.data import synthetic_scene
+
+  kit = synthetic_scene.load_hand_kit()
+  meshes = [(hand['vertices'], kit.faces) for hand in frame['hands']]
+  plain = full_frame.draw_hands(frame['image'], meshes, frame['K'], max_size=320)
+  red = np.tile([1.0, 0.0, 0.0], (len(meshes[1][0]), 1))
+  coloured = full_frame.draw_hands(
+      frame['image'], meshes, frame['K'], max_size=320, colors=[None, red, None]
+  )
+  # The pixels where hand 1 is the nearest surface, from one z-buffer of all three hands.
+  K_small = full_frame.scaled_intrinsics(frame['K'], 0.5, 0.5)
+  offsets = np.cumsum([0] + [len(v) for v, _ in meshes])
+  faces = np.concatenate([np.asarray(f) + offsets[i] for i, (_, f) in enumerate(meshes)])
+  raster = render.rasterize(np.concatenate([v for v, _ in meshes]), faces, K_small, (240, 320))
+  per_hand = len(kit.faces)
+  hand_1 = (raster['face_index'] >= per_hand) & (raster['face_index'] < 2 * per_hand)
+  changed = np.any(coloured != plain, -1)
+  assert hand_1.sum() > 100 and not np.any(changed & ~hand_1)
+  assert changed[hand_1].mean() > 0.95
+  # Red over the photo: redder than the flat blue-grey there.
+  assert np.all(coloured[changed][:, 0].astype(int) >= plain[changed][:, 0])
+  # No colours, or None for every hand, is the flat colour.
+  np.testing.assert_array_equal(
+      full_frame.draw_hands(frame['image'], meshes, frame['K'], 320, colors=[None] * 3), plain
+  )
+  with pytest.raises(ValueError, match='2 colour arrays for 3 meshes'):
+    full_frame.draw_hands(frame['image'], meshes, frame['K'], 320, colors=[None, red])

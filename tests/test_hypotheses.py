@@ -257,3 +257,71 @@ def test_k_hypotheses_equal_plain_sampler_runs(tiny_model):
       hypotheses.aggregate(np.asarray(out['vertices']), 'mean'),
       atol=1e-5,
   )
+
+
+def _rotation_about(axis, angle):
+  from scipy.spatial.transform import Rotation
+
+  return Rotation.from_rotvec(
+      np.asarray(axis, np.float64) / np.linalg.norm(axis) * angle
+  ).as_matrix()
+
+
+def test_spread_of_identical_hypotheses_is_zero():
+  rng = np.random.default_rng(8)
+  mesh = rng.normal(0, 0.03, (2, 1, 778, 3))
+  for hyps in (mesh, np.repeat(mesh, 4, axis=1)):  # K = 1, and K = 4 copies
+    scores = hypotheses.spread(hyps)
+    for name in ('total', 'articulation', 'articulation_per_vertex'):
+      np.testing.assert_allclose(scores[name], 0.0, atol=1e-12)
+    np.testing.assert_allclose(scores['orientation'], 0.0, atol=1e-6)  # arccos near 1: ~1e-8 rad
+    np.testing.assert_allclose(scores['aligned_mean'], mesh[:, 0], atol=1e-12)
+
+
+def test_spread_of_rotated_copies_is_orientation_only():
+  # K = 3 copies of one mesh turned by -θ, 0 and +θ about one axis through the origin. The unturned copy
+  # is the medoid, every copy aligns onto it exactly, so the aligned mean is that copy and the alignment
+  # angles are θ, 0, θ: orientation 2θ/3, articulation 0, while the raw spread is large.
+  rng = np.random.default_rng(9)
+  mesh = rng.normal(0, 0.03, (778, 3))
+  theta = np.radians(40.0)
+  turns = [_rotation_about([1.0, 2.0, 0.5], angle) for angle in (-theta, 0.0, theta)]
+  hyps = np.stack([mesh @ turn.T for turn in turns])[None]
+  scores = hypotheses.spread(hyps)
+  assert scores['orientation'][0] == pytest.approx(2 * theta / 3, abs=1e-9)
+  np.testing.assert_allclose(scores['articulation'], 0.0, atol=1e-12)
+  np.testing.assert_allclose(scores['articulation_per_vertex'], 0.0, atol=1e-12)
+  assert scores['total'][0] > 0.005  # metres: the raw per-vertex spread sees the turns
+  np.testing.assert_allclose(scores['aligned_mean'][0], hyps[0, 1], atol=1e-12)
+  # Moving all of them together changes no score.
+  moved = hypotheses.spread(hyps + rng.normal(size=3))
+  for name in ('orientation', 'articulation', 'total'):
+    np.testing.assert_allclose(moved[name], scores[name], atol=1e-9)
+
+
+def test_spread_of_a_stretch_is_articulation_only_and_rotation_invariant():
+  # An octahedron (±a on each axis) stretched by +δ and by -δ along x: the best rigid alignment of either
+  # onto the other, and onto the unstretched mean, is the identity (a diagonal, positive cross-
+  # covariance). So 2 of the 6 vertices are off by δ in both hypotheses: articulation = 2δ / 6 per
+  # hypothesis, per-vertex δ at the x tips and 0 elsewhere, orientation 0.
+  a, delta = 0.05, 0.004
+  octahedron = np.concatenate([np.eye(3), -np.eye(3)]) * a
+  stretch = np.zeros((6, 3))
+  stretch[[0, 3], 0] = [delta, -delta]
+  hyps = np.stack([octahedron + stretch, octahedron - stretch])[None]
+  scores = hypotheses.spread(hyps)
+  assert scores['articulation'][0] == pytest.approx(delta / 3, rel=1e-9)
+  np.testing.assert_allclose(
+      scores['articulation_per_vertex'][0], [delta, 0, 0, delta, 0, 0], atol=1e-12
+  )
+  assert scores['orientation'][0] == pytest.approx(0.0, abs=1e-6)
+  # Turn each hypothesis by its own rotation: articulation stays, orientation becomes half the angle
+  # between the two turns (hypothesis 0 is the medoid by the tie rule, so the mean keeps its pose).
+  turn_0 = _rotation_about([0.0, 0.0, 1.0], 0.3)
+  turn_1 = _rotation_about([1.0, 1.0, 0.0], -0.5)
+  turned = np.stack([hyps[0, 0] @ turn_0.T, hyps[0, 1] @ turn_1.T])[None]
+  relative = np.arccos((np.trace(turn_0 @ turn_1.T) - 1) / 2)
+  scores = hypotheses.spread(turned)
+  assert scores['articulation'][0] == pytest.approx(delta / 3, rel=1e-9)
+  assert scores['orientation'][0] == pytest.approx(relative / 2, abs=1e-9)
+  assert hypotheses.UNCERTAINTY_SCORE in hypotheses.UNCERTAINTY_SCORES

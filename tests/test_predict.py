@@ -94,7 +94,14 @@ def test_predict_finds_every_hand_and_places_it_in_the_photo(workdir, tmp_path, 
     assert hand['hand_side'] == truth['side'] and hand['side_source'] == 'detector'
     assert hand['box_source'] == 'detector' and 0.5 <= hand['score'] <= 1.0
     vertices, joints = np.asarray(hand['vertices']), np.asarray(hand['joints'])
-    assert vertices.shape == (778, 3) and np.asarray(hand['uncertainty']).shape == (778,)
+    assert vertices.shape == (778, 3)
+    # Two hypotheses from different noise: a real spread, one number plus its per-vertex form.
+    per_vertex = np.asarray(hand['vertex_uncertainty'])
+    assert isinstance(hand['uncertainty'], float) and hand['uncertainty'] > 0
+    assert per_vertex.shape == (778,) and np.all(per_vertex >= 0)
+    # The per-vertex form is a root-mean-square over hypotheses, the number a mean: never above it.
+    assert hand['uncertainty'] <= per_vertex.mean() + 1e-6
+    assert hand['orientation_uncertainty_deg'] >= 0 and 'uncertainty_mean' not in hand
     np.testing.assert_allclose(joints, regressor @ vertices, atol=1e-5)
     root = np.asarray(hand['root'])
     np.testing.assert_allclose(hand['vertices_camera'], vertices + root, atol=2e-6)
@@ -121,6 +128,7 @@ def test_predict_finds_every_hand_and_places_it_in_the_photo(workdir, tmp_path, 
     assert distance == pytest.approx(params['error'], abs=1e-5)
   overlay = np.asarray(Image.open(out / 'two.png'))
   assert overlay.shape == (120, 160, 3)
+  assert record['settings']['color_by_uncertainty'] is False
   assert np.abs(K[:2, 2] - [159.5, 119.5]).max() < 1e-9
 
 
@@ -205,6 +213,68 @@ def test_predict_boxes_and_left_override_the_detector(workdir, tmp_path, capsys)
       np.asarray(right['vertices_camera']) * [-1, 1, 1],
       atol=1e-5,
   )
+
+
+def test_color_by_uncertainty_recolours_the_hand_and_nothing_else(workdir, tmp_path, capsys):
+  """The same photo, seed and hypotheses with and without --color_by_uncertainty: the same meshes, so
+  the overlays differ exactly where the hand is drawn."""
+  from diffhand_jax.geometry import render
+
+  images = tmp_path / 'images'
+  images.mkdir()
+  photo = _write_image(images / 'hand.png', 64, 64, 4)
+  args = [
+      f'--workdir={workdir}',
+      f'--images={images}',
+      '--num_hypotheses=3',
+      '--steps=2',
+      '--detector=none',
+      '--overlay_size=0',
+      '--focal=100',
+  ]
+  assert predict.main(args + [f'--output={tmp_path / "plain"}']) == 0, capsys.readouterr().err
+  assert predict.main(args + [f'--output={tmp_path / "c"}', '--color_by_uncertainty']) == 0
+  plain = np.asarray(Image.open(tmp_path / 'plain' / 'hand.png')).astype(int)
+  coloured = np.asarray(Image.open(tmp_path / 'c' / 'hand.png')).astype(int)
+  record = _json(tmp_path / 'c' / 'hand.json')
+  assert record['settings']['color_by_uncertainty'] is True
+  hand = record['hands'][0]
+  assert (
+      hand['vertices_camera']
+      == _json(tmp_path / 'plain' / 'hand.json')['hands'][0]['vertices_camera']
+  )
+  _, faces = _read_obj(tmp_path / 'c' / hand['obj'])
+  vertices, K = np.asarray(hand['vertices_camera']), np.asarray(record['K'])
+  drawn = render.rasterize(vertices, faces, K, (64, 64))['mask']
+  # The conservative footprint: the JSON's rounded vertices may move an edge pixel's centre.
+  footprint = render.coverage_mask(vertices, faces, K, (64, 64))
+  changed = np.any(coloured != plain, -1)
+  assert drawn.sum() > 20 and not np.any(changed & ~footprint)
+  assert changed[drawn].mean() > 0.5
+  np.testing.assert_array_equal(coloured[~footprint], photo[~footprint])
+
+
+def test_hand_uncertainty_is_articulation_not_orientation():
+  """Hand-made hypotheses: identical ones have no uncertainty; ones that differ only by a rotation have
+  no articulation uncertainty, only an orientation one (2θ/3 for turns of -θ, 0, +θ about one axis).
+  """
+  from scipy.spatial.transform import Rotation
+
+  rng = np.random.default_rng(0)
+  mesh = rng.normal(0, 0.03, (778, 3))
+  same = predict_lib.hand_uncertainty(np.stack([mesh] * 3)[None])
+  single = predict_lib.hand_uncertainty(mesh[None, None])
+  for result in (same, single):
+    assert result['uncertainty'] == [0.0] and result['orientation_uncertainty_deg'] == [0.0]
+    np.testing.assert_allclose(result['vertex_uncertainty'], np.zeros((1, 778)), atol=1e-12)
+  turns = Rotation.from_rotvec(np.outer([-30.0, 0.0, 30.0], [0.0, 0.6, 0.8]), degrees=True)
+  turned = predict_lib.hand_uncertainty(np.stack([mesh @ m.T for m in turns.as_matrix()])[None])
+  assert turned['uncertainty'] == [0.0]
+  assert turned['orientation_uncertainty_deg'] == [pytest.approx(20.0, abs=1e-3)]
+  np.testing.assert_allclose(turned['vertex_uncertainty'], 0.0, atol=1e-9)
+  # A shape change shows up in `uncertainty`: a 5 mm bump on every vertex of one hypothesis.
+  bumped = np.stack([mesh, mesh + rng.normal(0, 0.005, mesh.shape)])[None]
+  assert predict_lib.hand_uncertainty(bumped)['uncertainty'][0] > 0.001
 
 
 def test_photos_without_any_hand_exit_2(workdir, tmp_path, capsys):

@@ -123,6 +123,46 @@ def per_sample_uncertainty(vertices: Any) -> np.ndarray:
   return per_vertex_std(vertices).mean(-1)
 
 
+# The per-image uncertainty scores `spread` computes; `UNCERTAINTY_SCORE` is the one reported as
+# `uncertainty` (in `predict` and results.json), chosen because it tracks the aligned error best
+# (docs/inference.md, "What the uncertainty means").
+UNCERTAINTY_SCORES = ('total', 'orientation', 'articulation')
+UNCERTAINTY_SCORE = 'articulation'
+
+
+def spread(vertices: Any, iterations: int = 3) -> dict[str, np.ndarray]:
+  """How K hypotheses disagree, split into global orientation and articulation: (B, K, N, 3) →
+
+    total                     (B,)    `per_sample_uncertainty`: the raw per-vertex spread, averaged
+    orientation               (B,)    radians, the mean angle of the rotation that rigidly aligns each
+                                      hypothesis to their aligned mean (`aligned_mean`)
+    articulation              (B,)    the mean over hypotheses and vertices of the distance that remains
+                                      after that rigid alignment (the unit of ``vertices``)
+    articulation_per_vertex   (B, N)  the root-mean-square over hypotheses of that distance, per vertex
+    aligned_mean              (B, N, 3) the aligned mean itself
+
+  Orientation spread is what an ambiguous view gives (palm or back?); articulation spread is doubt
+  about the hand's shape itself, which is what the aligned errors (PA-MPVPE) measure. All are 0 for K = 1.
+  """
+  vertices = _check_hypotheses('spread', vertices)
+  batch, num_hyp, num_vertices, _ = vertices.shape
+  mean = aligned_mean(vertices, iterations)
+  flat = vertices.reshape(batch * num_hyp, num_vertices, 3)
+  target = np.repeat(mean, num_hyp, axis=0)
+  rotation, translation = metrics.rigid_transform_batch(target, flat)
+  aligned = flat @ np.swapaxes(rotation, 1, 2) + translation[:, None]
+  cosine = np.clip((np.trace(rotation, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+  angle = np.arccos(cosine).reshape(batch, num_hyp)
+  residual = np.linalg.norm(aligned - target, axis=-1).reshape(batch, num_hyp, num_vertices)
+  return {
+      'total': per_sample_uncertainty(vertices),
+      'orientation': angle.mean(axis=1),
+      'articulation': residual.mean(axis=(1, 2)),
+      'articulation_per_vertex': np.sqrt(np.mean(np.square(residual), axis=1)),
+      'aligned_mean': mean,
+  }
+
+
 def _joints(vertices: np.ndarray, joint_regressor: Any) -> np.ndarray:
   regressor = np.asarray(joint_regressor, np.float64)
   if regressor.ndim != 2 or regressor.shape[1] != vertices.shape[-2]:
@@ -227,11 +267,13 @@ def summarize(
     aggregated      metrics.evaluate of the `method` aggregate (the keys of metrics.evaluate)
     oracle          the same metrics of the best-of-K hypothesis, chosen by `oracle_metric`
     first           the same metrics of hypothesis 0 alone (what a K = 1 run would report)
-    uncertainty_mm  mean per-sample uncertainty (per_sample_uncertainty), mm
+    uncertainty_score  which of `spread`'s scores is the uncertainty (`UNCERTAINTY_SCORE`)
+    uncertainty_mm  its mean over the images, mm
     spearman        {metric: rank correlation of per-sample uncertainty with that per-sample error}
+    spearman_by_score  {score: {'pa_mpvpe', 'mpvpe': rank correlation}} for every score of `spread`
     num_hypotheses, method, oracle_metric
-  and, under 'per_sample' (numpy arrays, not for JSON): uncertainty (B,) metres, the aggregate's
-  per-sample metrics, and the oracle's index.
+  and, under 'per_sample' (numpy arrays, not for JSON): uncertainty (B,) metres, every score of
+  `spread` (B,), the aggregate's per-sample metrics, and the oracle's index.
   """
   vertices = _check_hypotheses('summarize', vertices)
   mesh = aggregate(vertices, method)
@@ -242,10 +284,18 @@ def summarize(
   first = metrics.evaluate_per_sample(
       _joints(vertices[:, 0], joint_regressor), gt_joints, vertices[:, 0], gt_vertices
   )
-  uncertainty = per_sample_uncertainty(vertices)
+  scores = spread(vertices)
+  uncertainty = scores[UNCERTAINTY_SCORE]
   correlations = {
       key: uncertainty_error_correlation(uncertainty, per_sample[key])
       for key in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
+  }
+  by_score = {
+      name: {
+          key: uncertainty_error_correlation(scores[name], per_sample[key])
+          for key in ('pa_mpvpe', 'mpvpe')
+      }
+      for name in UNCERTAINTY_SCORES
   }
   return {
       'method': method,
@@ -254,10 +304,13 @@ def summarize(
       'aggregated': _means(per_sample),
       'oracle': _means(oracle['per_sample']),
       'first': _means(first),
+      'uncertainty_score': UNCERTAINTY_SCORE,
       'uncertainty_mm': float(uncertainty.mean() * 1000.0),
       'spearman': correlations,
+      'spearman_by_score': by_score,
       'per_sample': {
           'uncertainty': uncertainty,
+          'scores': {name: scores[name] for name in UNCERTAINTY_SCORES},
           'metrics': per_sample,
           'oracle_index': oracle['index'],
       },

@@ -8,7 +8,7 @@ It is a Gradio page over the library functions `predict` uses, with no inference
     hands in the photo's camera, optionally fits MANO (`mano.fit`), and writes NAME.png / NAME.json /
     NAME_handI.obj. This module then draws each hand's box, side and score over that overlay and
     converts each hand to a GLB (`mesh_io.write_glb`, vertex order kept, optionally coloured by the
-    per-vertex uncertainty) for the 3D viewer;
+    JSON's `vertex_uncertainty` through `render.uncertainty_colors`) for the 3D viewer;
   * a video goes through `video.reconstruct_video` (overlay.mp4 and one track_<id>.npz per hand).
 
 Bad uploads (not an image, no hand found, an image over `MAX_PIXELS`) become a message on the page; the
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from diffhand_jax.geometry import mesh_io
+from diffhand_jax.geometry import mesh_io, render
 from diffhand_jax.inference import predict as predict_lib
 
 INSTALL_HINT = 'pip install -e ".[app]"'
@@ -113,16 +113,6 @@ def check_photo(path: str) -> str | None:
         f'{MAX_PIXELS / 1e6:.0f}). Please scale it down.'
     )
   return None
-
-
-def uncertainty_colours(std: np.ndarray, scale: float | None = None) -> np.ndarray:
-  """(N, 4) uint8 RGBA: the per-vertex spread (metres) through matplotlib's 'inferno' map, 0 → dark,
-  `scale` (default: the largest spread, at least 1 mm) → bright."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-
-  std = np.asarray(std, np.float64)
-  top = scale if scale else max(float(std.max(initial=0.0)), 1e-3)
-  return (colormaps['inferno'](np.clip(std / top, 0.0, 1.0)) * 255).round().astype(np.uint8)
 
 
 def gltf_vertices(vertices: np.ndarray) -> np.ndarray:
@@ -237,9 +227,9 @@ def reconstruct_photo(
   for number, hand in enumerate(hands):
     obj_path = os.path.join(output_dir, hand['obj'])
     _, faces = mesh_io.read_obj(obj_path)
-    std = np.asarray(hand['uncertainty'], np.float64)
+    std = np.asarray(hand['vertex_uncertainty'], np.float64)
     colours = (
-        uncertainty_colours(std)
+        render.uncertainty_colors(std)
         if colour_by_uncertainty
         else np.tile(np.array(SKIN, np.uint8), (len(std), 1))
     )
@@ -251,7 +241,7 @@ def reconstruct_photo(
   summary = ', '.join(
       f'{n}: {h["hand_side"]}'
       + ('' if h.get('score') is None else f' (score {h["score"]:.2f})')
-      + f', spread {1000 * h["uncertainty_mean"]:.1f} mm'
+      + f', uncertainty {1000 * h["uncertainty"]:.1f} mm'
       for n, h in enumerate(hands)
   )
   message = f'{len(hands)} hand(s) in {seconds:.1f} s: {summary}.'

@@ -6,7 +6,8 @@ overlay of every hand on the original photo.
 * `to_photo`: a hand the model saw (mirrored when it is a left hand, docs/design.md §2) back into the
   photo: mesh and weak-perspective camera un-mirrored, then placed in the photo's camera frame with
   `crops.root_from_projection` and the crop's intrinsics (`crops.crop_intrinsics`);
-* `draw_hands`: every hand's camera-frame mesh rendered over the photo (optionally scaled down).
+* `draw_hands`: every hand's camera-frame mesh rendered over the photo (optionally scaled down, and
+  optionally coloured per vertex, e.g. by its uncertainty).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _FOCAL_PLANE_UNIT = 0xA210  # 2 inch, 3 cm, 4 mm, 5 µm
 _PIXEL_DIMENSIONS = (0xA002, 0xA003)  # the width and height the sensor resolution refers to
 _UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 _FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+# The overlay's flat mesh colour (albedo in [0, 1]; render.overlay's default).
+MESH_COLOR = (0.35, 0.6, 1.0)
 
 
 def _positive(value: Any) -> float | None:
@@ -155,11 +158,14 @@ def draw_hands(
     K: np.ndarray,
     max_size: int = 0,
     alpha: float = 0.6,
+    colors: Sequence[np.ndarray | None] | None = None,
 ) -> np.ndarray:
   """Every hand's shaded mesh over the photo (H, W, 3) uint8, z-buffered together.
 
   meshes: [(vertices (N, 3) in the photo's camera frame, faces (F, 3))]; K: the photo's intrinsics.
   max_size > 0 scales the photo down (never up) so that its longer side is at most max_size pixels.
+  colors: optional, one per mesh: (N, 3) per-vertex albedo in [0, 1] (e.g. `render.uncertainty_colors`),
+  or None for the flat mesh colour.
   """
   from PIL import Image
 
@@ -173,15 +179,27 @@ def draw_hands(
     scale_x, scale_y = size[0] / width, size[1] / height
   if not meshes:
     return image.copy()
-  vertices, faces, offset = [], [], 0
-  for mesh_vertices, mesh_faces in meshes:
+  if colors is not None and len(colors) != len(meshes):
+    raise ValueError(f'draw_hands: {len(colors)} colour arrays for {len(meshes)} meshes')
+  vertices, faces, albedo, offset = [], [], [], 0
+  for number, (mesh_vertices, mesh_faces) in enumerate(meshes):
     vertices.append(np.asarray(mesh_vertices, np.float64))
     faces.append(np.asarray(mesh_faces, np.int64) + offset)
     offset += len(mesh_vertices)
+    color = None if colors is None else colors[number]
+    # Hands without colours keep the flat colour, so the meshes can still be drawn in one z-buffer.
+    albedo.append(
+        np.broadcast_to(MESH_COLOR, (len(mesh_vertices), 3))
+        if color is None
+        else np.asarray(color, np.float64)
+    )
+  coloured = colors is not None and any(color is not None for color in colors)
   return render.overlay(
       image,
       np.concatenate(vertices),
       np.concatenate(faces),
       scaled_intrinsics(K, scale_x, scale_y),
       alpha=alpha,
+      color=MESH_COLOR,
+      vertex_colors=np.concatenate(albedo) if coloured else None,
   )

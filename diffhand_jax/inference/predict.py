@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from diffhand_jax.geometry import conventions, mesh_io, render
+from diffhand_jax.geometry import conventions, hypotheses, mesh_io, render
 from diffhand_jax.runs import files
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -229,6 +229,30 @@ def _rounded(array: Any) -> Any:
   return np.round(np.asarray(array, np.float64), 6).tolist()
 
 
+def hand_uncertainty(vertices: np.ndarray) -> dict[str, Any]:
+  """The uncertainty `predict` writes per hand, from its K hypotheses (M, K, N, 3) in metres (mirroring
+  a left hand changes none of it):
+
+    uncertainty                  [M] floats, metres: `hypotheses.spread`'s `UNCERTAINTY_SCORE`, the
+                                 mean distance left after rigidly aligning each hypothesis to their
+                                 aligned mean (articulation, not orientation)
+    vertex_uncertainty           (M, N) metres, its per-vertex form (`articulation_per_vertex`)
+    orientation_uncertainty_deg  [M] floats, degrees: the mean angle of those rigid alignments
+
+  All 0 for K = 1.
+  """
+  scores = hypotheses.spread(vertices)
+  # Rounded like the JSON's arrays: K = 1 (or identical hypotheses) leaves ~1e-16 m of float noise,
+  # and ~1e-6 degrees from arccos near 1; rounding makes those the 0 they are.
+  return {
+      'uncertainty': [round(float(u), 6) for u in scores[hypotheses.UNCERTAINTY_SCORE]],
+      'vertex_uncertainty': scores['articulation_per_vertex'],
+      'orientation_uncertainty_deg': [
+          round(float(np.degrees(a)), 3) for a in scores['orientation']
+      ],
+  }
+
+
 def find_hands(
     image: np.ndarray,
     name: str,
@@ -364,6 +388,7 @@ def predict_folder(
     focal: float | None = None,
     fit_mano: bool = False,
     min_hand_score: float = 0.5,
+    color_by_uncertainty: bool = False,
 ) -> dict[str, Any]:
   """Runs the model over a folder of photos; returns {'written': [names], 'failed': {name: reason},
   'no_hands': [names]}.
@@ -372,7 +397,9 @@ def predict_folder(
   `detect(image)` (inference/detection.py's HandDetector). Photos named in `boxes` are not searched.
   focal: the focal length in pixels for every photo (else EXIF, else render.default_focal).
   overrides: changes to the run's config (`overrides.apply_overrides`), e.g. the --config flag's value.
-  steps / eta, when not None, take precedence over config.model.sampling_steps / eta. Raises InputError
+  steps / eta, when not None, take precedence over config.model.sampling_steps / eta.
+  color_by_uncertainty: colour each hand in NAME.png by its `vertex_uncertainty` (`hand_uncertainty`),
+  one scale per photo, instead of the flat mesh colour. Raises InputError
   for bad arguments or input files, FileNotFoundError when `workdir` holds no trained run.
   """
   import jax
@@ -485,6 +512,7 @@ def predict_folder(
       images, jax.random.PRNGKey(seed), method=method, tta_config=tta_config, progress=report
   )
   joints = conventions.regress_joints(out['vertices'], topology.joint_regressor)
+  uncertainty = hand_uncertainty(out['hypotheses'])
   placed = [
       full_frame.to_photo(
           out['vertices'][i],
@@ -514,6 +542,7 @@ def predict_folder(
       box_scale=box_scale,
       detector=getattr(detector, 'name', type(detector).__name__) if detector else 'none',
       min_hand_score=min_hand_score,
+      color_by_uncertainty=bool(color_by_uncertainty),
       workdir=os.path.abspath(workdir),
       tta=None
       if tta_config is None
@@ -552,15 +581,22 @@ def predict_folder(
           'root': _rounded(where['root']),
           'joints_camera': _rounded(where['joints'] + where['root']),
           'vertices_camera': _rounded(where['vertices_camera']),
-          'uncertainty': _rounded(out['vertex_std'][i]),
-          'uncertainty_mean': float(out['vertex_std'][i].mean()),
+          'uncertainty': uncertainty['uncertainty'][i],
+          'vertex_uncertainty': _rounded(uncertainty['vertex_uncertainty'][i]),
+          'orientation_uncertainty_deg': uncertainty['orientation_uncertainty_deg'][i],
           'camera': [float(c) for c in where['camera']],
           'obj': obj_name,
       }
       if parameters is not None:
         record['mano'] = parameters[i]
       records.append(record)
-    overlay = full_frame.draw_hands(photo['image'], meshes, photo['K'], overlay_size)
+    colors = None
+    if color_by_uncertainty:
+      per_vertex = [uncertainty['vertex_uncertainty'][i] for i in rows]
+      # One scale per photo, so that its hands can be compared by colour.
+      scale = max(max(float(v.max()) for v in per_vertex), 1e-3)
+      colors = [render.uncertainty_colors(v, scale)[:, :3] / 255.0 for v in per_vertex]
+    overlay = full_frame.draw_hands(photo['image'], meshes, photo['K'], overlay_size, colors=colors)
     files.atomic_write(
         os.path.join(output_dir, f'{stem}.png'),
         lambda tmp, image=overlay: mesh_io.write_image(tmp, image, 'PNG'),
