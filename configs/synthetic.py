@@ -51,5 +51,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_hypotheses = 4
   config.eval.aggregate = 'aligned_mean'
   config.eval.batch_size = 20  # x 4 hypotheses; faster per image on a CPU than larger batches
-  config.eval.num_export = 4
+  config.eval.num_export = 12  # the rows of export/step_N/contact_sheet.png
   return config

@@ -242,3 +242,126 @@ def test_coverage_mask_contains_every_projected_vertex_and_dense_samples():
   assert np.all(covered[touched])
   # And it is only a thin rim larger than that.
   assert covered.sum() <= touched.sum() + 2 * np.sqrt(touched.sum()) * 4
+
+
+def test_upscaled_intrinsics_follow_the_pixel_centre_convention():
+  # Native u maps to f * (u + 0.5) - 0.5: with f = 3, the principal point 16 goes to 49, the focal 100
+  # to 300, and a point projecting to (2, 12) natively projects to (7, 37).
+  np.testing.assert_allclose(
+      render.upscaled_intrinsics(K, 3), [[300.0, 0.0, 49.0], [0.0, 300.0, 49.0], [0.0, 0.0, 1.0]]
+  )
+  point = unproject([[2.0, 12.0]], 0.7)
+  np.testing.assert_allclose(
+      render.project(point, render.upscaled_intrinsics(K, 3)), [[7.0, 37.0]], atol=1e-9
+  )
+  with pytest.raises(ValueError, match='K must be'):
+    render.upscaled_intrinsics(np.eye(4), 2)
+
+
+def test_upscale_image_samples_pixel_centres_like_the_intrinsics():
+  # One bright pixel at (row 5, col 7); x4 bilinear puts its centre at 4 * 7.5 - 0.5 = 29.5 (cols 29
+  # and 30, each 0.125 native px away, weight 0.875) and 4 * 5.5 - 0.5 = 21.5 (rows 21 and 22).
+  image = np.zeros((8, 10, 3), np.uint8)
+  image[5, 7] = 200
+  big = render.upscale_image(image, 4)
+  assert big.shape == (32, 40, 3)
+  brightest = np.argwhere(big[..., 0] == big[..., 0].max())
+  np.testing.assert_array_equal(brightest, [[21, 29], [21, 30], [22, 29], [22, 30]])
+  assert big[21, 29, 0] == pytest.approx(200 * 0.875**2, abs=1)
+
+
+def test_overlay_upscaled_draws_the_mesh_where_the_native_overlay_does():
+  # Natively the triangle's corners are at (2.1, 2.1), (12.1, 2.1), (2.1, 12.1). At 256 px (x8) they
+  # are at 8 * (2.1 + 0.5) - 0.5 = 20.3 and 8 * 12.6 - 0.5 = 100.3, so the pixel centres inside are
+  # cols >= 21, rows >= 21 and row + col <= 120.6.
+  vertices = unproject([[2.1, 2.1], [12.1, 2.1], [2.1, 12.1]], 1.0)
+  faces = np.array([[0, 1, 2]])
+  black = np.zeros((32, 32, 3), np.uint8)
+  big = render.overlay_upscaled(black, vertices, faces, K, min_size=256, alpha=1.0)
+  assert big.shape == (256, 256, 3)
+  rows, cols = np.mgrid[0:256, 0:256]
+  expected = (cols >= 21) & (rows >= 21) & (rows + cols <= 120)
+  np.testing.assert_array_equal(big.any(axis=-1), expected)
+  # Box-filtered back to 32 px, it covers the native render's pixels but for a few on its edges.
+  native = render.overlay(black, vertices, faces, K, alpha=1.0).any(axis=-1)
+  down = render.downsample(big.any(axis=-1)[..., None].astype(float), 8)[..., 0] > 0.5
+  assert np.sum(down != native) <= 4 and native.sum() > 40
+  # An image already min_size px on its short side is drawn at its own size.
+  assert render.overlay_upscaled(black, vertices, faces, K, min_size=32).shape == (32, 32, 3)
+  with pytest.raises(ValueError, match='min_size'):
+    render.overlay_upscaled(black, vertices, faces, K, min_size=0)
+
+
+def test_overlay_uses_vertex_colors():
+  grey = np.full((32, 32, 3), 100, np.uint8)
+  vertices = unproject([[2, 2], [12, 2], [2, 12]], 1.0)
+  faces = np.array([[0, 1, 2]])
+  red = np.tile([1.0, 0.0, 0.0], (3, 1))
+  drawn = render.overlay(grey, vertices, faces, K, alpha=1.0, vertex_colors=red)
+  mask = render.rasterize(vertices, faces, K, (32, 32))['mask']
+  assert mask.sum() > 40
+  assert np.all(drawn[mask][:, 1:] == 0) and np.all(drawn[mask][:, 0] > 0)
+  np.testing.assert_array_equal(drawn[~mask], grey[~mask])
+  flat = render.overlay(grey, vertices, faces, K, alpha=1.0)  # the default blue has green in it
+  assert np.all(flat[mask][:, 1] > 0)
+  with pytest.raises(ValueError, match='vertex_colors'):
+    render.overlay(grey, vertices, faces, K, vertex_colors=red[:2])
+
+
+def _panel_fixture():
+  image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  unit, faces = icosphere(1)
+  prediction = unit * 0.05 + [0.02, 0.0, 1.0]
+  truth = unit * 0.05 + [-0.02, 0.0, 1.0]
+  k64 = render.intrinsics(400.0, (64, 64))
+  return image, prediction, truth, faces, k64
+
+
+def test_panel_row_puts_input_prediction_and_truth_side_by_side():
+  image, prediction, truth, faces, k64 = _panel_fixture()
+  row = render.panel_row(image, prediction, faces, k64, truth)
+  label, gap = render.LABEL_HEIGHT, render.PANEL_GAP
+  assert row.shape == (label + 256, 3 * 256 + 2 * gap, 3)  # 64 px upscaled x4 per panel
+  panels = [row[label:, i * (256 + gap) : i * (256 + gap) + 256] for i in range(3)]
+  np.testing.assert_array_equal(panels[0], render.upscale_image(image, 4))
+  np.testing.assert_array_equal(
+      panels[1],
+      render.overlay_upscaled(image, prediction, faces, k64, color=render.PREDICTION_COLOR),
+  )
+  np.testing.assert_array_equal(
+      panels[2], render.overlay_upscaled(image, truth, faces, k64, color=render.TRUTH_COLOR)
+  )
+  assert len(np.unique(row[:label, :256].reshape(-1, 3), axis=0)) > 1  # the label is drawn
+  captioned = render.panel_row(image, prediction, faces, k64, truth, caption='PA-MPVPE 12.3 mm')
+  assert captioned.shape == (2 * label + 256, 3 * 256 + 2 * gap, 3)
+  np.testing.assert_array_equal(captioned[: label + 256], row)
+
+
+def test_panel_row_without_truth_has_two_panels():
+  image, prediction, truth, faces, k64 = _panel_fixture()
+  row = render.panel_row(image, prediction, faces, k64, caption='0003')
+  assert row.shape == (2 * render.LABEL_HEIGHT + 256, 2 * 256 + render.PANEL_GAP, 3)
+  grey = render.panel_row(image[..., 0], prediction, faces, k64, min_size=100)
+  assert grey.shape == (render.LABEL_HEIGHT + 128, 2 * 128 + render.PANEL_GAP, 3)  # x2 reaches 100
+  with pytest.raises(ValueError, match='truth must be'):
+    render.panel_row(image, prediction, faces, k64, truth[:10])
+  with pytest.raises(ValueError, match='image must be'):
+    render.panel_row(image[..., :2], prediction, faces, k64)
+
+
+def test_contact_sheet_tiles_rows_in_a_grid():
+  rows = [np.full((30, 50, 3), 10 * (i + 1), np.uint8) for i in range(5)]
+  rows.append(np.full((40, 20, 3), 200, np.uint8))
+  sheet = render.contact_sheet(rows, columns=2, gap=8)
+  # 6 rows, 2 per line: 3 lines of cells 40 x 50 px, 8 px apart and from the edges.
+  assert sheet.shape == (3 * 40 + 4 * 8, 2 * 50 + 3 * 8, 3)
+  np.testing.assert_array_equal(sheet[8:38, 8:58], rows[0])
+  np.testing.assert_array_equal(sheet[8:38, 66:116], rows[1])
+  np.testing.assert_array_equal(sheet[56:86, 66:116], rows[3])
+  np.testing.assert_array_equal(sheet[104:144, 66:86], rows[5])
+  assert render.contact_sheet(rows[:1], columns=2, gap=0).shape == (30, 50, 3)
+  assert render.contact_sheet(rows, columns=1, gap=0).shape == (6 * 40, 50, 3)
+  with pytest.raises(ValueError, match='at least one'):
+    render.contact_sheet([])
+  with pytest.raises(ValueError, match='row 1'):
+    render.contact_sheet([rows[0], rows[0][..., 0]])

@@ -4,6 +4,7 @@ end-to-end run of main's training function with resume."""
 import json
 import os
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,61 @@ def test_resize_keeps_projection_consistent():
   np.testing.assert_allclose(after, (before + 0.5) * 2 - 0.5, atol=1e-9)
 
 
+def test_export_writes_meshes_panel_rows_and_a_contact_sheet(tmp_path, monkeypatch):
+  from PIL import Image
+
+  from diffhand_jax.geometry import render
+  from diffhand_jax.training import evaluation
+
+  arrays = _fake_split(4)  # 8 px images: right, left, right (no 3D truth), left
+  arrays['has_3d'][2] = False
+  batch = input_pipeline.prepare_batch(arrays, vertex_scale=1.0)
+  # A prediction 1 cm off the truth, root-relative in the mirrored frame as predict_split returns it.
+  prediction = {'vertices': batch['vertices'] + np.array([0.01, 0.0, 0.0], np.float32)}
+  per_sample = {'pa_mpvpe': np.array([12.34, 5.0, 7.0, 8.0]), 'mpvpe': np.array([40.12, 1, 2, 3])}
+  topology = types.SimpleNamespace(faces=np.arange(777).reshape(259, 3))
+  calls, panel_row = [], render.panel_row
+
+  def recording_panel_row(image, prediction, faces, K, truth=None, **kwargs):
+    calls.append((prediction, truth, kwargs['caption']))
+    return panel_row(image, prediction, faces, K, truth, **kwargs)
+
+  monkeypatch.setattr(render, 'panel_row', recording_panel_row)
+  evaluation.export_examples(tmp_path, prediction, arrays, topology, 3, per_sample)
+  assert sorted(os.listdir(tmp_path)) == [
+      '0000.obj',
+      '0000.png',
+      '0001.obj',
+      '0001.png',
+      '0002.obj',
+      '0002.png',
+      'contact_sheet.png',
+  ]
+  # The truth is drawn where the split has it, in each image's own camera frame (left hands mirrored
+  # back); the prediction is placed at the true wrist the same way.
+  for i, (pred, truth, caption) in enumerate(calls):
+    if i == 2:
+      assert truth is None and caption == '0002'
+      continue
+    np.testing.assert_allclose(truth, arrays['vertices_3d'][i], atol=1e-6)
+    sign = -1.0 if arrays['hand_side'][i] == 'left' else 1.0
+    np.testing.assert_allclose(
+        pred - truth, np.broadcast_to([sign * 0.01, 0, 0], pred.shape), atol=1e-6
+    )
+  assert calls[0][2] == '0000 \u00b7 PA-MPVPE 12.3 mm \u00b7 MPVPE 40.1 mm'
+  # 8 px images are drawn x32: rows of 3 panels (2 without truth) under labels, over a caption.
+  label, gap = render.LABEL_HEIGHT, render.PANEL_GAP
+  row_shapes = [np.asarray(Image.open(tmp_path / f'{i:04d}.png')).shape for i in range(3)]
+  assert row_shapes[0] == row_shapes[1] == (2 * label + 256, 3 * 256 + 2 * gap, 3)
+  assert row_shapes[2] == (2 * label + 256, 2 * 256 + gap, 3)
+  sheet = np.asarray(Image.open(tmp_path / 'contact_sheet.png'))
+  # Two rows per line, 8 px apart and from the edges: 2 lines of the largest row's size.
+  assert sheet.shape == (2 * row_shapes[0][0] + 3 * 8, 2 * row_shapes[0][1] + 3 * 8, 3)
+  # Other callers keep working without the errors.
+  evaluation.export_examples(tmp_path / 'plain', prediction, arrays, topology, 1)
+  assert sorted(os.listdir(tmp_path / 'plain')) == ['0000.obj', '0000.png', 'contact_sheet.png']
+
+
 def _tiny_config(data_dir):
   config = tiny_config(
       data_dir
@@ -174,7 +230,11 @@ def test_train_writes_metrics_results_checkpoints_and_exports(trained):
     assert 0 < perf['perf/mfu'] < 1 and 0 <= perf['perf/input_wait_fraction'] <= 1
   assert os.listdir(workdir / 'tensorboard')  # clu's writer
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
-  assert sorted(os.listdir(workdir / 'export' / 'step_4')) == ['0000.obj', '0000.png']
+  assert sorted(os.listdir(workdir / 'export' / 'step_4')) == [
+      '0000.obj',
+      '0000.png',
+      'contact_sheet.png',
+  ]
   assert (workdir / 'config.json').exists()
 
 

@@ -12,6 +12,10 @@ inside the triangle (edge functions), and resolves visibility with one lexicogra
 
 Limits: faces with a vertex at z <= `near` are dropped, not clipped; there is no anti-aliasing (render at
 a multiple of the size and downsample, as the synthetic-hands builder does, if you want it).
+
+For people to look at, `overlay_upscaled` draws a mesh over an image enlarged by an integer factor,
+`panel_row` puts input | prediction | ground truth side by side with labels, and `contact_sheet` stacks
+such rows into one picture (evaluation's export writes both).
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ __all__ = [
     'coverage_mask',
     'render',
     'overlay',
+    'uncertainty_colors',
+    'upscaled_intrinsics',
+    'upscale_image',
+    'overlay_upscaled',
+    'panel_row',
+    'contact_sheet',
     'downsample',
 ]
 
@@ -339,6 +349,7 @@ def overlay(
     K: np.ndarray,
     alpha: float = 0.5,
     color: Sequence[float] = (0.35, 0.6, 1.0),
+    vertex_colors: np.ndarray | None = None,
 ) -> np.ndarray:
   """Blends a shaded mesh over an image, e.g. a predicted hand over its input crop.
 
@@ -347,6 +358,7 @@ def overlay(
     vertices: (V, 3) metres in the image's camera frame; faces (F, 3); K (3, 3) for this image.
     alpha: opacity of the mesh.
     color: albedo of the mesh in [0, 1].
+    vertex_colors: optional (V, 3) per-vertex albedo in [0, 1], used instead of `color`.
 
   Returns:
     uint8 (H, W, 3).
@@ -359,11 +371,256 @@ def overlay(
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f'overlay: alpha must be in [0, 1], got {alpha}')
   image = image.astype(np.uint8)
-  drawn = render(vertices, faces, K, image.shape[:2], base_color=color, ambient=0.3)
+  drawn = render(
+      vertices,
+      faces,
+      K,
+      image.shape[:2],
+      vertex_colors=vertex_colors,
+      base_color=color,
+      ambient=0.3,
+  )
   blended = image.astype(np.float64)
   mask = drawn['mask']
   blended[mask] = (1.0 - alpha) * blended[mask] + alpha * drawn['rgb'][mask]
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def uncertainty_colors(std: np.ndarray, scale: float | None = None) -> np.ndarray:
+  """(N, 4) uint8 RGBA: a per-vertex uncertainty (N,) in metres through matplotlib's 'inferno' map,
+  0 → dark, `scale` (default: the largest value, at least 1 mm) → bright.
+
+  The one colour map for uncertainty: the web app's 3D viewer and `predict --color_by_uncertainty`.
+  """
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+
+  std = np.asarray(std, np.float64)
+  # The 1 mm floor keeps a near-certain hand dark instead of stretching noise over the whole map.
+  top = scale if scale else max(float(std.max(initial=0.0)), 1e-3)
+  return (colormaps['inferno'](np.clip(std / top, 0.0, 1.0)) * 255).round().astype(np.uint8)
+
+
+PREDICTION_COLOR = (0.35, 0.6, 1.0)  # blue: `overlay`'s default
+TRUTH_COLOR = (0.35, 0.9, 0.35)  # green
+LABEL_HEIGHT = 20  # px: the strip above each panel that names it, and the caption strip below a row
+PANEL_GAP = 4  # px between the panels of a row
+_FONT_SIZE = 13
+_ROW_BACKGROUND = (40, 40, 40)
+_SHEET_BACKGROUND = (16, 16, 16)
+
+
+def upscaled_intrinsics(K: np.ndarray, factor: float) -> np.ndarray:
+  """K (3, 3) of the same camera sampling an image `factor` times larger per axis.
+
+  Pixel centres are at integers, so native pixel coordinate u maps to factor * (u + 0.5) - 0.5 (pixel j's
+  square [j - 0.5, j + 0.5] becomes the factor pixels [factor * j, factor * (j + 1) - 1]): the focal
+  lengths scale by `factor` and the principal point as a pixel coordinate. Used to render at a multiple
+  of the size and box-filter back down (`downsample`), and to draw over an upscaled image.
+  """
+  K = np.asarray(K, dtype=np.float64)
+  if K.shape != (3, 3):
+    raise ValueError(f'upscaled_intrinsics: K must be (3, 3), got {K.shape}')
+  if not factor > 0:
+    raise ValueError(f'upscaled_intrinsics: factor must be positive, got {factor}')
+  scaled = K.copy()
+  scaled[:2, :2] *= factor
+  scaled[:2, 2] = factor * (K[:2, 2] + 0.5) - 0.5
+  return scaled
+
+
+def _as_rgb(image: np.ndarray, caller: str) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) <= 0:
+    raise ValueError(f'{caller}: image must be (H, W, 3) or (H, W), got {image.shape}')
+  return image.astype(np.uint8)
+
+
+def _upscale_factor(image_size: Sequence[int], min_size: int) -> int:
+  """The smallest integer factor >= 1 that makes the short side of an (H, W) image >= min_size."""
+  if int(min_size) != min_size or min_size <= 0:
+    raise ValueError(f'min_size must be a positive integer, got {min_size}')
+  return max(1, -(-int(min_size) // int(min(image_size))))
+
+
+def upscale_image(image: np.ndarray, factor: int) -> np.ndarray:
+  """Enlarges uint8 (H, W, 3) (or (H, W), made RGB) to (H * factor, W * factor, 3) by bilinear
+  interpolation. PIL samples pixel centres at integers, the convention `upscaled_intrinsics` scales K by,
+  so a mesh drawn with the upscaled K lands on the same image content as at the native size."""
+  image = _as_rgb(image, 'upscale_image')
+  if int(factor) != factor or factor < 1:
+    raise ValueError(f'upscale_image: factor must be an integer >= 1, got {factor}')
+  if factor == 1:
+    return image
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  height, width = image.shape[:2]
+  big = Image.fromarray(image).resize((width * int(factor), height * int(factor)), Image.BILINEAR)
+  return np.asarray(big)
+
+
+def overlay_upscaled(
+    image: np.ndarray,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    *,
+    min_size: int = 256,
+    alpha: float = 0.5,
+    color: Sequence[float] = PREDICTION_COLOR,
+    vertex_colors: np.ndarray | None = None,
+) -> np.ndarray:
+  """`overlay` at a size a person can see: the image is enlarged by f, the smallest integer with
+  min(H, W) * f >= min_size (1 if it already is), and the mesh is rasterised at that size with K scaled
+  by `upscaled_intrinsics`, so its edges are sharp rather than the input's pixels.
+
+  Args:
+    image: uint8 (H, W, 3) or (H, W).
+    vertices: (V, 3) metres in the image's camera frame; faces (F, 3); K (3, 3) for the native image.
+    min_size: the smallest short side of the result, pixels.
+    alpha, color, vertex_colors: as in `overlay`.
+
+  Returns:
+    uint8 (H * f, W * f, 3).
+  """
+  image = _as_rgb(image, 'overlay_upscaled')
+  factor = _upscale_factor(image.shape[:2], min_size)
+  return overlay(
+      upscale_image(image, factor),
+      vertices,
+      faces,
+      upscaled_intrinsics(K, factor),
+      alpha=alpha,
+      color=color,
+      vertex_colors=vertex_colors,
+  )
+
+
+def _font():
+  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
+
+  try:
+    return ImageFont.load_default(size=_FONT_SIZE)
+  except TypeError:  # Pillow < 10.1 has only the small bitmap font
+    return ImageFont.load_default()
+
+
+def _text_strip(width: int, text: str, color: Sequence[int]) -> np.ndarray:
+  """uint8 (LABEL_HEIGHT, width, 3): `text` in PIL's default font on the row background."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+
+  strip = Image.new('RGB', (width, LABEL_HEIGHT), _ROW_BACKGROUND)
+  ImageDraw.Draw(strip).text((4, 2), text, fill=tuple(int(c) for c in color), font=_font())
+  return np.asarray(strip)
+
+
+def _to_rgb255(color: Sequence[float]) -> tuple[int, ...]:
+  return tuple(int(round(255 * min(max(c, 0.0), 1.0))) for c in color)
+
+
+def panel_row(
+    image: np.ndarray,
+    prediction: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    truth: np.ndarray | None = None,
+    *,
+    caption: str | None = None,
+    min_size: int = 256,
+    alpha: float = 0.5,
+    prediction_color: Sequence[float] = PREDICTION_COLOR,
+    truth_color: Sequence[float] = TRUTH_COLOR,
+) -> np.ndarray:
+  """Input | prediction over the input | ground truth over the input, side by side, labelled.
+
+  Every panel is the image enlarged as in `overlay_upscaled` to (H * f, W * f), under a LABEL_HEIGHT px
+  strip naming it ('input', 'prediction', 'ground truth', the labels in the meshes' colours); panels are
+  PANEL_GAP px apart. With `caption` (e.g. the image's errors), a LABEL_HEIGHT px strip under the row
+  holds it.
+
+  Args:
+    image: uint8 (H, W, 3) or (H, W).
+    prediction: (V, 3) metres, the image's camera frame (OpenCV).
+    faces: (F, 3) integer, the topology of both meshes.
+    K: (3, 3) intrinsics of the native image.
+    truth: optional (V, 3) metres, same frame and topology; without it the row has two panels.
+    caption: optional text under the row.
+    min_size: the smallest short side of a panel, pixels.
+    alpha: opacity of the meshes.
+    prediction_color, truth_color: albedos in [0, 1].
+
+  Returns:
+    uint8 (LABEL_HEIGHT + H * f [+ LABEL_HEIGHT with a caption], n * W * f + (n - 1) * PANEL_GAP, 3)
+    with n = 3 panels given `truth`, else 2.
+  """
+  image = _as_rgb(image, 'panel_row')
+  prediction = _as_points(prediction, 'prediction')
+  if prediction.ndim != 2:
+    raise ValueError(f'panel_row: prediction must be (V, 3), got {prediction.shape}')
+  if truth is not None:
+    truth = _as_points(truth, 'truth')
+    if truth.shape != prediction.shape:
+      raise ValueError(
+          f'panel_row: truth must be (V, 3) like the prediction {prediction.shape}, got {truth.shape}'
+      )
+  factor = _upscale_factor(image.shape[:2], min_size)
+  big = upscale_image(image, factor)
+  big_K = upscaled_intrinsics(K, factor)
+  panels = [('input', (220, 220, 220), big)]
+  for label, vertices, color in (
+      ('prediction', prediction, prediction_color),
+      ('ground truth', truth, truth_color),
+  ):
+    if vertices is not None:
+      drawn = overlay(big, vertices, faces, big_K, alpha=alpha, color=color)
+      panels.append((label, _to_rgb255(color), drawn))
+  height, width = big.shape[:2]
+  row_width = len(panels) * width + (len(panels) - 1) * PANEL_GAP
+  row = np.empty((LABEL_HEIGHT + height, row_width, 3), np.uint8)
+  row[:] = _ROW_BACKGROUND
+  for index, (label, label_color, picture) in enumerate(panels):
+    left = index * (width + PANEL_GAP)
+    row[:LABEL_HEIGHT, left : left + width] = _text_strip(width, label, label_color)
+    row[LABEL_HEIGHT:, left : left + width] = picture
+  if caption is not None:
+    row = np.concatenate([row, _text_strip(row_width, caption, (235, 235, 235))], axis=0)
+  return row
+
+
+def contact_sheet(rows: Sequence[np.ndarray], *, columns: int = 2, gap: int = 8) -> np.ndarray:
+  """Tiles rows (uint8 (h_i, w_i, 3), e.g. from `panel_row`) into one picture, in reading order.
+
+  Each row sits at the top left of a cell of the largest row's size (h, w); cells are `gap` px apart and
+  from the edge. With N rows, c = min(columns, N) per line and L = ceil(N / c) lines.
+
+  Returns:
+    uint8 (L * h + (L + 1) * gap, c * w + (c + 1) * gap, 3).
+  """
+  if len(rows) == 0:
+    raise ValueError('contact_sheet: needs at least one row')
+  if int(columns) != columns or columns < 1:
+    raise ValueError(f'contact_sheet: columns must be an integer >= 1, got {columns}')
+  if int(gap) != gap or gap < 0:
+    raise ValueError(f'contact_sheet: gap must be an integer >= 0, got {gap}')
+  rows = [np.asarray(row) for row in rows]
+  for index, row in enumerate(rows):
+    if row.ndim != 3 or row.shape[-1] != 3:
+      raise ValueError(f'contact_sheet: row {index} must be (h, w, 3), got {row.shape}')
+  columns, gap = min(int(columns), len(rows)), int(gap)
+  lines = -(-len(rows) // columns)
+  cell_height = max(row.shape[0] for row in rows)
+  cell_width = max(row.shape[1] for row in rows)
+  sheet = np.empty(
+      (lines * cell_height + (lines + 1) * gap, columns * cell_width + (columns + 1) * gap, 3),
+      np.uint8,
+  )
+  sheet[:] = _SHEET_BACKGROUND
+  for index, row in enumerate(rows):
+    top = gap + (index // columns) * (cell_height + gap)
+    left = gap + (index % columns) * (cell_width + gap)
+    sheet[top : top + row.shape[0], left : left + row.shape[1]] = row.astype(np.uint8)
+  return sheet
 
 
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:

@@ -88,21 +88,50 @@ def mean_mesh_baseline(
 
 
 def export_examples(
-    directory, prediction, arrays, topology: hand_model.HandTopology, count: int
+    directory,
+    prediction,
+    arrays,
+    topology: hand_model.HandTopology,
+    count: int,
+    per_sample: dict[str, np.ndarray] | None = None,
 ) -> None:
   """Writes the first ``count`` predictions as .obj meshes (camera frame, placed at the ground-truth
-  wrist, since the model predicts root-relative shape) and overlays on their input images."""
+  wrist, since the model predicts root-relative shape), ``NNNN.png`` rows of input | prediction | ground
+  truth over the input (render.panel_row, >= 256 px per panel; no truth panel where has_3d is false),
+  and ``contact_sheet.png`` with all the rows.
+
+  prediction['vertices']: (M, 778, 3) root-relative metres in the mirrored model frame; arrays: the
+  split's raw arrays; per_sample: optional (M,) arrays in mm keyed 'pa_mpvpe', 'mpvpe', ... (from
+  metrics.evaluate_per_sample), whose values caption each row.
+  """
   os.makedirs(directory, exist_ok=True)
   faces = np.asarray(topology.faces)
+  rows = []
   for i in range(min(count, len(prediction['vertices']))):
     raw = {k: v[i : i + 1] for k, v in arrays.items()}
     batch = input_pipeline.prepare_batch(raw, vertex_scale=1.0)
+    # Both meshes are root-relative in the mirrored frame: place them at the (mirrored) true wrist.
     vertices = prediction['vertices'][i] + batch['wrist'][0]
+    truth = batch['vertices'][0] + batch['wrist'][0] if batch['has_3d'][0] else None
     if batch['is_left'][0]:  # back to the left hand's own frame
       vertices = vertices * np.array([-1.0, 1.0, 1.0])
+      truth = None if truth is None else truth * np.array([-1.0, 1.0, 1.0])
     mesh_io.write_obj(os.path.join(directory, f'{i:04d}.obj'), vertices, faces)
-    image = render.overlay(arrays['image'][i], vertices, faces, arrays['K'][i])
-    mesh_io.write_image(os.path.join(directory, f'{i:04d}.png'), image)
+    caption = f'{i:04d}'
+    if per_sample is not None and truth is not None:
+      caption += (
+          f' \u00b7 PA-MPVPE {per_sample["pa_mpvpe"][i]:.1f} mm'
+          f' \u00b7 MPVPE {per_sample["mpvpe"][i]:.1f} mm'
+      )
+    row = render.panel_row(
+        arrays['image'][i], vertices, faces, arrays['K'][i], truth, caption=caption
+    )
+    mesh_io.write_image(os.path.join(directory, f'{i:04d}.png'), row)
+    rows.append(row)
+  if rows:
+    mesh_io.write_image(
+        os.path.join(directory, 'contact_sheet.png'), render.contact_sheet(rows, columns=2)
+    )
 
 
 def _process_local(params):
@@ -155,6 +184,10 @@ def run_evaluation(
       prediction['gt_vertices'],
   )
   results = {key: float(np.mean(value)) for key, value in per_sample.items()}
+  palm_facing = metrics.palm_facing_per_sample(
+      conventions.regress_joints(prediction['vertices'], W), prediction['gt_joints']
+  )
+  results['palm_facing_agreement'] = float(np.mean(palm_facing))
   baseline = mean_mesh_baseline(
       input_pipeline.mean_mesh_example(train_arrays),
       prediction,
@@ -173,6 +206,7 @@ def run_evaluation(
       'aggregate': method,
       'diffusion': bool(config.model.diffusion),
   }
+  uncertainty_scores = {}
   if num_hypotheses > 1:
     summary = hypotheses.summarize(
         prediction['hypotheses'],
@@ -181,8 +215,14 @@ def run_evaluation(
         W,
         method=method,
     )
-    summary.pop('per_sample')
+    uncertainty_scores = summary.pop('per_sample')['scores']
     results['hypotheses'] = summary
+    results['uncertainty'] = {
+        'score': summary['uncertainty_score'],
+        'mean_mm': summary['uncertainty_mm'],
+        'spearman_pa_mpvpe': summary['spearman']['pa_mpvpe'],
+        'spearman_mpvpe': summary['spearman']['mpvpe'],
+    }
   split = config.dataset.eval_split
   logger.write(step, split, {k: v for k, v in results.items() if isinstance(v, float)})
   if jax.process_index() == 0:
@@ -195,6 +235,8 @@ def run_evaluation(
             f,
             step=step,
             uncertainty_m=prediction['vertices_std'].mean(axis=-1),
+            palm_facing=palm_facing,
+            **{f'uncertainty_{name}': value for name, value in uncertainty_scores.items()},
             **{key: np.asarray(value) for key, value in per_sample.items()},
         )
 
@@ -206,19 +248,23 @@ def run_evaluation(
           eval_arrays,
           topology,
           config.eval.num_export,
+          per_sample,
       )
   metric_log.print0(
       f'eval step {step} ({split}, {results["num_examples"]} examples, {time.time() - start:.1f}s): '
       f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {baseline["pa_mpvpe"]:.2f}), '
-      f'mpvpe {results["mpvpe"]:.2f}, pa_mpjpe {results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}',
+      f'mpvpe {results["mpvpe"]:.2f} (baseline {baseline["mpvpe"]:.2f}), pa_mpjpe '
+      f'{results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}; palm facing the right way '
+      f'{100 * results["palm_facing_agreement"]:.0f}%',
       flush=True,
   )
   if num_hypotheses > 1:
     oracle = results['hypotheses']['oracle']
     metric_log.print0(
         f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
-        f'uncertainty-error rank correlation '
-        f'{results["hypotheses"]["spearman"]["pa_mpvpe"]:.2f}',
+        f'uncertainty ({results["uncertainty"]["score"]} spread) against error, rank correlation '
+        f'{results["uncertainty"]["spearman_pa_mpvpe"]:.2f} (pa_mpvpe), '
+        f'{results["uncertainty"]["spearman_mpvpe"]:.2f} (mpvpe)',
         flush=True,
     )
   return results
