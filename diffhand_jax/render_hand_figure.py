@@ -1,6 +1,8 @@
-"""Renders the procedural hand (flat, fist, pointing) from two viewpoints into docs/procedural_hand.png.
+"""Renders the procedural hand (flat, fist, pointing) from two viewpoints into docs/procedural_hand.png,
+or (--examples) synthetic-hands training examples into docs/synthetic_examples.png.
 
     python -m diffhand_jax.render_hand_figure [--out=docs/procedural_hand.png]
+    python -m diffhand_jax.render_hand_figure --examples --out=docs/synthetic_examples.png
 
 A small orthographic painter's-algorithm renderer on matplotlib (Agg): back faces are culled, the rest
 drawn far to near with Lambert shading.
@@ -26,6 +28,12 @@ from diffhand_jax.geometry import procedural_hand  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('out', 'docs/procedural_hand.png', 'the PNG to write', flag_values=FLAGS)
+flags.DEFINE_bool(
+    'examples',
+    False,
+    'draw 24 synthetic-hands training renders (64 px, shown at 2x) with the first 8 masks and depths',
+    flag_values=FLAGS,
+)
 
 
 def _view_rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
@@ -84,7 +92,7 @@ def render(out_path: str) -> None:
   model = mano.load_procedural('right')
   faces = np.asarray(model.faces)
   # The synthetic renders' skin: a lighter palm, nails, knuckles and creases (procedural_hand.skin_albedo).
-  albedo = procedural_hand.skin_albedo(np.array([0.86, 0.64, 0.52]), procedural_hand.skin_regions())
+  albedo = procedural_hand.skin_albedo(np.array([0.78, 0.56, 0.42]), procedural_hand.skin_regions())
   poses = [
       ('flat', mano.named_pose(model, 'flat')),
       ('fist', mano.named_pose(model, 'fist')),
@@ -115,12 +123,42 @@ def render(out_path: str) -> None:
   plt.close(figure)
 
 
+def render_examples(out_path: str, count: int = 24, columns: int = 8) -> None:
+  """Train examples 0..count-1 of synthetic_hands/default at 2x (nearest), then the first row's masks
+  (green over a darkened image) and depths (near orange to far blue)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from diffhand_jax.data import synthetic_scene  # pylint: disable=g-import-not-at-top
+
+  kit = synthetic_scene.load_hand_kit()
+  config = synthetic_scene.SceneConfig()
+  examples = [synthetic_scene.generate_example(config, 'train', i, kit=kit) for i in range(count)]
+  tiles = [e['image'] for e in examples]
+  for e in examples[:columns]:
+    mask = e['mask'][..., 0] > 0
+    tile = (0.4 * e['image']).astype(np.uint8)
+    tile[mask] = (80, 220, 80)
+    tiles.append(tile)
+  for e in examples[:columns]:
+    depth = e['depth']
+    on = depth > 0
+    tile = np.zeros(depth.shape + (3,), np.uint8)
+    if on.any():
+      near = (depth[on].max() - depth[on]) / max(np.ptp(depth[on]), 1e-9)
+      tile[on] = np.stack([255 * near, 120 + 0 * near, 255 * (1 - near)], -1).astype(np.uint8)
+    tiles.append(tile)
+  rows = [np.concatenate(tiles[r : r + columns], axis=1) for r in range(0, len(tiles), columns)]
+  sheet = np.concatenate(rows, axis=0).repeat(2, axis=0).repeat(2, axis=1)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  Image.fromarray(sheet).save(out_path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   try:
     command_line.parse(FLAGS, argv, prog='python -m diffhand_jax.render_hand_figure', doc=__doc__)
   except command_line.Exit as done:
     return done.code
-  render(FLAGS.out)
+  (render_examples if FLAGS.examples else render)(FLAGS.out)
   print(f'wrote {FLAGS.out}')
   return 0
 

@@ -437,8 +437,8 @@ def _skin_colors(rng: np.random.Generator, kit: HandKit) -> np.ndarray:
   albedo = procedural_hand.skin_albedo(
       np.clip(base * mottle, 0.0, 1.0),
       kit.skin_regions,
-      palm_lighten=rng.uniform(0.35, 0.65),
-      back_darken=rng.uniform(0.05, 0.3),
+      palm_lighten=rng.uniform(0.55, 0.8),
+      back_darken=rng.uniform(0.25, 0.4),
       nail=rng.uniform(0.6, 1.0),
       knuckle=rng.uniform(0.15, 0.35),
       crease=rng.uniform(0.15, 0.4),

@@ -786,7 +786,7 @@ def skin_regions() -> dict[str, np.ndarray]:
 
 
 # What the palm side turns towards (lighter, pinker) and the nails' colour, albedo in [0, 1].
-PALM_TINT = np.array([1.0, 0.84, 0.78])
+PALM_TINT = np.array([1.0, 0.80, 0.78])
 NAIL_COLOUR = np.array([0.97, 0.86, 0.84])
 
 
@@ -794,8 +794,8 @@ def skin_albedo(
     base: np.ndarray,
     regions: dict[str, np.ndarray],
     *,
-    palm_lighten: float = 0.5,
-    back_darken: float = 0.2,
+    palm_lighten: float = 0.65,
+    back_darken: float = 0.3,
     nail: float = 0.9,
     knuckle: float = 0.25,
     crease: float = 0.3,
@@ -809,7 +809,8 @@ def skin_albedo(
   """
   base = np.broadcast_to(np.asarray(base, np.float64), (len(regions['dorsal']), 3))
   palm_weight = np.clip((0.15 - regions['dorsal']) / 0.5, 0.0, 1.0)[:, None]
-  back = base * (1.0 - back_darken)
+  # The back tans towards yellow-brown: its blue and green darken more than its red.
+  back = base * (1.0 - back_darken * np.array([0.8, 1.0, 1.25]))
   palm = base + palm_lighten * (PALM_TINT - base)
   albedo = (1.0 - palm_weight) * back + palm_weight * palm
   albedo = albedo * (1.0 - knuckle * regions['knuckle'][:, None])
