@@ -79,3 +79,21 @@ def test_train_step_draws_its_timesteps_from_the_config():
       np.asarray(t), np.asarray(losses.sample_timesteps(t_key, 2048, T, 'power', 2.0))
   )
   assert np.mean(np.asarray(t) >= 900) > 0.25  # uniform would give 0.1
+
+
+def test_top_fraction_moves_that_share_to_the_last_step_and_leaves_the_rest_alone():
+  key = jax.random.PRNGKey(3)
+  for method, power in (('uniform', 1.0), ('power', 2.0)):
+    base = np.asarray(losses.sample_timesteps(key, 100_000, 1000, method, power))
+    np.testing.assert_array_equal(
+        base, np.asarray(losses.sample_timesteps(key, 100_000, 1000, method, power, 0.0))
+    )
+    mixed = np.asarray(losses.sample_timesteps(key, 100_000, 1000, method, power, 0.25))
+    moved = mixed != base
+    assert np.all(mixed[moved] == 999)
+    # P(t = T-1) = q + (1 - q) P_base(t = T-1): 3 standard errors of 100k Bernoulli draws.
+    expected = 0.25 + 0.75 * np.mean(base == 999)
+    assert abs(np.mean(mixed == 999) - expected) < 3 * np.sqrt(expected * (1 - expected) / 1e5)
+  assert np.all(np.asarray(losses.sample_timesteps(key, 64, 1000, 'uniform', 1.0, 1.0)) == 999)
+  with pytest.raises(ValueError, match='top_fraction'):
+    losses.sample_timesteps(key, 8, 1000, 'uniform', 1.0, 1.5)

@@ -9,7 +9,8 @@ Reports, on the run's eval split (the synthetic test split for the CPU demo):
     then averaged) of K hypotheses, and the best-of-K
     oracle (the hypothesis closest to the ground truth by PA-MPVPE: an upper bound, it peeks at the GT);
   * whether the uncertainty means something: Spearman's rank correlation between each image's
-    uncertainty (the mean per-vertex standard deviation of its K hypotheses) and its error;
+    uncertainty (`hypotheses.spread`'s articulation spread of its K hypotheses: the distance left after
+    aligning each rigidly to their aligned mean) and its error;
   * TTA (MeshGraphormer-style rotations × scales, K = 1) against no TTA (K = 1, the same noise).
 Errors in mm (root-relative, in the model's right-hand frame), as `metrics.evaluate` computes them.
 """
@@ -174,7 +175,7 @@ def main(argv: list[str]) -> int:
       for metric in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
   ]
   corr_table = common.print_table(
-      f'Spearman rank correlation: per-image uncertainty (mean per-vertex std of K={FLAGS.num_hypotheses}, '
+      f'Spearman rank correlation: per-image uncertainty (articulation spread of K={FLAGS.num_hypotheses}, '
       f'average {mean_summary["uncertainty_mm"]:.3g} mm) vs per-image error of the mean',
       ['error', 'spearman rho'],
       corr_rows,

@@ -199,6 +199,7 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.number('loss.lambda_smooth', low=0.0)
   check.choice('loss.timestep_sampling', TIMESTEP_SAMPLINGS)
   check.number('loss.timestep_power', low=0.0, low_open=True)
+  check.number('loss.timestep_top_fraction', low=0.0, high=1.0, optional=True)
   check.number('optimizer.learning_rate', low=0.0, low_open=True)
   check.integer('optimizer.warmup_steps', 0)
   check.number('optimizer.end_lr_factor', low=0.0)

@@ -70,6 +70,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   # timestep_power = p > 1 weights high noise levels more.
   config.loss.timestep_sampling = 'uniform'
   config.loss.timestep_power = 1.0
+  # The share of each batch moved to t = T-1, where the image alone must decide the hand (its global
+  # orientation included); 0 is the paper's objective.
+  config.loss.timestep_top_fraction = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

@@ -233,7 +233,12 @@ TIMESTEP_SAMPLINGS = ('uniform', 'power')
 
 
 def sample_timesteps(
-    key: jax.Array, batch_size: int, num_timesteps: int, method: str = 'uniform', power: float = 1.0
+    key: jax.Array,
+    batch_size: int,
+    num_timesteps: int,
+    method: str = 'uniform',
+    power: float = 1.0,
+    top_fraction: float = 0.0,
 ) -> jax.Array:
   """Training timesteps t (batch_size,) int32 in [0, T). The loss is an expectation over t, so this
   distribution is how the objective weights the noise levels.
@@ -243,18 +248,36 @@ def sample_timesteps(
     puts more weight on high t, P(t ≥ T − 1 − j) = ((j + 1)/T)^(1/power). With x̂_0 prediction and a
     few DDIM steps that start at t = T − 1, the high-t predictions (where x_t carries little signal and the
     image decides the mesh) set the result; power = 2 trains about 3× more often on the top 10 % of t.
+
+  ``top_fraction`` = q > 0 then moves each example, with probability q, to t = T − 1, the step where
+  sampling starts from pure noise. Why: with the cosine schedule ᾱ_t is still 2·10⁻⁴ at t = 990, and
+  summed over 778 vertices that much signal tells a matched filter which way x_0 faces. So below the
+  last few steps the decoder can read the hand's global orientation off x_t, and only ~1% of uniform
+  draws teach the image to decide it; at sampling time the first step has no x_0 in it, and the noise
+  picks the orientation (docs/experiments.md, "Learning which side faces the camera").
   """
   if method not in TIMESTEP_SAMPLINGS:
     raise ValueError(
         f'losses.sample_timesteps: method must be one of {TIMESTEP_SAMPLINGS} '
         f'(config.loss.timestep_sampling), got {method!r}'
     )
-  if method == 'uniform':
-    return jax.random.randint(key, (batch_size,), 0, num_timesteps)
-  if not power > 0:
+  if not 0.0 <= top_fraction <= 1.0:
     raise ValueError(
-        f'losses.sample_timesteps: power must be > 0 (config.loss.timestep_power), got {power!r}'
+        'losses.sample_timesteps: top_fraction must be in [0, 1] (config.loss.timestep_top_fraction), '
+        f'got {top_fraction!r}'
     )
-  u = jax.random.uniform(key, (batch_size,), jnp.float32)
-  steps_from_top = jnp.floor(num_timesteps * u**power).astype(jnp.int32)
-  return num_timesteps - 1 - jnp.clip(steps_from_top, 0, num_timesteps - 1)
+  if method == 'uniform':
+    t = jax.random.randint(key, (batch_size,), 0, num_timesteps)
+  else:
+    if not power > 0:
+      raise ValueError(
+          f'losses.sample_timesteps: power must be > 0 (config.loss.timestep_power), got {power!r}'
+      )
+    u = jax.random.uniform(key, (batch_size,), jnp.float32)
+    steps_from_top = jnp.floor(num_timesteps * u**power).astype(jnp.int32)
+    t = num_timesteps - 1 - jnp.clip(steps_from_top, 0, num_timesteps - 1)
+  if top_fraction > 0:
+    # A key of its own, so that q = 0 keeps the draws above exactly (and resumes bit-identical).
+    top = jax.random.uniform(jax.random.fold_in(key, 1), (batch_size,)) < top_fraction
+    t = jnp.where(top, num_timesteps - 1, t)
+  return t

@@ -44,6 +44,7 @@ def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.
       schedule.num_timesteps,
       config.loss.get('timestep_sampling', 'uniform'),
       config.loss.get('timestep_power', 1.0),
+      config.loss.get('timestep_top_fraction', 0.0),
   )
   return t, diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype))
 
