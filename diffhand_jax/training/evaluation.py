@@ -234,7 +234,10 @@ def run_evaluation(
         np.savez(
             f,
             step=step,
-            uncertainty_m=prediction['vertices_std'].mean(axis=-1),
+            # The reported uncertainty (hypotheses.UNCERTAINTY_SCORE), metres; its alternatives follow.
+            uncertainty_m=uncertainty_scores.get(
+                hypotheses.UNCERTAINTY_SCORE, prediction['vertices_std'].mean(axis=-1)
+            ),
             palm_facing=palm_facing,
             **{f'uncertainty_{name}': value for name, value in uncertainty_scores.items()},
             **{key: np.asarray(value) for key, value in per_sample.items()},
