@@ -13,6 +13,10 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from diffhand_jax.data import input_pipeline  # noqa: E402
+from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder  # noqa: E402
+
+# The synthetic builder's version, as its folders and messages spell it.
+SYNTHETIC_VERSION = str(synthetic_hands_dataset_builder.Builder.VERSION)
 
 AUGMENT = {'scale_range': (0.85, 1.15), 'max_rotation': 0.6, 'max_translation': 0.08}
 TRAIN_OPTIONS = dict(
@@ -39,7 +43,9 @@ def data(tmp_path_factory):
       out_dir=None,
       out_file_format='array_record',
       num_workers=1,
-      dataset_version_dir=[os.path.join(root, 'both', 'synthetic_hands', 'tiny', '2.0.0')],
+      dataset_version_dir=[
+          os.path.join(root, 'both', 'synthetic_hands', 'tiny', SYNTHETIC_VERSION)
+      ],
   )
   return {
       'root': root,
@@ -304,7 +310,7 @@ def test_tfrecord_only_data_falls_back_to_memory_or_says_how_to_convert(data, mo
   with pytest.raises(
       ValueError,
       match=r'(?s)tfrecord only.*tfds convert_format --dataset_version_dir=\S*'
-      r'tfrecord/synthetic_hands/tiny/2.0.0 --out_file_format=array_record',
+      rf'tfrecord/synthetic_hands/tiny/{SYNTHETIC_VERSION} --out_file_format=array_record',
   ):
     input_pipeline.open_split(config, 'train')
 

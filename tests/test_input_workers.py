@@ -18,6 +18,10 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from diffhand_jax.data import input_pipeline  # noqa: E402
+from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder  # noqa: E402
+
+# The synthetic builder's version, as its folders and messages spell it.
+SYNTHETIC_VERSION = str(synthetic_hands_dataset_builder.Builder.VERSION)
 
 AUGMENT = {'scale_range': (0.85, 1.15), 'max_rotation': 0.6, 'max_translation': 0.08}
 TRAIN_OPTIONS = dict(
@@ -154,7 +158,7 @@ def test_a_dead_worker_stops_the_run_naming_its_batches_and_file(source, expecte
   message = str(raised.value)
   match = re.fullmatch(
       r'an input worker process died \(exit code -9\) while preparing the batch(?:es)? of steps? '
-      r'([0-9, ]+) \(examples \[([0-9, ]+)\] of synthetic_hands/tiny/1.0.0:train \(in '
+      rf'([0-9, ]+) \(examples \[([0-9, ]+)\] of synthetic_hands/tiny/{SYNTHETIC_VERSION}:train \(in '
       r'\S+/synthetic_hands-train.array_record-00000-of-00001\)\)\. .*memory.*num_workers.*',
       message,
   )
@@ -199,7 +203,7 @@ def test_a_corrupt_record_stops_the_run_naming_the_example_and_its_file(
   with _deadline(120), batches:
     with pytest.raises(
         ValueError,
-        match=rf'synthetic_hands/tiny/1.0.0:train: example 2 \(in {path}\) does not decode',
+        match=rf'synthetic_hands/tiny/{SYNTHETIC_VERSION}:train: example 2 \(in {path}\) does not decode',
     ):
       for _ in range(STEPS):
         next(batches)

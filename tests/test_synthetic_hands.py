@@ -6,7 +6,11 @@ import pytest
 
 from diffhand_jax.data import synthetic_scene
 from diffhand_jax import mano
+from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder
 from diffhand_jax.geometry import render
+
+# The synthetic builder's version, as its folders and messages spell it.
+SYNTHETIC_VERSION = str(synthetic_hands_dataset_builder.Builder.VERSION)
 
 SIZE = 64
 CONFIG = synthetic_scene.SceneConfig(image_size=SIZE)
@@ -246,4 +250,4 @@ def test_tfds_command_line_builds_tiny(tmp_path):
       timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / 'synthetic_hands' / 'tiny' / '2.0.0' / 'dataset_info.json').exists()
+  assert (tmp_path / 'synthetic_hands' / 'tiny' / SYNTHETIC_VERSION / 'dataset_info.json').exists()
