@@ -406,14 +406,10 @@ def evaluate(pred_joints, gt_joints, pred_verts, gt_verts) -> dict[str, float]:
 # Which side of the hand faces the camera
 # ---------------------------------------------------------------------------------------------------
 
-_PALM_JOINTS = tuple(
-    conventions.JOINT_NAMES.index(name) for name in ('wrist', 'index_1', 'little_1')
-)
-
 
 def palm_normal(joints) -> np.ndarray:
   """The unit normal of the palm plane through the wrist, index MCP and little MCP: (..., 21, 3) →
-  (..., 3), n = (index − wrist) × (little − wrist).
+  (..., 3), n = (index − wrist) × (little − wrist) (`conventions.orientation_frame`'s second half).
 
   For a right hand (and a left hand mirrored into one, as the model frame holds it) n points out of the
   palm, so in the camera frame n_z < 0 means the palm faces the camera.
@@ -421,9 +417,7 @@ def palm_normal(joints) -> np.ndarray:
   joints = np.asarray(joints, np.float64)
   if joints.ndim < 2 or joints.shape[-2:] != (NUM_JOINTS, 3):
     raise ValueError(f'palm_normal: joints must have shape (..., 21, 3), got {joints.shape}')
-  wrist, index, little = (joints[..., j, :] for j in _PALM_JOINTS)
-  normal = np.cross(index - wrist, little - wrist)
-  return normal / np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+  return conventions.orientation_frame(joints)[..., 3:]
 
 
 def palm_facing_per_sample(pred_joints, gt_joints) -> np.ndarray:

@@ -342,3 +342,29 @@ def test_training_on_one_batch_drives_the_loss_down(tiny):
   )
   assert np.isfinite(after)
   assert after < before / 10.0
+
+
+def test_orientation_head_is_opt_in_and_leaves_the_denoiser_unchanged():
+  config = model_presets.get_model_config("tiny")
+  plain = diffhand.build_model(config)
+  config.orientation_head = True
+  with_head = diffhand.build_model(config)
+  params = diffhand.init(with_head, jax.random.key(0), config.img_size, batch=BATCH)
+  assert params["orientation_head"]["kernel"].shape[-1] == 6
+  plain_params = diffhand.init(plain, jax.random.key(0), config.img_size, batch=BATCH)
+  assert "orientation_head" not in plain_params
+  images = _images()
+  x_t = jax.random.normal(jax.random.key(3), (BATCH, 778, 3))
+  t = jnp.full((BATCH,), 500, jnp.int32)
+  x0, camera = with_head.apply({"params": params}, images, x_t, t)
+  x0_b, camera_b, orientation = with_head.apply(
+      {"params": params}, images, x_t, t, method=with_head.denoise_with_orientation
+  )
+  np.testing.assert_array_equal(x0, x0_b)
+  np.testing.assert_array_equal(camera, camera_b)
+  assert orientation.shape == (BATCH, 6) and orientation.dtype == jnp.float32
+  # Without the head, the same params minus the head give the same meshes: the head is off to the side.
+  without = {k: v for k, v in params.items() if k != "orientation_head"}
+  np.testing.assert_array_equal(plain.apply({"params": without}, images, x_t, t)[0], x0)
+  with pytest.raises(ValueError, match="orientation head"):
+    plain.apply({"params": without}, images, x_t, t, method=plain.denoise_with_orientation)

@@ -266,3 +266,50 @@ def test_wrong_shapes_raise_clear_errors():
     losses.total_loss(
         gt_verts, gt_verts, gt_joints, gt_2d, camera, regressor, faces, has_3d=jnp.ones(3)
     )
+
+
+def _upright_hand_joints(batch: int = 2) -> jnp.ndarray:
+  """(B, 21, 3): wrist at 0, middle MCP 1 m up (-y), index MCP at (+1, -1, 0), little MCP (-1, -1, 0)."""
+  joints = np.zeros((batch, 21, 3), np.float32)
+  joints[:, 9] = (0.0, -1.0, 0.0)  # middle_1
+  joints[:, 5] = (1.0, -1.0, 0.0)  # index_1
+  joints[:, 17] = (-1.0, -1.0, 0.0)  # little_1
+  return jnp.asarray(joints)
+
+
+def test_orientation_loss_hand_worked():
+  from diffhand_jax.geometry import conventions
+
+  joints = _upright_hand_joints()
+  # Finger axis (0, -1, 0); palm normal (1, -1, 0) x (-1, -1, 0) = (0, 0, -2) -> (0, 0, -1).
+  target = np.array([0.0, -1.0, 0.0, 0.0, 0.0, -1.0])
+  np.testing.assert_allclose(conventions.orientation_frame(joints)[0], target, atol=1e-7)
+  np.testing.assert_allclose(
+      conventions.orientation_frame(np.asarray(joints))[0], target, atol=1e-7
+  )
+  exact = jnp.asarray(np.tile(target, (2, 1)), jnp.float32)
+  assert float(losses.orientation_loss(exact, joints)) == 0.0
+  # The palm flipped (n_z = +1) in sample 0 only: (2)^2 = 4 there, 0 in sample 1 -> mean 2.
+  flipped = exact.at[0, 5].set(1.0)
+  assert float(losses.orientation_loss(flipped, joints)) == pytest.approx(2.0)
+  assert float(losses.orientation_loss(flipped, joints, jnp.array([0.0, 1.0]))) == 0.0
+  with pytest.raises(ValueError, match='pred_orientation'):
+    losses.orientation_loss(exact[:, :3], joints)
+
+
+def test_total_loss_adds_the_orientation_term_only_when_given():
+  gt_verts, _, _, camera, _, faces = total_setup()
+  # 21 joints this time (the orientation reads the wrist and three MCPs): joint j is vertex j % 9.
+  regressor = jnp.asarray(np.eye(9, dtype=np.float32)[np.arange(21) % 9])
+  gt_joints = jnp.einsum('jn,bnc->bjc', regressor, gt_verts)
+  gt_2d = losses.project_weak_perspective(gt_joints, camera)
+  pred = gt_verts.at[:, 4, 2].add(0.3)
+  args = (pred, gt_verts, gt_joints, gt_2d, camera, regressor, faces)
+  plain, plain_parts = losses.total_loss(*args)
+  orientation = jnp.zeros((gt_verts.shape[0], 6))
+  loss, parts = losses.total_loss(*args, orientation=orientation, lambda_orientation=0.5)
+  assert 'orientation' not in plain_parts
+  expected_term = float(losses.orientation_loss(orientation, gt_joints))
+  assert expected_term > 0
+  assert float(parts['orientation']) == pytest.approx(expected_term)
+  assert float(loss) == pytest.approx(float(plain) + 0.5 * expected_term, rel=1e-6)

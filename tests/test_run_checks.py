@@ -355,3 +355,19 @@ def test_an_uncached_hub_model_offline_names_the_repo_the_file_and_the_command(
   assert f'hf download {repo} model.safetensors' in problem
   with pytest.raises(encoder_weights.CheckpointError, match='hf download'):
     encoder_weights.resolve_encoder_init(repo)
+
+
+def test_the_orientation_term_needs_its_head():
+  config = run_config.config_file('synthetic')
+  config.model.orientation_head = False
+  config.loss.lambda_orientation = 1.0
+  config.loss.timestep_top_fraction = 1.5
+  problems = checks.validate_config(config)
+  assert any(
+      p.startswith('config.loss.lambda_orientation = 1.0: needs config.model.orientation_head=True')
+      for p in problems
+  )
+  assert any(p.startswith('config.loss.timestep_top_fraction = 1.5') for p in problems)
+  config.model.orientation_head = True
+  config.loss.timestep_top_fraction = 0.25
+  assert checks.validate_config(config) == []

@@ -43,6 +43,10 @@ JOINT_NAMES = (
     'little_tip',
 )
 ROOT_JOINT = 0  # the wrist
+# The palm plane (wrist, index MCP, little MCP) and the finger axis (wrist to middle MCP): the hand's
+# global orientation as `metrics.palm_normal` and `orientation_frame` read it.
+PALM_PLANE_JOINTS = tuple(JOINT_NAMES.index(name) for name in ('wrist', 'index_1', 'little_1'))
+FINGER_AXIS_JOINTS = tuple(JOINT_NAMES.index(name) for name in ('wrist', 'middle_1'))
 
 # Fingertip vertex ids (thumb, index, middle, ring, little) per dataset.
 TIP_IDS: dict[str, tuple[int, int, int, int, int]] = {
@@ -94,3 +98,15 @@ def regress_joints(vertices: Any, joint_regressor: Any) -> Any:
   return np.einsum(
       'jn,...nc->...jc', np.asarray(joint_regressor, np.float64), np.asarray(vertices, np.float64)
   )
+
+
+def orientation_frame(joints):
+  """The hand's global orientation as two unit vectors, (..., 21, 3) → (..., 6): the finger axis (wrist
+  to middle MCP) and the palm normal n = (index MCP − wrist) × (little MCP − wrist), which points out of
+  the palm of a right hand (and of a left hand mirrored into one). jax or numpy arrays."""
+  xp = jnp if isinstance(joints, jax.Array) else np
+  wrist, index, little = (joints[..., j, :] for j in PALM_PLANE_JOINTS)
+  axis = joints[..., FINGER_AXIS_JOINTS[1], :] - joints[..., FINGER_AXIS_JOINTS[0], :]
+  normal = xp.cross(index - wrist, little - wrist)
+  unit = lambda v: v / xp.maximum(xp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  return xp.concatenate([unit(axis), unit(normal)], axis=-1)

@@ -115,6 +115,8 @@ class DiffHand(nn.Module):
     regression_timestep: the fixed t of the regression variant.
     use_depth: add the DepthBlock; `encode` then needs a depth image.
     depth_channels: the DepthBlock's inner widths.
+    orientation_head: add a linear head on I_E that predicts the hand's global orientation
+      (`orientation`), for an auxiliary training loss (config.loss.lambda_orientation). Not the paper's.
   """
 
   encoder: nn.Module
@@ -124,6 +126,7 @@ class DiffHand(nn.Module):
   regression_timestep: int = 0
   use_depth: bool = False
   depth_channels: tuple[int, ...] = (32, 64, 128)
+  orientation_head: bool = False
 
   def setup(self):
     self.camera_head = nn.Dense(
@@ -131,6 +134,8 @@ class DiffHand(nn.Module):
     )
     if self.use_depth:
       self.depth_block = DepthBlock(self.depth_channels, name="depth_block")
+    if self.orientation_head:
+      self.orientation_dense = nn.Dense(6, name="orientation_head")
 
   def encode(self, images: jax.Array, depth: jax.Array | None = None) -> Condition:
     """images float32 (B, H, W, 3), normalised; depth (B, H, W) or (B, H, W, 1) → Condition."""
@@ -162,6 +167,24 @@ class DiffHand(nn.Module):
     """Weak-perspective camera (s, tx, ty) (B, 3) float32, from I_E."""
     return self.camera_head(cond.embedding.astype(jnp.float32))
 
+  def orientation(self, cond: Condition) -> jax.Array:
+    """The hand's global orientation predicted from I_E, (B, 6) float32: the finger axis and the palm
+    normal, each meant to be a unit vector (`conventions.orientation_frame` of the truth)."""
+    if not self.orientation_head:
+      raise ValueError(
+          f"{_FILE}: this model has no orientation head (config.model.orientation_head)."
+      )
+    return self.orientation_dense(cond.embedding.astype(jnp.float32))
+
+  def denoise_with_orientation(
+      self, images: jax.Array, x_t: jax.Array, t: jax.Array
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """encode once, then (x̂_0 (B, N, 3), camera (B, 3), orientation (B, 6)): the training pass of a
+    model with an orientation head."""
+    cond = self.encode(images)
+    x0_hat, camera = self.denoise(cond, x_t, t)
+    return x0_hat, camera, self.orientation(cond)
+
   def denoise(self, cond: Condition, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x_t (B, N, 3), t int32 (B,) → (x̂_0 (B, N, 3) float32, camera (B, 3) float32)."""
     batch = cond.embedding.shape[0]
@@ -177,7 +200,10 @@ class DiffHand(nn.Module):
       self, images: jax.Array, x_t: jax.Array, t: jax.Array, depth: jax.Array | None = None
   ) -> tuple[jax.Array, jax.Array]:
     """encode + denoise: images (B, H, W, 3), x_t (B, N, 3), t (B,) → (x̂_0 (B, N, 3), camera (B, 3))."""
-    return self.denoise(self.encode(images, depth), x_t, t)
+    cond = self.encode(images, depth)
+    if self.orientation_head:
+      self.orientation(cond)  # so that `init` (which calls this) creates the head's params
+    return self.denoise(cond, x_t, t)
 
 
 def _patch_grid(height: int, width: int, num_patches: int) -> tuple[int, int]:
@@ -230,6 +256,7 @@ def build_model(model_config: Any, template_vertices: np.ndarray | None = None) 
       regression_timestep=int(model_config.get("regression_timestep", 0)),
       use_depth=bool(model_config.get("use_depth", False)),
       depth_channels=tuple(int(c) for c in model_config.get("depth_channels", (32, 64, 128))),
+      orientation_head=bool(model_config.get("orientation_head", False)),
   )
 
 

@@ -200,6 +200,12 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.choice('loss.timestep_sampling', TIMESTEP_SAMPLINGS)
   check.number('loss.timestep_power', low=0.0, low_open=True)
   check.number('loss.timestep_top_fraction', low=0.0, high=1.0, optional=True)
+  check.number('loss.lambda_orientation', low=0.0, optional=True)
+  if check.get('loss.lambda_orientation', 0.0) and not check.get('model.orientation_head', False):
+    check.add(
+        'loss.lambda_orientation',
+        'needs config.model.orientation_head=True (the head whose prediction the term scores)',
+    )
   check.number('optimizer.learning_rate', low=0.0, low_open=True)
   check.integer('optimizer.warmup_steps', 0)
   check.number('optimizer.end_lr_factor', low=0.0)

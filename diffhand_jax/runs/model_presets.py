@@ -82,6 +82,9 @@ def _base() -> ml_collections.ConfigDict:
   config.fps_sizes = (195, 49)
   config.use_depth = False
   config.depth_channels = (32, 64, 128)
+  # A linear head on I_E predicting the global orientation, for config.loss.lambda_orientation (not the
+  # paper's; the CPU demo uses it, docs/experiments.md "Learning which side faces the camera").
+  config.orientation_head = False
   config.regression_timestep = 0
   config.num_timesteps = 1000
   config.sampling_steps = 10

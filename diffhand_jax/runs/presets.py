@@ -73,6 +73,8 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   # The share of each batch moved to t = T-1, where the image alone must decide the hand (its global
   # orientation included); 0 is the paper's objective.
   config.loss.timestep_top_fraction = 0.0
+  # Weight of the auxiliary orientation term (needs config.model.orientation_head); 0 is the paper's.
+  config.loss.lambda_orientation = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

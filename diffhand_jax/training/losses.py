@@ -184,6 +184,18 @@ def smooth_loss(
   return _weighted_batch_mean(jnp.mean(per_face, -1), mask)
 
 
+def orientation_loss(
+    pred_orientation: jax.Array, gt_joints_3d: jax.Array, has_3d=None
+) -> jax.Array:
+  """L_orientation: squared error of a predicted global orientation (B, 6) against the truth's finger
+  axis and palm normal (`conventions.orientation_frame` of gt_joints_3d (B, 21, 3)), summed over the six
+  numbers, averaged over the batch. Scalar. An auxiliary term of this project, not the paper's."""
+  _check_shape('orientation_loss', 'pred_orientation', pred_orientation, (None, 6))
+  target = conventions.orientation_frame(gt_joints_3d.astype(jnp.float32))
+  per_sample = jnp.sum(jnp.square(pred_orientation - target), -1)
+  return _weighted_batch_mean(per_sample, has_3d)
+
+
 def total_loss(
     pred_verts: jax.Array,
     gt_verts: jax.Array,
@@ -197,8 +209,11 @@ def total_loss(
     has_2d=None,
     lambda_joint: float = LAMBDA_JOINT,
     lambda_smooth: float = LAMBDA_SMOOTH,
+    orientation: jax.Array | None = None,
+    lambda_orientation: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L = L_vertex + λ_joint · (L_joint3d + L_joint2d) + λ_smooth · L_smooth (paper Eq. 13).
+  """L = L_vertex + λ_joint · (L_joint3d + L_joint2d) + λ_smooth · L_smooth (paper Eq. 13), plus
+  λ_orientation · L_orientation when an `orientation` (B, 6) prediction is given (`orientation_loss`).
 
   Shapes as in `vertex_loss`, `joint_loss` and `smooth_loss`. has_3d (B,) weights every term that needs
   3D ground truth (vertices, 3D joints, smoothness); has_2d (B,) weights the 2D joint term.
@@ -220,8 +235,11 @@ def total_loss(
       'joint_2d': loss_2d,
       'joint': loss_joint,
       'smooth': loss_smooth,
-      'total': loss,
   }
+  if orientation is not None:
+    parts['orientation'] = orientation_loss(orientation, gt_joints_3d, has_3d)
+    loss = loss + lambda_orientation * parts['orientation']
+  parts['total'] = loss
   return loss, parts
 
 

@@ -52,7 +52,17 @@ def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.
 def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
   """One denoising pass on batch['x_t'] at batch['t'] (from `noised_inputs`) and the DiffHand losses,
   all in model space. The model computes in config.model.dtype; the losses are float32."""
-  x0_hat, camera = model.apply({'params': params}, batch['image'], batch['x_t'], batch['t'])
+  orientation = None
+  if config.model.get('orientation_head', False):
+    x0_hat, camera, orientation = model.apply(
+        {'params': params},
+        batch['image'],
+        batch['x_t'],
+        batch['t'],
+        method=model.denoise_with_orientation,
+    )
+  else:
+    x0_hat, camera = model.apply({'params': params}, batch['image'], batch['x_t'], batch['t'])
   loss, parts = losses.total_loss(
       x0_hat.astype(jnp.float32),
       batch['vertices'],
@@ -65,6 +75,8 @@ def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
       has_2d=_has_2d(batch, config),
       lambda_joint=config.loss.lambda_joint,
       lambda_smooth=config.loss.lambda_smooth,
+      orientation=orientation,
+      lambda_orientation=config.loss.get('lambda_orientation', 0.0),
   )
   return loss, parts
 
