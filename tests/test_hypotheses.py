@@ -325,3 +325,14 @@ def test_spread_of_a_stretch_is_articulation_only_and_rotation_invariant():
   assert scores['articulation'][0] == pytest.approx(delta / 3, rel=1e-9)
   assert scores['orientation'][0] == pytest.approx(relative / 2, abs=1e-9)
   assert hypotheses.UNCERTAINTY_SCORE in hypotheses.UNCERTAINTY_SCORES
+
+
+def test_spread_with_the_callers_aligned_mean_equals_spread_alone():
+  rng = np.random.default_rng(7)
+  vertices = rng.normal(size=(3, 4, 30, 3))
+  alone = hypotheses.spread(vertices)
+  given = hypotheses.spread(vertices, mean=hypotheses.aligned_mean(vertices))
+  for key in alone:
+    np.testing.assert_array_equal(alone[key], given[key], err_msg=key)
+  with pytest.raises(ValueError, match='mean must be'):
+    hypotheses.spread(vertices, mean=np.zeros((3, 29, 3)))

@@ -130,7 +130,9 @@ UNCERTAINTY_SCORES = ('total', 'orientation', 'articulation')
 UNCERTAINTY_SCORE = 'articulation'
 
 
-def spread(vertices: Any, iterations: int = 3) -> dict[str, np.ndarray]:
+def spread(
+    vertices: Any, iterations: int = 3, *, mean: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
   """How K hypotheses disagree, split into global orientation and articulation: (B, K, N, 3) →
 
     total                     (B,)    `per_sample_uncertainty`: the raw per-vertex spread, averaged
@@ -143,10 +145,17 @@ def spread(vertices: Any, iterations: int = 3) -> dict[str, np.ndarray]:
 
   Orientation spread is what an ambiguous view gives (palm or back?); articulation spread is doubt
   about the hand's shape itself, which is what the aligned errors (PA-MPVPE) measure. All are 0 for K = 1.
+
+  ``mean``: the hypotheses' `aligned_mean` (B, N, 3) when the caller already has it; else computed here.
   """
   vertices = _check_hypotheses('spread', vertices)
   batch, num_hyp, num_vertices, _ = vertices.shape
-  mean = aligned_mean(vertices, iterations)
+  if mean is None:
+    mean = aligned_mean(vertices, iterations)
+  elif np.shape(mean) != (batch, num_vertices, 3):
+    raise ValueError(
+        f'hypotheses.spread: mean must be {(batch, num_vertices, 3)}, got {np.shape(mean)}'
+    )
   flat = vertices.reshape(batch * num_hyp, num_vertices, 3)
   target = np.repeat(mean, num_hyp, axis=0)
   rotation, translation = metrics.rigid_transform_batch(target, flat)
@@ -284,7 +293,7 @@ def summarize(
   first = metrics.evaluate_per_sample(
       _joints(vertices[:, 0], joint_regressor), gt_joints, vertices[:, 0], gt_vertices
   )
-  scores = spread(vertices)
+  scores = spread(vertices, mean=mesh if method == 'aligned_mean' else None)
   uncertainty = scores[UNCERTAINTY_SCORE]
   correlations = {
       key: uncertainty_error_correlation(uncertainty, per_sample[key])

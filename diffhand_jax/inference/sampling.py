@@ -101,8 +101,8 @@ class Sampler:
     """Aggregated meshes, optionally with TTA.
 
     Returns {'vertices': (M, N, 3) m (the `method` aggregate, TTA-averaged when tta_config),
-    'hypotheses': (M, K, N, 3) m of the un-augmented pass, 'vertex_std': (M, N) m from those
-    hypotheses, 'camera': (M, 3) of the un-augmented pass}.
+    'hypotheses': (M, K, N, 3) m of the un-augmented pass (their uncertainty: `hypotheses.spread`),
+    'camera': (M, 3) of the un-augmented pass}.
     """
     reference = self.sample(images, key, progress)
     mesh = hypotheses.aggregate(reference['vertices'], method)
@@ -117,7 +117,6 @@ class Sampler:
     return {
         'vertices': mesh,
         'hypotheses': reference['vertices'],
-        'vertex_std': hypotheses.per_vertex_std(reference['vertices']),
         'camera': reference['camera'],
     }
 

@@ -177,16 +177,15 @@ def run_evaluation(
   method = config.eval.get('aggregate', 'mean')
   prediction['vertices'] = hypotheses.aggregate(prediction['hypotheses'], method)
   W = np.asarray(topology.joint_regressor, np.float64)
+  pred_joints = conventions.regress_joints(prediction['vertices'], W)
   per_sample = metrics.evaluate_per_sample(
-      conventions.regress_joints(prediction['vertices'], W),
+      pred_joints,
       prediction['gt_joints'],
       prediction['vertices'],
       prediction['gt_vertices'],
   )
   results = {key: float(np.mean(value)) for key, value in per_sample.items()}
-  palm_facing = metrics.palm_facing_per_sample(
-      conventions.regress_joints(prediction['vertices'], W), prediction['gt_joints']
-  )
+  palm_facing = metrics.palm_facing_per_sample(pred_joints, prediction['gt_joints'])
   results['palm_facing_agreement'] = float(np.mean(palm_facing))
   baseline = mean_mesh_baseline(
       input_pipeline.mean_mesh_example(train_arrays),
