@@ -192,6 +192,33 @@ def test_aligned_mean_averages_articulation_and_is_equivariant():
     hypotheses.aligned_mean(hyps, iterations=0)
 
 
+def test_summarize_with_the_callers_aggregate_equals_its_own():
+  # Evaluation hands summarize the aggregate and its metrics it has already computed.
+  rng = np.random.default_rng(3)
+  gt_verts, gt_joints, regressor = _hand_like(rng, 4)
+  hyps = gt_verts[:, None] + rng.normal(0, 0.004, (4, 3) + gt_verts.shape[1:])
+  own = hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, method='aligned_mean')
+  mesh = hypotheses.aggregate(hyps, 'aligned_mean')
+  mesh_metrics = metrics.evaluate_per_sample(
+      np.einsum('jn,bnc->bjc', regressor, mesh), gt_joints, mesh, gt_verts
+  )
+  given = hypotheses.summarize(
+      hyps,
+      gt_verts,
+      gt_joints,
+      regressor,
+      method='aligned_mean',
+      mesh=mesh,
+      mesh_metrics=mesh_metrics,
+  )
+  own_per_sample, given_per_sample = own.pop('per_sample'), given.pop('per_sample')
+  assert given == own
+  for name, value in own_per_sample['scores'].items():
+    np.testing.assert_array_equal(given_per_sample['scores'][name], value)
+  with pytest.raises(ValueError, match='one aggregate'):
+    hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, mesh=mesh[:2])
+
+
 def test_aggregate_rejects_bad_input():
   with pytest.raises(ValueError, match=r'\(B, K, N, 3\)'):
     hypotheses.aggregate(np.zeros((2, 5, 3)))

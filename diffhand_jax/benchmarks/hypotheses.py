@@ -77,15 +77,8 @@ def main(argv: list[str]) -> int:
   from diffhand_jax.geometry import conventions, hypotheses
   from diffhand_jax.inference import loading, sampling, tta
 
-  run = loading.load_trained(FLAGS.workdir)
-  config, model, params, topology, schedule = (
-      run.config,
-      run.model,
-      run.params,
-      run.topology,
-      run.schedule,
-  )
-  config = overrides.apply_overrides(config, FLAGS.config)
+  run = loading.load_trained(FLAGS.workdir, overrides=FLAGS.config)
+  config = run.config
   split = FLAGS.split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)
   steps = int(FLAGS.steps or config.model.sampling_steps)
@@ -99,15 +92,15 @@ def main(argv: list[str]) -> int:
   images = batch['image'][keep]
   gt_vertices = batch['vertices'][keep].astype(np.float64) * vertex_scale
   gt_joints = batch['joints'][keep].astype(np.float64) * vertex_scale
-  regressor = np.asarray(topology.joint_regressor)
+  regressor = np.asarray(run.topology.joint_regressor)
   key = jax.random.PRNGKey(FLAGS.seed)
   timings = {}
 
   start = time.time()
   sampler = sampling.Sampler(
-      model,
-      params,
-      schedule,
+      run.model,
+      run.params,
+      run.schedule,
       vertex_scale,
       num_steps=steps,
       num_hypotheses=FLAGS.num_hypotheses,
@@ -137,9 +130,9 @@ def main(argv: list[str]) -> int:
         angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
     )
     single = sampling.Sampler(
-        model,
-        params,
-        schedule,
+        run.model,
+        run.params,
+        run.schedule,
         vertex_scale,
         num_steps=steps,
         num_hypotheses=1,

@@ -162,19 +162,12 @@ def main(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return 2
-  run = loading.load_trained(FLAGS.workdir)
-  config, model, params, topology, schedule = (
-      run.config,
-      run.model,
-      run.params,
-      run.topology,
-      run.schedule,
-  )
-  config = overrides.apply_overrides(config, FLAGS.config)
+  run = loading.load_trained(FLAGS.workdir, overrides=FLAGS.config)
+  config = run.config
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)
   steps = int(FLAGS.steps or config.model.sampling_steps)
-  regressor = np.asarray(topology.joint_regressor)
+  regressor = np.asarray(run.topology.joint_regressor)
   clips = sequences.load_clips(
       config.dataset, 'test', config_name=FLAGS.clips, max_clips=FLAGS.max_clips
   )
@@ -196,9 +189,9 @@ def main(argv: list[str]) -> int:
   rows, results = [], []
   for name, strength, reuse_noise in setups:
     sampler = video.WarmStartSampler(
-        model,
-        params,
-        schedule,
+        run.model,
+        run.params,
+        run.schedule,
         num_steps=steps,
         strength=strength,
         num_hypotheses=FLAGS.num_hypotheses,

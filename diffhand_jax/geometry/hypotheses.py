@@ -269,8 +269,13 @@ def summarize(
     *,
     method: str = 'mean',
     oracle_metric: str = 'pa_mpvpe',
+    mesh: Any = None,
+    mesh_metrics: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
   """What an evaluation with K hypotheses reports, from (B, K, N, 3) predictions in metres.
+
+  mesh (B, N, 3) and mesh_metrics (metrics.evaluate_per_sample of it): the `method` aggregate and its
+  per-sample metrics where the caller has them already (evaluation does); None computes them here.
 
   Returns a JSON-ready dict:
     aggregated      metrics.evaluate of the `method` aggregate (the keys of metrics.evaluate)
@@ -285,9 +290,20 @@ def summarize(
   `spread` (B,), the aggregate's per-sample metrics, and the oracle's index.
   """
   vertices = _check_hypotheses('summarize', vertices)
-  mesh = aggregate(vertices, method)
-  per_sample = metrics.evaluate_per_sample(
-      _joints(mesh, joint_regressor), gt_joints, mesh, gt_vertices
+  if mesh is None:
+    mesh = aggregate(vertices, method)
+    mesh_metrics = None
+  else:
+    mesh = np.asarray(mesh, np.float64)
+    if mesh.shape != vertices.shape[:1] + vertices.shape[2:]:
+      raise ValueError(
+          f'hypotheses.summarize: mesh {mesh.shape} is not one aggregate of the hypotheses '
+          f'{vertices.shape}.'
+      )
+  per_sample = (
+      dict(mesh_metrics)
+      if mesh_metrics is not None
+      else metrics.evaluate_per_sample(_joints(mesh, joint_regressor), gt_joints, mesh, gt_vertices)
   )
   oracle = oracle_best(vertices, gt_vertices, gt_joints, joint_regressor, metric=oracle_metric)
   first = metrics.evaluate_per_sample(

@@ -31,8 +31,12 @@ class TrainedRun:
   step: int
 
 
-def load_trained(workdir: str, *, use_ema: bool = True) -> TrainedRun:
-  """The newest checkpoint of the run in ``workdir``, params only (see the module docstring)."""
+def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -> TrainedRun:
+  """The newest checkpoint of the run in ``workdir``, params only (see the module docstring).
+
+  overrides: an inference command's changes to the run's config (`overrides.apply_overrides`, e.g. its
+  --config flag's value), applied to the returned ``config`` after the model is built from the
+  checkpoint's own: they choose the sampler and the data, never the network."""
   payload = checkpoints.saved_config(workdir)
   config = (
       run_config.config_from_json(payload)
@@ -42,6 +46,10 @@ def load_trained(workdir: str, *, use_ema: bool = True) -> TrainedRun:
   components = state_lib.build(config)
   abstract = state_lib.abstract_state(config, components.model, components.optimizer)
   params, step = checkpoints.restore_params(workdir, abstract, config, use_ema=use_ema)
+  if overrides is not None:
+    from diffhand_jax.inference import overrides as overrides_lib
+
+    config = overrides_lib.apply_overrides(config, overrides)
   return TrainedRun(
       workdir=workdir,
       config=config,

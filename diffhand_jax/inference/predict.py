@@ -405,7 +405,6 @@ def predict_folder(
   import jax
   from diffhand_jax.data import input_pipeline
   from diffhand_jax.inference import crops, detection, full_frame, loading, sampling
-  from diffhand_jax.inference import overrides as overrides_lib
 
   names = list_images(images_dir)
   box_table = load_boxes(boxes, names)
@@ -428,28 +427,21 @@ def predict_folder(
         ) from None
       except ValueError as error:
         raise InputError(str(error)) from None
-  run = loading.load_trained(workdir)
-  config, model, params, topology, schedule = (
-      run.config,
-      run.model,
-      run.params,
-      run.topology,
-      run.schedule,
-  )
-  config = overrides_lib.apply_overrides(config, overrides)
+  run = loading.load_trained(workdir, overrides=overrides)
+  config = run.config
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)
   sampler = sampling.Sampler(
-      model,
-      params,
-      schedule,
+      run.model,
+      run.params,
+      run.schedule,
       vertex_scale,
       num_steps=int(steps if steps is not None else config.model.sampling_steps),
       num_hypotheses=int(num_hypotheses),
       eta=float(eta if eta is not None else config.model.eta),
       batch_size=batch_size,
   )
-  faces = np.asarray(topology.faces)
+  faces = np.asarray(run.topology.faces)
   os.makedirs(output_dir, exist_ok=True)
 
   # Read, find and crop everything first: a bad file or a photo without hands is reported and dropped
@@ -511,7 +503,7 @@ def predict_folder(
   out = sampler.predict(
       images, jax.random.PRNGKey(seed), method=method, tta_config=tta_config, progress=report
   )
-  joints = conventions.regress_joints(out['vertices'], topology.joint_regressor)
+  joints = conventions.regress_joints(out['vertices'], run.topology.joint_regressor)
   uncertainty = hand_uncertainty(out['hypotheses'])
   placed = [
       full_frame.to_photo(

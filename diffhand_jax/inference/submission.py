@@ -472,19 +472,12 @@ def predict_absolute(
   (`overrides.apply_overrides`), e.g. the --config flag's value."""
   import jax
   from diffhand_jax.data import input_pipeline
-  from diffhand_jax.inference import crops, loading, overrides as overrides_lib, sampling
+  from diffhand_jax.inference import crops, loading, sampling
 
   if benchmark not in BENCHMARKS:
     raise SubmissionError(f'benchmark must be one of {BENCHMARKS}, got {benchmark!r}')
-  run = loading.load_trained(workdir)
-  config, model, params, topology, schedule = (
-      run.config,
-      run.model,
-      run.params,
-      run.topology,
-      run.schedule,
-  )
-  config = overrides_lib.apply_overrides(config, overrides)
+  run = loading.load_trained(workdir, overrides=overrides)
+  config = run.config
   split = split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)
   toolkit = None
@@ -500,9 +493,9 @@ def predict_absolute(
           f'joint_2d), so the file cannot have their lines; {_TOOLKIT_NEEDS_ALL}'
       )
   sampler = sampling.Sampler(
-      model,
-      params,
-      schedule,
+      run.model,
+      run.params,
+      run.schedule,
       vertex_scale,
       num_steps=int(config.model.sampling_steps),
       num_hypotheses=int(num_hypotheses or config.model.num_hypotheses),
@@ -559,7 +552,7 @@ def predict_absolute(
       report(min(start + chunk, count), count)
   vertices = np.concatenate(vertices_out)
   # The regressor's rows sum to 1, so the joints of the placed mesh are the placed joints.
-  joints = conventions.regress_joints(vertices, topology.joint_regressor)
+  joints = conventions.regress_joints(vertices, run.topology.joint_regressor)
   settings = dict(
       sampler.settings(),
       method=method,

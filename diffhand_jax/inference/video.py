@@ -604,7 +604,6 @@ def reconstruct_video(
   breaks off (the frames before the break are written first).
   """
   from diffhand_jax.inference import loading, sampling  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.inference import overrides as overrides_lib  # pylint: disable=g-import-not-at-top
 
   if not 0.0 < warm_strength <= 1.0:
     raise predict_lib.InputError(f'--warm_strength must lie in (0, 1], got {warm_strength}')
@@ -619,32 +618,25 @@ def reconstruct_video(
     detector = None if detector == 'none' else _make_detector(detector)
   frames = Frames(video, fps=fps)
   try:
-    run = loading.load_trained(workdir)
-    config, model, params, topology, schedule = (
-        run.config,
-        run.model,
-        run.params,
-        run.topology,
-        run.schedule,
-    )
+    run = loading.load_trained(workdir, overrides=overrides)
   except Exception:
     frames.close()
     raise
-  config = overrides_lib.apply_overrides(config, overrides)
+  config = run.config
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)
   sampler = WarmStartSampler(
-      model,
-      params,
-      schedule,
+      run.model,
+      run.params,
+      run.schedule,
       num_steps=int(steps if steps is not None else config.model.sampling_steps),
       strength=float(warm_strength),
       num_hypotheses=int(num_hypotheses),
       method=method,
       eta=float(eta if eta is not None else config.model.eta),
   )
-  faces = np.asarray(topology.faces)
-  regressor = np.asarray(topology.joint_regressor)
+  faces = np.asarray(run.topology.faces)
+  regressor = np.asarray(run.topology.joint_regressor)
   os.makedirs(output_dir, exist_ok=True)
   settings = {
       'workdir': os.path.abspath(workdir),

@@ -213,6 +213,8 @@ def run_evaluation(
         prediction['gt_joints'],
         W,
         method=method,
+        mesh=prediction['vertices'],
+        mesh_metrics=per_sample,
     )
     uncertainty_scores = summary.pop('per_sample')['scores']
     results['hypotheses'] = summary
