@@ -15,6 +15,7 @@ import ml_collections
 
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
+from diffhand_jax.inference import overrides as overrides_lib
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 
 
@@ -47,8 +48,6 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
   abstract = state_lib.abstract_state(config, components.model, components.optimizer)
   params, step = checkpoints.restore_params(workdir, abstract, config, use_ema=use_ema)
   if overrides is not None:
-    from diffhand_jax.inference import overrides as overrides_lib
-
     config = overrides_lib.apply_overrides(config, overrides)
   return TrainedRun(
       workdir=workdir,
