@@ -24,8 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Small batches, many updates: the demo model is underfit, and at the same compute (examples seen)
   # 4x the updates on batches of 8 beat batches of 32 (docs/experiments.md, "Tuning the CPU demo").
   config.batch_size = 8
-  config.num_train_steps = 3100
-  config.eval_every_steps = 3100
+  config.num_train_steps = 2900
+  config.eval_every_steps = 2900
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 2
   config.ema_decay = 0.995  # evaluate an exponential moving average of the weights
