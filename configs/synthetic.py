@@ -3,14 +3,14 @@
   python -m diffhand_jax.main --config=configs/synthetic.py --workdir=runs/synthetic
 
 Builds `synthetic_hands/default` (64x64 renders of the procedural hand) into ~/tensorflow_datasets on
-the first run, trains the `cpu_demo` model for 3100 steps on batches of 8, then evaluates on the test
-split (10 DDIM steps with η = 1, 4 hypotheses per image averaged after rigid alignment) and exports meshes and
-12 side-by-side overlays and a contact sheet. Small batches and many updates win here: the model is
-underfit, and at the same compute (examples seen) batches of 8 beat batches of 32. On a 2-core CPU the
+the first run, trains the `cpu_demo` model for 2900 steps on batches of 8, then evaluates on the test
+split (10 DDIM steps with eta = 1, 4 hypotheses per image averaged after rigid alignment) and exports
+meshes, 12 side-by-side overlays and a contact sheet. Small batches and many updates win here: the model
+is underfit, and at the same compute (examples seen) batches of 8 beat batches of 32. On a 2-core CPU the
 whole command, install included, should take at most 10 minutes. It should reach a test-split pa_mpvpe of
 at most half the mean-mesh baseline's, an mpvpe below the baseline's, and a palm_facing_agreement of at
 least 0.9 (all in results.json). From a fresh clone it took 9 min 42 s with the install and reached
-pa_mpvpe 16.68 mm against 35.10 (0.475x), mpvpe 53.40 against 64.57, and 0.968 (README.md, "What the
+pa_mpvpe 16.83 mm against 35.10 (0.480x), mpvpe 60.92 against 64.57, and 0.964 (README.md, "What the
 demo reaches"; docs/experiments.md).
 """
 
@@ -64,8 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   # articulation, and a plain vertex mean would blur them (docs/experiments.md, "Tuning the CPU demo").
   config.model.num_hypotheses = 4
   config.eval.aggregate = 'aligned_mean'
-  # Stochastic DDIM (η = 1, fresh noise at every step). On the demo's checkpoint PA-MPVPE is 16.68 at
-  # η = 0, 16.51 at 0.5 and 16.31 at 1, at the same cost (docs/experiments.md, "Tuning the CPU demo").
+  # Stochastic DDIM (η = 1, fresh noise at every step). On a 3100-step demo checkpoint PA-MPVPE is 16.68
+  # at η = 0, 16.51 at 0.5 and 16.31 at 1, at the same cost (docs/experiments.md, "Tuning the CPU demo").
   config.model.eta = 1.0
   config.eval.batch_size = 20  # x 4 hypotheses; faster per image on a CPU than larger batches
   config.eval.num_export = 12  # the rows of export/step_N/contact_sheet.png

@@ -39,6 +39,15 @@ def test_a_cpu_peak_is_measured():
   assert peak > 1e8 and source.startswith('measured 1024² float32 matmul')
 
 
+def test_the_measured_peak_is_the_fastest_call(monkeypatch):
+  # A fake clock: the calls take 0.5, 0.1 and 0.5 s; the slow ones (something else on the cores) must
+  # not lower the peak, which is 2·n³ over the fastest call.
+  ticks = iter([0.0, 0.0, 0.5, 0.5, 0.6, 0.6, 1.1])
+  monkeypatch.setattr(throughput.time, 'perf_counter', lambda: next(ticks))
+  peak = throughput.measured_matmul_peak(sizes=(8,), min_seconds=1.0)
+  assert peak == {'flops_per_s': pytest.approx(2 * 8**3 / 0.1), 'size': 8}
+
+
 def test_window_metrics(monkeypatch):
   meter = throughput.Meter(global_batch=64, flops_per_step=5e12, peak_flops=1e14, num_devices=8)
   meter.start = 100.0
