@@ -53,7 +53,7 @@ def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
   """One denoising pass on batch['x_t'] at batch['t'] (from `noised_inputs`) and the DiffHand losses,
   all in model space. The model computes in config.model.dtype; the losses are float32."""
   orientation = None
-  if config.model.get('orientation_head', False):
+  if model.orientation_head:  # the model built from config.model knows whether it has the head
     x0_hat, camera, orientation = model.apply(
         {'params': params},
         batch['image'],
