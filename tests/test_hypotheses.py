@@ -217,6 +217,8 @@ def test_summarize_with_the_callers_aggregate_equals_its_own():
     np.testing.assert_array_equal(given_per_sample['scores'][name], value)
   with pytest.raises(ValueError, match='one aggregate'):
     hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, mesh=mesh[:2])
+  with pytest.raises(ValueError, match='without the mesh'):
+    hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, mesh_metrics=mesh_metrics)
 
 
 def test_aggregate_rejects_bad_input():

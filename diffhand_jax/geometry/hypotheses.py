@@ -291,8 +291,12 @@ def summarize(
   """
   vertices = _check_hypotheses('summarize', vertices)
   if mesh is None:
+    if mesh_metrics is not None:
+      raise ValueError(
+          'hypotheses.summarize: mesh_metrics were given without the mesh they describe; pass both '
+          'or neither.'
+      )
     mesh = aggregate(vertices, method)
-    mesh_metrics = None
   else:
     mesh = np.asarray(mesh, np.float64)
     if mesh.shape != vertices.shape[:1] + vertices.shape[2:]:
