@@ -254,6 +254,38 @@ def test_color_by_uncertainty_recolours_the_hand_and_nothing_else(workdir, tmp_p
   np.testing.assert_array_equal(coloured[~footprint], photo[~footprint])
 
 
+def test_a_run_opened_once_predicts_what_opening_the_workdir_does(workdir, tmp_path):
+  """The web app opens the run once (`SamplerCache`) and reuses one compiled sampler per setting."""
+  from diffhand_jax.inference import loading, sampling
+
+  images = tmp_path / 'images'
+  images.mkdir()
+  _write_image(images / 'hand.png', 64, 64, 5)
+  options = dict(num_hypotheses=2, steps=2, detector='none', overlay_size=0, focal=100.0)
+  options['progress'] = False
+  predict_lib.predict_folder(workdir, str(images), str(tmp_path / 'own'), **options)
+  cache = sampling.SamplerCache(loading.load_trained(workdir))
+  for name in ('first', 'second'):
+    predict_lib.predict_folder(
+        'unread', str(images), str(tmp_path / name), samplers=cache, **options
+    )
+  own = _json(tmp_path / 'own' / 'hand.json')['hands'][0]['vertices_camera']
+  for name in ('first', 'second'):
+    assert _json(tmp_path / name / 'hand.json')['hands'][0]['vertices_camera'] == own
+  same = dict(num_steps=2, num_hypotheses=2, eta=0.0, batch_size=8)
+  assert cache.get(**same) is cache.get(**same)
+  assert cache.get(**same) is not cache.get(**dict(same, num_steps=3))
+  with pytest.raises(ValueError, match='overrides'):
+    predict_lib.predict_folder(
+        workdir,
+        str(images),
+        str(tmp_path / 'x'),
+        samplers=cache,
+        overrides={'model': {}},
+        **options,
+    )
+
+
 def test_hand_uncertainty_is_articulation_not_orientation():
   """Hand-made hypotheses: identical ones have no uncertainty; ones that differ only by a rotation have
   no articulation uncertainty, only an orientation one (2θ/3 for turns of -θ, 0, +θ about one axis).

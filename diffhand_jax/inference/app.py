@@ -159,12 +159,14 @@ def reconstruct_photo(
     detector: Any = 'mediapipe',
     min_hand_score: float = 0.5,
     seed: int = 0,
+    samplers: Any = None,
 ) -> PhotoResult:
   """Runs `predict.predict_folder` on one photo and prepares what the page shows (PhotoResult).
 
   whole_image: no detector, the photo's largest centred square is one hand. fit_mano: add MANO
   parameters to the JSON (skipped, with a note, when the run's hand model files are missing). A photo
-  that cannot be processed gives a PhotoResult with only `message`; a bad workdir raises.
+  that cannot be processed gives a PhotoResult with only `message`; a bad workdir raises. samplers: the
+  run opened once (`sampling.SamplerCache`), as the page passes it; None opens `workdir` here.
   """
   from diffhand_jax.inference import tta as tta_lib  # pylint: disable=g-import-not-at-top
 
@@ -191,6 +193,7 @@ def reconstruct_photo(
       min_hand_score=min_hand_score,
       seed=seed,
       progress=False,
+      samplers=samplers,
   )
   try:
     try:
@@ -306,7 +309,7 @@ def reconstruct_clip(
 def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'mediapipe'):
   """The gr.Blocks page for the run in `workdir`. scratch: where each request's files go (default: a
   new folder under the system's temporary folder)."""
-  from diffhand_jax.inference import detection  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.inference import detection, loading, sampling  # pylint: disable=g-import-not-at-top
 
   gr = import_gradio()
   scratch = scratch or tempfile.mkdtemp(prefix='diffhand_app_')
@@ -318,6 +321,13 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
 
   def new_folder() -> str:
     return tempfile.mkdtemp(dir=scratch)
+
+  opened = {}  # the run, opened by the first photo request and kept: later ones do not recompile
+
+  def samplers():
+    if 'run' not in opened:
+      opened['run'] = sampling.SamplerCache(loading.load_trained(workdir))
+    return opened['run']
 
   def run(upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
     empty = (
@@ -369,6 +379,7 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
           colour_by_uncertainty=colour,
           detector=detector,
           min_hand_score=min_score,
+          samplers=samplers(),
       )
     except Exception as error:  # the page reports it; the server keeps serving
       return (f'Error: {type(error).__name__}: {error}',) + empty

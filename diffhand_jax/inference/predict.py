@@ -389,6 +389,7 @@ def predict_folder(
     fit_mano: bool = False,
     min_hand_score: float = 0.5,
     color_by_uncertainty: bool = False,
+    samplers: Any = None,
 ) -> dict[str, Any]:
   """Runs the model over a folder of photos; returns {'written': [names], 'failed': {name: reason},
   'no_hands': [names]}.
@@ -399,7 +400,8 @@ def predict_folder(
   overrides: changes to the run's config (`overrides.apply_overrides`), e.g. the --config flag's value.
   steps / eta, when not None, take precedence over config.model.sampling_steps / eta.
   color_by_uncertainty: colour each hand in NAME.png by its `vertex_uncertainty` (`hand_uncertainty`),
-  one scale per photo, instead of the flat mesh colour. Raises InputError
+  one scale per photo, instead of the flat mesh colour. samplers: a `sampling.SamplerCache` of a run
+  opened already (the web app's); `workdir` is then not read, and `overrides` must be None. Raises InputError
   for bad arguments or input files, FileNotFoundError when `workdir` holds no trained run.
   """
   import jax
@@ -427,15 +429,15 @@ def predict_folder(
         ) from None
       except ValueError as error:
         raise InputError(str(error)) from None
-  run = loading.load_trained(workdir, overrides=overrides)
+  if samplers is None:
+    samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
+  elif overrides is not None:
+    raise ValueError('predict_folder: give overrides when opening the run, not with samplers=')
+  run = samplers.run
   config = run.config
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)
-  sampler = sampling.Sampler(
-      run.model,
-      run.params,
-      run.schedule,
-      vertex_scale,
+  sampler = samplers.get(
       num_steps=int(steps if steps is not None else config.model.sampling_steps),
       num_hypotheses=int(num_hypotheses),
       eta=float(eta if eta is not None else config.model.eta),

@@ -3,6 +3,7 @@ benchmark).
 
   * `Sampler`: a trained model's batched sampler: (M, H, W, 3) normalised images → K hypotheses each,
     padded to one batch shape (one compilation), with optional TTA.
+  * `SamplerCache`: one opened run's samplers, one per setting, for callers that sample many times.
   * `progress_printer`: a one-line progress bar for long runs.
 
 Crops and the wrist's camera-frame position are in `crops.py`; `--config.key=value` overrides in
@@ -119,6 +120,34 @@ class Sampler:
         'hypotheses': reference['vertices'],
         'camera': reference['camera'],
     }
+
+
+class SamplerCache:
+  """The `Sampler`s of one opened run, one per setting, each built on first use.
+
+  A long-lived caller (the web app) opens the run once and asks for a sampler per request; each
+  setting (steps, hypotheses, η, batch) then compiles once, not on every request.
+  run: a `loading.TrainedRun`.
+  """
+
+  def __init__(self, run: Any):
+    self.run = run
+    self._samplers: dict[tuple[Any, ...], Sampler] = {}
+
+  def get(self, *, num_steps: int, num_hypotheses: int, eta: float, batch_size: int) -> Sampler:
+    key = (int(num_steps), int(num_hypotheses), float(eta), int(batch_size))
+    if key not in self._samplers:
+      self._samplers[key] = Sampler(
+          self.run.model,
+          self.run.params,
+          self.run.schedule,
+          float(self.run.config.model.vertex_scale),
+          num_steps=key[0],
+          num_hypotheses=key[1],
+          eta=key[2],
+          batch_size=key[3],
+      )
+    return self._samplers[key]
 
 
 def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
