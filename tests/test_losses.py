@@ -89,6 +89,27 @@ def test_vertex_loss_hand_worked():
   assert float(losses.vertex_loss(pred2, gt2, per_vertex)) == pytest.approx(6.0)
 
 
+def test_euclidean_distance_hand_worked():
+  gt = jnp.zeros((1, 2, 3))
+  pred = jnp.array([[[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]]])  # distances 3 and 5
+  assert float(losses.vertex_loss(pred, gt, distance='euclidean')) == pytest.approx(4.0)
+  assert float(losses.vertex_loss(pred, gt)) == pytest.approx((9.0 + 25.0) / 2)
+  # The gradient is the unit direction to the prediction, whatever its size; finite at 0.
+  grad = jax.grad(lambda p: losses.vertex_loss(p, gt, distance='euclidean'))(pred)
+  np.testing.assert_allclose(grad[0, 0], np.array([1.0, 2.0, 2.0]) / 3 / 2, rtol=1e-6)
+  at_zero = jax.grad(lambda p: losses.vertex_loss(p, gt, distance='euclidean'))(gt)
+  assert np.all(np.isfinite(at_zero)) and float(jnp.abs(at_zero).max()) == 0.0
+  # The joint terms take the same distance: a 2D offset of 0.1 costs 0.1, not 0.01.
+  gt_verts, regressor, gt_joints, camera, gt_2d = joint_setup()
+  shifted = camera.at[:, 1].add(0.1)
+  loss_3d, loss_2d = losses.joint_loss(
+      gt_verts, gt_joints, regressor, shifted, gt_2d, distance='euclidean'
+  )
+  assert float(loss_2d) == pytest.approx(0.1, rel=1e-5) and float(loss_3d) < 1e-5
+  with pytest.raises(ValueError, match='distance must be one of'):
+    losses.vertex_loss(pred, gt, distance='l1')
+
+
 # ---------------------------------------------------------------------------------------------------
 # L_joint
 # ---------------------------------------------------------------------------------------------------

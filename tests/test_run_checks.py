@@ -371,3 +371,13 @@ def test_the_orientation_term_needs_its_head():
   config.model.orientation_head = True
   config.loss.timestep_top_fraction = 0.25
   assert checks.validate_config(config) == []
+
+
+def test_the_point_distance_is_one_the_losses_know():
+  from diffhand_jax.training import losses
+
+  assert checks.POINT_DISTANCES == losses.POINT_DISTANCES
+  assert checks.TIMESTEP_SAMPLINGS == losses.TIMESTEP_SAMPLINGS
+  config = run_config.config_file('synthetic')
+  config.loss.point_distance = 'l1'
+  assert any(p.startswith('config.loss.point_distance') for p in checks.validate_config(config))

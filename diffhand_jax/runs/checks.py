@@ -20,6 +20,8 @@ HAND_MODELS = ('procedural', 'mano')
 MESH_AXES = ('data', 'fsdp')
 # Timestep distributions of the training objective (training/losses.py `sample_timesteps`).
 TIMESTEP_SAMPLINGS = ('uniform', 'power')
+# Per-point errors of the vertex and joint terms (training/losses.py `point_distance`).
+POINT_DISTANCES = ('squared', 'euclidean')
 
 
 class RunCheckError(Exception):
@@ -198,6 +200,8 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.number('loss.lambda_joint', low=0.0)
   check.number('loss.lambda_smooth', low=0.0)
   check.choice('loss.timestep_sampling', TIMESTEP_SAMPLINGS)
+  if check.get('loss.point_distance') is not None:  # absent from configs saved before it existed
+    check.choice('loss.point_distance', POINT_DISTANCES)
   check.number('loss.timestep_power', low=0.0, low_open=True)
   check.number('loss.timestep_top_fraction', low=0.0, high=1.0, optional=True)
   check.number('loss.lambda_orientation', low=0.0, optional=True)

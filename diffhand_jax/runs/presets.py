@@ -66,6 +66,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.loss.lambda_joint = 1.0
   config.loss.lambda_smooth = 0.05
   config.loss.use_2d = True  # the 2D joint term through the weak-perspective camera
+  # The vertex and joint terms' per-point error (losses.point_distance): 'squared' is Eq. 13's;
+  # 'euclidean' (not squared) weights grossly wrong hands less.
+  config.loss.point_distance = 'squared'
   # Training timesteps (losses.sample_timesteps): 'uniform' is the paper's t ~ U{0..T-1}; 'power' with
   # timestep_power = p > 1 weights high noise levels more.
   config.loss.timestep_sampling = 'uniform'

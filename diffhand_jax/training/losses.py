@@ -6,7 +6,9 @@ Reduction convention, the same for every term (docs/design.md §5: means rather 
 meaning when the number of vertices, joints or faces changes):
 
 * a point term is the **squared Euclidean distance** of each point (summed over its xyz or xy
-  coordinates), then **averaged over points** (vertices / joints) and over the batch;
+  coordinates), then **averaged over points** (vertices / joints) and over the batch. With
+  `distance='euclidean'` it is the distance itself, not squared (an option, not the paper's: the
+  squared error lets a few grossly wrong hands dominate the gradient; docs/design.md §11);
 * L_smooth sums |e · n^GT| over the 3 edges of a face, then averages over faces and over the batch.
 
 So `vertex_loss` is the paper's Eq. 10 divided by N, `joint_loss` is Eq. 11 divided by M (its 3D and 2D
@@ -33,7 +35,10 @@ from diffhand_jax.geometry import conventions
 
 LAMBDA_JOINT = 1.0
 LAMBDA_SMOOTH = 0.05
-_TINY = 1e-12  # guards the normal of a zero-area ground-truth face
+_TINY = (
+    1e-12  # guards the normal of a zero-area ground-truth face, and the distance's gradient at 0
+)
+POINT_DISTANCES = ('squared', 'euclidean')
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,16 +110,27 @@ def face_normals(verts: jax.Array, faces: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------------
 
 
-def vertex_loss(pred_verts: jax.Array, gt_verts: jax.Array, mask=None) -> jax.Array:
+def point_distance(pred: jax.Array, target: jax.Array, distance: str = 'squared') -> jax.Array:
+  """Per-point error over the last axis, (..., C) → (...): |p − q|² ('squared', the paper's) or
+  |p − q| ('euclidean', with a gradient that stays finite at 0)."""
+  if distance not in POINT_DISTANCES:
+    raise ValueError(f'losses: distance must be one of {POINT_DISTANCES}, got {distance!r}')
+  squared = jnp.sum(jnp.square(pred - target), -1)
+  return squared if distance == 'squared' else jnp.sqrt(squared + _TINY)
+
+
+def vertex_loss(
+    pred_verts: jax.Array, gt_verts: jax.Array, mask=None, *, distance: str = 'squared'
+) -> jax.Array:
   """L_vertex: squared Euclidean vertex error, averaged over vertices and batch. Scalar.
 
   pred_verts, gt_verts: (B, N, 3). mask: None, per-sample weights (B,) (e.g. has_3d), or per-vertex
-  weights (B, N) (weighted mean over all weighted vertices of the batch).
+  weights (B, N) (weighted mean over all weighted vertices of the batch). distance: `point_distance`.
   """
   func = 'vertex_loss'
   _check_shape(func, 'pred_verts', pred_verts, (None, None, 3))
   _check_shape(func, 'gt_verts', gt_verts, pred_verts.shape)
-  squared_error = jnp.sum(jnp.square(pred_verts - gt_verts), -1)  # (B, N)
+  squared_error = point_distance(pred_verts, gt_verts, distance)  # (B, N)
   if mask is not None and getattr(mask, 'ndim', None) == 2:
     _check_shape(func, 'mask', mask, squared_error.shape)
     weights = jnp.asarray(mask, squared_error.dtype)
@@ -136,6 +152,7 @@ def joint_loss(
     has_2d=None,
     *,
     has_3d=None,
+    distance: str = 'squared',
 ) -> tuple[jax.Array, jax.Array]:
   """L_joint parts: (loss_3d, loss_2d), each a scalar; L_joint = loss_3d + loss_2d.
 
@@ -143,6 +160,7 @@ def joint_loss(
   (MANO's J_regressor plus the tip vertices, in 21-order); camera (B, 3) = (s, tx, ty); gt_joints_2d
   (B, J, 2) in normalised crop coordinates. has_2d / has_3d: optional per-sample weights (B,).
   The predicted joints are J = W · V̂; the 2D joints are J projected by `project_weak_perspective`.
+  distance: `point_distance`, for both parts.
   """
   func = 'joint_loss'
   _check_shape(func, 'pred_verts', pred_verts, (None, None, 3))
@@ -155,9 +173,9 @@ def joint_loss(
   _check_weights(func, 'has_2d', has_2d, batch)
   _check_weights(func, 'has_3d', has_3d, batch)
   pred_joints = regress_joints(pred_verts, joint_regressor)
-  error_3d = jnp.mean(jnp.sum(jnp.square(pred_joints - gt_joints_3d), -1), -1)  # (B,)
+  error_3d = jnp.mean(point_distance(pred_joints, gt_joints_3d, distance), -1)  # (B,)
   pred_joints_2d = project_weak_perspective(pred_joints, camera)
-  error_2d = jnp.mean(jnp.sum(jnp.square(pred_joints_2d - gt_joints_2d), -1), -1)  # (B,)
+  error_2d = jnp.mean(point_distance(pred_joints_2d, gt_joints_2d, distance), -1)  # (B,)
   return _weighted_batch_mean(error_3d, has_3d), _weighted_batch_mean(error_2d, has_2d)
 
 
@@ -211,20 +229,29 @@ def total_loss(
     lambda_smooth: float = LAMBDA_SMOOTH,
     orientation: jax.Array | None = None,
     lambda_orientation: float = 0.0,
+    distance: str = 'squared',
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L = L_vertex + λ_joint · (L_joint3d + L_joint2d) + λ_smooth · L_smooth (paper Eq. 13), plus
   λ_orientation · L_orientation when an `orientation` (B, 6) prediction is given (`orientation_loss`).
 
   Shapes as in `vertex_loss`, `joint_loss` and `smooth_loss`. has_3d (B,) weights every term that needs
-  3D ground truth (vertices, 3D joints, smoothness); has_2d (B,) weights the 2D joint term.
+  3D ground truth (vertices, 3D joints, smoothness); has_2d (B,) weights the 2D joint term. distance:
+  `point_distance` of the vertex and joint terms ('squared' is Eq. 13's).
   Returns (loss, parts) with parts = {'vertex', 'joint_3d', 'joint_2d', 'joint', 'smooth', 'total'}.
   """
   _check_shape('total_loss', 'pred_verts', pred_verts, (None, None, 3))
   _check_weights('total_loss', 'has_3d', has_3d, pred_verts.shape[0])
   _check_weights('total_loss', 'has_2d', has_2d, pred_verts.shape[0])
-  loss_vertex = vertex_loss(pred_verts, gt_verts, has_3d)
+  loss_vertex = vertex_loss(pred_verts, gt_verts, has_3d, distance=distance)
   loss_3d, loss_2d = joint_loss(
-      pred_verts, gt_joints_3d, joint_regressor, camera, gt_joints_2d, has_2d, has_3d=has_3d
+      pred_verts,
+      gt_joints_3d,
+      joint_regressor,
+      camera,
+      gt_joints_2d,
+      has_2d,
+      has_3d=has_3d,
+      distance=distance,
   )
   loss_joint = loss_3d + loss_2d
   loss_smooth = smooth_loss(pred_verts, gt_verts, faces, has_3d)

@@ -77,6 +77,7 @@ def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
       lambda_smooth=config.loss.lambda_smooth,
       orientation=orientation,
       lambda_orientation=config.loss.get('lambda_orientation', 0.0),
+      distance=config.loss.get('point_distance', 'squared'),
   )
   return loss, parts
 
