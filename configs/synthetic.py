@@ -9,9 +9,9 @@ meshes, 12 side-by-side overlays and a contact sheet. Small batches and many upd
 is underfit, and at the same compute (examples seen) batches of 8 beat batches of 32. On a 2-core CPU the
 whole command, install included, should take at most 10 minutes. It should reach a test-split pa_mpvpe of
 at most half the mean-mesh baseline's, an mpvpe below the baseline's, and a palm_facing_agreement of at
-least 0.9 (all in results.json). From a fresh clone it took 9 min 42 s with the install and reached
-pa_mpvpe 16.83 mm against 35.10 (0.480x), mpvpe 60.92 against 64.57, and 0.964 (README.md, "What the
-demo reaches"; docs/experiments.md).
+least 0.9 (all in results.json). From a fresh clone it took 8 min 38 s with the install (9 min 42 s for
+the same steps on a slower day) and reached pa_mpvpe 15.87 mm against 35.10 (0.452x), mpvpe 54.71
+against 64.57, and 0.948 (README.md, "What the demo reaches"; docs/experiments.md).
 """
 
 import ml_collections
@@ -47,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.lambda_orientation = 1.0
   config.loss.timestep_top_fraction = 0.25
   # Distances, not squared distances, in the vertex and joint terms: the squared error lets the few hands
-  # that are grossly wrong dominate each small batch. PA-MPVPE 16.07 mm against 16.83 (docs/experiments.md,
-  # "Tuning the CPU demo").
+  # that are grossly wrong dominate each small batch. PA-MPVPE 16.07 mm against 16.83 on the same 2900
+  # steps (docs/experiments.md, "Tuning the CPU demo").
   config.loss.point_distance = 'euclidean'
 
   config.dataset.hand_model = 'procedural'  # the hand the data was rendered from
