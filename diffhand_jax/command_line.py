@@ -40,6 +40,43 @@ class Exit(Exception):
     self.code = code
 
 
+def define_tta_flags(flag_values: flags.FlagValues, *, switch: bool = True) -> None:
+  """--tta (when `switch`), --tta_angles and --tta_scales in `flag_values`, defaulting to
+  `inference.tta.TTAConfig`'s passes; `tta_config` reads them back."""
+  from diffhand_jax.inference import tta  # pylint: disable=g-import-not-at-top
+
+  default = tta.TTAConfig()
+  if switch:
+    flags.DEFINE_bool(
+        'tta', False, 'test-time augmentation (rotations, scales)', flag_values=flag_values
+    )
+  flags.DEFINE_string(
+      'tta_angles',
+      ','.join(f'{angle:g}' for angle in default.angles_deg),
+      'TTA rotations, degrees, comma-separated',
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      'tta_scales',
+      ','.join(f'{scale:g}' for scale in default.scales),
+      'TTA scales, comma-separated',
+      flag_values=flag_values,
+  )
+
+
+def tta_config(flag_values: flags.FlagValues):
+  """The `inference.tta.TTAConfig` of the flags `define_tta_flags` made; None when --tta is defined
+  and off. Raises ValueError for a list that is not numbers."""
+  from diffhand_jax.inference import tta  # pylint: disable=g-import-not-at-top
+
+  if 'tta' in flag_values and not flag_values['tta'].value:
+    return None
+  return tta.TTAConfig(
+      angles_deg=tta.parse_list(flag_values['tta_angles'].value),
+      scales=tta.parse_list(flag_values['tta_scales'].value),
+  )
+
+
 def flags_help(
     flag_values: flags.FlagValues,
     config: ml_collections.ConfigDict | None = None,

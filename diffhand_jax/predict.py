@@ -115,11 +115,7 @@ flags.DEFINE_float('eta', None, "DDIM eta (default: the config's)", flag_values=
 flags.DEFINE_enum(
     'method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh', flag_values=FLAGS
 )
-flags.DEFINE_bool('tta', False, 'test-time augmentation (rotations, scales)', flag_values=FLAGS)
-flags.DEFINE_string(
-    'tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS
-)
-flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
+command_line.define_tta_flags(FLAGS)
 flags.DEFINE_integer('batch_size', 8, 'images per sampler call', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
 flags.DEFINE_integer(
@@ -228,14 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f', {result["decoder_passes_per_frame"]:.2f} decoder passes per frame'
     )
     return 0
-  from diffhand_jax.inference import predict, tta
+  from diffhand_jax.inference import predict
 
   try:
-    tta_config = None
-    if FLAGS.tta:
-      tta_config = tta.TTAConfig(
-          angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
-      )
+    tta_config = command_line.tta_config(FLAGS)
     result = predict.predict_folder(
         FLAGS.workdir,
         FLAGS.images,

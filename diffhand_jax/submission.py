@@ -83,11 +83,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     'method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh', flag_values=FLAGS
 )
-flags.DEFINE_bool('tta', False, 'test-time augmentation (rotations, scales)', flag_values=FLAGS)
-flags.DEFINE_string(
-    'tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS
-)
-flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
+command_line.define_tta_flags(FLAGS)
 flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
 flags.DEFINE_string(
     'root_feature', None, 'ho3d: the feature holding the given root', flag_values=FLAGS
@@ -122,15 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
   except command_line.Exit as done:
     return done.code
-  from diffhand_jax.inference import submission, tta
+  from diffhand_jax.inference import submission
   from diffhand_jax.runs import checkpoints
 
   try:
-    tta_config = None
-    if FLAGS.tta:
-      tta_config = tta.TTAConfig(
-          angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
-      )
+    tta_config = command_line.tta_config(FLAGS)
     summary = submission.write_submission(
         FLAGS.workdir,
         FLAGS.benchmark,

@@ -261,8 +261,9 @@ def test_a_run_opened_once_predicts_what_opening_the_workdir_does(workdir, tmp_p
   images = tmp_path / 'images'
   images.mkdir()
   _write_image(images / 'hand.png', 64, 64, 5)
-  options = dict(num_hypotheses=2, steps=2, detector='none', overlay_size=0, focal=100.0)
-  options['progress'] = False
+  options = dict(
+      num_hypotheses=2, steps=2, detector='none', overlay_size=0, focal=100.0, progress=False
+  )
   predict_lib.predict_folder(workdir, str(images), str(tmp_path / 'own'), **options)
   cache = sampling.SamplerCache(loading.load_trained(workdir))
   for name in ('first', 'second'):

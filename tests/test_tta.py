@@ -158,3 +158,26 @@ def test_rotate_back_inverts_the_image_rotation():
   np.testing.assert_allclose(tta.rotate_back(seen, 40.0), points, atol=1e-12)
   # align_w_scale of a rotated copy recovers it (the reason Procrustes fusion tolerates any rotation).
   np.testing.assert_allclose(metrics.align_w_scale_batch(points, seen), points, atol=1e-9)
+
+
+def test_the_commands_tta_flags_default_to_the_config_and_parse_back():
+  from absl import flags
+
+  from diffhand_jax import command_line
+
+  values = flags.FlagValues()
+  command_line.define_tta_flags(values)
+  values(['prog'])
+  assert command_line.tta_config(values) is None  # --tta is off
+  values(['prog', '--tta'])
+  assert command_line.tta_config(values) == tta.TTAConfig()
+  values(['prog', '--tta', '--tta_angles=-5,5', '--tta_scales=1'])
+  assert command_line.tta_config(values) == tta.TTAConfig(angles_deg=(-5.0, 5.0), scales=(1.0,))
+  values(['prog', '--tta', '--tta_angles=left'])
+  with pytest.raises(ValueError, match='comma-separated list of numbers'):
+    command_line.tta_config(values)
+  without_switch = flags.FlagValues()  # the hypotheses benchmark has --no_tta instead
+  command_line.define_tta_flags(without_switch, switch=False)
+  without_switch(['prog'])
+  assert 'tta' not in without_switch
+  assert command_line.tta_config(without_switch) == tta.TTAConfig()

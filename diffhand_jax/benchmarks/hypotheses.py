@@ -48,10 +48,7 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     'split', None, 'the split (default: config.dataset.eval_split)', flag_values=FLAGS
 )
-flags.DEFINE_string(
-    'tta_angles', '-10,0,10', 'TTA rotations, degrees, comma-separated', flag_values=FLAGS
-)
-flags.DEFINE_string('tta_scales', '0.9,1.0,1.1', 'TTA scales, comma-separated', flag_values=FLAGS)
+command_line.define_tta_flags(FLAGS, switch=False)
 flags.DEFINE_bool('no_tta', False, 'skip the TTA comparison', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
 flags.DEFINE_string('output', 'bench_results/hypotheses.json', 'the JSON report', flag_values=FLAGS)
@@ -75,7 +72,7 @@ def main(argv: list[str]) -> int:
   from diffhand_jax import metrics
   from diffhand_jax.data import input_pipeline
   from diffhand_jax.geometry import conventions, hypotheses
-  from diffhand_jax.inference import loading, sampling, tta
+  from diffhand_jax.inference import loading, sampling
 
   run = loading.load_trained(FLAGS.workdir, overrides=FLAGS.config)
   config = run.config
@@ -126,9 +123,7 @@ def main(argv: list[str]) -> int:
 
   tta_result = None
   if not FLAGS.no_tta:
-    tta_config = tta.TTAConfig(
-        angles_deg=tta.parse_list(FLAGS.tta_angles), scales=tta.parse_list(FLAGS.tta_scales)
-    )
+    tta_config = command_line.tta_config(FLAGS)
     single = sampling.Sampler(
         run.model,
         run.params,

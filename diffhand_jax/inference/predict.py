@@ -401,8 +401,9 @@ def predict_folder(
   steps / eta, when not None, take precedence over config.model.sampling_steps / eta.
   color_by_uncertainty: colour each hand in NAME.png by its `vertex_uncertainty` (`hand_uncertainty`),
   one scale per photo, instead of the flat mesh colour. samplers: a `sampling.SamplerCache` of a run
-  opened already (the web app's); `workdir` is then not read, and `overrides` must be None. Raises InputError
-  for bad arguments or input files, FileNotFoundError when `workdir` holds no trained run.
+  opened already (the web app's); `workdir` is then not read, and `overrides` must be None.
+  Raises InputError for bad arguments or input files, FileNotFoundError when `workdir` holds no trained
+  run.
   """
   import jax
   from diffhand_jax.data import input_pipeline

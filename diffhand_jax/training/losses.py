@@ -35,9 +35,8 @@ from diffhand_jax.geometry import conventions
 
 LAMBDA_JOINT = 1.0
 LAMBDA_SMOOTH = 0.05
-_TINY = (
-    1e-12  # guards the normal of a zero-area ground-truth face, and the distance's gradient at 0
-)
+# Guards the normal of a zero-area ground-truth face, and the distance's gradient at 0.
+_TINY = 1e-12
 POINT_DISTANCES = ('squared', 'euclidean')
 
 
@@ -122,7 +121,8 @@ def point_distance(pred: jax.Array, target: jax.Array, distance: str = 'squared'
 def vertex_loss(
     pred_verts: jax.Array, gt_verts: jax.Array, mask=None, *, distance: str = 'squared'
 ) -> jax.Array:
-  """L_vertex: squared Euclidean vertex error, averaged over vertices and batch. Scalar.
+  """L_vertex: the vertex error (`point_distance`: squared by default), averaged over vertices and
+  batch. Scalar.
 
   pred_verts, gt_verts: (B, N, 3). mask: None, per-sample weights (B,) (e.g. has_3d), or per-vertex
   weights (B, N) (weighted mean over all weighted vertices of the batch). distance: `point_distance`.
@@ -130,17 +130,15 @@ def vertex_loss(
   func = 'vertex_loss'
   _check_shape(func, 'pred_verts', pred_verts, (None, None, 3))
   _check_shape(func, 'gt_verts', gt_verts, pred_verts.shape)
-  squared_error = point_distance(pred_verts, gt_verts, distance)  # (B, N)
+  error = point_distance(pred_verts, gt_verts, distance)  # (B, N)
   if mask is not None and getattr(mask, 'ndim', None) == 2:
-    _check_shape(func, 'mask', mask, squared_error.shape)
-    weights = jnp.asarray(mask, squared_error.dtype)
+    _check_shape(func, 'mask', mask, error.shape)
+    weights = jnp.asarray(mask, error.dtype)
     total = jnp.sum(weights)
     has_any = total > 0
-    return jnp.where(
-        has_any, jnp.sum(weights * squared_error) / jnp.where(has_any, total, 1.0), 0.0
-    )
+    return jnp.where(has_any, jnp.sum(weights * error) / jnp.where(has_any, total, 1.0), 0.0)
   _check_weights(func, 'mask', mask, pred_verts.shape[0])
-  return _weighted_batch_mean(jnp.mean(squared_error, -1), mask)
+  return _weighted_batch_mean(jnp.mean(error, -1), mask)
 
 
 def joint_loss(
