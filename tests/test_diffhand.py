@@ -357,14 +357,17 @@ def test_orientation_head_is_opt_in_and_leaves_the_denoiser_unchanged():
   x_t = jax.random.normal(jax.random.key(3), (BATCH, 778, 3))
   t = jnp.full((BATCH,), 500, jnp.int32)
   x0, camera = with_head.apply({"params": params}, images, x_t, t)
-  x0_b, camera_b, orientation = with_head.apply(
-      {"params": params}, images, x_t, t, method=with_head.denoise_with_orientation
-  )
-  np.testing.assert_array_equal(x0, x0_b)
-  np.testing.assert_array_equal(camera, camera_b)
-  assert orientation.shape == (BATCH, 6) and orientation.dtype == jnp.float32
+  out = with_head.apply({"params": params}, images, x_t, t, method=with_head.training_pass)
+  np.testing.assert_array_equal(x0, out["x0_hat"])
+  np.testing.assert_array_equal(camera, out["camera"])
+  assert out["orientation"].shape == (BATCH, 6) and out["orientation"].dtype == jnp.float32
   # Without the head, the same params minus the head give the same meshes: the head is off to the side.
   without = {k: v for k, v in params.items() if k != "orientation_head"}
   np.testing.assert_array_equal(plain.apply({"params": without}, images, x_t, t)[0], x0)
+  assert set(plain.apply({"params": without}, images, x_t, t, method=plain.training_pass)) == {
+      "x0_hat",
+      "camera",
+  }
+  cond = plain.apply({"params": without}, images, method=plain.encode)
   with pytest.raises(ValueError, match="orientation head"):
-    plain.apply({"params": without}, images, x_t, t, method=plain.denoise_with_orientation)
+    plain.apply({"params": without}, cond, method=plain.orientation)

@@ -382,6 +382,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
   config.batch_size = 4
   config.optimizer.warmup_steps = 1  # step 0 has learning rate 0; step 1 updates at the peak
   config.optimizer.learning_rate = 1e-3
+  # The auxiliary orientation term must be accumulated too (it once was not).
+  config.model.orientation_head = True
+  config.loss.lambda_orientation = 1.0
   batch = _random_batch(config, has_3d=[1.0, 0.0, 1.0, 1.0])
   topology, model, schedule, optimizer, mesh = step_lib.build_components(config)
   _, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
@@ -410,7 +413,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     runs[num_micro] = parts, initial, final
   (one, initial, one_final), (two, _, two_final) = runs[1], runs[2]
   for step in range(2):
-    for key in ('total', 'vertex', 'joint_2d', 'smooth'):
+    for key in ('total', 'vertex', 'joint_2d', 'smooth', 'orientation'):
       assert two[step][key] == pytest.approx(one[step][key], rel=1e-5), (step, key)
     assert two[step]['grad_norm'] == pytest.approx(one[step]['grad_norm'], rel=1e-5)
   update = np.linalg.norm(one_final - initial)

@@ -176,14 +176,15 @@ class DiffHand(nn.Module):
       )
     return self.orientation_dense(cond.embedding.astype(jnp.float32))
 
-  def denoise_with_orientation(
-      self, images: jax.Array, x_t: jax.Array, t: jax.Array
-  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """encode once, then (x̂_0 (B, N, 3), camera (B, 3), orientation (B, 6)): the training pass of a
-    model with an orientation head."""
+  def training_pass(self, images: jax.Array, x_t: jax.Array, t: jax.Array) -> dict[str, jax.Array]:
+    """encode once, then {'x0_hat' (B, N, 3), 'camera' (B, 3)}, plus 'orientation' (B, 6) when the
+    model has the orientation head: what the training loss scores."""
     cond = self.encode(images)
     x0_hat, camera = self.denoise(cond, x_t, t)
-    return x0_hat, camera, self.orientation(cond)
+    out = {"x0_hat": x0_hat, "camera": camera}
+    if self.orientation_head:
+      out["orientation"] = self.orientation(cond)
+    return out
 
   def denoise(self, cond: Condition, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x_t (B, N, 3), t int32 (B,) → (x̂_0 (B, N, 3) float32, camera (B, 3) float32)."""

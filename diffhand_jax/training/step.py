@@ -52,30 +52,23 @@ def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.
 def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
   """One denoising pass on batch['x_t'] at batch['t'] (from `noised_inputs`) and the DiffHand losses,
   all in model space. The model computes in config.model.dtype; the losses are float32."""
-  orientation = None
-  if model.orientation_head:  # the model built from config.model knows whether it has the head
-    x0_hat, camera, orientation = model.apply(
-        {'params': params},
-        batch['image'],
-        batch['x_t'],
-        batch['t'],
-        method=model.denoise_with_orientation,
-    )
-  else:
-    x0_hat, camera = model.apply({'params': params}, batch['image'], batch['x_t'], batch['t'])
+  # The model built from config.model knows whether it has the orientation head.
+  out = model.apply(
+      {'params': params}, batch['image'], batch['x_t'], batch['t'], method=model.training_pass
+  )
   loss, parts = losses.total_loss(
-      x0_hat.astype(jnp.float32),
+      out['x0_hat'].astype(jnp.float32),
       batch['vertices'],
       batch['joints'],
       batch['joints_2d'],
-      camera.astype(jnp.float32),
+      out['camera'].astype(jnp.float32),
       topology.joint_regressor,
       topology.faces,
       has_3d=batch['has_3d'],
       has_2d=_has_2d(batch, config),
       lambda_joint=config.loss.lambda_joint,
       lambda_smooth=config.loss.lambda_smooth,
-      orientation=orientation,
+      orientation=out.get('orientation'),
       lambda_orientation=config.loss.get('lambda_orientation', 0.0),
       distance=config.loss.get('point_distance', 'squared'),
   )
@@ -127,13 +120,16 @@ def accumulated_loss_and_grads(
         'joint_3d': share_3d * parts['joint_3d'],
         'joint_2d': share_2d * parts['joint_2d'],
         'smooth': share_3d * parts['smooth'],
+        # The auxiliary term, where the model has its head: a mean over has_3d.
+        **({'orientation': share_3d * parts['orientation']} if 'orientation' in parts else {}),
     }
     parts['joint'] = parts['joint_3d'] + parts['joint_2d']
-    # losses.total_loss's combination (paper Eq. 13), of the weighted terms.
+    # losses.total_loss's combination (paper Eq. 13, plus the auxiliary term), of the weighted terms.
     parts['total'] = (
         parts['vertex']
         + config.loss.lambda_joint * parts['joint']
         + config.loss.lambda_smooth * parts['smooth']
+        + config.loss.get('lambda_orientation', 0.0) * parts.get('orientation', 0.0)
     )
     return parts['total'], parts
 
