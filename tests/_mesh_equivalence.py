@@ -21,6 +21,7 @@ from _inference_workdir import tiny_config  # noqa: E402
 
 from diffhand_jax import diffusion  # noqa: E402
 from diffhand_jax.data import input_pipeline  # noqa: E402
+from diffhand_jax.data import splits  # noqa: E402
 from diffhand_jax.geometry import hand_model  # noqa: E402
 from diffhand_jax.models import diffhand  # noqa: E402
 from diffhand_jax.runs import state as state_lib  # noqa: E402
@@ -85,7 +86,7 @@ def run(config, arrays, mesh_config):
 def main(data_dir, out):
   config = tiny_config(data_dir)
   config.batch_size = 8
-  arrays = input_pipeline.load_split(config.dataset, 'train')
+  arrays = splits.load_split(config.dataset, 'train')
   results = {}
   for name, mesh_config in MESHES.items():
     losses, params, sharded = run(config, arrays, mesh_config)

@@ -13,6 +13,8 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from diffhand_jax.data import input_pipeline  # noqa: E402
+
+from diffhand_jax.data import splits  # noqa: E402
 from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder  # noqa: E402
 
 # The synthetic builder's version, as its folders and messages spell it.
@@ -36,7 +38,7 @@ def data(tmp_path_factory):
   from tensorflow_datasets.scripts.cli import convert_format_utils
 
   root = tmp_path_factory.mktemp('streaming')
-  streamed = input_pipeline.get_builder(_config(root / 'array_record'))
+  streamed = splits.get_builder(_config(root / 'array_record'))
   tfds.builder('synthetic_hands/tiny', data_dir=str(root / 'tfrecord')).download_and_prepare()
   shutil.copytree(root / 'tfrecord', root / 'both')
   convert_format_utils.convert_dataset(
@@ -50,8 +52,8 @@ def data(tmp_path_factory):
   return {
       'root': root,
       'builder': streamed,
-      'source': input_pipeline.SplitSource(streamed, 'train'),
-      'memory': input_pipeline.load_split(_config(root / 'tfrecord'), 'train'),  # tf.data
+      'source': splits.SplitSource(streamed, 'train'),
+      'memory': splits.load_split(_config(root / 'tfrecord'), 'train'),  # tf.data
   }
 
 
@@ -66,10 +68,10 @@ def _take(iterator, count):
 
 
 def test_get_builder_prepares_array_record_only(data):
-  assert input_pipeline.stored_file_formats(data['builder']) == {'array_record'}
-  assert input_pipeline.stored_file_formats(
-      input_pipeline.get_builder(_config(data['root'] / 'tfrecord'))
-  ) == {'tfrecord'}
+  assert splits.stored_file_formats(data['builder']) == {'array_record'}
+  assert splits.stored_file_formats(splits.get_builder(_config(data['root'] / 'tfrecord'))) == {
+      'tfrecord'
+  }
 
 
 def test_source_rows_equal_the_tf_data_rows(data):
@@ -77,15 +79,15 @@ def test_source_rows_equal_the_tf_data_rows(data):
   assert source.num_examples == len(memory['image']) == 6
   indices = np.array([4, 0, 4, 5, 1, 2, 3, 0])  # any order, repeats
   rows = source.read(indices)
-  assert set(rows) == set(input_pipeline.FEATURES)
-  for key in input_pipeline.FEATURES:
+  assert set(rows) == set(splits.FEATURES)
+  for key in splits.FEATURES:
     assert rows[key].dtype == memory[key].dtype, key
     np.testing.assert_array_equal(rows[key], memory[key][indices], err_msg=key)
 
 
 def test_columns_index_like_arrays_and_refuse_whole_split_decoding(data):
   source, memory = data['source'], data['memory']
-  assert len(source['image']) == 6 and set(source) == set(input_pipeline.FEATURES)
+  assert len(source['image']) == 6 and set(source) == set(splits.FEATURES)
   np.testing.assert_array_equal(source['K'][2], memory['K'][2])
   np.testing.assert_array_equal(source['K'][-1], memory['K'][-1])
   np.testing.assert_array_equal(source['image'][1:5:2], memory['image'][1:5:2])
@@ -101,10 +103,8 @@ def test_columns_index_like_arrays_and_refuse_whole_split_decoding(data):
 
 
 def test_load_split_reads_array_record_data_as_tf_data_reads_tfrecords(data):
-  streamed = input_pipeline.load_split(
-      _config(data['root'] / 'array_record'), 'train', max_examples=4
-  )
-  for key in input_pipeline.FEATURES:
+  streamed = splits.load_split(_config(data['root'] / 'array_record'), 'train', max_examples=4)
+  for key in splits.FEATURES:
     np.testing.assert_array_equal(streamed[key], data['memory'][key][:4], err_msg=key)
 
 
@@ -256,63 +256,61 @@ def _fake_split(count, seed=0):
 def test_mean_mesh_example_is_the_mean_of_the_prepared_meshes():
   arrays = _fake_split(9)
   prepared = input_pipeline.prepare_batch(arrays, vertex_scale=0.1)  # mirrors the left hands itself
-  summary = input_pipeline.prepare_batch(input_pipeline.mean_mesh_example(arrays), vertex_scale=0.1)
+  summary = input_pipeline.prepare_batch(splits.mean_mesh_example(arrays), vertex_scale=0.1)
   assert summary['vertices'].shape == (1, 778, 3)
   np.testing.assert_allclose(summary['vertices'][0], prepared['vertices'].mean(axis=0), atol=1e-5)
 
 
 def test_source_mean_mesh_streams_no_images(data, monkeypatch):
-  expected = input_pipeline.mean_mesh_example(data['memory'])
+  expected = splits.mean_mesh_example(data['memory'])
 
   def no_images(*args, **kwargs):
     raise AssertionError('an image was decoded')
 
   monkeypatch.setattr(tfds.features.Image, 'decode_example', no_images)
   monkeypatch.setattr(tfds.features.Image, 'decode_example_np', no_images)
-  source = input_pipeline.SplitSource(data['builder'], 'train')
-  got = input_pipeline.mean_mesh_example(source)
+  source = splits.SplitSource(data['builder'], 'train')
+  got = splits.mean_mesh_example(source)
   np.testing.assert_allclose(got['vertices_3d'], expected['vertices_3d'], atol=1e-6)
   np.testing.assert_array_equal(got['joints_3d'], expected['joints_3d'])
 
 
 def test_open_split_picks_memory_or_streaming(data):
   root = data['root']
-  assert isinstance(
-      input_pipeline.open_split(_config(root / 'array_record'), 'train'), dict
-  )  # synthetic
-  source = input_pipeline.open_split(
+  assert isinstance(splits.open_split(_config(root / 'array_record'), 'train'), dict)  # synthetic
+  source = splits.open_split(
       _config(root / 'array_record', in_memory=False, prefetch_batches=7, num_threads=3),
       'train',
       max_examples=5,
   )
-  assert isinstance(source, input_pipeline.SplitSource)
+  assert isinstance(source, splits.SplitSource)
   assert (source.num_examples, source.prefetch, source.num_threads) == (5, 7, 3)
 
 
 def test_converted_tfrecord_data_is_streamed_and_still_read_by_tf_data(data):
   config = _config(data['root'] / 'both', in_memory=False)
-  source = input_pipeline.open_split(config, 'train')
-  assert isinstance(source, input_pipeline.SplitSource)
+  source = splits.open_split(config, 'train')
+  assert isinstance(source, splits.SplitSource)
   rows = source.read(np.arange(6))
-  in_memory = input_pipeline.load_split(config, 'train')  # tf.data on the tfrecord files
-  for key in input_pipeline.FEATURES:
+  in_memory = splits.load_split(config, 'train')  # tf.data on the tfrecord files
+  for key in splits.FEATURES:
     np.testing.assert_array_equal(rows[key], data['memory'][key], err_msg=key)
     np.testing.assert_array_equal(in_memory[key], data['memory'][key], err_msg=key)
 
 
 def test_tfrecord_only_data_falls_back_to_memory_or_says_how_to_convert(data, monkeypatch, capsys):
   config = _config(data['root'] / 'tfrecord', in_memory=False)
-  arrays = input_pipeline.open_split(config, 'train')
+  arrays = splits.open_split(config, 'train')
   assert isinstance(arrays, dict)
   np.testing.assert_array_equal(arrays['vertices_3d'], data['memory']['vertices_3d'])
   assert 'tfds convert_format' in capsys.readouterr().out
-  monkeypatch.setattr(input_pipeline, 'IN_MEMORY_FALLBACK_MAX_EXAMPLES', 5)
+  monkeypatch.setattr(splits, 'IN_MEMORY_FALLBACK_MAX_EXAMPLES', 5)
   with pytest.raises(
       ValueError,
       match=r'(?s)tfrecord only.*tfds convert_format --dataset_version_dir=\S*'
       rf'tfrecord/synthetic_hands/tiny/{SYNTHETIC_VERSION} --out_file_format=array_record',
   ):
-    input_pipeline.open_split(config, 'train')
+    splits.open_split(config, 'train')
 
 
 def test_jpeg_frames_decode_as_tf_data_decodes_them(tmp_path):
@@ -327,11 +325,9 @@ def test_jpeg_frames_decode_as_tf_data_decodes_them(tmp_path):
   old.download_and_prepare(download_config=download)
   new = freihand.Builder(data_dir=str(tmp_path / 'array_record'), file_format='array_record')
   new.download_and_prepare(download_config=download)
-  memory = input_pipeline.load_split(
-      {'name': 'freihand', 'data_dir': str(tmp_path / 'tfrecord')}, 'train'
-  )
-  rows = input_pipeline.SplitSource(new, 'train').read(np.arange(8))
-  for key in input_pipeline.FEATURES:
+  memory = splits.load_split({'name': 'freihand', 'data_dir': str(tmp_path / 'tfrecord')}, 'train')
+  rows = splits.SplitSource(new, 'train').read(np.arange(8))
+  for key in splits.FEATURES:
     np.testing.assert_array_equal(rows[key], memory[key], err_msg=key)
 
 

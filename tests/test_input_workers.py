@@ -18,6 +18,8 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from diffhand_jax.data import input_pipeline  # noqa: E402
+
+from diffhand_jax.data import splits  # noqa: E402
 from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder  # noqa: E402
 
 # The synthetic builder's version, as its folders and messages spell it.
@@ -41,7 +43,7 @@ def source(tmp_path_factory):
   """synthetic_hands/tiny (6 examples, PNG frames) as ArrayRecord, streamed."""
   root = tmp_path_factory.mktemp('workers')
   config = {'name': 'synthetic_hands', 'config_name': 'tiny', 'data_dir': str(root / 'tfds')}
-  return input_pipeline.SplitSource(input_pipeline.get_builder(config), 'train')
+  return splits.SplitSource(splits.get_builder(config), 'train')
 
 
 @pytest.fixture(scope='module')
@@ -107,7 +109,7 @@ def test_eval_batches_on_workers_equal_those_of_the_main_process(source):
     _assert_batches_equal(a, b)
 
 
-class _SlowSource(input_pipeline.SplitSource):
+class _SlowSource(splits.SplitSource):
   """Sleeps a random 0-80 ms before each read, from an unseeded generator of the process it runs in."""
 
   def read(self, indices, features=None):
@@ -134,7 +136,7 @@ def test_random_worker_delays_do_not_change_the_batches(source, expected):
     _assert_batches_equal(a, b)
 
 
-class _DyingSource(input_pipeline.SplitSource):
+class _DyingSource(splits.SplitSource):
   """Its worker process is killed (SIGKILL, as the out-of-memory killer does) when it reads a batch
   holding example 5; the main process reads normally."""
 
@@ -196,7 +198,7 @@ def test_a_corrupt_record_stops_the_run_naming_the_example_and_its_file(
     source, tmp_path, num_workers
 ):
   builder, path = _corrupt_copy(source, str(tmp_path), bad_index=2)
-  corrupt = input_pipeline.SplitSource(builder, 'train')
+  corrupt = splits.SplitSource(builder, 'train')
   batches = input_pipeline.train_batches(
       corrupt, start_step=0, num_workers=num_workers, **TRAIN_OPTIONS
   )
@@ -281,7 +283,7 @@ def test_training_on_freihand_gives_the_same_losses_with_0_and_2_workers(tmp_pat
   mano_dir = fixtures.write_mano_standins(str(tmp_path / 'mano'))
   fixtures.make_freihand(str(tmp_path / 'freihand'), mano_dir, num_train=2, num_eval=2)
   freihand.Builder(
-      data_dir=str(tmp_path / 'tfds'), file_format=input_pipeline.STREAMING_FILE_FORMAT
+      data_dir=str(tmp_path / 'tfds'), file_format=splits.STREAMING_FILE_FORMAT
   ).download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'freihand'))
   )

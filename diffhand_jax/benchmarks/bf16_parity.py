@@ -27,6 +27,7 @@ import numpy as np
 from diffhand_jax import command_line
 from diffhand_jax.benchmarks import common
 from diffhand_jax.data import input_pipeline
+from diffhand_jax.data import splits
 from diffhand_jax.runs import run_config
 from diffhand_jax.training import sharding, step as step_lib
 
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
   except command_line.Exit as done:
     return done.code
   config = run_config.config_file(FLAGS.training_config)
-  arrays = input_pipeline.open_split(
+  arrays = splits.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
   )
   iterator = input_pipeline.train_batches(

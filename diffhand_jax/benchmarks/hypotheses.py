@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
   import jax
   from diffhand_jax import metrics
   from diffhand_jax.data import input_pipeline
+  from diffhand_jax.data import splits
   from diffhand_jax.geometry import conventions, hypotheses
   from diffhand_jax.inference import loading, sampling
 
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> int:
   split = FLAGS.split or config.dataset.eval_split
   vertex_scale = float(config.model.vertex_scale)
   steps = int(FLAGS.steps or config.model.sampling_steps)
-  arrays = input_pipeline.load_split(config.dataset, split, FLAGS.max_examples)
+  arrays = splits.load_split(config.dataset, split, FLAGS.max_examples)
   batch = input_pipeline.prepare_batch(
       arrays, vertex_scale=vertex_scale, image_size=config.model.img_size
   )

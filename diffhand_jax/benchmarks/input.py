@@ -37,6 +37,8 @@ from absl import flags
 import numpy as np
 
 from diffhand_jax.data import input_pipeline
+
+from diffhand_jax.data import splits
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 
@@ -60,7 +62,7 @@ def build_fixture(directory: str, num_annotations: int) -> dict[str, str]:
   manual_dir = os.path.join(directory, 'freihand')
   fixtures.make_freihand(manual_dir, mano_dir, num_train=num_annotations, num_eval=1)
   data_dir = os.path.join(directory, 'tfds')
-  builder = freihand.Builder(data_dir=data_dir, file_format=input_pipeline.STREAMING_FILE_FORMAT)
+  builder = freihand.Builder(data_dir=data_dir, file_format=splits.STREAMING_FILE_FORMAT)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return {'name': 'freihand', 'data_dir': data_dir}
 
@@ -214,8 +216,8 @@ def main(argv: list[str]) -> int:
       dataset_config = build_fixture(temporary, FLAGS.fixture_annotations)
       print(f'built in {time.time() - start:.0f} s', flush=True)
       where = 'fixture'
-    builder = input_pipeline.get_builder(dataset_config, prepare=False)
-    source = input_pipeline.SplitSource(builder, FLAGS.split)
+    builder = splits.get_builder(dataset_config, prepare=False)
+    source = splits.SplitSource(builder, FLAGS.split)
     _, threads = input_pipeline.prefetch_settings(source, FLAGS.prefetch, FLAGS.num_threads)
     workers = [int(n) for n in FLAGS.workers] if FLAGS.workers else default_worker_counts()
     # (name, arrays, workers, prefetch, threads)

@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from diffhand_jax.data import input_pipeline
+
+from diffhand_jax.data import splits
 
 CLIP_FEATURES = ('clip_id', 'frame_index')
 
@@ -46,9 +47,9 @@ def load_clips(
     *,
     config_name: str | None = None,
     max_clips: int | None = None,
-    features=input_pipeline.FEATURES,
+    features=splits.FEATURES,
 ) -> list[dict[str, np.ndarray]]:
-  """The clips of ``split``: `input_pipeline.load_split` (building the synthetic data if missing) with
+  """The clips of ``split``: `splits.load_split` (building the synthetic data if missing) with
   ``features`` plus clip_id and frame_index, cut by `group_clips`. ``config_name`` replaces the
   dataset config's (e.g. 'sequences' for a run trained on the synthetic 'default' stills);
   ``max_clips`` keeps the first clips."""
@@ -56,5 +57,5 @@ def load_clips(
   if config_name is not None:
     dataset_config['config_name'] = config_name
   wanted = tuple(features) + tuple(k for k in CLIP_FEATURES if k not in features)
-  clips = group_clips(input_pipeline.load_split(dataset_config, split, features=wanted))
+  clips = group_clips(splits.load_split(dataset_config, split, features=wanted))
   return clips[:max_clips] if max_clips else clips

@@ -411,14 +411,14 @@ ID_FEATURES = ('image_id', 'sample_id', 'id')
 
 def _load_features(dataset_config, split: str, names: Sequence[str], max_examples: int | None):
   """The named extra features of a split (images are not decoded); {} for names the builder lacks."""
-  from diffhand_jax.data import input_pipeline
+  from diffhand_jax.data import splits
 
-  builder = input_pipeline.get_builder(dataset_config)
+  builder = splits.get_builder(dataset_config)
   present = [n for n in names if n in builder.info.features]
   if not present:
     return {}
   # load_split reads tfrecord and ArrayRecord-only data alike, and decodes only the features asked for.
-  arrays = input_pipeline.load_split(dataset_config, split, max_examples, features=present)
+  arrays = splits.load_split(dataset_config, split, max_examples, features=present)
   return {n: np.asarray(arrays[n]) for n in present}
 
 
@@ -426,9 +426,9 @@ def dexycb_toolkit_counts(dataset_config, split: str) -> dict[str, Any] | None:
   """What datasets/dex_ycb recorded about a split's toolkit numbering (its metadata's 'toolkit' entry):
   {'num_samples', 'num_evaluated', 'num_kept', 'evaluated_but_dropped', 'full_release'}, or None when the
   dataset has no such record (another builder, or one built before sample_id existed)."""
-  from diffhand_jax.data import input_pipeline
+  from diffhand_jax.data import splits
 
-  metadata = input_pipeline.get_builder(dataset_config).info.metadata
+  metadata = splits.get_builder(dataset_config).info.metadata
   toolkit = dict(metadata.items()).get('toolkit') if metadata is not None else None
   if not isinstance(toolkit, dict) or split not in toolkit.get('splits', {}):
     return None
@@ -472,6 +472,7 @@ def predict_absolute(
   (`overrides.apply_overrides`), e.g. the --config flag's value."""
   import jax
   from diffhand_jax.data import input_pipeline
+  from diffhand_jax.data import splits
   from diffhand_jax.inference import crops, loading, sampling
 
   if benchmark not in BENCHMARKS:
@@ -502,7 +503,7 @@ def predict_absolute(
       eta=float(config.model.eta),
       batch_size=int(config.eval.batch_size),
   )
-  arrays = input_pipeline.load_split(config.dataset, split, max_examples)
+  arrays = splits.load_split(config.dataset, split, max_examples)
   count = len(arrays['image'])
   wanted = {
       'ho3d': [root_feature] if root_feature else list(ROOT_FEATURES),

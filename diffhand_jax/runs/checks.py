@@ -120,7 +120,7 @@ class _Checker:
 
 def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = None) -> list[str]:
   """Every problem with the fields a run of ``config`` uses; [] when it is sound."""
-  from diffhand_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.data import splits  # pylint: disable=g-import-not-at-top
   from diffhand_jax.geometry import hypotheses  # pylint: disable=g-import-not-at-top
 
   check = _Checker(config)
@@ -152,7 +152,7 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
       check.add('mesh', 'at most one axis may be -1 (filled in with the remaining devices)')
 
   # Data
-  check.choice('dataset.name', sorted(input_pipeline.BUILDER_MODULES))
+  check.choice('dataset.name', sorted(splits.BUILDER_MODULES))
   check.choice('dataset.hand_model', HAND_MODELS)
   check.require(
       'dataset.tip_ids',
@@ -304,7 +304,7 @@ def prerequisite_problems(
 ) -> list[str]:
   """What the run needs and lacks: the workdir, the MANO files, the prepared dataset, the pretrained
   encoder (a fresh training run only), and devices for the mesh. ``device_count`` None: JAX's."""
-  from diffhand_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.data import splits  # pylint: disable=g-import-not-at-top
   from diffhand_jax.geometry import hand_model  # pylint: disable=g-import-not-at-top
   from diffhand_jax.models import encoder_weights  # pylint: disable=g-import-not-at-top
 
@@ -325,7 +325,7 @@ def prerequisite_problems(
     if problem:
       problems.append(problem + ', or try without it: --config.dataset.hand_model=procedural')
   if mode in ('train', 'evaluate'):
-    problem = input_pipeline.preparation_problem(config.dataset)
+    problem = splits.preparation_problem(config.dataset)
     if problem:
       problems.append(problem.rstrip())
   if mode == 'train' and not has_checkpoint(workdir):

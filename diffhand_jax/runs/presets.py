@@ -45,7 +45,7 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.dataset.max_translation = 0.05  # fraction of the crop box
   config.dataset.colour_jitter = 0.2
   config.dataset.max_train_examples = ml_collections.config_dict.placeholder(int)
-  # Streaming (input_pipeline.SplitSource) vs whole split in memory; None = in memory for synthetic only.
+  # Streaming (splits.SplitSource) vs whole split in memory; None = in memory for synthetic only.
   config.dataset.in_memory = ml_collections.config_dict.placeholder(bool)
   config.dataset.prefetch_batches = ml_collections.config_dict.placeholder(int)  # None = 4
   config.dataset.num_threads = ml_collections.config_dict.placeholder(int)  # None = cores - 1

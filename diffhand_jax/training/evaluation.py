@@ -14,6 +14,7 @@ import numpy as np
 
 from diffhand_jax import metrics
 from diffhand_jax.data import input_pipeline
+from diffhand_jax.data import splits
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mesh_io, render
 from diffhand_jax.runs import files
 from diffhand_jax.training import metric_log
@@ -28,7 +29,7 @@ def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.n
   hypotheses (M, K, N, 3), vertices_std (M, N) and the ground truth (gt_vertices, gt_joints)."""
   vertex_scale = config.model.vertex_scale
   hyps, stds, gt_verts, gt_joints = [], [], [], []
-  total = input_pipeline.num_rows(arrays)
+  total = splits.num_rows(arrays)
   done, reported, start = 0, 0.0, time.time()
   for index, (batch, valid) in enumerate(
       input_pipeline.eval_batches(
@@ -188,7 +189,7 @@ def run_evaluation(
   palm_facing = metrics.palm_facing_per_sample(pred_joints, prediction['gt_joints'])
   results['palm_facing_agreement'] = float(np.mean(palm_facing))
   baseline = mean_mesh_baseline(
-      input_pipeline.mean_mesh_example(train_arrays),
+      splits.mean_mesh_example(train_arrays),
       prediction,
       topology.joint_regressor,
       config.model.vertex_scale,
@@ -275,6 +276,6 @@ def run_evaluation(
 
 
 def eval_arrays(config):
-  return input_pipeline.open_split(
+  return splits.open_split(
       config.dataset, config.dataset.eval_split, config.eval.get('max_examples')
   )

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 
 from diffhand_jax.data import input_pipeline
+
+from diffhand_jax.data import splits
 from diffhand_jax.models import diffhand
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 from diffhand_jax.training import (
@@ -48,7 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------------------------------------
   # Input
   # ----------------------------------------------------------------------------------------------
-  train_arrays = input_pipeline.open_split(
+  train_arrays = splits.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
   )
   eval_arrays = evaluation.eval_arrays(config)
@@ -251,7 +253,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   params, step = checkpoints.restore_params(
       workdir, state_lib.abstract_state(config, components.model, components.optimizer), config
   )
-  train_arrays = input_pipeline.open_split(
+  train_arrays = splits.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
   )
   reconstruct_fn = diffhand.make_reconstruct_fn(
