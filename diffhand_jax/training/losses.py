@@ -251,21 +251,51 @@ def total_loss(
       has_3d=has_3d,
       distance=distance,
   )
-  loss_joint = loss_3d + loss_2d
-  loss_smooth = smooth_loss(pred_verts, gt_verts, faces, has_3d)
-  loss = loss_vertex + lambda_joint * loss_joint + lambda_smooth * loss_smooth
   parts = {
       'vertex': loss_vertex,
       'joint_3d': loss_3d,
       'joint_2d': loss_2d,
-      'joint': loss_joint,
-      'smooth': loss_smooth,
+      'smooth': smooth_loss(pred_verts, gt_verts, faces, has_3d),
   }
   if orientation is not None:
     parts['orientation'] = orientation_loss(orientation, gt_joints_3d, has_3d)
-    loss = loss + lambda_orientation * parts['orientation']
-  parts['total'] = loss
-  return loss, parts
+  parts = combine_parts(
+      parts,
+      lambda_joint=lambda_joint,
+      lambda_smooth=lambda_smooth,
+      lambda_orientation=lambda_orientation,
+  )
+  return parts['total'], parts
+
+
+# The per-sample weights each term of `total_loss` is a weighted mean over. Gradient accumulation
+# weights each micro-batch's terms by its share of these (training/step.py).
+PART_WEIGHTS = {
+    'vertex': 'has_3d',
+    'joint_3d': 'has_3d',
+    'joint_2d': 'has_2d',
+    'smooth': 'has_3d',
+    'orientation': 'has_3d',
+}
+
+
+def combine_parts(
+    parts: dict[str, jax.Array],
+    *,
+    lambda_joint: float = LAMBDA_JOINT,
+    lambda_smooth: float = LAMBDA_SMOOTH,
+    lambda_orientation: float = 0.0,
+) -> dict[str, jax.Array]:
+  """`parts` (the terms of `PART_WEIGHTS`; 'orientation' optional) with 'joint' = joint_3d + joint_2d
+  and 'total' = L_vertex + λ_joint · L_joint + λ_smooth · L_smooth (Eq. 13) [+ λ_orientation ·
+  L_orientation] added: the one place the terms are combined."""
+  parts = dict(parts)
+  parts['joint'] = parts['joint_3d'] + parts['joint_2d']
+  total = parts['vertex'] + lambda_joint * parts['joint'] + lambda_smooth * parts['smooth']
+  if 'orientation' in parts:
+    total = total + lambda_orientation * parts['orientation']
+  parts['total'] = total
+  return parts
 
 
 # ---------------------------------------------------------------------------------------------------

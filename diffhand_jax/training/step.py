@@ -66,13 +66,20 @@ def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
       topology.faces,
       has_3d=batch['has_3d'],
       has_2d=_has_2d(batch, config),
-      lambda_joint=config.loss.lambda_joint,
-      lambda_smooth=config.loss.lambda_smooth,
       orientation=out.get('orientation'),
-      lambda_orientation=config.loss.get('lambda_orientation', 0.0),
       distance=config.loss.get('point_distance', 'squared'),
+      **_loss_weights(config),
   )
   return loss, parts
+
+
+def _loss_weights(config) -> dict[str, float]:
+  """The λs of `losses.combine_parts`, from config.loss."""
+  return {
+      'lambda_joint': config.loss.lambda_joint,
+      'lambda_smooth': config.loss.lambda_smooth,
+      'lambda_orientation': config.loss.get('lambda_orientation', 0.0),
+  }
 
 
 def _has_2d(batch, config) -> jax.Array:
@@ -114,23 +121,16 @@ def accumulated_loss_and_grads(
 
   def weighted_loss(p, micro):
     _, parts = loss_fn(p, model, micro, topology, config)
-    share_3d, share_2d = share(micro['has_3d'], total_3d), share(_has_2d(micro, config), total_2d)
-    parts = {
-        'vertex': share_3d * parts['vertex'],
-        'joint_3d': share_3d * parts['joint_3d'],
-        'joint_2d': share_2d * parts['joint_2d'],
-        'smooth': share_3d * parts['smooth'],
-        # The auxiliary term, where the model has its head: a mean over has_3d.
-        **({'orientation': share_3d * parts['orientation']} if 'orientation' in parts else {}),
+    shares = {
+        'has_3d': share(micro['has_3d'], total_3d),
+        'has_2d': share(_has_2d(micro, config), total_2d),
     }
-    parts['joint'] = parts['joint_3d'] + parts['joint_2d']
-    # losses.total_loss's combination (paper Eq. 13, plus the auxiliary term), of the weighted terms.
-    parts['total'] = (
-        parts['vertex']
-        + config.loss.lambda_joint * parts['joint']
-        + config.loss.lambda_smooth * parts['smooth']
-        + config.loss.get('lambda_orientation', 0.0) * parts.get('orientation', 0.0)
-    )
+    weighted = {
+        name: shares[weights] * parts[name]
+        for name, weights in losses.PART_WEIGHTS.items()
+        if name in parts
+    }
+    parts = losses.combine_parts(weighted, **_loss_weights(config))
     return parts['total'], parts
 
   def like_params(tree):
