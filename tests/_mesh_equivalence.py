@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _inference_workdir import tiny_config  # noqa: E402
 
 from diffhand_jax import diffusion  # noqa: E402
-from diffhand_jax.data import input_pipeline  # noqa: E402
-from diffhand_jax.data import splits  # noqa: E402
+from diffhand_jax.data import input_pipeline, splits  # noqa: E402
 from diffhand_jax.geometry import hand_model  # noqa: E402
 from diffhand_jax.models import diffhand  # noqa: E402
 from diffhand_jax.runs import state as state_lib  # noqa: E402

@@ -17,9 +17,7 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from diffhand_jax.data import input_pipeline  # noqa: E402
-
-from diffhand_jax.data import splits  # noqa: E402
+from diffhand_jax.data import input_pipeline, splits  # noqa: E402
 from diffhand_jax.data.builders.synthetic_hands import synthetic_hands_dataset_builder  # noqa: E402
 
 # The synthetic builder's version, as its folders and messages spell it.

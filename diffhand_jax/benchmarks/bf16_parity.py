@@ -26,8 +26,7 @@ import numpy as np
 
 from diffhand_jax import command_line
 from diffhand_jax.benchmarks import common
-from diffhand_jax.data import input_pipeline
-from diffhand_jax.data import splits
+from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.runs import run_config
 from diffhand_jax.training import sharding, step as step_lib
 

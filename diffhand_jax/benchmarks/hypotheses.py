@@ -70,8 +70,7 @@ def main(argv: list[str]) -> int:
     return 0
   import jax
   from diffhand_jax import metrics
-  from diffhand_jax.data import input_pipeline
-  from diffhand_jax.data import splits
+  from diffhand_jax.data import input_pipeline, splits
   from diffhand_jax.geometry import conventions, hypotheses
   from diffhand_jax.inference import loading, sampling
 

@@ -36,9 +36,7 @@ import time
 from absl import flags
 import numpy as np
 
-from diffhand_jax.data import input_pipeline
-
-from diffhand_jax.data import splits
+from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 

@@ -11,7 +11,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-
 from diffhand_jax.data import splits
 
 CLIP_FEATURES = ('clip_id', 'frame_index')

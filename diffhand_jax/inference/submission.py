@@ -471,8 +471,7 @@ def predict_absolute(
   toolkit scores (unless max_examples, a quick try). overrides: changes to the run's config
   (`overrides.apply_overrides`), e.g. the --config flag's value."""
   import jax
-  from diffhand_jax.data import input_pipeline
-  from diffhand_jax.data import splits
+  from diffhand_jax.data import input_pipeline, splits
   from diffhand_jax.inference import crops, loading, sampling
 
   if benchmark not in BENCHMARKS:

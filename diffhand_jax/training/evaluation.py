@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax import metrics
-from diffhand_jax.data import input_pipeline
-from diffhand_jax.data import splits
+from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mesh_io, render
 from diffhand_jax.runs import files
 from diffhand_jax.training import metric_log

@@ -20,9 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from diffhand_jax.data import input_pipeline
-
-from diffhand_jax.data import splits
+from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.models import diffhand
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 from diffhand_jax.training import (
