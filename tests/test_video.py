@@ -292,6 +292,45 @@ def test_predict_video_writes_the_overlay_and_one_npz_per_track(workdir, clip, t
     assert json.loads(str(right['settings']))['detector'] == 'fake'
 
 
+def test_a_run_opened_once_reconstructs_what_opening_the_workdir_does(workdir, clip, tmp_path):
+  """The web app opens the run once (`SamplerCache`) and reuses one warm-start sampler per setting."""
+  from diffhand_jax.inference import loading, sampling  # pylint: disable=g-import-not-at-top
+
+  frames, first_box = clip
+  path = tmp_path / 'clip.mp4'
+  _write_mp4(path, frames[:4])
+  options = dict(box=first_box, warm_strength=0.5, steps=2, num_hypotheses=2, progress=False)
+  video.reconstruct_video(workdir, str(path), str(tmp_path / 'own'), **options)
+  cache = sampling.SamplerCache(loading.load_trained(workdir))
+  for name in ('first', 'second'):
+    video.reconstruct_video('unread', str(path), str(tmp_path / name), samplers=cache, **options)
+
+  def track(name):
+    with np.load(tmp_path / name / 'track_0.npz') as npz:
+      return npz['vertices'], json.loads(str(npz['settings']))
+
+  own, own_settings = track('own')
+  for name in ('first', 'second'):
+    vertices, settings = track(name)
+    np.testing.assert_array_equal(vertices, own)
+    assert settings['workdir'] == own_settings['workdir'] == os.path.abspath(workdir)
+  same = dict(num_steps=2, strength=0.5, num_hypotheses=2, method='mean', eta=0.0)
+  assert video.warm_start_sampler(cache, **same) is video.warm_start_sampler(cache, **same)
+  assert video.warm_start_sampler(cache, **same) is not video.warm_start_sampler(
+      cache, **dict(same, strength=1.0)
+  )
+  with pytest.raises(ValueError, match='overrides'):
+    video.reconstruct_video(
+        workdir,
+        str(path),
+        str(tmp_path / 'x'),
+        samplers=cache,
+        overrides={'model': {}},
+        **options,
+    )
+  assert not (tmp_path / 'x').exists()  # refused before anything is written
+
+
 def test_truncated_video_is_named_and_the_frames_before_are_kept(workdir, clip, tmp_path, capsys):
   from diffhand_jax import predict  # pylint: disable=g-import-not-at-top
 

@@ -272,9 +272,11 @@ def reconstruct_clip(
     num_hypotheses: int = 1,
     steps: int | None = None,
     min_hand_score: float = 0.5,
+    samplers: Any = None,
 ) -> tuple[str, str | None, list[str]]:
   """`video.reconstruct_video` with its defaults (docs/video.md): (message, the overlay.mp4 path, the
-  track_<id>.npz paths); a video it cannot read gives (message, None, [])."""
+  track_<id>.npz paths); a video it cannot read gives (message, None, []). samplers: the run opened
+  once (`sampling.SamplerCache`), as the page passes it; None opens `workdir` here."""
   from diffhand_jax.inference import video as video_lib  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
@@ -288,6 +290,7 @@ def reconstruct_clip(
         num_hypotheses=int(num_hypotheses),
         steps=None if not steps else int(steps),
         progress=False,
+        samplers=samplers,
     )
   except (predict_lib.InputError, video_lib.VideoError, ValueError) as error:
     return f'Cannot reconstruct this video: {error}', None, []
@@ -322,7 +325,7 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
   def new_folder() -> str:
     return tempfile.mkdtemp(dir=scratch)
 
-  opened = {}  # the run, opened by the first photo request and kept: later ones do not recompile
+  opened = {}  # the run, opened by the first request and kept: later ones do not recompile
 
   def samplers():
     if 'run' not in opened:
@@ -353,6 +356,7 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
             num_hypotheses=hypotheses,
             steps=steps,
             min_hand_score=min_score,
+            samplers=samplers(),
         )
         return (
             message,

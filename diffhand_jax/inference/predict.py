@@ -538,7 +538,7 @@ def predict_folder(
       detector=getattr(detector, 'name', type(detector).__name__) if detector else 'none',
       min_hand_score=min_hand_score,
       color_by_uncertainty=bool(color_by_uncertainty),
-      workdir=os.path.abspath(workdir),
+      workdir=os.path.abspath(run.workdir),
       tta=None
       if tta_config is None
       else {

@@ -126,13 +126,14 @@ class SamplerCache:
   """The `Sampler`s of one opened run, one per setting, each built on first use.
 
   A long-lived caller (the web app) opens the run once and asks for a sampler per request; each
-  setting (steps, hypotheses, η, batch) then compiles once, not on every request.
+  setting (steps, hypotheses, η, batch; for video also the warm start's strength and the aggregate)
+  then compiles once, not on every request.
   run: a `loading.TrainedRun`.
   """
 
   def __init__(self, run: Any):
     self.run = run
-    self._samplers: dict[tuple[Any, ...], Sampler] = {}
+    self._samplers: dict[tuple[Any, ...], Any] = {}  # a Sampler, or what `cached` built
 
   def get(self, *, num_steps: int, num_hypotheses: int, eta: float, batch_size: int) -> Sampler:
     key = (int(num_steps), int(num_hypotheses), float(eta), int(batch_size))
@@ -147,6 +148,13 @@ class SamplerCache:
           eta=key[2],
           batch_size=key[3],
       )
+    return self._samplers[key]
+
+  def cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """`build()`, called on the first use of `key` only: for samplers defined in other modules (the
+    video's warm start, `video.warm_start_sampler`). Keys should start with a name of their own."""
+    if key not in self._samplers:
+      self._samplers[key] = build()
     return self._samplers[key]
 
 

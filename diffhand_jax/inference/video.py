@@ -557,6 +557,35 @@ def draw_hand(
 # ==================================================================================================
 
 
+def warm_start_sampler(
+    samplers: Any, *, num_steps: int, strength: float, num_hypotheses: int, method: str, eta: float
+) -> WarmStartSampler:
+  """The `WarmStartSampler` of this setting for a run opened once (a `sampling.SamplerCache`), built
+  and compiled on first use."""
+  run = samplers.run
+  key = (
+      'warm_start',
+      int(num_steps),
+      float(strength),
+      int(num_hypotheses),
+      str(method),
+      float(eta),
+  )
+  return samplers.cached(
+      key,
+      lambda: WarmStartSampler(
+          run.model,
+          run.params,
+          run.schedule,
+          num_steps=key[1],
+          strength=key[2],
+          num_hypotheses=key[3],
+          method=key[4],
+          eta=key[5],
+      ),
+  )
+
+
 def reconstruct_video(
     workdir: str,
     video: str,
@@ -579,6 +608,7 @@ def reconstruct_video(
     seed: int = 0,
     overrides: Any = None,
     progress: bool = True,
+    samplers: Any = None,
 ) -> dict[str, Any]:
   """Runs a trained run over a video; writes OUTPUT/overlay.mp4 and OUTPUT/track_<id>.npz.
 
@@ -597,6 +627,8 @@ def reconstruct_video(
       keeping the first box.
     fps: the frame rate of a folder of frames (a file's own otherwise).
     steps, num_hypotheses, method, eta, box_scale, seed, overrides: as for `predict.predict_folder`.
+    samplers: a `sampling.SamplerCache` of a run already opened (the web app's); workdir is then
+      unused, and overrides must be given when opening the run instead.
 
   Returns {'frames', 'tracks' (paths), 'overlay' (path), 'seconds', 'frames_per_second',
   'steady_frames_per_second' (without the first two frames, which compile), 'decoder_passes_per_frame'}.
@@ -609,6 +641,8 @@ def reconstruct_video(
     raise predict_lib.InputError(f'--warm_strength must lie in (0, 1], got {warm_strength}')
   if not box_scale > 0 or num_hypotheses < 1 or not reset_threshold > 0:
     raise predict_lib.InputError('--box_scale and --video_reset must be > 0, --num_hypotheses >= 1')
+  if samplers is not None and overrides:
+    raise ValueError('reconstruct_video: give overrides when opening the run, not with samplers=')
   if box is not None:
     box = np.asarray(box, np.float64)
     if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
@@ -618,17 +652,17 @@ def reconstruct_video(
     detector = None if detector == 'none' else _make_detector(detector)
   frames = Frames(video, fps=fps)
   try:
-    run = loading.load_trained(workdir, overrides=overrides)
+    if samplers is None:
+      samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
   except Exception:
     frames.close()
     raise
+  run = samplers.run
   config = run.config
   vertex_scale = float(config.model.vertex_scale)
   image_size = int(config.model.img_size)
-  sampler = WarmStartSampler(
-      run.model,
-      run.params,
-      run.schedule,
+  sampler = warm_start_sampler(
+      samplers,
       num_steps=int(steps if steps is not None else config.model.sampling_steps),
       strength=float(warm_strength),
       num_hypotheses=int(num_hypotheses),
@@ -639,7 +673,7 @@ def reconstruct_video(
   regressor = np.asarray(run.topology.joint_regressor)
   os.makedirs(output_dir, exist_ok=True)
   settings = {
-      'workdir': os.path.abspath(workdir),
+      'workdir': os.path.abspath(run.workdir),
       'video': os.path.abspath(video),
       'fps': frames.fps,
       'warm_strength': float(warm_strength),
