@@ -28,7 +28,7 @@ def _reference(q, k, v):
   return np.einsum('bhts,bshd->bthd', weights, v)
 
 
-@pytest.mark.parametrize('implementation', [None, 'heads_major', 'xla'])
+@pytest.mark.parametrize('implementation', [None, 'heads_major', 'xla', 'sliced'])
 def test_float32_attention_equals_the_float64_reference(implementation):
   q, k, v = _qkv()
   out = jax.jit(
@@ -38,9 +38,10 @@ def test_float32_attention_equals_the_float64_reference(implementation):
   np.testing.assert_allclose(np.asarray(out), _reference(q, k, v), atol=1e-6)
 
 
-def test_heads_major_core_equals_jax_nn_dot_product_attention_and_its_gradients():
+@pytest.mark.parametrize('implementation', ['heads_major', 'sliced'])
+def test_cpu_cores_equal_jax_nn_dot_product_attention_and_its_gradients(implementation):
   q, k, v = _qkv(scale=2.0)
-  ours = lambda q, k, v: attention.dot_product_attention(q, k, v, implementation='heads_major')
+  ours = lambda q, k, v: attention.dot_product_attention(q, k, v, implementation=implementation)
   theirs = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='xla')
   np.testing.assert_allclose(ours(q, k, v), theirs(q, k, v), atol=1e-6)
   loss = lambda fn: lambda *args: jnp.sum(jnp.sin(fn(*args)))
@@ -51,11 +52,24 @@ def test_heads_major_core_equals_jax_nn_dot_product_attention_and_its_gradients(
 
 
 def _exp_dtypes(fn, *args):
-  jaxpr = jax.make_jaxpr(fn)(*args)
-  return {e.outvars[0].aval.dtype for e in jaxpr.jaxpr.eqns if e.primitive.name == 'exp'}
+  """The dtypes of every exp in fn's jaxpr, also inside nested ones (the sliced core's map and
+  remat)."""
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'exp':
+        yield eqn.outvars[0].aval.dtype
+      for param in eqn.params.values():
+        for sub in param if isinstance(param, (tuple, list)) else (param,):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            yield from walk(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            yield from walk(sub)
+
+  return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
-@pytest.mark.parametrize('implementation', ['heads_major', 'xla'])
+@pytest.mark.parametrize('implementation', ['heads_major', 'xla', 'sliced'])
 def test_bfloat16_attention_takes_its_softmax_in_float32(implementation):
   """Logits far apart (scale 6): a softmax in bfloat16 loses the small weights; ours keeps the error
   to bfloat16's rounding of the inputs and output."""
@@ -90,6 +104,27 @@ def test_cudnn_is_chosen_only_where_its_kernel_applies(
 ):
   monkeypatch.setattr(attention, '_platform', lambda: platform)
   assert attention.default_implementation(dtype, head_dim) == expected
+
+
+@pytest.mark.parametrize(
+    'logits_size, expected',
+    [(0, 'heads_major'), (8 * 2 * 195 * 195, 'heads_major'), (8 * 2 * 400 * 400, 'sliced')],
+)
+def test_a_cpu_takes_large_attention_one_slice_at_a_time(monkeypatch, logits_size, expected):
+  monkeypatch.setattr(attention, '_platform', lambda: 'cpu')
+  assert attention.default_implementation(jnp.float32, 16, logits_size) == expected
+
+
+def test_the_default_passes_the_probabilities_size(monkeypatch):
+  """dot_product_attention sizes the (B, heads, T, S) probabilities from its operands."""
+  seen = []
+  monkeypatch.setattr(
+      attention,
+      'default_implementation',
+      lambda dtype, head_dim, logits_size: seen.append(logits_size) or 'heads_major',
+  )
+  attention.dot_product_attention(*_qkv(batch=2, queries=5, keys=7, heads=3))
+  assert seen == [2 * 3 * 5 * 7]
 
 
 def test_a_refused_cudnn_kernel_falls_back_to_xla(monkeypatch):

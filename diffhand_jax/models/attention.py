@@ -12,10 +12,14 @@ inputs' dtype for the second matmul. Where it runs:
 * a CPU: the same math written heads-major, (B, heads, N, d), which XLA's CPU compiler turns into two
   plain batched matmuls. ``jax.nn.dot_product_attention``'s XLA lowering adds a copy of the (B, heads,
   N, N) probabilities and costs about 40% more on this core on CPU (measured; docs/performance.md).
+  From 2²¹ probabilities up (the decoder's full-resolution block, 778 × 778), one (batch, head) slice
+  at a time under ``lax.map``, recomputed in the backward pass ('sliced'): 3× faster there, forward and
+  backward, because each slice's probabilities stay in cache.
 * anything else (TPU, a GPU in float32, other head sizes): ``jax.nn.dot_product_attention``'s XLA
   implementation.
 
-``implementation`` forces one ('cudnn', 'xla' or 'heads_major'); the tests check each against the others.
+``implementation`` forces one ('cudnn', 'xla', 'heads_major' or 'sliced'); the tests check each against the
+others.
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = (None, 'cudnn', 'xla', 'heads_major')
+IMPLEMENTATIONS = (None, 'cudnn', 'xla', 'heads_major', 'sliced')
 # cuDNN's fused attention: half-precision inputs, head size a multiple of 8 up to 128 on every GPU it
 # supports (Hopper and later take up to 256; 128 keeps one rule for all).
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _CUDNN_MAX_HEAD_DIM = 128
+# On a CPU, from this many attention probabilities (B · heads · T · S; 8 MiB in float32) up, one slice at
+# a time beats the batched matmuls, which stream the whole tensor through memory several times. Measured
+# on a 2-core AMD EPYC (32 MiB L3), forward and backward: 8 × 2 heads × 400² 11 ms against 26, 778² 36
+# against 109; below, 8 × 2 × 195² 4.9 against 3.0 (docs/performance.md).
+_SLICED_MIN_LOGITS = 2**21
 
 
 def _platform() -> str:
@@ -38,11 +47,12 @@ def _platform() -> str:
   return device.platform
 
 
-def default_implementation(dtype, head_dim: int) -> str:
-  """What :func:`dot_product_attention` runs by default for ``dtype`` and ``head_dim`` on this machine."""
+def default_implementation(dtype, head_dim: int, logits_size: int = 0) -> str:
+  """What :func:`dot_product_attention` runs by default for ``dtype`` and ``head_dim`` on this machine,
+  where ``logits_size`` = B · heads · T · S is the size of the attention probabilities."""
   platform = _platform()
   if platform == 'cpu':
-    return 'heads_major'
+    return 'sliced' if logits_size >= _SLICED_MIN_LOGITS else 'heads_major'
   if (
       platform == 'cuda'
       and jnp.dtype(dtype) in _CUDNN_DTYPES
@@ -63,6 +73,25 @@ def _heads_major(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Arra
   return jnp.matmul(probabilities, value).transpose(0, 2, 1, 3)  # (B, T, h, d)
 
 
+def _sliced(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """The same math, one (batch, head) slice at a time (lax.map), each slice rematerialised in the
+  backward pass: the (T, S) probabilities of one slice stay in cache instead of the whole (B, heads, T,
+  S) tensor going through memory several times."""
+  batch, tokens, heads, head_dim = query.shape
+
+  def slices(x):  # (B, N, h, d) → (B·h, N, d)
+    return x.transpose(0, 2, 1, 3).reshape(batch * heads, x.shape[1], head_dim)
+
+  @jax.checkpoint
+  def one(operands):
+    q, k, v = operands
+    logits = jnp.matmul(q, k.T, preferred_element_type=jnp.float32) * jnp.float32(head_dim**-0.5)
+    return jnp.matmul(jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+
+  out = jax.lax.map(one, (slices(query), slices(key), slices(value)))  # (B·h, T, d)
+  return out.reshape(batch, heads, tokens, head_dim).transpose(0, 2, 1, 3)
+
+
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
@@ -73,8 +102,9 @@ def dot_product_attention(
   """Multi-head attention core: query (B, T, heads, d), key and value (B, S, heads, d) → (B, T, heads, d),
   in the inputs' dtype.
 
-  ``implementation``: None picks :func:`default_implementation`; 'cudnn', 'xla' or 'heads_major' force
-  one. Should cuDNN refuse the shapes while tracing (an older GPU, say), the default falls back to XLA.
+  ``implementation``: None picks :func:`default_implementation`; 'cudnn', 'xla', 'heads_major' or
+  'sliced' force one. Should cuDNN refuse the shapes while tracing (an older GPU, say), the default
+  falls back to XLA.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
@@ -86,9 +116,12 @@ def dot_product_attention(
         f'diffhand_jax/models/attention.py: expected query (B, T, heads, d) and key, value '
         f'(B, S, heads, d); got {query.shape}, {key.shape}, {value.shape}'
     )
-  chosen = implementation or default_implementation(query.dtype, query.shape[-1])
+  logits_size = query.shape[0] * query.shape[2] * query.shape[1] * key.shape[1]
+  chosen = implementation or default_implementation(query.dtype, query.shape[-1], logits_size)
   if chosen == 'heads_major':
     return _heads_major(query, key, value)
+  if chosen == 'sliced':
+    return _sliced(query, key, value)
   if chosen == 'cudnn' and implementation is None:
     try:
       return jax.nn.dot_product_attention(query, key, value, implementation='cudnn')
