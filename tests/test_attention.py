@@ -107,24 +107,32 @@ def test_cudnn_is_chosen_only_where_its_kernel_applies(
 
 
 @pytest.mark.parametrize(
-    'logits_size, expected',
-    [(0, 'heads_major'), (8 * 2 * 195 * 195, 'heads_major'), (8 * 2 * 400 * 400, 'sliced')],
+    'probabilities_shape, expected',
+    [
+        ((0, 0, 0, 0), 'heads_major'),
+        ((8, 2, 195, 195), 'heads_major'),  # few probabilities
+        ((80, 2, 195, 195), 'heads_major'),  # many, but in small slices
+        ((8, 2, 400, 400), 'sliced'),
+        ((80, 2, 778, 778), 'sliced'),
+    ],
 )
-def test_a_cpu_takes_large_attention_one_slice_at_a_time(monkeypatch, logits_size, expected):
+def test_a_cpu_takes_large_attention_one_slice_at_a_time(
+    monkeypatch, probabilities_shape, expected
+):
   monkeypatch.setattr(attention, '_platform', lambda: 'cpu')
-  assert attention.default_implementation(jnp.float32, 16, logits_size) == expected
+  assert attention.default_implementation(jnp.float32, 16, probabilities_shape) == expected
 
 
-def test_the_default_passes_the_probabilities_size(monkeypatch):
-  """dot_product_attention sizes the (B, heads, T, S) probabilities from its operands."""
+def test_the_default_passes_the_probabilities_shape(monkeypatch):
+  """dot_product_attention gives the (B, heads, T, S) shape of its probabilities."""
   seen = []
   monkeypatch.setattr(
       attention,
       'default_implementation',
-      lambda dtype, head_dim, logits_size: seen.append(logits_size) or 'heads_major',
+      lambda dtype, head_dim, shape: seen.append(shape) or 'heads_major',
   )
   attention.dot_product_attention(*_qkv(batch=2, queries=5, keys=7, heads=3))
-  assert seen == [2 * 3 * 5 * 7]
+  assert seen == [(2, 3, 5, 7)]
 
 
 def test_a_refused_cudnn_kernel_falls_back_to_xla(monkeypatch):

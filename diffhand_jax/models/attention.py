@@ -12,9 +12,9 @@ inputs' dtype for the second matmul. Where it runs:
 * a CPU: the same math written heads-major, (B, heads, N, d), which XLA's CPU compiler turns into two
   plain batched matmuls. ``jax.nn.dot_product_attention``'s XLA lowering adds a copy of the (B, heads,
   N, N) probabilities and costs about 40% more on this core on CPU (measured; docs/performance.md).
-  From 2²¹ probabilities up (the decoder's full-resolution block, 778 × 778), one (batch, head) slice
-  at a time under ``lax.map``, recomputed in the backward pass ('sliced'): 3× faster there, forward and
-  backward, because each slice's probabilities stay in cache.
+  With 2²¹ probabilities or more, in slices of at least 256² (the decoder's full-resolution block, 778 ×
+  778), one (batch, head) slice at a time under ``lax.map``, recomputed in the backward pass ('sliced'):
+  3× faster there, forward and backward, because each slice's probabilities stay in cache.
 * anything else (TPU, a GPU in float32, other head sizes): ``jax.nn.dot_product_attention``'s XLA
   implementation.
 
@@ -32,11 +32,13 @@ IMPLEMENTATIONS = (None, 'cudnn', 'xla', 'heads_major', 'sliced')
 # supports (Hopper and later take up to 256; 128 keeps one rule for all).
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _CUDNN_MAX_HEAD_DIM = 128
-# On a CPU, from this many attention probabilities (B · heads · T · S; 8 MiB in float32) up, one slice at
-# a time beats the batched matmuls, which stream the whole tensor through memory several times. Measured
-# on a 2-core AMD EPYC (32 MiB L3), forward and backward: 8 × 2 heads × 400² 11 ms against 26, 778² 36
-# against 109; below, 8 × 2 × 195² 4.9 against 3.0 (docs/performance.md).
-_SLICED_MIN_LOGITS = 2**21
+# On a CPU, with many attention probabilities (B · heads · T · S, from 8 MiB in float32) in large slices
+# (T · S, from 256²), one slice at a time beats the batched matmuls, which stream the whole tensor through
+# memory several times. Measured on a 2-core AMD EPYC (32 MiB L3): 8 × 2 heads × 778², forward and
+# backward, 36 ms against 109; 80 × 2 × 300², forward, 25 against 100. With small slices it loses:
+# 80 × 2 × 195², forward, 11.2 against 10.6 (docs/performance.md).
+_SLICED_MIN_PROBABILITIES = 2**21
+_SLICED_MIN_SLICE = 2**16
 
 
 def _platform() -> str:
@@ -47,12 +49,14 @@ def _platform() -> str:
   return device.platform
 
 
-def default_implementation(dtype, head_dim: int, logits_size: int = 0) -> str:
+def default_implementation(dtype, head_dim: int, probabilities_shape=(0, 0, 0, 0)) -> str:
   """What :func:`dot_product_attention` runs by default for ``dtype`` and ``head_dim`` on this machine,
-  where ``logits_size`` = B · heads · T · S is the size of the attention probabilities."""
+  with attention probabilities of ``probabilities_shape`` (B, heads, T, S)."""
   platform = _platform()
   if platform == 'cpu':
-    return 'sliced' if logits_size >= _SLICED_MIN_LOGITS else 'heads_major'
+    batch, heads, tokens, keys = probabilities_shape
+    large = batch * heads * tokens * keys >= _SLICED_MIN_PROBABILITIES
+    return 'sliced' if large and tokens * keys >= _SLICED_MIN_SLICE else 'heads_major'
   if (
       platform == 'cuda'
       and jnp.dtype(dtype) in _CUDNN_DTYPES
@@ -116,8 +120,10 @@ def dot_product_attention(
         f'diffhand_jax/models/attention.py: expected query (B, T, heads, d) and key, value '
         f'(B, S, heads, d); got {query.shape}, {key.shape}, {value.shape}'
     )
-  logits_size = query.shape[0] * query.shape[2] * query.shape[1] * key.shape[1]
-  chosen = implementation or default_implementation(query.dtype, query.shape[-1], logits_size)
+  probabilities_shape = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+  chosen = implementation or default_implementation(
+      query.dtype, query.shape[-1], probabilities_shape
+  )
   if chosen == 'heads_major':
     return _heads_major(query, key, value)
   if chosen == 'sliced':
