@@ -1,5 +1,7 @@
 """The benchmark suite measures what it says: its samplers agree, and the profile summary counts real ops."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,3 +67,35 @@ def test_each_benchmark_parses_its_own_flags(capsys):
   assert "Unknown command line flag 'batch_sizes'" in capsys.readouterr().err
   assert bench.main(['model_cost', '--help']) == 0
   assert '--presets' in capsys.readouterr().out
+
+
+def test_attention_bench_times_each_core_and_marks_the_default(tmp_path, capsys):
+  """Two shapes on either side of the CPU's slicing rule: every core gives the same output, and the
+  one marked default is the one the core picks."""
+  from diffhand_jax.benchmarks import attention as attention_bench
+
+  output = tmp_path / 'attention.json'
+  code = bench.main(
+      [
+          'attention',
+          '--shapes=2x2x16x16x8,8x2x400x400x16',
+          '--implementations=heads_major,sliced',
+          '--repeats=1',
+          '--nobackward',
+          f'--output={output}',
+      ]
+  )
+  assert code == 0
+  results = json.loads(output.read_text())['results']
+  assert [(r['shape'], r['implementation']) for r in results] == [
+      ([2, 2, 16, 16, 8], 'heads_major'),
+      ([2, 2, 16, 16, 8], 'sliced'),
+      ([8, 2, 400, 400, 16], 'heads_major'),
+      ([8, 2, 400, 400, 16], 'sliced'),
+  ]
+  assert all(r['max_abs_difference'] < 1e-5 and r['forward_ms'] > 0 for r in results)
+  assert [r['default'] for r in results] == [True, False, False, True]
+  assert '(default)' in capsys.readouterr().out
+  assert attention_bench.main(['--shapes=8x2x778']) == 2
+  assert attention_bench.main(['--implementations=flash']) == 2
+  assert attention_bench.main(['--implementations=cudnn']) == 2

@@ -34,9 +34,9 @@ _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _CUDNN_MAX_HEAD_DIM = 128
 # On a CPU, with many attention probabilities (B · heads · T · S, from 8 MiB in float32) in large slices
 # (T · S, from 256²), one slice at a time beats the batched matmuls, which stream the whole tensor through
-# memory several times. Measured on a 2-core AMD EPYC (32 MiB L3): 8 × 2 heads × 778², forward and
-# backward, 36 ms against 109; 80 × 2 × 300², forward, 25 against 100. With small slices it loses:
-# 80 × 2 × 195², forward, 11.2 against 10.6 (docs/performance.md).
+# memory several times. Measured on a 2-core AMD EPYC (32 MiB L3) with `bench attention`: 8 × 2 heads
+# × 778², forward and backward, 36 ms against 99; 80 × 2 × 300², forward, 23 against 98. With small
+# slices the forward pass loses: 80 × 2 × 195², 11.1 against 10.0 (docs/performance.md).
 _SLICED_MIN_PROBABILITIES = 2**21
 _SLICED_MIN_SLICE = 2**16
 
