@@ -72,17 +72,12 @@ def measure(shape, implementations, backward: bool, repeats: int) -> list[dict]:
     )
   outputs = {name: np.asarray(fn(query, key, value)) for name, fn in forward.items()}
   first = outputs[implementations[0]]
+  passes = {'forward': forward, 'backward': gradient} if backward else {'forward': forward}
   calls = {
-      f'{name} forward': (lambda fn=fn: common.block(fn(query, key, value)))
-      for name, fn in forward.items()
+      f'{name} {kind}': (lambda fn=fn: common.block(fn(query, key, value)))
+      for kind, fns in passes.items()
+      for name, fn in fns.items()
   }
-  if backward:
-    calls.update(
-        {
-            f'{name} backward': (lambda fn=fn: common.block(fn(query, key, value)))
-            for name, fn in gradient.items()
-        }
-    )
   times = common.time_interleaved(calls, repeats=repeats)
   chosen = attention.default_implementation(jnp.float32, head_dim, (batch, heads, tokens, keys))
   return [

@@ -133,22 +133,23 @@ class SamplerCache:
 
   def __init__(self, run: Any):
     self.run = run
-    self._samplers: dict[tuple[Any, ...], Any] = {}  # a Sampler, or what `cached` built
+    self._samplers: dict[tuple[Any, ...], Any] = {}  # a Sampler, or what another module built
 
   def get(self, *, num_steps: int, num_hypotheses: int, eta: float, batch_size: int) -> Sampler:
-    key = (int(num_steps), int(num_hypotheses), float(eta), int(batch_size))
-    if key not in self._samplers:
-      self._samplers[key] = Sampler(
-          self.run.model,
-          self.run.params,
-          self.run.schedule,
-          float(self.run.config.model.vertex_scale),
-          num_steps=key[0],
-          num_hypotheses=key[1],
-          eta=key[2],
-          batch_size=key[3],
-      )
-    return self._samplers[key]
+    key = ('sampler', int(num_steps), int(num_hypotheses), float(eta), int(batch_size))
+    return self.cached(
+        key,
+        lambda: Sampler(
+            self.run.model,
+            self.run.params,
+            self.run.schedule,
+            float(self.run.config.model.vertex_scale),
+            num_steps=key[1],
+            num_hypotheses=key[2],
+            eta=key[3],
+            batch_size=key[4],
+        ),
+    )
 
   def cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     """`build()`, called on the first use of `key` only: for samplers defined in other modules (the
