@@ -67,14 +67,19 @@ def default_implementation(dtype, head_dim: int, probabilities_shape=(0, 0, 0, 0
   return 'xla'
 
 
-def _heads_major(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-  """jax.nn.dot_product_attention's XLA math on (B, heads, N, d) operands."""
-  batch, tokens, heads, head_dim = query.shape
-  query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))  # (B, h, N, d)
+def _attend(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """jax.nn.dot_product_attention's XLA math, heads-major: query (..., T, d), key and value (..., S, d) →
+  (..., T, d). Logits and softmax in float32, the second matmul in the inputs' dtype."""
   logits = jnp.matmul(query, jnp.swapaxes(key, -1, -2), preferred_element_type=jnp.float32)
-  logits = logits * jnp.float32(head_dim**-0.5)  # (B, h, T, S) float32
+  logits = logits * jnp.float32(query.shape[-1] ** -0.5)  # (..., T, S) float32
   probabilities = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  return jnp.matmul(probabilities, value).transpose(0, 2, 1, 3)  # (B, T, h, d)
+  return jnp.matmul(probabilities, value)
+
+
+def _heads_major(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """:func:`_attend` on the whole (B, heads, N, d) batch at once."""
+  query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))  # (B, h, N, d)
+  return _attend(query, key, value).transpose(0, 2, 1, 3)  # (B, T, h, d)
 
 
 def _sliced(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
@@ -86,12 +91,7 @@ def _sliced(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
   def slices(x):  # (B, N, h, d) → (B·h, N, d)
     return x.transpose(0, 2, 1, 3).reshape(batch * heads, x.shape[1], head_dim)
 
-  @jax.checkpoint
-  def one(operands):
-    q, k, v = operands
-    logits = jnp.matmul(q, k.T, preferred_element_type=jnp.float32) * jnp.float32(head_dim**-0.5)
-    return jnp.matmul(jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
-
+  one = jax.checkpoint(lambda operands: _attend(*operands))  # one (T, d), (S, d), (S, d) slice
   out = jax.lax.map(one, (slices(query), slices(key), slices(value)))  # (B·h, T, d)
   return out.reshape(batch, heads, tokens, head_dim).transpose(0, 2, 1, 3)
 
