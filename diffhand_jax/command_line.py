@@ -21,13 +21,17 @@ parses its argv with `parse`:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import textwrap
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
+
+from diffhand_jax.geometry import hypotheses
+from diffhand_jax.inference import pipeline, tta
 
 HELP_FLAGS = ('-h', '--help', '--helpshort', '--helpfull', '-help')
 
@@ -40,11 +44,31 @@ class Exit(Exception):
     self.code = code
 
 
+def define_sampling_flags(flag_values: flags.FlagValues, *, num_hypotheses: int | None) -> None:
+  """The sampler's flags that the inference commands share: --num_hypotheses (default
+  `num_hypotheses`; None: the run's config.model.num_hypotheses), --method, --seed and the TTA flags
+  (`define_tta_flags`). `inference_options` reads them back."""
+  flags.DEFINE_integer(
+      'num_hypotheses',
+      num_hypotheses,
+      'hypotheses K per image'
+      + (' (default: config.model.num_hypotheses)' if num_hypotheses is None else ''),
+      flag_values=flag_values,
+  )
+  flags.DEFINE_enum(
+      'method',
+      'mean',
+      hypotheses.METHODS,
+      'how the K hypotheses become one mesh',
+      flag_values=flag_values,
+  )
+  define_tta_flags(flag_values)
+  flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=flag_values)
+
+
 def define_tta_flags(flag_values: flags.FlagValues, *, switch: bool = True) -> None:
   """--tta (when `switch`), --tta_angles and --tta_scales in `flag_values`, defaulting to
   `inference.tta.TTAConfig`'s passes; `tta_config` reads them back."""
-  from diffhand_jax.inference import tta  # pylint: disable=g-import-not-at-top
-
   default = tta.TTAConfig()
   if switch:
     flags.DEFINE_bool(
@@ -64,17 +88,32 @@ def define_tta_flags(flag_values: flags.FlagValues, *, switch: bool = True) -> N
   )
 
 
-def tta_config(flag_values: flags.FlagValues):
+def tta_config(flag_values: flags.FlagValues) -> tta.TTAConfig | None:
   """The `inference.tta.TTAConfig` of the flags `define_tta_flags` made; None when --tta is defined
   and off. Raises ValueError for a list that is not numbers."""
-  from diffhand_jax.inference import tta  # pylint: disable=g-import-not-at-top
-
   if 'tta' in flag_values and not flag_values['tta'].value:
     return None
   return tta.TTAConfig(
       angles_deg=tta.parse_list(flag_values['tta_angles'].value),
       scales=tta.parse_list(flag_values['tta_scales'].value),
   )
+
+
+def inference_options(
+    flag_values: flags.FlagValues, base: pipeline.Options = pipeline.DEFAULTS, **fixed: Any
+) -> pipeline.Options:
+  """The inference core's options from a command's flags, the one way every command builds them:
+  each field of `pipeline.Options` from the flag of its name where the command defines one (`tta` from
+  the TTA flags), else `fixed`, else `base`'s. Raises ValueError for a TTA list that is not numbers.
+  """
+  values = {}
+  for field in dataclasses.fields(pipeline.Options):
+    if field.name == 'tta' and 'tta_angles' in flag_values:
+      values['tta'] = tta_config(flag_values)
+    elif field.name in flag_values:
+      values[field.name] = flag_values[field.name].value
+  values.update(fixed)
+  return dataclasses.replace(base, **values)
 
 
 def flags_help(

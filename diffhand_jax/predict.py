@@ -61,10 +61,8 @@ from typing import Sequence
 
 from absl import flags
 
-from diffhand_jax.geometry import hypotheses
 from diffhand_jax import command_line
-from diffhand_jax.inference import overrides
-from diffhand_jax.inference.predict import InputError
+from diffhand_jax.inference import io, overrides, predict, video
 
 PROG = 'python -m diffhand_jax.predict'
 
@@ -109,15 +107,10 @@ flags.DEFINE_string(
     'left', None, 'left hands: a JSON list/object file, or comma-separated names', flag_values=FLAGS
 )
 flags.DEFINE_bool('all_left', False, 'every image shows a left hand', flag_values=FLAGS)
-flags.DEFINE_integer('num_hypotheses', 5, 'hypotheses K per image', flag_values=FLAGS)
+command_line.define_sampling_flags(FLAGS, num_hypotheses=5)
 flags.DEFINE_integer('steps', None, "DDIM steps (default: the config's)", flag_values=FLAGS)
 flags.DEFINE_float('eta', None, "DDIM eta (default: the config's)", flag_values=FLAGS)
-flags.DEFINE_enum(
-    'method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh', flag_values=FLAGS
-)
-command_line.define_tta_flags(FLAGS)
 flags.DEFINE_integer('batch_size', 8, 'images per sampler call', flag_values=FLAGS)
-flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
 flags.DEFINE_integer(
     'overlay_size',
     1024,
@@ -183,89 +176,74 @@ def main(argv: Sequence[str] | None = None) -> int:
   if FLAGS.output and os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
     print(f'{PROG}: error: --output={FLAGS.output} is a file, not a folder', file=sys.stderr)
     return 2
-  if FLAGS.video:
-    from diffhand_jax.inference import video
-
-    if FLAGS.color_by_uncertainty:  # the video path keeps no per-hand uncertainty to colour by
-      print(f'{PROG}: note: --color_by_uncertainty applies to --images only', file=sys.stderr)
-
-    try:
-      result = video.reconstruct_video(
-          FLAGS.workdir,
-          FLAGS.video,
-          FLAGS.output,
-          box=video.parse_box(FLAGS.video_box),
-          left=FLAGS.all_left,
-          detector='none' if FLAGS.video_box else FLAGS.detector,
-          min_hand_score=FLAGS.min_hand_score,
-          warm_strength=FLAGS.warm_strength,
-          steps=FLAGS.steps,
-          eta=FLAGS.eta,
-          num_hypotheses=FLAGS.num_hypotheses if FLAGS['num_hypotheses'].present else 1,
-          method=FLAGS.method,
-          box_scale=FLAGS.box_scale,
-          reset_threshold=FLAGS.video_reset,
-          follow=FLAGS.video_follow,
-          fps=FLAGS.video_fps,
-          seed=FLAGS.seed,
-          overrides=FLAGS.config,
-      )
-    except video.VideoError as error:
-      print(f'error: {error}', file=sys.stderr)
-      return 1
-    except (InputError, FileNotFoundError, ValueError) as error:
-      print(f'error: {error}', file=sys.stderr)
-      return 2
-    steady = result['steady_frames_per_second']
-    print(
-        f'wrote {result["frames"]} frames, {len(result["tracks"])} track(s) to {FLAGS.output}: '
-        f'{result["frames_per_second"]:.1f} frames/s'
-        + (f' ({steady:.1f} after compiling)' if steady else '')
-        + f', {result["decoder_passes_per_frame"]:.2f} decoder passes per frame'
-    )
-    return 0
-  from diffhand_jax.inference import predict
-
   try:
-    tta_config = command_line.tta_config(FLAGS)
-    result = predict.predict_folder(
-        FLAGS.workdir,
-        FLAGS.images,
-        FLAGS.output,
-        boxes=FLAGS.boxes,
-        left=FLAGS.left,
-        all_left=FLAGS.all_left,
-        box_scale=FLAGS.box_scale,
-        num_hypotheses=FLAGS.num_hypotheses,
-        steps=FLAGS.steps,
-        eta=FLAGS.eta,
-        method=FLAGS.method,
-        tta_config=tta_config,
-        batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed,
-        overlay_size=FLAGS.overlay_size,
-        overrides=FLAGS.config,
-        detector=FLAGS.detector,
-        focal=FLAGS.focal,
-        fit_mano=FLAGS.fit_mano,
-        min_hand_score=FLAGS.min_hand_score,
-        color_by_uncertainty=FLAGS.color_by_uncertainty,
-    )
-  except (InputError, FileNotFoundError, ValueError) as error:
+    return predict_video() if FLAGS.video else predict_images()
+  except io.VideoError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+  except (io.InputError, FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
+
+
+def predict_images() -> int:
+  """--images: a folder of photos."""
+  result = predict.predict_folder(
+      FLAGS.workdir,
+      FLAGS.images,
+      FLAGS.output,
+      command_line.inference_options(FLAGS),
+      boxes=FLAGS.boxes,
+      left=FLAGS.left,
+      all_left=FLAGS.all_left,
+      focal=FLAGS.focal,
+      overlay_size=FLAGS.overlay_size,
+      color_by_uncertainty=FLAGS.color_by_uncertainty,
+      overrides=FLAGS.config,
+  )
   print(f'wrote {len(result["written"])} predictions to {FLAGS.output}')
   if result['failed']:
     print(
         f'could not read {len(result["failed"])} image(s): {", ".join(sorted(result["failed"]))}',
         file=sys.stderr,
     )
-  if result.get('no_hands'):
+  if result['no_hands']:
     print(
         f'no hand found in {len(result["no_hands"])} image(s): {", ".join(result["no_hands"])}',
         file=sys.stderr,
     )
   return 0 if result['written'] else 2  # nothing could be processed
+
+
+def predict_video() -> int:
+  """--video: a video file or a folder of frames."""
+  if FLAGS.color_by_uncertainty:  # the video path keeps no per-hand uncertainty to colour by
+    print(f'{PROG}: note: --color_by_uncertainty applies to --images only', file=sys.stderr)
+  options = command_line.inference_options(
+      FLAGS,
+      video.VIDEO_DEFAULTS,
+      detector='none' if FLAGS.video_box else FLAGS.detector,
+      num_hypotheses=FLAGS.num_hypotheses if FLAGS['num_hypotheses'].present else 1,
+  )
+  video_options = video.VideoOptions(
+      box=io.parse_box(FLAGS.video_box),
+      left=FLAGS.all_left,
+      warm_strength=FLAGS.warm_strength,
+      reset_threshold=FLAGS.video_reset,
+      follow=FLAGS.video_follow,
+      fps=FLAGS.video_fps,
+  )
+  result = video.reconstruct_video(
+      FLAGS.workdir, FLAGS.video, FLAGS.output, options, video_options, overrides=FLAGS.config
+  )
+  steady = result['steady_frames_per_second']
+  print(
+      f'wrote {result["frames"]} frames, {len(result["tracks"])} track(s) to {FLAGS.output}: '
+      f'{result["frames_per_second"]:.1f} frames/s'
+      + (f' ({steady:.1f} after compiling)' if steady else '')
+      + f', {result["decoder_passes_per_frame"]:.2f} decoder passes per frame'
+  )
+  return 0
 
 
 def run() -> None:

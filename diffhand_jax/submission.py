@@ -54,10 +54,9 @@ from typing import Sequence
 
 from absl import flags
 
-from diffhand_jax.geometry import hypotheses
 from diffhand_jax import command_line
-from diffhand_jax.inference import overrides
-from diffhand_jax.inference.submission import BENCHMARKS, SubmissionError
+from diffhand_jax.inference import overrides, submission
+from diffhand_jax.runs import checkpoints
 
 PROG = 'python -m diffhand_jax.submission'
 
@@ -66,7 +65,7 @@ flags.DEFINE_string(
     'workdir', None, 'a training workdir (config.json, checkpoints/)', flag_values=FLAGS
 )
 flags.DEFINE_enum(
-    'benchmark', None, BENCHMARKS, 'the benchmark whose file to write', flag_values=FLAGS
+    'benchmark', None, submission.BENCHMARKS, 'the benchmark whose file to write', flag_values=FLAGS
 )
 flags.DEFINE_string(
     'output', None, 'pred.zip (freihand, ho3d) or a .txt (dexycb)', flag_values=FLAGS
@@ -74,17 +73,7 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     'split', None, 'the evaluation split (default: config.dataset.eval_split)', flag_values=FLAGS
 )
-flags.DEFINE_integer(
-    'num_hypotheses',
-    None,
-    'hypotheses K per image (default: config.model.num_hypotheses)',
-    flag_values=FLAGS,
-)
-flags.DEFINE_enum(
-    'method', 'mean', hypotheses.METHODS, 'how the K hypotheses become one mesh', flag_values=FLAGS
-)
-command_line.define_tta_flags(FLAGS)
-flags.DEFINE_integer('seed', 0, "the sampler's random seed", flag_values=FLAGS)
+command_line.define_sampling_flags(FLAGS, num_hypotheses=None)
 flags.DEFINE_string(
     'root_feature', None, 'ho3d: the feature holding the given root', flag_values=FLAGS
 )
@@ -118,21 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
   except command_line.Exit as done:
     return done.code
-  from diffhand_jax.inference import submission
-  from diffhand_jax.runs import checkpoints
-
   try:
-    tta_config = command_line.tta_config(FLAGS)
     summary = submission.write_submission(
         FLAGS.workdir,
         FLAGS.benchmark,
         FLAGS.output,
+        command_line.inference_options(FLAGS, submission.SUBMISSION_DEFAULTS),
         overrides=FLAGS.config,
         split=FLAGS.split,
-        num_hypotheses=FLAGS.num_hypotheses,
-        method=FLAGS.method,
-        tta_config=tta_config,
-        seed=FLAGS.seed,
         root_feature=FLAGS.root_feature,
         id_feature=FLAGS.id_feature,
         max_examples=FLAGS.max_examples,
@@ -143,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   ) as error:  # a missing or wrong input
     print(f'error: {error}', file=sys.stderr)
     return 2
-  except (SubmissionError, ValueError, KeyError) as error:
+  except (submission.SubmissionError, ValueError, KeyError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   print(

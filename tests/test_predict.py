@@ -3,13 +3,14 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from diffhand_jax import predict
 from diffhand_jax import command_line
-from diffhand_jax.inference import crops, overrides
+from diffhand_jax.inference import crops, full_frame, io, overrides, pipeline
 from diffhand_jax.inference import predict as predict_lib
 
 
@@ -35,6 +36,17 @@ def _write_image(path, height, width, seed):
   image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
   Image.fromarray(image).save(path)
   return image
+
+
+def _opened(dataset_config):
+  """A SamplerCache of a stand-in run that has only a dataset config (no model is needed)."""
+  from types import SimpleNamespace
+
+  from diffhand_jax.inference import sampling
+
+  return sampling.SamplerCache(
+      SimpleNamespace(config=ml_collections.ConfigDict({'dataset': dataset_config}))
+  )
 
 
 def _json(path):
@@ -261,14 +273,13 @@ def test_a_run_opened_once_predicts_what_opening_the_workdir_does(workdir, tmp_p
   images = tmp_path / 'images'
   images.mkdir()
   _write_image(images / 'hand.png', 64, 64, 5)
-  options = dict(
-      num_hypotheses=2, steps=2, detector='none', overlay_size=0, focal=100.0, progress=False
-  )
-  predict_lib.predict_folder(workdir, str(images), str(tmp_path / 'own'), **options)
+  sampler = pipeline.Options(num_hypotheses=2, steps=2, detector='none')
+  options = dict(overlay_size=0, focal=100.0, progress=False)
+  predict_lib.predict_folder(workdir, str(images), str(tmp_path / 'own'), sampler, **options)
   cache = sampling.SamplerCache(loading.load_trained(workdir))
   for name in ('first', 'second'):
     predict_lib.predict_folder(
-        'unread', str(images), str(tmp_path / name), samplers=cache, **options
+        'unread', str(images), str(tmp_path / name), sampler, samplers=cache, **options
     )
   own = _json(tmp_path / 'own' / 'hand.json')['hands'][0]['vertices_camera']
   for name in ('first', 'second'):
@@ -281,6 +292,7 @@ def test_a_run_opened_once_predicts_what_opening_the_workdir_does(workdir, tmp_p
         workdir,
         str(images),
         str(tmp_path / 'x'),
+        sampler,
         samplers=cache,
         overrides={'model': {}},
         **options,
@@ -295,19 +307,19 @@ def test_hand_uncertainty_is_articulation_not_orientation():
 
   rng = np.random.default_rng(0)
   mesh = rng.normal(0, 0.03, (778, 3))
-  same = predict_lib.hand_uncertainty(np.stack([mesh] * 3)[None])
-  single = predict_lib.hand_uncertainty(mesh[None, None])
+  same = pipeline.hand_uncertainty(np.stack([mesh] * 3)[None])
+  single = pipeline.hand_uncertainty(mesh[None, None])
   for result in (same, single):
     assert result['uncertainty'] == [0.0] and result['orientation_uncertainty_deg'] == [0.0]
     np.testing.assert_allclose(result['vertex_uncertainty'], np.zeros((1, 778)), atol=1e-12)
   turns = Rotation.from_rotvec(np.outer([-30.0, 0.0, 30.0], [0.0, 0.6, 0.8]), degrees=True)
-  turned = predict_lib.hand_uncertainty(np.stack([mesh @ m.T for m in turns.as_matrix()])[None])
+  turned = pipeline.hand_uncertainty(np.stack([mesh @ m.T for m in turns.as_matrix()])[None])
   assert turned['uncertainty'] == [0.0]
   assert turned['orientation_uncertainty_deg'] == [pytest.approx(20.0, abs=1e-3)]
   np.testing.assert_allclose(turned['vertex_uncertainty'], 0.0, atol=1e-9)
   # A shape change shows up in `uncertainty`: a 5 mm bump on every vertex of one hypothesis.
   bumped = np.stack([mesh, mesh + rng.normal(0, 0.005, mesh.shape)])[None]
-  assert predict_lib.hand_uncertainty(bumped)['uncertainty'][0] > 0.001
+  assert pipeline.hand_uncertainty(bumped)['uncertainty'][0] > 0.001
 
 
 def test_photos_without_any_hand_exit_2(workdir, tmp_path, capsys):
@@ -325,7 +337,7 @@ def test_weak_perspective_overlay_geometry():
   rng = np.random.default_rng(3)
   vertices_model = rng.normal(0, 1.0, (50, 3))
   camera = np.array([0.35, 0.1, -0.2])
-  placed, K = predict_lib.orthographic_setup(vertices_model, camera, 200)
+  placed, K = full_frame.orthographic_setup(vertices_model, camera, 200)
   from diffhand_jax.geometry import render
 
   pixels = render.project(placed, K)
@@ -340,25 +352,25 @@ def test_bad_inputs_are_reported_clearly(tmp_path, capsys):
   assert 'no images' in capsys.readouterr().err
   names = ['x.png']
   (tmp_path / 'bad.json').write_text('{"x.png": [1, 2, 3')
-  with pytest.raises(predict_lib.InputError, match='bad.json.*not valid JSON'):
-    predict_lib.load_boxes(str(tmp_path / 'bad.json'), names)
+  with pytest.raises(io.InputError, match='bad.json.*not valid JSON'):
+    io.load_boxes(str(tmp_path / 'bad.json'), names)
   (tmp_path / 'inverted.json').write_text('{"x": [10, 10, 5, 20]}')
-  with pytest.raises(predict_lib.InputError, match="'x.png'.*x1 > x0"):
-    predict_lib.load_boxes(str(tmp_path / 'inverted.json'), names)
+  with pytest.raises(io.InputError, match="'x.png'.*x1 > x0"):
+    io.load_boxes(str(tmp_path / 'inverted.json'), names)
   (tmp_path / 'two.json').write_text('{"x": [[0, 0, 5, 5], [10, 10, 20, 30]]}')
-  assert predict_lib.load_boxes(str(tmp_path / 'two.json'), names) == {
+  assert io.load_boxes(str(tmp_path / 'two.json'), names) == {
       'x.png': [[0, 0, 5, 5], [10, 10, 20, 30]]
   }
   (tmp_path / 'one.json').write_text('{"x.png": [0, 0, 5, 5]}')
-  assert predict_lib.load_boxes(str(tmp_path / 'one.json'), names) == {'x.png': [[0, 0, 5, 5]]}
+  assert io.load_boxes(str(tmp_path / 'one.json'), names) == {'x.png': [[0, 0, 5, 5]]}
   (tmp_path / 'left.json').write_text('{"x": true}')
-  assert predict_lib.load_left(str(tmp_path / 'left.json'), names) == {'x.png': True}
-  assert predict_lib.load_left('x.png,y.png', names + ['z.png']) == {'x.png': True, 'z.png': False}
-  with pytest.raises(predict_lib.InputError, match='--fit_mano: .*MANO_LEFT.pkl'):
-    predict_lib.fit_models({'hand_model': 'mano', 'mano_dir': str(tmp_path)}, ['left'])
+  assert io.load_left(str(tmp_path / 'left.json'), names) == {'x.png': True}
+  assert io.load_left('x.png,y.png', names + ['z.png']) == {'x.png': True, 'z.png': False}
+  with pytest.raises(io.InputError, match='--fit_mano: .*MANO_LEFT.pkl'):
+    pipeline.hand_models(_opened({'hand_model': 'mano', 'mano_dir': str(tmp_path)}), ['left'])
   (tmp_path / 'broken.png').write_bytes(b'\x89PNG garbage')
-  with pytest.raises(predict_lib.InputError, match='broken.png'):
-    predict_lib.read_image(str(tmp_path / 'broken.png'))
+  with pytest.raises(io.InputError, match='broken.png'):
+    io.read_image(str(tmp_path / 'broken.png'))
 
 
 def test_square_crops():

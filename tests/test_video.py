@@ -2,6 +2,7 @@
 `predict --video` end to end on an MP4 encoded from a rendered synthetic clip."""
 
 import builtins
+import dataclasses
 import json
 import os
 
@@ -13,7 +14,7 @@ import pytest
 from diffhand_jax import diffusion
 from diffhand_jax.benchmarks import sampler as sampler_bench
 from diffhand_jax.data import synthetic_scene
-from diffhand_jax.inference import video
+from diffhand_jax.inference import io, video
 
 NUM_FRAMES = 10
 
@@ -276,9 +277,13 @@ def test_predict_video_writes_the_overlay_and_one_npz_per_track(workdir, clip, t
       ]
 
   result = video.reconstruct_video(
-      workdir, str(folder), str(tmp_path / 'out_folder'), detector=Detector(), steps=2,
-      warm_strength=1.0, fps=10.0, progress=False,
-  )  # fmt: skip
+      workdir,
+      str(folder),
+      str(tmp_path / 'out_folder'),
+      dataclasses.replace(video.VIDEO_DEFAULTS, detector=Detector(), steps=2),
+      video.VideoOptions(warm_strength=1.0, fps=10.0),
+      progress=False,
+  )
   assert result['frames'] == 4 and result['decoder_passes_per_frame'] == 2 * 2.0  # two hands
   assert sorted(result['tracks']) == [0, 1]
   with np.load(result['tracks'][0]) as left, np.load(result['tracks'][1]) as right:
@@ -299,7 +304,11 @@ def test_a_run_opened_once_reconstructs_what_opening_the_workdir_does(workdir, c
   frames, first_box = clip
   path = tmp_path / 'clip.mp4'
   _write_mp4(path, frames[:4])
-  options = dict(box=first_box, warm_strength=0.5, steps=2, num_hypotheses=2, progress=False)
+  options = dict(
+      options=dataclasses.replace(video.VIDEO_DEFAULTS, steps=2, num_hypotheses=2),
+      video_options=video.VideoOptions(box=first_box, warm_strength=0.5),
+      progress=False,
+  )
   video.reconstruct_video(workdir, str(path), str(tmp_path / 'own'), **options)
   cache = sampling.SamplerCache(loading.load_trained(workdir))
   for name in ('first', 'second'):
@@ -369,7 +378,7 @@ def test_without_pyav_the_error_says_how_to_install(monkeypatch, tmp_path):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, '__import__', no_av)
-  with pytest.raises(video.predict_lib.InputError, match=r'pip install -e "\.\[video\]"'):
+  with pytest.raises(io.InputError, match=r'pip install -e "\.\[video\]"'):
     video.reconstruct_video('unused', str(tmp_path / 'a.mp4'), str(tmp_path / 'out'))
 
 

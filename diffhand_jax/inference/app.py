@@ -1,37 +1,40 @@
 """The local web app (`python -m diffhand_jax.app`, docs/app.md): drop in a photo or a video, get every
 hand in 3D, see where the model is unsure.
 
-It is a Gradio page over the library functions `predict` uses, with no inference code of its own:
+It is a Gradio page over the inference core, with no inference code of its own:
 
-  * a photo (an upload or a webcam snapshot) goes through `predict.predict_folder` on a one-photo
-    folder, which finds the hands (or takes the whole image as one hand), samples the run, places the
-    hands in the photo's camera, optionally fits MANO (`mano.fit`), and writes NAME.png / NAME.json /
-    NAME_handI.obj. This module then draws each hand's box, side and score over that overlay and
-    converts each hand to a GLB (`mesh_io.write_glb`, vertex order kept, optionally coloured by the
-    JSON's `vertex_uncertainty` through `render.uncertainty_colors`) for the 3D viewer;
+  * a photo (an upload or a webcam snapshot) goes to `pipeline.reconstruct_photos` in memory, which
+    finds the hands (or takes the whole image as one hand), samples the run, places the hands in the
+    photo's camera and optionally fits MANO (`mano.fit`). This module writes only the files the page
+    serves: the photo's JSON (as `predict` writes it), each hand's OBJ and GLB (`mesh_io.write_glb`,
+    vertex order kept, optionally coloured by `vertex_uncertainty` through `render.uncertainty_colors`),
+    and the overlay with each hand's box, side and score;
   * a video goes through `video.reconstruct_video` (overlay.mp4 and one track_<id>.npz per hand).
 
-Bad uploads (not an image, no hand found, an image over `MAX_PIXELS`) become a message on the page; the
-server keeps running. The page never reaches the network: `offline_environment` turns Gradio's
-analytics and the Hub's telemetry off before Gradio is imported, the theme uses system fonts (no Google
-Fonts stylesheet), server-side rendering (a Node process) is off, and tests/test_app.py checks every
-request the browser makes goes to the local server.
+The run is opened once, by the first request, and kept (`sampling.SamplerCache`): later requests do not
+recompile. Bad uploads (not an image, no hand found, an image over `MAX_PIXELS`) become a message on
+the page; the server keeps running. The page never reaches the network: `offline_environment` turns
+Gradio's analytics and the Hub's telemetry off before Gradio is imported, the theme uses system fonts
+(no Google Fonts stylesheet), server-side rendering (a Node process) is off, and tests/test_app.py
+checks every request the browser makes goes to the local server.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from diffhand_jax.geometry import mesh_io, render
-from diffhand_jax.inference import predict as predict_lib
+from diffhand_jax.inference import full_frame, io, loading, outputs, pipeline, sampling
+from diffhand_jax.inference import tta as tta_lib
+from diffhand_jax.inference import video as video_lib
+from diffhand_jax.runs import checkpoints
 
 INSTALL_HINT = 'pip install -e ".[app]"'
 # Photos above this many pixels are refused with a message (PIL's own decompression-bomb limit is ~179 Mpx).
@@ -39,6 +42,8 @@ MAX_PIXELS = 40_000_000
 MAX_FILE_SIZE = '60mb'
 VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv', '.webm', '.m4v')
 DETECTOR_CHOICES = ('detect hands', 'whole image is one hand')
+# The longer side of the overlay the page shows, pixels at most.
+OVERLAY_SIZE = 1024
 # The 3D viewer's mesh colour when not coloured by uncertainty (RGBA).
 SKIN = (222, 170, 140, 255)
 _OFFLINE = {
@@ -75,7 +80,7 @@ def import_gradio():
 
 
 # ==================================================================================================
-# One photo, through predict_folder
+# One photo, in memory
 # ==================================================================================================
 
 
@@ -86,7 +91,7 @@ class PhotoResult:
 
   message: str
   overlay: str | None = None  # PNG: meshes, boxes, sides and scores over the photo
-  json: str | None = None  # predict's NAME.json
+  json: str | None = None  # the photo's JSON, as `predict` writes it
   glbs: list[str] = dataclasses.field(default_factory=list)  # one per hand, in the JSON's order
   objs: list[str] = dataclasses.field(default_factory=list)
   hands: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -95,8 +100,6 @@ class PhotoResult:
 
 def check_photo(path: str) -> str | None:
   """Why the file at `path` cannot be processed as a photo (a message for the page), or None."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   try:
     with Image.open(path) as image:
       width, height = image.size
@@ -105,7 +108,7 @@ def check_photo(path: str) -> str | None:
   except Exception:  # PIL raises many types for foreign files
     return (
         f'{os.path.basename(path)} is not an image this app can read '
-        f'({", ".join(predict_lib.IMAGE_EXTENSIONS)}, or a video: {", ".join(VIDEO_EXTENSIONS)}).'
+        f'({", ".join(io.IMAGE_EXTENSIONS)}, or a video: {", ".join(VIDEO_EXTENSIONS)}).'
     )
   if width * height > MAX_PIXELS:
     return (
@@ -123,8 +126,6 @@ def gltf_vertices(vertices: np.ndarray) -> np.ndarray:
 
 def draw_boxes(overlay: np.ndarray, image_size: tuple[int, int], hands: list[dict]) -> np.ndarray:
   """Each hand's box (photo pixels, scaled to the overlay's size) and a label 'I: side score'."""
-  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
-
   canvas = Image.fromarray(np.asarray(overlay, np.uint8))
   draw = ImageDraw.Draw(canvas)
   sx = canvas.width / image_size[1]
@@ -145,9 +146,70 @@ def draw_boxes(overlay: np.ndarray, image_size: tuple[int, int], hands: list[dic
   return np.asarray(canvas)
 
 
+def read_photo(photo: str | np.ndarray) -> pipeline.Photo | str:
+  """An upload (a path) or a webcam snapshot (uint8 (H, W, 3 or 4)) as a `pipeline.Photo`, or the
+  message that says why it cannot be one. An upload keeps its name and EXIF focal length; a file of
+  another type than predict's (a .gif, a .tiff) is named NAME.png, as predict would have it."""
+  if not isinstance(photo, str):
+    return pipeline.Photo(np.asarray(photo, np.uint8)[..., :3], name='webcam.png')
+  problem = check_photo(photo)
+  if problem:
+    return problem
+  try:
+    image = io.read_image(photo)
+  except io.InputError as error:
+    return str(error).replace(os.path.dirname(photo) + os.sep, '')
+  stem, extension = os.path.splitext(os.path.basename(photo))
+  if extension.lower() not in io.IMAGE_EXTENSIONS:
+    return pipeline.Photo(image, name=(stem or 'photo') + '.png')
+  focal, source = full_frame.focal_length(photo, image.shape[:2])
+  return pipeline.Photo(image, name=stem + extension, focal=focal, focal_source=source)
+
+
+def _reconstruct(
+    samplers: sampling.SamplerCache, photo: pipeline.Photo, options: pipeline.Options
+) -> tuple[pipeline.PhotoHands, list[str]]:
+  """The photo's hands, and notes for the page: without the hand model files the MANO fit is skipped."""
+  try:
+    return pipeline.reconstruct_photos(samplers, [photo], options)[0], []
+  except pipeline.HandModelUnavailable as error:
+    note = f'MANO parameters skipped: {error}'
+    options = dataclasses.replace(options, fit_mano=False)
+    return pipeline.reconstruct_photos(samplers, [photo], options)[0], [note]
+
+
+def write_served(
+    output_dir: str, result: pipeline.PhotoHands, settings: dict[str, Any], colour: bool
+) -> PhotoResult:
+  """The files the page serves for a photo: STEM.json, STEM_handI.obj, STEM_boxes.png (meshes, boxes,
+  sides, scores), STEM_handI.glb (vertex order kept, coloured by vertex_uncertainty when `colour`).
+  """
+  stem = os.path.splitext(result.photo.name)[0]
+  record = outputs.photo_record(result, stem, settings)
+  json_path = io.write_json(os.path.join(output_dir, f'{stem}.json'), record)
+  drawn = draw_boxes(outputs.overlay(result, OVERLAY_SIZE), record['image_size'], record['hands'])
+  overlay_path = io.write_png(os.path.join(output_dir, f'{stem}_boxes.png'), drawn)
+  glbs, objs = [], []
+  for number, (hand, hand_record) in enumerate(zip(result.hands, record['hands'])):
+    objs.append(
+        io.write_obj(os.path.join(output_dir, hand_record['obj']), hand.vertices_camera, hand.faces)
+    )
+    # The JSON's values, rounded as a reader of the JSON gets them.
+    std = np.asarray(hand_record['vertex_uncertainty'], np.float64)
+    colours = (
+        render.uncertainty_colors(std)
+        if colour
+        else np.tile(np.array(SKIN, np.uint8), (len(std), 1))
+    )
+    glb_path = os.path.join(output_dir, f'{stem}_hand{number}.glb')
+    mesh_io.write_glb(glb_path, gltf_vertices(hand_record['vertices']), hand.faces, colours)
+    glbs.append(glb_path)
+  return PhotoResult('', overlay_path, json_path, glbs, objs, record['hands'])
+
+
 def reconstruct_photo(
-    workdir: str,
-    photo: str,
+    workdir: str | None,
+    photo: str | np.ndarray,
     output_dir: str,
     *,
     whole_image: bool = False,
@@ -159,112 +221,62 @@ def reconstruct_photo(
     detector: Any = 'mediapipe',
     min_hand_score: float = 0.5,
     seed: int = 0,
-    samplers: Any = None,
+    samplers: sampling.SamplerCache | None = None,
 ) -> PhotoResult:
-  """Runs `predict.predict_folder` on one photo and prepares what the page shows (PhotoResult).
+  """One photo (a path, or a webcam snapshot as an array) through the inference core, in memory, and
+  the files the page serves (`write_served`); nothing else is written.
 
   whole_image: no detector, the photo's largest centred square is one hand. fit_mano: add MANO
   parameters to the JSON (skipped, with a note, when the run's hand model files are missing). A photo
   that cannot be processed gives a PhotoResult with only `message`; a bad workdir raises. samplers: the
-  run opened once (`sampling.SamplerCache`), as the page passes it; None opens `workdir` here.
+  run opened once, as the page passes it; None opens `workdir` here.
   """
-  from diffhand_jax.inference import tta as tta_lib  # pylint: disable=g-import-not-at-top
-
   start = time.perf_counter()
-  problem = check_photo(photo)
-  if problem:
-    return PhotoResult(message=problem)
-  name = os.path.basename(photo)
-  stem, extension = os.path.splitext(name)
-  if extension.lower() not in predict_lib.IMAGE_EXTENSIONS:
-    stem, name = stem or 'photo', (stem or 'photo') + '.png'
-  images_dir = os.path.join(output_dir, 'input')
-  os.makedirs(images_dir, exist_ok=True)
-  if photo.lower().endswith(predict_lib.IMAGE_EXTENSIONS):
-    shutil.copyfile(photo, os.path.join(images_dir, name))
-  else:  # e.g. a .gif or .tiff PIL reads: predict_folder lists only its extensions
-    mesh_io.write_image(os.path.join(images_dir, name), predict_lib.read_image(photo), 'PNG')
-  notes = []
-  options = dict(
-      num_hypotheses=int(num_hypotheses),
-      steps=None if not steps else int(steps),
-      tta_config=tta_lib.TTAConfig() if tta else None,
+  photo = read_photo(photo)
+  if isinstance(photo, str):
+    return PhotoResult(message=photo)
+  options = pipeline.Options(
       detector='none' if whole_image else detector,
       min_hand_score=min_hand_score,
+      num_hypotheses=int(num_hypotheses),
+      steps=None if not steps else int(steps),
+      tta=tta_lib.TTAConfig() if tta else None,
       seed=seed,
-      progress=False,
-      samplers=samplers,
+      fit_mano=fit_mano,
   )
+  if samplers is None:
+    samplers = sampling.SamplerCache(loading.load_trained(workdir))
   try:
-    try:
-      result = predict_lib.predict_folder(
-          workdir, images_dir, output_dir, fit_mano=fit_mano, **options
-      )
-    except predict_lib.InputError as error:
-      if not (fit_mano and '--fit_mano' in str(error)):
-        raise
-      notes.append(f'MANO parameters skipped: {error}')
-      result = predict_lib.predict_folder(workdir, images_dir, output_dir, **options)
-  except predict_lib.InputError as error:
-    return PhotoResult(message=str(error).replace(images_dir + os.sep, ''))
-  if result['failed']:  # named by the upload's name, not the server's folder
-    return PhotoResult(
-        message=next(iter(result['failed'].values())).replace(images_dir + os.sep, '')
-    )
-  if not result['written']:
+    result, notes = _reconstruct(samplers, photo, options)
+  except io.InputError as error:
+    return PhotoResult(message=str(error))
+  if result.error is not None:
+    return PhotoResult(message=result.error)
+  if not result.hands:
     return PhotoResult(
         message='No hand found in this photo. Try a photo where the hand is larger, lower '
         "'minimum hand score', or choose 'whole image is one hand' for a crop around one hand."
     )
-  json_path = os.path.join(output_dir, f'{stem}.json')
-  with open(json_path) as f:
-    payload = json.load(f)
-  hands = payload['hands']
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  with Image.open(os.path.join(output_dir, f'{stem}.png')) as image:
-    overlay = np.asarray(image.convert('RGB'))
-  overlay_path = os.path.join(output_dir, f'{stem}_boxes.png')
-  mesh_io.write_image(overlay_path, draw_boxes(overlay, payload['image_size'], hands), 'PNG')
-  glbs, objs = [], []
-  for number, hand in enumerate(hands):
-    obj_path = os.path.join(output_dir, hand['obj'])
-    _, faces = mesh_io.read_obj(obj_path)
-    std = np.asarray(hand['vertex_uncertainty'], np.float64)
-    colours = (
-        render.uncertainty_colors(std)
-        if colour_by_uncertainty
-        else np.tile(np.array(SKIN, np.uint8), (len(std), 1))
-    )
-    glb_path = os.path.join(output_dir, f'{stem}_hand{number}.glb')
-    mesh_io.write_glb(glb_path, gltf_vertices(hand['vertices']), faces, colours)
-    glbs.append(glb_path)
-    objs.append(obj_path)
-  seconds = time.perf_counter() - start
+  os.makedirs(output_dir, exist_ok=True)
+  settings = outputs.settings(samplers, options, color_by_uncertainty=False)
+  served = write_served(output_dir, result, settings, colour_by_uncertainty)
+  served.seconds = time.perf_counter() - start
   summary = ', '.join(
       f'{n}: {h["hand_side"]}'
       + ('' if h.get('score') is None else f' (score {h["score"]:.2f})')
       + f', uncertainty {1000 * h["uncertainty"]:.1f} mm'
-      for n, h in enumerate(hands)
+      for n, h in enumerate(served.hands)
   )
-  message = f'{len(hands)} hand(s) in {seconds:.1f} s: {summary}.'
+  served.message = f'{len(served.hands)} hand(s) in {served.seconds:.1f} s: {summary}.'
   if num_hypotheses < 2:
     notes.append('One hypothesis: no spread to colour (choose 2 or more).')
   if notes:
-    message += ' ' + ' '.join(notes)
-  return PhotoResult(
-      message=message,
-      overlay=overlay_path,
-      json=json_path,
-      glbs=glbs,
-      objs=objs,
-      hands=hands,
-      seconds=seconds,
-  )
+    served.message += ' ' + ' '.join(notes)
+  return served
 
 
 def reconstruct_clip(
-    workdir: str,
+    workdir: str | None,
     video: str,
     output_dir: str,
     *,
@@ -272,30 +284,26 @@ def reconstruct_clip(
     num_hypotheses: int = 1,
     steps: int | None = None,
     min_hand_score: float = 0.5,
-    samplers: Any = None,
+    samplers: sampling.SamplerCache | None = None,
 ) -> tuple[str, str | None, list[str]]:
   """`video.reconstruct_video` with its defaults (docs/video.md): (message, the overlay.mp4 path, the
   track_<id>.npz paths); a video it cannot read gives (message, None, []). samplers: the run opened
-  once (`sampling.SamplerCache`), as the page passes it; None opens `workdir` here."""
-  from diffhand_jax.inference import video as video_lib  # pylint: disable=g-import-not-at-top
-
+  once, as the page passes it; None opens `workdir` here."""
   start = time.perf_counter()
+  options = dataclasses.replace(
+      video_lib.VIDEO_DEFAULTS,
+      detector='none' if whole_image else 'mediapipe',
+      min_hand_score=min_hand_score,
+      num_hypotheses=int(num_hypotheses),
+      steps=None if not steps else int(steps),
+  )
   try:
     result = video_lib.reconstruct_video(
-        workdir,
-        video,
-        output_dir,
-        detector='none' if whole_image else 'mediapipe',
-        min_hand_score=min_hand_score,
-        num_hypotheses=int(num_hypotheses),
-        steps=None if not steps else int(steps),
-        progress=False,
-        samplers=samplers,
+        workdir, video, output_dir, options, progress=False, samplers=samplers
     )
-  except (predict_lib.InputError, video_lib.VideoError, ValueError) as error:
+  except (io.InputError, io.VideoError, ValueError) as error:
     return f'Cannot reconstruct this video: {error}', None, []
-  tracks = result['tracks']
-  tracks = [str(path) for path in (tracks.values() if isinstance(tracks, dict) else tracks)]
+  tracks = [str(path) for path in result['tracks'].values()]
   return (
       f'{result["frames"]} frames, {len(tracks)} track(s) in {time.perf_counter() - start:.1f} s '
       f'({result["frames_per_second"]:.1f} frames/s).',
@@ -309,30 +317,29 @@ def reconstruct_clip(
 # ==================================================================================================
 
 
-def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'mediapipe'):
-  """The gr.Blocks page for the run in `workdir`. scratch: where each request's files go (default: a
-  new folder under the system's temporary folder)."""
-  from diffhand_jax.inference import detection, loading, sampling  # pylint: disable=g-import-not-at-top
+class Handler:
+  """The page's answer to the Reconstruct button: the run opened by the first request and kept (later
+  ones do not recompile), the detector built once, and each request's served files in a folder of its
+  own under `scratch`."""
 
-  gr = import_gradio()
-  scratch = scratch or tempfile.mkdtemp(prefix='diffhand_app_')
-  if isinstance(detector, str) and detector != 'none':
-    try:  # once, not per request; when unavailable, predict_folder reports why on each request
-      detector = detection.make_detector(detector)
-    except (detection.DetectorUnavailable, ValueError):
-      pass
+  def __init__(self, workdir: str, scratch: str, detector: Any):
+    self.workdir, self.scratch = workdir, scratch
+    self.detector = detector
+    if isinstance(detector, str) and detector != 'none':
+      try:  # once, not per request; when unavailable, each request reports why
+        self.detector = pipeline.resolve_detector(detector)
+      except io.InputError:
+        pass
+    self._samplers: sampling.SamplerCache | None = None
 
-  def new_folder() -> str:
-    return tempfile.mkdtemp(dir=scratch)
+  def samplers(self) -> sampling.SamplerCache:
+    if self._samplers is None:
+      self._samplers = sampling.SamplerCache(loading.load_trained(self.workdir))
+    return self._samplers
 
-  opened = {}  # the run, opened by the first request and kept: later ones do not recompile
-
-  def samplers():
-    if 'run' not in opened:
-      opened['run'] = sampling.SamplerCache(loading.load_trained(workdir))
-    return opened['run']
-
-  def run(upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
+  def __call__(self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
+    """The page's outputs: (status, overlay, overlay video, hand choice, GLBs, viewer, downloads)."""
+    gr = import_gradio()
     empty = (
         None,
         gr.update(value=None, visible=False),
@@ -343,37 +350,28 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
     )
     if upload is None and webcam is None:
       return ('Upload a photo or a video, or take a webcam snapshot.',) + empty
-    folder = new_folder()
+    folder = tempfile.mkdtemp(dir=self.scratch)
     whole = mode == DETECTOR_CHOICES[1]
+    photo = webcam
     if upload is not None:
-      path = upload if isinstance(upload, str) else upload.name
-      if path.lower().endswith(VIDEO_EXTENSIONS):
+      photo = upload if isinstance(upload, str) else upload.name
+      if photo.lower().endswith(VIDEO_EXTENSIONS):
         message, overlay_video, tracks = reconstruct_clip(
-            workdir,
-            path,
+            self.workdir,
+            photo,
             folder,
             whole_image=whole,
             num_hypotheses=hypotheses,
             steps=steps,
             min_hand_score=min_score,
-            samplers=samplers(),
+            samplers=self.samplers(),
         )
-        return (
-            message,
-            None,
-            gr.update(value=overlay_video, visible=True),
-            gr.update(choices=[], value=None),
-            [],
-            None,
-            tracks,
-        )
-    else:
-      path = os.path.join(folder, 'webcam.png')
-      mesh_io.write_image(path, np.asarray(webcam, np.uint8)[..., :3], 'PNG')
+        visible = gr.update(value=overlay_video, visible=True)
+        return (message, None, visible, gr.update(choices=[], value=None), [], None, tracks)
     try:
       result = reconstruct_photo(
-          workdir,
-          path,
+          self.workdir,
+          photo,
           os.path.join(folder, 'out'),
           whole_image=whole,
           num_hypotheses=hypotheses,
@@ -381,9 +379,9 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
           tta=tta,
           fit_mano=fit_mano,
           colour_by_uncertainty=colour,
-          detector=detector,
+          detector=self.detector,
           min_hand_score=min_score,
-          samplers=samplers(),
+          samplers=self.samplers(),
       )
     except Exception as error:  # the page reports it; the server keeps serving
       return (f'Error: {type(error).__name__}: {error}',) + empty
@@ -403,6 +401,46 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
         [result.json] + result.glbs + result.objs,
     )
 
+
+def _controls(gr) -> list[Any]:
+  """The inputs: upload, webcam, hands mode, hypotheses, steps, TTA, MANO fit, colour, minimum score;
+  and the button last."""
+  upload = gr.File(label='Photo or video', elem_id='upload', type='filepath')
+  webcam = gr.Image(label='Webcam snapshot', sources=['webcam'], type='numpy', elem_id='webcam')
+  mode = gr.Radio(list(DETECTOR_CHOICES), value=DETECTOR_CHOICES[0], label='Hands', elem_id='mode')
+  with gr.Row():
+    hypotheses = gr.Slider(1, 16, value=5, step=1, label='Hypotheses', elem_id='hypotheses')
+    steps = gr.Slider(0, 50, value=0, step=1, label="DDIM steps (0: the run's)", elem_id='steps')
+  with gr.Row():
+    tta = gr.Checkbox(label='TTA (rotations, scales)', value=False, elem_id='tta')
+    fit_mano = gr.Checkbox(label='MANO parameters (mano.fit)', value=True, elem_id='fit')
+    colour = gr.Checkbox(label='Colour by uncertainty', value=True, elem_id='colour')
+  min_score = gr.Slider(
+      0.05, 0.95, value=0.5, step=0.05, label='Minimum hand score', elem_id='min_score'
+  )
+  button = gr.Button('Reconstruct', variant='primary', elem_id='run')
+  return [upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score, button]
+
+
+def _results(gr) -> list[Any]:
+  """The outputs: status, overlay, overlay video, hand choice, 3D viewer, downloads."""
+  status = gr.Markdown('Upload a photo to start.', elem_id='status')
+  overlay = gr.Image(label='Hands found', type='filepath', interactive=False, elem_id='overlay')
+  overlay_video = gr.Video(
+      label='Video overlay', interactive=False, visible=False, elem_id='overlay_video'
+  )
+  which = gr.Dropdown(choices=[], label='3D hand', elem_id='which')
+  viewer = gr.Model3D(label='3D mesh', elem_id='viewer', height=420)
+  downloads = gr.File(label='Downloads', file_count='multiple', elem_id='downloads')
+  return [status, overlay, overlay_video, which, viewer, downloads]
+
+
+def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'mediapipe'):
+  """The gr.Blocks page for the run in `workdir`. scratch: where each request's served files go
+  (default: a new folder under the system's temporary folder)."""
+  gr = import_gradio()
+  scratch = scratch or tempfile.mkdtemp(prefix='diffhand_app_')
+  handler = Handler(workdir, scratch, detector)
   with gr.Blocks(title='DiffHand: hands in 3D') as page:
     gr.Markdown(
         '# DiffHand: every hand in 3D\n'
@@ -413,41 +451,13 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
     )
     with gr.Row():
       with gr.Column():
-        upload = gr.File(label='Photo or video', elem_id='upload', type='filepath')
-        webcam = gr.Image(
-            label='Webcam snapshot', sources=['webcam'], type='numpy', elem_id='webcam'
-        )
-        mode = gr.Radio(
-            list(DETECTOR_CHOICES), value=DETECTOR_CHOICES[0], label='Hands', elem_id='mode'
-        )
-        with gr.Row():
-          hypotheses = gr.Slider(1, 16, value=5, step=1, label='Hypotheses', elem_id='hypotheses')
-          steps = gr.Slider(
-              0, 50, value=0, step=1, label="DDIM steps (0: the run's)", elem_id='steps'
-          )
-        with gr.Row():
-          tta = gr.Checkbox(label='TTA (rotations, scales)', value=False, elem_id='tta')
-          fit_mano = gr.Checkbox(label='MANO parameters (mano.fit)', value=True, elem_id='fit')
-          colour = gr.Checkbox(label='Colour by uncertainty', value=True, elem_id='colour')
-        min_score = gr.Slider(
-            0.05, 0.95, value=0.5, step=0.05, label='Minimum hand score', elem_id='min_score'
-        )
-        button = gr.Button('Reconstruct', variant='primary', elem_id='run')
+        *inputs, button = _controls(gr)
       with gr.Column():
-        status = gr.Markdown('Upload a photo to start.', elem_id='status')
-        overlay = gr.Image(
-            label='Hands found', type='filepath', interactive=False, elem_id='overlay'
-        )
-        overlay_video = gr.Video(
-            label='Video overlay', interactive=False, visible=False, elem_id='overlay_video'
-        )
-        which = gr.Dropdown(choices=[], label='3D hand', elem_id='which')
-        viewer = gr.Model3D(label='3D mesh', elem_id='viewer', height=420)
-        downloads = gr.File(label='Downloads', file_count='multiple', elem_id='downloads')
+        status, overlay, overlay_video, which, viewer, downloads = _results(gr)
     glbs = gr.State([])
     button.click(
-        run,
-        inputs=[upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score],
+        handler,
+        inputs=inputs,
         outputs=[status, overlay, overlay_video, which, glbs, viewer, downloads],
         concurrency_limit=1,
     )
@@ -467,8 +477,6 @@ def theme():
 
 def check_workdir(workdir: str) -> None:
   """FileNotFoundError unless `workdir` holds a run's checkpoints (checked before the page is built)."""
-  from diffhand_jax.runs import checkpoints  # pylint: disable=g-import-not-at-top
-
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise FileNotFoundError(
         f'--workdir={workdir!r} holds no trained run (config.json, checkpoints/)'

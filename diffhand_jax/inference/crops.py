@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 
 def root_from_weak_perspective(
@@ -107,8 +108,6 @@ def square_box(
 def crop_box(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
   """uint8 (H, W, 3) → the square `box` (x0, y0, x1, y1; may leave the image, padded black) resized to
   (size, size, 3) with PIL's antialiased bilinear filter."""
-  from PIL import Image
-
   x0, y0, x1, y1 = (int(round(v)) for v in box)
   if x1 <= x0 or y1 <= y0:
     raise ValueError(f'empty crop box {tuple(box)}')

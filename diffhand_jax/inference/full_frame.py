@@ -7,7 +7,9 @@ overlay of every hand on the original photo.
   photo: mesh and weak-perspective camera un-mirrored, then placed in the photo's camera frame with
   `crops.root_from_projection` and the crop's intrinsics (`crops.crop_intrinsics`);
 * `draw_hands`: every hand's camera-frame mesh rendered over the photo (optionally scaled down, and
-  optionally coloured per vertex, e.g. by its uncertainty).
+  optionally coloured per vertex, e.g. by its uncertainty);
+* `orthographic_setup`: a mesh and pinhole K that draw a hand by its weak-perspective camera (the
+  video overlay's placement).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from diffhand_jax.geometry import render
 from diffhand_jax.inference import crops
@@ -29,6 +32,9 @@ _FOCAL_PLANE_UNIT = 0xA210  # 2 inch, 3 cm, 4 mm, 5 µm
 _PIXEL_DIMENSIONS = (0xA002, 0xA003)  # the width and height the sensor resolution refers to
 _UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 _FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+# The model's weak-perspective camera is orthographic; rendering it through render.py's pinhole with
+# the mesh this far away (in model units, hand ~ ±2) keeps the perspective error below 1e-3 pixel-fractions.
+_ORTHO_DISTANCE = 1.0e4
 # The overlay's flat mesh colour (albedo in [0, 1]; render.overlay's default).
 MESH_COLOR = (0.35, 0.6, 1.0)
 
@@ -49,8 +55,6 @@ def exif_focal(path: str, image_size: Sequence[int]) -> float | None:
   sensor's pixels per mm (FocalPlaneXResolution, scaled to the image's width when the photo was
   resized). Both are unchanged by rotating the photo.
   """
-  from PIL import Image
-
   height, width = image_size
   try:
     with Image.open(path) as image:
@@ -141,6 +145,27 @@ def to_photo(
   }
 
 
+def orthographic_setup(
+    vertices_model: np.ndarray, camera: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Vertices and a pinhole K that `render.py` draws as the weak-perspective projection
+  u = s·X + tx, v = s·Y + ty (normalised; pixel = (u + 1)·size/2) of model-space vertices (N, 3)."""
+  scale, tx, ty = (float(c) for c in camera)
+  if scale <= 0:
+    scale = 1e-3  # a degenerate camera: draw a dot rather than fail
+  distance = _ORTHO_DISTANCE
+  focal = scale * size / 2.0 * distance
+  K = np.array(
+      [
+          [focal, 0.0, (tx + 1.0) * size / 2.0],
+          [0.0, focal, (ty + 1.0) * size / 2.0],
+          [0.0, 0.0, 1.0],
+      ]
+  )
+  placed = np.asarray(vertices_model, np.float64) + np.array([0.0, 0.0, distance])
+  return placed, K
+
+
 def scaled_intrinsics(K: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
   """K of the photo resized by (scale_x, scale_y) (pixel centres at integers: x → (x + 0.5)·scale − 0.5)."""
   K = np.asarray(K, np.float64)
@@ -167,8 +192,6 @@ def draw_hands(
   colors: optional, one per mesh: (N, 3) per-vertex albedo in [0, 1] (e.g. `render.uncertainty_colors`),
   or None for the flat mesh colour.
   """
-  from PIL import Image
-
   image = np.asarray(image, np.uint8)
   height, width = image.shape[:2]
   scale_x = scale_y = 1.0

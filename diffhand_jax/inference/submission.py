@@ -7,17 +7,19 @@ the formats and where the roots come from.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
+from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.geometry import conventions
+from diffhand_jax.inference import crops, loading, pipeline, sampling
 from diffhand_jax.runs import files
 
 NUM_JOINTS = 21
@@ -223,7 +225,7 @@ def read_pred_zip(
     with open(path, 'rb') as f:
       text = f.read()
   try:
-    payload = json.load(io.BytesIO(text))
+    payload = json.loads(text)
   except json.JSONDecodeError as error:
     raise SubmissionError(f'{path}: pred.json is not valid JSON ({error})') from None
   return validate_pred_json(payload, expected_count=expected_count, frame=frame, name=path)
@@ -411,8 +413,6 @@ ID_FEATURES = ('image_id', 'sample_id', 'id')
 
 def _load_features(dataset_config, split: str, names: Sequence[str], max_examples: int | None):
   """The named extra features of a split (images are not decoded); {} for names the builder lacks."""
-  from diffhand_jax.data import splits
-
   builder = splits.get_builder(dataset_config)
   present = [n for n in names if n in builder.info.features]
   if not present:
@@ -426,8 +426,6 @@ def dexycb_toolkit_counts(dataset_config, split: str) -> dict[str, Any] | None:
   """What datasets/dex_ycb recorded about a split's toolkit numbering (its metadata's 'toolkit' entry):
   {'num_samples', 'num_evaluated', 'num_kept', 'evaluated_but_dropped', 'full_release'}, or None when the
   dataset has no such record (another builder, or one built before sample_id existed)."""
-  from diffhand_jax.data import splits
-
   metadata = splits.get_builder(dataset_config).info.metadata
   toolkit = dict(metadata.items()).get('toolkit') if metadata is not None else None
   if not isinstance(toolkit, dict) or split not in toolkit.get('splits', {}):
@@ -448,84 +446,68 @@ def _pick_feature(
   )
 
 
-def predict_absolute(
-    workdir: str,
-    benchmark: str,
-    *,
-    overrides: ml_collections.ConfigDict | dict | None = None,
-    split: str | None = None,
-    num_hypotheses: int | None = None,
-    method: str = 'mean',
-    tta_config=None,
-    seed: int = 0,
-    root_feature: str | None = None,
-    id_feature: str | None = None,
-    max_examples: int | None = None,
-    chunk: int = 256,
-    progress: bool = True,
-) -> dict[str, Any]:
-  """Runs a checkpoint over a benchmark's evaluation split and returns absolute camera-frame predictions
-  in OUR convention: {'joints': (M, 21, 3) m, 'vertices': (M, 778, 3) m, 'ids': (M,) or None,
-  'settings': {...}, 'count': M, 'toolkit': `dexycb_toolkit_counts` for dexycb, else None}. Left hands
-  are un-mirrored. DexYCB: refuses, before any inference, a split whose builder dropped samples that the
-  toolkit scores (unless max_examples, a quick try). overrides: changes to the run's config
-  (`overrides.apply_overrides`), e.g. the --config flag's value."""
-  import jax
-  from diffhand_jax.data import input_pipeline, splits
-  from diffhand_jax.inference import crops, loading, sampling
+def _dexycb_toolkit(dataset_config, split: str, max_examples: int | None) -> dict[str, Any] | None:
+  """`dexycb_toolkit_counts`, refusing (before any inference) a split the builder filtered more than
+  the toolkit: it can never give a complete file (unless max_examples, a quick try)."""
+  toolkit = dexycb_toolkit_counts(dataset_config, split)
+  if toolkit and toolkit['evaluated_but_dropped'] and not max_examples:
+    dropped = toolkit['evaluated_but_dropped']
+    raise SubmissionError(
+        f'dexycb {split!r}: the builder dropped {len(dropped)} sample(s) (sample_id {dropped[:5]}'
+        f'{" ..." if len(dropped) > 5 else ""}) whose joint_3d is valid (an all-zero pose_m or an all -1 '
+        f'joint_2d), so the file cannot have their lines; {_TOOLKIT_NEEDS_ALL}'
+    )
+  return toolkit
 
-  if benchmark not in BENCHMARKS:
-    raise SubmissionError(f'benchmark must be one of {BENCHMARKS}, got {benchmark!r}')
-  run = loading.load_trained(workdir, overrides=overrides)
-  config = run.config
-  split = split or config.dataset.eval_split
-  vertex_scale = float(config.model.vertex_scale)
-  toolkit = None
-  if benchmark == 'dexycb':
-    # Before any inference: a split the builder filtered more than the toolkit can never give a
-    # complete file.
-    toolkit = dexycb_toolkit_counts(config.dataset, split)
-    if toolkit and toolkit['evaluated_but_dropped'] and not max_examples:
-      dropped = toolkit['evaluated_but_dropped']
-      raise SubmissionError(
-          f'dexycb {split!r}: the builder dropped {len(dropped)} sample(s) (sample_id {dropped[:5]}'
-          f'{" ..." if len(dropped) > 5 else ""}) whose joint_3d is valid (an all-zero pose_m or an all -1 '
-          f'joint_2d), so the file cannot have their lines; {_TOOLKIT_NEEDS_ALL}'
-      )
-  sampler = sampling.Sampler(
-      run.model,
-      run.params,
-      run.schedule,
-      vertex_scale,
-      num_steps=int(config.model.sampling_steps),
-      num_hypotheses=int(num_hypotheses or config.model.num_hypotheses),
-      eta=float(config.model.eta),
-      batch_size=int(config.eval.batch_size),
-  )
-  arrays = splits.load_split(config.dataset, split, max_examples)
-  count = len(arrays['image'])
+
+def _ids_and_root(
+    benchmark: str,
+    dataset_config,
+    split: str,
+    arrays: dict[str, np.ndarray],
+    *,
+    root_feature: str | None,
+    id_feature: str | None,
+    max_examples: int | None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """DexYCB's image ids and HO-3D's provided wrist (M, 3), each None for the other benchmarks."""
   wanted = {
       'ho3d': [root_feature] if root_feature else list(ROOT_FEATURES),
       'dexycb': [id_feature] if id_feature else list(ID_FEATURES),
   }.get(benchmark, [])
-  extras = _load_features(config.dataset, split, wanted, max_examples) if wanted else {}
-  ids = None
+  extras = _load_features(dataset_config, split, wanted, max_examples) if wanted else {}
   if benchmark == 'dexycb':
-    _, ids = _pick_feature(extras, id_feature, ID_FEATURES, 'image id', split)
-  provided_root = None
-  if benchmark == 'ho3d':
-    try:
-      _, provided_root = _pick_feature(extras, root_feature, ROOT_FEATURES, 'root joint', split)
-    except SubmissionError:
-      # HO-3D's evaluation meta holds only the root: a builder may store it as joint 0.
-      if root_feature or not np.all(np.abs(arrays['joints_3d'][:, 0]).sum(-1) > 0):
-        raise
-      print('ho3d: using joints_3d[:, 0] as the provided evaluation root', file=sys.stderr)
-      provided_root = arrays['joints_3d'][:, 0]
-    provided_root = np.asarray(provided_root, np.float64).reshape(count, 3)
+    return _pick_feature(extras, id_feature, ID_FEATURES, 'image id', split)[1], None
+  if benchmark != 'ho3d':
+    return None, None
+  try:
+    _, root = _pick_feature(extras, root_feature, ROOT_FEATURES, 'root joint', split)
+  except SubmissionError:
+    # HO-3D's evaluation meta holds only the root: a builder may store it as joint 0.
+    if root_feature or not np.all(np.abs(arrays['joints_3d'][:, 0]).sum(-1) > 0):
+      raise
+    print('ho3d: using joints_3d[:, 0] as the provided evaluation root', file=sys.stderr)
+    root = arrays['joints_3d'][:, 0]
+  return None, np.asarray(root, np.float64).reshape(len(arrays['image']), 3)
 
-  key = jax.random.PRNGKey(seed)
-  report = sampling.progress_printer(f'{benchmark} {split}') if progress else None
+
+def _absolute_vertices(
+    samplers: sampling.SamplerCache,
+    options: pipeline.Options,
+    arrays: dict[str, np.ndarray],
+    provided_root: np.ndarray | None,
+    *,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+  """Camera-frame vertices (M, 778, 3) m of a split's examples, left hands un-mirrored: each mesh
+  placed at the provided root, else at the wrist its weak-perspective camera and the crop's K give.
+  """
+  config = samplers.run.config
+  vertex_scale = float(config.model.vertex_scale)
+  sampler = options.sampler(samplers)
+  key = jax.random.PRNGKey(options.seed)
+  count = len(arrays['image'])
   vertices_out = []
   for start in range(0, count, chunk):
     raw = {k: v[start : start + chunk] for k, v in arrays.items()}
@@ -533,7 +515,10 @@ def predict_absolute(
         raw, vertex_scale=vertex_scale, image_size=config.model.img_size
     )
     out = sampler.predict(
-        batch['image'], jax.random.fold_in(key, start), method=method, tta_config=tta_config
+        batch['image'],
+        jax.random.fold_in(key, start),
+        method=options.method,
+        tta_config=options.tta,
     )
     relative = out['vertices']  # root-relative metres, mirrored for left hands
     is_left = batch['is_left']
@@ -548,23 +533,62 @@ def predict_absolute(
       relative[is_left, :, 0] *= -1.0
       absolute = relative + provided_root[start : start + chunk, None]
     vertices_out.append(absolute)
-    if report:
-      report(min(start + chunk, count), count)
-  vertices = np.concatenate(vertices_out)
+    if progress:
+      progress(min(start + chunk, count), count)
+  return np.concatenate(vertices_out)
+
+
+# The sampler of a submission: the config's hypotheses and the eval batch size unless told otherwise.
+SUBMISSION_DEFAULTS = pipeline.Options(num_hypotheses=None, batch_size=None)
+
+
+def predict_absolute(
+    workdir: str,
+    benchmark: str,
+    options: pipeline.Options = SUBMISSION_DEFAULTS,
+    *,
+    overrides: ml_collections.ConfigDict | dict | None = None,
+    split: str | None = None,
+    root_feature: str | None = None,
+    id_feature: str | None = None,
+    max_examples: int | None = None,
+    chunk: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+  """Runs a checkpoint over a benchmark's evaluation split and returns absolute camera-frame predictions
+  in OUR convention: {'joints': (M, 21, 3) m, 'vertices': (M, 778, 3) m, 'ids': (M,) or None,
+  'settings': {...}, 'count': M, 'toolkit': `dexycb_toolkit_counts` for dexycb, else None}. Left hands
+  are un-mirrored. DexYCB: refuses, before any inference, a split whose builder dropped samples that the
+  toolkit scores (unless max_examples, a quick try). options: the sampler's settings (the detector and
+  crop fields do not apply: the dataset's crops are used). overrides: changes to the run's config
+  (`overrides.apply_overrides`), e.g. the --config flag's value."""
+  if benchmark not in BENCHMARKS:
+    raise SubmissionError(f'benchmark must be one of {BENCHMARKS}, got {benchmark!r}')
+  options.check()
+  samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
+  config = samplers.run.config
+  split = split or config.dataset.eval_split
+  toolkit = _dexycb_toolkit(config.dataset, split, max_examples) if benchmark == 'dexycb' else None
+  arrays = splits.load_split(config.dataset, split, max_examples)
+  ids, provided_root = _ids_and_root(
+      benchmark,
+      config.dataset,
+      split,
+      arrays,
+      root_feature=root_feature,
+      id_feature=id_feature,
+      max_examples=max_examples,
+  )
+  report = sampling.progress_printer(f'{benchmark} {split}') if progress else None
+  vertices = _absolute_vertices(
+      samplers, options, arrays, provided_root, chunk=chunk, progress=report
+  )
   # The regressor's rows sum to 1, so the joints of the placed mesh are the placed joints.
-  joints = conventions.regress_joints(vertices, run.topology.joint_regressor)
+  joints = conventions.regress_joints(vertices, samplers.run.topology.joint_regressor)
   settings = dict(
-      sampler.settings(),
-      method=method,
+      options.settings(samplers),
       split=split,
-      seed=seed,
-      tta=None
-      if tta_config is None
-      else {
-          'angles_deg': list(tta_config.angles_deg),
-          'scales': list(tta_config.scales),
-          'align': tta_config.align,
-      },
+      tta=None if options.tta is None else options.tta.settings(),
       root='provided' if provided_root is not None else 'weak_perspective',
   )
   return {
@@ -572,14 +596,21 @@ def predict_absolute(
       'vertices': vertices,
       'ids': ids,
       'settings': settings,
-      'count': count,
+      'count': len(vertices),
       'toolkit': toolkit,
   }
 
 
-def write_submission(workdir: str, benchmark: str, output: str, **kwargs) -> dict[str, Any]:
-  """`predict_absolute` then the benchmark's writer; returns the settings plus 'output' and 'count'."""
-  result = predict_absolute(workdir, benchmark, **kwargs)
+def write_submission(
+    workdir: str,
+    benchmark: str,
+    output: str,
+    options: pipeline.Options = SUBMISSION_DEFAULTS,
+    **kwargs: Any,
+) -> dict[str, Any]:
+  """`predict_absolute` (kwargs: its keyword arguments) then the benchmark's writer; returns the
+  settings plus 'output' and 'count'."""
+  result = predict_absolute(workdir, benchmark, options, **kwargs)
   if benchmark == 'freihand':
     write_freihand(output, result['joints'], result['vertices'], expected_count=result['count'])
   elif benchmark == 'ho3d':

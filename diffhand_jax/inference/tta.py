@@ -28,7 +28,7 @@ The rotation back makes the passes comparable even without alignment (`align='no
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.ndimage
@@ -50,6 +50,10 @@ class TTAConfig:
   scales: tuple[float, ...] = (0.9, 1.0, 1.1)
   align: str = 'procrustes'
   fill: float = 0.0
+
+  def settings(self) -> dict[str, Any]:
+    """The augmentation as the commands record it."""
+    return {'angles_deg': list(self.angles_deg), 'scales': list(self.scales), 'align': self.align}
 
   def passes(self) -> list[tuple[float, float]]:
     """(angle_deg, scale) of every pass, the identity (0, 1) first."""

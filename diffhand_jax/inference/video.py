@@ -2,9 +2,9 @@
 
   python -m diffhand_jax.predict --workdir=DIR --video=IN.mp4 --output=OUT_DIR [--warm_strength=0.3]
 
-* Reading (`Frames`): a video file decoded with PyAV (the `video` extra: pip install -e ".[video]"), or a
-  folder of images read in sorted name order. A video that breaks off raises `VideoError` naming the
-  file, after what was decoded before the break has been processed and written.
+* Reading and writing the video: inference/io.py (`Frames`, a video file through PyAV or a folder of
+  images; `OverlayWriter`, H.264 MP4). A video that breaks off raises `VideoError` naming the file,
+  after what was decoded before the break has been processed and written.
 * Tracking (`BoxTracker`, `Track`): a detector's boxes (anything with `detect(image)` returning objects
   with `.box` (x0, y0, x1, y1) pixels, `.side` and `.score`, such as inference/detection.py's) are joined
   to tracks frame to frame by box overlap (IoU, same side). Without a detector there is one hand, in a
@@ -15,8 +15,10 @@
   k = int(S·strength) steps (`diffusion.ddim_sample_from`, docs/design.md §3). strength = 1 makes every
   frame independent. A new track, a track seen again after missed frames, or a large change of the crop
   (mean absolute difference above `reset_threshold` of the pixel range) starts from noise again.
-* Writing: the overlay video (`OverlayWriter`, H.264 MP4) and one NPZ per track (`write_track`; the
-  layout is in docs/design.md §8, "Video results").
+* Crops, mirroring and the un-mirroring of left hands are the inference core's (inference/pipeline.py,
+  inference/full_frame.py); the settings shared with photos are its `Options`.
+* Writing: the overlay video and one NPZ per track (`track_arrays`; the layout is in docs/design.md
+  §8, "Video results").
 """
 
 from __future__ import annotations
@@ -26,136 +28,26 @@ import functools
 import json
 import os
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax import diffusion
-from diffhand_jax.geometry import conventions, hypotheses
-from diffhand_jax.inference import crops
-from diffhand_jax.inference import predict as predict_lib
+from diffhand_jax.data import input_pipeline
+from diffhand_jax.geometry import conventions, hypotheses, render
+from diffhand_jax.inference import crops, detection, full_frame, io, loading, pipeline, sampling
+from diffhand_jax.inference.io import InputError, VideoError
 from diffhand_jax.models import diffhand
 
-VIDEO_INSTALL = 'pip install -e ".[video]"'
 # The NPZ layout's version (docs/design.md §8): bump when a key changes meaning.
 TRACK_FORMAT = 1
-
-
-class VideoError(ValueError):
-  """The video broke off (truncated or corrupt) after some frames; those frames were written."""
-
-
-def _import_av():
-  try:
-    import av  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise predict_lib.InputError(
-        f'video needs PyAV, which is not installed: {VIDEO_INSTALL}'
-    ) from None
-  return av
-
-
-# ==================================================================================================
-# Reading frames
-# ==================================================================================================
-
-
-class Frames:
-  """The frames of a video file or of a folder of images, in order.
-
-  Iterating gives (index, uint8 (H, W, 3)). `fps` is the file's frame rate (or `fps` given, for a
-  folder: default 30), `declared` the number of frames the file states (None when it does not).
-  Raises InputError when the file cannot be opened, VideoError (naming the file) when it breaks off.
-  """
-
-  def __init__(self, path: str, *, fps: float | None = None):
-    self.path = path
-    self._container = None
-    if os.path.isdir(path):
-      self._names = predict_lib.list_images(path)
-      self.fps = float(fps or 30.0)
-      self.declared = len(self._names)
-      return
-    if not os.path.isfile(path):
-      raise predict_lib.InputError(
-          f'--video={path!r} is neither a video file nor a folder of frames'
-      )
-    av = _import_av()
-    self._names = None
-    try:
-      self._container = av.open(path)
-      stream = self._container.streams.video[0]
-    except (av.error.FFmpegError, IndexError, UnicodeDecodeError) as error:
-      self.close()
-      raise predict_lib.InputError(
-          f'cannot read video {path}: {type(error).__name__}: {error} (truncated, or not a video?)'
-      ) from None
-    stream.thread_type = 'AUTO'
-    self._stream = stream
-    rate = stream.average_rate or stream.guessed_rate
-    self.fps = float(fps or (float(rate) if rate else 30.0))
-    self.declared = int(stream.frames) or None
-
-  def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-    if self._names is not None:
-      for index, name in enumerate(self._names):
-        try:
-          yield index, predict_lib.read_image(os.path.join(self.path, name))
-        except predict_lib.InputError as error:
-          raise VideoError(f'{error}; stopped at frame {index} of {self.path}') from None
-      return
-    av = _import_av()
-    count = 0
-    try:
-      for frame in self._container.decode(self._stream):
-        yield count, frame.to_ndarray(format='rgb24')
-        count += 1
-    except av.error.FFmpegError as error:
-      raise VideoError(
-          f'video {self.path} is truncated or corrupt: decoding stopped after {count} frame(s) '
-          f'({type(error).__name__}: {error})'
-      ) from None
-    if self.declared and count < self.declared:
-      raise VideoError(
-          f'video {self.path} is truncated: it states {self.declared} frames but holds {count}'
-      )
-
-  def close(self) -> None:
-    if self._container is not None:
-      self._container.close()
-      self._container = None
 
 
 # ==================================================================================================
 # Tracking
 # ==================================================================================================
-
-
-def parse_box(text: str | None) -> list[float] | None:
-  """'x0,y0,x1,y1' (pixels) → four floats; None stays None. Raises InputError."""
-  if not text:
-    return None
-  try:
-    box = [float(v) for v in text.split(',')]
-  except ValueError:
-    box = []
-  if len(box) != 4 or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-    raise predict_lib.InputError(
-        f'--video_box must be x0,y0,x1,y1 in pixels with x1 > x0 and y1 > y0, got {text!r}'
-    )
-  return box
-
-
-def _make_detector(name: str):
-  """inference/detection.py's detector by name; InputError when it cannot run here."""
-  from diffhand_jax.inference import detection  # pylint: disable=g-import-not-at-top
-
-  try:
-    return detection.make_detector(name)
-  except (detection.DetectorUnavailable, ValueError) as error:
-    raise predict_lib.InputError(f'hand detector {name!r}: {error}') from None
 
 
 @dataclasses.dataclass
@@ -174,13 +66,6 @@ class Track:
 
   def reset(self) -> None:
     self.guess, self.noise, self.last_crop = None, None, None
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Intersection over union of boxes (..., 4), (x0, y0, x1, y1); inference/detection.py's."""
-  from diffhand_jax.inference import detection  # pylint: disable=g-import-not-at-top
-
-  return detection.box_iou(a, b)
 
 
 class BoxTracker:
@@ -211,7 +96,7 @@ class BoxTracker:
     if self.tracks and detections:
       boxes = np.array([[np.nan] * 4 if t.box is None else t.box for t in self.tracks])
       found = np.array([np.asarray(d.box, np.float64) for d in detections])
-      iou = np.nan_to_num(box_iou(boxes[:, None], found[None]))
+      iou = np.nan_to_num(detection.box_iou(boxes[:, None], found[None]))
       same_side = np.array([[t.side == d.side for d in detections] for t in self.tracks])
       iou = np.where(same_side, iou, 0.0)
       while iou.size and iou.max() >= self.iou_threshold and iou.max() > 0:
@@ -226,18 +111,16 @@ class BoxTracker:
         if track.missed > self.max_missed:
           self.tracks.remove(track)
           self.ended.append(track)
-    for track, detection in pairs:
+    for track, hand in pairs:
       if track.missed:
         track.reset()  # its last mesh is stale
       track.missed = 0
-      track.box = np.asarray(detection.box, np.float64)
-      track.score = float(getattr(detection, 'score', 1.0))
-    for detection in detections:
-      if id(detection) not in matched_detections:
-        track = self.new_track(
-            detection.box, detection.side, float(getattr(detection, 'score', 1.0))
-        )
-        pairs.append((track, detection))
+      track.box = np.asarray(hand.box, np.float64)
+      track.score = float(getattr(hand, 'score', 1.0))
+    for hand in detections:
+      if id(hand) not in matched_detections:
+        track = self.new_track(hand.box, hand.side, float(getattr(hand, 'score', 1.0)))
+        pairs.append((track, hand))
     return pairs
 
 
@@ -431,8 +314,6 @@ def step_track(
   mirrored for a left hand), warm from the track's last mesh unless the crop changed by more than
   reset_threshold (`image_change`), in which case it starts from noise. Updates the track's guess, noise
   and last crop; returns the sampler's output for the one image."""
-  from diffhand_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-
   if image_change(track.last_crop, model_crop) > reset_threshold:
     track.reset()
   if track.noise is None or not reuse_noise:
@@ -455,50 +336,8 @@ def image_change(a: np.ndarray | None, b: np.ndarray) -> float:
 
 
 # ==================================================================================================
-# Writing
+# The tracks' files
 # ==================================================================================================
-
-
-class OverlayWriter:
-  """The overlay video: H.264 in MP4 (yuv420p, so odd sizes are padded by a pixel), opened on the first
-  frame. `close` finishes the file, so what was written is playable even when the input broke off.
-  """
-
-  def __init__(self, path: str, fps: float):
-    self.path = path
-    self.fps = fps
-    self.frames = 0
-    self._container = None
-    self._stream = None
-
-  def write(self, image: np.ndarray) -> None:
-    av = _import_av()
-    image = np.asarray(image, np.uint8)
-    height, width = image.shape[:2]
-    if self._container is None:
-      from fractions import Fraction  # pylint: disable=g-import-not-at-top
-
-      self._container = av.open(self.path, 'w')
-      self._stream = self._container.add_stream(
-          'libx264', rate=Fraction(self.fps).limit_denominator(1001)
-      )
-      self._stream.width, self._stream.height = width + width % 2, height + height % 2
-      self._stream.pix_fmt = 'yuv420p'
-      self._stream.options = {'crf': '18'}
-    padded = np.pad(
-        image, ((0, self._stream.height - height), (0, self._stream.width - width), (0, 0))
-    )
-    for packet in self._stream.encode(av.VideoFrame.from_ndarray(padded, format='rgb24')):
-      self._container.mux(packet)
-    self.frames += 1
-
-  def close(self) -> None:
-    if self._container is None:
-      return
-    for packet in self._stream.encode():
-      self._container.mux(packet)
-    self._container.close()
-    self._container = None
 
 
 def track_arrays(
@@ -525,15 +364,45 @@ def track_arrays(
   }
 
 
-def write_track(path: str, arrays: dict[str, np.ndarray]) -> str:
-  """The NPZ at `path`, never half-written (runs/files.py's atomic write)."""
-  from diffhand_jax.runs import files  # pylint: disable=g-import-not-at-top
+# ==================================================================================================
+# A whole video
+# ==================================================================================================
 
-  def write(tmp: str) -> None:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
+# The video path's defaults: one hand in a box or the centred square, one hypothesis a frame.
+VIDEO_DEFAULTS = pipeline.Options(detector='none', num_hypotheses=1)
 
-  return files.atomic_write(path, write)
+
+@dataclasses.dataclass(frozen=True)
+class VideoOptions:
+  """What only a video has (the rest is `pipeline.Options`).
+
+  box: the hand's box (x0, y0, x1, y1) pixels in the first frame when there is no detector (None: the
+  largest centred square); left: that hand is a left hand. warm_strength: the warm start's strength
+  (1: every frame from noise). reset_threshold: a change of the crop (mean absolute difference,
+  fraction of 255) above which a track starts from noise again. reuse_noise: one noise per track (else
+  fresh noise every frame). follow: without a detector, move the box to the centre of each frame's
+  predicted mesh (`follow_box`: only as good as the model's camera; the CPU demo's cannot follow).
+  fps: the frame rate of a folder of frames (a file's own otherwise).
+  """
+
+  box: Sequence[float] | None = None
+  left: bool = False
+  warm_strength: float = 0.3
+  reset_threshold: float = 0.15
+  reuse_noise: bool = True
+  follow: bool = False
+  fps: float | None = None
+
+  def check(self) -> None:
+    """InputError naming the flag of a bad value."""
+    if not 0.0 < self.warm_strength <= 1.0:
+      raise InputError(f'--warm_strength must lie in (0, 1], got {self.warm_strength}')
+    if not self.reset_threshold > 0:
+      raise InputError(f'--video_reset must be > 0, got {self.reset_threshold}')
+    if self.box is not None:
+      box = np.asarray(self.box, np.float64)
+      if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+        raise InputError(f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0: {box}')
 
 
 def draw_hand(
@@ -545,23 +414,21 @@ def draw_hand(
 ) -> np.ndarray:
   """The shaded mesh (N, 3) model space over a whole frame, placed by the weak-perspective camera of
   the square `crop` (x0, y0, x1, y1) it was predicted in."""
-  from diffhand_jax.geometry import render  # pylint: disable=g-import-not-at-top
-
-  placed, K = predict_lib.orthographic_setup(vertices_model, camera, float(crop[2] - crop[0]))
+  placed, K = full_frame.orthographic_setup(vertices_model, camera, float(crop[2] - crop[0]))
   K[:2, 2] += crop[:2]  # from the crop's pixels to the frame's
   return render.overlay(frame, placed, faces, K, alpha=0.6)
 
 
-# ==================================================================================================
-# A whole video
-# ==================================================================================================
-
-
 def warm_start_sampler(
-    samplers: Any, *, num_steps: int, strength: float, num_hypotheses: int, method: str, eta: float
+    samplers: sampling.SamplerCache,
+    *,
+    num_steps: int,
+    strength: float,
+    num_hypotheses: int,
+    method: str,
+    eta: float,
 ) -> WarmStartSampler:
-  """The `WarmStartSampler` of this setting for a run opened once (a `sampling.SamplerCache`), built
-  and compiled on first use."""
+  """The `WarmStartSampler` of this setting for a run opened once, built and compiled on first use."""
   run = samplers.run
   key = (
       'warm_start',
@@ -586,176 +453,181 @@ def warm_start_sampler(
   )
 
 
+class VideoRun:
+  """One video's reconstruction, frame by frame: its sampler, tracks and costs."""
+
+  def __init__(
+      self,
+      samplers: sampling.SamplerCache,
+      options: pipeline.Options,
+      video_options: VideoOptions,
+      detector: Any,
+  ):
+    config = samplers.run.config
+    self.options, self.video_options, self.detector = options, video_options, detector
+    self.sampler = warm_start_sampler(
+        samplers,
+        num_steps=int(options.steps if options.steps is not None else config.model.sampling_steps),
+        strength=float(video_options.warm_strength),
+        num_hypotheses=int(options.num_hypotheses or config.model.num_hypotheses),
+        method=options.method,
+        eta=float(options.eta if options.eta is not None else config.model.eta),
+    )
+    self.run = samplers.run
+    self.image_size = int(config.model.img_size)
+    self.vertex_scale = float(config.model.vertex_scale)
+    self.faces = np.asarray(self.run.topology.faces)
+    self.tracker = BoxTracker()
+    if detector is None:
+      self.tracker.new_track(video_options.box, 'left' if video_options.left else 'right')
+    self.base_key = jax.random.PRNGKey(options.seed)
+    self.passes = 0
+
+  def settings(self, video: str, fps: float) -> dict[str, Any]:
+    """What the tracks' NPZ files record of how they were made."""
+    return {
+        'workdir': os.path.abspath(self.run.workdir),
+        'video': os.path.abspath(video),
+        'fps': fps,
+        'warm_strength': float(self.video_options.warm_strength),
+        'steps': int(self.sampler.num_steps),
+        'warm_steps': diffusion.warm_start_steps(
+            self.sampler.num_steps, self.video_options.warm_strength
+        ),
+        'hypotheses': int(self.sampler.num_hypotheses),
+        'method': self.options.method,
+        'eta': float(self.sampler.eta),
+        'reuse_noise': bool(self.video_options.reuse_noise),
+        'reset_threshold': float(self.video_options.reset_threshold),
+        'box_scale': float(self.options.box_scale),
+        'img_size': self.image_size,
+        'vertex_scale': self.vertex_scale,
+        'seed': int(self.options.seed),
+        'detector': None
+        if self.detector is None
+        else str(getattr(self.detector, 'name', type(self.detector).__name__)),
+        'units': 'metres, root-relative (wrist at 0), camera axes x right, y down, z forward',
+    }
+
+  def frame(self, index: int, frame: np.ndarray) -> np.ndarray:
+    """Every hand of one frame reconstructed and recorded in its track; returns the frame drawn over."""
+    if self.detector is not None:
+      found = [
+          d for d in self.detector.detect(frame) if float(d.score) >= self.options.min_hand_score
+      ]
+      seen = [track for track, _ in self.tracker.update(found)]
+    else:
+      seen = self.tracker.tracks
+    drawn = frame
+    for track in seen:
+      drawn = self._track_frame(track, index, frame, drawn)
+    return drawn
+
+  def _track_frame(
+      self, track: Track, index: int, frame: np.ndarray, drawn: np.ndarray
+  ) -> np.ndarray:
+    crop = crops.square_box(track.box, frame.shape[:2], self.options.box_scale)
+    is_left = track.side == 'left'
+    key = jax.random.fold_in(jax.random.fold_in(self.base_key, track.track_id), index)
+    out = step_track(
+        self.sampler,
+        track,
+        pipeline.model_input(frame, crop, is_left, self.image_size),
+        key,
+        reuse_noise=self.video_options.reuse_noise,
+        reset_threshold=self.video_options.reset_threshold,
+    )
+    vertices_model, camera = out['vertices'][0], out['camera'][0]
+    self.passes += out['passes']
+    if is_left:
+      vertices_model, camera = full_frame.unmirror(vertices_model, camera, self.image_size)
+    vertices = vertices_model * self.vertex_scale
+    track.records.append(
+        {
+            'frame_index': index,
+            'box': crop if track.box is None else track.box,
+            'crop_box': crop,
+            'hand_side': track.side,
+            'score': track.score,
+            'joints': conventions.regress_joints(vertices, self.run.topology.joint_regressor),
+            'vertices': vertices,
+            'camera': camera,
+            'warm': out['warm'],
+            'passes': out['passes'],
+        }
+    )
+    faces = self.faces[:, ::-1] if is_left else self.faces
+    if self.detector is None and self.video_options.follow:
+      self._follow(track, vertices_model, camera, crop)
+    return draw_hand(drawn, vertices_model, faces, camera, crop)
+
+  def _follow(
+      self, track: Track, vertices_model: np.ndarray, camera: np.ndarray, crop: np.ndarray
+  ) -> None:
+    found = mesh_box(vertices_model, camera, crop, self.image_size)
+    if track.box is None:  # the hand box the centred square implies
+      centre = (crop[:2] + crop[2:]) / 2.0
+      half = (crop[2] - crop[0]) / (2.0 * self.options.box_scale)
+      track.box = np.concatenate([centre - half, centre + half])
+    track.box = follow_box(track.box, found)
+
+  def write_tracks(self, output_dir: str, settings: dict[str, Any]) -> dict[int, str]:
+    """One NPZ per track that saw a frame: {track id: path}."""
+    written = {}
+    for track in self.tracker.ended + self.tracker.tracks:
+      if track.records:
+        path = os.path.join(output_dir, f'track_{track.track_id}.npz')
+        written[track.track_id] = io.write_npz(path, track_arrays(track, self.faces, settings))
+    return written
+
+
 def reconstruct_video(
-    workdir: str,
+    workdir: str | None,
     video: str,
     output_dir: str,
+    options: pipeline.Options = VIDEO_DEFAULTS,
+    video_options: VideoOptions = VideoOptions(),
     *,
-    box: Sequence[float] | None = None,
-    left: bool = False,
-    detector: Any = None,
-    min_hand_score: float = 0.5,
-    warm_strength: float = 0.3,
-    steps: int | None = None,
-    num_hypotheses: int = 1,
-    method: str = 'mean',
-    eta: float | None = None,
-    box_scale: float = 1.3,
-    reset_threshold: float = 0.15,
-    reuse_noise: bool = True,
-    follow: bool = False,
-    fps: float | None = None,
-    seed: int = 0,
     overrides: Any = None,
     progress: bool = True,
-    samplers: Any = None,
+    samplers: sampling.SamplerCache | None = None,
 ) -> dict[str, Any]:
-  """Runs a trained run over a video; writes OUTPUT/overlay.mp4 and OUTPUT/track_<id>.npz.
+  """Runs a trained run over a video (a file or a folder of frames); writes OUTPUT/overlay.mp4 and
+  OUTPUT/track_<id>.npz.
 
-  Args:
-    box: the hand's box (x0, y0, x1, y1) pixels in the first frame (None: the largest centred square).
-    left: that hand is a left hand.
-    detector: finds the hands in every frame instead (see the module docstring), or its name for
-      `detection.make_detector` ('none' or None: no detector); box and left are then unused.
-    min_hand_score: detections below it are dropped.
-    warm_strength: the warm start's strength (1: every frame from noise).
-    reset_threshold: a change of the crop (mean absolute difference, fraction of 255) above which a
-      track starts from noise again.
-    reuse_noise: one noise per track (else fresh noise every frame).
-    follow: without a detector, move the box to the centre of each frame's predicted mesh
-      (`follow_box`: only as good as the model's camera; the CPU demo's cannot follow) instead of
-      keeping the first box.
-    fps: the frame rate of a folder of frames (a file's own otherwise).
-    steps, num_hypotheses, method, eta, box_scale, seed, overrides: as for `predict.predict_folder`.
-    samplers: a `sampling.SamplerCache` of a run already opened (the web app's); workdir is then
-      unused, and overrides must be given when opening the run instead.
+  options: the settings shared with photos (`pipeline.Options`: the detector, or 'none' for one hand in
+  video_options.box; the sampler's steps, hypotheses, aggregate and η; box_scale; seed). overrides:
+  changes to the run's config. samplers: a run already opened (the web app's); workdir is then unused.
 
-  Returns {'frames', 'tracks' (paths), 'overlay' (path), 'seconds', 'frames_per_second',
+  Returns {'tracks' ({id: path}), 'frames', 'overlay' (path), 'seconds', 'frames_per_second',
   'steady_frames_per_second' (without the first two frames, which compile), 'decoder_passes_per_frame'}.
   Raises InputError for bad arguments or an unreadable video (nothing written), VideoError when the video
   breaks off (the frames before the break are written first).
   """
-  from diffhand_jax.inference import loading, sampling  # pylint: disable=g-import-not-at-top
-
-  if not 0.0 < warm_strength <= 1.0:
-    raise predict_lib.InputError(f'--warm_strength must lie in (0, 1], got {warm_strength}')
-  if not box_scale > 0 or num_hypotheses < 1 or not reset_threshold > 0:
-    raise predict_lib.InputError('--box_scale and --video_reset must be > 0, --num_hypotheses >= 1')
+  options.check()
+  video_options.check()
   if samplers is not None and overrides:
     raise ValueError('reconstruct_video: give overrides when opening the run, not with samplers=')
-  if box is not None:
-    box = np.asarray(box, np.float64)
-    if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-      raise predict_lib.InputError(f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0: {box}')
-  _import_av()  # the overlay video needs it, even for a folder of frames
-  if isinstance(detector, str):
-    detector = None if detector == 'none' else _make_detector(detector)
-  frames = Frames(video, fps=fps)
+  io.import_av()  # the overlay video needs it, even for a folder of frames
+  detector = pipeline.resolve_detector(options.detector)
+  frames = io.Frames(video, fps=video_options.fps)
   try:
     if samplers is None:
       samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
+    state = VideoRun(samplers, options, video_options, detector)
   except Exception:
     frames.close()
     raise
-  run = samplers.run
-  config = run.config
-  vertex_scale = float(config.model.vertex_scale)
-  image_size = int(config.model.img_size)
-  sampler = warm_start_sampler(
-      samplers,
-      num_steps=int(steps if steps is not None else config.model.sampling_steps),
-      strength=float(warm_strength),
-      num_hypotheses=int(num_hypotheses),
-      method=method,
-      eta=float(eta if eta is not None else config.model.eta),
-  )
-  faces = np.asarray(run.topology.faces)
-  regressor = np.asarray(run.topology.joint_regressor)
   os.makedirs(output_dir, exist_ok=True)
-  settings = {
-      'workdir': os.path.abspath(run.workdir),
-      'video': os.path.abspath(video),
-      'fps': frames.fps,
-      'warm_strength': float(warm_strength),
-      'steps': int(sampler.num_steps),
-      'warm_steps': diffusion.warm_start_steps(sampler.num_steps, warm_strength),
-      'hypotheses': int(num_hypotheses),
-      'method': method,
-      'eta': float(sampler.eta),
-      'reuse_noise': bool(reuse_noise),
-      'reset_threshold': float(reset_threshold),
-      'box_scale': float(box_scale),
-      'img_size': image_size,
-      'vertex_scale': vertex_scale,
-      'seed': int(seed),
-      'detector': None
-      if detector is None
-      else str(getattr(detector, 'name', type(detector).__name__)),
-      'units': 'metres, root-relative (wrist at 0), camera axes x right, y down, z forward',
-  }
-  tracker = BoxTracker()
-  if detector is None:
-    tracker.new_track(box, 'left' if left else 'right')
-  writer = OverlayWriter(os.path.join(output_dir, 'overlay.mp4'), frames.fps)
-  base_key = jax.random.PRNGKey(seed)
+  settings = state.settings(video, frames.fps)
+  writer = io.OverlayWriter(os.path.join(output_dir, 'overlay.mp4'), frames.fps)
   report = sampling.progress_printer('video') if progress and frames.declared else None
-  mirror = np.array([-1.0, 1.0, 1.0])
-  done, passes, start, steady_start = 0, 0, time.perf_counter(), None
-  result: dict[str, Any] = {'tracks': {}}
+  done, start, steady_start = 0, time.perf_counter(), None
   try:
     for index, frame in frames:
       if index == 2:
         steady_start = time.perf_counter()
-      if detector is not None:
-        found = [d for d in detector.detect(frame) if float(d.score) >= min_hand_score]
-        seen = [track for track, _ in tracker.update(found)]
-      else:
-        seen = tracker.tracks
-      drawn = frame
-      for track in seen:
-        crop = crops.square_box(track.box, frame.shape[:2], box_scale)
-        model_crop = crops.crop_box(frame, crop, image_size)
-        is_left = track.side == 'left'
-        if is_left:  # the model sees right hands (docs/design.md §2)
-          model_crop = model_crop[:, ::-1]
-        key = jax.random.fold_in(jax.random.fold_in(base_key, track.track_id), index)
-        out = step_track(
-            sampler,
-            track,
-            model_crop,
-            key,
-            reuse_noise=reuse_noise,
-            reset_threshold=reset_threshold,
-        )
-        vertices_model, camera = out['vertices'][0], out['camera'][0]
-        passes += out['passes']
-        if is_left:
-          vertices_model = vertices_model * mirror
-          # u' = -u - 2/S under the pixel flip x' = S - 1 - x: the camera of the un-mirrored crop.
-          camera = np.array([camera[0], -camera[1] - 2.0 / image_size, camera[2]])
-        vertices = vertices_model * vertex_scale
-        track.records.append(
-            {
-                'frame_index': index,
-                'box': crop if track.box is None else track.box,
-                'crop_box': crop,
-                'hand_side': track.side,
-                'score': track.score,
-                'joints': conventions.regress_joints(vertices, regressor),
-                'vertices': vertices,
-                'camera': camera,
-                'warm': out['warm'],
-                'passes': out['passes'],
-            }
-        )
-        drawn = draw_hand(drawn, vertices_model, faces[:, ::-1] if is_left else faces, camera, crop)
-        if detector is None and follow:
-          found = mesh_box(vertices_model, camera, crop, image_size)
-          if track.box is None:  # the hand box the centred square implies
-            centre, half = (crop[:2] + crop[2:]) / 2.0, (crop[2] - crop[0]) / (2.0 * box_scale)
-            track.box = np.concatenate([centre - half, centre + half])
-          track.box = follow_box(track.box, found)
-      writer.write(drawn)
+      writer.write(state.frame(index, frame))
       done += 1
       if report is not None:
         report(done, frames.declared)
@@ -764,20 +636,17 @@ def reconstruct_video(
   finally:
     frames.close()
     writer.close()
-    for track in tracker.ended + tracker.tracks:
-      if track.records:
-        path = os.path.join(output_dir, f'track_{track.track_id}.npz')
-        result['tracks'][track.track_id] = write_track(path, track_arrays(track, faces, settings))
+    tracks = state.write_tracks(output_dir, settings)
   seconds = time.perf_counter() - start
   steady = None
   if steady_start is not None and done > 2:
     steady = (done - 2) / (time.perf_counter() - steady_start)
-  result.update(
-      frames=done,
-      overlay=writer.path,
-      seconds=seconds,
-      frames_per_second=done / seconds if seconds > 0 else None,
-      steady_frames_per_second=steady,
-      decoder_passes_per_frame=passes / max(done, 1),
-  )
-  return result
+  return {
+      'tracks': tracks,
+      'frames': done,
+      'overlay': writer.path,
+      'seconds': seconds,
+      'frames_per_second': done / seconds if seconds > 0 else None,
+      'steady_frames_per_second': steady,
+      'decoder_passes_per_frame': state.passes / max(done, 1),
+  }
