@@ -407,3 +407,41 @@ def test_photos_without_a_usable_hand_get_a_message(tmp_path):
   assert len(whole.glbs) == 1 and whole.hands[0]['box_source'] == 'whole image'
   assert 'no spread to colour' in whole.message
   assert 'uncertainty 0.0 mm' in whole.message  # the JSON's `uncertainty`: 0 for one hypothesis
+
+
+def test_a_photo_is_answered_in_memory_writing_only_what_the_page_serves(tmp_path):
+  """A webcam snapshot (an array) and an upload go through the inference core in memory: the output
+  folder then holds exactly the served files (JSON, overlay with boxes, one GLB and one OBJ per hand),
+  and a run without the hand model files answers with the meshes and a note instead of the fit."""
+  import dataclasses
+
+  from diffhand_jax.data import synthetic_frames as sf
+  from diffhand_jax.inference import app, loading, sampling
+
+  opened = sampling.SamplerCache(loading.load_trained(tiny_workdir()[0]))
+  frame = sf.render_frame(
+      [sf.FrameHand('right', (0.5, 0.5), 0.55, 'flat', back=True, skin=1.0)], (120, 160), seed=5
+  )['image']
+  webcam = np.concatenate([frame, np.full(frame.shape[:2] + (1,), 255, np.uint8)], -1)  # RGBA
+  result = app.reconstruct_photo(
+      None, webcam, str(tmp_path / 'cam'), whole_image=True, num_hypotheses=2, samplers=opened
+  )
+  assert result.overlay is not None, result.message
+  assert sorted(os.listdir(tmp_path / 'cam')) == [
+      'webcam.json',
+      'webcam_boxes.png',
+      'webcam_hand0.glb',
+      'webcam_hand0.obj',
+  ]
+  served = json.loads((tmp_path / 'cam' / 'webcam.json').read_text())
+  assert served['image'] == 'webcam.png' and served['image_size'] == [120, 160]
+  assert 'mano' in served['hands'][0]  # the procedural hand model is always there
+
+  config = opened.run.config.copy_and_resolve_references()
+  config.dataset.hand_model, config.dataset.mano_dir = 'mano', str(tmp_path / 'no_mano')
+  without = sampling.SamplerCache(dataclasses.replace(opened.run, config=config))
+  result = app.reconstruct_photo(
+      None, webcam, str(tmp_path / 'skip'), whole_image=True, num_hypotheses=2, samplers=without
+  )
+  assert 'MANO parameters skipped: --fit_mano:' in result.message
+  assert 'mano' not in json.loads((tmp_path / 'skip' / 'webcam.json').read_text())['hands'][0]
