@@ -3,7 +3,7 @@
   python -m diffhand_jax.convert_checkpoint --model=deit3_large_patch16_224 \\
       --input=model.safetensors --output=deit3_large_224.msgpack [--img_size=256]
 
-The reading and mapping live in `diffhand_jax.models.encoder_weights`; this command parses flags and prints.
+The reading and mapping live in `diffhand_jax.models.pretrained`; this command parses flags and prints.
 Exit status: 0 when the file was written, 1 when the checkpoint could not be converted, 2 for bad flags.
 """
 
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from diffhand_jax import command_line
-from diffhand_jax.models import encoder_weights, vit
+from diffhand_jax.models import pretrained, vit
 
 PROG = 'python -m diffhand_jax.convert_checkpoint'
 
@@ -69,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except command_line.Exit as done:
     return done.code
   try:
-    module, params = encoder_weights.convert(
+    module, params = pretrained.convert(
         FLAGS.model, FLAGS.input, FLAGS.output, img_size=FLAGS.img_size
     )
-  except (encoder_weights.CheckpointError, ValueError) as error:
+  except (pretrained.CheckpointError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))

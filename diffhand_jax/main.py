@@ -61,7 +61,7 @@ def main(argv=None) -> int:
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  from diffhand_jax.models import encoder_weights  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.models import checkpoint_errors  # pylint: disable=g-import-not-at-top
   from diffhand_jax.runs import checkpoints, checks, lock  # pylint: disable=g-import-not-at-top
   from diffhand_jax.training import distributed  # pylint: disable=g-import-not-at-top
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     return error_exit(str(error))
   except checkpoints.CheckpointMismatchError as error:
     return error_exit(str(error))
-  except encoder_weights.CheckpointError as error:
+  except checkpoint_errors.CheckpointError as error:
     return error_exit(str(error))
   except FloatingPointError as error:  # the NaN stop: its message says what was kept
     return error_exit(str(error))

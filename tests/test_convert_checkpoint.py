@@ -10,7 +10,7 @@ timm = pytest.importorskip('timm')
 from safetensors.torch import save_file  # noqa: E402
 
 from diffhand_jax import convert_checkpoint  # noqa: E402
-from diffhand_jax.models import encoder_weights, vit  # noqa: E402
+from diffhand_jax.models import pretrained, vit  # noqa: E402
 
 NAME = 'deit_tiny_patch16_224'
 
@@ -42,8 +42,8 @@ def test_pth_round_trip_through_the_command_line(tmp_path, timm_state_dict, caps
   )
   assert status == 0, capsys.readouterr().err
   _, expected = vit.from_timm(NAME, timm_state_dict)
-  _assert_same_params(encoder_weights.load_encoder_params(str(output)), expected)
-  module, params = encoder_weights.load_encoder(str(output))
+  _assert_same_params(pretrained.load_encoder_params(str(output)), expected)
+  module, params = pretrained.load_encoder(str(output))
   assert module.img_size == (224, 224) and module.depth == 12
 
 
@@ -55,11 +55,11 @@ def test_safetensors_round_trip_resamples_to_img_size(tmp_path, timm_state_dict)
       [f'--model={NAME}', f'--input={checkpoint}', f'--output={output}', '--img_size=256']
   )
   assert status == 0
-  params = encoder_weights.load_encoder_params(str(output))
+  params = pretrained.load_encoder_params(str(output))
   assert params['pos_embed'].shape == (1, 1 + 16 * 16, 192)
   _, expected = vit.from_timm(NAME, timm_state_dict, img_size=256)
   _assert_same_params(params, expected)
-  module, _ = encoder_weights.load_encoder(str(output))
+  module, _ = pretrained.load_encoder(str(output))
   assert module.grid_size == (16, 16)
 
 
@@ -69,8 +69,8 @@ def test_unused_and_missing_keys_name_the_file(tmp_path, timm_state_dict):
   state['blocks.0.attn.rel_pos'] = torch.zeros(3)
   checkpoint = tmp_path / 'broken.pth'
   torch.save(state, checkpoint)
-  with pytest.raises(encoder_weights.CheckpointError) as error:
-    encoder_weights.convert(NAME, str(checkpoint))
+  with pytest.raises(pretrained.CheckpointError) as error:
+    pretrained.convert(NAME, str(checkpoint))
   message = str(error.value)
   assert str(checkpoint) in message
   assert 'missing keys (1): blocks.11.mlp.fc2.bias' in message
@@ -94,21 +94,21 @@ def test_wrong_model_lists_shape_mismatches(tmp_path, timm_state_dict, capsys):
 
 
 def test_missing_and_unreadable_files_are_clear_errors(tmp_path):
-  with pytest.raises(encoder_weights.CheckpointError, match='no such file'):
-    encoder_weights.convert(NAME, str(tmp_path / 'absent.pth'))
+  with pytest.raises(pretrained.CheckpointError, match='no such file'):
+    pretrained.convert(NAME, str(tmp_path / 'absent.pth'))
   garbage = tmp_path / 'garbage.pth'
   garbage.write_bytes(b'not a checkpoint at all')
-  with pytest.raises(encoder_weights.CheckpointError, match='cannot read') as error:
-    encoder_weights.convert(NAME, str(garbage))
+  with pytest.raises(pretrained.CheckpointError, match='cannot read') as error:
+    pretrained.convert(NAME, str(garbage))
   assert str(garbage) in str(error.value)
-  with pytest.raises(encoder_weights.CheckpointError, match='no such file'):
-    encoder_weights.load_encoder_params(str(tmp_path / 'absent.msgpack'))
-  with pytest.raises(encoder_weights.CheckpointError, match='not a msgpack file'):
-    encoder_weights.load_encoder_params(str(garbage))
+  with pytest.raises(pretrained.CheckpointError, match='no such file'):
+    pretrained.load_encoder_params(str(tmp_path / 'absent.msgpack'))
+  with pytest.raises(pretrained.CheckpointError, match='not a msgpack file'):
+    pretrained.load_encoder_params(str(garbage))
   not_a_tensor_dict = tmp_path / 'list.pth'
   torch.save({'weights': [1, 2, 3]}, not_a_tensor_dict)
-  with pytest.raises(encoder_weights.CheckpointError, match='found no tensors'):
-    encoder_weights.convert(NAME, str(not_a_tensor_dict))
+  with pytest.raises(pretrained.CheckpointError, match='found no tensors'):
+    pretrained.convert(NAME, str(not_a_tensor_dict))
 
 
 def test_hugging_face_transformers_deit_matches_transformers_forward(tmp_path):
@@ -140,7 +140,7 @@ def test_hugging_face_transformers_deit_matches_transformers_forward(tmp_path):
 
   apply = None
   for checkpoint in (tmp_path / 'hub' / 'model.safetensors', tmp_path / 'in_memory_names.bin'):
-    module, params = encoder_weights.convert(
+    module, params = pretrained.convert(
         'deit_tiny_distilled_patch16_224', str(checkpoint), img_size=64
     )
     apply = apply or jax.jit(module.apply)

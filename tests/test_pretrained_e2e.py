@@ -22,7 +22,7 @@ from diffhand_jax import predict as predict_command  # noqa: E402
 from diffhand_jax import submission as submission_command  # noqa: E402
 from diffhand_jax.data import fixtures  # noqa: E402
 from diffhand_jax.inference import loading  # noqa: E402
-from diffhand_jax.models import encoder_weights  # noqa: E402
+from diffhand_jax.models import pretrained  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODER = 'deit_tiny_patch16_224'
@@ -169,7 +169,7 @@ def _hub_cache(hf_home, repo_id, weights):
   os.makedirs(os.path.join(repo_dir, 'refs'))
   with open(os.path.join(repo_dir, 'refs', 'main'), 'w') as f:
     f.write(revision)
-  shutil.copy(weights, os.path.join(snapshot, encoder_weights.HUB_FILENAME))
+  shutil.copy(weights, os.path.join(snapshot, pretrained.HUB_FILENAME))
 
 
 def test_start_from_a_hub_id_offline_through_the_cache(freihand, tmp_path, monkeypatch, capsys):
@@ -179,10 +179,7 @@ def test_start_from_a_hub_id_offline_through_the_cache(freihand, tmp_path, monke
   _hub_cache(hf_home, HUB_ID, tmp_path / 'weights.safetensors')
   # HF_HOME and HF_HUB_OFFLINE as a cluster node sets them, read by huggingface_hub in a fresh process.
   env = dict(os.environ, HF_HOME=hf_home, HF_HUB_OFFLINE='1')
-  probe = (
-      'from diffhand_jax.models import encoder_weights as w; '
-      f'print(w.resolve_encoder_init({HUB_ID!r}))'
-  )
+  probe = 'from diffhand_jax.models import pretrained as w; ' f'print(w.resolve({HUB_ID!r}))'
   found = subprocess.run(
       [sys.executable, '-c', probe], env=env, capture_output=True, text=True, timeout=120
   )

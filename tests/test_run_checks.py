@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffhand_jax.models import encoder_weights
+from diffhand_jax.models import checkpoint_errors, pretrained
 from diffhand_jax.runs import checkpoints, checks, lock, run_config, state as state_lib
 from diffhand_jax.training import preemption
 
@@ -334,13 +334,15 @@ def test_ctrl_c_asks_for_a_checkpoint_and_a_second_one_quits():
 
 
 def test_hub_ids_and_files_are_told_apart(tmp_path):
-  assert encoder_weights.is_hub_id('timm/deit3_large_patch16_224.fb_in22k_ft_in1k')
-  assert not encoder_weights.is_hub_id('weights/model.safetensors')
-  assert not encoder_weights.is_hub_id(str(tmp_path))
-  assert not encoder_weights.is_hub_id('./owner/name')
-  problem = encoder_weights.encoder_init_problem(str(tmp_path / 'absent.pth'))
-  assert 'absent.pth' in problem and 'no such file' in problem
-  assert encoder_weights.encoder_init_problem('') is None
+  assert pretrained.is_hub_id('timm/deit3_large_patch16_224.fb_in22k_ft_in1k')
+  assert not pretrained.is_hub_id('weights/model.safetensors')
+  assert not pretrained.is_hub_id(str(tmp_path))
+  assert not pretrained.is_hub_id('./owner/name')
+  problem = pretrained.source_problem(str(tmp_path / 'absent.pth'))
+  assert problem.startswith(
+      f"config.model.encoder_init = '{tmp_path / 'absent.pth'}': no such file"
+  )
+  assert pretrained.source_problem('') is None
 
 
 def test_an_uncached_hub_model_offline_names_the_repo_the_file_and_the_command(
@@ -350,11 +352,29 @@ def test_an_uncached_hub_model_offline_names_the_repo_the_file_and_the_command(
   monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
   monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(tmp_path / 'hub'))
   repo = 'timm/deit_tiny_patch16_224.fb_in1k'
-  problem = encoder_weights.encoder_init_problem(repo)
+  problem = pretrained.source_problem(repo)
   assert repo in problem and 'model.safetensors' in problem and 'HF_HUB_OFFLINE=1' in problem
   assert f'hf download {repo} model.safetensors' in problem
-  with pytest.raises(encoder_weights.CheckpointError, match='hf download'):
-    encoder_weights.resolve_encoder_init(repo)
+  with pytest.raises(checkpoint_errors.CheckpointError, match='hf download'):
+    pretrained.resolve(repo)
+
+
+def test_pretrained_weights_for_an_encoder_no_family_reads_are_refused_before_compute(tmp_path):
+  """The synthetic config's CNN encoder has no pretrained family: a source for it is a field problem
+  when training (and only then), and reading it says what to do."""
+  config = run_config.config_file('synthetic')
+  assert config.model.encoder.startswith('cnn_')
+  config.model.encoder_init = str(tmp_path / 'weights.safetensors')
+  problem = (
+      f"config.model.encoder_init = '{tmp_path / 'weights.safetensors'}': pretrained weights load "
+      "into ViT encoders only; use ''"
+  )
+  assert checks.validate_config(config, mode='train') == [problem]
+  assert checks.validate_config(config, mode='evaluate') == []
+  with pytest.raises(checkpoint_errors.CheckpointError, match="use --config.model.encoder_init=''"):
+    pretrained.encoder_params(config)
+  config.model.encoder_init = ''
+  assert pretrained.encoder_params(config) is None
 
 
 def test_the_orientation_term_needs_its_head():

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax import diffusion
-from diffhand_jax.models import decoder as decoder_lib
+from diffhand_jax.models import cnn, decoder as decoder_lib, vit
 
 _FILE = "diffhand_jax/models/diffhand.py"
 PyTree = Any
@@ -229,22 +229,30 @@ def _dtype(name: Any) -> Any:
   return _DTYPES[name]
 
 
+def encoder_family(name: str) -> str:
+  """The family of the encoder a model config names (config.model.encoder): 'cnn' for models/cnn.py's
+  ('cnn_small', ...), else 'vit' (models/vit.py, timm names). Pretrained weights are read by family
+  (models/pretrained.py)."""
+  return "cnn" if name.startswith("cnn_") else "vit"
+
+
+def encoder_overrides(model_config: Any) -> dict[str, Any]:
+  """The encoder fields config.model.encoder_overrides sets (None = the named model's own value)."""
+  overrides = model_config.get("encoder_overrides", None) or {}
+  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+  return {name: value for name, value in overrides.items() if value is not None}
+
+
 def build_model(model_config: Any, template_vertices: np.ndarray | None = None) -> DiffHand:
   """The DiffHand that a model config (diffhand_jax/runs/model_presets.py) describes.
 
   template_vertices (N, 3): the mesh the decoder's FPS hierarchy is computed on; None = MANO's
   procedural template (mano.load_procedural()), N = 778.
   """
-  from diffhand_jax.models import vit
-
   dtype = _dtype(model_config.get("dtype", "float32"))
-  overrides = model_config.get("encoder_overrides", None) or {}
-  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
-  overrides = {name: value for name, value in overrides.items() if value is not None}
+  overrides = encoder_overrides(model_config)
   overrides.setdefault("dtype", dtype)
-  if model_config.encoder.startswith("cnn_"):
-    from diffhand_jax.models import cnn
-
+  if encoder_family(model_config.encoder) == "cnn":
     encoder = cnn.create(model_config.encoder, img_size=model_config.img_size, **overrides)
   else:
     encoder = vit.create(model_config.encoder, img_size=model_config.img_size, **overrides)
@@ -269,20 +277,12 @@ def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def init(
-    model: DiffHand,
-    key: jax.Array,
-    image_size: int | tuple[int, int],
-    batch: int = 1,
-    encoder_init: str | None = None,
+    model: DiffHand, key: jax.Array, image_size: int | tuple[int, int], batch: int = 1
 ) -> PyTree:
-  """Random params for `model` (jit-compiled init); encoder_init: a converted encoder checkpoint
-  (see models/vit.py) whose params replace the random encoder params.
-  """
+  """Random params for `model` (jit-compiled init). Pretrained encoder weights are put in afterwards,
+  on the host (models/pretrained.py)."""
   params = decoder_lib.jit_init(model, key, *_dummy_inputs(model, image_size, batch))["params"]
-  params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
-  if encoder_init:
-    params = load_encoder_init(params, encoder_init)
-  return params
+  return flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
 
 
 def _dummy_inputs(model: DiffHand, image_size: int | tuple[int, int], batch: int) -> tuple:
@@ -298,46 +298,6 @@ def param_shapes(model: DiffHand, image_size: int | tuple[int, int], batch: int 
   """The params' shapes and dtypes (jax.ShapeDtypeStruct leaves), without computing anything."""
   inputs = _dummy_inputs(model, image_size, batch)
   return jax.eval_shape(lambda k: model.init(k, *inputs), jax.random.key(0))["params"]
-
-
-def encoder_params_problems(expected: PyTree, loaded: PyTree, *, limit: int = 20) -> list[str]:
-  """How ``loaded`` encoder params differ from ``expected`` (arrays or shape structs): missing, unused
-  and mis-shaped names; [] when they fit."""
-  expected = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), expected)
-  got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), loaded)
-  if (
-      jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(got)
-      and expected == got
-  ):
-    return []
-  flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-  flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
-  problems = [f"missing {jax.tree_util.keystr(k)}" for k in flat_expected if k not in flat_got]
-  problems += [f"unused {jax.tree_util.keystr(k)}" for k in flat_got if k not in flat_expected]
-  problems += [
-      f"{jax.tree_util.keystr(k)}: checkpoint {flat_got[k]} vs model {v}"
-      for k, v in flat_expected.items()
-      if k in flat_got and flat_got[k] != v
-  ]
-  return problems[:limit]
-
-
-def load_encoder_init(params: PyTree, path: str) -> PyTree:
-  """Replaces params['encoder'] by the checkpoint at `path` (written by `python -m
-  diffhand_jax.convert_checkpoint`), checking every name and shape."""
-  from diffhand_jax.models import encoder_weights
-
-  loaded = encoder_weights.load_encoder_params(path)
-  loaded = loaded.get("params", loaded) if isinstance(loaded, dict) else loaded
-  problems = encoder_params_problems(params["encoder"], loaded)
-  if problems:
-    raise ValueError(
-        f"{_FILE}: encoder_init {path!r} does not fit the configured encoder: "
-        + "; ".join(problems)
-    )
-  params = dict(params)
-  params["encoder"] = jax.tree_util.tree_map(jnp.asarray, loaded)
-  return params
 
 
 def num_params(tree: PyTree) -> int:

@@ -38,6 +38,9 @@ import numpy as np
 
 from diffhand_jax.models import attention
 
+# Raised by `params_from_timm` and `from_timm`; users catch it as vit.CheckpointMismatchError too.
+from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError
+
 Dtype = Any
 PyTree = Any
 
@@ -483,10 +486,6 @@ def resample_pos_embed(
 
 # Classifier weights that a timm checkpoint carries but the encoder does not use; they are skipped.
 IGNORED_TIMM_KEYS = ('head.weight', 'head.bias', 'head_dist.weight', 'head_dist.bias')
-
-
-class CheckpointMismatchError(ValueError):
-  """A state dict does not fit the model: lists every missing, unused and mis-shaped key."""
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from diffhand_jax.models import pretrained
+
 MODES = ('train', 'evaluate', 'memory')
 HAND_MODELS = ('procedural', 'mano')
 MESH_AXES = ('data', 'fsdp')
@@ -223,12 +225,8 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.integer('eval.num_export', 0)
   check.choice('eval.aggregate', hypotheses.METHODS)
   check.integer('eval.max_examples', 1, optional=True)
-  if (
-      mode == 'train'
-      and check.get('model.encoder_init')
-      and str(check.get('model.encoder')).startswith('cnn_')
-  ):
-    check.add('model.encoder_init', "pretrained weights load into ViT encoders only; use ''")
+  if mode == 'train':
+    check.problems += pretrained.config_problems(config)
   return check.problems
 
 
@@ -306,7 +304,6 @@ def prerequisite_problems(
   encoder (a fresh training run only), and devices for the mesh. ``device_count`` None: JAX's."""
   from diffhand_jax.data import splits  # pylint: disable=g-import-not-at-top
   from diffhand_jax.geometry import hand_model  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.models import encoder_weights  # pylint: disable=g-import-not-at-top
 
   problems = []
   problem = workdir_problem(workdir, mode)
@@ -328,10 +325,8 @@ def prerequisite_problems(
     problem = splits.preparation_problem(config.dataset)
     if problem:
       problems.append(problem.rstrip())
-  if mode == 'train' and not has_checkpoint(workdir):
-    problem = encoder_weights.encoder_init_problem(config.model.get('encoder_init'))
-    if problem:
-      problems.append(problem)
+  if mode == 'train' and not has_checkpoint(workdir):  # a resume reads the checkpoint's weights
+    problems += pretrained.source_problems(config)
   if device_count is None:
     import jax  # pylint: disable=g-import-not-at-top
 

@@ -22,7 +22,7 @@ Fields:
                                fetched into the HF cache), a timm/HF checkpoint file (.safetensors,
                                .pth, .bin), a file from `python -m diffhand_jax.convert_checkpoint`,
                                or None / '' = random init. Read once, outside jit, by a fresh training
-                               run only (runs/state.py `pretrained_encoder_params`)
+                               run only (models/pretrained.py, the one home of pretrained weights)
   decoder                      'cross_modality' | 'vanilla' (the ablation's plain self-attention)
   feature_block                'channel_attention' (XCiT) | 'mlp' | 'none'
   full_res_attention           also an attention block at full resolution in each vertex block

@@ -13,12 +13,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
-from diffhand_jax.models import diffhand
+from diffhand_jax.models import diffhand, pretrained
 
 PyTree = Any
 
@@ -82,31 +81,13 @@ def create_train_state(config, model, optimizer, key) -> TrainState:
 def with_pretrained_encoder(
     state: TrainState, encoder_params: PyTree, shardings: TrainState
 ) -> TrainState:
-  """``state`` with its encoder params (and their EMA copy) replaced by ``encoder_params`` (numpy, read
-  on the host), placed with the state's own shardings: each device receives only its shard. Adam's
-  moments start at zero either way, so they stay as they are."""
-  problems = diffhand.encoder_params_problems(state.params['encoder'], encoder_params)
-  if problems:
-    raise ValueError(
-        'the pretrained encoder does not fit the configured encoder: ' + '; '.join(problems)
-    )
-
-  def place(leaf, value, sharding):
-    value = np.asarray(value, dtype=leaf.dtype)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-  encoder = jax.tree_util.tree_map(
-      place, state.params['encoder'], encoder_params, shardings.params['encoder']
-  )
-  params = dict(state.params, encoder=encoder)
+  """``state`` with its encoder params, and their EMA copy, replaced by ``encoder_params`` (numpy, from
+  `pretrained.encoder_params`), each placed with the state's own shardings. Adam's moments start at
+  zero either way, so they stay as they are."""
+  params = pretrained.with_encoder(state.params, encoder_params, shardings.params)
   ema_params = state.ema_params
   if ema_params:
-    ema_params = dict(
-        ema_params,
-        encoder=jax.tree_util.tree_map(
-            place, ema_params['encoder'], encoder_params, shardings.ema_params['encoder']
-        ),
-    )
+    ema_params = pretrained.with_encoder(ema_params, encoder_params, shardings.ema_params)
   return state.replace(params=params, ema_params=ema_params)
 
 
@@ -139,25 +120,4 @@ def build(config: ml_collections.ConfigDict) -> Components:
       model=diffhand.build_model(config.model, topology.template),
       schedule=diffusion.cosine_schedule(config.model.num_timesteps),
       optimizer=make_optimizer(config),
-  )
-
-
-def pretrained_encoder_params(config: ml_collections.ConfigDict) -> PyTree | None:
-  """The encoder params config.model.encoder_init names (read on the host), or None for random init."""
-  spec = config.model.get('encoder_init')
-  if not spec:
-    return None
-  from diffhand_jax.models import encoder_weights  # pylint: disable=g-import-not-at-top
-
-  if config.model.encoder.startswith('cnn_'):
-    raise encoder_weights.CheckpointError(
-        f'config.model.encoder_init = {spec!r}: pretrained weights load into ViT encoders only, and '
-        f"config.model.encoder is {config.model.encoder!r}; use --config.model.encoder_init=''"
-    )
-  overrides = config.model.get('encoder_overrides') or {}
-  overrides = dict(overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
-  overrides = {name: value for name, value in overrides.items() if value is not None}
-  overrides.pop('dtype', None)
-  return encoder_weights.load_pretrained_encoder(
-      spec, config.model.encoder, config.model.img_size, **overrides
   )

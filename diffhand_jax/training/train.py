@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from diffhand_jax.data import input_pipeline, splits
-from diffhand_jax.models import diffhand
+from diffhand_jax.models import diffhand, pretrained
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 from diffhand_jax.training import (
     evaluation,
@@ -84,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = step_lib.init_sharded_state(
         config, model, optimizer, shardings, jax.random.PRNGKey(config.seed)
     )
-    encoder_params = state_lib.pretrained_encoder_params(config)
+    encoder_params = pretrained.encoder_params(config)
     if encoder_params is not None:
       state = state_lib.with_pretrained_encoder(state, encoder_params, shardings)
       print0(f'encoder weights from {config.model.encoder_init}', flush=True)
