@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   from diffhand_jax.models import checkpoint_errors  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.runs import checkpoints, checks, lock  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.runs import checks, lock  # pylint: disable=g-import-not-at-top
   from diffhand_jax.training import distributed  # pylint: disable=g-import-not-at-top
 
   how = distributed.maybe_initialize()
@@ -115,9 +115,7 @@ def main(argv=None) -> int:
       train.evaluate_checkpoint(config, workdir)
   except lock.WorkdirLockedError as error:
     return error_exit(str(error))
-  except checkpoints.CheckpointMismatchError as error:
-    return error_exit(str(error))
-  except checkpoint_errors.CheckpointError as error:
+  except (checkpoint_errors.CheckpointMismatchError, checkpoint_errors.CheckpointError) as error:
     return error_exit(str(error))
   except FloatingPointError as error:  # the NaN stop: its message says what was kept
     return error_exit(str(error))

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffhand_jax.models import checkpoint_errors, pretrained
+from diffhand_jax.models import checkpoint_errors, pretrained, vit
 from diffhand_jax.runs import checkpoints, checks, lock, run_config, state as state_lib
 from diffhand_jax.training import preemption
 
@@ -375,6 +375,12 @@ def test_pretrained_weights_for_an_encoder_no_family_reads_are_refused_before_co
     pretrained.encoder_params(config)
   config.model.encoder_init = ''
   assert pretrained.encoder_params(config) is None
+
+
+def test_one_checkpoint_mismatch_error():
+  """A state dict that does not fit a ViT and a run's checkpoint of another model raise one class."""
+  assert vit.CheckpointMismatchError is checkpoint_errors.CheckpointMismatchError
+  assert checkpoints.CheckpointMismatchError is checkpoint_errors.CheckpointMismatchError
 
 
 def test_the_orientation_term_needs_its_head():

@@ -8,9 +8,9 @@
 Checkpoints written before the items existed (one unnamed item holding the train state) still restore.
 
 A checkpoint whose shapes do not fit the model asked for is a *mismatch* (another model was trained in
-this workdir), never corruption: `CheckpointMismatchError` names the differing arrays. A checkpoint that
-cannot be read is damaged: it is moved aside to checkpoints/corrupt/<step> (never deleted), with one
-warning, and the next older one is tried.
+this workdir), never corruption: `CheckpointMismatchError` (models/checkpoint_errors.py, re-exported here)
+names the differing arrays. A checkpoint that cannot be read is damaged: it is moved aside to
+checkpoints/corrupt/<step> (never deleted), with one warning, and the next older one is tried.
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError
 from diffhand_jax.runs import state as state_lib
 
 ITEMS = ('state', 'params', 'config')
 LEGACY_ITEM = 'default'  # the single item of checkpoints written before ITEMS
 CORRUPT_DIR = 'corrupt'
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint's arrays do not have the shapes of the model asked for."""
 
 
 def checkpoint_dir(workdir: str) -> str:
