@@ -4,6 +4,7 @@ that are never lost, Ctrl-C, and pretrained encoders by name. Unit level: no mod
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -284,11 +285,14 @@ def test_a_checkpoint_of_another_shape_is_a_mismatch_not_damage(tmp_path):
 def test_restore_params_reads_the_params_item_only(tmp_path):
   config = _config(ema=True)
   _save(tmp_path, (1, 3), config, ema=True)
+  abstract_params = _abstract(_state(0.0)).params  # the params' shapes only: no optimiser state
+  # The raw params live in the state item only; read from it without the optimiser's structure.
+  params, step = checkpoints.restore_params(str(tmp_path), abstract_params, config, use_ema=False)
+  assert step == 3
+  np.testing.assert_array_equal(params['encoder']['w'], np.full((4, 3), 3.0))
   # Destroy the whole state item of step 3: the params item alone must still restore.
-  import shutil  # pylint: disable=g-import-not-at-top
-
   shutil.rmtree(tmp_path / 'checkpoints' / '3' / 'state')
-  params, step = checkpoints.restore_params(str(tmp_path), _abstract(_state(0.0, ema=True)), config)
+  params, step = checkpoints.restore_params(str(tmp_path), abstract_params, config)
   assert step == 3
   np.testing.assert_array_equal(params['encoder']['w'], np.full((4, 3), 3.5))  # the EMA params
   assert checkpoints.saved_config(str(tmp_path))['ema_decay'] == 0.9
@@ -306,14 +310,14 @@ def test_checkpoints_from_before_the_items_still_restore(tmp_path):
   manager = checkpoints.checkpoint_manager(str(tmp_path), config)
   assert int(checkpoints.restore_latest(manager, _abstract(_state(0.0))).step) == 4
   manager.close()
-  params, step = checkpoints.restore_params(str(tmp_path), _abstract(_state(0.0)), config)
+  params, step = checkpoints.restore_params(str(tmp_path), _abstract(_state(0.0)).params, config)
   assert step == 4 and float(params['head']['b'][0]) == 4.0
   assert checkpoints.saved_config(str(tmp_path)) is None
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoint in'):
-    checkpoints.restore_params(str(tmp_path), _abstract(_state(0.0)), _config())
+    checkpoints.restore_params(str(tmp_path), _abstract(_state(0.0)).params, _config())
 
 
 # ----- Ctrl-C ------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Opening a trained run: `load_trained(workdir)`, the one way in.
 
-It rebuilds the model from the config the newest checkpoint carries (workdir/config.json for runs
+It rebuilds the network from the config the newest checkpoint carries (workdir/config.json for runs
 written before checkpoints carried it) and restores that checkpoint's params item only: not the
-optimiser's moments, nor, where the run keeps an EMA, the raw params. Nothing reads the pretrained
-encoder file the run started from; the checkpoint holds those weights.
+optimiser's moments, nor, where the run keeps an EMA, the raw params. No optimiser is built: the
+restore's target is the params' abstract tree alone. Nothing reads the pretrained encoder file the run
+started from; the checkpoint holds those weights.
 """
 
 from __future__ import annotations
@@ -44,17 +45,17 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       if payload is not None
       else run_config.load_config(workdir)
   )
-  components = state_lib.build(config)
-  abstract = state_lib.abstract_state(config, components.model, components.optimizer)
-  params, step = checkpoints.restore_params(workdir, abstract, config, use_ema=use_ema)
+  network = state_lib.build_network(config)
+  abstract_params = state_lib.abstract_params(config, network.model)
+  params, step = checkpoints.restore_params(workdir, abstract_params, config, use_ema=use_ema)
   if overrides is not None:
     config = overrides_lib.apply_overrides(config, overrides)
   return TrainedRun(
       workdir=workdir,
       config=config,
-      model=components.model,
+      model=network.model,
       params=params,
-      topology=components.topology,
-      schedule=components.schedule,
+      topology=network.topology,
+      schedule=network.schedule,
       step=step,
   )

@@ -184,8 +184,20 @@ def _short(error: BaseException) -> str:
   return text if len(text) <= 200 else text[:197] + '...'
 
 
-def _restore_item(manager, step: int, item: str, abstract: Any) -> Any:
-  """One item of a checkpoint, its shapes checked first: a mismatch raises, damage returns None."""
+def _state_target(metadata: Any, field: str, abstract: Any) -> Any:
+  """A restore target for a saved train state: ``field`` ('params' or 'ema_params') as ``abstract``, every
+  other array as saved. So a state restores without the optimiser that made its moments."""
+  saved = jax.tree_util.tree_map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), metadata
+  )
+  return dict(saved, **{field: abstract})
+
+
+def _restore_item(manager, step: int, item: str, abstract: Any, *, field: str | None = None) -> Any:
+  """One item of a checkpoint, its shapes checked first: a mismatch raises, damage returns None.
+
+  field: restore the 'state' item for this one of its fields, given as ``abstract``; the other fields
+  take their saved shapes (and are read, then dropped)."""
   if is_legacy(manager, step):
     legacy = _legacy_manager(os.path.dirname(str(manager.directory)))
     try:
@@ -194,33 +206,44 @@ def _restore_item(manager, step: int, item: str, abstract: Any) -> Any:
       legacy.close()
       move_aside(manager, step, _short(error))
       return None
-    problems = shape_mismatches(metadata, abstract)  # a legacy checkpoint holds the train state
+    # A legacy checkpoint holds the train state.
+    problems = _item_mismatches(metadata, abstract, field)
     if problems:
       legacy.close()
       raise _mismatch_error(manager, step, 'arrays', problems)
+    target = abstract if field is None else _state_target(metadata, field, abstract)
     try:
-      return legacy.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = legacy.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as error:  # pylint: disable=broad-except
       move_aside(manager, step, _short(error))
       return None
     finally:
       legacy.close()
+    return restored if field is None else restored[field]
   try:
     metadata = _metadata_tree(manager.item_metadata(step)[item])
   except Exception as error:  # pylint: disable=broad-except - a missing or unreadable metadata file
     move_aside(manager, step, _short(error))
     return None
-  problems = shape_mismatches(metadata, abstract)
+  problems = _item_mismatches(metadata, abstract, field)
   if problems:
     raise _mismatch_error(manager, step, f'its {item}', problems)
+  target = abstract if field is None else _state_target(metadata, field, abstract)
   try:
     restored = manager.restore(
-        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
+        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
     )
   except Exception as error:  # pylint: disable=broad-except - orbax raises many types for damaged data
     move_aside(manager, step, _short(error))
     return None
-  return restored[item]
+  return restored[item] if field is None else restored[item][field]
+
+
+def _item_mismatches(metadata: Any, abstract: Any, field: str | None) -> list[str]:
+  """`shape_mismatches` of a saved item against ``abstract``, or of its ``field`` alone."""
+  if field is None:
+    return shape_mismatches(metadata, abstract)
+  return shape_mismatches({field: metadata.get(field, {})}, {field: abstract})
 
 
 def open_for_training(
@@ -247,26 +270,26 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any:
 
 
 def restore_params(
-    workdir: str, abstract_state: Any, config: ml_collections.ConfigDict, *, use_ema: bool = True
+    workdir: str, abstract_params: Any, config: ml_collections.ConfigDict, *, use_ema: bool = True
 ) -> tuple[Any, int]:
   """(params, step) of the newest readable checkpoint in ``workdir``, reading only the params item:
-  the EMA params where the run keeps them (``use_ema=False`` asks for the raw params, which needs the
-  whole state). Checkpoints written before the params item read the whole state."""
+  the EMA params where the run keeps them (``use_ema=False`` asks for the raw params, which only the
+  state item holds). Checkpoints written before the params item read the state item. Either way
+  ``abstract_params`` (`state.abstract_params`) is all it needs: no optimiser."""
   if not os.path.isdir(checkpoint_dir(workdir)):
     raise FileNotFoundError(
         f'no checkpoint in {checkpoint_dir(workdir)}: is {workdir} a training workdir? (train with '
         f'python -m diffhand_jax.main --config=... --workdir={workdir})'
     )
+  # The field of a saved train state that holds the params asked for.
+  field = 'ema_params' if use_ema and config.ema_decay > 0 else 'params'
   manager = checkpoint_manager(workdir, create=False)
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       if is_legacy(manager, step) or (not use_ema and config.ema_decay > 0):
-        state = _restore_item(manager, step, 'state', abstract_state)
-        if state is not None:
-          params = state.params if not use_ema else inference_params(state, config)
-          return params, int(step)
-        continue
-      params = _restore_item(manager, step, 'params', inference_params(abstract_state, config))
+        params = _restore_item(manager, step, 'state', abstract_params, field=field)
+      else:
+        params = _restore_item(manager, step, 'params', abstract_params)
       if params is not None:
         return params, int(step)
   finally:

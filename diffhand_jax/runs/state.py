@@ -1,7 +1,8 @@
-"""The train state a checkpoint holds, the optimiser whose state it carries, and its abstract shape.
+"""The train state a checkpoint holds, the optimiser whose state it carries, and their abstract shapes.
 
 Training and the restore behind loading a trained run both need the exact structure of what was saved,
-so it is defined once here, below both.
+so it is defined once here, below both. Opening a run for inference builds the network alone
+(`build_network`, `abstract_params`): no optimiser.
 """
 
 from __future__ import annotations
@@ -99,10 +100,37 @@ def abstract_state(config, model, optimizer) -> TrainState:
   )
 
 
+def abstract_params(config, model) -> PyTree:
+  """The params of ``model`` (built from ``config``) as jax.ShapeDtypeStructs: what a checkpoint's
+  params item holds. Nothing is computed or read, and no optimiser is built."""
+  return diffhand.param_shapes(model, config.model.img_size)
+
+
+@flax.struct.dataclass
+class Network:
+  """What a config builds to sample: the hand's topology, the network and the diffusion schedule."""
+
+  topology: hand_model.HandTopology
+  model: Any = flax.struct.field(pytree_node=False)
+  schedule: diffusion.Schedule = flax.struct.field(pytree_node=False)
+
+
+def build_network(config: ml_collections.ConfigDict) -> Network:
+  """The network of ``config``, without an optimiser; reads only the hand model file."""
+  topology = hand_model.hand_topology(
+      hand_model.load_hand_model(config.dataset), config.dataset.get('tip_ids')
+  )
+  return Network(
+      topology=topology,
+      model=diffhand.build_model(config.model, topology.template),
+      schedule=diffusion.cosine_schedule(config.model.num_timesteps),
+  )
+
+
 @flax.struct.dataclass
 class Components:
-  """What a config builds before any state exists: the hand's topology, the network, the diffusion
-  schedule and the optimiser (whose state a checkpoint carries)."""
+  """What a config builds to train, before any state exists: the network (`Network`'s fields) and the
+  optimiser (whose state a checkpoint carries)."""
 
   topology: hand_model.HandTopology
   model: Any = flax.struct.field(pytree_node=False)
@@ -112,12 +140,10 @@ class Components:
 
 def build(config: ml_collections.ConfigDict) -> Components:
   """The components of ``config``; reads only the hand model file."""
-  topology = hand_model.hand_topology(
-      hand_model.load_hand_model(config.dataset), config.dataset.get('tip_ids')
-  )
+  network = build_network(config)
   return Components(
-      topology=topology,
-      model=diffhand.build_model(config.model, topology.template),
-      schedule=diffusion.cosine_schedule(config.model.num_timesteps),
+      topology=network.topology,
+      model=network.model,
+      schedule=network.schedule,
       optimizer=make_optimizer(config),
   )

@@ -247,9 +247,9 @@ def _check_finite(loss: float, step: int, workdir: str) -> None:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Scores the newest checkpoint in ``workdir`` (EMA params when the config keeps them), reading its
   params only."""
-  components = state_lib.build(config)
+  components = state_lib.build_network(config)
   params, step = checkpoints.restore_params(
-      workdir, state_lib.abstract_state(config, components.model, components.optimizer), config
+      workdir, state_lib.abstract_params(config, components.model), config
   )
   train_arrays = splits.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
