@@ -121,6 +121,41 @@ def test_no_import_cycles():
   assert not cycles, 'import cycles:\n  ' + '\n  '.join(' -> '.join(c) for c in cycles)
 
 
+# The inference layer's command modules: each reads its inputs, calls the inference core (pipeline.py,
+# video.py, sampling.py, ...) and writes its outputs. None imports another, and the core imports none.
+INFERENCE_COMMANDS = ('predict', 'submission', 'app')
+# The longest function the inference layer keeps, in lines.
+INFERENCE_MAX_FUNCTION_LINES = 80
+
+
+def test_no_inference_module_imports_a_command_module():
+  commands = {f'diffhand_jax.inference.{name}' for name in INFERENCE_COMMANDS}
+  bad = [
+      f'{module} imports {target}'
+      for module, imports in sorted(import_graph().items())
+      if module.startswith('diffhand_jax.inference')
+      for target in sorted(imports & commands)
+  ]
+  assert not bad, 'inference modules importing a command module:\n  ' + '\n  '.join(bad)
+
+
+def test_every_inference_command_module_exists():
+  """The rule above names real modules (a renamed command would make it vacuous)."""
+  for name in INFERENCE_COMMANDS:
+    assert (PACKAGE / 'inference' / f'{name}.py').is_file(), name
+
+
+def test_inference_functions_stay_short():
+  long = []
+  for path in sorted((PACKAGE / 'inference').glob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        length = node.end_lineno - node.lineno + 1
+        if length > INFERENCE_MAX_FUNCTION_LINES:
+          long.append(f'{path.name}:{node.lineno} {node.name} ({length} lines)')
+  assert not long, f'inference functions over {INFERENCE_MAX_FUNCTION_LINES} lines: {long}'
+
+
 @pytest.mark.parametrize('top', ['datasets', 'configs'])
 def test_nothing_imports_the_repository_folders_as_packages(top):
   """datasets/ and configs/ hold files that `tfds build` and `--config=` name; importing them as
@@ -159,6 +194,21 @@ def test_the_layer_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
     test_every_import_is_allowed_by_the_layer_table()
   with pytest.raises(AssertionError, match='import cycles'):
     test_no_import_cycles()
+
+
+def test_the_checker_catches_an_inference_module_importing_a_command(tmp_path, monkeypatch):
+  fake = tmp_path / 'diffhand_jax'
+  (fake / 'inference').mkdir(parents=True)
+  for path in (fake / '__init__.py', fake / 'inference' / '__init__.py'):
+    path.write_text('')
+  (fake / 'inference' / 'app.py').write_text('x = 1\n')
+  (fake / 'inference' / 'pipeline.py').write_text('from diffhand_jax.inference import app\n')
+  monkeypatch.setattr(__import__(__name__), 'ROOT', tmp_path)
+  monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
+  with pytest.raises(
+      AssertionError, match=r'inference\.pipeline imports diffhand_jax\.inference\.app'
+  ):
+    test_no_inference_module_imports_a_command_module()
 
 
 def test_every_module_is_in_a_layer():
