@@ -3,6 +3,7 @@
   python -m diffhand_jax.bench NAME [--flags]     # one benchmark
   python -m diffhand_jax.bench all                 # every benchmark, in turn, with its defaults
   python -m diffhand_jax.bench list                # what exists
+  diffhand-bench NAME [--flags]                    # the same, as the installed command
 
 Each benchmark prints a Markdown table and writes JSON (default ``bench_results/NAME.json``). Each has
 absl flags of its own (``python -m diffhand_jax.bench NAME --help``), held in the module's own
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+from typing import Sequence
 
 from diffhand_jax import benchmarks
 
@@ -28,7 +30,9 @@ def available() -> list[str]:
   return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs `argv` (the benchmark's name and its flags; None: sys.argv[1:]); returns the exit status."""
+  argv = list(sys.argv[1:] if argv is None else argv)
   names = available()
   if not argv or argv[0] in ('-h', '--help', 'list'):
     print(__doc__)
@@ -62,4 +66,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main())

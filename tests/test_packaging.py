@@ -2,11 +2,15 @@
 transformers and many users' environments import) still imports beside diffhand-jax, from outside the
 repository and from its root alike."""
 
+import importlib
+from importlib import metadata
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tomllib
 import zipfile
 
 import pytest
@@ -102,3 +106,36 @@ def test_the_wheel_holds_only_the_package(tmp_path):
       'PROVENANCE.md',
   ):
     assert f'diffhand_jax/assets/detector/{name}' in names, name
+
+
+def _declared_scripts() -> dict[str, str]:
+  with open(ROOT / 'pyproject.toml', 'rb') as f:
+    return tomllib.load(f)['project']['scripts']
+
+
+def test_every_console_script_runs_its_command():
+  """Each command of [project.scripts] is installed and answers --help as its `python -m` form does
+  (exit status 0, the module's own usage text)."""
+  declared = _declared_scripts()
+  assert {'diffhand-train', 'diffhand-predict', 'diffhand-app'} <= set(declared)
+  installed = {
+      entry.name: entry.value
+      for entry in metadata.entry_points(group='console_scripts')
+      if entry.name.startswith('diffhand-')
+  }
+  if not installed:
+    pytest.skip('the installed metadata predates [project.scripts]: run `pip install -e .` again')
+  assert installed == declared
+  scripts = pathlib.Path(sysconfig.get_path('scripts'))
+  running = {}
+  for name in declared:
+    executable = shutil.which(name) or str(scripts / name)
+    running[name] = subprocess.Popen(
+        [executable, '--help'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+  for name, process in running.items():
+    out, err = process.communicate(timeout=300)
+    module = declared[name].split(':')[0]
+    assert process.returncode == 0, f'{name} --help: {err[-2000:]}'
+    usage = importlib.import_module(module).__doc__.strip().splitlines()[0]
+    assert usage in out, f'{name} --help printed {out[:300]!r}'
