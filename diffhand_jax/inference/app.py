@@ -70,8 +70,8 @@ def import_gradio():
   """gradio, imported offline; AppUnavailable naming the extra when it (or trimesh) is missing."""
   offline_environment()
   try:
-    import gradio  # pylint: disable=g-import-not-at-top
-    import trimesh  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+    import gradio  # pylint: disable=g-import-not-at-top  # the optional app extra
+    import trimesh  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401  # the app extra
   except ImportError as error:
     raise AppUnavailable(
         f'the web app needs Gradio and trimesh ({error.name} is missing): {INSTALL_HINT}'

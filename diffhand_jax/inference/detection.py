@@ -41,6 +41,8 @@ import warnings
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 ASSET_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets', 'detector'
@@ -200,8 +202,6 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, np.ndarr
   Returns (tensor, side, offset): the square's side in image pixels and the image's top-left corner
   in it, so that a normalised point p of the tensor is the image pixel p · side - offset - 0.5.
   """
-  from PIL import Image
-
   height, width = image.shape[:2]
   side = max(height, width)
   offset = np.array([(side - width) // 2, (side - height) // 2], np.float64)
@@ -257,9 +257,6 @@ def rotated_crop(
   ((i + 0.5)/size − 0.5) · side). Large ROIs are first shrunk with PIL's antialiased resize, so a hand
   that fills a 12-megapixel photo is not sampled with gaps.
   """
-  from PIL import Image
-  from scipy import ndimage
-
   image = np.asarray(image)
   centre = np.asarray(centre, np.float64)
   rotation = _rotation(angle)
@@ -313,13 +310,13 @@ def landmark_box(keypoints: np.ndarray, margin: float) -> np.ndarray:
 
 def _interpreter_class():
   try:
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top  # optional
 
     return Interpreter
   except ImportError:
     pass
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # heavy, and only without LiteRT
   except ImportError:
     raise DetectorUnavailable(
         'the hand detector runs TFLite models and needs a TFLite interpreter: '

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import ml_collections
 from ml_collections import config_dict
 
+from diffhand_jax.runs import presets
+
 # Model fields an inference command may change: they pick the sampler, not the network.
 SAMPLER_FIELDS = {'sampling_steps': int, 'num_hypotheses': int, 'eta': float}
 # Whole sections of the run's config that an inference command may change.
@@ -32,8 +34,6 @@ HELP = (
 
 def override_fields() -> ml_collections.ConfigDict:
   """The overridable fields, each a placeholder of its type with value None."""
-  from diffhand_jax.runs import presets
-
   shared = presets.base_config(dataset_name='', eval_split='')
   fields = ml_collections.ConfigDict()
   fields.model = ml_collections.ConfigDict(
