@@ -39,5 +39,20 @@ def test_cnn_encoder_in_diffhand_and_errors():
   )
   chex.assert_shape(x0_hat, (2, 778, 3))
   chex.assert_shape(camera, (2, 3))
+  # The encoder the name picks: a ConvEncoder of the overridden widths, built here directly, has the
+  # model's encoder params and, applied with them, gives the model's image condition (a ViT would
+  # neither hold conv kernels nor give 8 x 8 = 64 tokens of width 32).
+  images = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 64, 3))
+  direct = cnn.ConvEncoder(widths=(16, 16, 32), blocks_per_stage=1)
+  shapes = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf.shape, tree)
+  expected = jax.eval_shape(direct.init, jax.random.PRNGKey(0), images)['params']
+  assert shapes(params['encoder']) == shapes(expected)
+  features, embedding = direct.apply({'params': params['encoder']}, images)
+  chex.assert_shape(features, (2, 64, 32))
+  cond = model.apply({'params': params}, images, method=diffhand.DiffHand.encode)
+  np.testing.assert_allclose(np.asarray(cond.features), np.asarray(features), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(cond.embedding), np.asarray(embedding), rtol=1e-6, atol=1e-6
+  )
   with pytest.raises(ValueError, match='unknown CNN encoder'):
     cnn.create('cnn_huge')
