@@ -28,14 +28,29 @@ def _reference(q, k, v):
   return np.einsum('bhts,bshd->bthd', weights, v)
 
 
+def _program(implementation, q, k, v) -> str:
+  """The jaxpr that dot_product_attention traces to with ``implementation``, as text."""
+  fn = lambda q, k, v: attention.dot_product_attention(q, k, v, implementation=implementation)
+  return str(jax.make_jaxpr(fn)(q, k, v))
+
+
 @pytest.mark.parametrize('implementation', [None, 'heads_major', 'xla', 'sliced'])
-def test_float32_attention_equals_the_float64_reference(implementation):
+def test_float32_attention_equals_the_float64_reference(monkeypatch, implementation):
+  monkeypatch.setattr(attention, '_platform', lambda: 'cpu')
   q, k, v = _qkv()
   out = jax.jit(
       lambda q, k, v: attention.dot_product_attention(q, k, v, implementation=implementation)
   )(q, k, v)
   assert out.shape == q.shape and out.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(out), _reference(q, k, v), atol=1e-6)
+  # The core asked for is the one that ran: the three trace to three different programs (the sliced
+  # one maps over the B·heads slices), and the default, on a CPU with few probabilities, is the
+  # heads-major core's.
+  ran = _program(implementation, q, k, v)
+  programs = {name: _program(name, q, k, v) for name in ('heads_major', 'xla', 'sliced')}
+  expected = implementation or 'heads_major'
+  assert [name for name, program in programs.items() if program == ran] == [expected]
+  assert ('scan[' in ran) == (expected == 'sliced')
 
 
 @pytest.mark.parametrize('implementation', ['heads_major', 'sliced'])
