@@ -78,17 +78,38 @@ def _deadline(seconds):
     signal.signal(signal.SIGALRM, previous)
 
 
+class _RecordingSource(splits.SplitSource):
+  """Appends the id of the process that reads to the file named by $DIFFHAND_TEST_READ_LOG."""
+
+  def read(self, indices, features=None):
+    with open(os.environ['DIFFHAND_TEST_READ_LOG'], 'a') as log:
+      log.write(f'{os.getpid()}\n')
+    return super().read(indices, features)
+
+
 @pytest.mark.parametrize('num_workers', [0, 1, 4])
-def test_batches_equal_the_plain_loop_for_any_number_of_workers(source, expected, num_workers):
+def test_batches_equal_the_plain_loop_for_any_number_of_workers(
+    source, expected, num_workers, tmp_path, monkeypatch
+):
+  log = tmp_path / 'reads.txt'
+  monkeypatch.setenv('DIFFHAND_TEST_READ_LOG', str(log))
+  recording = _copy_as(_RecordingSource, source)
   got = _take(
       input_pipeline.train_batches(
-          source, start_step=0, num_workers=num_workers, prefetch=3, **TRAIN_OPTIONS
+          recording, start_step=0, num_workers=num_workers, prefetch=3, **TRAIN_OPTIONS
       ),
       STEPS,
   )
   for a, b in zip(expected, got):
     _assert_batches_equal(a, b)
   assert not np.array_equal(got[0]['image'], got[1]['image'])
+  # The batches were read where num_workers says: in this process for 0, else in that many other
+  # processes (worker w makes steps w, w + N, ..., so each of them made some of the 7).
+  readers = set(log.read_text().split())
+  if num_workers == 0:
+    assert readers == {str(os.getpid())}
+  else:
+    assert str(os.getpid()) not in readers and len(readers) == num_workers, readers
 
 
 def test_a_resume_with_workers_needs_only_the_step(source, expected):
