@@ -321,6 +321,14 @@ def test_boxes_are_drawn_with_side_and_score():
   assert drawn.shape == overlay.shape
   assert drawn[20:45, 20].any()  # the box's left edge, at half the photo's x0
   assert not drawn[25:, 60:].any()  # below the label, nothing right of the right edge at x = 40
+  # The side picks the colour: blue for a right hand, orange for a left one.
+  left = app.draw_boxes(overlay, (200, 400), [dict(hands[0], hand_side='left')])
+  assert drawn[30, 20].tolist() == [60, 160, 255] and left[30, 20].tolist() == [255, 120, 40]
+  # The label's white text above the box spells the side and the score: other words, other pixels.
+  text = lambda image: np.all(image == 255, axis=-1)
+  assert text(drawn).any() and not text(drawn)[20:].any()
+  for other in (left, app.draw_boxes(overlay, (200, 400), [dict(hands[0], score=0.1)])):
+    assert not np.array_equal(text(other), text(drawn))
 
 
 @pytest.fixture
