@@ -141,13 +141,15 @@ def test_vanilla_variant_shapes_and_inputs():
   assert "cross_attention" not in str(jax.tree_util.tree_structure(params))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "none"])
+@pytest.mark.parametrize("kind", ["channel_attention", "mlp", "none"])
 def test_feature_block_switch(kind):
   module = decoder.build_decoder(_config(200, (50, 13), feature_block=kind), _template(200))
   shapes = jax.eval_shape(module.init, jax.random.key(0), *_inputs(200))
   block = shapes["params"].get("feature_block0", {})
-  assert "channel_attention" not in block
-  assert ("mlp" in block) == (kind == "mlp")
+  # The default is channel attention then an MLP; 'mlp' keeps the MLP alone; 'none' has no block.
+  assert ("channel_attention" in block) == (kind == "channel_attention")
+  assert ("mlp" in block) == (kind != "none")
+  assert (not block) == (kind == "none")
   out = jax.eval_shape(module.apply, shapes, *_inputs(200))
   chex.assert_shape(out, (BATCH, 200, 3))
 
