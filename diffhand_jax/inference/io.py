@@ -3,7 +3,7 @@
 * `InputError`: a bad argument or input file, reported in one line without a traceback; `VideoError`: a
   video that broke off after some frames.
 * Photos: `list_images`, `read_image` (EXIF rotation applied), and the --boxes / --left files
-  (`load_boxes`, `load_left`, `is_left`), --video_box (`parse_box`).
+  (`load_boxes`, `load_left`), --video_box (`parse_box`).
 * Video: `Frames` (a video file through PyAV, or a folder of frames) and `OverlayWriter` (H.264 MP4).
 * Files never seen half-written (runs/files.py's atomic write): `write_json`, `write_obj`, `write_png`,
   `write_npz`.
@@ -157,16 +157,6 @@ def load_left(
     value = _lookup(chosen, name)
     table[name] = value if isinstance(value, list) else bool(value)
   return table
-
-
-def is_left(value: bool | list[bool] | None, index: int) -> bool | None:
-  """Whether hand `index` is left by one photo's entry of `load_left` (None: no entry, the detector's
-  side or the default holds)."""
-  if value is None:
-    return None
-  if isinstance(value, list):
-    return bool(value[index]) if index < len(value) else False
-  return bool(value)
 
 
 def parse_box(text: str | None) -> list[float] | None:

@@ -3,7 +3,7 @@
     run = sampling.SamplerCache(loading.load_trained(workdir))   # opened once
     hands = pipeline.reconstruct(run, image, pipeline.Options(num_hypotheses=5, fit_mano=True))
     for hand in hands:
-      hand.side, hand.box, hand.vertices_camera, hand.uncertainty, hand.mano
+      hand.side, hand.crop.box, hand.vertices_camera, hand.uncertainty, hand.mano
 
 `reconstruct` takes one image (uint8 (H, W, 3)) with optional boxes, sides and focal length;
 `reconstruct_photos` takes several and samples all their hands in shared batches (what `predict` does
@@ -13,7 +13,8 @@ for a folder). Each photo's hands come from its boxes, else the detector (score 
 (`full_frame.to_photo`) and, with `fit_mano`, gets MANO parameters (`mano.fit`).
 
 Nothing here reads or writes a file: `predict`, the app and the video path read their inputs
-(inference/io.py), call this, and write what it returns (inference/records.py for the JSON).
+(inference/io.py), call this, and write what it returns (inference/outputs.py for the JSON and the
+overlay).
 The run's `SamplerCache` also keeps what is built once per run and setting: each sampler, the detector
 and the hand models of the fit.
 """
@@ -229,7 +230,9 @@ def find_hands(image: np.ndarray, photo: Photo, options: Options, detector: Any)
   ]
 
 
-def _hand_crop(index: int, item: dict, left: Any, shape: Sequence[int], options: Options):
+def _hand_crop(
+    index: int, item: dict, left: Any, shape: Sequence[int], options: Options
+) -> HandCrop:
   flagged = _is_left(left, index)
   side = item.pop('side', None)
   if flagged is not None:
