@@ -25,6 +25,9 @@ MPJPE, and PA-MPJPE after Umeyama similarity alignment *with* the reflection fix
 Because every per-sample quantity here is a mean over keypoints and the dataset AUC is linear in the
 per-sample PCK curves, the dataset score equals the mean of the per-sample scores; ``evaluate`` is
 literally the mean of ``evaluate_per_sample``.
+
+The alignments live in ``geometry/alignment.py`` (with the input checks these metrics share) and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -32,10 +35,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
 from scipy.spatial import cKDTree
 
-from diffhand_jax.geometry import conventions
+from diffhand_jax.geometry import alignment, conventions
 
 NUM_JOINTS = 21
 ROOT_JOINT = 0  # the wrist in FreiHAND/OpenPose 21-order
@@ -46,56 +48,13 @@ AUC_MIN_M, AUC_MAX_M, AUC_STEPS = (
 )  # 0-50 mm in 100 thresholds, as EvalUtil.get_measures
 F_THRESHOLDS_M = (0.005, 0.015)  # F@5 mm and F@15 mm
 METRIC_KEYS = ('mpjpe', 'pa_mpjpe', 'mpvpe', 'pa_mpvpe', 'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15')
-_EPS_NORM = 1e-8  # added to the Frobenius norms, as in FreiHAND's align_w_scale
 _MM_PER_M = 1000.0
 _NN_CHUNK = 256  # samples per k-d tree in the F-score search (bounds memory, keeps trees small)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Input checks
+# Input checks (the per-array ones are alignment.as_points and alignment.check_same_shape)
 # ---------------------------------------------------------------------------------------------------
-
-
-def _as_points(
-    func: str, name: str, value, *, batched: bool, num_points: int | None = None
-) -> np.ndarray:
-  """Returns `value` as float64 (B, K, 3) (or (K, 3) when not batched); raises ValueError otherwise."""
-  expected = ('(B, ' if batched else '(') + (str(num_points) if num_points else 'K') + ', 3)'
-  try:
-    array = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as error:
-    raise ValueError(
-        f'metrics.{func}: {name} must be a numeric array of shape {expected}; '
-        f'could not convert it ({error})'
-    ) from None
-  ndim = 3 if batched else 2
-  if (
-      array.ndim != ndim
-      or array.shape[-1] != 3
-      or 0 in array.shape
-      or (num_points is not None and array.shape[-2] != num_points)
-  ):
-    raise ValueError(f'metrics.{func}: {name} must have shape {expected}, got {array.shape}')
-  if not np.all(np.isfinite(array)):
-    bad = ~np.isfinite(array)
-    where = (
-        f'sample(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}'
-        if batched
-        else f'point(s) {np.unique(np.nonzero(bad)[0])[:10].tolist()}'
-    )
-    raise ValueError(
-        f'metrics.{func}: {name} holds {int(bad.sum())} NaN/inf value(s), in {where}; '
-        'metrics need finite coordinates'
-    )
-  return array
-
-
-def _check_same_shape(func: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
-  if arrays[0].shape != arrays[1].shape:
-    raise ValueError(
-        f'metrics.{func}: {names[0]} and {names[1]} must have the same shape, got '
-        f'{arrays[0].shape} and {arrays[1].shape}'
-    )
 
 
 def _check_same_batch(func: str, named: dict[str, np.ndarray]) -> None:
@@ -105,120 +64,15 @@ def _check_same_batch(func: str, named: dict[str, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Alignment
+# Alignment (geometry/alignment.py; these names are public here since the first release)
 # ---------------------------------------------------------------------------------------------------
 
-
-def align_w_scale(gt, pred) -> np.ndarray:
-  """FreiHAND's `align_w_scale`: `pred` (K, 3) aligned to `gt` (K, 3) by a similarity transform.
-
-  The rotation comes from `scipy.linalg.orthogonal_procrustes` and may be a reflection (no fix), exactly
-  as the official script does it. Returns float64 (K, 3).
-  """
-  gt = _as_points('align_w_scale', 'gt', gt, batched=False)
-  pred = _as_points('align_w_scale', 'pred', pred, batched=False)
-  _check_same_shape('align_w_scale', ('gt', 'pred'), (gt, pred))
-  gt_mean, pred_mean = gt.mean(0), pred.mean(0)
-  gt_c, pred_c = gt - gt_mean, pred - pred_mean
-  gt_norm = np.linalg.norm(gt_c) + _EPS_NORM
-  pred_norm = np.linalg.norm(pred_c) + _EPS_NORM
-  gt_n, pred_n = gt_c / gt_norm, pred_c / pred_norm
-  rotation, scale = scipy.linalg.orthogonal_procrustes(gt_n, pred_n)
-  return (pred_n @ rotation.T) * scale * gt_norm + gt_mean
-
-
-def _align_w_scale_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-  """`align_w_scale` on checked float64 (B, K, 3) arrays, with one batched SVD."""
-  gt_mean = gt.mean(1, keepdims=True)
-  pred_mean = pred.mean(1, keepdims=True)
-  gt_c, pred_c = gt - gt_mean, pred - pred_mean
-  gt_norm = np.linalg.norm(gt_c, axis=(1, 2), keepdims=True) + _EPS_NORM
-  pred_norm = np.linalg.norm(pred_c, axis=(1, 2), keepdims=True) + _EPS_NORM
-  gt_n, pred_n = gt_c / gt_norm, pred_c / pred_norm
-  # scipy.linalg.orthogonal_procrustes(A, B): U, w, Vt = svd(A^T B); R = U Vt; scale = sum(w).
-  u, w, vt = np.linalg.svd(np.swapaxes(gt_n, 1, 2) @ pred_n)
-  rotation = u @ vt
-  scale = w.sum(-1)[:, None, None]
-  return (pred_n @ np.swapaxes(rotation, 1, 2)) * scale * gt_norm + gt_mean
-
-
-def align_w_scale_batch(gt, pred) -> np.ndarray:
-  """Batched FreiHAND `align_w_scale`: `pred` (B, K, 3) aligned to `gt` (B, K, 3), float64 (B, K, 3).
-
-  Equal to `align_w_scale` applied sample by sample (within float rounding), without a Python loop.
-  """
-  gt = _as_points('align_w_scale_batch', 'gt', gt, batched=True)
-  pred = _as_points('align_w_scale_batch', 'pred', pred, batched=True)
-  _check_same_shape('align_w_scale_batch', ('gt', 'pred'), (gt, pred))
-  return _align_w_scale_batch(gt, pred)
-
-
-def _proper_rotation_batch(pred_c: np.ndarray, gt_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Kabsch with the reflection fix on centred float64 (B, K, 3) arrays: the proper rotation R (B, 3, 3)
-  minimising |pred_c Rᵀ − gt_c|², and the singular values of predᵀ·gt / K with the last one's sign flipped
-  where the fix applied (their sum is Umeyama's scale numerator)."""
-  covariance = (np.swapaxes(pred_c, 1, 2) @ gt_c) / pred_c.shape[1]
-  u, s, vt = np.linalg.svd(covariance)
-  # The reflection fix: when V U^T is a reflection, flip the last singular direction (and its value).
-  sign = np.where(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)) < 0, -1.0, 1.0)
-  vt = vt.copy()
-  s = s.copy()
-  vt[:, 2, :] *= sign[:, None]
-  s[:, 2] *= sign
-  return np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2), s
-
-
-def _align_umeyama_batch(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-  """HandOccNet's `rigid_align(pred, gt)` on checked float64 (B, K, 3) arrays."""
-  pred_mean = pred.mean(1, keepdims=True)
-  gt_mean = gt.mean(1, keepdims=True)
-  pred_c, gt_c = pred - pred_mean, gt - gt_mean
-  rotation, s = _proper_rotation_batch(pred_c, gt_c)
-  pred_variance = np.square(pred_c).mean(1).sum(-1)  # np.var(pred, axis=0).sum() per sample
-  # HandOccNet divides by zero for a collapsed prediction; we map it to the GT centroid instead.
-  safe_variance = np.where(pred_variance > 0, pred_variance, 1.0)
-  scale = np.where(pred_variance > 0, s.sum(-1) / safe_variance, 0.0)[:, None, None]
-  return scale * (pred_c @ np.swapaxes(rotation, 1, 2)) + gt_mean
-
-
-def align_umeyama_batch(gt, pred) -> np.ndarray:
-  """Umeyama similarity alignment *with* the reflection fix (HandOccNet's `rigid_align`), batched.
-
-  `pred` (B, K, 3) aligned to `gt` (B, K, 3); returns float64 (B, K, 3). The rotation is always proper
-  (det = +1), so a mirrored prediction is not mirrored back. A collapsed prediction (all points equal)
-  maps to the GT centroid, where HandOccNet would divide by zero.
-  """
-  gt = _as_points('align_umeyama_batch', 'gt', gt, batched=True)
-  pred = _as_points('align_umeyama_batch', 'pred', pred, batched=True)
-  _check_same_shape('align_umeyama_batch', ('gt', 'pred'), (gt, pred))
-  return _align_umeyama_batch(gt, pred)
-
-
-def rigid_transform_batch(gt, pred) -> tuple[np.ndarray, np.ndarray]:
-  """The rotation R (B, 3, 3) (proper: the reflection fix applies) and translation t (B, 3) that minimise
-  |pred Rᵀ + t − gt|² (Kabsch, no scale), for `pred` and `gt` (B, K, 3); float64."""
-  gt = _as_points('rigid_transform_batch', 'gt', gt, batched=True)
-  pred = _as_points('rigid_transform_batch', 'pred', pred, batched=True)
-  _check_same_shape('rigid_transform_batch', ('gt', 'pred'), (gt, pred))
-  pred_mean, gt_mean = pred.mean(1), gt.mean(1)
-  rotation, _ = _proper_rotation_batch(pred - pred_mean[:, None], gt - gt_mean[:, None])
-  return rotation, gt_mean - np.einsum('bij,bj->bi', rotation, pred_mean)
-
-
-def align_rigid_batch(gt, pred) -> np.ndarray:
-  """Rotation and translation only (Kabsch, no scale), with the reflection fix, batched: `pred` (B, K, 3)
-  aligned to `gt` (B, K, 3); returns float64 (B, K, 3). `align_umeyama_batch` without the scale."""
-  rotation, translation = rigid_transform_batch(gt, pred)
-  pred = np.asarray(pred, np.float64)
-  return pred @ np.swapaxes(rotation, 1, 2) + translation[:, None]
-
-
-def align_umeyama(gt, pred) -> np.ndarray:
-  """`align_umeyama_batch` for one sample: `pred` (K, 3) aligned to `gt` (K, 3)."""
-  gt = _as_points('align_umeyama', 'gt', gt, batched=False)
-  pred = _as_points('align_umeyama', 'pred', pred, batched=False)
-  _check_same_shape('align_umeyama', ('gt', 'pred'), (gt, pred))
-  return _align_umeyama_batch(gt[None], pred[None])[0]
+align_w_scale = alignment.align_w_scale
+align_w_scale_batch = alignment.align_w_scale_batch
+align_umeyama = alignment.align_umeyama
+align_umeyama_batch = alignment.align_umeyama_batch
+rigid_transform_batch = alignment.rigid_transform_batch
+align_rigid_batch = alignment.align_rigid_batch
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,8 +166,8 @@ def fscore(gt, pred, thresholds: Sequence[float] = F_THRESHOLDS_M) -> np.ndarray
   Thresholds in the inputs' units (metres by default: 5 mm and 15 mm). A point counts when its
   nearest-neighbour distance is strictly below the threshold.
   """
-  gt = _as_points('fscore', 'gt', gt, batched=True)
-  pred = _as_points('fscore', 'pred', pred, batched=True)
+  gt = alignment.as_points('fscore', 'gt', gt, batched=True)
+  pred = alignment.as_points('fscore', 'pred', pred, batched=True)
   _check_same_batch('fscore', {'gt': gt, 'pred': pred})
   return _fscore(gt, pred, thresholds)
 
@@ -334,15 +188,17 @@ def _fscore(gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float]) -> np
 
 
 def _check_eval_inputs(func: str, pred_joints, gt_joints, pred_verts, gt_verts):
-  pred_joints = _as_points(func, 'pred_joints', pred_joints, batched=True, num_points=NUM_JOINTS)
-  gt_joints = _as_points(func, 'gt_joints', gt_joints, batched=True, num_points=NUM_JOINTS)
+  pred_joints = alignment.as_points(
+      func, 'pred_joints', pred_joints, batched=True, num_points=NUM_JOINTS
+  )
+  gt_joints = alignment.as_points(func, 'gt_joints', gt_joints, batched=True, num_points=NUM_JOINTS)
   named = {'pred_joints': pred_joints, 'gt_joints': gt_joints}
   if pred_verts is not None or gt_verts is not None:
     if pred_verts is None or gt_verts is None:
       raise ValueError(f'metrics.{func}: give both pred_verts and gt_verts, or neither')
-    pred_verts = _as_points(func, 'pred_verts', pred_verts, batched=True)
-    gt_verts = _as_points(func, 'gt_verts', gt_verts, batched=True)
-    _check_same_shape(func, ('pred_verts', 'gt_verts'), (pred_verts, gt_verts))
+    pred_verts = alignment.as_points(func, 'pred_verts', pred_verts, batched=True)
+    gt_verts = alignment.as_points(func, 'gt_verts', gt_verts, batched=True)
+    alignment.check_same_shape(func, ('pred_verts', 'gt_verts'), (pred_verts, gt_verts))
     named.update(pred_verts=pred_verts, gt_verts=gt_verts)
   _check_same_batch(func, named)
   return pred_joints, gt_joints, pred_verts, gt_verts
@@ -371,8 +227,8 @@ def _evaluate_per_sample(func: str, pred_joints, gt_joints, pred_verts, gt_verts
   vert_err = point_distances(
       _root_relative(gt_verts, gt_joints), _root_relative(pred_verts, pred_joints)
   )
-  joints_aligned = _align_w_scale_batch(gt_joints, pred_joints)
-  verts_aligned = _align_w_scale_batch(gt_verts, pred_verts)
+  joints_aligned = alignment.align_w_scale_batch(gt_joints, pred_joints)
+  verts_aligned = alignment.align_w_scale_batch(gt_verts, pred_verts)
   joint_err_pa = point_distances(gt_joints, joints_aligned)
   vert_err_pa = point_distances(gt_verts, verts_aligned)
   f_scores = _fscore(gt_verts, verts_aligned, F_THRESHOLDS_M)
@@ -429,7 +285,7 @@ def palm_facing_per_sample(pred_joints, gt_joints) -> np.ndarray:
   """
   pred_joints = np.asarray(pred_joints, np.float64)
   gt_joints = np.asarray(gt_joints, np.float64)
-  _check_same_shape(
+  alignment.check_same_shape(
       'palm_facing_per_sample', ('pred_joints', 'gt_joints'), (pred_joints, gt_joints)
   )
   return (palm_normal(pred_joints)[..., 2] < 0) == (palm_normal(gt_joints)[..., 2] < 0)
@@ -457,7 +313,7 @@ def _evaluate_dexycb_per_sample(func: str, pred_joints, gt_joints, pred_verts, g
   joint_err = point_distances(
       _root_relative(gt_joints, gt_joints), _root_relative(pred_joints, pred_joints)
   )
-  joint_err_pa = point_distances(gt_joints, _align_umeyama_batch(gt_joints, pred_joints))
+  joint_err_pa = point_distances(gt_joints, alignment.align_umeyama_batch(gt_joints, pred_joints))
   out = {
       'mpjpe': joint_err.mean(-1) * _MM_PER_M,
       'pa_mpjpe': joint_err_pa.mean(-1) * _MM_PER_M,
@@ -467,7 +323,7 @@ def _evaluate_dexycb_per_sample(func: str, pred_joints, gt_joints, pred_verts, g
     vert_err = point_distances(
         _root_relative(gt_verts, gt_joints), _root_relative(pred_verts, pred_joints)
     )
-    verts_aligned = _align_umeyama_batch(gt_verts, pred_verts)
+    verts_aligned = alignment.align_umeyama_batch(gt_verts, pred_verts)
     vert_err_pa = point_distances(gt_verts, verts_aligned)
     f_scores = _fscore(gt_verts, verts_aligned, F_THRESHOLDS_M)
     out.update(
@@ -500,7 +356,7 @@ def _second_difference(points: np.ndarray) -> np.ndarray:
 
 
 def _clip_points(func: str, name: str, value) -> np.ndarray:
-  array = _as_points(func, name, value, batched=True)
+  array = alignment.as_points(func, name, value, batched=True)
   if array.shape[0] < 3:
     raise ValueError(
         f'metrics.{func}: {name} needs at least 3 frames for a second difference, got '
@@ -517,7 +373,7 @@ def acceleration_error(pred, gt) -> np.ndarray:
   """
   pred = _clip_points('acceleration_error', 'pred', pred)
   gt = _clip_points('acceleration_error', 'gt', gt)
-  _check_same_shape('acceleration_error', ('pred', 'gt'), (pred, gt))
+  alignment.check_same_shape('acceleration_error', ('pred', 'gt'), (pred, gt))
   difference = _second_difference(pred) - _second_difference(gt)
   return np.linalg.norm(difference, axis=-1).mean(-1) * _MM_PER_M
 

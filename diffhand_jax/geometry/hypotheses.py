@@ -22,7 +22,7 @@ import numpy as np
 import scipy.stats
 
 from diffhand_jax import metrics
-from diffhand_jax.geometry import conventions
+from diffhand_jax.geometry import alignment, conventions
 
 METHODS = ('mean', 'medoid', 'aligned_mean')
 # Metrics where a larger value is better (all others are errors).
@@ -58,12 +58,12 @@ def medoid_index(vertices: Any) -> np.ndarray:
 
 def rigid_align(source: Any, target: Any) -> np.ndarray:
   """The rotation and translation (no scale, no reflection) that best map ``source`` onto ``target`` in
-  least squares (Kabsch, `metrics.align_rigid_batch`), applied to ``source``: (..., N, 3) and a target
+  least squares (Kabsch, `alignment.align_rigid_batch`), applied to ``source``: (..., N, 3) and a target
   that broadcasts to it → (..., N, 3) float64."""
   source = np.asarray(source, np.float64)
   target = np.broadcast_to(np.asarray(target, np.float64), source.shape)
   points = source.shape[-2:]
-  aligned = metrics.align_rigid_batch(
+  aligned = alignment.align_rigid_batch(
       target.reshape((-1,) + points), source.reshape((-1,) + points)
   )
   return aligned.reshape(source.shape)
@@ -158,7 +158,7 @@ def spread(
     )
   flat = vertices.reshape(batch * num_hyp, num_vertices, 3)
   target = np.repeat(mean, num_hyp, axis=0)
-  rotation, translation = metrics.rigid_transform_batch(target, flat)
+  rotation, translation = alignment.rigid_transform_batch(target, flat)
   aligned = flat @ np.swapaxes(rotation, 1, 2) + translation[:, None]
   cosine = np.clip((np.trace(rotation, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
   angle = np.arccos(cosine).reshape(batch, num_hyp)
