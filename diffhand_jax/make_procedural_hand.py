@@ -18,8 +18,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   import numpy as np
 
-  from diffhand_jax import mano
-  from diffhand_jax.geometry import procedural_hand
+  from diffhand_jax.geometry import mano, procedural_hand
 
   out = FLAGS.out or mano.PROCEDURAL_PATH
   arrays = procedural_hand.generate()

@@ -22,9 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
-from diffhand_jax import mano  # noqa: E402
 from diffhand_jax import command_line  # noqa: E402
-from diffhand_jax.geometry import procedural_hand  # noqa: E402
+from diffhand_jax.geometry import mano, procedural_hand  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('out', 'docs/procedural_hand.png', 'the PNG to write', flag_values=FLAGS)

@@ -49,19 +49,8 @@ def perturbed_arrays(model: mano.ManoModel, seed: int) -> dict[str, np.ndarray]:
 
 
 def write_plain_pickle(path, arrays) -> str:
-  keys = (
-      'v_template',
-      'shapedirs',
-      'posedirs',
-      'J_regressor',
-      'weights',
-      'kintree_table',
-      'f',
-      'hands_components',
-      'hands_mean',
-  )
   with open(path, 'wb') as handle:
-    pickle.dump({key: np.asarray(arrays[key]) for key in keys}, handle)
+    pickle.dump({key: np.asarray(arrays[key]) for key in mano.FILE_KEYS}, handle)
   return str(path)
 
 
@@ -418,6 +407,15 @@ def test_npz_with_official_keys_loads(tmp_path, right):
   loaded = mano.load(path)
   np.testing.assert_array_equal(loaded.v_template, right.v_template)
   assert loaded.tip_ids == right.tip_ids
+
+
+def test_every_file_key_is_required_and_enough(right):
+  arrays = mano.model_to_arrays(right)
+  for key in mano.FILE_KEYS:
+    with pytest.raises(mano.ManoFileError, match=rf"missing key\(s\) \['{key}'\]"):
+      mano.model_from_arrays({k: v for k, v in arrays.items() if k != key})
+  official = mano.model_from_arrays({key: arrays[key] for key in mano.FILE_KEYS})
+  np.testing.assert_array_equal(official.v_template, right.v_template)
 
 
 def test_missing_truncated_and_wrong_files(tmp_path, right):

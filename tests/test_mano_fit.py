@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffhand_jax import bench, mano
+from diffhand_jax.geometry.mano import fitting as mano_fitting
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +66,8 @@ def test_fit_averages_noise_away(right):
 
 def test_fit_in_chunks(right, monkeypatch):
   _, _, _, vertices = _hands(right, 40, seed=4)
-  monkeypatch.setattr(mano, '_FIT_CHUNK', 32)  # 40 hands: a chunk of 32 and one of 8, padded to 32
+  # 40 hands: a chunk of 32 and one of 8, padded to 32.
+  monkeypatch.setattr(mano_fitting, '_FIT_CHUNK', 32)
   out = mano.fit(right, vertices)
   assert out['vertices'].shape == (40, 778, 3)
   assert _mean_distance(out['vertices'], vertices).max() < 2e-3

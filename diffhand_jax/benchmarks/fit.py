@@ -21,8 +21,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from diffhand_jax import command_line, mano
+from diffhand_jax import command_line
 from diffhand_jax.benchmarks import common
+from diffhand_jax.geometry import mano
 
 
 def problems(model: mano.ManoModel, batch: int, seed: int) -> dict[str, np.ndarray]:

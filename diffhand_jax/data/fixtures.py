@@ -26,8 +26,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from diffhand_jax import mano
-from diffhand_jax.geometry import conventions
+from diffhand_jax.geometry import conventions, mano
 
 FLIP_GL = conventions.OPENGL_FLIP  # OpenCV <-> OpenGL
 HO3D_DEPTH_SCALE = 0.00012498664727900177
@@ -36,18 +35,6 @@ HO3D_DEPTH_SCALE = 0.00012498664727900177
 # MANO stand-ins and hands
 # --------------------------------------------------------------------------------------------------
 
-_OFFICIAL_KEYS = (
-    'v_template',
-    'shapedirs',
-    'posedirs',
-    'J_regressor',
-    'weights',
-    'kintree_table',
-    'f',
-    'hands_components',
-    'hands_mean',
-)
-
 
 def write_mano_standins(out_dir: str) -> str:
   """Writes MANO_RIGHT.pkl / MANO_LEFT.pkl (procedural hand, official keys, plain numpy) and returns the folder."""
@@ -55,7 +42,7 @@ def write_mano_standins(out_dir: str) -> str:
   for side, name in (('right', 'MANO_RIGHT.pkl'), ('left', 'MANO_LEFT.pkl')):
     arrays = mano.model_to_arrays(mano.load_procedural(side))
     with open(os.path.join(out_dir, name), 'wb') as handle:
-      pickle.dump({key: arrays[key] for key in _OFFICIAL_KEYS}, handle, protocol=2)
+      pickle.dump({key: arrays[key] for key in mano.FILE_KEYS}, handle, protocol=2)
   return out_dir
 
 

@@ -193,7 +193,7 @@ class ManoEvaluator:
   """MANO forward passes for one example at a time, compiled once per (side, flat_hand_mean, use_pca)."""
 
   def __init__(self, mano_dir: str) -> None:
-    from diffhand_jax import mano
+    from diffhand_jax.geometry import mano
 
     self._mano = mano
     self.models = {

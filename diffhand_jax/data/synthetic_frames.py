@@ -59,7 +59,7 @@ class FrameHand:
 def _posed_right_hand(kit, hand: FrameHand, rng: np.random.Generator):
   """(vertices (778, 3), joints16 (16, 3), pose (48,), betas (10,)) of the right hand, rotated into the
   camera's axes, root at the origin."""
-  from diffhand_jax import mano
+  from diffhand_jax.geometry import mano
 
   if hand.pose == 'random':
     finger = synthetic_scene.sample_finger_pose(rng, kit, 'synergy')

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffhand_jax import mano
+from diffhand_jax.geometry import mano
 
 
 @flax.struct.dataclass

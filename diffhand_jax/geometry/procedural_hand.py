@@ -822,7 +822,8 @@ def skin_albedo(
 
 def _pose_statistics(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """A slightly curled mean pose and the PCA basis of sampled plausible poses."""
-  from diffhand_jax import mano
+  # Not at the top: mano imports jax, and the synthetic data's workers import this module without it.
+  from diffhand_jax.geometry import mano  # pylint: disable=g-import-not-at-top
 
   model = mano.model_from_arrays(arrays, source='<procedural>')
   curl = np.zeros((15, 3))

@@ -478,7 +478,7 @@ def build_decoder(
         dtype=dtype,
     )
   if template_vertices is None:
-    from diffhand_jax import mano
+    from diffhand_jax.geometry import mano
 
     template_vertices = np.asarray(mano.load_procedural().v_template)
   template_vertices = np.asarray(template_vertices, dtype=np.float32)

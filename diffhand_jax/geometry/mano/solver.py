@@ -7,7 +7,7 @@ P tangents: cheap for the few dozen parameters of a hand model), solves the damp
 (JᵀJ + μ·diag(JᵀJ)) δ = −Jᵀr (Marquardt's scaling, so the parameters' units do not matter), and keeps
 the step only if it lowers the cost; μ shrinks after a kept step and grows after a refused one.
 
-`mano.fit` (MANO parameters from a mesh) is built on it.
+`mano.fit` (MANO parameters from a mesh, `fitting.py` beside this file) is built on it.
 """
 
 from __future__ import annotations
