@@ -27,17 +27,18 @@ per-sample PCK curves, the dataset score equals the mean of the per-sample score
 literally the mean of ``evaluate_per_sample``.
 
 The alignments live in ``geometry/alignment.py`` (with the input checks these metrics share) and are
-re-exported here.
+re-exported here. K hypotheses per image are scored against the ground truth by ``score_hypotheses``,
+``oracle_best`` (best-of-K) and ``summarize_hypotheses``; ``geometry/hypotheses.py`` aggregates them.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from diffhand_jax.geometry import alignment, conventions
+from diffhand_jax.geometry import alignment, conventions, hypotheses
 
 NUM_JOINTS = 21
 ROOT_JOINT = 0  # the wrist in FreiHAND/OpenPose 21-order
@@ -343,6 +344,171 @@ def evaluate_dexycb(pred_joints, gt_joints, pred_verts=None, gt_verts=None) -> d
   return _mean_of(
       _evaluate_dexycb_per_sample('evaluate_dexycb', pred_joints, gt_joints, pred_verts, gt_verts)
   )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several hypotheses per image against the ground truth (geometry/hypotheses.py aggregates them)
+# ---------------------------------------------------------------------------------------------------
+
+# Metrics where a larger value is better (all others are errors).
+HIGHER_IS_BETTER = frozenset({'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15'})
+
+
+def _hypothesis_joints(vertices: np.ndarray, joint_regressor: Any) -> np.ndarray:
+  regressor = np.asarray(joint_regressor, np.float64)
+  if regressor.ndim != 2 or regressor.shape[1] != vertices.shape[-2]:
+    raise ValueError(
+        f'metrics: joint_regressor must be (21, {vertices.shape[-2]}), ' f'got {regressor.shape}'
+    )
+  return conventions.regress_joints(vertices, regressor)
+
+
+def score_hypotheses(
+    vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor: Any
+) -> dict[str, np.ndarray]:
+  """`evaluate_per_sample` of every hypothesis against its image's ground truth.
+
+  vertices (B, K, N, 3), gt_vertices (B, N, 3), gt_joints (B, 21, 3), all metres; joint_regressor
+  (21, N) gives the predicted joints. Returns {metric: (B, K)}.
+  """
+  vertices = hypotheses.check_hypotheses('score_hypotheses', vertices, module='metrics')
+  batch, num_hyp, num_vertices, _ = vertices.shape
+  gt_vertices = np.asarray(gt_vertices, np.float64)
+  gt_joints = np.asarray(gt_joints, np.float64)
+  if gt_vertices.shape != (batch, num_vertices, 3):
+    raise ValueError(
+        f'metrics.score_hypotheses: gt_vertices must be {(batch, num_vertices, 3)}, '
+        f'got {gt_vertices.shape}'
+    )
+  if gt_joints.ndim != 3 or gt_joints.shape[0] != batch:
+    raise ValueError(
+        f'metrics.score_hypotheses: gt_joints must be (B={batch}, 21, 3), ' f'got {gt_joints.shape}'
+    )
+  flat = vertices.reshape(batch * num_hyp, num_vertices, 3)
+  per_sample = evaluate_per_sample(
+      _hypothesis_joints(flat, joint_regressor),
+      np.repeat(gt_joints, num_hyp, axis=0),
+      flat,
+      np.repeat(gt_vertices, num_hyp, axis=0),
+  )
+  return {key: value.reshape(batch, num_hyp) for key, value in per_sample.items()}
+
+
+def oracle_best(
+    vertices: Any,
+    gt_vertices: Any,
+    gt_joints: Any,
+    joint_regressor: Any,
+    *,
+    metric: str = 'pa_mpvpe',
+) -> dict[str, np.ndarray]:
+  """Best-of-K: for each image, the hypothesis that scores best on `metric` against the ground truth.
+
+  An upper bound on what any aggregation could reach (it peeks at the ground truth). Returns
+  {'index': (B,) int, 'errors': (B, K) the metric of every hypothesis, 'best': (B,) the chosen metric,
+  'per_sample': {metric: (B,)} every metric of the chosen hypothesis}.
+  """
+  scores = score_hypotheses(vertices, gt_vertices, gt_joints, joint_regressor)
+  if metric not in scores:
+    raise ValueError(f'metrics.oracle_best: metric must be one of {sorted(scores)}, got {metric!r}')
+  values = scores[metric]
+  index = np.argmax(values, -1) if metric in HIGHER_IS_BETTER else np.argmin(values, -1)
+  rows = np.arange(len(index))
+  return {
+      'index': index,
+      'errors': values,
+      'best': values[rows, index],
+      'per_sample': {key: value[rows, index] for key, value in scores.items()},
+  }
+
+
+def summarize_hypotheses(
+    vertices: Any,
+    gt_vertices: Any,
+    gt_joints: Any,
+    joint_regressor: Any,
+    *,
+    method: str = 'mean',
+    oracle_metric: str = 'pa_mpvpe',
+    mesh: Any = None,
+    mesh_metrics: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+  """What an evaluation with K hypotheses reports, from (B, K, N, 3) predictions in metres.
+
+  mesh (B, N, 3) and mesh_metrics (evaluate_per_sample of it): the `method` aggregate and its
+  per-sample metrics where the caller has them already (evaluation does); None computes them here.
+
+  Returns a JSON-ready dict:
+    aggregated      `evaluate` of the `method` aggregate (the keys of `evaluate`)
+    oracle          the same metrics of the best-of-K hypothesis, chosen by `oracle_metric`
+    first           the same metrics of hypothesis 0 alone (what a K = 1 run would report)
+    uncertainty_score  which of `hypotheses.spread`'s scores is the uncertainty
+                    (`hypotheses.UNCERTAINTY_SCORE`)
+    uncertainty_mm  its mean over the images, mm
+    spearman        {metric: rank correlation of per-sample uncertainty with that per-sample error}
+    spearman_by_score  {score: {'pa_mpvpe', 'mpvpe': rank correlation}} for every score of
+                    `hypotheses.spread`
+    num_hypotheses, method, oracle_metric
+  and, under 'per_sample' (numpy arrays, not for JSON): uncertainty (B,) metres, every score of
+  `hypotheses.spread` (B,), the aggregate's per-sample metrics, and the oracle's index.
+  """
+  vertices = hypotheses.check_hypotheses('summarize_hypotheses', vertices, module='metrics')
+  if mesh is None:
+    if mesh_metrics is not None:
+      raise ValueError(
+          'metrics.summarize_hypotheses: mesh_metrics were given without the mesh they describe; pass '
+          'both or neither.'
+      )
+    mesh = hypotheses.aggregate(vertices, method)
+  else:
+    mesh = np.asarray(mesh, np.float64)
+    if mesh.shape != vertices.shape[:1] + vertices.shape[2:]:
+      raise ValueError(
+          f'metrics.summarize_hypotheses: mesh {mesh.shape} is not one aggregate of the hypotheses '
+          f'{vertices.shape}.'
+      )
+  per_sample = (
+      dict(mesh_metrics)
+      if mesh_metrics is not None
+      else evaluate_per_sample(
+          _hypothesis_joints(mesh, joint_regressor), gt_joints, mesh, gt_vertices
+      )
+  )
+  oracle = oracle_best(vertices, gt_vertices, gt_joints, joint_regressor, metric=oracle_metric)
+  first = evaluate_per_sample(
+      _hypothesis_joints(vertices[:, 0], joint_regressor), gt_joints, vertices[:, 0], gt_vertices
+  )
+  scores = hypotheses.spread(vertices, mean=mesh if method == 'aligned_mean' else None)
+  uncertainty = scores[hypotheses.UNCERTAINTY_SCORE]
+  correlations = {
+      key: hypotheses.uncertainty_error_correlation(uncertainty, per_sample[key])
+      for key in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
+  }
+  by_score = {
+      name: {
+          key: hypotheses.uncertainty_error_correlation(scores[name], per_sample[key])
+          for key in ('pa_mpvpe', 'mpvpe')
+      }
+      for name in hypotheses.UNCERTAINTY_SCORES
+  }
+  return {
+      'method': method,
+      'num_hypotheses': int(vertices.shape[1]),
+      'oracle_metric': oracle_metric,
+      'aggregated': _mean_of(per_sample),
+      'oracle': _mean_of(oracle['per_sample']),
+      'first': _mean_of(first),
+      'uncertainty_score': hypotheses.UNCERTAINTY_SCORE,
+      'uncertainty_mm': float(uncertainty.mean() * 1000.0),
+      'spearman': correlations,
+      'spearman_by_score': by_score,
+      'per_sample': {
+          'uncertainty': uncertainty,
+          'scores': {name: scores[name] for name in hypotheses.UNCERTAINTY_SCORES},
+          'metrics': per_sample,
+          'oracle_index': oracle['index'],
+      },
+  }
 
 
 # ---------------------------------------------------------------------------------------------------

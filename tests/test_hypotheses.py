@@ -81,7 +81,7 @@ def test_oracle_picks_the_best_hypothesis_by_the_official_metric():
   gt_verts, gt_joints, regressor = _hand_like(rng, 4)
   noise_levels = np.array([0.01, 0.002, 0.02])  # metres
   hyps = gt_verts[:, None] + noise_levels[None, :, None, None] * rng.normal(size=(4, 3, 778, 3))
-  oracle = hypotheses.oracle_best(hyps, gt_verts, gt_joints, regressor)
+  oracle = metrics.oracle_best(hyps, gt_verts, gt_joints, regressor)
   for k in range(
       3
   ):  # each hypothesis scored on its own, straight through metrics.evaluate_per_sample
@@ -91,7 +91,7 @@ def test_oracle_picks_the_best_hypothesis_by_the_official_metric():
   assert oracle['index'].tolist() == [1, 1, 1, 1]
   assert np.all(oracle['best'] <= oracle['errors'].mean(1))
   # F-scores are better when larger: the oracle by pa_f5 maximises.
-  by_f = hypotheses.oracle_best(hyps, gt_verts, gt_joints, regressor, metric='pa_f5')
+  by_f = metrics.oracle_best(hyps, gt_verts, gt_joints, regressor, metric='pa_f5')
   assert np.all(by_f['best'] >= by_f['errors'].max(1) - 1e-12)
 
 
@@ -102,7 +102,7 @@ def test_mean_of_symmetric_hypotheses_can_beat_the_oracle():
   gt_verts, gt_joints, regressor = _hand_like(rng, 2)
   offset = rng.normal(0, 0.005, gt_verts.shape)
   hyps = np.stack([gt_verts + offset, gt_verts - offset], 1)
-  summary = hypotheses.summarize(hyps, gt_verts, gt_joints, regressor)
+  summary = metrics.summarize_hypotheses(hyps, gt_verts, gt_joints, regressor)
   assert summary['aggregated']['pa_mpvpe'] < 1e-6
   assert summary['oracle']['pa_mpvpe'] > 1.0
   assert summary['oracle']['pa_mpvpe'] <= summary['first']['pa_mpvpe'] + 1e-12
@@ -176,7 +176,9 @@ def test_aligned_mean_averages_articulation_and_is_equivariant():
   offset = rng.normal(0, 0.002, gt_verts.shape)
   rotations = _random_rotations(rng, 2)
   hyps = np.stack([(gt_verts + offset) @ rotations[0].T, (gt_verts - offset) @ rotations[1].T], 1)
-  summary = hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, method='aligned_mean')
+  summary = metrics.summarize_hypotheses(
+      hyps, gt_verts, gt_joints, regressor, method='aligned_mean'
+  )
   assert summary['aggregated']['pa_mpvpe'] < 0.1 * summary['oracle']['pa_mpvpe']
   # Moving every hypothesis of an image by one rigid motion moves the aggregate by that motion.
   turn = _random_rotations(rng, 1)[0]
@@ -197,12 +199,12 @@ def test_summarize_with_the_callers_aggregate_equals_its_own():
   rng = np.random.default_rng(3)
   gt_verts, gt_joints, regressor = _hand_like(rng, 4)
   hyps = gt_verts[:, None] + rng.normal(0, 0.004, (4, 3) + gt_verts.shape[1:])
-  own = hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, method='aligned_mean')
+  own = metrics.summarize_hypotheses(hyps, gt_verts, gt_joints, regressor, method='aligned_mean')
   mesh = hypotheses.aggregate(hyps, 'aligned_mean')
   mesh_metrics = metrics.evaluate_per_sample(
       np.einsum('jn,bnc->bjc', regressor, mesh), gt_joints, mesh, gt_verts
   )
-  given = hypotheses.summarize(
+  given = metrics.summarize_hypotheses(
       hyps,
       gt_verts,
       gt_joints,
@@ -216,9 +218,9 @@ def test_summarize_with_the_callers_aggregate_equals_its_own():
   for name, value in own_per_sample['scores'].items():
     np.testing.assert_array_equal(given_per_sample['scores'][name], value)
   with pytest.raises(ValueError, match='one aggregate'):
-    hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, mesh=mesh[:2])
+    metrics.summarize_hypotheses(hyps, gt_verts, gt_joints, regressor, mesh=mesh[:2])
   with pytest.raises(ValueError, match='without the mesh'):
-    hypotheses.summarize(hyps, gt_verts, gt_joints, regressor, mesh_metrics=mesh_metrics)
+    metrics.summarize_hypotheses(hyps, gt_verts, gt_joints, regressor, mesh_metrics=mesh_metrics)
 
 
 def test_aggregate_rejects_bad_input():

@@ -284,7 +284,6 @@ def test_evaluate_mode_with_hypotheses_writes_oracle_and_per_sample_errors(
   """The reported errors are those of config.eval.aggregate's mesh of the K hypotheses, the oracle's
   and hypothesis 0's, each worked out here from the hypotheses the evaluation sampled."""
   from diffhand_jax import metrics
-  from diffhand_jax.geometry import hypotheses
 
   config, root, _ = trained
   workdir = tmp_path / 'run'
@@ -293,13 +292,13 @@ def test_evaluate_mode_with_hypotheses_writes_oracle_and_per_sample_errors(
   config.eval.num_export = 0
   config.model.num_hypotheses = 3
   config.eval.aggregate = 'mean'  # configs/synthetic.py's is 'aligned_mean'
-  sampled, real_summarize = [], hypotheses.summarize
+  sampled, real_summarize = [], metrics.summarize_hypotheses
 
   def recording_summarize(vertices, gt_vertices, gt_joints, joint_regressor, **kwargs):
     sampled.append((vertices, gt_vertices, gt_joints, np.asarray(joint_regressor)))
     return real_summarize(vertices, gt_vertices, gt_joints, joint_regressor, **kwargs)
 
-  monkeypatch.setattr(hypotheses, 'summarize', recording_summarize)
+  monkeypatch.setattr(metrics, 'summarize_hypotheses', recording_summarize)
   results = train.evaluate_checkpoint(config, str(workdir))
   ((hyps, gt_vertices, gt_joints, regressor),) = sampled
   assert hyps.shape == (results['num_examples'], 3, 778, 3)

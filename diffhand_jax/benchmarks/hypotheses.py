@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
   samples = sampler.sample(images, key, sampling.progress_printer(f'K={FLAGS.num_hypotheses}'))
   timings['sample_k_s'] = time.time() - start
   summaries = {
-      method: hypotheses.summarize(
+      method: metrics.summarize_hypotheses(
           samples['vertices'], gt_vertices, gt_joints, regressor, method=method
       )
       for method in hypotheses.METHODS

@@ -1,49 +1,47 @@
-"""Several hypotheses per image: aggregation, uncertainty, best-of-K oracle, and whether the
-uncertainty means anything.
+"""Several hypotheses per image: aggregation, uncertainty, and whether the uncertainty means anything.
 
 `models/diffhand.reconstruct(..., num_hypotheses=K)` samples K meshes per image (a vmap of the DDIM
 sampler over the starting noise, the image encoded once). This module turns those (B, K, N, 3) samples
-into one mesh per image and a per-vertex uncertainty, and scores them.
+into one mesh per image and a per-vertex uncertainty.
 
     out = diffhand.reconstruct(model, params, images, key, num_hypotheses=8)
     mesh = hypotheses.aggregate(out['vertices'], 'aligned_mean')    # (B, N, 3)
     sigma = hypotheses.per_vertex_std(out['vertices'])              # (B, N)
-    summary = hypotheses.summarize(vertices_m, gt_vertices, gt_joints, joint_regressor)
 
-Everything is numpy (float64) on the host, and works in any consistent unit; the scoring helpers take
-metres (they call `metrics.evaluate_per_sample`).
+Everything is numpy (float64) on the host, and works in any consistent unit. Scoring the hypotheses
+against the ground truth (best-of-K, the summary an evaluation reports) is evaluation:
+`metrics.score_hypotheses`, `metrics.oracle_best`, `metrics.summarize_hypotheses`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.stats
 
-from diffhand_jax import metrics
-from diffhand_jax.geometry import alignment, conventions
+from diffhand_jax.geometry import alignment
 
 METHODS = ('mean', 'medoid', 'aligned_mean')
-# Metrics where a larger value is better (all others are errors).
-HIGHER_IS_BETTER = frozenset({'pa_auc_j', 'pa_auc_v', 'pa_f5', 'pa_f15'})
 
 
-def _check_hypotheses(func: str, vertices: Any) -> np.ndarray:
+def check_hypotheses(func: str, vertices: Any, *, module: str = 'hypotheses') -> np.ndarray:
+  """``vertices`` as float64 (B, K, N, 3) with K >= 1 and finite values; else a ValueError naming
+  ``module.func`` (metrics' scoring of hypotheses checks them here too)."""
   vertices = np.asarray(vertices, np.float64)
   if vertices.ndim != 4 or vertices.shape[-1] != 3 or vertices.shape[1] < 1:
     raise ValueError(
-        f'hypotheses.{func}: vertices must have shape (B, K, N, 3) with K >= 1, '
+        f'{module}.{func}: vertices must have shape (B, K, N, 3) with K >= 1, '
         f'got {vertices.shape}'
     )
   if not np.all(np.isfinite(vertices)):
-    raise ValueError(f'hypotheses.{func}: vertices hold non-finite values')
+    raise ValueError(f'{module}.{func}: vertices hold non-finite values')
   return vertices
 
 
 def pairwise_distances(vertices: Any) -> np.ndarray:
   """Mean per-vertex L2 distance between every pair of hypotheses: (B, K, N, 3) → (B, K, K)."""
-  vertices = _check_hypotheses('pairwise_distances', vertices)
+  vertices = check_hypotheses('pairwise_distances', vertices)
   diff = vertices[:, :, None] - vertices[:, None, :]  # (B, K, K, N, 3); K is small
   return np.sqrt(np.sum(np.square(diff), -1)).mean(-1)
 
@@ -79,7 +77,7 @@ def aligned_mean(vertices: Any, iterations: int = 3) -> np.ndarray:
   reference. The first reference is the medoid, so the result keeps the medoid's orientation and position;
   it averages only articulation and shape.
   """
-  vertices = _check_hypotheses('aligned_mean', vertices)
+  vertices = check_hypotheses('aligned_mean', vertices)
   if iterations < 1:
     raise ValueError(f'hypotheses.aligned_mean: iterations must be >= 1, got {iterations}')
   reference = vertices[np.arange(len(vertices)), medoid_index(vertices)]  # (B, N, 3)
@@ -96,7 +94,7 @@ def aggregate(vertices: Any, method: str = 'mean') -> np.ndarray:
   'aligned_mean' averages them after rigid alignment to each other (`aligned_mean`), so that
   disagreement in global orientation does not blur the hand.
   """
-  vertices = _check_hypotheses('aggregate', vertices)
+  vertices = check_hypotheses('aggregate', vertices)
   if method == 'mean':
     return vertices.mean(axis=1)
   if method == 'medoid':
@@ -114,7 +112,7 @@ def per_vertex_std(vertices: Any) -> np.ndarray:
   hypotheses (ddof = 0), i.e. sqrt(mean_c var_k(v_kc)); the same quantity as `reconstruct`'s
   `vertices_std`. 0 for K = 1.
   """
-  vertices = _check_hypotheses('per_vertex_std', vertices)
+  vertices = check_hypotheses('per_vertex_std', vertices)
   return np.sqrt(np.mean(np.var(vertices, axis=1), axis=-1))
 
 
@@ -148,7 +146,7 @@ def spread(
 
   ``mean``: the hypotheses' `aligned_mean` (B, N, 3) when the caller already has it; else computed here.
   """
-  vertices = _check_hypotheses('spread', vertices)
+  vertices = check_hypotheses('spread', vertices)
   batch, num_hyp, num_vertices, _ = vertices.shape
   if mean is None:
     mean = aligned_mean(vertices, iterations)
@@ -172,77 +170,6 @@ def spread(
   }
 
 
-def _joints(vertices: np.ndarray, joint_regressor: Any) -> np.ndarray:
-  regressor = np.asarray(joint_regressor, np.float64)
-  if regressor.ndim != 2 or regressor.shape[1] != vertices.shape[-2]:
-    raise ValueError(
-        f'hypotheses: joint_regressor must be (21, {vertices.shape[-2]}), ' f'got {regressor.shape}'
-    )
-  return conventions.regress_joints(vertices, regressor)
-
-
-def score_hypotheses(
-    vertices: Any, gt_vertices: Any, gt_joints: Any, joint_regressor: Any
-) -> dict[str, np.ndarray]:
-  """`metrics.evaluate_per_sample` of every hypothesis against its image's ground truth.
-
-  vertices (B, K, N, 3), gt_vertices (B, N, 3), gt_joints (B, 21, 3), all metres; joint_regressor
-  (21, N) gives the predicted joints. Returns {metric: (B, K)}.
-  """
-  vertices = _check_hypotheses('score_hypotheses', vertices)
-  batch, num_hyp, num_vertices, _ = vertices.shape
-  gt_vertices = np.asarray(gt_vertices, np.float64)
-  gt_joints = np.asarray(gt_joints, np.float64)
-  if gt_vertices.shape != (batch, num_vertices, 3):
-    raise ValueError(
-        f'hypotheses.score_hypotheses: gt_vertices must be {(batch, num_vertices, 3)}, '
-        f'got {gt_vertices.shape}'
-    )
-  if gt_joints.ndim != 3 or gt_joints.shape[0] != batch:
-    raise ValueError(
-        f'hypotheses.score_hypotheses: gt_joints must be (B={batch}, 21, 3), '
-        f'got {gt_joints.shape}'
-    )
-  flat = vertices.reshape(batch * num_hyp, num_vertices, 3)
-  per_sample = metrics.evaluate_per_sample(
-      _joints(flat, joint_regressor),
-      np.repeat(gt_joints, num_hyp, axis=0),
-      flat,
-      np.repeat(gt_vertices, num_hyp, axis=0),
-  )
-  return {key: value.reshape(batch, num_hyp) for key, value in per_sample.items()}
-
-
-def oracle_best(
-    vertices: Any,
-    gt_vertices: Any,
-    gt_joints: Any,
-    joint_regressor: Any,
-    *,
-    metric: str = 'pa_mpvpe',
-) -> dict[str, np.ndarray]:
-  """Best-of-K: for each image, the hypothesis that scores best on `metric` against the ground truth.
-
-  An upper bound on what any aggregation could reach (it peeks at the ground truth). Returns
-  {'index': (B,) int, 'errors': (B, K) the metric of every hypothesis, 'best': (B,) the chosen metric,
-  'per_sample': {metric: (B,)} every metric of the chosen hypothesis}.
-  """
-  scores = score_hypotheses(vertices, gt_vertices, gt_joints, joint_regressor)
-  if metric not in scores:
-    raise ValueError(
-        f'hypotheses.oracle_best: metric must be one of {sorted(scores)}, got {metric!r}'
-    )
-  values = scores[metric]
-  index = np.argmax(values, -1) if metric in HIGHER_IS_BETTER else np.argmin(values, -1)
-  rows = np.arange(len(index))
-  return {
-      'index': index,
-      'errors': values,
-      'best': values[rows, index],
-      'per_sample': {key: value[rows, index] for key, value in scores.items()},
-  }
-
-
 def uncertainty_error_correlation(uncertainty: Any, error: Any) -> float:
   """Spearman's rank correlation between per-sample uncertainty (M,) and per-sample error (M,).
 
@@ -259,92 +186,3 @@ def uncertainty_error_correlation(uncertainty: Any, error: Any) -> float:
   if np.ptp(uncertainty) == 0 or np.ptp(error) == 0:
     return float('nan')
   return float(scipy.stats.spearmanr(uncertainty, error)[0])
-
-
-def summarize(
-    vertices: Any,
-    gt_vertices: Any,
-    gt_joints: Any,
-    joint_regressor: Any,
-    *,
-    method: str = 'mean',
-    oracle_metric: str = 'pa_mpvpe',
-    mesh: Any = None,
-    mesh_metrics: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-  """What an evaluation with K hypotheses reports, from (B, K, N, 3) predictions in metres.
-
-  mesh (B, N, 3) and mesh_metrics (metrics.evaluate_per_sample of it): the `method` aggregate and its
-  per-sample metrics where the caller has them already (evaluation does); None computes them here.
-
-  Returns a JSON-ready dict:
-    aggregated      metrics.evaluate of the `method` aggregate (the keys of metrics.evaluate)
-    oracle          the same metrics of the best-of-K hypothesis, chosen by `oracle_metric`
-    first           the same metrics of hypothesis 0 alone (what a K = 1 run would report)
-    uncertainty_score  which of `spread`'s scores is the uncertainty (`UNCERTAINTY_SCORE`)
-    uncertainty_mm  its mean over the images, mm
-    spearman        {metric: rank correlation of per-sample uncertainty with that per-sample error}
-    spearman_by_score  {score: {'pa_mpvpe', 'mpvpe': rank correlation}} for every score of `spread`
-    num_hypotheses, method, oracle_metric
-  and, under 'per_sample' (numpy arrays, not for JSON): uncertainty (B,) metres, every score of
-  `spread` (B,), the aggregate's per-sample metrics, and the oracle's index.
-  """
-  vertices = _check_hypotheses('summarize', vertices)
-  if mesh is None:
-    if mesh_metrics is not None:
-      raise ValueError(
-          'hypotheses.summarize: mesh_metrics were given without the mesh they describe; pass both '
-          'or neither.'
-      )
-    mesh = aggregate(vertices, method)
-  else:
-    mesh = np.asarray(mesh, np.float64)
-    if mesh.shape != vertices.shape[:1] + vertices.shape[2:]:
-      raise ValueError(
-          f'hypotheses.summarize: mesh {mesh.shape} is not one aggregate of the hypotheses '
-          f'{vertices.shape}.'
-      )
-  per_sample = (
-      dict(mesh_metrics)
-      if mesh_metrics is not None
-      else metrics.evaluate_per_sample(_joints(mesh, joint_regressor), gt_joints, mesh, gt_vertices)
-  )
-  oracle = oracle_best(vertices, gt_vertices, gt_joints, joint_regressor, metric=oracle_metric)
-  first = metrics.evaluate_per_sample(
-      _joints(vertices[:, 0], joint_regressor), gt_joints, vertices[:, 0], gt_vertices
-  )
-  scores = spread(vertices, mean=mesh if method == 'aligned_mean' else None)
-  uncertainty = scores[UNCERTAINTY_SCORE]
-  correlations = {
-      key: uncertainty_error_correlation(uncertainty, per_sample[key])
-      for key in ('pa_mpvpe', 'mpvpe', 'pa_mpjpe', 'mpjpe')
-  }
-  by_score = {
-      name: {
-          key: uncertainty_error_correlation(scores[name], per_sample[key])
-          for key in ('pa_mpvpe', 'mpvpe')
-      }
-      for name in UNCERTAINTY_SCORES
-  }
-  return {
-      'method': method,
-      'num_hypotheses': int(vertices.shape[1]),
-      'oracle_metric': oracle_metric,
-      'aggregated': _means(per_sample),
-      'oracle': _means(oracle['per_sample']),
-      'first': _means(first),
-      'uncertainty_score': UNCERTAINTY_SCORE,
-      'uncertainty_mm': float(uncertainty.mean() * 1000.0),
-      'spearman': correlations,
-      'spearman_by_score': by_score,
-      'per_sample': {
-          'uncertainty': uncertainty,
-          'scores': {name: scores[name] for name in UNCERTAINTY_SCORES},
-          'metrics': per_sample,
-          'oracle_index': oracle['index'],
-      },
-  }
-
-
-def _means(per_sample: Mapping[str, np.ndarray]) -> dict[str, float]:
-  return {key: float(np.mean(value)) for key, value in per_sample.items()}

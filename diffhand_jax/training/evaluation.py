@@ -207,7 +207,7 @@ def run_evaluation(
   }
   uncertainty_scores = {}
   if num_hypotheses > 1:
-    summary = hypotheses.summarize(
+    summary = metrics.summarize_hypotheses(
         prediction['hypotheses'],
         prediction['gt_vertices'],
         prediction['gt_joints'],
