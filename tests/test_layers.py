@@ -156,6 +156,28 @@ def test_inference_functions_stay_short():
   assert not long, f'inference functions over {INFERENCE_MAX_FUNCTION_LINES} lines: {long}'
 
 
+def top_level_modules() -> set[str]:
+  """The package's modules that are files directly in diffhand_jax/ (mano, metrics, main, ...)."""
+  return {
+      name
+      for name, path in all_modules().items()
+      if path.parent == PACKAGE and path.name != '__init__.py'
+  }
+
+
+def test_geometry_imports_no_top_level_module():
+  """geometry/ is a folder that stands alone: mano.py and metrics.py are its public faces and import
+  from it, never the other way round (nor any other top-level module)."""
+  top = top_level_modules()
+  bad = [
+      f'{module} imports {target}'
+      for module, imports in sorted(import_graph().items())
+      if module.startswith('diffhand_jax.geometry')
+      for target in sorted(imports & top)
+  ]
+  assert not bad, 'geometry modules that import a top-level module:\n  ' + '\n  '.join(bad)
+
+
 @pytest.mark.parametrize('top', ['datasets', 'configs'])
 def test_nothing_imports_the_repository_folders_as_packages(top):
   """datasets/ and configs/ hold files that `tfds build` and `--config=` name; importing them as
@@ -209,6 +231,23 @@ def test_the_checker_catches_an_inference_module_importing_a_command(tmp_path, m
       AssertionError, match=r'inference\.pipeline imports diffhand_jax\.inference\.app'
   ):
     test_no_inference_module_imports_a_command_module()
+
+
+def test_the_geometry_rule_catches_an_import_of_a_top_level_module(tmp_path, monkeypatch):
+  """The layer table allows geometry -> metrics (both geometry); the geometry rule reports it."""
+  fake = tmp_path / 'diffhand_jax'
+  (fake / 'geometry').mkdir(parents=True)
+  for folder in (fake, fake / 'geometry'):
+    (folder / '__init__.py').write_text('')
+  (fake / 'metrics.py').write_text('')
+  (fake / 'geometry' / 'hull.py').write_text('from diffhand_jax import metrics\n')
+  monkeypatch.setattr(__import__(__name__), 'ROOT', tmp_path)
+  monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
+  test_every_import_is_allowed_by_the_layer_table()
+  with pytest.raises(
+      AssertionError, match=r'diffhand_jax\.geometry\.hull imports diffhand_jax\.metrics'
+  ):
+    test_geometry_imports_no_top_level_module()
 
 
 def test_every_module_is_in_a_layer():
