@@ -27,9 +27,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from diffhand_jax import mano
 from diffhand_jax.data import input_pipeline
-from diffhand_jax.geometry import conventions, hand_model, hypotheses, render
+from diffhand_jax.geometry import conventions, hand_model, hypotheses, mano, render
 from diffhand_jax.inference import crops, detection, full_frame, sampling, tta
 from diffhand_jax.inference.io import InputError
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import scipy.ndimage
 
-from diffhand_jax import metrics
+from diffhand_jax.geometry import alignment
 
 ALIGN_MODES = ('procrustes', 'none')
 
@@ -171,7 +171,7 @@ def tta_predict(
       (P, B, N, 3), and the list of (angle, scale) pairs.
 
   Each pass's prediction is rotated back by R_z(+θ), then (align='procrustes') aligned to the
-  reference with `metrics.align_w_scale_batch`; the result is the mean over passes. With the identity
+  reference with `alignment.align_w_scale_batch`; the result is the mean over passes. With the identity
   as the only pass it equals `predict_fn(images)`.
   """
   config = dataclasses.replace(config or TTAConfig(), **overrides)
@@ -189,7 +189,7 @@ def tta_predict(
     augmented = augment_images(images, angle, scale, fill=config.fill)
     prediction = rotate_back(np.asarray(predict_fn(augmented), np.float64), angle)
     if config.align == 'procrustes':
-      prediction = metrics.align_w_scale_batch(reference, prediction)
+      prediction = alignment.align_w_scale_batch(reference, prediction)
     predictions.append(prediction)
   stacked = np.stack(predictions)
   mean = stacked.mean(axis=0)
