@@ -4,6 +4,7 @@ image writer of the project."""
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 
 def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray) -> None:
@@ -40,7 +41,7 @@ def write_glb(
   uint8 vertex colours (glTF's COLOR_0).
   """
   try:
-    import trimesh  # pylint: disable=g-import-not-at-top
+    import trimesh  # pylint: disable=g-import-not-at-top - optional extra (trimesh)
   except ImportError:
     raise ImportError(
         'writing GLB meshes needs trimesh: pip install -e ".[app]" (or pip install trimesh)'
@@ -61,6 +62,4 @@ def write_glb(
 def write_image(path: str, image: np.ndarray, image_format: str | None = None) -> None:
   """An (H, W, 3) or (H, W) uint8 image, in the format its extension names (.png, .jpg, ...), or
   `image_format` ('PNG', 'JPEG', ...) when given (e.g. for a temporary file name)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   Image.fromarray(np.asarray(image, np.uint8)).save(path, format=image_format)

@@ -44,7 +44,7 @@ import dataclasses
 import numpy as np
 from scipy.optimize import nnls
 
-from diffhand_jax.geometry import conventions, render
+from diffhand_jax.geometry import conventions, mano, render
 
 NUM_VERTICES = 778
 RING = 10  # vertices per digit ring
@@ -822,9 +822,6 @@ def skin_albedo(
 
 def _pose_statistics(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """A slightly curled mean pose and the PCA basis of sampled plausible poses."""
-  # Not at the top: mano imports jax, and the synthetic data's workers import this module without it.
-  from diffhand_jax.geometry import mano  # pylint: disable=g-import-not-at-top
-
   model = mano.model_from_arrays(arrays, source='<procedural>')
   curl = np.zeros((15, 3))
   fractions = {0: 0.12, 1: 0.15, 2: 0.15}

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     'intrinsics',
@@ -392,7 +393,7 @@ def uncertainty_colors(std: np.ndarray, scale: float | None = None) -> np.ndarra
 
   The one colour map for uncertainty: the web app's 3D viewer and `predict --color_by_uncertainty`.
   """
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top - heavy: matplotlib
 
   std = np.asarray(std, np.float64)
   # The 1 mm floor keeps a near-certain hand dark instead of stretching noise over the whole map.
@@ -453,8 +454,6 @@ def upscale_image(image: np.ndarray, factor: int) -> np.ndarray:
     raise ValueError(f'upscale_image: factor must be an integer >= 1, got {factor}')
   if factor == 1:
     return image
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   height, width = image.shape[:2]
   big = Image.fromarray(image).resize((width * int(factor), height * int(factor)), Image.BILINEAR)
   return np.asarray(big)
@@ -498,8 +497,6 @@ def overlay_upscaled(
 
 
 def _font():
-  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
-
   try:
     return ImageFont.load_default(size=_FONT_SIZE)
   except TypeError:  # Pillow < 10.1 has only the small bitmap font
@@ -508,8 +505,6 @@ def _font():
 
 def _text_strip(width: int, text: str, color: Sequence[int]) -> np.ndarray:
   """uint8 (LABEL_HEIGHT, width, 3): `text` in PIL's default font on the row background."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-
   strip = Image.new('RGB', (width, LABEL_HEIGHT), _ROW_BACKGROUND)
   ImageDraw.Draw(strip).text((4, 2), text, fill=tuple(int(c) for c in color), font=_font())
   return np.asarray(strip)

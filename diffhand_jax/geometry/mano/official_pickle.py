@@ -14,6 +14,7 @@ import pickle
 from typing import Any, Mapping
 
 import numpy as np
+import scipy.sparse
 
 from diffhand_jax.geometry import safe_pickle
 from diffhand_jax.geometry.mano.model import ManoFileError
@@ -137,8 +138,6 @@ def _sparse_dense(obj: _SparseStub, source: str, key: str) -> np.ndarray:
   shape = tuple(int(s) for s in state.get('shape', ()))
   if len(shape) != 2:
     raise ManoFileError(f'{source}: {key!r} sparse matrix has no 2-D shape')
-  import scipy.sparse  # local import: scipy is only needed for official files
-
   try:
     if fmt == 'coo':
       matrix = scipy.sparse.coo_matrix((state['data'], (state['row'], state['col'])), shape=shape)
