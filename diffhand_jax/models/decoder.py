@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffhand_jax.geometry import mano, topology
 from diffhand_jax.models import attention
 
 _FILE = "diffhand_jax/models/decoder.py"
@@ -180,8 +181,6 @@ def _interpolation_init(neighbours: Any):
 def upsampling_neighbours(template_vertices: np.ndarray, fps_indices, k: int = 3):
   """Per level of the U shape, the (idx, weights) nested tuples that initialise its upsampling map:
   level k+1 → level k by inverse-distance interpolation over the template's points."""
-  from diffhand_jax.geometry import topology
-
   points = [np.asarray(template_vertices, np.float64)]
   for indices in fps_indices:
     points.append(points[-1][np.asarray(indices)])
@@ -478,8 +477,6 @@ def build_decoder(
         dtype=dtype,
     )
   if template_vertices is None:
-    from diffhand_jax.geometry import mano
-
     template_vertices = np.asarray(mano.load_procedural().v_template)
   template_vertices = np.asarray(template_vertices, dtype=np.float32)
   if template_vertices.shape != (num_vertices, 3):
@@ -487,8 +484,6 @@ def build_decoder(
         f"{_FILE}: template_vertices has shape {template_vertices.shape}, but "
         f"config.num_vertices = {num_vertices} needs ({num_vertices}, 3)."
     )
-  from diffhand_jax.geometry import topology
-
   fps_indices = _as_index_tuples(
       topology.fps_hierarchy(template_vertices, sizes=tuple(int(s) for s in config.fps_sizes))
   )
