@@ -21,6 +21,7 @@ from typing import Sequence
 
 import chex
 import numpy as np
+from PIL import Image
 
 
 def crop_box_from_points(
@@ -132,8 +133,6 @@ def warp_affine(image: np.ndarray, affine: np.ndarray, out_size: int | Sequence[
   uint8 RGB / grey images go through PIL's AFFINE transform; other dtypes are warped per channel as float32
   and cast back.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   image = np.asarray(image)
   out_h, out_w = _out_hw(out_size)
   affine3 = np.vstack([np.asarray(affine, np.float64), [0.0, 0.0, 1.0]])

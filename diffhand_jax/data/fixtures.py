@@ -23,8 +23,9 @@ import struct
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
+from scipy.spatial.transform import Rotation
+import yaml
 
 from diffhand_jax.geometry import conventions, mano
 
@@ -103,14 +104,10 @@ def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def _rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
-  from scipy.spatial.transform import Rotation
-
   return Rotation.from_rotvec(rotvec).as_matrix()
 
 
 def _matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
-  from scipy.spatial.transform import Rotation
-
   return Rotation.from_matrix(matrix).as_rotvec()
 
 

@@ -13,9 +13,14 @@ import os
 import pickle
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
+from PIL import Image
+from scipy.spatial.transform import Rotation
+import tensorflow_datasets as tfds
+import yaml
 
-from diffhand_jax.geometry import hand_model, safe_pickle
+from diffhand_jax.geometry import hand_model, mano, safe_pickle
 
 
 class SourceError(ValueError):
@@ -28,8 +33,6 @@ class SourceError(ValueError):
 
 
 def _open_image(path: str, what: str):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   if not os.path.isfile(path):
     raise SourceError(f'{path}: {what} is missing')
   with open(path, 'rb') as handle:
@@ -193,9 +196,6 @@ class ManoEvaluator:
   """MANO forward passes for one example at a time, compiled once per (side, flat_hand_mean, use_pca)."""
 
   def __init__(self, mano_dir: str) -> None:
-    from diffhand_jax.geometry import mano
-
-    self._mano = mano
     self.models = {
         'right': mano.load(os.path.join(mano_dir, 'MANO_RIGHT.pkl'), side='right'),
         'left': mano.load(os.path.join(mano_dir, 'MANO_LEFT.pkl'), side='left'),
@@ -205,10 +205,7 @@ class ManoEvaluator:
   def _fn(self, side: str, flat_hand_mean: bool, use_pca: bool):
     key = (side, flat_hand_mean, use_pca)
     if key not in self._compiled:
-      import jax  # pylint: disable=g-import-not-at-top
-
       model = self.models[side]
-      mano = self._mano
 
       def run(pose, betas, trans):
         return mano.forward(
@@ -269,8 +266,6 @@ def axis_angle_to_matrix(rotvec: np.ndarray) -> np.ndarray:
 
 def matrix_to_axis_angle(matrix: np.ndarray) -> np.ndarray:
   """(3, 3) rotation -> (3,) axis-angle with angle in [0, pi]."""
-  from scipy.spatial.transform import Rotation  # pylint: disable=g-import-not-at-top
-
   return Rotation.from_matrix(np.asarray(matrix, np.float64)).as_rotvec()
 
 
@@ -293,8 +288,6 @@ def require_file(path: str, what: str) -> str:
 
 
 def load_yaml(path: str) -> Mapping[str, Any]:
-  import yaml  # pylint: disable=g-import-not-at-top
-
   require_file(path, 'yaml file')
   try:
     with open(path) as handle:
@@ -313,8 +306,6 @@ def load_yaml(path: str) -> Mapping[str, Any]:
 
 def common_features(image_encoding: str) -> dict:
   """The features every hand builder emits; frames keep their original size (H, W vary by dataset)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   tensor = tfds.features.Tensor
   return {
       'image': tfds.features.Image(

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from diffhand_jax.data import synthetic_scene
-from diffhand_jax.geometry import render
+from diffhand_jax.data import backgrounds, synthetic_scene
+from diffhand_jax.geometry import mano, render
 
 SIDES = ('right', 'left')
 
@@ -59,8 +59,6 @@ class FrameHand:
 def _posed_right_hand(kit, hand: FrameHand, rng: np.random.Generator):
   """(vertices (778, 3), joints16 (16, 3), pose (48,), betas (10,)) of the right hand, rotated into the
   camera's axes, root at the origin."""
-  from diffhand_jax.geometry import mano
-
   if hand.pose == 'random':
     finger = synthetic_scene.sample_finger_pose(rng, kit, 'synergy')
   else:
@@ -84,15 +82,13 @@ def _hand_albedo(kit, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Per-vertex albedo (778, 3) in [0, 1]: the skin tone `base`, a lighter, pinker palm side, and
   fingernails on the back of the five fingertips (cues that real palms and backs differ by, and that a
   detector's handedness may use)."""
-  from diffhand_jax.geometry import render as render_lib
-
   rest_vertices, rest_joints = (
       np.asarray(a, np.float64)[0]
       for a in kit.forward(
           np.zeros((1, 48), np.float32), np.zeros((1, kit.model.num_betas), np.float32)
       )
   )
-  normals = render_lib.vertex_normals(rest_vertices, np.asarray(kit.faces))
+  normals = render.vertex_normals(rest_vertices, np.asarray(kit.faces))
   weights = np.asarray(kit.model.weights, np.float64)
   axes = np.asarray(kit.model.pose_axes, np.float64)
   # The palmar direction of every joint's segment: where flexion moves it (the palm's normal for the
@@ -133,8 +129,6 @@ def _background(kind: Any, rng: np.random.Generator, height: int, width: int) ->
         np.uint8
     )
   if kind == 'gradient':
-    from diffhand_jax.data import backgrounds
-
     return np.clip(np.round(backgrounds.gradient(rng, height, width) * 255.0), 0, 255).astype(
         np.uint8
     )

@@ -53,10 +53,11 @@ import sys
 import warnings
 from typing import Any, Iterator, NamedTuple
 
+import jax
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from diffhand_jax.geometry import procedural_hand, render
+from diffhand_jax.geometry import mano, procedural_hand, render
 
 from diffhand_jax.data import backgrounds
 
@@ -158,9 +159,6 @@ class HandKit(NamedTuple):
 
 def load_hand_kit() -> HandKit:
   """Loads the procedural right hand and precomputes its canonical frame and joint directions."""
-  import jax  # pylint: disable=g-import-not-at-top - keep module import light for worker processes
-  from diffhand_jax.geometry import mano
-
   model = mano.load_procedural('right')
   if model.pose_axes is None or model.pose_limits is None or model.tip_ids is None:
     raise ValueError(
@@ -328,8 +326,6 @@ def sample_synergy_angles(rng: np.random.Generator, kit: HandKit) -> np.ndarray:
 def sample_finger_pose(rng: np.random.Generator, kit: HandKit, prior: str) -> np.ndarray:
   """(45,) absolute finger axis-angle pose (flat_hand_mean=True semantics)."""
   if prior == 'uniform':
-    from diffhand_jax.geometry import mano
-
     return np.asarray(
         mano.sample_random_pose(rng, kit.model, 1, flat_hand_mean=True)[0, 3:], np.float64
     )
