@@ -25,7 +25,7 @@ from diffhand_jax.models import vit
 
 
 def _timm_model(name: str, img_size: int | None):
-  import timm
+  import timm  # pylint: disable=g-import-not-at-top - heavy: test extra (timm, torch)
 
   kwargs = {} if img_size is None else {'img_size': img_size}
   return timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
@@ -41,7 +41,7 @@ def measure(
     dtype: str = 'float32',
 ) -> dict:
   """Times one model at one batch size; returns seconds per forward for both, and the ratio."""
-  import torch
+  import torch  # pylint: disable=g-import-not-at-top - heavy: test extra (torch)
 
   threads = threads or os.cpu_count() or 1
   torch.set_num_threads(threads)

@@ -20,11 +20,14 @@ from __future__ import annotations
 import time
 
 from absl import flags
+import jax
 import numpy as np
 
 from diffhand_jax.benchmarks import common
-from diffhand_jax import command_line
-from diffhand_jax.inference import overrides
+from diffhand_jax import command_line, metrics
+from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.geometry import conventions, hypotheses
+from diffhand_jax.inference import loading, overrides, sampling
 
 _COLUMNS = ('pa_mpvpe', 'pa_mpjpe', 'mpvpe', 'mpjpe', 'pa_f5', 'pa_f15')
 
@@ -68,12 +71,6 @@ def main(argv: list[str]) -> int:
     return done.code
   if common.trained_workdir_missing('hypotheses', FLAGS.workdir):
     return 0
-  import jax
-  from diffhand_jax import metrics
-  from diffhand_jax.data import input_pipeline, splits
-  from diffhand_jax.geometry import conventions, hypotheses
-  from diffhand_jax.inference import loading, sampling
-
   run = loading.load_trained(FLAGS.workdir, overrides=FLAGS.config)
   config = run.config
   split = FLAGS.split or config.dataset.eval_split

@@ -35,8 +35,10 @@ import time
 
 from absl import flags
 import numpy as np
+import tensorflow_datasets as tfds
 
-from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.data import fixtures, input_pipeline, splits
+from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 
@@ -52,10 +54,6 @@ COLOUR_STRENGTH = 0.2
 def build_fixture(directory: str, num_annotations: int) -> dict[str, str]:
   """A FreiHAND fixture (4 colour versions per annotation) prepared as ArrayRecord under ``directory``;
   returns its dataset config."""
-  import tensorflow_datasets as tfds
-  from diffhand_jax.data import fixtures
-  from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
-
   mano_dir = fixtures.write_mano_standins(os.path.join(directory, 'mano'))
   manual_dir = os.path.join(directory, 'freihand')
   fixtures.make_freihand(manual_dir, mano_dir, num_train=num_annotations, num_eval=1)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 from diffhand_jax.models import diffhand
+from diffhand_jax.runs import model_presets
 
 
 def _flops(fn, *args) -> float:
@@ -31,8 +32,6 @@ def _flops(fn, *args) -> float:
 
 
 def measure(preset: str, batch: int = 1) -> dict[str, Any]:
-  from diffhand_jax.runs import model_presets
-
   config = model_presets.get_model_config(preset)
   model = diffhand.build_model(config)
   size = config.img_size

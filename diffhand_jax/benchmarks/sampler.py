@@ -29,12 +29,11 @@ from diffhand_jax import diffusion
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 from diffhand_jax.models import diffhand
+from diffhand_jax.runs import model_presets
 
 
 def build(preset: str, batch: int) -> tuple[Any, Any, Any, Any]:
   """A model of the preset with random params, images (B, H, W, 3) and x_T (1, B, N, 3)."""
-  from diffhand_jax.runs import model_presets
-
   config = model_presets.get_model_config(preset)
   model = diffhand.build_model(config)
   params = diffhand.init(model, jax.random.PRNGKey(0), config.img_size)

@@ -20,6 +20,10 @@ import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
+
+from diffhand_jax import diffusion
+from diffhand_jax.benchmarks import sampler
 
 # What `python -m diffhand_jax.profiling` can profile (see `target`).
 TARGETS = ('encoder', 'decoder', 'reconstruct')
@@ -43,7 +47,8 @@ _BOOKKEEPING = ('ThreadpoolListener', 'end: ', 'Allocate', 'Wait for', 'PythonRe
 
 def _load_xspace(directory: str):
   try:
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # heavy: tensorflow, only here
   except ImportError as error:
     raise RuntimeError(
         'reading a trace needs the XSpace protobuf schema that tensorflow ships '
@@ -122,10 +127,6 @@ def hlo_of(text: str, names: Sequence[str]) -> str:
 
 def target(name: str, preset: str, batch: int):
   """(jitted fn, args) of a named target (TARGETS), on a model preset with random weights."""
-  import jax.numpy as jnp
-  from diffhand_jax import diffusion
-  from diffhand_jax.benchmarks import sampler
-
   model, params, images, x_T = sampler.build(preset, batch)
   fns = sampler.make_samplers(model, diffusion.cosine_schedule(1000), 10)
   if name == 'encoder':

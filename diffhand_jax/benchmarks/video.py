@@ -29,11 +29,14 @@ import sys
 import time
 
 from absl import flags
+import jax
 import numpy as np
 
-from diffhand_jax import command_line
+from diffhand_jax import command_line, metrics
 from diffhand_jax.benchmarks import common
-from diffhand_jax.inference import overrides
+from diffhand_jax.data import input_pipeline, sequences
+from diffhand_jax.geometry import conventions
+from diffhand_jax.inference import loading, overrides, video
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
@@ -78,10 +81,6 @@ flags.DEFINE_string('output', 'bench_results/video.json', 'the JSON report', fla
 
 def run_clips(sampler, clips, *, vertex_scale, image_size, reuse_noise, reset, seed) -> dict:
   """Every clip frame by frame through `video.step_track`; returns per-frame predictions and costs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.inference import video  # pylint: disable=g-import-not-at-top
-
   predictions, passes, seconds = [], [], 0.0
   base_key = jax.random.PRNGKey(seed)
   for clip_index, clip in enumerate(clips):
@@ -104,8 +103,6 @@ def run_clips(sampler, clips, *, vertex_scale, image_size, reuse_noise, reset, s
 def score(predictions, truths, regressor) -> dict[str, float]:
   """PA-MPVPE, MPVPE (mm) over all frames; acceleration error and jitter (mm/frame²) over every
   interior frame, on root-relative vertices."""
-  from diffhand_jax import metrics  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.geometry import conventions  # pylint: disable=g-import-not-at-top
 
   def root_relative(vertices):
     return vertices - conventions.regress_joints(vertices, regressor)[:, :1]
@@ -145,11 +142,6 @@ def main(argv: list[str]) -> int:
     return done.code
   if common.trained_workdir_missing('video', FLAGS.workdir):
     return 0
-  import jax  # pylint: disable=g-import-not-at-top
-  from diffhand_jax import metrics  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.data import input_pipeline, sequences  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.inference import loading, video  # pylint: disable=g-import-not-at-top
-
   try:
     strengths = [float(s) for s in FLAGS.strengths.split(',') if s.strip()]
     fresh = [float(s) for s in FLAGS.fresh_noise.split(',') if s.strip()]
