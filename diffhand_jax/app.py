@@ -22,6 +22,7 @@ from typing import Sequence
 from absl import flags
 
 from diffhand_jax import command_line
+from diffhand_jax.inference import app
 
 PROG = 'python -m diffhand_jax.app'
 
@@ -42,8 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line.parse(FLAGS, argv, prog=PROG, doc=__doc__)
   except command_line.Exit as done:
     return done.code
-  from diffhand_jax.inference import app  # pylint: disable=g-import-not-at-top
-
   try:
     app.import_gradio()
     app.check_workdir(FLAGS.workdir)

@@ -19,7 +19,7 @@ flags.mark_flags_as_required(['out'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from diffhand_jax.data import fixtures
+  from diffhand_jax.data import fixtures  # heavy: jax, so --help stays fast
 
   unknown = sorted(set(FLAGS.which) - set(fixtures.MAKERS))
   if unknown:

@@ -8,6 +8,7 @@ The generator (diffhand_jax/geometry/procedural_hand.py) is deterministic and ne
 import os
 
 from absl import app, flags
+import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Output .npz (default: the file the package ships).')
@@ -16,9 +17,7 @@ flags.DEFINE_string('out', None, 'Output .npz (default: the file the package shi
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  import numpy as np
-
-  from diffhand_jax.geometry import mano, procedural_hand
+  from diffhand_jax.geometry import mano, procedural_hand  # heavy: jax, so --help stays fast
 
   out = FLAGS.out or mano.PROCEDURAL_PATH
   arrays = procedural_hand.generate()

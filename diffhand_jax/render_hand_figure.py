@@ -21,8 +21,10 @@ from absl import flags  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from diffhand_jax import command_line  # noqa: E402
+from diffhand_jax.data import synthetic_scene  # noqa: E402
 from diffhand_jax.geometry import mano, procedural_hand  # noqa: E402
 
 FLAGS = flags.FlagValues()
@@ -125,10 +127,6 @@ def render(out_path: str) -> None:
 def render_examples(out_path: str, count: int = 24, columns: int = 8) -> None:
   """Train examples 0..count-1 of synthetic_hands/default at 2x (nearest), then the first row's masks
   (green over a darkened image) and depths (near orange to far blue)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  from diffhand_jax.data import synthetic_scene  # pylint: disable=g-import-not-at-top
-
   kit = synthetic_scene.load_hand_kit()
   config = synthetic_scene.SceneConfig()
   examples = [synthetic_scene.generate_example(config, 'train', i, kit=kit) for i in range(count)]
