@@ -42,11 +42,31 @@ def test_medoid_uses_mean_per_vertex_distance_and_breaks_ties_low():
 
 
 def test_medoid_is_one_of_the_hypotheses():
-  rng = np.random.default_rng(0)
+  # Seed 1: medoids 2, 0, 4, 1, 3, and the last differs from the medoid of squared distances (0).
+  rng = np.random.default_rng(1)
   verts = rng.normal(size=(5, 6, 40, 3))
   medoid = hypotheses.aggregate(verts, 'medoid')
   for b in range(5):
     assert any(np.array_equal(medoid[b], verts[b, k]) for k in range(6))
+  # And the right one: the medoid worked out by hand, loop by loop, with no help from the module: for
+  # each hypothesis k, the sum over the others j of the mean over vertices of |v_k - v_j|; the smallest
+  # sum wins, a tie going to the lower index (strict < while scanning k upwards).
+  expected = []
+  for b in range(5):
+    best, best_sum = None, None
+    for k in range(6):
+      total = 0.0
+      for j in range(6):
+        if j != k:
+          total += float(np.mean(np.linalg.norm(verts[b, k] - verts[b, j], axis=-1)))
+      if best_sum is None or total < best_sum:
+        best, best_sum = k, total
+    expected.append(best)
+  # The batch must tell "the medoid" from "always hypothesis 0" (or any other fixed index).
+  assert len(set(expected)) > 1 and any(k != 0 for k in expected), expected
+  assert hypotheses.medoid_index(verts).tolist() == expected
+  for b, k in enumerate(expected):
+    np.testing.assert_array_equal(medoid[b], verts[b, k])
 
 
 def test_per_vertex_std_hand_worked_and_against_numpy():

@@ -494,6 +494,38 @@ def test_pose_helpers_respect_flat_hand_mean(right):
       mano.forward(right, relative, flat_hand_mean=False)[0],
       atol=1e-6,
   )
+  # The choice itself: the two conventions differ by exactly the model's hands_mean on the 45 finger
+  # values (forward adds it back when flat_hand_mean=False) and not at all on the global orientation.
+  # The procedural hand's mean is far from 0, so a helper that ignored flat_hand_mean fails here.
+  hands_mean = np.asarray(right.hands_mean, np.float64)
+  assert hands_mean.shape == (45,) and np.abs(hands_mean).max() > 0.1
+  oriented = {
+      flat: mano.sample_random_pose(
+          np.random.default_rng(3), right, 4, flat_hand_mean=flat, random_global_orient=True
+      ).astype(np.float64)
+      for flat in (True, False)
+  }
+  named = {
+      flat: np.stack(
+          [
+              mano.named_pose(right, name, flat_hand_mean=flat)
+              for name in ('flat', 'fist', 'point', 'relaxed')
+          ]
+      ).astype(np.float64)
+      for flat in (True, False)
+  }
+  for poses in (
+      {True: absolute.astype(np.float64), False: relative.astype(np.float64)},
+      oriented,
+      named,
+  ):
+    np.testing.assert_array_equal(poses[True][:, :3], poses[False][:, :3])
+    np.testing.assert_allclose(
+        poses[True][:, 3:] - poses[False][:, 3:],
+        np.broadcast_to(hands_mean, poses[True][:, 3:].shape),
+        rtol=0,
+        atol=1e-6,
+    )
   rotations = mano.sample_random_pose(np.random.default_rng(2), right, 8, random_global_orient=True)
   assert np.all(np.linalg.norm(rotations[:, :3], axis=1) <= np.pi + 1e-5)
   assert np.std(rotations[:, :3]) > 0.3

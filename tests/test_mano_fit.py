@@ -68,9 +68,37 @@ def test_fit_in_chunks(right, monkeypatch):
   _, _, _, vertices = _hands(right, 40, seed=4)
   # 40 hands: a chunk of 32 and one of 8, padded to 32.
   monkeypatch.setattr(mano_fitting, '_FIT_CHUNK', 32)
+  # Spy on the per-chunk solver: record the meshes each call gets, then solve them as before.
+  solve = mano_fitting._fit_parameters
+  chunks = []
+
+  def spy(model, x0, targets, *args, **kwargs):
+    chunks.append((np.asarray(x0), np.asarray(targets)))
+    return solve(model, x0, targets, *args, **kwargs)
+
+  monkeypatch.setattr(mano_fitting, '_fit_parameters', spy)
   out = mano.fit(right, vertices)
   assert out['vertices'].shape == (40, 778, 3)
   assert _mean_distance(out['vertices'], vertices).max() < 2e-3
+  # Two calls of one shape: hands 0-31, then hands 32-39 with the last hand repeated to fill 32 rows.
+  # (The solver gets each mesh about its own centre.)
+  centred = (vertices - vertices.mean(1, keepdims=True)).astype(np.float32)
+  assert len(chunks) == 2, len(chunks)
+  assert [x0.shape[0] for x0, _ in chunks] == [32, 32]
+  np.testing.assert_allclose(chunks[0][1], centred[:32], atol=1e-6)
+  np.testing.assert_allclose(chunks[1][1][:8], centred[32:], atol=1e-6)
+  np.testing.assert_allclose(
+      chunks[1][1][8:], np.broadcast_to(centred[39], (24, 778, 3)), atol=1e-6
+  )
+  np.testing.assert_array_equal(
+      chunks[1][0][8:], np.broadcast_to(chunks[1][0][7], (24,) + chunks[1][0].shape[1:])
+  )
+  # Chunking changes nothing: hands 8-39 in one unchunked call (32 hands, the shape already compiled)
+  # give what the two chunks gave for them.
+  whole = mano.fit(right, vertices[8:])
+  assert len(chunks) == 3 and chunks[2][0].shape[0] == 32
+  for name in ('pose', 'betas', 'trans', 'vertices', 'error'):
+    np.testing.assert_allclose(out[name][8:], whole[name], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_fit_rejects_bad_meshes(right):

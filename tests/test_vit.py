@@ -177,11 +177,33 @@ def test_random_init_has_the_layout_of_imported_params(name):
   jax.tree_util.tree_map(lambda s, p: np.testing.assert_equal(s.shape, p.shape), shapes, params)
 
 
+def _primitive_names(fn, *args):
+  """The name of every primitive in fn's jaxpr, with repeats, also inside nested ones (pjit, remat)."""
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn.primitive.name
+      for param in eqn.params.values():
+        for sub in param if isinstance(param, (tuple, list)) else (param,):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            yield from walk(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            yield from walk(sub)
+
+  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
 def test_conv_and_matmul_patch_embeddings_agree():
   images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 48, 3))
   matmul = vit.create('deit_tiny_patch16_224', img_size=(32, 48), depth=1)
   conv = vit.create('deit_tiny_patch16_224', img_size=(32, 48), depth=1, patch_embed_impl='conv')
   params = vit.init_params(matmul, jax.random.PRNGKey(0))
+  # The key picks the computation: XLA's convolution for 'conv', none at all for the default 'matmul'
+  # (else the two agreeing below would say nothing).
+  conv_names = _primitive_names(conv.apply, {'params': params}, images)
+  matmul_names = _primitive_names(matmul.apply, {'params': params}, images)
+  assert 'conv_general_dilated' in conv_names
+  assert 'conv_general_dilated' not in matmul_names
   outputs = [jax.jit(model.apply)({'params': params}, images) for model in (matmul, conv)]
   for expected, actual in zip(*outputs):
     assert expected.shape[1:] in ((6, 192), (192,))
@@ -201,3 +223,10 @@ def test_bfloat16_compute_stays_close_to_float32():
   # remat changes memory, not values.
   features_remat, _ = jax.jit(module.clone(remat=True).apply)({'params': params}, images)
   np.testing.assert_allclose(features_remat, features, atol=1e-6)
+  # And remat=True does rematerialise: one remat (jax.checkpoint) per block in the forward jaxpr, which
+  # is what the backward pass recomputes; the plain model has none.
+  is_remat = lambda name: 'remat' in name or 'checkpoint' in name
+  remat_names = _primitive_names(module.clone(remat=True).apply, {'params': params}, images)
+  plain_names = _primitive_names(module.apply, {'params': params}, images)
+  assert sum(map(is_remat, remat_names)) == 2, remat_names  # depth=2
+  assert not any(map(is_remat, plain_names)), plain_names
