@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -123,6 +124,115 @@ def test_train_batches_from_the_source_equal_the_in_memory_batches(data):
   for a, b in zip(_take(streamed, 4), _take(in_memory, 4)):
     _assert_batches_equal(a, b)
     assert a['image'].shape == (4, 24, 24, 3)
+
+
+# What _dataset_config() holds, as train_batches' keywords (the rotation in radians).
+CONFIG_OPTIONS = dict(
+    seed=5,
+    vertex_scale=0.1,
+    image_size=24,
+    colour_strength=0.5,
+    crop_margin=0.2,
+    augment={
+        'scale_range': (0.85, 1.15),
+        'max_rotation': float(np.deg2rad(30.0)),
+        'max_translation': 0.08,
+    },
+)
+
+
+def _dataset_config():
+  """A run's config.dataset with the input settings of CONFIG_OPTIONS."""
+  return ml_collections.ConfigDict(
+      {
+          'colour_jitter': 0.5,
+          'crop_margin': 0.2,
+          'scale_range': (0.85, 1.15),
+          'max_rotation_deg': 30.0,
+          'max_translation': 0.08,
+          'prefetch_batches': 3,
+          'num_threads': 2,
+          'num_workers': 0,
+      }
+  )
+
+
+def test_train_batches_from_config_pass_the_dataset_slice_to_the_keyword_form(data, monkeypatch):
+  calls = []
+  monkeypatch.setattr(input_pipeline, 'train_batches', lambda *a, **kw: calls.append((a, kw)))
+  input_pipeline.train_batches_from_config(
+      data['source'],
+      _dataset_config(),
+      batch_size=6,
+      seed=5,
+      start_step=2,
+      vertex_scale=0.1,
+      image_size=24,
+      process_index=1,
+      process_count=3,
+  )
+  ((args, kwargs),) = calls
+  assert args == (data['source'],)
+  assert kwargs == {
+      'batch_size': 6,
+      'seed': 5,
+      'start_step': 2,
+      'vertex_scale': 0.1,
+      'image_size': 24,
+      'colour_strength': 0.5,
+      'crop_margin': 0.2,
+      'augment': {
+          'scale_range': (0.85, 1.15),
+          'max_rotation': float(np.deg2rad(30.0)),
+          'max_translation': 0.08,
+      },
+      'process_index': 1,
+      'process_count': 3,
+      'prefetch': 3,
+      'num_threads': 2,
+      'num_workers': 0,
+  }
+
+
+def test_train_batches_from_config_equal_the_keyword_batches(data):
+  from_config = input_pipeline.train_batches_from_config(
+      data['source'],
+      _dataset_config(),
+      batch_size=4,
+      seed=5,
+      start_step=1,
+      vertex_scale=0.1,
+      image_size=24,
+  )
+  keywords = input_pipeline.train_batches(
+      data['source'], batch_size=4, start_step=1, prefetch=0, num_workers=0, **CONFIG_OPTIONS
+  )
+  for a, b in zip(_take(from_config, 3), _take(keywords, 3)):
+    _assert_batches_equal(a, b)
+  # Unset fields take the keyword form's defaults: no colour jitter, crop or crop jitter.
+  plain = input_pipeline.train_batches_from_config(
+      data['source'],
+      ml_collections.ConfigDict({'num_workers': 0}),
+      batch_size=4,
+      seed=5,
+      start_step=1,
+      vertex_scale=0.1,
+      image_size=24,
+  )
+  _assert_batches_equal(
+      next(plain),
+      next(
+          input_pipeline.train_batches(
+              data['source'],
+              batch_size=4,
+              seed=5,
+              start_step=1,
+              vertex_scale=0.1,
+              image_size=24,
+              num_workers=0,
+          )
+      ),
+  )
 
 
 def test_eval_batches_from_the_source_equal_the_in_memory_batches(data):

@@ -3,9 +3,9 @@
   python -m diffhand_jax.bench bf16_parity [--training_config=synthetic] [--steps=200] [--output=...]
 
 Trains the config's model from the same initial state on the same batches (the config's own training
-data and augmentation, through `input_pipeline.train_batches`): with ``config.model.dtype='float32'``,
-with ``'bfloat16'`` (params and optimiser state float32 both times), and, as the yardstick, in float32
-again from the initial params rounded to bfloat16 and back. Reports, against the float32 run, the
+data and augmentation, through `input_pipeline.train_batches_from_config`): with
+``config.model.dtype='float32'``, with ``'bfloat16'`` (params and optimiser state float32 both times),
+and, as the yardstick, in float32 again from the initial params rounded to bfloat16 and back. Reports, against the float32 run, the
 relative difference of the total loss |x − f32| / f32 per step and per mean over 20 steps (what a
 training log shows): median, 90th percentile and maximum, the maximum over the first 20 steps, and the
 difference of the mean loss over the last 50 steps. Training is chaotic: any change of rounding sends
@@ -107,17 +107,15 @@ def main(argv: list[str]) -> int:
   arrays = splits.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
   )
-  iterator = input_pipeline.train_batches(
+  config.dataset.num_workers = 0  # the batches do not depend on it; no worker processes here
+  iterator = input_pipeline.train_batches_from_config(
       arrays,
+      config.dataset,
       batch_size=config.batch_size,
       seed=config.seed,
       start_step=0,
       vertex_scale=config.model.vertex_scale,
       image_size=config.model.img_size,
-      colour_strength=config.dataset.get('colour_jitter', 0.0),
-      crop_margin=config.dataset.get('crop_margin'),
-      augment=input_pipeline.augment_options(config.dataset),
-      num_workers=0,
   )
   batches = [next(iterator) for _ in range(FLAGS.steps)]
   iterator.close()

@@ -12,6 +12,9 @@ while the current step runs: in worker processes (``config.dataset.num_workers``
 threads. Each batch is still a pure function of its step, made by whichever worker, so the number of
 workers and their timing never change what comes out, or in what order (:func:`map_in_order`).
 
+A training run asks for its batches with :func:`train_batches_from_config`, which reads the input
+settings from the run's ``config.dataset``; :func:`train_batches` is the keyword form beneath it.
+
 Model-space targets (docs/design.md §2): x = (V − wrist)/vertex_scale, joints likewise; 2D joints in normalised
 crop coordinates u = 2x/W − 1, v = 2y/H − 1 (``losses.project_weak_perspective``'s convention).
 Images are normalised with the ImageNet mean and standard deviation, as timm's DeiT weights expect.
@@ -25,9 +28,13 @@ import re
 import sys
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from absl import flags
+import grain
+import grain.python
 import numpy as np
+from PIL import Image
 
-from diffhand_jax.data import splits
+from diffhand_jax.data import augment as augment_lib, splits
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -74,8 +81,6 @@ def resize_frames(images: np.ndarray, K: np.ndarray, size: int) -> tuple[np.ndar
   height, width = images.shape[1:3]
   if (height, width) == (size, size):
     return images, K
-  from PIL import Image
-
   resized = np.stack(
       [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
   )
@@ -102,8 +107,6 @@ def _start_input_worker(index: int, count: int) -> None:
 def _new_array(shape: Sequence[int], dtype) -> np.ndarray:
   """np.empty(shape, dtype); in an input worker process, an uninitialised array in shared memory."""
   if _IN_INPUT_WORKER:
-    import grain.python
-
     return grain.python.SharedMemoryArray(tuple(shape), dtype)
   return np.empty(shape, dtype)
 
@@ -153,8 +156,6 @@ def crop_around_hands(
   Args: images (B, H, W, 3) uint8; K (B, 3, 3); joints (B, 21, 3); vertices (B, N, 3); bbox (B, 4).
   Returns (images (B, S, S, 3), K, joints, vertices), new arrays.
   """
-  from diffhand_jax.data import augment as augment_lib
-
   out_images, out_K, out_joints, out_vertices = [], [], [], []
   for i in range(len(images)):
     box = augment_lib.box_from_bbox(bbox[i], margin)
@@ -402,16 +403,12 @@ def default_num_workers(arrays) -> int:
   return min(MAX_DEFAULT_WORKERS, max(available_cpus() - 1, 0))
 
 
-def _grain():
-  """The grain module, imported on first use. Grain reads absl flags of its own; a program that parses
-  its flags into its own FlagValues (diffhand_jax.command_line) leaves absl's global FLAGS unparsed,
-  which grain would refuse, so they are marked parsed, at their defaults."""
-  from absl import flags
-  import grain
-
+def _mark_absl_flags_parsed() -> None:
+  """Grain reads absl flags of its own; a program that parses its flags into its own FlagValues
+  (diffhand_jax.command_line) leaves absl's global FLAGS unparsed, which grain would refuse, so they are
+  marked parsed, at their defaults, before a pipeline starts."""
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  return grain
 
 
 # The step range of an endless training pipeline (grain datasets have a length).
@@ -528,7 +525,7 @@ def map_in_order(
         f'num_workers and prefetch must be >= 0 and num_threads >= 1; '
         f'got {num_workers}, {prefetch}, {num_threads}'
     )
-  grain = _grain()
+  _mark_absl_flags_parsed()
   dataset = grain.MapDataset.source(items).map(make)
   per_worker_buffer = max(1, -(-prefetch // max(num_workers, 1)))
   if num_workers == 0:
@@ -626,6 +623,45 @@ def train_batches(
       describe=functools.partial(
           _describe_steps, arrays, batch_size, seed, process_index, process_count
       ),
+  )
+
+
+def train_batches_from_config(
+    arrays,
+    dataset_config,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    vertex_scale: float,
+    image_size: int | None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> BatchIterator:
+  """:func:`train_batches` of a run: the input settings come from its ``config.dataset``
+  (``dataset_config``: colour_jitter, crop_margin, the crop jitter of :func:`augment_options`,
+  num_workers, prefetch_batches, num_threads); what is not the dataset's comes as arguments: the global
+  batch, the seed, the first step, the model's vertex_scale and img_size, and this process's place
+  among the JAX processes.
+
+  Yields exactly the batches of the keyword form with those values (the batches never depend on the
+  workers, threads or prefetch).
+  """
+  return train_batches(
+      arrays,
+      batch_size=batch_size,
+      seed=seed,
+      start_step=start_step,
+      vertex_scale=vertex_scale,
+      image_size=image_size,
+      colour_strength=dataset_config.get('colour_jitter', 0.0),
+      crop_margin=dataset_config.get('crop_margin'),
+      augment=augment_options(dataset_config),
+      process_index=process_index,
+      process_count=process_count,
+      prefetch=dataset_config.get('prefetch_batches'),
+      num_threads=dataset_config.get('num_threads'),
+      num_workers=dataset_config.get('num_workers'),
   )
 
 
