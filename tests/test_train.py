@@ -367,6 +367,77 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path,
   assert results['step'] == 2 and np.isfinite(results['pa_mpvpe'])
 
 
+@pytest.mark.parametrize('way_out', ['end', 'signal', 'nan', 'error'])
+def test_every_way_out_closes_the_writers_checkpoints_and_input_once(
+    tmp_path, monkeypatch, way_out
+):
+  """The end of training, a signal (SIGTERM), the NaN stop and any other error each close the metric
+  writers, the checkpoint manager and the input pipeline exactly once, and give absl's logger back.
+  """
+  import logging
+
+  import orbax.checkpoint as ocp
+
+  from diffhand_jax.training import metric_log, preemption
+
+  config = _tiny_config(tmp_path / 'tfds')
+  config.eval.num_export = 0
+  config.num_train_steps = 2
+  closed = {'writers': 0, 'checkpoints': 0, 'input': 0}
+  real_logger_close, real_manager_close = metric_log.Logger.close, ocp.CheckpointManager.close
+  real_batches = input_pipeline.train_batches
+
+  def logger_close(self):
+    closed['writers'] += 1
+    real_logger_close(self)
+
+  def manager_close(self):
+    closed['checkpoints'] += 1
+    real_manager_close(self)
+
+  class Batches:  # the real pipeline, counting its close (and poisoned for the NaN stop)
+
+    def __init__(self, *args, **kwargs):
+      self.inner = real_batches(*args, **kwargs)
+
+    def __next__(self):
+      batch = next(self.inner)
+      if way_out == 'nan':
+        batch = dict(batch, vertices=np.full_like(batch['vertices'], np.nan))
+      elif way_out == 'error':
+        raise OSError('the disk went away')
+      return batch
+
+    def close(self):
+      closed['input'] += 1
+      self.inner.close()
+
+  def signal_at_once(self):  # as if SIGTERM arrived during the first step
+    self.received, self.signal_name = True, 'SIGTERM'
+    return self
+
+  monkeypatch.setattr(metric_log.Logger, 'close', logger_close)
+  monkeypatch.setattr(ocp.CheckpointManager, 'close', manager_close)
+  monkeypatch.setattr(input_pipeline, 'train_batches', Batches)
+  if way_out == 'signal':
+    monkeypatch.setattr(preemption.PreemptionSignal, '__enter__', signal_at_once)
+  filters_before = list(logging.getLogger('absl').filters)
+  workdir = str(tmp_path / 'run')
+  if way_out == 'end':
+    assert train.train_and_evaluate(config, workdir)['step'] == 2
+  elif way_out == 'signal':
+    assert train.train_and_evaluate(config, workdir) == {
+        'step': 1,
+        'preempted': True,
+        'signal': 'SIGTERM',
+    }
+  else:
+    with pytest.raises(FloatingPointError if way_out == 'nan' else OSError):
+      train.train_and_evaluate(config, workdir)
+  assert closed == {'writers': 1, 'checkpoints': 1, 'input': 1}
+  assert logging.getLogger('absl').filters == filters_before
+
+
 # ----- gradient accumulation, bf16 compute, AOT memory report ----------------------------------------
 
 

@@ -1,20 +1,30 @@
 """Evaluation during and after training: sample the eval split, score it against the ground truth and the
 mean-mesh baseline, write results.json and eval_per_sample.npz, and export a few meshes and overlays.
+
+  evaluator = Evaluator(config, workdir, network, eval_arrays=..., train_arrays=..., logger=...)
+  results = evaluator(params, step)      # once per evaluation: samples, scores, writes, reports
+
+The `Evaluator` is built once per run with what does not change between evaluations (the splits, the
+jitted sampler, the topology, the logger); each call takes only the params and their step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from diffhand_jax import metrics
 from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mesh_io, render
+from diffhand_jax.models import diffhand
 from diffhand_jax.runs import files
 from diffhand_jax.training import metric_log
 
@@ -138,42 +148,123 @@ def _process_local(params):
   """``params`` as arrays this process can use on its own (evaluation runs the whole split in every
   process; with several processes the global params are gathered first)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     params = multihost_utils.process_allgather(params, tiled=True)
   return params
 
 
-def run_evaluation(
-    params,
-    step: int,
-    config,
-    workdir,
-    topology,
-    model,
-    reconstruct_fn,
-    eval_arrays,
-    train_arrays,
-    logger,
-    *,
-    export: bool = True,
-) -> dict[str, Any]:
-  """Samples the eval split, scores it, and writes results.json, the per-sample errors
-  (eval_per_sample.npz) and the exports. With K > 1 hypotheses the reported metrics are those of their
-  aggregate (config.eval.aggregate: 'mean' | 'medoid'), and results['hypotheses'] adds the best-of-K
-  oracle, hypothesis 0 alone, and the rank correlation of uncertainty with error.
-
-  params: the params to sample with (the EMA params where the run keeps them); step: the step they are
-  of."""
-  step = int(step)
-  start = time.time()
-  prediction = predict_split(
-      reconstruct_fn,
-      _process_local(params),
-      eval_arrays,
-      config,
-      jax.random.PRNGKey(config.seed + 1),
+def open_eval_split(config: ml_collections.ConfigDict):
+  """The eval split of ``config`` (config.dataset.eval_split, at most config.eval.max_examples rows), in
+  memory or streamed (`splits.open_split`)."""
+  return splits.open_split(
+      config.dataset, config.dataset.eval_split, config.eval.get('max_examples')
   )
+
+
+class Evaluator:
+  """Samples the eval split, scores it, and writes results.json, the per-sample errors
+  (eval_per_sample.npz) and the exports; a metrics.jsonl row and TensorBoard through ``logger``.
+
+  Built once per run with what does not change between evaluations; called with the params and their
+  step. With K > 1 hypotheses the reported metrics are those of their aggregate (config.eval.aggregate:
+  'mean' | 'medoid' | 'aligned_mean'), and results['hypotheses'] adds the best-of-K oracle, hypothesis 0
+  alone, and the rank correlation of uncertainty with error.
+
+  network: anything with the run's ``topology``, ``model`` and ``schedule`` (`state.Network`,
+  `state.Components`); eval_arrays, train_arrays: the splits (the training split gives the mean-mesh
+  baseline); logger: a `metric_log.Logger`, left open.
+  """
+
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      workdir: str,
+      network,
+      *,
+      eval_arrays,
+      train_arrays,
+      logger: metric_log.Logger,
+  ):
+    self.config = config
+    self.workdir = workdir
+    self.topology = network.topology
+    self.eval_arrays = eval_arrays
+    self.train_arrays = train_arrays
+    self.logger = logger
+    # Jitted once here; it compiles at the first evaluation and is reused by every later one.
+    self.reconstruct_fn = diffhand.make_reconstruct_fn(
+        network.model,
+        num_steps=config.model.sampling_steps,
+        num_hypotheses=config.model.num_hypotheses,
+        eta=config.model.eta,
+        schedule=network.schedule,
+    )
+
+  def __call__(self, params, step: int) -> dict[str, Any]:
+    """Evaluates ``params`` (the ones to sample with: the EMA params where the run keeps them) of step
+    ``step``; returns results.json's dict."""
+    step = int(step)
+    start = time.time()
+    prediction = predict_split(
+        self.reconstruct_fn,
+        _process_local(params),
+        self.eval_arrays,
+        self.config,
+        jax.random.PRNGKey(self.config.seed + 1),
+    )
+    scores = score_prediction(prediction, self.topology, self.train_arrays, self.config)
+    results = {
+        **scores.results,
+        'step': step,
+        'num_examples': int(len(prediction['vertices'])),
+        'sampler': sampler_settings(self.config),
+    }
+    if scores.hypotheses is not None:
+      results['hypotheses'] = scores.hypotheses
+      results['uncertainty'] = uncertainty_summary(scores.hypotheses)
+    split = self.config.dataset.eval_split
+    self.logger.write(step, split, {k: v for k, v in results.items() if isinstance(v, float)})
+    if jax.process_index() == 0:
+      self._write_files(results, prediction, scores)
+    print_results(results, split, time.time() - start)
+    return results
+
+  def _write_files(self, results: dict[str, Any], prediction, scores: Scores) -> None:
+    """results.json, eval_per_sample.npz and (config.eval.num_export > 0) export/step_<step>/."""
+    step = results['step']
+    files.write_json_atomic(os.path.join(self.workdir, 'results.json'), results)
+    write_per_sample(os.path.join(self.workdir, 'eval_per_sample.npz'), step, prediction, scores)
+    if self.config.eval.num_export > 0:
+      export_examples(
+          os.path.join(self.workdir, 'export', f'step_{step}'),
+          prediction,
+          self.eval_arrays,
+          self.topology,
+          self.config.eval.num_export,
+          scores.per_sample,
+      )
+
+
+@dataclasses.dataclass
+class Scores:
+  """What scoring a split's prediction gives.
+
+  results: the mean of each per-sample error (mm), palm_facing_agreement and the mean-mesh baseline;
+  per_sample: (M,) arrays in mm keyed as metrics.evaluate_per_sample; palm_facing: (M,) bool;
+  hypotheses: metrics.summarize_hypotheses's summary without its per-sample part (None for K = 1);
+  uncertainty_scores: (M,) arrays in metres keyed by score name ({} for K = 1).
+  """
+
+  results: dict[str, Any]
+  per_sample: dict[str, np.ndarray]
+  palm_facing: np.ndarray
+  hypotheses: dict[str, Any] | None
+  uncertainty_scores: dict[str, np.ndarray]
+
+
+def score_prediction(prediction, topology, train_arrays, config) -> Scores:
+  """Aggregates the K hypotheses of ``prediction`` (predict_split's dict; this sets its 'vertices',
+  (M, N, 3)) by config.eval.aggregate and scores the mesh against the truth and the mean-mesh
+  baseline of ``train_arrays``."""
   method = config.eval.get('aggregate', 'mean')
   prediction['vertices'] = hypotheses.aggregate(prediction['hypotheses'], method)
   W = np.asarray(topology.joint_regressor, np.float64)
@@ -195,18 +286,8 @@ def run_evaluation(
   )
   results['baseline_pa_mpvpe'] = baseline['pa_mpvpe']
   results['baseline_mpvpe'] = baseline['mpvpe']
-  results['step'] = step
-  results['num_examples'] = int(len(prediction['vertices']))
-  num_hypotheses = int(config.model.num_hypotheses)
-  results['sampler'] = {
-      'steps': int(config.model.sampling_steps),
-      'eta': float(config.model.eta),
-      'hypotheses': num_hypotheses,
-      'aggregate': method,
-      'diffusion': bool(config.model.diffusion),
-  }
-  uncertainty_scores = {}
-  if num_hypotheses > 1:
+  summary, uncertainty_scores = None, {}
+  if int(config.model.num_hypotheses) > 1:
     summary = metrics.summarize_hypotheses(
         prediction['hypotheses'],
         prediction['gt_vertices'],
@@ -217,64 +298,69 @@ def run_evaluation(
         mesh_metrics=per_sample,
     )
     uncertainty_scores = summary.pop('per_sample')['scores']
-    results['hypotheses'] = summary
-    results['uncertainty'] = {
-        'score': summary['uncertainty_score'],
-        'mean_mm': summary['uncertainty_mm'],
-        'spearman_pa_mpvpe': summary['spearman']['pa_mpvpe'],
-        'spearman_mpvpe': summary['spearman']['mpvpe'],
-    }
-  split = config.dataset.eval_split
-  logger.write(step, split, {k: v for k, v in results.items() if isinstance(v, float)})
-  if jax.process_index() == 0:
-    files.write_json_atomic(os.path.join(workdir, 'results.json'), results)
-    per_sample_path = os.path.join(workdir, 'eval_per_sample.npz')
+  return Scores(results, per_sample, palm_facing, summary, uncertainty_scores)
 
-    def write_per_sample(tmp):
-      with open(tmp, 'wb') as f:
-        np.savez(
-            f,
-            step=step,
-            # The reported uncertainty (hypotheses.UNCERTAINTY_SCORE), metres; its alternatives follow.
-            uncertainty_m=uncertainty_scores.get(
-                hypotheses.UNCERTAINTY_SCORE, prediction['vertices_std'].mean(axis=-1)
-            ),
-            palm_facing=palm_facing,
-            **{f'uncertainty_{name}': value for name, value in uncertainty_scores.items()},
-            **{key: np.asarray(value) for key, value in per_sample.items()},
-        )
 
-    files.atomic_write(per_sample_path, write_per_sample)
-    if export and config.eval.num_export > 0:
-      export_examples(
-          os.path.join(workdir, 'export', f'step_{step}'),
-          prediction,
-          eval_arrays,
-          topology,
-          config.eval.num_export,
-          per_sample,
+def sampler_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """results['sampler']: how the evaluation sampled."""
+  return {
+      'steps': int(config.model.sampling_steps),
+      'eta': float(config.model.eta),
+      'hypotheses': int(config.model.num_hypotheses),
+      'aggregate': config.eval.get('aggregate', 'mean'),
+      'diffusion': bool(config.model.diffusion),
+  }
+
+
+def uncertainty_summary(summary: dict[str, Any]) -> dict[str, Any]:
+  """results['uncertainty'] from metrics.summarize_hypotheses's summary: the reported score, its mean
+  (mm) and its rank correlation with the per-sample errors."""
+  return {
+      'score': summary['uncertainty_score'],
+      'mean_mm': summary['uncertainty_mm'],
+      'spearman_pa_mpvpe': summary['spearman']['pa_mpvpe'],
+      'spearman_mpvpe': summary['spearman']['mpvpe'],
+  }
+
+
+def write_per_sample(path: str, step: int, prediction, scores: Scores) -> None:
+  """eval_per_sample.npz, atomically: the step, the per-sample errors (M,) in mm, palm_facing (M,), and
+  uncertainty_m (M,), the reported uncertainty in metres (hypotheses.UNCERTAINTY_SCORE; the mean
+  vertex std for K = 1), followed by its alternatives as uncertainty_<name>."""
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(
+          f,
+          step=step,
+          uncertainty_m=scores.uncertainty_scores.get(
+              hypotheses.UNCERTAINTY_SCORE, prediction['vertices_std'].mean(axis=-1)
+          ),
+          palm_facing=scores.palm_facing,
+          **{f'uncertainty_{name}': value for name, value in scores.uncertainty_scores.items()},
+          **{key: np.asarray(value) for key, value in scores.per_sample.items()},
       )
+
+  files.atomic_write(path, write)
+
+
+def print_results(results: dict[str, Any], split: str, seconds: float) -> None:
+  """The evaluation's summary lines (process 0)."""
   metric_log.print0(
-      f'eval step {step} ({split}, {results["num_examples"]} examples, {time.time() - start:.1f}s): '
-      f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {baseline["pa_mpvpe"]:.2f}), '
-      f'mpvpe {results["mpvpe"]:.2f} (baseline {baseline["mpvpe"]:.2f}), pa_mpjpe '
+      f'eval step {results["step"]} ({split}, {results["num_examples"]} examples, {seconds:.1f}s): '
+      f'pa_mpvpe {results["pa_mpvpe"]:.2f} mm (mean-mesh baseline {results["baseline_pa_mpvpe"]:.2f}), '
+      f'mpvpe {results["mpvpe"]:.2f} (baseline {results["baseline_mpvpe"]:.2f}), pa_mpjpe '
       f'{results["pa_mpjpe"]:.2f}, mpjpe {results["mpjpe"]:.2f}; palm facing the right way '
       f'{100 * results["palm_facing_agreement"]:.0f}%',
       flush=True,
   )
-  if num_hypotheses > 1:
-    oracle = results['hypotheses']['oracle']
+  if 'hypotheses' in results:
+    sampler, uncertainty = results['sampler'], results['uncertainty']
     metric_log.print0(
-        f'  {num_hypotheses} hypotheses ({method}): best-of-K pa_mpvpe {oracle["pa_mpvpe"]:.2f} mm; '
-        f'uncertainty ({results["uncertainty"]["score"]} spread) against error, rank correlation '
-        f'{results["uncertainty"]["spearman_pa_mpvpe"]:.2f} (pa_mpvpe), '
-        f'{results["uncertainty"]["spearman_mpvpe"]:.2f} (mpvpe)',
+        f'  {sampler["hypotheses"]} hypotheses ({sampler["aggregate"]}): best-of-K pa_mpvpe '
+        f'{results["hypotheses"]["oracle"]["pa_mpvpe"]:.2f} mm; uncertainty '
+        f'({uncertainty["score"]} spread) against error, rank correlation '
+        f'{uncertainty["spearman_pa_mpvpe"]:.2f} (pa_mpvpe), '
+        f'{uncertainty["spearman_mpvpe"]:.2f} (mpvpe)',
         flush=True,
     )
-  return results
-
-
-def eval_arrays(config):
-  return splits.open_split(
-      config.dataset, config.dataset.eval_split, config.eval.get('max_examples')
-  )

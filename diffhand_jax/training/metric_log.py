@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Mapping
 
+from clu import metric_writers, periodic_actions
 import jax
 
 from diffhand_jax.runs import files
@@ -37,11 +38,12 @@ class Logger:
   `report_progress(step)` is clu's ReportProgress: it writes steps/s to TensorBoard, and its note (steps/s,
   percent done, ETA, and the share of time spent in `with logger.report_progress.timed('eval'):`) is
   printed by process 0 every ``every_steps``.
+
+  A context manager: leaving ``with Logger(...) as logger:`` closes it, however the block ends;
+  ``close()`` does too, and closing twice is harmless.
   """
 
   def __init__(self, workdir: str, *, num_train_steps: int | None = None, every_steps: int = 100):
-    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.writer = metric_writers.create_default_writer(
@@ -53,6 +55,7 @@ class Logger:
     self._absl = logging.getLogger('absl')
     self._previous_level = self._absl.level
     self._notes = None
+    self._closed = False
     if self.enabled:
       self._notes = _ProgressNotes(self._absl.getEffectiveLevel())
       self._absl.addFilter(self._notes)
@@ -71,12 +74,22 @@ class Logger:
     )
     self.writer.flush()
 
-  def close(self):
+  def close(self) -> None:
+    """Closes the writers and gives absl's logger back its level; once, however often it is called."""
+    if self._closed:
+      return
+    self._closed = True
     self.writer.close()
     if self._notes is not None:
       self._absl.removeFilter(self._notes)
       self._absl.setLevel(self._previous_level)
       self._notes = None
+
+  def __enter__(self) -> Logger:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 def truncate_metrics_log(path: str, step: int) -> None:

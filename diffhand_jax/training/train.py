@@ -1,4 +1,4 @@
-"""The training loop, in the sections of its work: mesh, input, model, shard, update step, checkpoint,
+"""The training loop, in the sections of its work: mesh, input, model, shard, checkpoint, update step,
 evaluate, loop.
 
   train_and_evaluate(config, workdir)   trains (resuming from workdir), evaluates, exports
@@ -7,18 +7,26 @@ evaluate, loop.
 Writes (docs/design.md §8): workdir/config.json, workdir/metrics.jsonl, workdir/results.json,
 workdir/checkpoints/ (orbax), workdir/tensorboard/, and workdir/export/step_<N>/ (predicted .obj meshes and
 overlay .png). Only process 0 writes logs and exports; checkpoints are written collectively. The pieces
-live beside this file: `sharding`, `step`, `evaluation`, `metric_log`, `preemption`.
+live beside this file: `sharding`, `step`, `evaluation`, `metric_log`, `preemption`, `throughput`.
+
+`train_and_evaluate` reads top to bottom as those sections; each hands its work to a short function
+below it. The checkpoint manager, the metric writers and the input pipeline are closed by one
+`contextlib.ExitStack` on every exit: the end of training, a signal (SIGTERM, Ctrl-C), the NaN stop or
+any other error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from diffhand_jax.data import input_pipeline, splits
 from diffhand_jax.models import diffhand, pretrained
@@ -36,79 +44,210 @@ print0 = metric_log.print0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains from scratch or from the newest checkpoint in ``workdir``; returns the final results."""
+  """Trains from scratch or from the newest checkpoint in ``workdir``; returns the final results
+  (results.json's dict), or {'step', 'preempted': True, 'signal'} when a signal stopped the run after
+  checkpointing its step."""
   os.makedirs(workdir, exist_ok=True)
   run_config.save_config(config, workdir)
 
-  # ----------------------------------------------------------------------------------------------
-  # Mesh
-  # ----------------------------------------------------------------------------------------------
+  # --- Mesh ---------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
 
-  # ----------------------------------------------------------------------------------------------
-  # Input
-  # ----------------------------------------------------------------------------------------------
-  train_arrays = splits.open_split(
+  # --- Input: the splits, in memory or streamed (the batches start below, at the restored step) ---
+  train_arrays, eval_arrays = open_splits(config, mesh)
+
+  # --- Model --------------------------------------------------------------------------------------
+  components = state_lib.build(config)
+
+  # --- Shard: the state's layout by config.sharding_rules; batches split over every mesh axis -----
+  abstract_state, shardings = sharding.sharded_abstract_state(
+      config, components.model, components.optimizer, mesh
+  )
+  data_sharding = sharding.batch_sharding(mesh)
+
+  with contextlib.ExitStack() as closing:  # what opens in here is closed on every way out
+    # --- Checkpoint: resume from the newest readable one, else initialise -------------------------
+    manager, restored = closing.enter_context(opened_checkpoints(workdir, config, abstract_state))
+    state = resumed_or_initial_state(config, restored, components, shardings)
+    start_step = int(state.step)
+    if jax.process_index() == 0:
+      metric_log.truncate_metrics_log(os.path.join(workdir, 'metrics.jsonl'), start_step)
+
+    # --- Update step: compiled ahead of the loop, its cost analysis gives the FLOPs per step ------
+    step_fn = compile_train_step(config, components, mesh, abstract_state, shardings, data_sharding)
+    meter = throughput_meter(config, step_fn, mesh)
+
+    # --- Evaluate ---------------------------------------------------------------------------------
+    logger = closing.enter_context(
+        metric_log.Logger(
+            workdir, num_train_steps=config.num_train_steps, every_steps=config.log_every_steps
+        )
+    )
+    evaluator = evaluation.Evaluator(
+        config,
+        workdir,
+        components,
+        eval_arrays=eval_arrays,
+        train_arrays=train_arrays,
+        logger=logger,
+    )
+
+    # --- Loop -------------------------------------------------------------------------------------
+    batches = closing.enter_context(
+        contextlib.closing(train_batches(config, train_arrays, start_step))
+    )
+    loop_start = time.time()
+    end = train_loop(
+        config,
+        workdir,
+        state,
+        step_fn=step_fn,
+        batches=batches,
+        data_sharding=data_sharding,
+        meter=meter,
+        logger=logger,
+        manager=manager,
+        evaluator=evaluator,
+    )
+    if end.signal_name is None and manager.latest_step() != end.step:
+      checkpoints.save(manager, end.step, end.state, config, force=True)
+
+  if end.signal_name is not None:
+    return {'step': end.step, 'preempted': True, 'signal': end.signal_name}
+  print0(
+      f'trained steps {start_step}..{end.step} in '
+      f'{metric_log.format_seconds(time.time() - loop_start)}',
+      flush=True,
+  )
+  if end.results is None:  # nothing left to train: score what was restored
+    return evaluate_checkpoint(config, workdir)
+  return end.results
+
+
+# --------------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------------
+
+
+def open_train_split(config: ml_collections.ConfigDict):
+  """The training split of ``config`` (config.dataset.train_split, at most
+  config.dataset.max_train_examples rows), in memory or streamed (`splits.open_split`)."""
+  return splits.open_split(
       config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
   )
-  eval_arrays = evaluation.eval_arrays(config)
+
+
+def open_splits(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+  """(training split, eval split) of ``config``; prints their sizes and the mesh."""
+  train_arrays = open_train_split(config)
+  eval_arrays = evaluation.open_eval_split(config)
   print0(
-      f'data: {len(train_arrays["image"])} train / {len(eval_arrays["image"])} '
+      f'data: {splits.num_rows(train_arrays)} train / {splits.num_rows(eval_arrays)} '
       f'{config.dataset.eval_split} examples; mesh {dict(mesh.shape)}',
       flush=True,
   )
+  return train_arrays, eval_arrays
 
-  # ----------------------------------------------------------------------------------------------
-  # Model
-  # ----------------------------------------------------------------------------------------------
-  components = state_lib.build(config)
-  topology, model, schedule, optimizer = (
-      components.topology,
-      components.model,
-      components.schedule,
-      components.optimizer,
+
+def train_batches(
+    config: ml_collections.ConfigDict, train_arrays, start_step: int
+) -> input_pipeline.BatchIterator:
+  """This process's part of the global batch of each step from ``start_step`` on, endlessly: the
+  input settings of config.dataset, the model's vertex scale and image size."""
+  return input_pipeline.train_batches_from_config(
+      train_arrays,
+      config.dataset,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      vertex_scale=config.model.vertex_scale,
+      image_size=config.model.img_size,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
   )
 
-  # ----------------------------------------------------------------------------------------------
-  # Shard: the state's layout by config.sharding_rules; batches split over every mesh axis
-  # ----------------------------------------------------------------------------------------------
-  abstract_state, shardings = sharding.sharded_abstract_state(config, model, optimizer, mesh)
-  data_sharding = sharding.batch_sharding(mesh)
 
-  # ----------------------------------------------------------------------------------------------
-  # Checkpoint: resume from the newest readable one, else initialise (random, then the pretrained
-  # encoder read on the host and placed with the state's shardings; a resume never reads it)
-  # ----------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+# Checkpoint
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def opened_checkpoints(
+    workdir: str, config: ml_collections.ConfigDict, abstract_state: state_lib.TrainState
+) -> Iterator[tuple[ocp.CheckpointManager, state_lib.TrainState | None]]:
+  """(the checkpoint manager of workdir/checkpoints/, the newest readable state or None) for the
+  ``with`` block; on the way out, however it goes, the checkpoints already saved (the last good
+  state) finish writing and the manager closes."""
   manager, restored = checkpoints.open_for_training(workdir, config, abstract_state)
-  if restored is None:
-    state = step_lib.init_sharded_state(
-        config, model, optimizer, shardings, jax.random.PRNGKey(config.seed)
-    )
-    encoder_params = pretrained.encoder_params(config)
-    if encoder_params is not None:
-      state = state_lib.with_pretrained_encoder(state, encoder_params, shardings)
-      print0(f'encoder weights from {config.model.encoder_init}', flush=True)
-    print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
-  else:
-    state = restored
-    print0(f'resumed from step {int(state.step)}', flush=True)
-  start_step = int(state.step)
-  if jax.process_index() == 0:
-    metric_log.truncate_metrics_log(os.path.join(workdir, 'metrics.jsonl'), start_step)
+  try:
+    yield manager, restored
+  finally:
+    manager.wait_until_finished()
+    manager.close()
 
-  # ----------------------------------------------------------------------------------------------
-  # Update step
-  # ----------------------------------------------------------------------------------------------
-  # Compiled ahead of the loop, so that its cost analysis gives the FLOPs per step (perf/ metrics).
-  step_fn = (
-      step_lib.jit_train_step(config, model, optimizer, schedule, topology, mesh, shardings)
+
+def resumed_or_initial_state(
+    config: ml_collections.ConfigDict,
+    restored: state_lib.TrainState | None,
+    components: state_lib.Components,
+    shardings: state_lib.TrainState,
+) -> state_lib.TrainState:
+  """``restored``, or where there is none a fresh train state laid out by ``shardings``: random, then
+  the pretrained encoder (config.model.encoder_init, read on the host and placed with the same
+  shardings; a resume never reads it)."""
+  if restored is not None:
+    print0(f'resumed from step {int(restored.step)}', flush=True)
+    return restored
+  state = step_lib.init_sharded_state(
+      config, components.model, components.optimizer, shardings, jax.random.PRNGKey(config.seed)
+  )
+  encoder_params = pretrained.encoder_params(config)
+  if encoder_params is not None:
+    state = state_lib.with_pretrained_encoder(state, encoder_params, shardings)
+    print0(f'encoder weights from {config.model.encoder_init}', flush=True)
+  print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
+  return state
+
+
+# --------------------------------------------------------------------------------------------------
+# Update step
+# --------------------------------------------------------------------------------------------------
+
+
+def compile_train_step(
+    config: ml_collections.ConfigDict,
+    components: state_lib.Components,
+    mesh: jax.sharding.Mesh,
+    abstract_state: state_lib.TrainState,
+    shardings: state_lib.TrainState,
+    data_sharding: jax.sharding.NamedSharding,
+):
+  """The update step ``(state, batch) -> (state, loss parts)``, lowered and compiled for the state's
+  and the batch's shardings."""
+  return (
+      step_lib.jit_train_step(
+          config,
+          components.model,
+          components.optimizer,
+          components.schedule,
+          components.topology,
+          mesh,
+          shardings,
+      )
       .lower(abstract_state, step_lib.abstract_train_batch(config, data_sharding))
       .compile()
   )
+
+
+def throughput_meter(
+    config: ml_collections.ConfigDict, compiled_step, mesh: jax.sharding.Mesh
+) -> throughput.Meter:
+  """The meter of the perf/ metrics: the compiled step's FLOPs against the device's peak (printed)."""
   peak_flops, peak_source = throughput.device_peak(str(config.model.get('dtype', 'float32')))
   meter = throughput.Meter(
       global_batch=int(config.batch_size),
-      flops_per_step=throughput.compiled_flops(step_fn),
+      flops_per_step=throughput.compiled_flops(compiled_step),
       peak_flops=peak_flops,
       num_devices=int(mesh.size),
   )
@@ -117,123 +256,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f'peak of {peak_flops / 1e12:.3g} TFLOP/s ({peak_source})',
       flush=True,
   )
+  return meter
 
-  # ----------------------------------------------------------------------------------------------
-  # Evaluate
-  # ----------------------------------------------------------------------------------------------
-  reconstruct_fn = diffhand.make_reconstruct_fn(
-      model,
-      num_steps=config.model.sampling_steps,
-      num_hypotheses=config.model.num_hypotheses,
-      eta=config.model.eta,
-      schedule=schedule,
-  )
 
-  def evaluate(state):
-    return evaluation.run_evaluation(
-        checkpoints.inference_params(state, config),
-        int(state.step),
-        config,
-        workdir,
-        topology,
-        model,
-        reconstruct_fn,
-        eval_arrays,
-        train_arrays,
-        logger,
-    )
+# --------------------------------------------------------------------------------------------------
+# Loop
+# --------------------------------------------------------------------------------------------------
 
-  # ----------------------------------------------------------------------------------------------
-  # Loop
-  # ----------------------------------------------------------------------------------------------
-  logger = metric_log.Logger(
-      workdir, num_train_steps=config.num_train_steps, every_steps=config.log_every_steps
-  )
-  batches = input_pipeline.train_batches(
-      train_arrays,
-      batch_size=config.batch_size,
-      seed=config.seed,
-      start_step=start_step,
-      vertex_scale=config.model.vertex_scale,
-      image_size=config.model.img_size,
-      colour_strength=config.dataset.get('colour_jitter', 0.0),
-      crop_margin=config.dataset.get('crop_margin'),
-      augment=input_pipeline.augment_options(config.dataset),
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      num_workers=config.dataset.get('num_workers'),
-  )
-  results = None
-  history = []
-  loop_start = time.time()
+
+@dataclasses.dataclass
+class LoopEnd:
+  """Where `train_loop` stopped: the state after its last step, that step, the last evaluation's
+  results (None when it evaluated nothing) and the signal that stopped it (None: it ran to the end).
+  """
+
+  state: state_lib.TrainState
+  step: int
+  results: dict[str, Any] | None
+  signal_name: str | None
+
+
+def train_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    state: state_lib.TrainState,
+    *,
+    step_fn,
+    batches: Iterator[dict[str, np.ndarray]],
+    data_sharding: jax.sharding.NamedSharding,
+    meter: throughput.Meter,
+    logger: metric_log.Logger,
+    manager: ocp.CheckpointManager,
+    evaluator: evaluation.Evaluator,
+) -> LoopEnd:
+  """Steps from ``state.step`` to config.num_train_steps: logs every config.log_every_steps, saves at
+  the manager's interval, evaluates every config.eval_every_steps and at the end. A SIGTERM or Ctrl-C
+  stops it after the step in flight, with that step checkpointed; a non-finite loss stops it with a
+  FloatingPointError before that state is saved."""
+  results, window = None, []  # window: the loss parts of the steps since the last log line
   meter.reset()
-  try:
-    with preemption.PreemptionSignal() as preempt:
-      for step in range(start_step, config.num_train_steps):
-        waiting = time.perf_counter()
-        batch = next(batches)
-        global_batch = sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
-        meter.input_seconds += time.perf_counter() - waiting
-        state, parts = step_fn(state, global_batch)
-        history.append(parts)
-        meter.steps += 1
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == config.num_train_steps:
-          values = {k: float(np.mean([float(p[k]) for p in history])) for k in history[0]}
-          _check_finite(values['total'], done, workdir)
-          perf = meter.metrics()  # after the float()s above: the window's steps have finished
-          values['steps_per_sec'] = 1.0 / perf['perf/step_time_seconds']
-          values['loss'] = values['total']
-          logger.write(done, 'train', {**values, **perf})
-          print0(
-              f'step {done}/{config.num_train_steps} | loss {values["total"]:.4f} '
-              f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
-              f'smooth {values["smooth"]:.4f}) | {perf["perf/images_per_sec"]:.1f} images/s, '
-              f'{perf["perf/per_device_tflops_per_sec"] * 1e3:.1f} GFLOP/s per device, '
-              f'MFU {perf["perf/mfu"]:.1%}, input wait {perf["perf/input_wait_fraction"]:.0%}',
-              flush=True,
-          )
-          history = []
-          meter.reset()
-        logger.report_progress(done)
-        preempted = preempt.received or manager.reached_preemption(done)
-        if preempted or manager.should_save(done):
-          # Never let a diverged state replace the last good checkpoint.
-          _check_finite(float(parts['total']), done, workdir)
-          checkpoints.save(manager, done, state, config, force=preempted)
-        if preempted:
-          manager.wait_until_finished()
-          how = 'interrupted (Ctrl-C)' if preempt.signal_name == 'SIGINT' else 'preempted'
-          print0(
-              f'{how}: saved a checkpoint at step {done}; rerun the same command to resume',
-              flush=True,
-          )
-          manager.close()
-          logger.close()
-          return {'step': done, 'preempted': True, 'signal': preempt.signal_name or 'SIGTERM'}
-        if done % config.eval_every_steps == 0 or done == config.num_train_steps:
-          with logger.report_progress.timed('eval', wait_jax_async_dispatch=False):
-            results = evaluate(state)
-          meter.reset()  # evaluation time is no step's
-  except BaseException:
-    # Let the checkpoints already saved (the last good state) finish writing before the error leaves.
-    manager.wait_until_finished()
-    manager.close()
-    logger.close()
-    raise
-  if manager.latest_step() != int(state.step):
-    checkpoints.save(manager, int(state.step), state, config, force=True)
-  manager.wait_until_finished()
-  manager.close()
-  logger.close()
+  with preemption.PreemptionSignal() as preempt:
+    for step in range(int(state.step), config.num_train_steps):
+      waiting = time.perf_counter()
+      batch = next(batches)
+      global_batch = sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
+      meter.input_seconds += time.perf_counter() - waiting
+      state, parts = step_fn(state, global_batch)
+      window.append(parts)
+      meter.steps += 1
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == config.num_train_steps:
+        log_window(config, workdir, done, window, meter, logger)
+        window = []
+        meter.reset()
+      logger.report_progress(done)
+      preempted = preempt.received or manager.reached_preemption(done)
+      if preempted or manager.should_save(done):
+        # Never let a diverged state replace the last good checkpoint.
+        _check_finite(float(parts['total']), done, workdir)
+        checkpoints.save(manager, done, state, config, force=preempted)
+      if preempted:
+        manager.wait_until_finished()
+        how = 'interrupted (Ctrl-C)' if preempt.signal_name == 'SIGINT' else 'preempted'
+        print0(
+            f'{how}: saved a checkpoint at step {done}; rerun the same command to resume',
+            flush=True,
+        )
+        return LoopEnd(state, done, results, preempt.signal_name or 'SIGTERM')
+      if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+        with logger.report_progress.timed('eval', wait_jax_async_dispatch=False):
+          results = evaluator(checkpoints.inference_params(state, config), int(state.step))
+        meter.reset()  # evaluation time is no step's
+  return LoopEnd(state, int(state.step), results, None)
+
+
+def log_window(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int,
+    window: list[dict[str, jax.Array]],
+    meter: throughput.Meter,
+    logger: metric_log.Logger,
+) -> None:
+  """Logs the mean loss parts of the steps in ``window`` (each a dict of scalars) with the window's
+  perf/ metrics, as a metrics.jsonl row and a progress line; stops on a non-finite loss."""
+  values = {k: float(np.mean([float(parts[k]) for parts in window])) for k in window[0]}
+  _check_finite(values['total'], step, workdir)
+  perf = meter.metrics()  # after the float()s above: the window's steps have finished
+  values['steps_per_sec'] = 1.0 / perf['perf/step_time_seconds']
+  values['loss'] = values['total']
+  logger.write(step, 'train', {**values, **perf})
   print0(
-      f'trained steps {start_step}..{int(state.step)} in '
-      f'{metric_log.format_seconds(time.time() - loop_start)}',
+      f'step {step}/{config.num_train_steps} | loss {values["total"]:.4f} '
+      f'(vertex {values["vertex"]:.4f}, joint {values["joint"]:.4f}, '
+      f'smooth {values["smooth"]:.4f}) | {perf["perf/images_per_sec"]:.1f} images/s, '
+      f'{perf["perf/per_device_tflops_per_sec"] * 1e3:.1f} GFLOP/s per device, '
+      f'MFU {perf["perf/mfu"]:.1%}, input wait {perf["perf/input_wait_fraction"]:.0%}',
       flush=True,
   )
-  if results is None:  # nothing left to train: score what was restored
-    results = evaluate_checkpoint(config, workdir)
-  return results
 
 
 def _check_finite(loss: float, step: int, workdir: str) -> None:
@@ -244,36 +364,26 @@ def _check_finite(loss: float, step: int, workdir: str) -> None:
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Evaluate a checkpoint
+# --------------------------------------------------------------------------------------------------
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Scores the newest checkpoint in ``workdir`` (EMA params when the config keeps them), reading its
   params only."""
-  components = state_lib.build_network(config)
+  network = state_lib.build_network(config)
   params, step = checkpoints.restore_params(
-      workdir, state_lib.abstract_params(config, components.model), config
+      workdir, state_lib.abstract_params(config, network.model), config
   )
-  train_arrays = splits.open_split(
-      config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
-  )
-  reconstruct_fn = diffhand.make_reconstruct_fn(
-      components.model,
-      num_steps=config.model.sampling_steps,
-      num_hypotheses=config.model.num_hypotheses,
-      eta=config.model.eta,
-      schedule=components.schedule,
-  )
-  logger = metric_log.Logger(workdir)
-  try:
-    return evaluation.run_evaluation(
-        params,
-        step,
+  train_arrays = open_train_split(config)
+  with metric_log.Logger(workdir) as logger:
+    evaluator = evaluation.Evaluator(
         config,
         workdir,
-        components.topology,
-        components.model,
-        reconstruct_fn,
-        evaluation.eval_arrays(config),
-        train_arrays,
-        logger,
+        network,
+        eval_arrays=evaluation.open_eval_split(config),
+        train_arrays=train_arrays,
+        logger=logger,
     )
-  finally:
-    logger.close()
+    return evaluator(params, step)
