@@ -7,7 +7,6 @@ import logging
 import os
 from typing import Mapping
 
-from clu import metric_writers, periodic_actions
 import jax
 
 from diffhand_jax.runs import files
@@ -44,6 +43,10 @@ class Logger:
   """
 
   def __init__(self, workdir: str, *, num_train_steps: int | None = None, every_steps: int = 100):
+    # Waits for a Logger (heavy): clu imports TensorFlow, seconds, and importing torch after it
+    # crashed the tests' process; print0's importers need neither.
+    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.writer = metric_writers.create_default_writer(
