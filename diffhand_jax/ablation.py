@@ -14,8 +14,10 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from diffhand_jax import command_line  # noqa: E402
+from diffhand_jax.runs import checks  # noqa: E402
 
 PROG = 'python -m diffhand_jax.ablation'
 
@@ -31,17 +33,14 @@ def main(argv=None) -> int:
   if not FLAGS['config'].present or not FLAGS.workdir:
     print(f'{PROG}: error: --config and --workdir are required', file=sys.stderr)
     return 2
-  from absl import logging  # pylint: disable=g-import-not-at-top
-
   logging.set_verbosity(logging.WARNING)
-  from diffhand_jax.runs import checks  # pylint: disable=g-import-not-at-top
-
   try:
     # Each variant's folder is a workdir of its own; the base config's needs are the same for all.
     checks.check_run(FLAGS.config, FLAGS.workdir, mode='train', check_resume=False)
   except checks.RunCheckError as error:
     print(f'{PROG}: error: {error}', file=sys.stderr)
     return 2
+  # Heavy (its metric writers bring TensorFlow): imported after the flags, so --help answers quickly.
   from diffhand_jax.training import ablation  # pylint: disable=g-import-not-at-top
 
   try:

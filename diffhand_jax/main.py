@@ -21,8 +21,14 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads the datasets here
 
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
 
 from diffhand_jax import command_line  # noqa: E402
+from diffhand_jax.geometry import hand_model  # noqa: E402
+from diffhand_jax.models import checkpoint_errors  # noqa: E402
+from diffhand_jax.runs import checks, lock  # noqa: E402
+from diffhand_jax.training import distributed, memory  # noqa: E402
 
 PROG = 'python -m diffhand_jax.main'
 
@@ -55,19 +61,12 @@ def main(argv=None) -> int:
   config = FLAGS.config
   mode = config.get('mode', 'train')
 
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # The heavy imports wait until the flags are parsed, so that --help answers quickly.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # heavy: seconds to import
 
   tf.config.set_visible_devices([], 'GPU')  # keep TensorFlow off the accelerators JAX uses
-  from absl import logging  # pylint: disable=g-import-not-at-top
-
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  from diffhand_jax.models import checkpoint_errors  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.runs import checks, lock  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.training import distributed  # pylint: disable=g-import-not-at-top
-
   how = distributed.maybe_initialize()
-  import jax  # pylint: disable=g-import-not-at-top
-
   if how != 'single':
     print(
         f'process {jax.process_index()} of {jax.process_count()} ({how}), '
@@ -82,9 +81,6 @@ def main(argv=None) -> int:
     return error_exit(str(error))
 
   if mode == 'memory':
-    from diffhand_jax.geometry import hand_model  # pylint: disable=g-import-not-at-top
-    from diffhand_jax.training import memory  # pylint: disable=g-import-not-at-top
-
     if config.dataset.hand_model == 'mano':
       _, missing = hand_model.mano_dir_problem(
           config.dataset.get('mano_dir'), 'memory', ('MANO_RIGHT.pkl',)
@@ -97,7 +93,7 @@ def main(argv=None) -> int:
     memory.print_memory_report(config)
     return 0
 
-  from diffhand_jax.training import train  # pylint: disable=g-import-not-at-top
+  from diffhand_jax.training import train  # pylint: disable=g-import-not-at-top  # heavy: clu, TF
 
   holder = None
   try:

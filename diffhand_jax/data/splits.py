@@ -15,11 +15,15 @@ Turning the rows into model-ready batches, and feeding them to training and eval
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds  # imports TensorFlow itself only when it needs it
+from tensorflow_datasets.core import decode, file_adapters
 
 # TFDS builders that live in this repository's datasets/ folder, by TFDS name.
 BUILDER_MODULES = {
@@ -67,8 +71,6 @@ def _unprepared_message(dataset_config: Mapping[str, Any], data_dir: str) -> str
 
 
 def _builder(dataset_config: Mapping[str, Any], **kwargs):
-  import tensorflow_datasets as tfds  # imported lazily: TensorFlow is slow to import
-
   name = dataset_config['name']
   if name in BUILDER_MODULES:
     importlib.import_module(BUILDER_MODULES[name])  # registers the builder with TFDS
@@ -153,9 +155,6 @@ def load_split(
   Data stored as tfrecord is read with tf.data, as before; ArrayRecord-only data through
   :class:`SplitSource` (the same decoders, so the same arrays). 'hand_side' comes back as str.
   """
-  import tensorflow_datasets as tfds
-  from tensorflow_datasets.core import file_adapters
-
   builder = get_builder(dataset_config)
   spec = _split_spec(builder, split, max_examples)
   missing = [key for key in features if key not in builder.info.features]
@@ -267,8 +266,6 @@ class SplitSource(Mapping[str, '_Column']):
       prefetch: int | None = None,
       num_threads: int | None = None,
   ):
-    from tensorflow_datasets.core import decode
-
     spec = _split_spec(builder, split, max_examples)
     self.name = f'{builder.info.full_name}:{spec}'
     if not has_random_access(builder):
@@ -351,7 +348,6 @@ class SplitSource(Mapping[str, '_Column']):
     return f'SplitSource({self.name}, {self.num_examples} examples)'
 
   def _decoders(self, wanted: Sequence[str]) -> dict[str, Any]:
-    import tensorflow_datasets as tfds
     # Skip what is not wanted; images are kept as bytes here and decoded in _decode.
     return {
         key: tfds.decode.SkipDecoding()
@@ -360,14 +356,12 @@ class SplitSource(Mapping[str, '_Column']):
     }
 
   def _decode(self, key: str, value: Any) -> Any:
-    import tensorflow_datasets as tfds
-
     feature = self._features[key]
     if isinstance(feature, tfds.features.Image):
       image = _decode_png_as_tensorflow_does(value, feature.shape, feature.np_dtype)
       if image is not None:
         return image
-      import tensorflow as tf
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top  # heavy; non-PNG images only
 
       return feature.decode_example(tf.constant(value)).numpy()
     if isinstance(feature, tfds.features.Text):
@@ -463,10 +457,6 @@ def _decode_png_as_tensorflow_does(value: Any, shape, dtype) -> np.ndarray | Non
     return None
   if np.dtype(dtype) != np.uint8 or shape[-1] not in _PIL_MODES:
     return None
-  import io
-
-  from PIL import Image
-
   with Image.open(io.BytesIO(value)) as image:
     if image.mode != _PIL_MODES[shape[-1]]:
       return None

@@ -21,8 +21,10 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError
 from diffhand_jax.runs import state as state_lib
@@ -57,8 +59,6 @@ def checkpoint_manager(
   protect_step: a checkpoint known to restore (the one a run resumed from), which rotation never
   deletes, whatever config.keep_checkpoints says, until a later run resumes from a newer one.
   """
-  from orbax.checkpoint import checkpoint_managers  # pylint: disable=g-import-not-at-top
-
   policy = None
   if config is not None:
     policy = checkpoint_managers.LatestN(int(config.get('keep_checkpoints', 3)))
@@ -172,8 +172,6 @@ def move_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
         flush=True,
     )
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
     multihost_utils.sync_global_devices(f'diffhand checkpoint {step} moved aside')
   manager.reload()
   return target

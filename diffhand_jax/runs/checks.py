@@ -13,9 +13,13 @@ import math
 import os
 from typing import Any, Callable, Iterable, Sequence
 
+import jax
 import ml_collections
 
-from diffhand_jax.models import pretrained
+from diffhand_jax.data import splits
+from diffhand_jax.geometry import hand_model, hypotheses
+from diffhand_jax.models import diffhand, pretrained
+from diffhand_jax.runs import checkpoints, run_config
 
 MODES = ('train', 'evaluate', 'memory')
 HAND_MODELS = ('procedural', 'mano')
@@ -122,9 +126,6 @@ class _Checker:
 
 def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = None) -> list[str]:
   """Every problem with the fields a run of ``config`` uses; [] when it is sound."""
-  from diffhand_jax.data import splits  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.geometry import hypotheses  # pylint: disable=g-import-not-at-top
-
   check = _Checker(config)
   mode = mode or check.get('mode', 'train')
   if 'mode' in config:
@@ -232,8 +233,6 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
 
 def model_problem(config: ml_collections.ConfigDict) -> str | None:
   """Builds the network of ``config`` (no params, no compilation); its error, or None."""
-  from diffhand_jax.models import diffhand  # pylint: disable=g-import-not-at-top
-
   try:
     diffhand.build_model(config.model)
   except (ValueError, TypeError, KeyError, AttributeError) as error:
@@ -302,9 +301,6 @@ def prerequisite_problems(
 ) -> list[str]:
   """What the run needs and lacks: the workdir, the MANO files, the prepared dataset, the pretrained
   encoder (a fresh training run only), and devices for the mesh. ``device_count`` None: JAX's."""
-  from diffhand_jax.data import splits  # pylint: disable=g-import-not-at-top
-  from diffhand_jax.geometry import hand_model  # pylint: disable=g-import-not-at-top
-
   problems = []
   problem = workdir_problem(workdir, mode)
   if problem:
@@ -328,8 +324,6 @@ def prerequisite_problems(
   if mode == 'train' and not has_checkpoint(workdir):  # a resume reads the checkpoint's weights
     problems += pretrained.source_problems(config)
   if device_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-
     device_count = jax.device_count()
   problems += mesh_problems(config, device_count)
   return problems
@@ -338,8 +332,6 @@ def prerequisite_problems(
 def resume_problem(config: ml_collections.ConfigDict, workdir: str | None) -> str | None:
   """Whether ``config`` may continue the run in ``workdir``: the fields that fix the saved state's
   structure or meaning must equal the saved config's (runs/run_config.py lists which)."""
-  from diffhand_jax.runs import checkpoints, run_config  # pylint: disable=g-import-not-at-top
-
   if not workdir or not os.path.isdir(workdir):
     return None
   payload = None
