@@ -18,6 +18,7 @@ from absl import logging  # noqa: E402
 
 from diffhand_jax import command_line  # noqa: E402
 from diffhand_jax.runs import checks  # noqa: E402
+from diffhand_jax.training import ablation  # noqa: E402
 
 PROG = 'python -m diffhand_jax.ablation'
 
@@ -40,9 +41,6 @@ def main(argv=None) -> int:
   except checks.RunCheckError as error:
     print(f'{PROG}: error: {error}', file=sys.stderr)
     return 2
-  # Heavy (its metric writers bring TensorFlow): imported after the flags, so --help answers quickly.
-  from diffhand_jax.training import ablation  # pylint: disable=g-import-not-at-top
-
   try:
     summary = ablation.run_ablation(FLAGS.config, FLAGS.workdir)
   except KeyboardInterrupt:

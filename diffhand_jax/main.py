@@ -28,7 +28,7 @@ from diffhand_jax import command_line  # noqa: E402
 from diffhand_jax.geometry import hand_model  # noqa: E402
 from diffhand_jax.models import checkpoint_errors  # noqa: E402
 from diffhand_jax.runs import checks, lock  # noqa: E402
-from diffhand_jax.training import distributed, memory  # noqa: E402
+from diffhand_jax.training import distributed, memory, train  # noqa: E402
 
 PROG = 'python -m diffhand_jax.main'
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
   config = FLAGS.config
   mode = config.get('mode', 'train')
 
-  # The heavy imports wait until the flags are parsed, so that --help answers quickly.
+  # TensorFlow waits until the flags are parsed, so that --help answers quickly.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  # heavy: seconds to import
 
   tf.config.set_visible_devices([], 'GPU')  # keep TensorFlow off the accelerators JAX uses
@@ -92,8 +92,6 @@ def main(argv=None) -> int:
         config.dataset.hand_model = 'procedural'
     memory.print_memory_report(config)
     return 0
-
-  from diffhand_jax.training import train  # pylint: disable=g-import-not-at-top  # heavy: clu, TF
 
   holder = None
   try:
