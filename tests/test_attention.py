@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _jaxpr
 from diffhand_jax.models import attention
 
 
@@ -69,19 +70,11 @@ def test_cpu_cores_equal_jax_nn_dot_product_attention_and_its_gradients(implemen
 def _exp_dtypes(fn, *args):
   """The dtypes of every exp in fn's jaxpr, also inside nested ones (the sliced core's map and
   remat)."""
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == 'exp':
-        yield eqn.outvars[0].aval.dtype
-      for param in eqn.params.values():
-        for sub in param if isinstance(param, (tuple, list)) else (param,):
-          if isinstance(sub, jax.extend.core.ClosedJaxpr):
-            yield from walk(sub.jaxpr)
-          elif isinstance(sub, jax.extend.core.Jaxpr):
-            yield from walk(sub)
-
-  return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+  return {
+      eqn.outvars[0].aval.dtype
+      for eqn in _jaxpr.equations(fn, *args)
+      if eqn.primitive.name == 'exp'
+  }
 
 
 @pytest.mark.parametrize('implementation', ['heads_major', 'xla', 'sliced'])

@@ -199,17 +199,31 @@ def test_nothing_imports_the_repository_folders_as_packages(top):
   assert not offenders, f'imports of the top-level {top!r} package: {offenders}'
 
 
-def test_the_layer_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
-  """The checker itself: a geometry module that imports training is reported."""
+def _fake_package(tmp_path, monkeypatch, modules: dict[str, str]) -> None:
+  """Points the checkers at a package of `modules` {'geometry/shapes.py': source} under tmp_path (each
+  folder gets an empty __init__.py)."""
   fake = tmp_path / 'diffhand_jax'
-  (fake / 'geometry').mkdir(parents=True)
-  (fake / 'training').mkdir()
-  for folder in (fake, fake / 'geometry', fake / 'training'):
-    (folder / '__init__.py').write_text('')
-  (fake / 'training' / 'loop.py').write_text('from diffhand_jax.geometry import shapes\n')
-  (fake / 'geometry' / 'shapes.py').write_text('from diffhand_jax.training import loop\n')
+  for name, source in modules.items():
+    path = fake / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+  for folder in {fake} | {(fake / name).parent for name in modules}:
+    if not (folder / '__init__.py').exists():
+      (folder / '__init__.py').write_text('')
   monkeypatch.setattr(__import__(__name__), 'ROOT', tmp_path)
   monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
+
+
+def test_the_layer_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
+  """The checker itself: a geometry module that imports training is reported."""
+  _fake_package(
+      tmp_path,
+      monkeypatch,
+      {
+          'training/loop.py': 'from diffhand_jax.geometry import shapes\n',
+          'geometry/shapes.py': 'from diffhand_jax.training import loop\n',
+      },
+  )
   with pytest.raises(
       AssertionError, match=r'geometry\.shapes \(geometry\) imports diffhand_jax\.training\.loop'
   ):
@@ -219,14 +233,14 @@ def test_the_layer_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
 
 
 def test_the_checker_catches_an_inference_module_importing_a_command(tmp_path, monkeypatch):
-  fake = tmp_path / 'diffhand_jax'
-  (fake / 'inference').mkdir(parents=True)
-  for path in (fake / '__init__.py', fake / 'inference' / '__init__.py'):
-    path.write_text('')
-  (fake / 'inference' / 'app.py').write_text('x = 1\n')
-  (fake / 'inference' / 'pipeline.py').write_text('from diffhand_jax.inference import app\n')
-  monkeypatch.setattr(__import__(__name__), 'ROOT', tmp_path)
-  monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
+  _fake_package(
+      tmp_path,
+      monkeypatch,
+      {
+          'inference/app.py': 'x = 1\n',
+          'inference/pipeline.py': 'from diffhand_jax.inference import app\n',
+      },
+  )
   with pytest.raises(
       AssertionError, match=r'inference\.pipeline imports diffhand_jax\.inference\.app'
   ):
@@ -235,14 +249,11 @@ def test_the_checker_catches_an_inference_module_importing_a_command(tmp_path, m
 
 def test_the_geometry_rule_catches_an_import_of_a_top_level_module(tmp_path, monkeypatch):
   """The layer table allows geometry -> metrics (both geometry); the geometry rule reports it."""
-  fake = tmp_path / 'diffhand_jax'
-  (fake / 'geometry').mkdir(parents=True)
-  for folder in (fake, fake / 'geometry'):
-    (folder / '__init__.py').write_text('')
-  (fake / 'metrics.py').write_text('')
-  (fake / 'geometry' / 'hull.py').write_text('from diffhand_jax import metrics\n')
-  monkeypatch.setattr(__import__(__name__), 'ROOT', tmp_path)
-  monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
+  _fake_package(
+      tmp_path,
+      monkeypatch,
+      {'metrics.py': '', 'geometry/hull.py': 'from diffhand_jax import metrics\n'},
+  )
   test_every_import_is_allowed_by_the_layer_table()
   with pytest.raises(
       AssertionError, match=r'diffhand_jax\.geometry\.hull imports diffhand_jax\.metrics'

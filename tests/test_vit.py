@@ -10,6 +10,7 @@ timm = pytest.importorskip('timm')
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
+import _jaxpr  # noqa: E402
 from diffhand_jax.models import vit  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -179,18 +180,7 @@ def test_random_init_has_the_layout_of_imported_params(name):
 
 def _primitive_names(fn, *args):
   """The name of every primitive in fn's jaxpr, with repeats, also inside nested ones (pjit, remat)."""
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      yield eqn.primitive.name
-      for param in eqn.params.values():
-        for sub in param if isinstance(param, (tuple, list)) else (param,):
-          if isinstance(sub, jax.extend.core.ClosedJaxpr):
-            yield from walk(sub.jaxpr)
-          elif isinstance(sub, jax.extend.core.Jaxpr):
-            yield from walk(sub)
-
-  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+  return [eqn.primitive.name for eqn in _jaxpr.equations(fn, *args)]
 
 
 def test_conv_and_matmul_patch_embeddings_agree():
