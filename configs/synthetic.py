@@ -9,9 +9,10 @@ meshes, 12 side-by-side overlays and a contact sheet. Small batches and many upd
 is underfit, and at the same compute (examples seen) batches of 8 beat batches of 32. On a 2-core CPU the
 whole command, install included, should take at most 10 minutes. It should reach a test-split pa_mpvpe of
 at most half the mean-mesh baseline's, an mpvpe below the baseline's, and a palm_facing_agreement of at
-least 0.9 (all in results.json). From a fresh clone it took 8 min 38 s with the install (9 min 47 s for
-the same steps on a slower day) and reached pa_mpvpe 15.87 mm against 35.10 (0.452x), mpvpe 54.71
-against 64.57, and 0.948 (README.md, "What the demo reaches"; docs/experiments.md).
+least 0.9 (all in results.json). From a fresh clone on 2026-12-05 it took 8 min 52 s with the install
+(9 min 47 s for the same steps on a slower day) and reached pa_mpvpe 15.81 mm against 35.10 (0.450x),
+mpvpe 62.73 against 64.57, and 0.968 (README.md, "What the demo reaches"; docs/experiments.md, where
+the earlier package set's 15.87 / 54.71 / 0.948 are recorded).
 """
 
 import ml_collections
