@@ -86,6 +86,15 @@ def point_distances(gt, pred) -> np.ndarray:
   return np.sqrt(np.sum(np.square(np.asarray(gt, np.float64) - np.asarray(pred, np.float64)), -1))
 
 
+def pa_mpjpe(pred_joints, gt_joints) -> np.ndarray:
+  """PA-MPJPE per sample (B,) in mm: the mean joint distance after aligning each prediction (B, J, 3)
+  to its ground truth (B, J, 3) by scale, rotation and translation (`alignment.align_w_scale_batch`),
+  as in `evaluate_per_sample`. Both in metres."""
+  gt = np.asarray(gt_joints, np.float64)
+  aligned = alignment.align_w_scale_batch(gt, np.asarray(pred_joints, np.float64))
+  return point_distances(gt, aligned).mean(-1) * _MM_PER_M
+
+
 def auc_thresholds(
     val_min: float = AUC_MIN_M, val_max: float = AUC_MAX_M, steps: int = AUC_STEPS
 ) -> np.ndarray:

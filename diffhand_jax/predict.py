@@ -2,6 +2,7 @@
 
   python -m diffhand_jax.predict --workdir=DIR --images=IN_DIR --output=OUT_DIR
       [--detector=mediapipe|none] [--min_hand_score=0.5] [--focal=PIXELS] [--fit_mano]
+      [--placement=landmarks|network] [--refine=landmarks|none]
       [--boxes=boxes.json] [--box_scale=1.3] [--left=left.json | --left=a.jpg,b.png | --all_left]
       [--num_hypotheses=5] [--steps=10] [--eta=0] [--method=mean|medoid|aligned_mean] [--tta] [--batch_size=8]
       [--seed=0] [--overlay_size=1024] [--color_by_uncertainty] [--config.key=value ...]
@@ -27,6 +28,14 @@ OUT_DIR (docs/design.md §8 names the keys; docs/photos.md shows an example):
                   much the K hypotheses disagree in shape once rigidly aligned; 0 for K = 1) and its
                   per-vertex form, the weak-perspective camera, the crop box; with
                   --fit_mano also MANO pose, betas and trans and the hand model they belong to
+
+Placement and refinement (docs/photos.md): a detected hand comes with the detector's 21 landmarks. By
+default its mesh is placed so that its joints project onto them (--placement=landmarks; "network": where
+the model's own camera draws it, as hands from --boxes always are), then the run's hand model is fitted
+to it, its joints onto the landmarks and its shape near the network's (--refine=landmarks; the JSON's
+"network" keeps the network's own mesh, and "mesh" says which one the OBJ and the overlay show). Each
+photo's line on stderr gives the joints' distance to the landmarks and the PA-MPJPE against the
+detector's own 3D landmarks ("keypoints_3d", a peer's 3D estimate).
 
 Photos without a hand are reported by name and skipped.
 
@@ -62,7 +71,7 @@ from typing import Sequence
 from absl import flags
 
 from diffhand_jax import command_line
-from diffhand_jax.inference import io, overrides, predict, video
+from diffhand_jax.inference import io, overrides, pipeline, predict, video
 
 PROG = 'python -m diffhand_jax.predict'
 
@@ -96,6 +105,22 @@ flags.DEFINE_float(
 )
 flags.DEFINE_bool(
     'fit_mano', False, "add each hand's MANO pose, betas and trans (mano.fit)", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    'placement',
+    pipeline.PHOTO_DEFAULTS.placement,
+    list(pipeline.PLACEMENTS),
+    "where a detected hand goes in the camera: on the detector's 21 landmarks, or where the "
+    "network's weak-perspective camera draws it (hands from --boxes always so)",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    'refine',
+    pipeline.PHOTO_DEFAULTS.refine,
+    list(pipeline.REFINEMENTS),
+    "landmarks: fit the run's hand model to each detected hand, its joints onto the landmarks and its "
+    "shape near the network's (the JSON keeps the network's mesh too); none: the network's mesh",
+    flag_values=FLAGS,
 )
 flags.DEFINE_float(
     'box_scale',

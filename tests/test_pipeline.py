@@ -93,7 +93,10 @@ def test_the_fit_refuses_before_sampling_without_hand_model_files(opened, tmp_pa
   cache = sampling.SamplerCache(run)
   monkeypatch.setattr(sampling.Sampler, 'predict', lambda *a, **k: pytest.fail('sampled'))
   options = pipeline.Options(detector='none', fit_mano=True)
-  with pytest.raises(pipeline.HandModelUnavailable, match='--fit_mano: .*MANO_RIGHT.pkl'):
+  with pytest.raises(
+      pipeline.HandModelUnavailable,
+      match='--fit_mano and --refine=landmarks need the hand model: .*MANO_RIGHT.pkl',
+  ):
     pipeline.reconstruct(cache, _image(64, 64, 4), options)
 
 

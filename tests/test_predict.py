@@ -370,7 +370,9 @@ def test_bad_inputs_are_reported_clearly(tmp_path, capsys):
   (tmp_path / 'left.json').write_text('{"x": true}')
   assert io.load_left(str(tmp_path / 'left.json'), names) == {'x.png': True}
   assert io.load_left('x.png,y.png', names + ['z.png']) == {'x.png': True, 'z.png': False}
-  with pytest.raises(io.InputError, match='--fit_mano: .*MANO_LEFT.pkl'):
+  with pytest.raises(
+      io.InputError, match='--fit_mano and --refine=landmarks need the hand model: .*MANO_LEFT.pkl'
+  ):
     pipeline.hand_models(_opened({'hand_model': 'mano', 'mano_dir': str(tmp_path)}), ['left'])
   (tmp_path / 'broken.png').write_bytes(b'\x89PNG garbage')
   with pytest.raises(io.InputError, match='broken.png'):

@@ -173,8 +173,8 @@ def _reconstruct(
   try:
     return pipeline.reconstruct_photos(samplers, [photo], options)[0], []
   except pipeline.HandModelUnavailable as error:
-    note = f'MANO parameters skipped: {error}'
-    options = dataclasses.replace(options, fit_mano=False)
+    note = f'MANO parameters and the fit to the landmarks skipped: {error}'
+    options = dataclasses.replace(options, fit_mano=False, refine='none')
     return pipeline.reconstruct_photos(samplers, [photo], options)[0], [note]
 
 
@@ -217,6 +217,7 @@ def reconstruct_photo(
     steps: int | None = None,
     tta: bool = False,
     fit_mano: bool = True,
+    refine: str = pipeline.PHOTO_DEFAULTS.refine,
     colour_by_uncertainty: bool = False,
     detector: Any = 'mediapipe',
     min_hand_score: float = 0.5,
@@ -227,7 +228,9 @@ def reconstruct_photo(
   the files the page serves (`write_served`); nothing else is written.
 
   whole_image: no detector, the photo's largest centred square is one hand. fit_mano: add MANO
-  parameters to the JSON (skipped, with a note, when the run's hand model files are missing). A photo
+  parameters to the JSON (skipped, with a note, when the run's hand model files are missing). refine:
+  'landmarks' (the default, as `predict`'s) fits each detected hand onto the detector's landmarks
+  (pipeline.Options.refine), 'none' shows the network's mesh. A photo
   that cannot be processed gives a PhotoResult with only `message`; a bad workdir raises. samplers: the
   run opened once, as the page passes it; None opens `workdir` here.
   """
@@ -243,6 +246,7 @@ def reconstruct_photo(
       tta=tta_lib.TTAConfig() if tta else None,
       seed=seed,
       fit_mano=fit_mano,
+      refine=refine,
   )
   if samplers is None:
     samplers = sampling.SamplerCache(loading.load_trained(workdir))

@@ -6,7 +6,9 @@
 * `root_from_weak_perspective`: the wrist in the camera frame from the predicted weak-perspective
   camera and the crop's intrinsics;
 * `root_from_projection`: the same, solved under the full perspective projection (exact where the
-  weak-perspective camera fits the hand's 2D points; `predict` on whole photos uses it).
+  weak-perspective camera fits the hand's 2D points; the fallback placement on whole photos);
+* `root_from_keypoints`: the translation that puts the hand's joints on 2D keypoints (the detector's
+  landmarks), robust to a few wrong ones (the default placement on whole photos).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import optimize
+
+from diffhand_jax.geometry import render
 
 
 def root_from_weak_perspective(
@@ -70,6 +75,20 @@ def root_from_projection(
   K = np.asarray(K, np.float64)
   model = points / vertex_scale
   pixels = (camera[0] * model[:, :2] + camera[1:] + 1.0) * image_size / 2.0
+  translation = _translation_to_pixels(points, pixels, K, np.ones(len(points)))
+  if not (np.all(np.isfinite(translation)) and translation[2] + points[:, 2].min() > 0):
+    return root_from_weak_perspective(
+        camera[None], K[None], (image_size, image_size), vertex_scale
+    )[0]
+  return translation
+
+
+def _translation_to_pixels(
+    points: np.ndarray, pixels: np.ndarray, K: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+  """The T (3,) minimising Σ w_i |f (X_i + T)_xy − d_i (X_i + T)_z|² for points X (P, 3), target pixels
+  (P, 2), K (3, 3): the projection equations multiplied through by the depth, so linear in T (SPIN's
+  estimate_translation, weighted)."""
   offset = pixels - K[:2, 2]
   count = len(points)
   A = np.zeros((2 * count, 3))
@@ -79,12 +98,74 @@ def root_from_projection(
     A[rows, axis] = K[axis, axis]
     A[rows, 2] = -offset[:, axis]
     b[rows] = offset[:, axis] * points[:, 2] - K[axis, axis] * points[:, axis]
-  translation = np.linalg.lstsq(A, b, rcond=None)[0]
-  if not (np.all(np.isfinite(translation)) and translation[2] + points[:, 2].min() > 0):
-    return root_from_weak_perspective(
-        camera[None], K[None], (image_size, image_size), vertex_scale
-    )[0]
-  return translation
+  root_weights = np.sqrt(np.concatenate([weights, weights]))
+  return np.linalg.lstsq(A * root_weights[:, None], b * root_weights, rcond=None)[0]
+
+
+def root_from_keypoints(
+    points: np.ndarray,
+    keypoints: np.ndarray,
+    K: np.ndarray,
+    *,
+    huber_px: float | None = None,
+    depth_range: float = 1.25,
+) -> tuple[np.ndarray, np.ndarray] | None:
+  """The translation T (3,) metres that puts root-relative points (P, 3) (the joints) on 2D keypoints
+  (P, 2) (pixels) under the pinhole K (3, 3), and each point's reprojection error (P,) pixels.
+
+  Rotation and articulation are the points' own: only the translation, depth included, is solved, by
+  least squares of the pixel errors with Huber's loss (scipy's least_squares; huber_px defaults to 5 %
+  of the keypoints' extent), so that a few landmarks far off, a finger the detector misread, pull with
+  a bounded force. It starts at the depth Z₀ where the points' projected spread equals the keypoints'
+  spread (on the linear system of `root_from_projection`, weighted by 1/Z₀²), and the depth is held
+  within [Z₀ / depth_range, Z₀ · depth_range]: when the points' orientation is wrong, the pixel error
+  alone is least with the hand shrunk to a point far away or swollen near the camera, and the spread
+  keeps its size. Returns None when the keypoints have no extent or hold NaN.
+  """
+  points = np.asarray(points, np.float64)
+  keypoints = np.asarray(keypoints, np.float64)
+  K = np.asarray(K, np.float64)
+  if points.shape != (len(keypoints), 3) or keypoints.shape[-1] != 2:
+    raise ValueError(
+        f'root_from_keypoints: points (P, 3) and keypoints (P, 2), got {points.shape} and '
+        f'{keypoints.shape}'
+    )
+  if not np.all(np.isfinite(keypoints)) or _spread(keypoints) == 0 or _spread(points[:, :2]) == 0:
+    return None
+  depth = _matching_depth(points, keypoints, K)
+  start = _translation_to_pixels(points, keypoints, K, np.full(len(points), 1.0 / depth**2))
+  low, high = depth / depth_range, depth * depth_range
+  start[2] = np.clip(start[2], low, high) if np.isfinite(start[2]) else depth
+  start = np.where(np.isfinite(start), start, 0.0)
+  residual = lambda t: (render.project(points + t, K) - keypoints).reshape(-1)
+  fitted = optimize.least_squares(
+      residual,
+      start,
+      loss='huber',
+      f_scale=0.05 * float(np.max(np.ptp(keypoints, 0))) if huber_px is None else float(huber_px),
+      bounds=([-np.inf, -np.inf, low], [np.inf, np.inf, high]),
+  )
+  errors = np.linalg.norm(residual(fitted.x).reshape(-1, 2), axis=-1)
+  return fitted.x, errors
+
+
+def _spread(points: np.ndarray) -> float:
+  """The RMS distance of points (P, D) from their centroid."""
+  return float(np.sqrt(((points - points.mean(0)) ** 2).sum(-1).mean()))
+
+
+def _matching_depth(points: np.ndarray, keypoints: np.ndarray, K: np.ndarray) -> float:
+  """The wrist depth at which root-relative points (P, 3), centred on the optical axis, project with
+  the keypoints' (P, 2) spread (a few fixed-point steps: the spread is about ∝ 1/depth)."""
+  focal = (K[0, 0] + K[1, 1]) / 2.0
+  target = _spread(keypoints)
+  depth = focal * _spread(points[:, :2]) / target
+  nearest = 1e-3 - points[:, 2].min()
+  for _ in range(5):
+    depth = max(depth, nearest + 1e-3)
+    camera = points + np.array([0.0, 0.0, depth])
+    depth *= _spread(focal * camera[:, :2] / camera[:, 2:3]) / target
+  return max(depth, nearest + 1e-3)
 
 
 def square_box(

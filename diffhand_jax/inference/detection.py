@@ -11,7 +11,9 @@
   hand_landmark_cpu):
 
   1. the photo, letterboxed into a 192×192 square (values in [0, 1]), goes through the palm detector:
-     2016 SSD anchors (`ssd_anchors`) × (box, 7 palm keypoints) and a score each;
+     2016 SSD anchors (`ssd_anchors`) × (box, 7 palm keypoints) and a score each; a photo larger than
+     1.5 × that input also goes through in overlapping tiles at twice the zoom (`palm_tiles`: small
+     hands), and the palms of all views are merged (`merge_palms`);
   2. `decode_palms` turns those into boxes and keypoints; `weighted_nms` merges overlapping ones
      (IoU > 0.3) into their score-weighted mean, keeping palms with score ≥ 0.5;
   3. `palm_roi`: each palm gives a rotated square around the whole hand: turned so that wrist → middle
@@ -19,8 +21,11 @@
   4. that square, resampled to 224×224, goes through the landmark model: 21 landmarks (the FreiHAND /
      OpenPose order of docs/design.md §2), a hand-presence score and a handedness score;
   5. the hand's box is the landmarks' bounding box grown by `box_margin` of its longer side on each
-     side (the hand's skin reaches past its joints), and of hands whose boxes overlap (IoU > 0.5) only
-     the more confident one is kept.
+     side (the hand's skin reaches past its joints); its 3D landmarks ("world landmarks", metres) are
+     turned into the image's axes (`world_to_image_axes`);
+  6. duplicates go (`suppress_duplicates`: landmark boxes or palm boxes overlapping by IoU > 0.5, or
+     landmarks on the same joints), and two overlapping hands never share a side (`resolve_sides`: the
+     landmark model's surer side score decides).
 
 Handedness. MediaPipe's landmark model was trained on mirrored (selfie) images: its handedness output is
 the probability of the label "Left" under that assumption, which in an ordinary photo is a right hand.
@@ -66,7 +71,10 @@ class DetectedHand:
 
   box: (4,) x0, y0, x1, y1 in full-image pixels. side: 'right' or 'left', as the hand is in the photo
   (not mirrored). score: the detector's confidence in [0, 1]. side_score: its confidence in `side`.
-  keypoints: optional (21, 2) pixels in the 21-joint order of docs/design.md §2.
+  keypoints: optional (21, 2) pixels in the 21-joint order of docs/design.md §2. keypoints_3d: optional
+  (21, 3) metres, the landmark model's own 3D hand ("world landmarks": origin near the hand's centre,
+  axes the image's x right, y down, z away from the camera), in the same order. palm_box: optional (4,)
+  the palm detector's box the hand was found from, pixels.
   """
 
   box: np.ndarray
@@ -74,6 +82,8 @@ class DetectedHand:
   score: float
   side_score: float = 1.0
   keypoints: np.ndarray | None = None
+  keypoints_3d: np.ndarray | None = None
+  palm_box: np.ndarray | None = None
 
   def __post_init__(self):
     if self.side not in SIDES:
@@ -295,6 +305,16 @@ def roi_to_image(points: np.ndarray, centre: np.ndarray, side: float, angle: flo
   return np.asarray(centre, np.float64) + ((points - 0.5) * side) @ _rotation(angle).T
 
 
+def world_to_image_axes(world: np.ndarray, angle: float) -> np.ndarray:
+  """The landmark model's world landmarks (63,) → (21, 3) metres in the image's axes.
+
+  The model gives them in the axes of its rotated ROI; as MediaPipe's WorldLandmarkProjection, x and y
+  are turned by the ROI's rotation (z, towards the scene, is unchanged)."""
+  points = np.asarray(world, np.float64).reshape(21, 3).copy()
+  points[:, :2] = points[:, :2] @ _rotation(angle).T
+  return points
+
+
 def landmark_box(keypoints: np.ndarray, margin: float) -> np.ndarray:
   """The bounding box (4,) of keypoints (K, 2), grown by margin × its longer side on every side."""
   keypoints = np.asarray(keypoints, np.float64)
@@ -361,7 +381,9 @@ class MediaPipeHands:
   landmarks' bounding box grown by this fraction of its longer side on each side (0.07 overlaps the
   procedural hand's mesh box best on renders: mean IoU 0.817 over 29 views; 0.06 and 0.08 gave 0.816
   and 0.814). mirrored: the images are mirrored (selfie) views; then MediaPipe's own handedness labels
-  are the sides. max_hands: keep at most this many (None: all).
+  are the sides. tiles: also look for palms in overlapping tiles of photos larger than 1.5 × the
+  palm detector's input (`palm_tiles`: small hands). side_overlap: hands whose boxes overlap by more
+  than this IoU cannot share a side (`resolve_sides`). max_hands: keep at most this many (None: all).
   """
 
   min_palm_score: float = 0.5
@@ -370,6 +392,8 @@ class MediaPipeHands:
   merge_iou: float = 0.5
   box_margin: float = 0.07
   mirrored: bool = False
+  tiles: bool = True
+  side_overlap: float = 0.1
   max_hands: int | None = None
   num_threads: int | None = None
   model_dir: str = ASSET_DIR
@@ -381,8 +405,24 @@ class MediaPipeHands:
     self._anchors = ssd_anchors(PALM_INPUT_SIZE)
 
   def palms(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """The palm detector's palms: [(box (4,) pixels, keypoints (7, 2) pixels, score)]."""
-    tensor, side, offset = letterbox(np.asarray(image, np.uint8), PALM_INPUT_SIZE)
+    """The palm detector's palms: [(box (4,) pixels, keypoints (7, 2) pixels, score)], from the whole
+    photo and, when `tiles` and the photo is larger than 1.5 × the detector's input, from overlapping
+    square tiles at twice the whole photo's zoom (`palm_tiles`), merged (`merge_palms`)."""
+    image = np.asarray(image, np.uint8)
+    views = [(0, 0, image)]
+    if self.tiles:
+      views += [(x, y, image[y : y + t, x : x + t]) for x, y, t in palm_tiles(image.shape[:2])]
+    found = []
+    for number, (x0, y0, view) in enumerate(views):
+      shift = np.array([x0, y0], np.float64)
+      for box, points, score in self._palms_of(view):
+        if number and _touches_cut_edge(box, x0, y0, view.shape[:2], image.shape[:2]):
+          continue  # a palm cut by the tile's border: the whole photo or a neighbour sees it whole
+        found.append((box + np.tile(shift, 2), points + shift, score))
+    return merge_palms(found, self.nms_iou)
+
+  def _palms_of(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    tensor, side, offset = letterbox(image, PALM_INPUT_SIZE)
     outputs = self._palm(tensor[None])
     raw_boxes = next(o for o in outputs if o.shape[-1] == 4 + 2 * NUM_PALM_KEYPOINTS)
     raw_scores = next(o for o in outputs if o.shape[-1] == 1)
@@ -398,10 +438,11 @@ class MediaPipeHands:
 
   def landmarks(
       self, image: np.ndarray, centre: np.ndarray, side: float, angle: float
-  ) -> tuple[np.ndarray, float, float]:
-    """The landmark model on one ROI: (keypoints (21, 2) pixels, presence score, P(right hand))."""
+  ) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """The landmark model on one ROI: (keypoints (21, 2) pixels, presence score, P(right hand),
+    world landmarks (21, 3) metres in the image's axes)."""
     crop = rotated_crop(image, centre, side, angle, LANDMARK_INPUT_SIZE)
-    landmarks, presence, handedness, _ = self._landmark(crop[None])
+    landmarks, presence, handedness, world = self._landmark(crop[None])
     points = np.asarray(landmarks, np.float64).reshape(21, 3)[:, :2] / LANDMARK_INPUT_SIZE
     # MediaPipe's score is P("Left") for a mirrored view, i.e. P(right hand) in an ordinary photo.
     left_in_mirror = float(np.asarray(handedness).reshape(-1)[0])
@@ -410,6 +451,7 @@ class MediaPipeHands:
         roi_to_image(points, centre, side, angle),
         float(np.asarray(presence).reshape(-1)[0]),
         p_right,
+        world_to_image_axes(world, angle),
     )
 
   def detect(self, image: np.ndarray) -> list[DetectedHand]:
@@ -420,7 +462,7 @@ class MediaPipeHands:
     hands = []
     for box, keypoints, palm_score in self.palms(image):
       centre, side, angle = palm_roi(box, keypoints)
-      points, presence, p_right = self.landmarks(image, centre, side, angle)
+      points, presence, p_right, world = self.landmarks(image, centre, side, angle)
       if presence < self.min_presence:
         continue
       is_right = p_right >= 0.5
@@ -431,14 +473,108 @@ class MediaPipeHands:
               score=float(presence * palm_score) ** 0.5,
               side_score=p_right if is_right else 1.0 - p_right,
               keypoints=points,
+              keypoints_3d=world,
+              palm_box=box,
           )
       )
-    hands.sort(key=lambda hand: -hand.score)
-    kept: list[DetectedHand] = []
-    for hand in hands:
-      if all(box_iou(hand.box, other.box) <= self.merge_iou for other in kept):
-        kept.append(hand)
+    kept = resolve_sides(suppress_duplicates(hands, self.merge_iou), self.side_overlap)
     return kept[: self.max_hands] if self.max_hands else kept
+
+
+# ==================================================================================================
+# Several views of a large photo, duplicates and sides
+# ==================================================================================================
+
+
+def palm_tiles(
+    image_size: Sequence[int], input_size: int = PALM_INPUT_SIZE, overlap: float = 0.25
+) -> list[tuple[int, int, int]]:
+  """Square tiles (x0, y0, side) pixels covering an image (H, W) whose longer side exceeds 1.5 ×
+  input_size: side is half the longer side (at least input_size, at most the shorter side), and
+  neighbours overlap by `overlap` of it. The palm detector sees each at about twice the whole photo's
+  zoom, so it finds hands half as large. [] for smaller images."""
+  height, width = (int(v) for v in image_size)
+  longer = max(height, width)
+  if longer <= 1.5 * input_size:
+    return []
+  side = min(max(input_size, math.ceil(longer / 2)), height, width)
+  step = max(1, int(side * (1.0 - overlap)))
+
+  def starts(length: int) -> list[int]:
+    return sorted({*range(0, max(length - side, 0) + 1, step), max(length - side, 0)})
+
+  return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+
+def _touches_cut_edge(
+    box: np.ndarray, x0: int, y0: int, tile_size: Sequence[int], image_size: Sequence[int]
+) -> bool:
+  """Whether a box (tile pixels) reaches a border of the tile that is not the image's border."""
+  (tile_h, tile_w), (height, width) = tile_size, image_size
+  margin = 0.02 * max(tile_h, tile_w)
+  return bool(
+      (box[0] < margin and x0 > 0)
+      or (box[1] < margin and y0 > 0)
+      or (box[2] > tile_w - 1 - margin and x0 + tile_w < width)
+      or (box[3] > tile_h - 1 - margin and y0 + tile_h < height)
+  )
+
+
+def merge_palms(
+    palms: Sequence[tuple[np.ndarray, np.ndarray, float]], iou_threshold: float
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+  """Palms of several views, most confident first, without those overlapping a more confident one by
+  IoU > iou_threshold."""
+  kept: list[tuple[np.ndarray, np.ndarray, float]] = []
+  for palm in sorted(palms, key=lambda p: -p[2]):
+    if all(box_iou(palm[0], other[0]) <= iou_threshold for other in kept):
+      kept.append(palm)
+  return kept
+
+
+def same_hand(
+    a: DetectedHand, b: DetectedHand, merge_iou: float = 0.5, keypoint_fraction: float = 0.15
+) -> bool:
+  """Whether two detections are one hand: their landmark boxes or their palm boxes overlap by IoU >
+  merge_iou, or their 21 landmarks lie a mean of under keypoint_fraction × the smaller box's longer
+  side apart (two palms of one hand that the landmark model put on the same joints)."""
+  if box_iou(a.box, b.box) > merge_iou:
+    return True
+  palms = (a.palm_box, b.palm_box)
+  if all(p is not None for p in palms) and box_iou(*palms) > merge_iou:
+    return True
+  if a.keypoints is None or b.keypoints is None:
+    return False
+  size = min(float(np.max(np.asarray(h.box[2:]) - h.box[:2])) for h in (a, b))
+  distance = float(np.linalg.norm(a.keypoints - b.keypoints, axis=-1).mean())
+  return distance < keypoint_fraction * size
+
+
+def suppress_duplicates(
+    hands: Sequence[DetectedHand], merge_iou: float = 0.5, keypoint_fraction: float = 0.15
+) -> list[DetectedHand]:
+  """The hands, most confident first, each kept only if it is not `same_hand` as a more confident one."""
+  kept: list[DetectedHand] = []
+  for hand in sorted(hands, key=lambda h: -h.score):
+    if not any(same_hand(hand, other, merge_iou, keypoint_fraction) for other in kept):
+      kept.append(hand)
+  return kept
+
+
+def resolve_sides(hands: Sequence[DetectedHand], overlap_iou: float = 0.1) -> list[DetectedHand]:
+  """Two overlapping hands (box IoU > overlap_iou) of one side are one person's interlaced hands, or
+  two people's: the hand whose side the landmark model is surer of keeps it; the other takes the
+  opposite side, with side_score 1 − its score (the model's probability of that side). Order kept.
+  """
+  hands = list(hands)
+  for i in sorted(range(len(hands)), key=lambda k: -hands[k].side_score):
+    for j, other in enumerate(hands):
+      if j == i or other.side != hands[i].side or other.side_score > hands[i].side_score:
+        continue
+      if box_iou(hands[i].box, other.box) > overlap_iou:
+        flipped = 'left' if other.side == 'right' else 'right'
+        hands[j] = dataclasses.replace(other, side=flipped, side_score=1.0 - other.side_score)
+  return hands
 
 
 def make_detector(name: str, **options: Any) -> HandDetector:

@@ -4,8 +4,9 @@ overlay of every hand on the original photo.
 * `focal_length`: --focal, else the photo's EXIF, else `render.default_focal` (the image diagonal);
 * `exif_focal`: the focal length in pixels from a photo's EXIF, when it records one;
 * `to_photo`: a hand the model saw (mirrored when it is a left hand, docs/design.md §2) back into the
-  photo: mesh and weak-perspective camera un-mirrored, then placed in the photo's camera frame with
-  `crops.root_from_projection` and the crop's intrinsics (`crops.crop_intrinsics`);
+  photo: mesh and weak-perspective camera un-mirrored, then placed in the photo's camera frame on the
+  detector's landmarks (`crops.root_from_keypoints`), or where its weak-perspective camera draws it
+  (`crops.root_from_projection` with the crop's intrinsics, `crops.crop_intrinsics`);
 * `draw_hands`: every hand's camera-frame mesh rendered over the photo (optionally scaled down, and
   optionally coloured per vertex, e.g. by its uncertainty);
 * `orthographic_setup`: a mesh and pinhole K that draw a hand by its weak-perspective camera (the
@@ -115,16 +116,24 @@ def to_photo(
     K: np.ndarray,
     image_size: int,
     vertex_scale: float,
-) -> dict[str, np.ndarray]:
+    keypoints_2d: np.ndarray | None = None,
+    use_keypoints: bool = True,
+) -> dict[str, Any]:
   """One hand from the model's output into the photo's camera frame.
 
   vertices (N, 3) and joints (21, 3): root-relative metres as the model gave them (mirrored for a left
   hand); camera (3,): its weak-perspective camera; crop_box: the photo's square crop (x0, y0, x1, y1)
   the model saw, resized to image_size; K (3, 3): the photo's intrinsics.
 
+  keypoints_2d: optional (21, 2) the detector's landmarks, photo pixels. With them (and use_keypoints)
+  the root is the translation that puts the joints on them (`crops.root_from_keypoints`); otherwise,
+  or when that has no solution, the one that puts them where the model's camera draws them
+  (`crops.root_from_projection`).
+
   Returns {'vertices', 'joints': root-relative metres in the photo's orientation, 'camera': (3,) the
-  camera of the un-mirrored crop, 'root': (3,) the wrist in the photo's camera frame, metres
-  (`crops.root_from_projection` of the joints), 'vertices_camera', 'joints_camera': + root}.
+  camera of the un-mirrored crop, 'root': (3,) the wrist in the photo's camera frame, metres,
+  'vertices_camera', 'joints_camera': + root, 'placement': 'landmarks' or 'network',
+  'reprojection_error_px': the projected joints' mean distance to the keypoints (None without them)}.
   """
   vertices = np.asarray(vertices, np.float64)
   joints = np.asarray(joints, np.float64)
@@ -133,9 +142,22 @@ def to_photo(
     vertices, camera_unmirrored = unmirror(vertices, camera, image_size)
     joints, _ = unmirror(joints, camera, image_size)
     camera = camera_unmirrored
-  K_crop = crops.crop_intrinsics(K, crop_box, image_size)
-  root = crops.root_from_projection(joints, camera, K_crop, image_size, vertex_scale)
+  solved = None
+  if keypoints_2d is not None and use_keypoints:
+    solved = crops.root_from_keypoints(joints, keypoints_2d, K)
+  if solved is not None:
+    root, placement = solved[0], 'landmarks'
+  else:
+    K_crop = crops.crop_intrinsics(K, crop_box, image_size)
+    root = crops.root_from_projection(joints, camera, K_crop, image_size, vertex_scale)
+    placement = 'network'
+  error = None
+  if keypoints_2d is not None:
+    pixels = render.project(joints + root, K)
+    error = round(float(np.linalg.norm(pixels - keypoints_2d, axis=-1).mean()), 3)
   return {
+      'placement': placement,
+      'reprojection_error_px': error,
       'vertices': vertices,
       'joints': joints,
       'camera': camera,

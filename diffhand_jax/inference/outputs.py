@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -56,7 +56,12 @@ def hand_record(hand: pipeline.Hand, obj_name: str) -> dict[str, Any]:
       'score': crop.score,
       'side_score': crop.side_score,
       'keypoints_2d': None if crop.keypoints_2d is None else rounded(crop.keypoints_2d),
+      'keypoints_3d': None if crop.keypoints_3d is None else rounded(crop.keypoints_3d),
       'crop_box': rounded(crop.crop_box),
+      'placement': hand.placement,
+      'reprojection_error_px': hand.reprojection_error_px,
+      'landmarks_3d_pa_mpjpe_mm': hand.landmarks_3d_pa_mpjpe_mm,
+      'mesh': hand.mesh,
       'joints': rounded(hand.joints),
       'vertices': rounded(hand.vertices),
       'root': rounded(hand.root),
@@ -73,7 +78,30 @@ def hand_record(hand: pipeline.Hand, obj_name: str) -> dict[str, Any]:
         key: rounded(value) if key in ('pose', 'betas', 'trans') else value
         for key, value in hand.mano.items()
     }
+  if hand.network is not None:
+    record['network'] = {
+        key: value if value is None or isinstance(value, float) else rounded(value)
+        for key, value in hand.network.items()
+    }
   return record
+
+
+def landmark_summary(results: Sequence[pipeline.PhotoHands]) -> str | None:
+  """One line on how the hands sit on the detector's landmarks: the median reprojection error (px) and
+  the median PA-MPJPE against its 3D landmarks (mm), over the hands that have them; None if none."""
+  hands = [hand for result in results for hand in result.hands]
+  pixels = [h.reprojection_error_px for h in hands if h.reprojection_error_px is not None]
+  errors = [h.landmarks_3d_pa_mpjpe_mm for h in hands if h.landmarks_3d_pa_mpjpe_mm is not None]
+  if not pixels and not errors:
+    return None
+  parts = [f'{len(hands)} hand(s)']
+  if pixels:
+    parts.append(f'joints {np.median(pixels):.1f} px from the landmarks (median)')
+  if errors:
+    parts.append(
+        f"PA-MPJPE {np.median(errors):.1f} mm against the detector's 3D landmarks (median)"
+    )
+  return ', '.join(parts)
 
 
 def obj_names(result: pipeline.PhotoHands, stem: str) -> list[str]:

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from diffhand_jax.data import input_pipeline
+from diffhand_jax import metrics
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mano, render
 from diffhand_jax.inference import crops, detection, full_frame, sampling, tta
 from diffhand_jax.inference.io import InputError
@@ -47,6 +48,11 @@ class Options:
 
   detector: 'mediapipe', 'none' (one hand: the largest centred square) or any object with
   `detect(image)` (inference/detection.py's HandDetector). batch_size None: config.eval.batch_size.
+  placement: where a hand with detector landmarks goes in the camera: 'landmarks' (the translation
+  that puts its joints on them, `crops.root_from_keypoints`) or 'network' (the model's own
+  weak-perspective camera, `crops.root_from_projection`; always so for hands without landmarks).
+  refine: 'landmarks' fits the run's hand model to each hand with landmarks, its joints onto them and
+  its shape near the network's (`mano.fit` with keypoints_2d); 'none' keeps the network's mesh.
   """
 
   detector: Any = 'mediapipe'
@@ -60,6 +66,8 @@ class Options:
   batch_size: int | None = 8
   seed: int = 0
   fit_mano: bool = False
+  placement: str = 'landmarks'
+  refine: str = 'none'
 
   def check(self) -> None:
     """InputError naming the flag of a value no run could use."""
@@ -71,6 +79,10 @@ class Options:
         raise InputError(f'--{name} must be >= 1, got {value}')
     if self.method not in hypotheses.METHODS:
       raise InputError(f'--method must be one of {hypotheses.METHODS}, got {self.method!r}')
+    if self.placement not in PLACEMENTS:
+      raise InputError(f'--placement must be one of {PLACEMENTS}, got {self.placement!r}')
+    if self.refine not in REFINEMENTS:
+      raise InputError(f'--refine must be one of {REFINEMENTS}, got {self.refine!r}')
 
   def sampler(self, samplers: sampling.SamplerCache) -> sampling.Sampler:
     """The run's compiled sampler for these options (built on first use)."""
@@ -92,8 +104,13 @@ class Options:
     return str(getattr(self.detector, 'name', type(self.detector).__name__))
 
 
-# The options of `predict` on photos: detected hands, five hypotheses, the run's sampler.
+PLACEMENTS = ('landmarks', 'network')
+REFINEMENTS = ('landmarks', 'none')
+# The library's options: detected hands placed on their landmarks, five hypotheses, the run's sampler,
+# the network's own meshes.
 DEFAULTS = Options()
+# `predict` on photos and the app: the same, each hand with landmarks then fitted to them.
+PHOTO_DEFAULTS = Options(refine='landmarks')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +140,7 @@ class HandCrop:
   score: float | None = None
   side_score: float | None = None
   keypoints_2d: np.ndarray | None = None  # (21, 2) the detector's landmarks, pixels
+  keypoints_3d: np.ndarray | None = None  # (21, 3) its 3D landmarks, metres (`DetectedHand`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +150,13 @@ class Hand:
   vertices (N, 3) and joints (21, 3) root-relative; root (3,) the wrist in the photo's camera frame;
   vertices_camera, joints_camera: + root; camera (3,): the weak-perspective camera of the crop;
   faces (F, 3): the mesh's triangles, wound for its side; uncertainty (m) and vertex_uncertainty (N,)
-  (`hand_uncertainty`); mano: `mano.fit`'s parameters of the camera-frame mesh, when asked for.
+  (`hand_uncertainty`); mano: `mano.fit`'s parameters of the camera-frame mesh, when asked for (or
+  refined). placement: 'landmarks' or 'network' (Options.placement); reprojection_error_px: the mean
+  pixel distance of the projected joints to the detector's landmarks (None without landmarks);
+  landmarks_3d_pa_mpjpe_mm: PA-MPJPE of the joints against the detector's own 3D landmarks (None
+  without them). mesh: 'network', or 'refined' when `Options.refine` fitted it; the network's own
+  placed mesh is then kept in `network` (vertices, joints, root, vertices_camera, joints_camera,
+  reprojection_error_px).
   """
 
   crop: HandCrop
@@ -147,6 +171,11 @@ class Hand:
   vertex_uncertainty: np.ndarray
   orientation_uncertainty_deg: float
   mano: dict[str, Any] | None = None
+  placement: str = 'network'
+  reprojection_error_px: float | None = None
+  landmarks_3d_pa_mpjpe_mm: float | None = None
+  mesh: str = 'network'
+  network: dict[str, Any] | None = None
 
   @property
   def side(self) -> str:
@@ -221,12 +250,17 @@ def find_hands(image: np.ndarray, photo: Photo, options: Options, detector: Any)
                 score=float(hand.score),
                 side_score=float(hand.side_score),
                 keypoints_2d=None if hand.keypoints is None else np.asarray(hand.keypoints),
+                keypoints_3d=_optional_array(getattr(hand, 'keypoints_3d', None)),
             )
         )
   return [
       _hand_crop(index, item, photo.left, image.shape[:2], options)
       for index, item in enumerate(found)
   ]
+
+
+def _optional_array(value: Any) -> np.ndarray | None:
+  return None if value is None else np.asarray(value, np.float64)
 
 
 def _hand_crop(
@@ -332,27 +366,44 @@ def hand_models(
       try:
         return hand_model.load_side_model(samplers.run.config.dataset, side)
       except FileNotFoundError as error:
-        raise HandModelUnavailable(f'--fit_mano: {error}') from None
+        raise HandModelUnavailable(
+            f'--fit_mano and --refine=landmarks need the hand model: {error}'
+        ) from None
 
     models[side] = samplers.cached(('hand_model', side), load)
   return models
 
 
 def fit_mano(
-    models: dict[str, tuple[Any, str]], vertices: np.ndarray, is_left: np.ndarray
-) -> list[dict[str, Any]]:
+    models: dict[str, tuple[Any, str]],
+    vertices: np.ndarray,
+    is_left: np.ndarray,
+    keypoints: dict[str, np.ndarray] | None = None,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
   """`mano.fit` of camera-frame meshes (M, N, 3), each with the model of its side (`hand_models`).
 
-  Returns one dict per mesh: pose (48,), betas (10,), trans (3,), flat_hand_mean (False), error (m)
-  and hand_model (which model the parameters belong to).
+  keypoints: optional {'keypoints_2d': (M, 21, 2), 'K': (M, 3, 3), 'joint_regressor': (21, N)}: the
+  fit then also puts each hand's joints on its keypoints (`mano.fit`'s keypoint stage).
+  Returns (one dict per mesh: pose (48,), betas (10,), trans (3,), flat_hand_mean (False), error (m),
+  hand_model (which model the parameters belong to), and with keypoints reprojection_error_px;
+  the fitted meshes (M, N, 3)).
   """
   results: list[dict[str, Any]] = [{} for _ in range(len(vertices))]
+  fitted_vertices = np.zeros_like(np.asarray(vertices, np.float64))
   for side in ('right', 'left'):
     rows = np.nonzero(is_left == (side == 'left'))[0]
     if not len(rows):
       continue
     model, name = models[side]
-    fitted = mano.fit(model, vertices[rows], flat_hand_mean=False)
+    extra = {}
+    if keypoints is not None:
+      extra = dict(
+          keypoints_2d=keypoints['keypoints_2d'][rows],
+          K=keypoints['K'][rows],
+          joint_regressor=keypoints['joint_regressor'],
+      )
+    fitted = mano.fit(model, vertices[rows], flat_hand_mean=False, **extra)
+    fitted_vertices[rows] = fitted['vertices']
     for k, row in enumerate(rows):
       results[row] = {
           'pose': fitted['pose'][k],
@@ -362,7 +413,16 @@ def fit_mano(
           'error': float(fitted['error'][k]),
           'hand_model': name,
       }
-  return results
+      if 'reprojection_error_px' in fitted:
+        results[row]['reprojection_error_px'] = float(fitted['reprojection_error_px'][k])
+  return results, fitted_vertices
+
+
+def landmarks_3d_error(joints: np.ndarray, keypoints_3d: np.ndarray | None) -> float | None:
+  """PA-MPJPE (mm) of a hand's joints (21, 3) against the detector's 3D landmarks (21, 3), or None."""
+  if keypoints_3d is None:
+    return None
+  return round(float(metrics.pa_mpjpe(joints[None], np.asarray(keypoints_3d)[None])[0]), 3)
 
 
 # ==================================================================================================
@@ -418,7 +478,8 @@ def reconstruct_photos(
   if not found:
     return results
   models = None
-  if options.fit_mano:
+  refines = options.refine == 'landmarks' and any(c.keypoints_2d is not None for c in found)
+  if options.fit_mano or refines:
     models = hand_models(samplers, ['left' if crop.is_left else 'right' for crop in found])
   Ks = [results[owner].K for owner in owners]
   hands = _sample_hands(samplers, options, found, np.stack(inputs), Ks, models, progress)
@@ -437,9 +498,9 @@ def _sample_hands(
     models: dict[str, tuple[Any, str]] | None,
     progress: Callable[[int, int], None] | None,
 ) -> list[Hand]:
-  """Samples the crops (M, S, S, 3) uint8 of `found` and places each hand in its photo's camera K."""
+  """Samples the crops (M, S, S, 3) uint8 of `found`, places each hand in its photo's camera K, and
+  fits the hand model where asked (`_with_hand_model`)."""
   run = samplers.run
-  image_size = int(run.config.model.img_size)
   out = options.sampler(samplers).predict(
       input_pipeline.normalise_images(inputs),
       jax.random.PRNGKey(options.seed),
@@ -449,36 +510,94 @@ def _sample_hands(
   )
   joints = conventions.regress_joints(out['vertices'], run.topology.joint_regressor)
   uncertainty = hand_uncertainty(out['hypotheses'])
-  placed = [
-      full_frame.to_photo(
-          out['vertices'][i],
-          joints[i],
-          out['camera'][i],
-          is_left=crop.is_left,
-          crop_box=crop.crop_box,
-          K=K,
-          image_size=image_size,
-          vertex_scale=float(run.config.model.vertex_scale),
-      )
-      for i, (crop, K) in enumerate(zip(found, Ks))
-  ]
-  parameters: list[dict[str, Any] | None] = [None] * len(found)
-  if models is not None:
-    parameters = fit_mano(
-        models,
-        np.stack([where['vertices_camera'] for where in placed]),
-        np.array([crop.is_left for crop in found]),
-    )
   faces = np.asarray(run.topology.faces)
-  return [
-      Hand(
-          crop=crop,
-          faces=faces[:, ::-1] if crop.is_left else faces,  # mirroring flips the winding
-          uncertainty=uncertainty['uncertainty'][i],
-          vertex_uncertainty=uncertainty['vertex_uncertainty'][i],
-          orientation_uncertainty_deg=uncertainty['orientation_uncertainty_deg'][i],
-          mano=parameters[i],
-          **placed[i],
-      )
-      for i, crop in enumerate(found)
+  hands = []
+  for i, (crop, K) in enumerate(zip(found, Ks)):
+    placed = full_frame.to_photo(
+        out['vertices'][i],
+        joints[i],
+        out['camera'][i],
+        is_left=crop.is_left,
+        crop_box=crop.crop_box,
+        K=K,
+        image_size=int(run.config.model.img_size),
+        vertex_scale=float(run.config.model.vertex_scale),
+        keypoints_2d=crop.keypoints_2d,
+        use_keypoints=options.placement == 'landmarks',
+    )
+    hands.append(
+        Hand(
+            crop=crop,
+            faces=faces[:, ::-1] if crop.is_left else faces,  # mirroring flips the winding
+            uncertainty=uncertainty['uncertainty'][i],
+            vertex_uncertainty=uncertainty['vertex_uncertainty'][i],
+            orientation_uncertainty_deg=uncertainty['orientation_uncertainty_deg'][i],
+            landmarks_3d_pa_mpjpe_mm=landmarks_3d_error(placed['joints'], crop.keypoints_3d),
+            **placed,
+        )
+    )
+  return hands if models is None else _with_hand_model(samplers, options, hands, Ks, models)
+
+
+def _with_hand_model(
+    samplers: sampling.SamplerCache,
+    options: Options,
+    hands: list[Hand],
+    Ks: Sequence[np.ndarray],
+    models: dict[str, tuple[Any, str]],
+) -> list[Hand]:
+  """The hands with landmarks refined onto them (Options.refine), and MANO parameters for the others
+  (Options.fit_mano)."""
+  refine = [
+      i
+      for i, hand in enumerate(hands)
+      if options.refine == 'landmarks' and hand.crop.keypoints_2d is not None
   ]
+  plain = [i for i in range(len(hands)) if options.fit_mano and i not in refine]
+  hands = list(hands)
+  is_left = np.array([hand.crop.is_left for hand in hands])
+  camera_meshes = np.stack([hand.vertices_camera for hand in hands])
+  if plain:
+    parameters, _ = fit_mano(models, camera_meshes[plain], is_left[plain])
+    for row, fitted in zip(plain, parameters):
+      hands[row] = dataclasses.replace(hands[row], mano=fitted)
+  if refine:
+    keypoints = {
+        'keypoints_2d': np.stack([hands[i].crop.keypoints_2d for i in refine]),
+        'K': np.stack([Ks[i] for i in refine]),
+        'joint_regressor': np.asarray(samplers.run.topology.joint_regressor),
+    }
+    parameters, meshes = fit_mano(models, camera_meshes[refine], is_left[refine], keypoints)
+    for row, fitted, mesh in zip(refine, parameters, meshes):
+      hands[row] = _refined(hands[row], fitted, mesh, samplers.run.topology.joint_regressor)
+  return hands
+
+
+def _refined(hand: Hand, fitted: dict[str, Any], vertices_camera: np.ndarray, regressor) -> Hand:
+  """The hand with its refined camera-frame mesh (N, 3); the network's own kept in `network`."""
+  joints_camera = conventions.regress_joints(vertices_camera, regressor)
+  root = joints_camera[0]
+  return dataclasses.replace(
+      hand,
+      vertices=vertices_camera - root,
+      joints=joints_camera - root,
+      root=root,
+      vertices_camera=vertices_camera,
+      joints_camera=joints_camera,
+      mano=fitted,
+      mesh='refined',
+      reprojection_error_px=fitted['reprojection_error_px'],
+      landmarks_3d_pa_mpjpe_mm=landmarks_3d_error(joints_camera, hand.crop.keypoints_3d),
+      network={
+          key: getattr(hand, key)
+          for key in (
+              'vertices',
+              'joints',
+              'root',
+              'vertices_camera',
+              'joints_camera',
+              'reprojection_error_px',
+              'landmarks_3d_pa_mpjpe_mm',
+          )
+      },
+  )

@@ -79,7 +79,7 @@ def predict_folder(
     workdir: str | None,
     images_dir: str,
     output_dir: str,
-    options: pipeline.Options = pipeline.DEFAULTS,
+    options: pipeline.Options = pipeline.PHOTO_DEFAULTS,
     *,
     boxes: str | None = None,
     left: str | None = None,
@@ -128,4 +128,10 @@ def predict_folder(
           color_by_uncertainty=color_by_uncertainty,
       )
       written.append(name)
+      summary = outputs.landmark_summary([result]) if progress else None
+      if summary:
+        print(f'{name}: {summary}', file=sys.stderr)
+  summary = outputs.landmark_summary(results) if progress and len(written) > 1 else None
+  if summary:
+    print(f'all photos: {summary}', file=sys.stderr)
   return {'written': written, 'failed': failed, 'no_hands': no_hands}

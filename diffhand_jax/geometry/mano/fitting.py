@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from diffhand_jax.geometry import alignment
+from diffhand_jax.geometry import alignment, conventions
 from diffhand_jax.geometry.mano import layer, solver
 from diffhand_jax.geometry.mano.model import NUM_JOINTS, NUM_VERTICES, ManoModel
 
@@ -50,6 +50,61 @@ def _fit_parameters(
   return solver.levenberg_marquardt(residual, x0, targets, num_iterations=num_iterations)
 
 
+@functools.partial(jax.jit, static_argnames=('num_iterations',))
+def _fit_keypoints(
+    model: ManoModel,
+    x0: jax.Array,
+    data: dict[str, jax.Array],
+    joint_regressor: jax.Array,
+    weights: jax.Array,
+    num_iterations: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Levenberg–Marquardt of x = (pose, betas, trans) per sample against 2D keypoints and the mesh it
+  starts from (`fit`'s second stage; the residual's terms are explained there)."""
+  num_betas = model.shapedirs.shape[-1]
+  mean = model.hands_mean.astype(x0.dtype)
+
+  def root_relative(vertices):
+    return vertices - conventions.regress_joints(vertices, joint_regressor)[0]
+
+  def residual(x, problem):
+    pose, betas, trans = x[:48], x[48 : 48 + num_betas], x[48 + num_betas :]
+    vertices, _ = layer.forward(
+        model, pose[None], betas[None], flat_hand_mean=True, trans=trans[None]
+    )
+    vertices = vertices[0] + problem['centre']
+    joints = conventions.regress_joints(vertices, joint_regressor)
+    camera = joints @ problem['K'].T
+    pixels = camera[:, :2] / camera[:, 2:3]
+    shape_error = root_relative(vertices) - root_relative(problem['vertices'])
+    return jnp.concatenate(
+        [
+            weights[0]
+            * ((pixels - problem['keypoints']) * problem['metres_per_pixel']).reshape(-1)
+            / jnp.sqrt(pixels.shape[0]),
+            weights[1] * shape_error.reshape(-1) / jnp.sqrt(vertices.shape[0]),
+            weights[2] * (pose[3:] - mean),
+            weights[3] * (betas - problem['betas']),
+        ]
+    )
+
+  return solver.levenberg_marquardt(residual, x0, data, num_iterations=num_iterations)
+
+
+def _check_keypoint_inputs(keypoints_2d, K, joint_regressor, batch: int):
+  keypoints = np.asarray(keypoints_2d, np.float64).reshape(batch, -1, 2)
+  K = np.broadcast_to(np.asarray(K, np.float64), (batch, 3, 3))
+  regressor = np.asarray(joint_regressor, np.float64)
+  if regressor.shape != (keypoints.shape[1], NUM_VERTICES):
+    raise ValueError(
+        f'mano.fit: joint_regressor must be ({keypoints.shape[1]}, {NUM_VERTICES}) for '
+        f'{keypoints.shape[1]} keypoints, got {regressor.shape}'
+    )
+  if not (np.all(np.isfinite(keypoints)) and np.all(np.isfinite(K))):
+    raise ValueError('mano.fit: keypoints_2d or K hold NaN or inf')
+  return keypoints, K, regressor
+
+
 def fit(
     model: ManoModel,
     vertices: Any,
@@ -58,6 +113,13 @@ def fit(
     num_iterations: int = 10,
     pose_prior: float = 1e-3,
     shape_prior: float = 1e-4,
+    keypoints_2d: Any = None,
+    K: Any = None,
+    joint_regressor: Any = None,
+    keypoint_weight: float = 1.0,
+    mesh_prior: float = 0.5,
+    keypoint_shape_prior: float = 1e-2,
+    keypoint_iterations: int = 15,
 ) -> dict[str, np.ndarray]:
   """MANO parameters that reproduce a mesh: the inverse of :func:`forward`.
 
@@ -70,6 +132,19 @@ def fit(
     pose_prior: weight (metres per radian) of a pull of the finger pose towards the model's mean pose;
       shape_prior: of the betas towards 0 (metres per unit). Both are mild: at the defaults a
       1-radian deviation costs as much as a 0.04 mm error on every vertex.
+    keypoints_2d: optional (B, J, 2) pixels (J joints in the order of `joint_regressor`'s rows, e.g. a
+      detector's 21 landmarks), with K (B, 3, 3) or (3, 3) the camera the mesh's frame belongs to and
+      joint_regressor (J, 778) (J = W·V). Then a second stage moves the fitted hand so that its joints
+      project onto the keypoints, while keeping it near the mesh it was given: Levenberg–Marquardt
+      (`keypoint_iterations`) of
+        keypoint_weight² · mean_j |π(K J_j) − k_j|² · (Z/f)²      reprojection, as metres at the hand
+        + mesh_prior² · mean_n |(V_n − J_0) − (V̂_n − Ĵ_0)|²      root-relative shape of the given mesh
+        + the pose and shape priors above,
+      Z the given mesh's wrist depth and f the focal length. The mesh prior keeps the articulation and
+      orientation near the given (predicted) mesh; the translation, depth included, is free. The
+      result then carries 'reprojection_error_px' (B,), the mean pixel distance of its projected joints
+      to the keypoints, and 'error' is the mean vertex distance to the given mesh with both meshes'
+      wrists at the origin (the translation is meant to change).
 
   The pose starts in closed form: each joint's global rotation by Kabsch on the vertices it moves
   most, the local rotations from those; the betas start at 0. Then a batched, jitted Levenberg–Marquardt
@@ -127,6 +202,8 @@ def fit(
   centre = targets.mean(1)
   x0[:, -3:] -= centre
   centred = targets - centre[:, None]
+  if num_iterations < 1:
+    raise ValueError(f'mano.fit: num_iterations must be >= 1, got {num_iterations}')
   priors = jnp.asarray([pose_prior, shape_prior], jnp.float32)
   # Large batches go in chunks of one shape (the last one padded): bounded memory, one compilation.
   chunk = batch if batch <= _FIT_CHUNK else _FIT_CHUNK
@@ -142,17 +219,80 @@ def fit(
     )
     solved.append(np.asarray(x, np.float64)[: min(chunk, batch - start)])
   x = np.concatenate(solved)
+  x[:, -3:] += centre
+  result = {}
+  if keypoints_2d is not None:
+    if K is None or joint_regressor is None:
+      raise ValueError('mano.fit: keypoints_2d needs K and joint_regressor')
+    keypoints, Ks, regressor = _check_keypoint_inputs(keypoints_2d, K, joint_regressor, batch)
+    weights = [keypoint_weight, mesh_prior, pose_prior, keypoint_shape_prior]
+    x, result['reprojection_error_px'] = _keypoint_stage(
+        model, x, targets, keypoints, Ks, regressor, weights, keypoint_iterations
+    )
   pose = x[:, :48].copy()
   betas = x[:, 48 : 48 + num_betas]
-  trans = x[:, 48 + num_betas :] + centre
+  trans = x[:, 48 + num_betas :]
   if not flat_hand_mean:
     pose[:, 3:] -= mean
   fitted = np.asarray(
       layer.forward(model, pose, betas, flat_hand_mean=flat_hand_mean, trans=trans)[0], np.float64
   )
-  error = np.linalg.norm(fitted - targets, axis=-1).mean(-1)
-  result = {'pose': pose, 'betas': betas, 'trans': trans, 'vertices': fitted, 'error': error}
+  if keypoints_2d is not None:  # the translation was meant to move: compare the shapes
+    wrist = lambda v: conventions.regress_joints(v, regressor)[:, :1]
+    error = np.linalg.norm((fitted - wrist(fitted)) - (targets - wrist(targets)), axis=-1).mean(-1)
+  else:
+    error = np.linalg.norm(fitted - targets, axis=-1).mean(-1)
+  result.update(pose=pose, betas=betas, trans=trans, vertices=fitted, error=error)
   return {k: v[0] for k, v in result.items()} if unbatched else result
+
+
+def _keypoint_stage(
+    model: ManoModel,
+    x: np.ndarray,
+    targets: np.ndarray,
+    keypoints: np.ndarray,
+    Ks: np.ndarray,
+    regressor: np.ndarray,
+    weights: list[float],
+    num_iterations: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`fit`'s second stage over the whole batch: (x (B, P) refined, reprojection error (B,) pixels)."""
+  if num_iterations < 1:
+    raise ValueError(f'mano.fit: keypoint_iterations must be >= 1, got {num_iterations}')
+  # The vertex fit's translation is absolute here; fitting about the mesh's centre keeps float32 fine.
+  centre = targets.mean(1)
+  start = x.copy()
+  start[:, -3:] -= centre
+  wrist_depth = conventions.regress_joints(targets, regressor)[:, 0, 2]
+  focal = (Ks[:, 0, 0] + Ks[:, 1, 1]) / 2.0
+  as_f32 = lambda a: jnp.asarray(a, jnp.float32)
+  data = {
+      'keypoints': as_f32(keypoints),
+      'K': as_f32(Ks),
+      'vertices': as_f32(targets),
+      'centre': as_f32(centre),
+      'metres_per_pixel': as_f32(np.abs(wrist_depth) / focal)[:, None, None],
+      'betas': as_f32(x[:, 48 : 48 + model.num_betas]),
+  }
+  solved, _ = _fit_keypoints(
+      model, as_f32(start), data, as_f32(regressor), as_f32(weights), int(num_iterations)
+  )
+  solved = np.asarray(solved, np.float64)
+  solved[:, -3:] += centre
+  num_betas = model.num_betas
+  vertices = np.asarray(
+      layer.forward(
+          model,
+          solved[:, :48],
+          solved[:, 48 : 48 + num_betas],
+          flat_hand_mean=True,
+          trans=solved[:, 48 + num_betas :],
+      )[0],
+      np.float64,
+  )
+  camera = conventions.regress_joints(vertices, regressor) @ np.swapaxes(Ks, 1, 2)
+  pixels = camera[..., :2] / camera[..., 2:3]
+  return solved, np.linalg.norm(pixels - keypoints, axis=-1).mean(-1)
 
 
 def _rotation_to_axis_angle(rotation: np.ndarray) -> np.ndarray:
