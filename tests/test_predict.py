@@ -141,7 +141,17 @@ def test_predict_finds_every_hand_and_places_it_in_the_photo(workdir, tmp_path, 
         )[0][0]
     )
     distance = np.linalg.norm(fitted - np.asarray(hand['vertices_camera']), axis=1).mean()
-    assert distance == pytest.approx(params['error'], abs=1e-5)
+    # predict refines detected hands by default: the parameters are then the refined mesh itself, and
+    # 'error' is its root-relative distance to the network's mesh, kept under 'network'.
+    assert hand['mesh'] == 'refined' and hand['placement'] == 'landmarks'
+    assert distance < 1e-5
+    wrist_relative = lambda v: np.asarray(v) - regressor[0] @ np.asarray(v)
+    shape_change = wrist_relative(hand['vertices_camera']) - wrist_relative(
+        hand['network']['vertices_camera']
+    )
+    assert np.linalg.norm(shape_change, axis=1).mean() == pytest.approx(params['error'], abs=1e-5)
+    assert params['reprojection_error_px'] == hand['reprojection_error_px']
+    assert hand['reprojection_error_px'] < hand['network']['reprojection_error_px']
   overlay = np.asarray(Image.open(out / 'two.png'))
   assert overlay.shape == (120, 160, 3)
   assert record['settings']['color_by_uncertainty'] is False
