@@ -45,7 +45,8 @@ from diffhand_jax.runs import state as state_lib
 ITEMS = ('state', 'params', 'config')
 LEGACY_ITEM = 'default'  # the single item of checkpoints written before ITEMS
 CORRUPT_DIR = 'corrupt'
-TMP_MARK = '.orbax-checkpoint-tmp'  # in the name of a save that has not finished (never a candidate)
+# In the name of a save that has not finished: never a candidate.
+TMP_MARK = '.orbax-checkpoint-tmp'
 
 
 class CheckpointWriteError(CheckpointError):
@@ -458,11 +459,12 @@ def restore_for_training(workdir: str, abstract_state: Any) -> Any:
   do not fit ``abstract_state`` raises `CheckpointMismatchError`."""
   if not os.path.isdir(checkpoint_dir(workdir)):
     return None
-  manager = checkpoint_manager(workdir, create=False)
-  try:
-    return restore_latest(manager, abstract_state)
-  finally:
-    manager.close()
+  with quiet_orbax():
+    manager = checkpoint_manager(workdir, create=False)
+    try:
+      return restore_latest(manager, abstract_state)
+    finally:
+      manager.close()
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any:
@@ -504,12 +506,12 @@ def restore_params(
       return _restore_item(manager, step, 'state', abstract_params, field=field)
     return _restore_item(manager, step, 'params', abstract_params)
 
-  manager = checkpoint_manager(workdir, create=False) if quarantine else _reader(workdir)
-  try:
-    with quiet_orbax():
+  with quiet_orbax():
+    manager = checkpoint_manager(workdir, create=False) if quarantine else _reader(workdir)
+    try:
       params, step, damaged = _newest_readable(manager, read, quarantine=quarantine)
-  finally:
-    manager.close()
+    finally:
+      manager.close()
   if step is None:
     raise FileNotFoundError(_none_readable(workdir, damaged))
   if damaged and not quarantine:
@@ -564,10 +566,10 @@ def saved_config(workdir: str) -> dict | None:
     with _reading(manager, step):
       return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
 
-  manager = _reader(workdir)
-  try:
-    with quiet_orbax():
+  with quiet_orbax():
+    manager = _reader(workdir)
+    try:
       payload, _, _ = _newest_readable(manager, read, quarantine=False)
-  finally:
-    manager.close()
+    finally:
+      manager.close()
   return payload
