@@ -46,10 +46,8 @@ print0 = metric_log.print0
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains from scratch or from the newest checkpoint in ``workdir``; returns the final results
   (results.json's dict), or {'step', 'preempted': True, 'signal'} when a signal stopped the run after
-  checkpointing its step."""
-  os.makedirs(workdir, exist_ok=True)
-  run_config.save_config(config, workdir)
-
+  checkpointing its step. Nothing is written to ``workdir`` until the state to train is in hand (a
+  refused run, such as one with an unreadable pretrained encoder, leaves it as it was)."""
   # --- Mesh ---------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
 
@@ -66,10 +64,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_sharding = sharding.batch_sharding(mesh)
 
   with contextlib.ExitStack() as closing:  # what opens in here is closed on every way out
-    # --- Checkpoint: resume from the newest readable one, else initialise -------------------------
-    manager, restored = closing.enter_context(opened_checkpoints(workdir, config, abstract_state))
+    # --- Checkpoint: resume from the newest readable one, else initialise; then the workdir -------
+    restored = checkpoints.restore_for_training(workdir, abstract_state)
     state = resumed_or_initial_state(config, restored, components, shardings)
     start_step = int(state.step)
+    os.makedirs(workdir, exist_ok=True)
+    run_config.save_config(config, workdir)
+    protect = None if restored is None else start_step  # the newest checkpoint known to restore
+    manager = closing.enter_context(opened_checkpoints(workdir, config, protect))
     if jax.process_index() == 0:
       metric_log.truncate_metrics_log(os.path.join(workdir, 'metrics.jsonl'), start_step)
 
@@ -174,17 +176,21 @@ def train_batches(
 
 @contextlib.contextmanager
 def opened_checkpoints(
-    workdir: str, config: ml_collections.ConfigDict, abstract_state: state_lib.TrainState
-) -> Iterator[tuple[ocp.CheckpointManager, state_lib.TrainState | None]]:
-  """(the checkpoint manager of workdir/checkpoints/, the newest readable state or None) for the
-  ``with`` block; on the way out, however it goes, the checkpoints already saved (the last good
-  state) finish writing and the manager closes."""
-  manager, restored = checkpoints.open_for_training(workdir, config, abstract_state)
-  try:
-    yield manager, restored
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+    workdir: str, config: ml_collections.ConfigDict, protect_step: int | None
+) -> Iterator[ocp.CheckpointManager]:
+  """The checkpoint manager of workdir/checkpoints/ for the ``with`` block (``protect_step``: the
+  checkpoint the run resumed from, which rotation keeps); on the way out, however it goes, the
+  checkpoints already saved (the last good state) finish writing, the manager closes, and a save that
+  failed (a full disk) leaves no temporary folder. Orbax's own report of a failed save is left out:
+  the error says it in one line."""
+  with checkpoints.quiet_orbax(failures_only=True):
+    manager = checkpoints.checkpoint_manager(workdir, config, protect_step=protect_step)
+    failing = True
+    try:
+      yield manager
+      failing = False
+    finally:
+      checkpoints.close(manager, failing=failing)
 
 
 def resumed_or_initial_state(
@@ -324,6 +330,11 @@ def train_loop(
         )
         return LoopEnd(state, done, results, preempt.signal_name or 'SIGTERM')
       if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+        # results.json names a step only once its checkpoint is complete on disk.
+        if manager.latest_step() != done:
+          _check_finite(float(parts['total']), done, workdir)
+          checkpoints.save(manager, done, state, config, force=True)
+        checkpoints.finish(manager)
         with logger.report_progress.timed('eval', wait_jax_async_dispatch=False):
           results = evaluator(checkpoints.inference_params(state, config), int(state.step))
         meter.reset()  # evaluation time is no step's
@@ -373,8 +384,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Scores the newest checkpoint in ``workdir`` (EMA params when the config keeps them), reading its
   params only."""
   network = state_lib.build_network(config)
-  params, step = checkpoints.restore_params(
-      workdir, state_lib.abstract_params(config, network.model), config
+  params, step = checkpoints.restore_params(  # this process owns the run: it quarantines
+      workdir, state_lib.abstract_params(config, network.model), config, quarantine=True
   )
   train_arrays = open_train_split(config)
   with metric_log.Logger(workdir) as logger:
