@@ -66,8 +66,8 @@ def photo_paths(images: str) -> list[str]:
   if images == 'opencv-doc':
     paths = [os.path.join(OPENCV_DOC, p) for p in OPENCV_DOC_PHOTOS]
     found = [p for p in paths if os.path.isfile(p)]
-    if not found:
-      raise io.InputError(f'no opencv-doc photos under {OPENCV_DOC}: apt-get install opencv-doc')
+    if not found:  # measure the synthetic frames alone rather than fail
+      print(f'no opencv-doc photos under {OPENCV_DOC} (apt-get install opencv-doc): synthetic only')
     return found
   return [os.path.join(images, name) for name in io.list_images(images)]
 
