@@ -34,6 +34,9 @@ from diffhand_jax.inference.io import InputError
 
 # Images with a shorter side than this are refused: they cannot show a hand the model can read.
 MIN_IMAGE_SIDE = 16
+# Boxes whose longer side exceeds this many times the photo's longer side are refused: their crop
+# (an image of the box's size, mostly padding) would take gigabytes and show no hand.
+MAX_BOX_TO_PHOTO = 4.0
 
 
 class HandModelUnavailable(InputError):
@@ -206,6 +209,11 @@ def find_hands(image: np.ndarray, photo: Photo, options: Options, detector: Any)
         raise InputError(
             f'{photo.name}: the box {[x0, y0, x1, y1]} lies outside the image ({width}×{height} '
             'pixels)'
+        )
+      if max(x1 - x0, y1 - y0) > MAX_BOX_TO_PHOTO * max(width, height):
+        raise InputError(
+            f'{photo.name}: the box {[x0, y0, x1, y1]} is more than {MAX_BOX_TO_PHOTO:g} times the '
+            f'image ({width}×{height} pixels)'
         )
       found.append(dict(box=np.asarray(box, np.float64), box_source='boxes'))
   elif detector is None:

@@ -401,8 +401,11 @@ class VideoOptions:
       raise InputError(f'--video_reset must be > 0, got {self.reset_threshold}')
     if self.box is not None:
       box = np.asarray(self.box, np.float64)
-      if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-        raise InputError(f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0: {box}')
+      if box.shape != (4,) or not io.box_is_valid(box):
+        raise InputError(
+            f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0 (finite, within '
+            f'±{io.MAX_BOX_COORDINATE:g}): {box}'
+        )
 
 
 def draw_hand(

@@ -1,0 +1,189 @@
+"""Issue #36: `predict`'s inputs are checked where they enter and its outputs never clobber an input, each
+other, or leave a result half-written: photo modes (16-bit and the rest), --boxes values and files, video
+frames of differing sizes, the output folder (the inputs' own, unwritable, a disk that fills up), photos
+that share a stem, and at most one decoded photo alive at a time."""
+
+import errno
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffhand_jax import predict
+from diffhand_jax.inference import io
+
+
+@pytest.fixture(scope='module')
+def workdir():
+  from _inference_workdir import tiny_workdir
+
+  return tiny_workdir()[0]
+
+
+def write_png16(path, array):
+  """uint16 (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or (H, W, 4) RGBA as a 16-bit PNG."""
+  a = np.asarray(array, np.uint16)
+  if a.ndim == 2:
+    a = a[..., None]
+  height, width, channels = a.shape
+  colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+  raw = b''.join(b'\x00' + a[y].astype('>u2').tobytes() for y in range(height))
+
+  def chunk(kind, data):
+    return (
+        struct.pack('>I', len(data))
+        + kind
+        + data
+        + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+  header = struct.pack('>IIBBBBB', width, height, 16, colour, 0, 0, 0)
+  png = b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw))
+  with open(path, 'wb') as f:
+    f.write(png + chunk(b'IEND', b''))
+
+
+RAMP = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+
+
+# ----- photo modes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'channels',
+    [
+        RAMP[..., None],
+        np.stack([RAMP, RAMP], -1),
+        np.stack([RAMP, RAMP // 2, 65535 - RAMP], -1),
+        np.stack([RAMP, RAMP // 2, 65535 - RAMP, RAMP], -1),
+    ],
+    ids=['grey', 'grey_alpha', 'rgb', 'rgba'],
+)
+def test_16_bit_pngs_are_scaled_to_8_bits_not_clipped(tmp_path, channels):
+  path = tmp_path / 'deep.png'
+  write_png16(path, channels)
+  image = io.read_image(str(path))
+  assert image.dtype == np.uint8 and image.shape == (48, 64, 3)
+  colour = channels[..., :3] if channels.shape[-1] >= 3 else channels[..., :1].repeat(3, -1)
+  np.testing.assert_allclose(image, np.round(colour / 257.0), atol=1)
+
+
+@pytest.mark.parametrize('mode', ['P', 'LA', 'RGBA', 'CMYK', '1', 'F', 'I', 'I;16', 'I;16B', 'L'])
+def test_every_pil_mode_reads_as_the_same_picture(tmp_path, mode):
+  grey = np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (48, 1))
+  picture = Image.fromarray(grey).convert('RGB')
+  if mode == '1':
+    picture = Image.fromarray(np.where(grey > 127, 255, 0).astype(np.uint8)).convert('1')
+    expected = np.where(grey > 127, 255, 0)
+  elif mode == 'I;16B':  # 16-bit values of the same picture, big-endian (TIFF)
+    deep = grey.astype(np.uint16) * 257
+    picture = Image.frombytes('I;16B', (64, 48), deep.astype('>u2').tobytes())
+    expected = grey
+  elif mode in ('I', 'I;16'):
+    picture = Image.fromarray((grey.astype(np.uint16) * 257).astype(np.uint16)).convert(mode)
+    expected = grey
+  elif mode == 'F':  # floats in [0, 1], as float TIFFs hold them
+    picture = Image.fromarray(grey.astype(np.float32) / 255.0, mode='F')
+    expected = grey
+  elif mode == 'P':
+    picture = picture.convert('P', palette=Image.Palette.ADAPTIVE, colors=256)
+    expected = grey
+  else:
+    picture = picture.convert(mode)
+    expected = grey
+  path = tmp_path / ('photo.tiff' if mode in ('F', 'CMYK', 'I', 'I;16B') else 'photo.png')
+  picture.save(path)
+  image = io.read_image(str(path))
+  assert image.dtype == np.uint8 and image.shape == (48, 64, 3)
+  np.testing.assert_allclose(image[..., 0], expected, atol=2, err_msg=Image.open(path).mode)
+
+
+def test_a_float_photo_with_nan_reads_without_nan_and_scaled(tmp_path):
+  values = np.linspace(-3.0, 1000.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+  values[0, 0] = np.nan
+  path = tmp_path / 'float.tiff'
+  Image.fromarray(values, mode='F').save(path)
+  image = io.read_image(str(path))
+  assert image.dtype == np.uint8 and image[..., 0].max() == 255 and image[..., 0].min() == 0
+  assert image[-1, -1, 0] == 255 and image[0, 1, 0] == 0  # min-max scaled, nothing clipped
+
+
+# ----- --boxes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'box', [[0, 0, 1e308, 1e308], [-1e308, -1e308, 10, 10], [0, 0, 'nan', 10], [0, 0, 'inf', 5]]
+)
+def test_boxes_must_be_finite_and_of_photo_scale(tmp_path, box):
+  path = tmp_path / 'boxes.json'
+  path.write_text(json.dumps({'a.png': [float(v) for v in box]}).replace('Infinity', '1e999'))
+  with pytest.raises(io.InputError, match="the box of 'a.png'"):
+    io.load_boxes(str(path), ['a.png'])
+
+
+def test_boxes_naming_a_folder_is_one_line(tmp_path):
+  with pytest.raises(io.InputError, match='--boxes file .* is a folder'):
+    io.load_boxes(str(tmp_path), ['a.png'])
+
+
+def test_boxes_far_larger_than_the_photo_are_refused_without_allocating_them(tmp_path, capsys):
+  """A box that overlaps the photo but is millions of pixels wide would make a crop of terabytes."""
+  from diffhand_jax.inference import pipeline
+
+  photo = pipeline.Photo(np.zeros((64, 64, 3), np.uint8), name='a.png', boxes=[[0, 0, 1e6, 1e6]])
+  with pytest.raises(io.InputError, match='a.png: the box .* is more than'):
+    pipeline.find_hands(photo.image, photo, pipeline.DEFAULTS, None)
+
+
+def test_predict_with_huge_boxes_exits_2_in_one_line(workdir, tmp_path, capsys):
+  images = tmp_path / 'images'
+  images.mkdir()
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / 'a.png')
+  boxes = tmp_path / 'boxes.json'
+  boxes.write_text('{"a.png": [-1e308, -1e308, 1e308, 1e308]}')
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={images}',
+          f'--boxes={boxes}',
+          f'--output={tmp_path / "o"}',
+      ]
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={images}',
+          f'--boxes={tmp_path}',
+          f'--output={tmp_path / "o"}',
+      ]
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'is a folder' in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / 'o').exists()
+
+
+# ----- video frames ---------------------------------------------------------------------------------------
+
+
+def test_frames_of_differing_sizes_are_refused_by_name_before_anything_is_written(
+    workdir, tmp_path, capsys
+):
+  pytest.importorskip('av')
+  frames = tmp_path / 'frames'
+  frames.mkdir()
+  for index in range(4):
+    size = (48, 64) if index != 2 else (40, 64)
+    Image.fromarray(np.full(size + (3,), 40 * index, np.uint8)).save(frames / f'f{index}.png')
+  out = tmp_path / 'out'
+  status = predict.main([f'--workdir={workdir}', f'--video={frames}', f'--output={out}'])
+  err = capsys.readouterr().err
+  assert status == 2, err
+  assert 'f2.png' in err and '64×40' in err and '64×48' in err and 'Traceback' not in err
+  assert len(err.strip().splitlines()) == 1, err
+  assert not out.exists()
