@@ -187,3 +187,20 @@ def test_frames_of_differing_sizes_are_refused_by_name_before_anything_is_writte
   assert 'f2.png' in err and '64×40' in err and '64×48' in err and 'Traceback' not in err
   assert len(err.strip().splitlines()) == 1, err
   assert not out.exists()
+
+
+@pytest.mark.parametrize('eta', ['1.5', '-0.2', 'nan'])
+def test_eta_outside_zero_one_is_one_line_before_the_run_is_opened(tmp_path, capsys, eta):
+  images = tmp_path / 'images'
+  images.mkdir()
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / 'a.png')
+  status = predict.main(
+      [
+          f'--workdir={tmp_path / "no_run"}',
+          f'--images={images}',
+          f'--output={tmp_path / "o"}',
+          f'--eta={eta}',
+      ]
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and '--eta must lie in [0, 1]' in err and len(err.strip().splitlines()) == 1

@@ -72,6 +72,8 @@ class Options:
       value = getattr(self, name)
       if value is not None and value < 1:
         raise InputError(f'--{name} must be >= 1, got {value}')
+    if self.eta is not None and not 0.0 <= self.eta <= 1.0:
+      raise InputError(f'--eta must lie in [0, 1], got {self.eta}')
     if self.method not in hypotheses.METHODS:
       raise InputError(f'--method must be one of {hypotheses.METHODS}, got {self.method!r}')
 
