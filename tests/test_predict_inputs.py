@@ -204,3 +204,195 @@ def test_eta_outside_zero_one_is_one_line_before_the_run_is_opened(tmp_path, cap
   )
   err = capsys.readouterr().err
   assert status == 2 and '--eta must lie in [0, 1]' in err and len(err.strip().splitlines()) == 1
+
+
+# ----- outputs never clobber inputs or each other ---------------------------------------------------------
+
+
+def _lines(err):
+  """stderr's lines without the progress bar (its lines hold a carriage return)."""
+  return [line for line in err.split('\n') if line.strip() and '\r' not in line]
+
+
+def _photos(folder, names, size=(64, 64)):
+  folder.mkdir(exist_ok=True)
+  rng = np.random.default_rng(len(names))
+  for name in names:
+    Image.fromarray(rng.integers(0, 255, size + (3,), np.uint8)).save(folder / name)
+  return {name: (folder / name).read_bytes() for name in names}
+
+
+def _predict(capsys, workdir, images, output, *extra):
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--images={images}',
+          f'--output={output}',
+          '--detector=none',
+          '--num_hypotheses=1',
+          '--steps=1',
+          '--overlay_size=64',
+          *extra,
+      ]
+  )
+  return status, capsys.readouterr().err
+
+
+def test_an_output_that_is_the_photos_folder_is_refused_before_the_run_is_opened(tmp_path, capsys):
+  images = tmp_path / 'images'
+  before = _photos(images, ['photo.png', 'b.jpg'])
+  # The workdir holds no run: the refusal comes first, before anything is opened or computed.
+  for output in (images, tmp_path / 'images' / '.' / ''):
+    status, err = _predict(capsys, tmp_path / 'no_run', images, output)
+    assert status == 2 and 'holds the input photos' in err and len(err.strip().splitlines()) == 1
+  assert {n: (images / n).read_bytes() for n in before} == before
+  assert sorted(os.listdir(images)) == sorted(before)
+  # --boxes (or --left) inside --output: refused too (a photo named boxes.png would overwrite it).
+  boxes = tmp_path / 'out' / 'boxes.json'
+  boxes.parent.mkdir()
+  boxes.write_text('{}')
+  status, err = _predict(capsys, tmp_path / 'no_run', images, tmp_path / 'out', f'--boxes={boxes}')
+  assert status == 2 and 'holds the --boxes file' in err and boxes.read_text() == '{}'
+
+
+def test_photos_that_share_a_stem_get_distinct_results(workdir, tmp_path, capsys):
+  images = tmp_path / 'images'
+  _photos(images, ['a.jpg', 'a.png', 'a.bmp', 'b.png'])
+  status, err = _predict(capsys, workdir, images, tmp_path / 'out')
+  assert status == 0, err
+  assert sorted(os.listdir(tmp_path / 'out')) == sorted(
+      [
+          f'{stem}{suffix}'
+          for stem in ('a_bmp', 'a_jpg', 'a_png')
+          for suffix in ('.json', '.png', '_hand0.obj')
+      ]
+      + ['b.json', 'b.png', 'b_hand0.obj']  # a stem of its own keeps its name
+  )
+  for stem, name in (('a_jpg', 'a.jpg'), ('a_png', 'a.png'), ('a_bmp', 'a.bmp'), ('b', 'b.png')):
+    record = json.loads((tmp_path / 'out' / f'{stem}.json').read_text())
+    assert record['image'] == name and record['hands'][0]['obj'] == f'{stem}_hand0.obj'
+
+
+def test_output_names_are_unique_whatever_the_names():
+  from diffhand_jax.inference import predict as predict_lib
+
+  names = ['a.jpg', 'A.png', 'a_jpg.png', 'b.png', 'c.JPG', 'c.jpg']
+  stems = predict_lib.output_stems(names)
+  assert stems['b.png'] == 'b'
+  assert len({s.lower() for s in stems.values()}) == len(names), stems
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_run_is_opened(
+    tmp_path, capsys, monkeypatch
+):
+  images = tmp_path / 'images'
+  _photos(images, ['a.png'])
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('mine')
+  status, err = _predict(capsys, tmp_path / 'no_run', images, blocker / 'sub')
+  assert status == 2 and 'cannot write to --output' in err and len(err.strip().splitlines()) == 1
+  assert blocker.read_text() == 'mine'
+  # A read-only folder (simulated: root may write anywhere).
+  real_open = os.open
+
+  def read_only(path, flags, *args, **kwargs):
+    if str(path).startswith(str(tmp_path / 'ro')) and flags & os.O_CREAT:
+      raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+    return real_open(path, flags, *args, **kwargs)
+
+  (tmp_path / 'ro').mkdir()
+  monkeypatch.setattr(os, 'open', read_only)
+  status, err = _predict(capsys, tmp_path / 'no_run', images, tmp_path / 'ro')
+  assert status == 2 and 'cannot write to --output' in err and 'Permission denied' in err, err
+  assert len(err.strip().splitlines()) == 1 and os.listdir(tmp_path / 'ro') == []
+
+
+def test_a_disk_that_fills_up_names_the_photo_and_keeps_what_is_whole(
+    workdir, tmp_path, capsys, monkeypatch
+):
+  from diffhand_jax.geometry import mesh_io
+
+  images = tmp_path / 'images'
+  _photos(images, ['a.png', 'b.png', 'c.png'])
+  real = mesh_io.write_image
+  calls = []
+
+  def full_disk(path, image, *args, **kwargs):
+    calls.append(path)
+    if len(calls) == 2:  # b.png's overlay: its OBJ is written, its JSON not yet
+      with open(path, 'wb') as f:
+        f.write(b'half')
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(path, image, *args, **kwargs)
+
+  monkeypatch.setattr(mesh_io, 'write_image', full_disk)
+  out = tmp_path / 'out'
+  status, err = _predict(capsys, workdir, images, out)
+  assert status == 2 and 'Traceback' not in err
+  lines = _lines(err)
+  assert len(lines) == 1 and 'b.png' in lines[0] and 'No space left on device' in lines[0], err
+  assert 'a.png' in lines[0]  # what was done
+  assert sorted(os.listdir(out)) == ['a.json', 'a.png', 'a_hand0.obj']  # whole, nothing of b half
+
+
+def test_video_outputs_are_checked_too(workdir, tmp_path, capsys, monkeypatch):
+  pytest.importorskip('av')
+  frames = tmp_path / 'frames'
+  before = _photos(frames, [f'f{i}.png' for i in range(3)])
+  status = predict.main(
+      [f'--workdir={tmp_path / "no_run"}', f'--video={frames}', f'--output={frames}']
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'holds the input' in err and len(err.strip().splitlines()) == 1, err
+  assert {n: (frames / n).read_bytes() for n in before} == before
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('mine')
+  status = predict.main(
+      [f'--workdir={tmp_path / "no_run"}', f'--video={frames}', f'--output={blocker / "x"}']
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'cannot write to --output' in err and len(err.strip().splitlines()) == 1
+
+  def full_disk(path, arrays):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(io, 'write_npz', full_disk)
+  status = predict.main(
+      [f'--workdir={workdir}', f'--video={frames}', f'--output={tmp_path / "v"}', '--detector=none']
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'No space left on device' in err and 'Traceback' not in err
+  assert len(_lines(err)) == 1, err
+
+
+# ----- memory ------------------------------------------------------------------------------------------------
+
+
+def test_at_most_one_decoded_photo_is_alive_at_a_time(workdir, tmp_path, capsys, monkeypatch):
+  import gc
+  import weakref
+
+  from diffhand_jax.inference import predict as predict_lib
+
+  images = tmp_path / 'images'
+  _photos(images, [f'p{i}.png' for i in range(6)])
+  real = io.read_image
+  decoded, most = [], [0]
+
+  def tracked(path):
+    image = real(path)
+    gc.collect()
+    most[0] = max(most[0], sum(ref() is not None for ref in decoded) + 1)
+    decoded.append(weakref.ref(image))
+    return image
+
+  monkeypatch.setattr(io, 'read_image', tracked)
+  result = predict_lib.predict_folder(
+      workdir,
+      str(images),
+      str(tmp_path / 'out'),
+      predict_lib.pipeline.Options(detector='none', num_hypotheses=1, steps=1, batch_size=2),
+      progress=False,
+  )
+  assert len(result['written']) == 6
+  assert most[0] <= 2, most  # one being read while at most one other is still referenced

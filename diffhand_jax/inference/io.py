@@ -5,6 +5,9 @@
 * Photos: `list_images`, `read_image` (EXIF rotation applied), and the --boxes / --left files
   (`load_boxes`, `load_left`), --video_box (`parse_box`).
 * Video: `Frames` (a video file through PyAV, or a folder of frames) and `OverlayWriter` (H.264 MP4).
+* Photos decoded when used (`ImageFile`), so a folder's photos are not all in memory at once.
+* The output folder: `refuse_inputs_in_output` (never the folder of an input), `prepare_output` (made and
+  checked writable before any compute).
 * Files never seen half-written (runs/files.py's atomic write): `write_json`, `write_obj`, `write_png`,
   `write_npz`.
 """
@@ -365,9 +368,79 @@ class OverlayWriter:
     self._container = None
 
 
+class ImageFile:
+  """A photo on disk, decoded (`read_image`) each time it is used as an array (`np.asarray`), so that a
+  folder's photos are not all in memory at once: `predict` holds these, and at most one photo is
+  decoded at a time. `shape` (H, W, 3) comes from the header, EXIF rotation applied. Raises InputError
+  (as `read_image` would) when the file cannot be opened."""
+
+  def __init__(self, path: str):
+    size = image_size(path)
+    if size is None:
+      read_image(path)  # raises the InputError that says why
+      raise InputError(f'cannot read image {path}')
+    self.path = path
+    self.shape = (size[1], size[0], 3)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 3
+
+  def __array__(self, dtype=None, copy=None):
+    image = read_image(self.path)
+    if image.shape != self.shape:
+      raise InputError(
+          f'cannot read image {self.path}: it decodes to {image.shape[1]}×{image.shape[0]} pixels, '
+          f'its header says {self.shape[1]}×{self.shape[0]}'
+      )
+    return image if dtype is None else image.astype(dtype)
+
+
 # ==================================================================================================
-# Writing files whole
+# The output folder, and writing files whole
 # ==================================================================================================
+
+
+def _same_folder(a: str, b: str) -> bool:
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_inputs_in_output(
+    output: str, *, folders: dict[str, str | None], files: dict[str, str | None]
+) -> None:
+  """InputError when --output is the folder of an input, so nothing written there can replace one:
+  folders {what: folder} (the --images or --video folder), files {what: path} (--boxes, --left, a
+  --video file: their folder). Checked before anything is read or computed."""
+  for what, folder in folders.items():
+    if folder and os.path.isdir(folder) and _same_folder(output, folder):
+      raise InputError(f'--output={output} holds {what}; give another folder for the results')
+  for what, path in files.items():
+    if path and os.path.isfile(path) and _same_folder(output, os.path.dirname(path) or '.'):
+      raise InputError(
+          f'--output={output} holds {what} ({path}); give another folder for the results'
+      )
+
+
+def prepare_output(output: str) -> None:
+  """Makes the folder `output` (and its parents) and checks that a file can be made in it; InputError
+  saying why not (a file in the way, read-only, full), with nothing left behind."""
+  made = not os.path.isdir(output)
+  probe = os.path.join(output, f'.diffhand_write_check.{os.getpid()}')
+  try:
+    os.makedirs(output, exist_ok=True)
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    os.remove(probe)
+  except OSError as error:
+    if made and os.path.isdir(output) and not os.listdir(output):
+      os.rmdir(output)
+    raise InputError(f'cannot write to --output={output}: {error.strerror or error}') from None
+
+
+def remove_quietly(paths: Sequence[str]) -> None:
+  """Removes what exists of `paths` (the pieces of a result that could not be finished)."""
+  for path in paths:
+    try:
+      os.remove(path)
+    except OSError:
+      pass
 
 
 def write_json(path: str, payload: Any) -> str:

@@ -604,24 +604,44 @@ def reconstruct_video(
 
   Returns {'tracks' ({id: path}), 'frames', 'overlay' (path), 'seconds', 'frames_per_second',
   'steady_frames_per_second' (without the first two frames, which compile), 'decoder_passes_per_frame'}.
-  Raises InputError for bad arguments or an unreadable video (nothing written), VideoError when the video
-  breaks off (the frames before the break are written first).
+  Raises InputError for bad arguments, an unreadable video or frames of differing sizes, an output_dir
+  that is the input's folder or cannot be written (all before the run is opened, nothing written) or
+  a write that fails (a full disk); VideoError when the video breaks off (the frames before the break
+  are written first).
   """
   options.check()
   video_options.check()
   if samplers is not None and overrides:
     raise ValueError('reconstruct_video: give overrides when opening the run, not with samplers=')
+  io.refuse_inputs_in_output(
+      output_dir,
+      folders={'the input frames (--video)': video},
+      files={'the input video (--video)': video},
+  )
   io.import_av()  # the overlay video needs it, even for a folder of frames
   detector = pipeline.resolve_detector(options.detector)
   frames = io.Frames(video, fps=video_options.fps)
   try:
+    io.prepare_output(output_dir)
     if samplers is None:
       samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
     state = VideoRun(samplers, options, video_options, detector)
   except Exception:
     frames.close()
     raise
-  os.makedirs(output_dir, exist_ok=True)
+  try:
+    return _reconstruct_frames(state, frames, video, output_dir, progress)
+  except OSError as error:  # a full disk, or the folder taken away
+    raise InputError(
+        f'cannot write the results of {video} to {output_dir}: {error.strerror or error} (the files '
+        'written whole before it are kept)'
+    ) from None
+
+
+def _reconstruct_frames(
+    state: VideoRun, frames: io.Frames, video: str, output_dir: str, progress: bool
+) -> dict[str, Any]:
+  """`reconstruct_video`'s loop over the frames, writing the overlay and then the tracks."""
   settings = state.settings(video, frames.fps)
   writer = io.OverlayWriter(os.path.join(output_dir, 'overlay.mp4'), frames.fps)
   report = sampling.progress_printer('video') if progress and frames.declared else None
