@@ -28,7 +28,11 @@ OUT_DIR (docs/design.md §8 names the keys; docs/photos.md shows an example):
                   per-vertex form, the weak-perspective camera, the crop box; with
                   --fit_mano also MANO pose, betas and trans and the hand model they belong to
 
-Photos without a hand are reported by name and skipped.
+Photos without a hand are reported by name and skipped. Photos that share a stem (a.jpg, a.png) are
+named after their whole name instead (a_jpg.json, a_png.json, ...). --output may not be the --images
+folder nor hold the --boxes or --left file (nor, with --video, be the frames' or the video's folder);
+it is checked writable before the run is opened, and each photo's JSON is written last, so a JSON means
+its result is whole (docs/photos.md, "What it reads and where it writes").
 
 Focal length (pixels): --focal, else the photo's EXIF (35 mm-equivalent focal length, or focal length
 and sensor resolution), else the image diagonal (a 53° diagonal field of view).
