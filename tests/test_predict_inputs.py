@@ -396,3 +396,11 @@ def test_at_most_one_decoded_photo_is_alive_at_a_time(workdir, tmp_path, capsys,
   )
   assert len(result['written']) == 6
   assert most[0] <= 2, most  # one being read while at most one other is still referenced
+
+
+def test_a_run_that_cannot_be_opened_leaves_no_output_folder(tmp_path, capsys):
+  images = tmp_path / 'images'
+  _photos(images, ['a.png'])
+  status, err = _predict(capsys, tmp_path / 'no_run', images, tmp_path / 'new' / 'out')
+  assert status == 2 and 'config.json does not exist' in err
+  assert not (tmp_path / 'new' / 'out').exists()

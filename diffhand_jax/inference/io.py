@@ -419,9 +419,10 @@ def refuse_inputs_in_output(
       )
 
 
-def prepare_output(output: str) -> None:
+def prepare_output(output: str) -> bool:
   """Makes the folder `output` (and its parents) and checks that a file can be made in it; InputError
-  saying why not (a file in the way, read-only, full), with nothing left behind."""
+  saying why not (a file in the way, read-only, full), with nothing left behind. Returns whether it
+  made the folder (see `remove_if_made_and_empty`)."""
   made = not os.path.isdir(output)
   probe = os.path.join(output, f'.diffhand_write_check.{os.getpid()}')
   try:
@@ -432,6 +433,14 @@ def prepare_output(output: str) -> None:
     if made and os.path.isdir(output) and not os.listdir(output):
       os.rmdir(output)
     raise InputError(f'cannot write to --output={output}: {error.strerror or error}') from None
+  return made
+
+
+def remove_if_made_and_empty(output: str, made: bool) -> None:
+  """Removes the folder `prepare_output` made when nothing was written to it (a run that failed before
+  writing leaves no trace)."""
+  if made and os.path.isdir(output) and not os.listdir(output):
+    os.rmdir(output)
 
 
 def remove_quietly(paths: Sequence[str]) -> None:

@@ -103,7 +103,9 @@ DEFAULTS = Options()
 
 @dataclasses.dataclass(frozen=True)
 class Photo:
-  """One photo to reconstruct. boxes: the hands' boxes [x0, y0, x1, y1] in its pixels (None: detect);
+  """One photo to reconstruct. image: uint8 (H, W, 3), or anything `np.asarray` makes one of, with a
+  `shape` (predict's `io.ImageFile`, decoded when used, so a folder is not all in memory at once).
+  boxes: the hands' boxes [x0, y0, x1, y1] in its pixels (None: detect);
   left: whether its hands are left (one bool, or one per hand; None: the detector's sides, else
   right); focal: the focal length in pixels (None: `render.default_focal`), from `focal_source`."""
 

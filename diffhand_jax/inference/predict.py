@@ -149,13 +149,17 @@ def predict_folder(
       files={'the --boxes file': boxes, 'the --left file': left},
   )
   photos, failed = read_photos(images_dir, boxes=boxes, left=left, all_left=all_left, focal=focal)
-  io.prepare_output(output_dir)
-  if samplers is None:
-    samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
-  elif overrides is not None:
-    raise ValueError('predict_folder: give overrides when opening the run, not with samplers=')
-  report = sampling.progress_printer('predict') if progress else None
-  results = pipeline.reconstruct_photos(samplers, photos, options, progress=report)
+  made = io.prepare_output(output_dir)
+  try:
+    if samplers is None:
+      samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
+    elif overrides is not None:
+      raise ValueError('predict_folder: give overrides when opening the run, not with samplers=')
+    report = sampling.progress_printer('predict') if progress else None
+    results = pipeline.reconstruct_photos(samplers, photos, options, progress=report)
+  except BaseException:
+    io.remove_if_made_and_empty(output_dir, made)
+    raise
   settings = outputs.settings(samplers, options, color_by_uncertainty=color_by_uncertainty)
   stems = output_stems([photo.name for photo in photos])
   written, no_hands = [], []
@@ -168,20 +172,35 @@ def predict_folder(
       no_hands.append(name)
       print(f'no hand found in {os.path.join(images_dir, name)}; skipped', file=sys.stderr)
     else:
-      try:
-        write_photo(
-            output_dir,
-            result,
-            settings,
-            overlay_size=overlay_size,
-            color_by_uncertainty=color_by_uncertainty,
-            stem=stems[name],
-        )
-      except OSError as error:
-        done = f' ({", ".join(written[:5])}{", …" if len(written) > 5 else ""})' if written else ''
-        raise InputError(
-            f'cannot write the results of {name} to {output_dir}: {error.strerror or error}; '
-            f'the {len(written)} photo(s) before it are whole there{done}'
-        ) from None
+      _write_or_stop(
+          output_dir, result, settings, stems[name], written, overlay_size, color_by_uncertainty
+      )
       written.append(name)
   return {'written': written, 'failed': failed, 'no_hands': no_hands}
+
+
+def _write_or_stop(
+    output_dir: str,
+    result: pipeline.PhotoHands,
+    settings: dict[str, Any],
+    stem: str,
+    written: Sequence[str],
+    overlay_size: int,
+    color_by_uncertainty: bool,
+) -> None:
+  """`write_photo`; InputError naming the photo and the photos written before it when a write fails."""
+  try:
+    write_photo(
+        output_dir,
+        result,
+        settings,
+        overlay_size=overlay_size,
+        color_by_uncertainty=color_by_uncertainty,
+        stem=stem,
+    )
+  except OSError as error:
+    done = f' ({", ".join(written[:5])}{", …" if len(written) > 5 else ""})' if written else ''
+    raise InputError(
+        f'cannot write the results of {result.photo.name} to {output_dir}: '
+        f'{error.strerror or error}; the {len(written)} photo(s) before it are whole there{done}'
+    ) from None

@@ -621,13 +621,15 @@ def reconstruct_video(
   io.import_av()  # the overlay video needs it, even for a folder of frames
   detector = pipeline.resolve_detector(options.detector)
   frames = io.Frames(video, fps=video_options.fps)
+  made = False
   try:
-    io.prepare_output(output_dir)
+    made = io.prepare_output(output_dir)
     if samplers is None:
       samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
     state = VideoRun(samplers, options, video_options, detector)
   except Exception:
     frames.close()
+    io.remove_if_made_and_empty(output_dir, made)
     raise
   try:
     return _reconstruct_frames(state, frames, video, output_dir, progress)
