@@ -110,6 +110,8 @@ def test_a_float_photo_with_nan_reads_without_nan_and_scaled(tmp_path):
   image = io.read_image(str(path))
   assert image.dtype == np.uint8 and image[..., 0].max() == 255 and image[..., 0].min() == 0
   assert image[-1, -1, 0] == 255 and image[0, 1, 0] == 0  # min-max scaled, nothing clipped
+  middle = values[24, 32]
+  assert abs(int(image[24, 32, 0]) - (middle + 3.0) / 1003.0 * 255.0) <= 1  # not clipped at 255
 
 
 # ----- --boxes ---------------------------------------------------------------------------------------------
@@ -404,3 +406,21 @@ def test_a_run_that_cannot_be_opened_leaves_no_output_folder(tmp_path, capsys):
   status, err = _predict(capsys, tmp_path / 'no_run', images, tmp_path / 'new' / 'out')
   assert status == 2 and 'config.json does not exist' in err
   assert not (tmp_path / 'new' / 'out').exists()
+
+
+def test_a_video_box_far_larger_than_the_frame_is_one_line(workdir, tmp_path, capsys):
+  pytest.importorskip('av')
+  frames = tmp_path / 'frames'
+  _photos(frames, ['f0.png', 'f1.png'], size=(32, 32))
+  status = predict.main(
+      [
+          f'--workdir={workdir}',
+          f'--video={frames}',
+          f'--output={tmp_path / "out"}',
+          '--video_box=0,0,400,400',
+          '--steps=1',
+      ]
+  )
+  err = capsys.readouterr().err
+  assert status == 2 and 'is more than 4 times frame 0 (32×32 pixels)' in err, err
+  assert len(_lines(err)) == 1 and 'Traceback' not in err

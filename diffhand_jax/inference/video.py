@@ -529,6 +529,14 @@ class VideoRun:
   def _track_frame(
       self, track: Track, index: int, frame: np.ndarray, drawn: np.ndarray
   ) -> np.ndarray:
+    height, width = frame.shape[:2]
+    if track.box is not None and max(
+        track.box[2] - track.box[0], track.box[3] - track.box[1]
+    ) > pipeline.MAX_BOX_TO_PHOTO * max(height, width):
+      raise InputError(  # its crop would take gigabytes and show no hand
+          f'the box {[float(v) for v in track.box]} is more than {pipeline.MAX_BOX_TO_PHOTO:g} '
+          f'times frame {index} ({width}×{height} pixels)'
+      )
     crop = crops.square_box(track.box, frame.shape[:2], self.options.box_scale)
     is_left = track.side == 'left'
     key = jax.random.fold_in(jax.random.fold_in(self.base_key, track.track_id), index)
