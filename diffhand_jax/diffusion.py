@@ -13,6 +13,15 @@ Everything here follows docs/design.md §3 to the equation:
 The sampler is a single ``lax.scan``; it works under ``jit`` and ``vmap`` and with any denoiser callable
 ``denoise_fn(x_t, t) -> x0_hat``. Nothing here knows about hands: the model closes over its (already
 encoded) image condition when it builds ``denoise_fn``.
+
+Arguments are checked where their values are known when the function is called (Python numbers,
+numpy arrays, concrete jax arrays): η must lie in [0, 1] and ``q_sample``'s t in [0, T), else
+ValueError. Traced values (under ``jit``) are not checked, so the jitted path is what it was; there
+``q_sample`` clamps t by JAX's indexing rule. NaN inputs: ``check_finite=True`` checks the inputs and
+the result and raises FloatingPointError naming the array (under ``jit`` it adds a ``checkify.check``:
+wrap the function in ``jax.experimental.checkify.checkify`` to get the error). The default,
+``check_finite=False``, adds nothing. ``jax.config.update('jax_debug_nans', True)`` is the global
+alternative: JAX then stops at the first operation that makes a NaN.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -81,20 +91,30 @@ def _broadcast_over_trailing(per_example: jax.Array, like: jax.Array) -> jax.Arr
   return per_example.reshape(per_example.shape + (1,) * (like.ndim - per_example.ndim))
 
 
-def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def q_sample(
+    schedule: Schedule,
+    x0: jax.Array,
+    t: jax.Array,
+    noise: jax.Array,
+    *,
+    check_finite: bool = False,
+) -> jax.Array:
   """Draws x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I).
 
   Args:
     schedule: the noise schedule.
     x0: clean samples (B, ...).
-    t: int32 (B,), timesteps in [0, T).
+    t: int32 (B,), timesteps in [0, T); ValueError outside it when t is not traced.
     noise: ε with the shape of ``x0``.
+    check_finite: FloatingPointError when x0 or noise holds NaN or inf (see the module docstring).
 
   Returns:
     x_t with the shape and dtype of ``x0``.
   """
   chex.assert_equal_shape((x0, noise))
   chex.assert_shape(t, (x0.shape[0],))
+  _check_timesteps('q_sample', t, schedule.num_timesteps)
+  _check_finite('q_sample', check_finite, x0=x0, noise=noise)
   alpha_bar = _broadcast_over_trailing(schedule.alphas_cumprod[t], x0).astype(x0.dtype)
   return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
 
@@ -123,6 +143,43 @@ def _alpha_bar_or_one(schedule: Schedule, t: jax.Array) -> jax.Array:
   return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
 
 
+def _concrete(value) -> np.ndarray | None:
+  """`value` as a numpy array when it is known now (not traced), else None."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    return np.asarray(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def _check_eta(name: str, eta) -> None:
+  value = _concrete(eta)
+  if value is not None and not (value.ndim == 0 and 0.0 <= float(value) <= 1.0):
+    raise ValueError(f'{name}: eta must lie in [0, 1], got {eta!r}')
+
+
+def _check_timesteps(name: str, t, num_timesteps: int) -> None:
+  value = _concrete(t)
+  if value is not None and value.size and (value.min() < 0 or value.max() >= num_timesteps):
+    raise ValueError(
+        f'{name}: t must lie in [0, {num_timesteps}), got values from {value.min()} to {value.max()}'
+    )
+
+
+def _check_finite(name: str, check: bool, **arrays) -> None:
+  """FloatingPointError naming the first array that holds NaN or inf (a checkify.check if traced)."""
+  if not check:
+    return
+  for label, array in arrays.items():
+    message = f'{name}: {label} holds NaN or inf'
+    value = _concrete(array)
+    if value is None:
+      checkify.check(jnp.all(jnp.isfinite(array)), message)
+    elif not np.all(np.isfinite(value)):
+      raise FloatingPointError(message)
+
+
 def _is_concrete_zero(eta) -> bool:
   try:
     return float(eta) == 0.0
@@ -139,6 +196,7 @@ def ddim_sample(
     eta: float | jax.Array = 0.0,
     key: jax.Array | None = None,
     return_trajectory: bool = False,
+    check_finite: bool = False,
 ):
   """Runs DDIM from x_T to x_0 in one ``lax.scan``.
 
@@ -153,9 +211,12 @@ def ddim_sample(
     x_T: the starting noise (B, ...), any trailing shape.
     schedule: the training noise schedule (its T sets the timestep grid).
     num_steps: S, a Python int.
-    eta: η; 0 gives the deterministic sampler. Any non-zero (or traced) η needs ``key``.
+    eta: η in [0, 1] (ValueError outside it, unless traced); 0 gives the deterministic sampler. Any
+      non-zero (or traced) η needs ``key``.
     key: PRNG key for the noise z, one fresh draw per step.
     return_trajectory: also return every state.
+    check_finite: FloatingPointError when x_T or the result holds NaN or inf (under ``jit``, a
+      ``checkify.check``; see the module docstring). Off by default: nothing is added.
 
   Returns:
     x_0 with the shape of ``x_T``; with ``return_trajectory``, ``(x_0, trajectory)`` where trajectory has
@@ -163,9 +224,13 @@ def ddim_sample(
   """
   if x_T.ndim < 1:
     raise ValueError(f'x_T must have a leading batch axis, got shape {x_T.shape}')
+  _check_eta('ddim_sample', eta)
   _check_key('ddim_sample', eta, key)
+  _check_finite('ddim_sample', check_finite, x_T=x_T)
   timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
-  return _ddim_scan(denoise_fn, x_T, schedule, timesteps, eta, key, return_trajectory)
+  out = _ddim_scan(denoise_fn, x_T, schedule, timesteps, eta, key, return_trajectory)
+  _check_finite('ddim_sample', check_finite, result=out[0] if return_trajectory else out)
+  return out
 
 
 def warm_start_steps(num_steps: int, strength: float) -> int:
@@ -198,6 +263,7 @@ def ddim_sample_from(
     eta: float | jax.Array = 0.0,
     key: jax.Array | None = None,
     return_trajectory: bool = False,
+    check_finite: bool = False,
 ):
   """DDIM warm-started from a guess of x_0: the img2img (SDEdit) convention of diffusers.
 
@@ -216,6 +282,7 @@ def ddim_sample_from(
     num_steps: S, a Python int; the grid is that of ``ddim_sample`` with S steps.
     eta, key: as for ``ddim_sample``; with η > 0, k fresh draws from ``key``.
     return_trajectory: also return every state.
+    check_finite: as for ``ddim_sample``, of x0_guess, noise and the result.
 
   Returns:
     x_0 with the shape of ``x0_guess``; with ``return_trajectory``, ``(x_0, trajectory)``, trajectory
@@ -223,12 +290,16 @@ def ddim_sample_from(
   """
   if x0_guess.ndim < 1:
     raise ValueError(f'x0_guess must have a leading batch axis, got shape {x0_guess.shape}')
+  _check_eta('ddim_sample_from', eta)
   _check_key('ddim_sample_from', eta, key)
+  _check_finite('ddim_sample_from', check_finite, x0_guess=x0_guess, noise=noise)
   k = warm_start_steps(num_steps, strength)
   timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)[num_steps - k :]
   t_start = jnp.full((x0_guess.shape[0],), int(timesteps[0]), jnp.int32)
   x_start = q_sample(schedule, x0_guess, t_start, noise.astype(x0_guess.dtype))
-  return _ddim_scan(denoise_fn, x_start, schedule, timesteps, eta, key, return_trajectory)
+  out = _ddim_scan(denoise_fn, x_start, schedule, timesteps, eta, key, return_trajectory)
+  _check_finite('ddim_sample_from', check_finite, result=out[0] if return_trajectory else out)
+  return out
 
 
 def _check_key(name: str, eta, key) -> None:

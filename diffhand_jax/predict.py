@@ -37,7 +37,11 @@ to it, its joints onto the landmarks and its shape near the network's (--refine=
 photo's line on stderr gives the joints' distance to the landmarks and the PA-MPJPE against the
 detector's own 3D landmarks ("keypoints_3d", a peer's 3D estimate).
 
-Photos without a hand are reported by name and skipped.
+Photos without a hand are reported by name and skipped. Photos that share a stem (a.jpg, a.png) are
+named after their whole name instead (a_jpg.json, a_png.json, ...). --output may not be the --images
+folder nor hold the --boxes or --left file (nor, with --video, be the frames' or the video's folder);
+it is checked writable before the run is opened, and each photo's JSON is written last, so a JSON means
+its result is whole (docs/photos.md, "What it reads and where it writes").
 
 Focal length (pixels): --focal, else the photo's EXIF (35 mm-equivalent focal length, or focal length
 and sensor resolution), else the image diagonal (a 53° diagonal field of view).

@@ -453,3 +453,99 @@ def test_a_photo_is_answered_in_memory_writing_only_what_the_page_serves(tmp_pat
   )
   assert 'MANO parameters and the fit to the landmarks skipped: --fit_mano and --refine' in result.message
   assert 'mano' not in json.loads((tmp_path / 'skip' / 'webcam.json').read_text())['hands'][0]
+
+
+# ----- issue #36: the app cleans up after itself and shows no server paths -------------------------------------
+
+
+def _handler(tmp_path, workdir):
+  pytest.importorskip('gradio')
+  from diffhand_jax.inference import app
+
+  scratch = tmp_path / 'scratch'
+  scratch.mkdir()
+  return app, app.Handler(workdir, str(scratch), 'none'), scratch
+
+
+def _ask(app, handler, upload):
+  return handler(upload, None, app.DETECTOR_CHOICES[1], 1, 1, False, False, False, 0.5)
+
+
+def test_each_request_keeps_its_files_only_while_they_are_recent_and_close_removes_them(tmp_path):
+  from PIL import Image
+
+  app, handler, scratch = _handler(tmp_path, tiny_workdir()[0])
+  photo = tmp_path / 'photo.png'
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(photo)
+  for _ in range(app.MAX_KEPT_REQUESTS + 3):
+    answer = _ask(app, handler, str(photo))
+    assert answer[1] is not None, answer[0]  # an overlay
+  assert len(os.listdir(scratch)) == app.MAX_KEPT_REQUESTS
+  assert all(os.path.exists(path) for path in answer[-1])  # the latest answer's files are there
+  handler.close()
+  assert not scratch.exists()
+
+
+def test_error_messages_show_no_server_paths(tmp_path, monkeypatch):
+  app, handler, scratch = _handler(tmp_path, str(tmp_path / 'private_run'))
+  monkeypatch.setattr(handler, 'samplers', lambda: None)  # nothing here needs the run
+  secret = tmp_path / 'secret_upload_folder'
+  secret.mkdir()
+  video = secret / 'clip.mp4'
+  video.write_bytes(b'not a video at all')
+  broken = secret / 'broken.png'
+  broken.write_bytes(b'\x89PNG\r\n\x1a\n broken')
+  messages = [_ask(app, handler, str(video))[0], _ask(app, handler, str(broken))[0]]
+
+  def fails(*args, **kwargs):
+    raise OSError(28, 'No space left on device', str(scratch / 'x' / 'out' / 'photo.json'))
+
+  monkeypatch.setattr(app, 'reconstruct_photo', fails)
+  messages.append(_ask(app, handler, str(broken))[0])
+  for message in messages:
+    assert str(tmp_path) not in message and '/tmp' not in message, message
+  assert 'clip.mp4' in messages[0] and 'No space left on device' in messages[2], messages
+
+
+def test_the_app_removes_its_files_when_stopped(tmp_path):
+  """SIGTERM (and Ctrl-C) end the server with its scratch folder removed."""
+  import signal
+
+  pytest.importorskip('gradio')
+  temporary = tmp_path / 'tmp'
+  temporary.mkdir()
+  port = _free_port()
+  log_path = tmp_path / 'server.log'
+  with open(log_path, 'w') as log:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            '-m',
+            'diffhand_jax.app',
+            f'--workdir={tiny_workdir()[0]}',
+            f'--port={port}',
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TMPDIR=str(temporary), TF_CPP_MIN_LOG_LEVEL='2'),
+    )
+  try:
+
+    def up():
+      assert process.poll() is None, log_path.read_text()
+      try:
+        return _get(f'http://127.0.0.1:{port}/')
+      except OSError:
+        return None
+
+    _wait_for(up, 180, 'the app to serve its page')
+    assert [n for n in os.listdir(temporary) if n.startswith('diffhand_app_')]
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert not [
+      n for n in os.listdir(temporary) if n.startswith('diffhand_app_')
+  ], log_path.read_text()
+  assert 'Traceback' not in log_path.read_text()

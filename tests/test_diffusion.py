@@ -413,3 +413,73 @@ def test_warm_start_under_jit_and_vmap_is_one_scan():
             _denoiser_jax, guesses[0], schedule, strength=s, noise=noises[0]
         )
     )(0.5)
+
+
+# ----- issue #36: arguments checked where they can be, NaN inputs found on request ----------------------------
+
+
+@pytest.mark.parametrize('eta', [-0.1, 1.5, float('nan'), float('inf')])
+def test_eta_outside_zero_one_is_refused_eagerly(eta):
+  schedule = diffusion.cosine_schedule(T)
+  x = jnp.zeros((2, 5, 3))
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match=r'eta must lie in \[0, 1\]'):
+    diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=4, eta=eta, key=key)
+  with pytest.raises(ValueError, match=r'eta must lie in \[0, 1\]'):
+    diffusion.ddim_sample_from(
+        _denoiser_jax, x, schedule, strength=0.5, noise=x, num_steps=4, eta=eta, key=key
+    )
+  # Under jit a traced η cannot be checked: the fast path stays as it was.
+  traced = jax.jit(
+      lambda e: diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=4, eta=e, key=key)
+  )
+  assert traced(0.5).shape == x.shape
+
+
+@pytest.mark.parametrize('t', [-1, T, T + 5])
+def test_q_sample_refuses_timesteps_outside_the_schedule(t):
+  schedule = diffusion.cosine_schedule(T)
+  x0 = jnp.ones((2, 3))
+  with pytest.raises(ValueError, match=r't must lie in \[0, 1000\)'):
+    diffusion.q_sample(schedule, x0, np.array([0, t], np.int32), x0)
+  with pytest.raises(ValueError, match=r't must lie in \[0, 1000\)'):
+    diffusion.q_sample(schedule, x0, jnp.array([t, 3], jnp.int32), x0)
+  # Traced timesteps (the training step) are not checked: no host transfer in the jitted path.
+  jitted = jax.jit(lambda t: diffusion.q_sample(schedule, x0, t, x0))
+  assert jitted(jnp.array([0, 999], jnp.int32)).shape == x0.shape
+
+
+def test_check_finite_finds_nan_inputs_and_the_default_path_is_unchanged():
+  from jax.experimental import checkify
+
+  schedule = diffusion.cosine_schedule(T)
+  x = np.zeros((2, 5, 3), np.float32)
+  x[1, 2, 0] = np.nan
+  x = jnp.asarray(x)
+  # Default: as before, NaN in, NaN out, and nothing checked.
+  assert np.isnan(np.asarray(diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=3))).any()
+  with pytest.raises(FloatingPointError, match='ddim_sample: x_T holds NaN or inf'):
+    diffusion.ddim_sample(_denoiser_jax, x, schedule, num_steps=3, check_finite=True)
+  with pytest.raises(FloatingPointError, match='ddim_sample_from: x0_guess holds NaN or inf'):
+    diffusion.ddim_sample_from(
+        _denoiser_jax, x, schedule, strength=0.5, noise=jnp.zeros_like(x), check_finite=True
+    )
+  with pytest.raises(FloatingPointError, match='q_sample: noise holds NaN or inf'):
+    diffusion.q_sample(schedule, jnp.zeros((2, 5, 3)), jnp.array([1, 2]), x, check_finite=True)
+  # Under jit: checkify reports it.
+  checked = jax.jit(
+      checkify.checkify(
+          lambda x: diffusion.ddim_sample(
+              _denoiser_jax, x, schedule, num_steps=3, check_finite=True
+          )
+      )
+  )
+  error, _ = checked(x)
+  assert 'x_T holds NaN or inf' in str(error.get())
+  error, out = checked(jnp.zeros_like(x))
+  assert error.get() is None and np.all(np.isfinite(np.asarray(out)))
+  # A denoiser that returns NaN is found too (the result is checked).
+  with pytest.raises(FloatingPointError, match='ddim_sample: result holds NaN or inf'):
+    diffusion.ddim_sample(
+        lambda x_t, t: x_t * jnp.nan, jnp.zeros_like(x), schedule, num_steps=3, check_finite=True
+    )

@@ -13,7 +13,9 @@ It is a Gradio page over the inference core, with no inference code of its own:
 
 The run is opened once, by the first request, and kept (`sampling.SamplerCache`): later requests do not
 recompile. Bad uploads (not an image, no hand found, an image over `MAX_PIXELS`) become a message on
-the page; the server keeps running. The page never reaches the network: `offline_environment` turns
+the page, with no server paths in it (`without_paths`); the server keeps running. The files of the
+last `MAX_KEPT_REQUESTS` requests are kept, Gradio's cache is emptied by age (`GRADIO_CACHE`), and
+everything is removed when the server stops (docs/app.md, "The files it keeps"). The page never reaches the network: `offline_environment` turns
 Gradio's analytics and the Hub's telemetry off before Gradio is imported, the theme uses system fonts
 (no Google Fonts stylesheet), server-side rendering (a Node process) is off, and tests/test_app.py
 checks every request the browser makes goes to the local server.
@@ -21,8 +23,12 @@ checks every request the browser makes goes to the local server.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import re
+import shutil
+import signal
 import tempfile
 import time
 from typing import Any
@@ -46,6 +52,13 @@ DETECTOR_CHOICES = ('detect hands', 'whole image is one hand')
 OVERLAY_SIZE = 1024
 # The 3D viewer's mesh colour when not coloured by uncertainty (RGBA).
 SKIN = (222, 170, 140, 255)
+# The app's files: the folders of the last MAX_KEPT_REQUESTS requests are kept (older ones are removed
+# as new requests come); Gradio's own copies (uploads, the files it serves) are removed every
+# GRADIO_CACHE[0] seconds once older than GRADIO_CACHE[1] seconds; everything when the server stops.
+MAX_KEPT_REQUESTS = 8
+GRADIO_CACHE = (300, 900)
+# An absolute path in a message (a server path: the upload's, the run's, the scratch folder's).
+_PATH = re.compile(r'(?<![\w.])/(?:[^\s/:\'\"]+/)+([^\s/:\'\"]*)')
 _OFFLINE = {
     'GRADIO_ANALYTICS_ENABLED': 'False',
     'HF_HUB_DISABLE_TELEMETRY': '1',
@@ -116,6 +129,15 @@ def check_photo(path: str) -> str | None:
         f'{MAX_PIXELS / 1e6:.0f}). Please scale it down.'
     )
   return None
+
+
+def without_paths(message: str, folders: tuple[str | None, ...] = ()) -> str:
+  """`message` with every absolute path cut to its file name: the page shows no server paths.
+  `folders` (the upload's, the run's, the scratch folder) are cut first, whatever their names hold.
+  """
+  for folder in sorted({f for f in folders if f and len(f) > 1}, key=len, reverse=True):
+    message = message.replace(folder.rstrip(os.sep) + os.sep, '')
+  return _PATH.sub(lambda match: match.group(1) or '…', message)
 
 
 def gltf_vertices(vertices: np.ndarray) -> np.ndarray:
@@ -324,10 +346,12 @@ def reconstruct_clip(
 class Handler:
   """The page's answer to the Reconstruct button: the run opened by the first request and kept (later
   ones do not recompile), the detector built once, and each request's served files in a folder of its
-  own under `scratch`."""
+  own under `scratch`; the folders of the last MAX_KEPT_REQUESTS requests are kept, older ones removed.
+  `close` removes `scratch`. Messages on the page show no server paths (`without_paths`)."""
 
   def __init__(self, workdir: str, scratch: str, detector: Any):
     self.workdir, self.scratch = workdir, scratch
+    self._folders: collections.deque[str] = collections.deque()
     self.detector = detector
     if isinstance(detector, str) and detector != 'none':
       try:  # once, not per request; when unavailable, each request reports why
@@ -341,8 +365,28 @@ class Handler:
       self._samplers = sampling.SamplerCache(loading.load_trained(self.workdir))
     return self._samplers
 
+  def new_folder(self) -> str:
+    """A folder for one request's files; the oldest beyond MAX_KEPT_REQUESTS are removed (Gradio has
+    copied what it served of them into its own cache by then)."""
+    os.makedirs(self.scratch, exist_ok=True)
+    self._folders.append(tempfile.mkdtemp(dir=self.scratch))
+    while len(self._folders) > MAX_KEPT_REQUESTS:
+      shutil.rmtree(self._folders.popleft(), ignore_errors=True)
+    return self._folders[-1]
+
+  def close(self) -> None:
+    """Removes every file of every request (the scratch folder)."""
+    self._folders.clear()
+    shutil.rmtree(self.scratch, ignore_errors=True)
+
   def __call__(self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
     """The page's outputs: (status, overlay, overlay video, hand choice, GLBs, viewer, downloads)."""
+    answer = self._answer(upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score)
+    name = upload if isinstance(upload, str) else getattr(upload, 'name', None)
+    folders = (os.path.dirname(name or ''), self.scratch, os.path.abspath(self.workdir))
+    return (without_paths(answer[0], folders),) + tuple(answer[1:])
+
+  def _answer(self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
     gr = import_gradio()
     empty = (
         None,
@@ -354,7 +398,7 @@ class Handler:
     )
     if upload is None and webcam is None:
       return ('Upload a photo or a video, or take a webcam snapshot.',) + empty
-    folder = tempfile.mkdtemp(dir=self.scratch)
+    folder = self.new_folder()
     whole = mode == DETECTOR_CHOICES[1]
     photo = webcam
     if upload is not None:
@@ -445,7 +489,7 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
   gr = import_gradio()
   scratch = scratch or tempfile.mkdtemp(prefix='diffhand_app_')
   handler = Handler(workdir, scratch, detector)
-  with gr.Blocks(title='DiffHand: hands in 3D') as page:
+  with gr.Blocks(title='DiffHand: hands in 3D', delete_cache=GRADIO_CACHE) as page:
     gr.Markdown(
         '# DiffHand: every hand in 3D\n'
         f'Run: `{os.path.abspath(workdir)}`. Drop in a photo (or a video), or take a webcam '
@@ -467,6 +511,7 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
     )
     which.change(lambda path: path, inputs=which, outputs=viewer)
   page.scratch = scratch
+  page.handler = handler  # page.handler.close() removes the requests' files
   return page
 
 
@@ -490,20 +535,31 @@ def check_workdir(workdir: str) -> None:
 def serve(
     workdir: str, *, port: int = 7860, host: str = '127.0.0.1', detector: Any = 'mediapipe'
 ) -> None:
-  """Builds the page and serves it until interrupted (blocks). OSError when the port is taken."""
+  """Builds the page and serves it until interrupted (Ctrl-C or SIGTERM; blocks), then removes every
+  file the app made. OSError when the port is taken."""
   check_workdir(workdir)
   page = build_app(workdir, detector=detector)
   page.queue(default_concurrency_limit=1)
-  page.launch(
-      server_name=host,
-      server_port=port,
-      share=False,
-      inbrowser=False,
-      ssr_mode=False,
-      max_file_size=MAX_FILE_SIZE,
-      allowed_paths=[page.scratch],
-      theme=theme(),
-      footer_links=[],
-      show_error=True,
-      quiet=False,
-  )
+
+  def stop(signum, frame):  # SIGTERM ends the server as Ctrl-C does, its files removed
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    page.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        ssr_mode=False,
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[page.scratch],
+        theme=theme(),
+        footer_links=[],
+        show_error=True,
+        quiet=False,
+    )
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    page.close()  # Gradio removes its cached uploads and served copies (delete_cache)
+    page.handler.close()

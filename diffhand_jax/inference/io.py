@@ -5,6 +5,9 @@
 * Photos: `list_images`, `read_image` (EXIF rotation applied), and the --boxes / --left files
   (`load_boxes`, `load_left`), --video_box (`parse_box`).
 * Video: `Frames` (a video file through PyAV, or a folder of frames) and `OverlayWriter` (H.264 MP4).
+* Photos decoded when used (`ImageFile`), so a folder's photos are not all in memory at once.
+* The output folder: `refuse_inputs_in_output` (never the folder of an input), `prepare_output` (made and
+  checked writable before any compute).
 * Files never seen half-written (runs/files.py's atomic write): `write_json`, `write_obj`, `write_png`,
   `write_npz`.
 """
@@ -24,6 +27,9 @@ from diffhand_jax.geometry import mesh_io
 from diffhand_jax.runs import files
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+# Box coordinates (pixels) beyond this magnitude are refused: no photo is that large, and the arithmetic
+# of a crop around such a box (1e308 × 1.3) overflows.
+MAX_BOX_COORDINATE = 1e7
 VIDEO_INSTALL = 'pip install -e ".[video]"'
 
 
@@ -55,24 +61,50 @@ def list_images(folder: str) -> list[str]:
 
 
 def read_image(path: str) -> np.ndarray:
-  """uint8 (H, W, 3), EXIF rotation applied. Raises InputError naming the file."""
+  """uint8 (H, W, 3), EXIF rotation applied (`to_rgb` for the modes). Raises InputError naming the
+  file."""
   try:
     with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      return np.asarray(image.convert('RGB'), np.uint8)
+      return to_rgb(ImageOps.exif_transpose(image))
   except Exception as error:  # PIL raises many types for truncated or foreign files
     raise InputError(f'cannot read image {path}: {type(error).__name__}: {error}') from None
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+  """uint8 (H, W, 3) of a PIL image of any mode, scaled, never clipped: 16-bit greys (I;16*, and I
+  with values in 0..65535, as PNG's 16-bit grey reads) divided by 257; F (floats) and I beyond 16
+  bits: values in [0, 1] (floats) times 255, in [0, 255] as they are, anything else stretched from its
+  minimum to its maximum (NaN as the minimum). Every other mode through PIL's RGB conversion (16-bit
+  RGB PNGs read as 8-bit RGB already)."""
+  if not (image.mode.startswith('I') or image.mode == 'F'):
+    return np.asarray(image.convert('RGB'), np.uint8)
+  values = np.asarray(image, np.float64)
+  finite = values[np.isfinite(values)]
+  low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+  values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+  if image.mode.startswith('I') and low >= 0 and high <= 65535:
+    values = values / 257.0
+  elif image.mode == 'F' and low >= 0 and high <= 1:
+    values = values * 255.0
+  elif not (low >= 0 and high <= 255):
+    values = (values - low) * (255.0 / max(high - low, 1e-12))
+  grey = np.clip(np.round(values), 0, 255).astype(np.uint8)
+  return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def load_json(path: str, what: str) -> Any:
   """The JSON in `path`; InputError naming `what` (e.g. '--boxes') when it is missing or not JSON."""
   if not os.path.exists(path):
     raise InputError(f'{what} file {path} does not exist')
+  if os.path.isdir(path):
+    raise InputError(f'{what} file {path} is a folder, not a JSON file')
   try:
     with open(path) as f:
       return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
     raise InputError(f'{what} file {path} is not valid JSON: {error}') from None
+  except OSError as error:
+    raise InputError(f'{what} file {path} cannot be read: {error.strerror or error}') from None
 
 
 def _lookup(table: dict, name: str):
@@ -81,20 +113,27 @@ def _lookup(table: dict, name: str):
   return table.get(os.path.splitext(name)[0])
 
 
+def box_is_valid(values: Sequence[float]) -> bool:
+  """Whether `values` is a box [x0, y0, x1, y1] (pixels): four finite numbers within
+  ±MAX_BOX_COORDINATE, x1 > x0 and y1 > y0."""
+  return (
+      len(values) == 4
+      and bool(np.all(np.isfinite(values)))
+      and bool(np.all(np.abs(values) <= MAX_BOX_COORDINATE))
+      and values[2] > values[0]
+      and values[3] > values[1]
+  )
+
+
 def _check_box(box: Any, name: str, path: str) -> list[float]:
   try:
     values = [float(v) for v in box]
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError):
     values = []
-  if (
-      len(values) != 4
-      or not np.all(np.isfinite(values))
-      or values[2] <= values[0]
-      or values[3] <= values[1]
-  ):
+  if not box_is_valid(values):
     raise InputError(
-        f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] with '
-        f'x1 > x0 and y1 > y0, got {box!r}'
+        f'--boxes file {path}: the box of {name!r} must be [x0, y0, x1, y1] (finite pixels, within '
+        f'±{MAX_BOX_COORDINATE:g}) with x1 > x0 and y1 > y0, got {box!r}'[:400]
     )
   return values
 
@@ -167,9 +206,10 @@ def parse_box(text: str | None) -> list[float] | None:
     box = [float(v) for v in text.split(',')]
   except ValueError:
     box = []
-  if len(box) != 4 or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+  if not box_is_valid(box):
     raise InputError(
-        f'--video_box must be x0,y0,x1,y1 in pixels with x1 > x0 and y1 > y0, got {text!r}'
+        f'--video_box must be x0,y0,x1,y1 in pixels (finite, within ±{MAX_BOX_COORDINATE:g}) with '
+        f'x1 > x0 and y1 > y0, got {text!r}'
     )
   return box
 
@@ -201,6 +241,7 @@ class Frames:
     self._container = None
     if os.path.isdir(path):
       self._names = list_images(path)
+      _check_frame_sizes(path, self._names)
       self.fps = float(fps or 30.0)
       self.declared = len(self._names)
       return
@@ -231,10 +272,17 @@ class Frames:
           raise VideoError(f'{error}; stopped at frame {index} of {self.path}') from None
       return
     av = import_av()
-    count = 0
+    count, shape = 0, None
     try:
       for frame in self._container.decode(self._stream):
-        yield count, frame.to_ndarray(format='rgb24')
+        image = frame.to_ndarray(format='rgb24')
+        if shape is not None and image.shape != shape:
+          raise VideoError(
+              f'video {self.path} changes its frame size at frame {count} '
+              f'({shape[1]}×{shape[0]} to {image.shape[1]}×{image.shape[0]} pixels)'
+          )
+        shape = image.shape
+        yield count, image
         count += 1
     except av.error.FFmpegError as error:
       raise VideoError(
@@ -250,6 +298,34 @@ class Frames:
     if self._container is not None:
       self._container.close()
       self._container = None
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+  """(width, height) of the image file at `path` once its EXIF rotation is applied, from its header
+  (nothing decoded); None when PIL cannot open it."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      orientation = image.getexif().get(0x0112, 1)
+  except Exception:  # PIL raises many types for truncated or foreign files
+    return None
+  return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _check_frame_sizes(folder: str, names: Sequence[str]) -> None:
+  """InputError naming the first frame whose size differs from the first frame's (headers only)."""
+  first = None
+  for name in names:
+    size = image_size(os.path.join(folder, name))
+    if size is None:
+      continue  # unreadable: reported by name when the video reaches it
+    if first is None:
+      first = (name, size)
+    elif size != first[1]:
+      raise InputError(
+          f'--video={folder}: frame {name} is {size[0]}×{size[1]} pixels, the first frame '
+          f'{first[0]} {first[1][0]}×{first[1][1]}; every frame must have one size (resize them)'
+      )
 
 
 class OverlayWriter:
@@ -292,9 +368,88 @@ class OverlayWriter:
     self._container = None
 
 
+class ImageFile:
+  """A photo on disk, decoded (`read_image`) each time it is used as an array (`np.asarray`), so that a
+  folder's photos are not all in memory at once: `predict` holds these, and at most one photo is
+  decoded at a time. `shape` (H, W, 3) comes from the header, EXIF rotation applied. Raises InputError
+  (as `read_image` would) when the file cannot be opened."""
+
+  def __init__(self, path: str):
+    size = image_size(path)
+    if size is None:
+      read_image(path)  # raises the InputError that says why
+      raise InputError(f'cannot read image {path}')
+    self.path = path
+    self.shape = (size[1], size[0], 3)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 3
+
+  def __array__(self, dtype=None, copy=None):
+    image = read_image(self.path)
+    if image.shape != self.shape:
+      raise InputError(
+          f'cannot read image {self.path}: it decodes to {image.shape[1]}×{image.shape[0]} pixels, '
+          f'its header says {self.shape[1]}×{self.shape[0]}'
+      )
+    return image if dtype is None else image.astype(dtype)
+
+
 # ==================================================================================================
-# Writing files whole
+# The output folder, and writing files whole
 # ==================================================================================================
+
+
+def _same_folder(a: str, b: str) -> bool:
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_inputs_in_output(
+    output: str, *, folders: dict[str, str | None], files: dict[str, str | None]
+) -> None:
+  """InputError when --output is the folder of an input, so nothing written there can replace one:
+  folders {what: folder} (the --images or --video folder), files {what: path} (--boxes, --left, a
+  --video file: their folder). Checked before anything is read or computed."""
+  for what, folder in folders.items():
+    if folder and os.path.isdir(folder) and _same_folder(output, folder):
+      raise InputError(f'--output={output} holds {what}; give another folder for the results')
+  for what, path in files.items():
+    if path and os.path.isfile(path) and _same_folder(output, os.path.dirname(path) or '.'):
+      raise InputError(
+          f'--output={output} holds {what} ({path}); give another folder for the results'
+      )
+
+
+def prepare_output(output: str) -> bool:
+  """Makes the folder `output` (and its parents) and checks that a file can be made in it; InputError
+  saying why not (a file in the way, read-only, full), with nothing left behind. Returns whether it
+  made the folder (see `remove_if_made_and_empty`)."""
+  made = not os.path.isdir(output)
+  probe = os.path.join(output, f'.diffhand_write_check.{os.getpid()}')
+  try:
+    os.makedirs(output, exist_ok=True)
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    os.remove(probe)
+  except OSError as error:
+    if made and os.path.isdir(output) and not os.listdir(output):
+      os.rmdir(output)
+    raise InputError(f'cannot write to --output={output}: {error.strerror or error}') from None
+  return made
+
+
+def remove_if_made_and_empty(output: str, made: bool) -> None:
+  """Removes the folder `prepare_output` made when nothing was written to it (a run that failed before
+  writing leaves no trace)."""
+  if made and os.path.isdir(output) and not os.listdir(output):
+    os.rmdir(output)
+
+
+def remove_quietly(paths: Sequence[str]) -> None:
+  """Removes what exists of `paths` (the pieces of a result that could not be finished)."""
+  for path in paths:
+    try:
+      os.remove(path)
+    except OSError:
+      pass
 
 
 def write_json(path: str, payload: Any) -> str:

@@ -35,6 +35,9 @@ from diffhand_jax.inference.io import InputError
 
 # Images with a shorter side than this are refused: they cannot show a hand the model can read.
 MIN_IMAGE_SIDE = 16
+# Boxes whose longer side exceeds this many times the photo's longer side are refused: their crop
+# (an image of the box's size, mostly padding) would take gigabytes and show no hand.
+MAX_BOX_TO_PHOTO = 4.0
 
 
 class HandModelUnavailable(InputError):
@@ -77,6 +80,8 @@ class Options:
       value = getattr(self, name)
       if value is not None and value < 1:
         raise InputError(f'--{name} must be >= 1, got {value}')
+    if self.eta is not None and not 0.0 <= self.eta <= 1.0:
+      raise InputError(f'--eta must lie in [0, 1], got {self.eta}')
     if self.method not in hypotheses.METHODS:
       raise InputError(f'--method must be one of {hypotheses.METHODS}, got {self.method!r}')
     if self.placement not in PLACEMENTS:
@@ -115,7 +120,9 @@ PHOTO_DEFAULTS = Options(refine='landmarks')
 
 @dataclasses.dataclass(frozen=True)
 class Photo:
-  """One photo to reconstruct. boxes: the hands' boxes [x0, y0, x1, y1] in its pixels (None: detect);
+  """One photo to reconstruct. image: uint8 (H, W, 3), or anything `np.asarray` makes one of, with a
+  `shape` (predict's `io.ImageFile`, decoded when used, so a folder is not all in memory at once).
+  boxes: the hands' boxes [x0, y0, x1, y1] in its pixels (None: detect);
   left: whether its hands are left (one bool, or one per hand; None: the detector's sides, else
   right); focal: the focal length in pixels (None: `render.default_focal`), from `focal_source`."""
 
@@ -235,6 +242,11 @@ def find_hands(image: np.ndarray, photo: Photo, options: Options, detector: Any)
         raise InputError(
             f'{photo.name}: the box {[x0, y0, x1, y1]} lies outside the image ({width}×{height} '
             'pixels)'
+        )
+      if max(x1 - x0, y1 - y0) > MAX_BOX_TO_PHOTO * max(width, height):
+        raise InputError(
+            f'{photo.name}: the box {[x0, y0, x1, y1]} is more than {MAX_BOX_TO_PHOTO:g} times the '
+            f'image ({width}×{height} pixels)'
         )
       found.append(dict(box=np.asarray(box, np.float64), box_source='boxes'))
   elif detector is None:

@@ -401,8 +401,11 @@ class VideoOptions:
       raise InputError(f'--video_reset must be > 0, got {self.reset_threshold}')
     if self.box is not None:
       box = np.asarray(self.box, np.float64)
-      if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-        raise InputError(f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0: {box}')
+      if box.shape != (4,) or not io.box_is_valid(box):
+        raise InputError(
+            f'--video_box must be x0,y0,x1,y1 with x1 > x0, y1 > y0 (finite, within '
+            f'±{io.MAX_BOX_COORDINATE:g}): {box}'
+        )
 
 
 def draw_hand(
@@ -526,6 +529,14 @@ class VideoRun:
   def _track_frame(
       self, track: Track, index: int, frame: np.ndarray, drawn: np.ndarray
   ) -> np.ndarray:
+    height, width = frame.shape[:2]
+    if track.box is not None and max(
+        track.box[2] - track.box[0], track.box[3] - track.box[1]
+    ) > pipeline.MAX_BOX_TO_PHOTO * max(height, width):
+      raise InputError(  # its crop would take gigabytes and show no hand
+          f'the box {[float(v) for v in track.box]} is more than {pipeline.MAX_BOX_TO_PHOTO:g} '
+          f'times frame {index} ({width}×{height} pixels)'
+      )
     crop = crops.square_box(track.box, frame.shape[:2], self.options.box_scale)
     is_left = track.side == 'left'
     key = jax.random.fold_in(jax.random.fold_in(self.base_key, track.track_id), index)
@@ -601,24 +612,46 @@ def reconstruct_video(
 
   Returns {'tracks' ({id: path}), 'frames', 'overlay' (path), 'seconds', 'frames_per_second',
   'steady_frames_per_second' (without the first two frames, which compile), 'decoder_passes_per_frame'}.
-  Raises InputError for bad arguments or an unreadable video (nothing written), VideoError when the video
-  breaks off (the frames before the break are written first).
+  Raises InputError for bad arguments, an unreadable video or frames of differing sizes, an output_dir
+  that is the input's folder or cannot be written (all before the run is opened, nothing written) or
+  a write that fails (a full disk); VideoError when the video breaks off (the frames before the break
+  are written first).
   """
   options.check()
   video_options.check()
   if samplers is not None and overrides:
     raise ValueError('reconstruct_video: give overrides when opening the run, not with samplers=')
+  io.refuse_inputs_in_output(
+      output_dir,
+      folders={'the input frames (--video)': video},
+      files={'the input video (--video)': video},
+  )
   io.import_av()  # the overlay video needs it, even for a folder of frames
   detector = pipeline.resolve_detector(options.detector)
   frames = io.Frames(video, fps=video_options.fps)
+  made = False
   try:
+    made = io.prepare_output(output_dir)
     if samplers is None:
       samplers = sampling.SamplerCache(loading.load_trained(workdir, overrides=overrides))
     state = VideoRun(samplers, options, video_options, detector)
   except Exception:
     frames.close()
+    io.remove_if_made_and_empty(output_dir, made)
     raise
-  os.makedirs(output_dir, exist_ok=True)
+  try:
+    return _reconstruct_frames(state, frames, video, output_dir, progress)
+  except OSError as error:  # a full disk, or the folder taken away
+    raise InputError(
+        f'cannot write the results of {video} to {output_dir}: {error.strerror or error} (the files '
+        'written whole before it are kept)'
+    ) from None
+
+
+def _reconstruct_frames(
+    state: VideoRun, frames: io.Frames, video: str, output_dir: str, progress: bool
+) -> dict[str, Any]:
+  """`reconstruct_video`'s loop over the frames, writing the overlay and then the tracks."""
   settings = state.settings(video, frames.fps)
   writer = io.OverlayWriter(os.path.join(output_dir, 'overlay.mp4'), frames.fps)
   report = sampling.progress_printer('video') if progress and frames.declared else None
