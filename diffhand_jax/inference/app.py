@@ -379,14 +379,20 @@ class Handler:
     self._folders.clear()
     shutil.rmtree(self.scratch, ignore_errors=True)
 
-  def __call__(self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
+  def __call__(
+      self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score, refine=True
+  ):
     """The page's outputs: (status, overlay, overlay video, hand choice, GLBs, viewer, downloads)."""
-    answer = self._answer(upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score)
+    answer = self._answer(
+        upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score, refine
+    )
     name = upload if isinstance(upload, str) else getattr(upload, 'name', None)
     folders = (os.path.dirname(name or ''), self.scratch, os.path.abspath(self.workdir))
     return (without_paths(answer[0], folders),) + tuple(answer[1:])
 
-  def _answer(self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score):
+  def _answer(
+      self, upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score, refine
+  ):
     gr = import_gradio()
     empty = (
         None,
@@ -426,6 +432,7 @@ class Handler:
           steps=steps,
           tta=tta,
           fit_mano=fit_mano,
+          refine='landmarks' if refine else 'none',
           colour_by_uncertainty=colour,
           detector=self.detector,
           min_hand_score=min_score,
@@ -451,8 +458,8 @@ class Handler:
 
 
 def _controls(gr) -> list[Any]:
-  """The inputs: upload, webcam, hands mode, hypotheses, steps, TTA, MANO fit, colour, minimum score;
-  and the button last."""
+  """The inputs: upload, webcam, hands mode, hypotheses, steps, TTA, MANO fit, colour, minimum score,
+  the fit to the landmarks; and the button last."""
   upload = gr.File(label='Photo or video', elem_id='upload', type='filepath')
   webcam = gr.Image(label='Webcam snapshot', sources=['webcam'], type='numpy', elem_id='webcam')
   mode = gr.Radio(list(DETECTOR_CHOICES), value=DETECTOR_CHOICES[0], label='Hands', elem_id='mode')
@@ -463,11 +470,15 @@ def _controls(gr) -> list[Any]:
     tta = gr.Checkbox(label='TTA (rotations, scales)', value=False, elem_id='tta')
     fit_mano = gr.Checkbox(label='MANO parameters (mano.fit)', value=True, elem_id='fit')
     colour = gr.Checkbox(label='Colour by uncertainty', value=True, elem_id='colour')
-  min_score = gr.Slider(
-      0.05, 0.95, value=0.5, step=0.05, label='Minimum hand score', elem_id='min_score'
-  )
+  with gr.Row():
+    min_score = gr.Slider(
+        0.05, 0.95, value=0.5, step=0.05, label='Minimum hand score', elem_id='min_score'
+    )
+    refine = gr.Checkbox(
+        label="Fit the meshes to the detector's landmarks", value=True, elem_id='refine'
+    )
   button = gr.Button('Reconstruct', variant='primary', elem_id='run')
-  return [upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score, button]
+  return [upload, webcam, mode, hypotheses, steps, tta, fit_mano, colour, min_score, refine, button]
 
 
 def _results(gr) -> list[Any]:
