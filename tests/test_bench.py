@@ -99,3 +99,23 @@ def test_attention_bench_times_each_core_and_marks_the_default(tmp_path, capsys)
   assert attention_bench.main(['--shapes=8x2x778']) == 2
   assert attention_bench.main(['--implementations=flash']) == 2
   assert attention_bench.main(['--implementations=cudnn']) == 2
+
+
+def test_encoder_bench_covers_hrnet(tmp_path, capsys):
+  """bench encoder runs HRNet through hrnet.from_timm (a small input, one repeat: the route, not a time)."""
+  output = tmp_path / 'encoder.json'
+  code = bench.main(
+      [
+          'encoder',
+          '--models=hrnet_w18_small',
+          '--batch_sizes=1',
+          '--img_size=64',
+          '--repeats=1',
+          f'--output={output}',
+      ]
+  )
+  assert code == 0
+  (result,) = json.loads(output.read_text())['results']
+  assert result['model'] == 'hrnet_w18_small' and result['img_size'] == [64, 64]
+  assert result['max_abs_diff'] <= 1e-4 * result['max_abs_feature']
+  assert 'hrnet_w18_small' in capsys.readouterr().out
