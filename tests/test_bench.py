@@ -5,6 +5,13 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
+try:  # before anything compiles: importing torch late in this process segfaulted (in triton's import)
+  import timm  # noqa: F401
+  import torch  # noqa: F401
+except ImportError:
+  torch = None
 
 from diffhand_jax import bench, diffusion
 from diffhand_jax.benchmarks import sampler, trace
@@ -103,6 +110,8 @@ def test_attention_bench_times_each_core_and_marks_the_default(tmp_path, capsys)
 
 def test_encoder_bench_covers_hrnet(tmp_path, capsys):
   """bench encoder runs HRNet through hrnet.from_timm (a small input, one repeat: the route, not a time)."""
+  if torch is None:
+    pytest.skip('bench encoder needs torch and timm (the test extra)')
   output = tmp_path / 'encoder.json'
   code = bench.main(
       [
