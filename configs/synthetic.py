@@ -41,9 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   # paper's); and a quarter of each batch trains at t = T-1, where x_t holds nothing of the hand and the
   # decoder must take the orientation from the image.
   config.model.encoder = 'cnn_small'
-  config.model.encoder_overrides = ml_collections.ConfigDict(
-      {key: None for key in config.model.encoder_overrides.keys()}
-  )
+  # The CNN takes none of the ViT's fields: back to unset placeholders (None, but typed, so that
+  # --config.model.encoder_overrides.<field>=... still parses).
+  config.model.encoder_overrides = model_presets.unset_encoder_overrides()
   config.model.orientation_head = True
   config.loss.lambda_orientation = 1.0
   config.loss.timestep_top_fraction = 0.25

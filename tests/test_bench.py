@@ -5,6 +5,13 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
+try:  # before anything compiles: importing torch late in this process segfaulted (in triton's import)
+  import timm  # noqa: F401
+  import torch  # noqa: F401
+except ImportError:
+  torch = None
 
 from diffhand_jax import bench, diffusion
 from diffhand_jax.benchmarks import sampler, trace
@@ -99,3 +106,25 @@ def test_attention_bench_times_each_core_and_marks_the_default(tmp_path, capsys)
   assert attention_bench.main(['--shapes=8x2x778']) == 2
   assert attention_bench.main(['--implementations=flash']) == 2
   assert attention_bench.main(['--implementations=cudnn']) == 2
+
+
+def test_encoder_bench_covers_hrnet(tmp_path, capsys):
+  """bench encoder runs HRNet through hrnet.from_timm (a small input, one repeat: the route, not a time)."""
+  if torch is None:
+    pytest.skip('bench encoder needs torch and timm (the test extra)')
+  output = tmp_path / 'encoder.json'
+  code = bench.main(
+      [
+          'encoder',
+          '--models=hrnet_w18_small',
+          '--batch_sizes=1',
+          '--img_size=64',
+          '--repeats=1',
+          f'--output={output}',
+      ]
+  )
+  assert code == 0
+  (result,) = json.loads(output.read_text())['results']
+  assert result['model'] == 'hrnet_w18_small' and result['img_size'] == [64, 64]
+  assert result['max_abs_diff'] <= 1e-4 * result['max_abs_feature']
+  assert 'hrnet_w18_small' in capsys.readouterr().out

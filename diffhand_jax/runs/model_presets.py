@@ -57,14 +57,20 @@ VIT_OVERRIDES = ("embed_dim", "depth", "num_heads", "patch_size")
 PAPER_ENCODER_INIT = "timm/deit3_large_patch16_224.fb_in22k_ft_in1k"
 
 
+def unset_encoder_overrides() -> ml_collections.ConfigDict:
+  """`encoder_overrides` that override nothing: an int placeholder (None) per field of VIT_OVERRIDES, so
+  that each stays settable on the command line (a plain None field is not)."""
+  return ml_collections.ConfigDict(
+      {name: ml_collections.config_dict.placeholder(int) for name in VIT_OVERRIDES}
+  )
+
+
 def _base() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.encoder = "deit3_large_patch16_224"
   # None keeps the timm model's own value; set on the command line to shrink the encoder
   # (--config.model.encoder_overrides.depth=2).
-  config.encoder_overrides = ml_collections.ConfigDict(
-      {name: ml_collections.config_dict.placeholder(int) for name in VIT_OVERRIDES}
-  )
+  config.encoder_overrides = unset_encoder_overrides()
   config.img_size = 224
   config.encoder_init = ml_collections.config_dict.placeholder(str)
   config.decoder = "cross_modality"
