@@ -4,6 +4,7 @@ procedural hand (right and left, both pose conventions, with and without noise),
 The tests share batch shapes (32, and 1) so that the jitted solver compiles few times."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -124,3 +125,28 @@ def test_bench_fit_reports_error_and_time(tmp_path, capsys):
   _, _, _, vertices = _hands(right_model := mano.load_procedural('right'), 1, seed=5)
   single = mano.fit(right_model, vertices[0])
   assert single['pose'].shape == (48,) and single['error'].shape == () and single['error'] < 1e-3
+
+
+def test_fit_refuses_arguments_it_cannot_use():
+  """Before issue 36, num_iterations=-1 fitted an all-zero mesh without a word."""
+  model = mano.load_procedural()
+  vertices = np.asarray(mano.forward(model, np.zeros((1, 48), np.float32))[0], np.float64)
+  for bad in (dict(num_iterations=-1), dict(num_iterations=0), dict(num_iterations=2.5)):
+    with pytest.raises(ValueError, match='num_iterations must be an integer >= 1'):
+      mano.fit(model, vertices, **bad)
+  for name in ('pose_prior', 'shape_prior'):
+    for value in (-1.0, float('nan')):
+      with pytest.raises(ValueError, match=f'{name} must be finite and >= 0'):
+        mano.fit(model, vertices, **{name: value})
+
+
+def test_fit_warns_when_the_betas_leave_the_models_range():
+  """A hand 1.6 times too large (centimetres read as ... a wrong scale) can only be fitted with betas
+  far outside the shape space: the fit says so; a hand of the right size does not warn."""
+  model = mano.load_procedural()
+  vertices = np.asarray(mano.forward(model, np.zeros((1, 48), np.float32))[0], np.float64)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    mano.fit(model, vertices)
+  with pytest.warns(UserWarning, match=r"beyond the model's range of ±3"):
+    mano.fit(model, vertices * 1.6)

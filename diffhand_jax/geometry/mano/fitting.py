@@ -4,6 +4,7 @@ then a batched, jitted Levenberg–Marquardt (`solver.py`)."""
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import jax
@@ -202,8 +203,15 @@ def fit(
   centre = targets.mean(1)
   x0[:, -3:] -= centre
   centred = targets - centre[:, None]
-  if num_iterations < 1:
-    raise ValueError(f'mano.fit: num_iterations must be >= 1, got {num_iterations}')
+  _check_fit_arguments(
+      num_iterations=num_iterations,
+      keypoint_iterations=keypoint_iterations,
+      pose_prior=pose_prior,
+      shape_prior=shape_prior,
+      keypoint_weight=keypoint_weight,
+      mesh_prior=mesh_prior,
+      keypoint_shape_prior=keypoint_shape_prior,
+  )
   priors = jnp.asarray([pose_prior, shape_prior], jnp.float32)
   # Large batches go in chunks of one shape (the last one padded): bounded memory, one compilation.
   chunk = batch if batch <= _FIT_CHUNK else _FIT_CHUNK
@@ -242,8 +250,34 @@ def fit(
     error = np.linalg.norm((fitted - wrist(fitted)) - (targets - wrist(targets)), axis=-1).mean(-1)
   else:
     error = np.linalg.norm(fitted - targets, axis=-1).mean(-1)
+  _warn_far_betas(betas)
   result.update(pose=pose, betas=betas, trans=trans, vertices=fitted, error=error)
   return {k: v[0] for k, v in result.items()} if unbatched else result
+
+
+# Betas are in units of the shape space's standard deviations: MANO's training scans lie within about
+# ±3; a fit beyond this is reshaping the hand to absorb something else (a wrong scale, a broken mesh).
+BETA_RANGE = 3.0
+
+
+def _check_fit_arguments(**values: float) -> None:
+  for name, value in values.items():
+    if name.endswith('iterations'):
+      if int(value) != value or value < 1:
+        raise ValueError(f'mano.fit: {name} must be an integer >= 1, got {value}')
+    elif not (np.isfinite(value) and value >= 0):
+      raise ValueError(f'mano.fit: {name} must be finite and >= 0, got {value}')
+
+
+def _warn_far_betas(betas: np.ndarray) -> None:
+  far = np.nonzero(np.abs(betas).max(-1) > BETA_RANGE)[0]
+  if len(far):
+    warnings.warn(
+        f'mano.fit: the betas of {len(far)} mesh(es) (index {far[:5].tolist()}'
+        f'{" ..." if len(far) > 5 else ""}) reach {np.abs(betas[far]).max():.1f}, beyond the '
+        f"model's range of ±{BETA_RANGE:g}: the meshes may be scaled wrongly (units?) or not hands",
+        stacklevel=3,
+    )
 
 
 def _keypoint_stage(
