@@ -148,5 +148,5 @@ def test_fit_warns_when_the_betas_leave_the_models_range():
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     mano.fit(model, vertices)
-  with pytest.warns(UserWarning, match=r"beyond the model's range of ±3"):
+  with pytest.warns(UserWarning, match=r"beyond the model's range of ±5"):
     mano.fit(model, vertices * 1.6)

@@ -256,8 +256,9 @@ def fit(
 
 
 # Betas are in units of the shape space's standard deviations: MANO's training scans lie within about
-# ±3; a fit beyond this is reshaping the hand to absorb something else (a wrong scale, a broken mesh).
-BETA_RANGE = 3.0
+# ±3, and fits of noisy meshes of such hands reach about 4; beyond 5 the fit is reshaping the hand to
+# absorb something else (a wrong scale, a broken mesh).
+BETA_RANGE = 5.0
 
 
 def _check_fit_arguments(**values: float) -> None:
