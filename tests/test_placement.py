@@ -228,3 +228,15 @@ def test_the_core_places_and_refines_detected_hands(opened):
       opened, frame['image'], pipeline.Options(**base), boxes=[[60, 150, 200, 350]]
   )
   assert boxes[0].placement == 'network' and boxes[0].reprojection_error_px is None
+
+
+def test_tiles_find_a_small_hand_that_the_whole_photo_misses():
+  """A hand a tenth of a 1280 × 720 photo tall: the palm detector misses it on the whole photo
+  letterboxed to 192 pixels, and finds it in a tile at twice the zoom."""
+  hand = synthetic_frames.FrameHand('right', (0.3, 0.6), 0.1, 'flat', back=True, roll_deg=5)
+  frame = synthetic_frames.render_frame(
+      [hand], (720, 1280), seed=1, background='gradient', supersample=1
+  )
+  assert detection.MediaPipeHands(tiles=False).detect(frame['image']) == []
+  (found,) = detection.MediaPipeHands().detect(frame['image'])
+  assert detection.box_iou(found.box, frame['hands'][0]['box']) > 0.7
