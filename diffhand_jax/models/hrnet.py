@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 # Raised by `variables_from_timm` and `from_timm`, as for the ViT.
-from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError
+from diffhand_jax.models import checkpoint_errors
+from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError  # noqa: F401 - hrnet.CheckpointMismatchError
 from diffhand_jax.models.vit import to_numpy
 
 Dtype = Any
@@ -510,18 +511,13 @@ def variables_from_timm(
       node = node.setdefault(part, {})
     # A copy: numpy views of torch tensors share their memory, and jnp.asarray may alias numpy's.
     node[path[-1]] = jnp.asarray(np.array(array, dtype=module.param_dtype, copy=True))
-  if missing or unused or mismatched:
-    lines = [
-        f'{source} does not fit this HRNet (stem_width={module.stem_width}, branch widths '
-        f'{tuple(module.stages[-1].num_channels)}, head_conv_bias={module.head_conv_bias}):'
-    ]
-    if missing:
-      lines.append(f'  missing keys ({len(missing)}): {", ".join(missing)}')
-    if unused:
-      lines.append(f'  unused keys ({len(unused)}): {", ".join(unused)}')
-    if mismatched:
-      lines.append(f'  shape mismatches ({len(mismatched)}): ' + '; '.join(mismatched))
-    raise CheckpointMismatchError('\n'.join(lines))
+  checkpoint_errors.raise_if_mismatched(
+      f'{source} does not fit this HRNet (stem_width={module.stem_width}, branch widths '
+      f'{tuple(module.stages[-1].num_channels)}, head_conv_bias={module.head_conv_bias}):',
+      missing,
+      unused,
+      mismatched,
+  )
   return variables
 
 

@@ -38,8 +38,9 @@ import numpy as np
 
 from diffhand_jax.models import attention
 
-# Raised by `params_from_timm` and `from_timm`; users catch it as vit.CheckpointMismatchError too.
-from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError
+# Raised by `params_from_timm` and `from_timm` (re-exported: users catch vit.CheckpointMismatchError).
+from diffhand_jax.models import checkpoint_errors
+from diffhand_jax.models.checkpoint_errors import CheckpointMismatchError  # noqa: F401 - re-exported
 
 Dtype = Any
 PyTree = Any
@@ -601,19 +602,14 @@ def params_from_timm(
       node = node.setdefault(part, {})
     node[path[-1]] = jnp.asarray(array, dtype=module.param_dtype)
 
-  if missing or unused or mismatched:
-    lines = [
-        f'{source} does not fit this VisionTransformer (depth={module.depth}, '
-        f'embed_dim={module.embed_dim}, layer_scale={module.init_values is not None}, '
-        f'distilled={module.distilled}):'
-    ]
-    if missing:
-      lines.append(f'  missing keys ({len(missing)}): {", ".join(missing)}')
-    if unused:
-      lines.append(f'  unused keys ({len(unused)}): {", ".join(unused)}')
-    if mismatched:
-      lines.append(f'  shape mismatches ({len(mismatched)}): ' + '; '.join(mismatched))
-    raise CheckpointMismatchError('\n'.join(lines))
+  checkpoint_errors.raise_if_mismatched(
+      f'{source} does not fit this VisionTransformer (depth={module.depth}, '
+      f'embed_dim={module.embed_dim}, layer_scale={module.init_values is not None}, '
+      f'distilled={module.distilled}):',
+      missing,
+      unused,
+      mismatched,
+  )
   return params
 
 
