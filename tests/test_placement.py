@@ -122,7 +122,7 @@ def test_fit_refuses_keypoints_without_their_camera(right_hand):
     mano.fit(model, given, keypoints_2d=keypoints)
   with pytest.raises(ValueError, match='joint_regressor must be'):
     mano.fit(model, given, keypoints_2d=keypoints, K=K, joint_regressor=regressor[:5])
-  with pytest.raises(ValueError, match='num_iterations must be >= 1'):
+  with pytest.raises(ValueError, match='num_iterations must be an integer >= 1'):
     mano.fit(model, given, num_iterations=0)
 
 
