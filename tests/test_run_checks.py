@@ -371,14 +371,14 @@ def test_pretrained_weights_for_an_encoder_no_family_reads_are_refused_before_co
   config.model.encoder_init = str(tmp_path / 'weights.safetensors')
   problem = (
       f"config.model.encoder_init = '{tmp_path / 'weights.safetensors'}': pretrained weights load "
-      "into ViT encoders only; use ''"
+      "into ViT and HRNet encoders only; use ''"
   )
   assert checks.validate_config(config, mode='train') == [problem]
   assert checks.validate_config(config, mode='evaluate') == []
   with pytest.raises(checkpoint_errors.CheckpointError, match="use --config.model.encoder_init=''"):
-    pretrained.encoder_params(config)
+    pretrained.encoder_variables(config)
   config.model.encoder_init = ''
-  assert pretrained.encoder_params(config) is None
+  assert pretrained.encoder_variables(config) is None
 
 
 def test_one_checkpoint_mismatch_error():

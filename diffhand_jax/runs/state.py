@@ -69,7 +69,13 @@ def create_train_state(config, model, optimizer, key) -> TrainState:
   read here, since this runs under jit and eval_shape: `with_pretrained_encoder` puts them in after.
   """
   init_key, state_key = jax.random.split(key)
-  params = diffhand.init(model, init_key, config.model.img_size)
+  variables = diffhand.init_variables(model, init_key, config.model.img_size)
+  if variables['batch_stats']:
+    raise NotImplementedError(
+        f'config.model.encoder = {config.model.encoder!r} has BatchNorm statistics, which the train '
+        'state does not hold yet (issue #32)'
+    )
+  params = variables['params']
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -80,11 +86,12 @@ def create_train_state(config, model, optimizer, key) -> TrainState:
 
 
 def with_pretrained_encoder(
-    state: TrainState, encoder_params: PyTree, shardings: TrainState
+    state: TrainState, encoder_variables: PyTree, shardings: TrainState
 ) -> TrainState:
-  """``state`` with its encoder params, and their EMA copy, replaced by ``encoder_params`` (numpy, from
-  `pretrained.encoder_params`), each placed with the state's own shardings. Adam's moments start at
-  zero either way, so they stay as they are."""
+  """``state`` with its encoder params, and their EMA copy, replaced by ``encoder_variables['params']``
+  (numpy, from `pretrained.encoder_variables`), each placed with the state's own shardings. Adam's
+  moments start at zero either way, so they stay as they are."""
+  encoder_params = encoder_variables['params']
   params = pretrained.with_encoder(state.params, encoder_params, shardings.params)
   ema_params = state.ema_params
   if ema_params:

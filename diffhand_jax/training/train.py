@@ -208,9 +208,9 @@ def resumed_or_initial_state(
   state = step_lib.init_sharded_state(
       config, components.model, components.optimizer, shardings, jax.random.PRNGKey(config.seed)
   )
-  encoder_params = pretrained.encoder_params(config)
-  if encoder_params is not None:
-    state = state_lib.with_pretrained_encoder(state, encoder_params, shardings)
+  encoder_variables = pretrained.encoder_variables(config)
+  if encoder_variables is not None:
+    state = state_lib.with_pretrained_encoder(state, encoder_variables, shardings)
     print0(f'encoder weights from {config.model.encoder_init}', flush=True)
   print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   return state
