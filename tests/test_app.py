@@ -451,7 +451,10 @@ def test_a_photo_is_answered_in_memory_writing_only_what_the_page_serves(tmp_pat
   result = app.reconstruct_photo(
       None, webcam, str(tmp_path / 'skip'), whole_image=True, num_hypotheses=2, samplers=without
   )
-  assert 'MANO parameters and the fit to the landmarks skipped: --fit_mano and --refine' in result.message
+  assert (
+      'MANO parameters and the fit to the landmarks skipped: --fit_mano and --refine'
+      in result.message
+  )
   assert 'mano' not in json.loads((tmp_path / 'skip' / 'webcam.json').read_text())['hands'][0]
 
 
