@@ -186,10 +186,12 @@ class DiffHand(nn.Module):
       )
     return self.orientation_dense(cond.embedding.astype(jnp.float32))
 
-  def training_pass(self, images: jax.Array, x_t: jax.Array, t: jax.Array) -> dict[str, jax.Array]:
+  def training_pass(
+      self, images: jax.Array, x_t: jax.Array, t: jax.Array, train_norm: bool = False
+  ) -> dict[str, jax.Array]:
     """encode once, then {'x0_hat' (B, N, 3), 'camera' (B, 3)}, plus 'orientation' (B, 6) when the
-    model has the orientation head: what the training loss scores."""
-    cond = self.encode(images)
+    model has the orientation head: what the training loss scores. train_norm: as for `encode`."""
+    cond = self.encode(images, train_norm=train_norm)
     x0_hat, camera = self.denoise(cond, x_t, t)
     out = {"x0_hat": x0_hat, "camera": camera}
     if self.orientation_head:
@@ -215,6 +217,12 @@ class DiffHand(nn.Module):
     if self.orientation_head:
       self.orientation(cond)  # so that `init` (which calls this) creates the head's params
     return self.denoise(cond, x_t, t)
+
+
+def model_variables(params: PyTree, batch_stats: PyTree | None = None) -> dict[str, PyTree]:
+  """What `model.apply` takes: {'params': params}, with 'batch_stats' (the encoder's BatchNorm running
+  statistics) when the model has them. The one place the two collections are put together."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def _patch_grid(height: int, width: int, num_patches: int) -> tuple[int, int]:
@@ -319,8 +327,16 @@ def _dummy_inputs(model: DiffHand, image_size: int | tuple[int, int], batch: int
 
 def param_shapes(model: DiffHand, image_size: int | tuple[int, int], batch: int = 1) -> PyTree:
   """The params' shapes and dtypes (jax.ShapeDtypeStruct leaves), without computing anything."""
+  return variable_shapes(model, image_size, batch)["params"]
+
+
+def variable_shapes(
+    model: DiffHand, image_size: int | tuple[int, int], batch: int = 1
+) -> dict[str, PyTree]:
+  """`init_variables`'s shapes and dtypes, {'params', 'batch_stats'}, without computing anything."""
   inputs = _dummy_inputs(model, image_size, batch)
-  return jax.eval_shape(lambda k: model.init(k, *inputs), jax.random.key(0))["params"]
+  shapes = jax.eval_shape(lambda k: model.init(k, *inputs), jax.random.key(0))
+  return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
 def num_params(tree: PyTree) -> int:
@@ -355,6 +371,7 @@ def reconstruct(
     schedule: diffusion.Schedule | None = None,
     depth: jax.Array | None = None,
     noise: jax.Array | None = None,
+    batch_stats: PyTree | None = None,
 ) -> dict[str, jax.Array]:
   """Meshes for a batch of images: DDIM from noise, the image encoded once.
 
@@ -367,13 +384,14 @@ def reconstruct(
     schedule: the training schedule; None = diffusion.cosine_schedule().
     depth: (B, H, W[, 1]) for a use_depth model.
     noise: optional x_T (K, B, N, 3) to use instead of drawing it from `key`.
+    batch_stats: the encoder's BatchNorm running statistics, for a model that has them (HRNet).
 
   Returns a dict of float32 arrays, in model space:
     vertices (B, K, N, 3), camera (B, K, 3), vertices_mean (B, N, 3) (over hypotheses) and
     vertices_std (B, N) (root-mean-square over xyz of the per-coordinate std over hypotheses; 0 for K=1).
   The regression variant (diffusion=False) runs one decoder pass; its K hypotheses are identical.
   """
-  variables = {"params": params}
+  variables = model_variables(params, batch_stats)
   cond = model.apply(variables, images, depth, method=DiffHand.encode)
   batch = images.shape[0]
   camera = model.apply(variables, cond, method=DiffHand.camera)
@@ -422,7 +440,8 @@ def make_reconstruct_fn(
     eta: float = 0.0,
     schedule: diffusion.Schedule | None = None,
 ):
-  """A jitted `fn(params, images, key, depth=None) -> dict` with the static settings bound."""
+  """A jitted `fn(params, images, key, depth=None, noise=None, batch_stats=None) -> dict` with the
+  static settings bound."""
   return jax.jit(
       functools.partial(
           reconstruct,
