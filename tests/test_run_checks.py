@@ -411,3 +411,14 @@ def test_the_point_distance_is_one_the_losses_know():
   config = run_config.config_file('synthetic')
   config.loss.point_distance = 'l1'
   assert any(p.startswith('config.loss.point_distance') for p in checks.validate_config(config))
+
+
+def test_batch_norm_fields_are_checked_before_training():
+  config = run_config.config_file('synthetic')
+  config.batch_norm.statistics = 'sync'
+  assert checks.validate_config(config, mode='train') == [
+      "config.batch_norm.statistics = 'sync': must be one of ['synchronised', 'per_device']"
+  ]
+  assert checks.validate_config(config, mode='evaluate') == []
+  config.batch_norm.statistics = 'per_device'
+  assert checks.validate_config(config, mode='train') == []

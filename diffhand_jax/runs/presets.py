@@ -4,6 +4,9 @@ differs. `configs/synthetic.py`, `freihand.py`, `ho3d.py` and `dexycb.py` start 
 
 import ml_collections
 
+# config.batch_norm.statistics: how a step combines BatchNorm statistics across the data axis.
+BATCH_NORM_STATISTICS = ('synchronised', 'per_device')
+
 
 def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()

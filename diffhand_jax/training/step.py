@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
 from diffhand_jax.models import diffhand
-from diffhand_jax.runs import state as state_lib
+from diffhand_jax.runs import presets, state as state_lib
 from diffhand_jax.training import losses, sharding
 
 PyTree = Any
@@ -50,9 +50,6 @@ def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.
   return t, diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype))
 
 
-BATCH_NORM_STATISTICS = ('synchronised', 'per_device')
-
-
 def trains_batch_norm(config, batch_stats) -> bool:
   """Whether a step updates the encoder's BatchNorm statistics: it has some and config.batch_norm
   does not freeze them."""
@@ -61,9 +58,10 @@ def trains_batch_norm(config, batch_stats) -> bool:
 
 def _statistics(config) -> str:
   statistics = config.get('batch_norm', {}).get('statistics', 'synchronised')
-  if statistics not in BATCH_NORM_STATISTICS:
+  if statistics not in presets.BATCH_NORM_STATISTICS:
     raise ValueError(
-        f'config.batch_norm.statistics must be one of {BATCH_NORM_STATISTICS}, got {statistics!r}'
+        f'config.batch_norm.statistics must be one of {presets.BATCH_NORM_STATISTICS}, '
+        f'got {statistics!r}'
     )
   return statistics
 
