@@ -1,15 +1,20 @@
-r"""DiffHand on DexYCB (S0): the paper's Table 2 setting, with DeiT III Large instead of HRNet-W64.
+r"""DiffHand on DexYCB (S0): the paper's Table 2 setting, HRNet-W64 from ImageNet weights at 256 px.
 
   DIFFHAND_MANO_DIR=/path/to/mano python -m diffhand_jax.main --config=configs/dexycb.py --workdir=runs/dexycb
+
+The encoder's weights are timm's `timm/hrnet_w64.ms_in1k`, read through the Hugging Face cache (fill it on
+a machine with internet access: `hf download timm/hrnet_w64.ms_in1k model.safetensors`). DeiT III Large,
+the paper's other encoder (its Table 5), instead:
+  --config.model.encoder=deit3_large_patch16_224 \
+      --config.model.encoder_init=timm/deit3_large_patch16_224.fb_in22k_ft_in1k
 
 Needs the prepared TFDS dataset `dex_ycb` (docs/design.md §7):
 
   DIFFHAND_MANO_DIR=/path/to/mano tfds build datasets/dex_ycb --manual_dir=/path/to/dex-ycb \
       --data_dir=~/tensorflow_datasets --file_format=array_record
 
-The paper's recipe (Li et al. 2023, §4.1): HRNet-W64 encoder in the paper; HRNet is not built yet, so this
-config uses DeiT III Large (the paper's Table 5 finds the two encoders within a few tenths of a mm); input
-256x256, AdamW at 1e-4, batch 64 (global), 100 epochs, lambda_joint 1, lambda_smooth 0.05, DDIM with 10 steps.
+The paper's recipe (Li et al. 2023, §4.1): HRNet-W64 encoder, its BatchNorm statistics trained over the
+whole global batch (config.batch_norm, docs/design.md §11); input 256x256, AdamW at 1e-4, batch 64 (global), 100 epochs, lambda_joint 1, lambda_smooth 0.05, DDIM with 10 steps.
 100 epochs are converted to steps from `dataset.num_train_examples` (DexYCB S0: 465,504 train frames before
 filtering; the filtered count is a few percent lower); override with --config.num_train_steps.
 
@@ -17,8 +22,9 @@ Expected result (test split): MPJPE 12.1 mm and PA-MPJPE 4.98 mm (paper Table 2,
 protocol of docs/design.md §6: root-relative MPJPE, Umeyama PA with reflection fix).
 
 Recommended GPU settings (from the measurements in docs/performance.md; no GPU figures yet):
-  * --config.model.dtype=bfloat16: matmuls in bfloat16, params and optimiser state float32; attention runs
-    cuDNN's fused kernel (models/attention.py). Its losses match float32's (bench bf16_parity).
+  * --config.model.dtype=bfloat16: convolutions and matmuls in bfloat16, params, batch statistics and
+    optimiser state float32; the decoder's attention runs cuDNN's fused kernel (models/attention.py).
+    bench bf16_parity measured its losses against float32's with the ViT encoder, not yet with HRNet.
   * XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true (launch/slurm.sbatch sets it): overlaps the
     gradient all-reduce of several GPUs with compute.
   * Input workers: config.dataset.num_workers defaults to min(8, CPUs - 1), 7 with the 8 CPUs per task of
@@ -44,10 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
   presets.set_epochs(config, EPOCHS, NUM_TRAIN_EXAMPLES)
   config.eval_every_steps = 10_000
 
-  config.model = model_presets.get_model_config('paper')  # DeiT III Large + 3 cross-modality blocks
-  # ImageNet-22k pretrained DeiT III Large from the Hugging Face Hub (model_presets.PAPER_ENCODER_INIT says
-  # why this tag); --config.model.encoder_init='' trains from random weights.
-  config.model.encoder_init = model_presets.PAPER_ENCODER_INIT
+  config.model = model_presets.get_model_config('paper')  # 3 cross-modality blocks of width 256
+  # HRNet-W64 as the paper, ImageNet-1k pretrained from the Hugging Face Hub;
+  # --config.model.encoder_init='' trains from random weights.
+  config.model.encoder = model_presets.PAPER_HRNET_ENCODER
+  config.model.encoder_init = model_presets.PAPER_HRNET_INIT
   config.model.img_size = 256
 
   config.dataset.tip_ids = conventions.TIP_IDS[

@@ -69,16 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   except command_line.Exit as done:
     return done.code
   try:
-    module, params = pretrained.convert(
+    module, variables = pretrained.convert(
         FLAGS.model, FLAGS.input, FLAGS.output, img_size=FLAGS.img_size
     )
   except (pretrained.CheckpointError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
-  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
-  print(
-      f'wrote {FLAGS.output}: {FLAGS.model} at {vit.image_size_pair(module.img_size)}, {count:,} parameters'
-  )
+  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables['params']))
+  size = vit.image_size_pair(getattr(module, 'img_size', FLAGS.img_size or 224))
+  print(f'wrote {FLAGS.output}: {FLAGS.model} at {size}, {count:,} parameters')
   return 0
 
 

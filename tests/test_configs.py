@@ -124,3 +124,15 @@ def test_unset_encoder_overrides_change_nothing():
   assert diffhand.encoder_overrides(config.model) == {}
   config.model.encoder_overrides.embed_dim = 192
   assert diffhand.encoder_overrides(config.model) == {'embed_dim': 192}
+
+
+def test_dexycb_trains_the_papers_hrnet_w64_from_imagenet_weights_at_256():
+  from diffhand_jax.models import diffhand, pretrained
+
+  config = run_config.config_file('dexycb')
+  assert config.model.encoder == 'hrnet_w64' and config.model.img_size == 256
+  assert config.model.encoder_init == 'timm/hrnet_w64.ms_in1k'
+  assert diffhand.encoder_family(config.model.encoder) == 'hrnet'
+  assert pretrained.family_of(config.model.encoder).title == 'HRNet'
+  assert pretrained.config_problems(config) == []
+  assert config.batch_norm.statistics == 'synchronised' and not config.batch_norm.freeze

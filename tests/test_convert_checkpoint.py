@@ -140,12 +140,10 @@ def test_hugging_face_transformers_deit_matches_transformers_forward(tmp_path):
 
   apply = None
   for checkpoint in (tmp_path / 'hub' / 'model.safetensors', tmp_path / 'in_memory_names.bin'):
-    module, params = pretrained.convert(
+    module, variables = pretrained.convert(
         'deit_tiny_distilled_patch16_224', str(checkpoint), img_size=64
     )
     apply = apply or jax.jit(module.apply)
-    features, embedding = apply(
-        {'params': params}, jnp.asarray(images.numpy().transpose(0, 2, 3, 1))
-    )
+    features, embedding = apply(variables, jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(np.asarray(features), hidden[:, 2:], atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(embedding), hidden[:, 0], atol=1e-4, rtol=0)

@@ -371,14 +371,14 @@ def test_pretrained_weights_for_an_encoder_no_family_reads_are_refused_before_co
   config.model.encoder_init = str(tmp_path / 'weights.safetensors')
   problem = (
       f"config.model.encoder_init = '{tmp_path / 'weights.safetensors'}': pretrained weights load "
-      "into ViT encoders only; use ''"
+      "into ViT and HRNet encoders only; use ''"
   )
   assert checks.validate_config(config, mode='train') == [problem]
   assert checks.validate_config(config, mode='evaluate') == []
   with pytest.raises(checkpoint_errors.CheckpointError, match="use --config.model.encoder_init=''"):
-    pretrained.encoder_params(config)
+    pretrained.encoder_variables(config)
   config.model.encoder_init = ''
-  assert pretrained.encoder_params(config) is None
+  assert pretrained.encoder_variables(config) is None
 
 
 def test_one_checkpoint_mismatch_error():
@@ -411,3 +411,14 @@ def test_the_point_distance_is_one_the_losses_know():
   config = run_config.config_file('synthetic')
   config.loss.point_distance = 'l1'
   assert any(p.startswith('config.loss.point_distance') for p in checks.validate_config(config))
+
+
+def test_batch_norm_fields_are_checked_before_training():
+  config = run_config.config_file('synthetic')
+  config.batch_norm.statistics = 'sync'
+  assert checks.validate_config(config, mode='train') == [
+      "config.batch_norm.statistics = 'sync': must be one of ['synchronised', 'per_device']"
+  ]
+  assert checks.validate_config(config, mode='evaluate') == []
+  config.batch_norm.statistics = 'per_device'
+  assert checks.validate_config(config, mode='train') == []

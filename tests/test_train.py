@@ -646,3 +646,47 @@ def test_aot_memory_report(tmp_path, capsys, monkeypatch):
   assert 'temporaries' in printed and 'total (peak estimate)' in printed
   generated_row = f"{'generated code':<24}{report['generated_code_bytes'] / memory.MIB:>12.2f}"
   assert f'\n  {generated_row}\n' in printed
+
+
+def test_a_state_saved_before_it_held_batch_statistics_resumes(tmp_path):
+  """Runs written before the train state had batch_stats and ema_batch_stats (#32) resume: the fields
+  come back empty, as a model without BatchNorm has them, and nothing is taken for damage."""
+  import json
+  import flax.struct
+  import orbax.checkpoint as ocp
+  from diffhand_jax.runs import checkpoints
+
+  @flax.struct.dataclass
+  class StateBefore:
+    step: jax.Array
+    params: dict
+    opt_state: tuple
+    ema_params: dict
+    rng: jax.Array
+
+  config = _tiny_config(tmp_path / 'tfds')
+  components = state_lib.build(config)
+  state = state_lib.create_train_state(
+      config, components.model, components.optimizer, jax.random.PRNGKey(0)
+  )
+  before = StateBefore(state.step, state.params, state.opt_state, state.ema_params, state.rng)
+  manager = checkpoints.checkpoint_manager(str(tmp_path / 'run'), config)
+  manager.save(
+      2,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(before),
+          params=ocp.args.StandardSave(checkpoints.inference_params(state, config)),
+          config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+      ),
+      force=True,
+  )
+  manager.wait_until_finished()
+  manager.close()
+  abstract, _ = sharding.sharded_abstract_state(
+      config, components.model, components.optimizer, sharding.make_mesh(config.mesh)
+  )
+  restored = checkpoints.restore_for_training(str(tmp_path / 'run'), abstract)
+  assert isinstance(restored, state_lib.TrainState)
+  assert restored.batch_stats == {} and restored.ema_batch_stats == {}
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.params, state.params)
+  assert not (tmp_path / 'run' / 'checkpoints' / 'corrupt').exists()

@@ -22,7 +22,7 @@ from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
-  """A trained run, ready to sample: ``model.apply({'params': params}, ...)``."""
+  """A trained run, ready to sample: ``model.apply(diffhand.model_variables(params, batch_stats), ...)``."""
 
   workdir: str
   config: ml_collections.ConfigDict
@@ -31,6 +31,9 @@ class TrainedRun:
   topology: hand_model.HandTopology  # joint regressor W, faces, template
   schedule: diffusion.Schedule
   step: int
+  # The encoder's BatchNorm statistics that go with params ({} for a model without): the second
+  # collection of `diffhand.model_variables(params, batch_stats)`.
+  batch_stats: Any = dataclasses.field(default_factory=dict)
 
 
 def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -> TrainedRun:
@@ -46,8 +49,13 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       else run_config.load_config(workdir)
   )
   network = state_lib.build_network(config)
-  abstract_params = state_lib.abstract_params(config, network.model)
-  params, step = checkpoints.restore_params(workdir, abstract_params, config, use_ema=use_ema)
+  params, batch_stats, step = checkpoints.restore_variables(
+      workdir,
+      state_lib.abstract_params(config, network.model),
+      state_lib.abstract_batch_stats(config, network.model),
+      config,
+      use_ema=use_ema,
+  )
   if overrides is not None:
     config = overrides_lib.apply_overrides(config, overrides)
   return TrainedRun(
@@ -58,4 +66,5 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       topology=network.topology,
       schedule=network.schedule,
       step=step,
+      batch_stats=batch_stats,
   )

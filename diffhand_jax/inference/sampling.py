@@ -45,6 +45,7 @@ class Sampler:
   num_hypotheses: int = 1
   eta: float = 0.0
   batch_size: int = 16
+  batch_stats: Any = None  # the encoder's BatchNorm statistics, for a model that has them
 
   def __post_init__(self):
     if self.num_hypotheses < 1 or self.num_steps < 1 or self.batch_size < 1:
@@ -80,7 +81,12 @@ class Sampler:
     for index, start in enumerate(range(0, count, self.batch_size)):
       rows = np.minimum(np.arange(start, start + self.batch_size), count - 1)
       valid = min(self.batch_size, count - start)
-      out = self._fn(self.params, jnp.asarray(images[rows]), jax.random.fold_in(key, index))
+      out = self._fn(
+          self.params,
+          jnp.asarray(images[rows]),
+          jax.random.fold_in(key, index),
+          batch_stats=self.batch_stats,
+      )
       vertices.append(np.asarray(out['vertices'], np.float64)[:valid])
       cameras.append(np.asarray(out['camera'], np.float64)[:valid, 0])
       if progress is not None:
@@ -148,6 +154,7 @@ class SamplerCache:
             num_hypotheses=key[2],
             eta=key[3],
             batch_size=key[4],
+            batch_stats=self.run.batch_stats,
         ),
     )
 

@@ -178,15 +178,17 @@ def warm_reconstruct(
     strength: float,
     eta: float = 0.0,
     schedule: diffusion.Schedule | None = None,
+    batch_stats: Any = None,
 ) -> dict[str, jax.Array]:
   """`diffhand.reconstruct` started from a guess: the image encoded once, then for each of the K
   noises the guess noised to τ_{S−k} and the last k = int(S·strength) DDIM steps
   (`diffusion.ddim_sample_from`).
 
   images float32 (B, H, W, 3), normalised; x0_guess (B, N, 3) model space; noise (K, B, N, 3); key for
-  η > 0. Returns vertices (B, K, N, 3) model space and camera (B, K, 3).
+  η > 0; batch_stats: the encoder's BatchNorm statistics, for a model that has them. Returns vertices
+  (B, K, N, 3) model space and camera (B, K, 3).
   """
-  variables = {'params': params}
+  variables = diffhand.model_variables(params, batch_stats)
   cond = model.apply(variables, images, None, method=diffhand.DiffHand.encode)
   camera = model.apply(variables, cond, method=diffhand.DiffHand.camera)
   schedule = diffusion.cosine_schedule() if schedule is None else schedule
@@ -234,6 +236,7 @@ class WarmStartSampler:
   num_hypotheses: int = 1
   method: str = 'mean'
   eta: float = 0.0
+  batch_stats: Any = None  # the encoder's BatchNorm statistics, for a model that has them
 
   def __post_init__(self):
     diffusion.warm_start_steps(self.num_steps, self.strength)  # validates both
@@ -288,9 +291,16 @@ class WarmStartSampler:
     warm = guess is not None and not self.independent
     images = jnp.asarray(images, jnp.float32)
     if warm:
-      out = self._warm(self.params, images, jnp.asarray(guess, jnp.float32), noise, key)
+      out = self._warm(
+          self.params,
+          images,
+          jnp.asarray(guess, jnp.float32),
+          noise,
+          key,
+          batch_stats=self.batch_stats,
+      )
     else:
-      out = self._cold(self.params, images, key, noise=noise)
+      out = self._cold(self.params, images, key, noise=noise, batch_stats=self.batch_stats)
     sampled = np.asarray(out['vertices'], np.float64)
     return {
         'vertices': hypotheses.aggregate(sampled, self.method),
@@ -452,6 +462,7 @@ def warm_start_sampler(
           num_hypotheses=key[3],
           method=key[4],
           eta=key[5],
+          batch_stats=run.batch_stats,
       ),
   )
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax import diffusion
-from diffhand_jax.models import cnn, decoder as decoder_lib, vit
+from diffhand_jax.models import cnn, decoder as decoder_lib, hrnet, vit
 
 _FILE = "diffhand_jax/models/diffhand.py"
 PyTree = Any
@@ -107,7 +107,8 @@ class DiffHand(nn.Module):
   """DiffHand (paper Fig. 2): f_θ(x_t, t, I[, depth]) → (x̂_0, camera).
 
   Attributes:
-    encoder: image module, images (B, H, W, 3) → (I_F (B, P, C), I_E (B, C)) (models/vit.py).
+    encoder: image module, images (B, H, W, 3) → (I_F (B, P, C), I_E (B, C)) (models/vit.py, cnn.py,
+      hrnet.py). An HRNet also holds BatchNorm statistics (the 'batch_stats' collection).
     decoder: CrossModalityDecoder or VanillaDecoder (models/decoder.py).
     num_vertices: N.
     diffusion: False gives the one-pass regression variant of the ablation: `denoise` ignores its
@@ -137,8 +138,14 @@ class DiffHand(nn.Module):
     if self.orientation_head:
       self.orientation_dense = nn.Dense(6, name="orientation_head")
 
-  def encode(self, images: jax.Array, depth: jax.Array | None = None) -> Condition:
-    """images float32 (B, H, W, 3), normalised; depth (B, H, W) or (B, H, W, 1) → Condition."""
+  def encode(
+      self, images: jax.Array, depth: jax.Array | None = None, train_norm: bool = False
+  ) -> Condition:
+    """images float32 (B, H, W, 3), normalised; depth (B, H, W) or (B, H, W, 1) → Condition.
+
+    train_norm: the encoder's BatchNorms normalise with the batch's statistics and update the running
+    ones (apply with mutable=['batch_stats']); False uses the running statistics. Encoders without
+    BatchNorm ignore it."""
     chex.assert_rank(images, 4)
     if self.use_depth and depth is None:
       raise ValueError(
@@ -149,7 +156,10 @@ class DiffHand(nn.Module):
           f"{_FILE}: depth was given but the model has use_depth=False "
           "(set config.model.use_depth=True)."
       )
-    features, embedding = self.encoder(images)
+    if isinstance(self.encoder, hrnet.HRNet):
+      features, embedding = self.encoder(images, train=train_norm)
+    else:
+      features, embedding = self.encoder(images)
     batch, num_patches, _ = features.shape
     chex.assert_shape(embedding, (batch, features.shape[-1]))
     if self.use_depth:
@@ -176,10 +186,12 @@ class DiffHand(nn.Module):
       )
     return self.orientation_dense(cond.embedding.astype(jnp.float32))
 
-  def training_pass(self, images: jax.Array, x_t: jax.Array, t: jax.Array) -> dict[str, jax.Array]:
+  def training_pass(
+      self, images: jax.Array, x_t: jax.Array, t: jax.Array, train_norm: bool = False
+  ) -> dict[str, jax.Array]:
     """encode once, then {'x0_hat' (B, N, 3), 'camera' (B, 3)}, plus 'orientation' (B, 6) when the
-    model has the orientation head: what the training loss scores."""
-    cond = self.encode(images)
+    model has the orientation head: what the training loss scores. train_norm: as for `encode`."""
+    cond = self.encode(images, train_norm=train_norm)
     x0_hat, camera = self.denoise(cond, x_t, t)
     out = {"x0_hat": x0_hat, "camera": camera}
     if self.orientation_head:
@@ -207,6 +219,12 @@ class DiffHand(nn.Module):
     return self.denoise(cond, x_t, t)
 
 
+def model_variables(params: PyTree, batch_stats: PyTree | None = None) -> dict[str, PyTree]:
+  """What `model.apply` takes: {'params': params}, with 'batch_stats' (the encoder's BatchNorm running
+  statistics) when the model has them. The one place the two collections are put together."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
 def _patch_grid(height: int, width: int, num_patches: int) -> tuple[int, int]:
   patch = math.isqrt(height * width // num_patches)
   if patch * patch * num_patches != height * width or height % patch or width % patch:
@@ -231,9 +249,15 @@ def _dtype(name: Any) -> Any:
 
 def encoder_family(name: str) -> str:
   """The family of the encoder a model config names (config.model.encoder): 'cnn' for models/cnn.py's
-  ('cnn_small', ...), else 'vit' (models/vit.py, timm names). Pretrained weights are read by family
-  (models/pretrained.py)."""
-  return "cnn" if name.startswith("cnn_") else "vit"
+  ('cnn_small', ...), 'hrnet' for models/hrnet.py's (timm names, 'hrnet_w64', ...), else 'vit'
+  (models/vit.py, timm names). Pretrained weights are read by family (models/pretrained.py)."""
+  if name.startswith("cnn_"):
+    return "cnn"
+  return "hrnet" if hrnet.is_hrnet(name) else "vit"
+
+
+# Family (`encoder_family`) -> create(model_name, img_size=..., **fields) -> the encoder module.
+_ENCODER_CREATE = {"cnn": cnn.create, "hrnet": hrnet.create, "vit": vit.create}
 
 
 def encoder_overrides(model_config: Any) -> dict[str, Any]:
@@ -252,10 +276,8 @@ def build_model(model_config: Any, template_vertices: np.ndarray | None = None) 
   dtype = _dtype(model_config.get("dtype", "float32"))
   overrides = encoder_overrides(model_config)
   overrides.setdefault("dtype", dtype)
-  if encoder_family(model_config.encoder) == "cnn":
-    encoder = cnn.create(model_config.encoder, img_size=model_config.img_size, **overrides)
-  else:
-    encoder = vit.create(model_config.encoder, img_size=model_config.img_size, **overrides)
+  create = _ENCODER_CREATE[encoder_family(model_config.encoder)]
+  encoder = create(model_config.encoder, img_size=model_config.img_size, **overrides)
   decoder = decoder_lib.build_decoder(model_config, template_vertices, dtype=dtype)
   return DiffHand(
       encoder=encoder,
@@ -281,8 +303,17 @@ def init(
 ) -> PyTree:
   """Random params for `model` (jit-compiled init). Pretrained encoder weights are put in afterwards,
   on the host (models/pretrained.py)."""
-  params = decoder_lib.jit_init(model, key, *_dummy_inputs(model, image_size, batch))["params"]
-  return flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
+  return init_variables(model, key, image_size, batch)["params"]
+
+
+def init_variables(
+    model: DiffHand, key: jax.Array, image_size: int | tuple[int, int], batch: int = 1
+) -> dict[str, PyTree]:
+  """Random variables for `model`: {'params': ..., 'batch_stats': ...}, 'batch_stats' the encoder's
+  BatchNorm statistics (mean 0, variance 1) or {} when it has none."""
+  variables = decoder_lib.jit_init(model, key, *_dummy_inputs(model, image_size, batch))
+  variables = flax.core.unfreeze(variables)
+  return {"params": dict(variables["params"]), "batch_stats": variables.get("batch_stats", {})}
 
 
 def _dummy_inputs(model: DiffHand, image_size: int | tuple[int, int], batch: int) -> tuple:
@@ -296,8 +327,16 @@ def _dummy_inputs(model: DiffHand, image_size: int | tuple[int, int], batch: int
 
 def param_shapes(model: DiffHand, image_size: int | tuple[int, int], batch: int = 1) -> PyTree:
   """The params' shapes and dtypes (jax.ShapeDtypeStruct leaves), without computing anything."""
+  return variable_shapes(model, image_size, batch)["params"]
+
+
+def variable_shapes(
+    model: DiffHand, image_size: int | tuple[int, int], batch: int = 1
+) -> dict[str, PyTree]:
+  """`init_variables`'s shapes and dtypes, {'params', 'batch_stats'}, without computing anything."""
   inputs = _dummy_inputs(model, image_size, batch)
-  return jax.eval_shape(lambda k: model.init(k, *inputs), jax.random.key(0))["params"]
+  shapes = jax.eval_shape(lambda k: model.init(k, *inputs), jax.random.key(0))
+  return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
 def num_params(tree: PyTree) -> int:
@@ -332,6 +371,7 @@ def reconstruct(
     schedule: diffusion.Schedule | None = None,
     depth: jax.Array | None = None,
     noise: jax.Array | None = None,
+    batch_stats: PyTree | None = None,
 ) -> dict[str, jax.Array]:
   """Meshes for a batch of images: DDIM from noise, the image encoded once.
 
@@ -344,13 +384,14 @@ def reconstruct(
     schedule: the training schedule; None = diffusion.cosine_schedule().
     depth: (B, H, W[, 1]) for a use_depth model.
     noise: optional x_T (K, B, N, 3) to use instead of drawing it from `key`.
+    batch_stats: the encoder's BatchNorm running statistics, for a model that has them (HRNet).
 
   Returns a dict of float32 arrays, in model space:
     vertices (B, K, N, 3), camera (B, K, 3), vertices_mean (B, N, 3) (over hypotheses) and
     vertices_std (B, N) (root-mean-square over xyz of the per-coordinate std over hypotheses; 0 for K=1).
   The regression variant (diffusion=False) runs one decoder pass; its K hypotheses are identical.
   """
-  variables = {"params": params}
+  variables = model_variables(params, batch_stats)
   cond = model.apply(variables, images, depth, method=DiffHand.encode)
   batch = images.shape[0]
   camera = model.apply(variables, cond, method=DiffHand.camera)
@@ -399,7 +440,8 @@ def make_reconstruct_fn(
     eta: float = 0.0,
     schedule: diffusion.Schedule | None = None,
 ):
-  """A jitted `fn(params, images, key, depth=None) -> dict` with the static settings bound."""
+  """A jitted `fn(params, images, key, depth=None, noise=None, batch_stats=None) -> dict` with the
+  static settings bound."""
   return jax.jit(
       functools.partial(
           reconstruct,

@@ -11,8 +11,8 @@ A config names them in `config.model.encoder_init` (for the image encoder E), in
 
 Networks read pretrained weights by family (`FAMILIES`, keyed by `diffhand.encoder_family`): a `Family`
 says which file of a Hub repository holds the weights, how to build the network, and how a state dict
-becomes its params. The ViT/DeiT encoders (models/vit.py) are the first entry. An encoder added later
-(HRNet) registers its family here; an estimator configured by another field (the depth estimator's
+becomes its variables. The ViT/DeiT encoders (models/vit.py) and the HRNets (models/hrnet.py, whose
+variables hold BatchNorm statistics as well as params) are the entries; an estimator configured by another field (the depth estimator's
 `config.depth.estimator_init`) reuses `source_problem`, `resolve` and `read_state_dict` with its own
 field and Hub file, and adds its lines to `config_problems` and `source_problems`.
 
@@ -20,8 +20,10 @@ The steps of a run, each one function:
   config_problems(config)    sources named for networks that no family reads (checked with the fields)
   source_problems(config)    sources that cannot be read here: no such file, or a Hub id that is not
                              cached while HF_HUB_OFFLINE=1 (checked before compute, downloading nothing)
-  encoder_params(config)     the encoder's params (numpy) from its source, read on the host, never in jit
-  with_encoder(params, encoder_params, shardings)   params with those placed in, each device its shard
+  encoder_variables(config)  the encoder's variables (numpy): {'params': ..., 'batch_stats': ...} from
+                             its source ('batch_stats' {} for a ViT), read on the host, never in jit
+  with_encoder(params, encoder_params, shardings)   one collection (params, or batch_stats) with the
+                             encoder's placed in, each device its shard
 
 Files (`read_state_dict`):
   * `.pth` / `.pt` / `.bin` / `.ckpt`: a torch checkpoint, read with `torch.load(weights_only=True)`.
@@ -34,8 +36,9 @@ Files (`read_state_dict`):
     ViT/DeiT use LayerNorm eps 1e-12 where timm (and this encoder) use 1e-6.
 
 A converted file is a msgpack (`flax.serialization.msgpack_serialize`) of
-{'model_name': str, 'img_size': [H, W], 'params': encoder params}; `load_encoder_params(path)` reads the
-params back, `load_encoder(path)` the module as well.
+{'model_name': str, 'img_size': [H, W], 'params': encoder params} and, for an encoder with BatchNorm,
+'batch_stats'; `load_encoder_params(path)` reads the params back, `load_encoder_variables(path)` both
+collections, `load_encoder(path)` the module and the params.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from diffhand_jax.models import diffhand, vit
+from diffhand_jax.models import diffhand, hrnet, vit
 from diffhand_jax.models.checkpoint_errors import CheckpointError, CheckpointMismatchError
 
 PyTree = Any
@@ -229,23 +232,31 @@ class Family:
   title: how messages name the family ('ViT').
   hub_filename: the file of a Hub model repository that holds the weights.
   create: (model_name, img_size=..., **fields) -> the network module, as random init builds it.
-  params_from_state_dict: (module, state dict as `read_state_dict` gives it, how messages name the
-    file) -> the module's params; raises `CheckpointMismatchError` listing what does not fit.
+  variables_from_state_dict: (module, state dict as `read_state_dict` gives it, how messages name the
+    file) -> the module's variables, {'params': ...} and, with BatchNorm, 'batch_stats'; raises
+    `CheckpointMismatchError` listing what does not fit.
   """
 
   title: str
   hub_filename: str
   create: Callable[..., nn.Module]
-  params_from_state_dict: Callable[[nn.Module, Mapping[str, np.ndarray], str], PyTree]
+  variables_from_state_dict: Callable[[nn.Module, Mapping[str, np.ndarray], str], PyTree]
 
 
-def _vit_params(
+def _vit_variables(
     module: vit.VisionTransformer, state_dict: Mapping[str, np.ndarray], source: str
 ) -> PyTree:
   """ViT params from timm names, the original DeiT III release's, or transformers' (renamed first)."""
   if is_hf_transformers(state_dict):
     state_dict = hf_to_timm(state_dict)
-  return vit.params_from_timm(module, state_dict, source=source)
+  return {'params': vit.params_from_timm(module, state_dict, source=source)}
+
+
+def _hrnet_variables(
+    module: hrnet.HRNet, state_dict: Mapping[str, np.ndarray], source: str
+) -> PyTree:
+  """HRNet params and BatchNorm statistics from timm names."""
+  return hrnet.variables_from_timm(module, state_dict, source=source)
 
 
 # Family name (`diffhand.encoder_family`) -> how its networks read pretrained weights.
@@ -254,7 +265,14 @@ FAMILIES: dict[str, Family] = {
         title='ViT',
         hub_filename=HUB_FILENAME,
         create=vit.create,
-        params_from_state_dict=_vit_params,
+        variables_from_state_dict=_vit_variables,
+    ),
+    # timm's Hub repositories ('timm/hrnet_w64.ms_in1k') hold the weights in the same file.
+    'hrnet': Family(
+        title='HRNet',
+        hub_filename=HUB_FILENAME,
+        create=hrnet.create,
+        variables_from_state_dict=_hrnet_variables,
     ),
 }
 
@@ -289,29 +307,32 @@ def convert(
     *,
     img_size: int | tuple[int, int] | None = None,
 ) -> tuple[nn.Module, PyTree]:
-  """Read a checkpoint, map it onto `model_name` (resampling pos_embed to img_size), optionally write it.
+  """Read a checkpoint, map it onto `model_name` (resampling a ViT's pos_embed to img_size), optionally
+  write it.
 
-  Returns (module, params). Raises `CheckpointError` naming the file on any problem.
+  Returns (module, variables): {'params': ...} and, for an encoder with BatchNorm, 'batch_stats'.
+  Raises `CheckpointError` naming the file on any problem.
   """
   state_dict = read_state_dict(input_path)
   family = _family_or_error(model_name)
   try:
     module = family.create(model_name, img_size=img_size)
-    params = family.params_from_state_dict(module, state_dict, input_path)
+    variables = family.variables_from_state_dict(module, state_dict, input_path)
   except CheckpointMismatchError as error:
     raise CheckpointError(f'{error}\n  (converting for model {model_name!r})') from None
   if output_path is not None:
-    height, width = vit.image_size_pair(module.img_size)
+    # An HRNet takes any multiple of 32 and has no img_size of its own: record the one asked for.
+    height, width = vit.image_size_pair(getattr(module, 'img_size', img_size or 224))
     record = {
         'model_name': model_name,
         'img_size': [height, width],
-        'params': jax.tree_util.tree_map(np.asarray, params),
+        **jax.tree_util.tree_map(np.asarray, variables),
     }
     directory = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(directory, exist_ok=True)
     with open(output_path, 'wb') as file:
       file.write(flax.serialization.msgpack_serialize(record))
-  return module, params
+  return module, variables
 
 
 def _read_record(path: str) -> dict[str, Any]:
@@ -338,6 +359,13 @@ def _read_record(path: str) -> dict[str, Any]:
 def load_encoder_params(path: str) -> PyTree:
   """The encoder params (a nested dict of numpy arrays) stored by `convert` / the CLI at `path`."""
   return _read_record(path)['params']
+
+
+def load_encoder_variables(path: str) -> dict[str, PyTree]:
+  """{'params': ..., 'batch_stats': ...} stored at `path` ('batch_stats' {} for an encoder without
+  BatchNorm, or a file written before HRNets)."""
+  record = _read_record(path)
+  return {'params': record['params'], 'batch_stats': record.get('batch_stats') or {}}
 
 
 def load_encoder(path: str, **overrides: Any) -> tuple[nn.Module, PyTree]:
@@ -447,11 +475,12 @@ def source_problems(config: ml_collections.ConfigDict) -> list[str]:
   return [problem] if problem else []
 
 
-def encoder_params(config: ml_collections.ConfigDict) -> PyTree | None:
-  """The encoder params (numpy) that config.model.encoder_init names, for the encoder config.model
-  describes at config.model.img_size, or None for random init. A checkpoint file is mapped onto the
-  encoder (its position embedding resampled to img_size); a converted file is used as it is. Read
-  eagerly, on the host, never inside jit."""
+def encoder_variables(config: ml_collections.ConfigDict) -> dict[str, PyTree] | None:
+  """The encoder variables (numpy) that config.model.encoder_init names, for the encoder config.model
+  describes at config.model.img_size: {'params': ..., 'batch_stats': ...} ('batch_stats' {} for an
+  encoder without BatchNorm), or None for random init. A checkpoint file is mapped onto the encoder (a
+  ViT's position embedding resampled to img_size); a converted file is used as it is. Read eagerly, on
+  the host, never inside jit."""
   model_config = config.model
   spec = model_config.get('encoder_init')
   if not spec:
@@ -465,18 +494,19 @@ def encoder_params(config: ml_collections.ConfigDict) -> PyTree | None:
     )
   path = resolve(spec, hub_filename=family.hub_filename)
   if path.lower().endswith(CONVERTED_EXTENSIONS):
-    return load_encoder_params(path)
+    return load_encoder_variables(path)
   state_dict = read_state_dict(path)
   fields = diffhand.encoder_overrides(model_config)
   fields.pop('dtype', None)  # the params are float32 whatever the compute dtype
   module = family.create(model_config.encoder, img_size=model_config.img_size, **fields)
   try:
-    params = family.params_from_state_dict(
+    variables = family.variables_from_state_dict(
         module, state_dict, f'{spec} ({path})' if spec != path else path
     )
   except CheckpointMismatchError as error:
     raise CheckpointError(f'{error}\n  (config.model.encoder = {model_config.encoder!r})') from None
-  return jax.tree_util.tree_map(np.asarray, params)
+  variables = {'batch_stats': {}, **variables}
+  return jax.tree_util.tree_map(np.asarray, variables)
 
 
 def params_problems(expected: PyTree, loaded: PyTree, *, limit: int = 20) -> list[str]:
@@ -502,9 +532,10 @@ def params_problems(expected: PyTree, loaded: PyTree, *, limit: int = 20) -> lis
 
 
 def with_encoder(params: PyTree, encoder_params: PyTree, shardings: PyTree) -> PyTree:
-  """``params`` (the model's, jax arrays) with params['encoder'] replaced by ``encoder_params`` (numpy,
-  read on the host), placed with ``shardings`` (a tree like ``params``): each device receives only its
-  shard. Raises ValueError when names or shapes differ."""
+  """``params`` (one collection of the model's variables, jax arrays: its params or its batch_stats)
+  with params['encoder'] replaced by ``encoder_params`` (numpy, read on the host), placed with
+  ``shardings`` (a tree like ``params``): each device receives only its shard. Raises ValueError when
+  names or shapes differ."""
   problems = params_problems(params['encoder'], encoder_params)
   if problems:
     raise ValueError(

@@ -3,6 +3,8 @@
   state    the whole train state (params, optimiser moments, EMA, step, rng): what a resume restores
   params   the params inference uses (the EMA params where the run keeps them): what `restore_params`
            reads, without the optimiser state
+  batch_stats  the encoder's BatchNorm statistics inference uses (the EMA's where the run keeps one);
+           only for a model that has them (HRNet), so runs without are as they were
   config   the run's config, as JSON
 
 Checkpoints written before the items existed (one unnamed item holding the train state) still restore.
@@ -24,6 +26,7 @@ its temporary folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -42,7 +45,7 @@ from orbax.checkpoint import checkpoint_managers
 from diffhand_jax.models.checkpoint_errors import CheckpointError, CheckpointMismatchError
 from diffhand_jax.runs import state as state_lib
 
-ITEMS = ('state', 'params', 'config')
+ITEMS = ('state', 'params', 'batch_stats', 'config')
 LEGACY_ITEM = 'default'  # the single item of checkpoints written before ITEMS
 CORRUPT_DIR = 'corrupt'
 # In the name of a save that has not finished: never a candidate.
@@ -62,6 +65,7 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
   return {
       'state': ocp.StandardCheckpointHandler(),
       'params': ocp.StandardCheckpointHandler(),
+      'batch_stats': ocp.StandardCheckpointHandler(),
       'config': ocp.JsonCheckpointHandler(),
   }
 
@@ -174,6 +178,12 @@ def inference_params(state: Any, config: ml_collections.ConfigDict) -> Any:
   return state.ema_params if config.ema_decay > 0 else state.params
 
 
+def inference_batch_stats(state: Any, config: ml_collections.ConfigDict) -> Any:
+  """The BatchNorm statistics inference uses, with `inference_params`: the EMA's where the run keeps
+  one; {} for a model without them."""
+  return state.ema_batch_stats if config.ema_decay > 0 else state.batch_stats
+
+
 def save(
     manager: ocp.CheckpointManager,
     step: int,
@@ -184,16 +194,16 @@ def save(
 ) -> None:
   """Saves ``state`` at ``step`` with its inference params and the config (asynchronously). A save
   that failed in the background (a full disk) raises `CheckpointWriteError` here or in `finish`."""
+  items = {
+      'state': ocp.args.StandardSave(state),
+      'params': ocp.args.StandardSave(inference_params(state, config)),
+      'config': ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+  }
+  batch_stats = inference_batch_stats(state, config)
+  if batch_stats:
+    items['batch_stats'] = ocp.args.StandardSave(batch_stats)
   with _write_errors(manager):
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            params=ocp.args.StandardSave(inference_params(state, config)),
-            config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
-        ),
-        force=force,
-    )
+    manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
@@ -413,12 +423,35 @@ def _restore_item(manager, step: int, item: str, abstract: Any, *, field: str | 
   problems = _item_mismatches(metadata, abstract, field)
   if problems:
     raise _mismatch_error(manager, step, f'its {item}', problems)
-  target = abstract if field is None else _state_target(metadata, field, abstract)
+  absent = _absent_empty_fields(metadata, abstract) if field is None else []
+  if absent:
+    target = {name: value for name, value in _fields(abstract).items() if name not in absent}
+  else:
+    target = abstract if field is None else _state_target(metadata, field, abstract)
   with _reading(manager, step):
     restored = manager.restore(
         step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
     )
+  if absent:
+    return type(abstract)(**restored[item], **{name: {} for name in absent})
   return restored[item] if field is None else restored[item][field]
+
+
+def _fields(tree: Any) -> dict[str, Any]:
+  return {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+
+
+def _absent_empty_fields(metadata: Any, abstract: Any) -> list[str]:
+  """The fields of a train state ``abstract`` that a state saved before they existed lacks, and that
+  hold nothing here (batch_stats and ema_batch_stats of a model without BatchNorm, added for #32): the
+  restore leaves them out of its target and puts them back empty, so older runs resume."""
+  if not dataclasses.is_dataclass(abstract) or not hasattr(metadata, 'keys'):
+    return []
+  return [
+      name
+      for name, value in _fields(abstract).items()
+      if name not in metadata and not jax.tree_util.tree_leaves(value)
+  ]
 
 
 def _item_mismatches(metadata: Any, abstract: Any, field: str | None) -> list[str]:
@@ -490,7 +523,25 @@ def restore_params(
     use_ema: bool = True,
     quarantine: bool = False,
 ) -> tuple[Any, int]:
-  """(params, step) of the newest readable checkpoint in ``workdir``, reading only the params item:
+  """(params, step): `restore_variables` for a model without BatchNorm statistics."""
+  params, _, step = restore_variables(
+      workdir, abstract_params, {}, config, use_ema=use_ema, quarantine=quarantine
+  )
+  return params, step
+
+
+def restore_variables(
+    workdir: str,
+    abstract_params: Any,
+    abstract_batch_stats: Any,
+    config: ml_collections.ConfigDict,
+    *,
+    use_ema: bool = True,
+    quarantine: bool = False,
+) -> tuple[Any, Any, int]:
+  """(params, batch_stats, step) of the newest readable checkpoint in ``workdir``, reading only the
+  params item, and the batch_stats item where ``abstract_batch_stats`` (the model's, `{}` for none) is
+  not empty:
   the EMA params where the run keeps them (``use_ema=False`` asks for the raw params, which only the
   state item holds). Checkpoints written before the params item read the state item. Either way
   ``abstract_params`` (`state.abstract_params`) is all it needs: no optimiser.
@@ -508,13 +559,20 @@ def restore_params(
 
   def read(step: int) -> Any:
     if is_legacy(manager, step) or (not use_ema and config.ema_decay > 0):
-      return _restore_item(manager, step, 'state', abstract_params, field=field)
-    return _restore_item(manager, step, 'params', abstract_params)
+      params = _restore_item(manager, step, 'state', abstract_params, field=field)
+      if not abstract_batch_stats:
+        return params, {}
+      stats_field = 'ema_batch_stats' if field == 'ema_params' else 'batch_stats'
+      return params, _restore_item(manager, step, 'state', abstract_batch_stats, field=stats_field)
+    params = _restore_item(manager, step, 'params', abstract_params)
+    if not abstract_batch_stats:
+      return params, {}
+    return params, _restore_item(manager, step, 'batch_stats', abstract_batch_stats)
 
   with quiet_orbax():
     manager = checkpoint_manager(workdir, create=False) if quarantine else _reader(workdir)
     try:
-      params, step, damaged = _newest_readable(manager, read, quarantine=quarantine)
+      variables, step, damaged = _newest_readable(manager, read, quarantine=quarantine)
     finally:
       manager.close()
   if step is None:
@@ -525,7 +583,8 @@ def restore_params(
         f'({damaged[max(damaged)]}); using step {step}',
         flush=True,
     )
-  return params, int(step)
+  params, batch_stats = variables
+  return params, batch_stats, int(step)
 
 
 def _steps_text(damaged: dict[int, str]) -> str:

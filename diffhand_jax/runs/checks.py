@@ -19,7 +19,7 @@ import ml_collections
 from diffhand_jax.data import splits
 from diffhand_jax.geometry import hand_model, hypotheses
 from diffhand_jax.models import diffhand, pretrained
-from diffhand_jax.runs import checkpoints, run_config
+from diffhand_jax.runs import checkpoints, presets, run_config
 
 MODES = ('train', 'evaluate', 'memory')
 HAND_MODELS = ('procedural', 'mano')
@@ -227,6 +227,9 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.choice('eval.aggregate', hypotheses.METHODS)
   check.integer('eval.max_examples', 1, optional=True)
   if mode == 'train':
+    if check.get('batch_norm') is not None:  # configs saved before #32 have none
+      check.choice('batch_norm.statistics', presets.BATCH_NORM_STATISTICS)
+      check.require('batch_norm.freeze', lambda v: isinstance(v, bool), 'must be true or false')
     check.problems += pretrained.config_problems(config)
   return check.problems
 

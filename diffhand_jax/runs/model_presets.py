@@ -16,7 +16,8 @@ Presets:
             passes cost about half an encoder pass; at D = 512 they would cost about twice the encoder.
 
 Fields:
-  encoder, encoder_overrides   timm model name for models/vit.py `create`, and fields it overrides
+  encoder, encoder_overrides   timm model name for models/vit.py `create` (or an HRNet's, 'hrnet_w64',
+                               for models/hrnet.py), and the ViT fields it overrides
   img_size                     input side in pixels (224 FreiHAND, 256 HO-3D / DexYCB)
   encoder_init                 pretrained encoder weights: a Hugging Face Hub id ('timm/<name>.<tag>',
                                fetched into the HF cache), a timm/HF checkpoint file (.safetensors,
@@ -55,6 +56,11 @@ VIT_OVERRIDES = ("embed_dim", "depth", "num_heads", "patch_size")
 # (ImageNet-1k top-1 87.0% in the DeiT III paper, against 84.9% for the ImageNet-1k-only `fb_in1k`), and
 # its 224 input is FreiHAND's. At 256 (HO-3D, DexYCB) the position embedding is resampled, as timm does.
 PAPER_ENCODER_INIT = "timm/deit3_large_patch16_224.fb_in22k_ft_in1k"
+
+# The paper's DexYCB encoder: HRNet-W64 (Li et al. 2023, Table 2), from timm's ImageNet-1k weights (the
+# one pretrained HRNet-W64 timm has, converted from the HRNet authors' release; 79.5% top-1).
+PAPER_HRNET_ENCODER = "hrnet_w64"
+PAPER_HRNET_INIT = "timm/hrnet_w64.ms_in1k"
 
 
 def unset_encoder_overrides() -> ml_collections.ConfigDict:

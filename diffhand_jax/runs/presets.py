@@ -4,6 +4,9 @@ differs. `configs/synthetic.py`, `freihand.py`, `ho3d.py` and `dexycb.py` start 
 
 import ml_collections
 
+# config.batch_norm.statistics: how a step combines BatchNorm statistics across the data axis.
+BATCH_NORM_STATISTICS = ('synchronised', 'per_device')
+
 
 def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -25,6 +28,12 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.ema_decay = (
       0.0  # > 0: also keep (and evaluate) an exponential moving average of the weights
   )
+  # BatchNorm in training, for encoders that have it (HRNet; docs/design.md §11). statistics: how a
+  # step's batch statistics are combined across the data axis: 'synchronised' (the whole global batch,
+  # as SyncBatchNorm; the default: a step does not depend on how many devices share the batch) or
+  # 'per_device' (each device's rows, as PyTorch DDP; the running statistics then move by the mean of
+  # the devices' updates). freeze: normalise with the running statistics and never update them.
+  config.batch_norm = ml_collections.ConfigDict({'statistics': 'synchronised', 'freeze': False})
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = dataset_name

@@ -41,11 +41,17 @@ def leaf_path(path: tuple) -> str:
 
 @flax.struct.dataclass
 class TrainState:
+  """What a checkpoint's 'state' item holds. batch_stats: the encoder's BatchNorm running statistics
+  ('batch_stats' of `diffhand.init_variables`, {} for encoders without BatchNorm), and their EMA copy
+  when ema_decay > 0: not trained by the optimiser, so beside the params rather than in them."""
+
   step: jax.Array
   params: PyTree
   opt_state: PyTree
   ema_params: PyTree
   rng: jax.Array  # a raw uint32 key, so checkpoints hold plain arrays
+  batch_stats: PyTree = flax.struct.field(default_factory=dict)
+  ema_batch_stats: PyTree = flax.struct.field(default_factory=dict)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -69,27 +75,38 @@ def create_train_state(config, model, optimizer, key) -> TrainState:
   read here, since this runs under jit and eval_shape: `with_pretrained_encoder` puts them in after.
   """
   init_key, state_key = jax.random.split(key)
-  params = diffhand.init(model, init_key, config.model.img_size)
+  variables = diffhand.init_variables(model, init_key, config.model.img_size)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  keep_ema = config.ema_decay > 0
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       opt_state=optimizer.init(params),
-      ema_params=params if config.ema_decay > 0 else {},
+      ema_params=params if keep_ema else {},
       rng=state_key,
+      batch_stats=batch_stats,
+      ema_batch_stats=batch_stats if keep_ema else {},
   )
 
 
 def with_pretrained_encoder(
-    state: TrainState, encoder_params: PyTree, shardings: TrainState
+    state: TrainState, encoder_variables: PyTree, shardings: TrainState
 ) -> TrainState:
-  """``state`` with its encoder params, and their EMA copy, replaced by ``encoder_params`` (numpy, from
-  `pretrained.encoder_params`), each placed with the state's own shardings. Adam's moments start at
-  zero either way, so they stay as they are."""
-  params = pretrained.with_encoder(state.params, encoder_params, shardings.params)
-  ema_params = state.ema_params
-  if ema_params:
-    ema_params = pretrained.with_encoder(ema_params, encoder_params, shardings.ema_params)
-  return state.replace(params=params, ema_params=ema_params)
+  """``state`` with its encoder params and BatchNorm statistics, and their EMA copies, replaced by
+  ``encoder_variables`` ({'params', 'batch_stats'}, numpy, from `pretrained.encoder_variables`), each
+  placed with the state's own shardings. Adam's moments start at zero either way, so they stay as they
+  are."""
+  replaced = {}
+  for collection, names in (
+      ('params', ('params', 'ema_params')),
+      ('batch_stats', ('batch_stats', 'ema_batch_stats')),
+  ):
+    for name in names:
+      current = getattr(state, name)
+      if current:  # an EMA that is off, or a model without statistics, holds {}
+        loaded = encoder_variables.get(collection) or {}
+        replaced[name] = pretrained.with_encoder(current, loaded, getattr(shardings, name))
+  return state.replace(**replaced)
 
 
 def abstract_state(config, model, optimizer) -> TrainState:
@@ -104,6 +121,12 @@ def abstract_params(config, model) -> PyTree:
   """The params of ``model`` (built from ``config``) as jax.ShapeDtypeStructs: what a checkpoint's
   params item holds. Nothing is computed or read, and no optimiser is built."""
   return diffhand.param_shapes(model, config.model.img_size)
+
+
+def abstract_batch_stats(config, model) -> PyTree:
+  """The encoder's BatchNorm statistics as jax.ShapeDtypeStructs ({} for a model without): what a
+  checkpoint's batch_stats item holds."""
+  return diffhand.variable_shapes(model, config.model.img_size)['batch_stats']
 
 
 @flax.struct.dataclass

@@ -33,7 +33,9 @@ def _to_metres(model_space: np.ndarray, vertex_scale: float) -> np.ndarray:
   return np.asarray(model_space, np.float64) * vertex_scale
 
 
-def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.ndarray]:
+def predict_split(
+    reconstruct_fn, params, arrays, config, key, batch_stats=None
+) -> dict[str, np.ndarray]:
   """Runs the sampler over a whole split. Returns root-relative metres in the (mirrored) model frame:
   hypotheses (M, K, N, 3), vertices_std (M, N) and the ground truth (gt_vertices, gt_joints)."""
   vertex_scale = config.model.vertex_scale
@@ -49,7 +51,9 @@ def predict_split(reconstruct_fn, params, arrays, config, key) -> dict[str, np.n
           crop_margin=config.dataset.get('crop_margin'),
       )
   ):
-    out = reconstruct_fn(params, jnp.asarray(batch['image']), jax.random.fold_in(key, index))
+    out = reconstruct_fn(
+        params, jnp.asarray(batch['image']), jax.random.fold_in(key, index), batch_stats=batch_stats
+    )
     hyps.append(np.asarray(out['vertices'])[:valid])
     stds.append(np.asarray(out['vertices_std'])[:valid])
     gt_verts.append(batch['vertices'][:valid])
@@ -199,9 +203,10 @@ class Evaluator:
         schedule=network.schedule,
     )
 
-  def __call__(self, params, step: int) -> dict[str, Any]:
+  def __call__(self, params, step: int, batch_stats=None) -> dict[str, Any]:
     """Evaluates ``params`` (the ones to sample with: the EMA params where the run keeps them) of step
-    ``step``; returns results.json's dict."""
+    ``step``, with the encoder's BatchNorm statistics ``batch_stats`` where it has them; returns
+    results.json's dict."""
     step = int(step)
     start = time.time()
     prediction = predict_split(
@@ -210,6 +215,7 @@ class Evaluator:
         self.eval_arrays,
         self.config,
         jax.random.PRNGKey(self.config.seed + 1),
+        _process_local(batch_stats) if batch_stats else None,
     )
     scores = score_prediction(prediction, self.topology, self.train_arrays, self.config)
     results = {

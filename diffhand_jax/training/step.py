@@ -13,7 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
-from diffhand_jax.runs import state as state_lib
+from diffhand_jax.models import diffhand
+from diffhand_jax.runs import presets, state as state_lib
 from diffhand_jax.training import losses, sharding
 
 PyTree = Any
@@ -49,13 +50,56 @@ def noised_inputs(key: jax.Array, x0: jax.Array, schedule, config) -> tuple[jax.
   return t, diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype))
 
 
-def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
+def trains_batch_norm(config, batch_stats) -> bool:
+  """Whether a step updates the encoder's BatchNorm statistics: it has some and config.batch_norm
+  does not freeze them."""
+  return bool(batch_stats) and not config.get('batch_norm', {}).get('freeze', False)
+
+
+def _statistics(config) -> str:
+  statistics = config.get('batch_norm', {}).get('statistics', 'synchronised')
+  if statistics not in presets.BATCH_NORM_STATISTICS:
+    raise ValueError(
+        f'config.batch_norm.statistics must be one of {presets.BATCH_NORM_STATISTICS}, '
+        f'got {statistics!r}'
+    )
+  return statistics
+
+
+def training_pass(model, params, batch_stats, batch, config, num_devices: int = 1):
+  """(model.training_pass's outputs, the BatchNorm statistics after it) on batch['image'] (B, ...),
+  batch['x_t'] (B, N, 3), batch['t'] (B,). Statistics that are trained (`trains_batch_norm`) normalise
+  with the batch's and come back updated: for config.batch_norm.statistics 'synchronised' over the
+  whole batch; for 'per_device' over each of ``num_devices`` equal blocks of rows (a device's rows,
+  since batches split over the mesh in blocks), the running ones moving by the blocks' mean update.
+  """
+  variables = diffhand.model_variables(params, batch_stats)
+  inputs = (batch['image'], batch['x_t'], batch['t'])
+  if not trains_batch_norm(config, batch_stats):
+    return model.apply(variables, *inputs, method=model.training_pass), batch_stats
+
+  def run(images, x_t, t):
+    out, updates = model.apply(
+        variables, images, x_t, t, True, method=model.training_pass, mutable=['batch_stats']
+    )
+    return out, updates['batch_stats']
+
+  if _statistics(config) == 'synchronised' or num_devices == 1:
+    return run(*inputs)
+  blocks = [x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:]) for x in inputs]
+  out, stats = jax.vmap(run)(*blocks)
+  out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+  return out, jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), stats)
+
+
+def loss_fn(
+    params, batch_stats, model, batch, topology: hand_model.HandTopology, config, num_devices=1
+):
   """One denoising pass on batch['x_t'] at batch['t'] (from `noised_inputs`) and the DiffHand losses,
-  all in model space. The model computes in config.model.dtype; the losses are float32."""
+  all in model space: (loss, (parts, BatchNorm statistics after the pass)). The model computes in
+  config.model.dtype; the losses are float32."""
   # The model built from config.model knows whether it has the orientation head.
-  out = model.apply(
-      {'params': params}, batch['image'], batch['x_t'], batch['t'], method=model.training_pass
-  )
+  out, batch_stats = training_pass(model, params, batch_stats, batch, config, num_devices)
   loss, parts = losses.total_loss(
       out['x0_hat'].astype(jnp.float32),
       batch['vertices'],
@@ -70,7 +114,7 @@ def loss_fn(params, model, batch, topology: hand_model.HandTopology, config):
       distance=config.loss.get('point_distance', 'squared'),
       **_loss_weights(config),
   )
-  return loss, parts
+  return loss, (parts, batch_stats)
 
 
 def _loss_weights(config) -> dict[str, float]:
@@ -101,11 +145,21 @@ def micro_batches(batch: Mapping[str, jax.Array], num_micro: int, mesh: Mesh | N
 
 
 def accumulated_loss_and_grads(
-    params, batch, num_micro: int, *, model, topology, config, mesh=None, param_shardings=None
+    params,
+    batch_stats,
+    batch,
+    num_micro: int,
+    *,
+    model,
+    topology,
+    config,
+    mesh=None,
+    param_shardings=None,
 ):
-  """Loss parts and gradients of the whole batch, computed ``num_micro`` micro-batches at a time
-  (lax.scan, gradients summed in float32; with ``param_shardings`` the running sum is laid out as the
-  params are, so FSDP keeps it sharded).
+  """(loss parts, gradients, BatchNorm statistics) of the whole batch, computed ``num_micro``
+  micro-batches at a time (lax.scan, gradients summed in float32; with ``param_shardings`` the running
+  sum is laid out as the params are, so FSDP keeps it sharded). Trained BatchNorm statistics are
+  updated once per micro-batch, in order, as PyTorch's accumulation does.
 
   The losses are weighted means over the batch (sum(w · l) / sum(w), w = has_3d or has_2d), so each
   micro-batch's terms are weighted by its share of the batch's weight: the sums equal the one-batch
@@ -119,8 +173,10 @@ def accumulated_loss_and_grads(
         total > 0, jnp.sum(weights.astype(jnp.float32)) / jnp.where(total > 0, total, 1.0), 0.0
     )
 
-  def weighted_loss(p, micro):
-    _, parts = loss_fn(p, model, micro, topology, config)
+  num_devices = mesh.size if mesh is not None else 1
+
+  def weighted_loss(p, stats, micro):
+    _, (parts, stats) = loss_fn(p, stats, model, micro, topology, config, num_devices)
     shares = {
         'has_3d': share(micro['has_3d'], total_3d),
         'has_2d': share(_has_2d(micro, config), total_2d),
@@ -131,21 +187,26 @@ def accumulated_loss_and_grads(
         if name in parts
     }
     parts = losses.combine_parts(weighted, **_loss_weights(config))
-    return parts['total'], parts
+    return parts['total'], (parts, stats)
 
   def like_params(tree):
     return (
         tree if param_shardings is None else jax.lax.with_sharding_constraint(tree, param_shardings)
     )
 
-  def body(grad_sum, micro):
-    (_, parts), grads = jax.value_and_grad(weighted_loss, has_aux=True)(params, micro)
-    return like_params(jax.tree_util.tree_map(jnp.add, grad_sum, grads)), parts
+  def body(carry, micro):
+    grad_sum, stats = carry
+    (_, (parts, stats)), grads = jax.value_and_grad(weighted_loss, has_aux=True)(
+        params, stats, micro
+    )
+    return (like_params(jax.tree_util.tree_map(jnp.add, grad_sum, grads)), stats), parts
 
   zeros = like_params(jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
-  grads, parts = jax.lax.scan(body, zeros, micro_batches(batch, num_micro, mesh))
+  (grads, batch_stats), parts = jax.lax.scan(
+      body, (zeros, batch_stats), micro_batches(batch, num_micro, mesh)
+  )
   grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
-  return jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), parts), grads
+  return jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), parts), grads, batch_stats
 
 
 def check_batch_layout(config, mesh: Mesh) -> None:
@@ -184,10 +245,14 @@ def train_step(
   num_micro = int(config.get('grad_accum_steps', 1))
   if num_micro == 1:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, parts), grads = grad_fn(state.params, model, batch, topology, config)
+    num_devices = mesh.size if mesh is not None else 1
+    (_, (parts, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, model, batch, topology, config, num_devices
+    )
   else:
-    parts, grads = accumulated_loss_and_grads(
+    parts, grads, batch_stats = accumulated_loss_and_grads(
         state.params,
+        state.batch_stats,
         batch,
         num_micro,
         model=model,
@@ -198,12 +263,23 @@ def train_step(
     )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params = state.ema_params
+  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
   if config.ema_decay > 0:
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
+    # The statistics are averaged like the weights (as timm's ModelEmaV2 does with every buffer), so
+    # the EMA weights are evaluated with statistics of the same age.
+    ema_params, ema_batch_stats = optax.incremental_update(
+        (params, batch_stats), (ema_params, ema_batch_stats), 1.0 - config.ema_decay
+    )
   parts = dict(parts, grad_norm=optax.global_norm(grads))
   return (
-      state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params),
+      state.replace(
+          step=state.step + 1,
+          params=params,
+          opt_state=opt_state,
+          ema_params=ema_params,
+          batch_stats=batch_stats,
+          ema_batch_stats=ema_batch_stats,
+      ),
       parts,
   )
 

@@ -208,9 +208,9 @@ def resumed_or_initial_state(
   state = step_lib.init_sharded_state(
       config, components.model, components.optimizer, shardings, jax.random.PRNGKey(config.seed)
   )
-  encoder_params = pretrained.encoder_params(config)
-  if encoder_params is not None:
-    state = state_lib.with_pretrained_encoder(state, encoder_params, shardings)
+  encoder_variables = pretrained.encoder_variables(config)
+  if encoder_variables is not None:
+    state = state_lib.with_pretrained_encoder(state, encoder_variables, shardings)
     print0(f'encoder weights from {config.model.encoder_init}', flush=True)
   print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   return state
@@ -336,7 +336,11 @@ def train_loop(
           checkpoints.save(manager, done, state, config, force=True)
         checkpoints.finish(manager)
         with logger.report_progress.timed('eval', wait_jax_async_dispatch=False):
-          results = evaluator(checkpoints.inference_params(state, config), int(state.step))
+          results = evaluator(
+              checkpoints.inference_params(state, config),
+              int(state.step),
+              checkpoints.inference_batch_stats(state, config),
+          )
         meter.reset()  # evaluation time is no step's
   return LoopEnd(state, int(state.step), results, None)
 
@@ -384,8 +388,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Scores the newest checkpoint in ``workdir`` (EMA params when the config keeps them), reading its
   params only."""
   network = state_lib.build_network(config)
-  params, step = checkpoints.restore_params(  # this process owns the run: it quarantines
-      workdir, state_lib.abstract_params(config, network.model), config, quarantine=True
+  params, batch_stats, step = (
+      checkpoints.restore_variables(  # this process owns the run: it quarantines
+          workdir,
+          state_lib.abstract_params(config, network.model),
+          state_lib.abstract_batch_stats(config, network.model),
+          config,
+          quarantine=True,
+      )
   )
   train_arrays = open_train_split(config)
   with metric_log.Logger(workdir) as logger:
@@ -397,4 +407,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         train_arrays=train_arrays,
         logger=logger,
     )
-    return evaluator(params, step)
+    return evaluator(params, step, batch_stats)
