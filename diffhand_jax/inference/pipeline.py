@@ -22,6 +22,7 @@ and the hand models of the fit.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -414,7 +415,11 @@ def fit_mano(
           K=keypoints['K'][rows],
           joint_regressor=keypoints['joint_regressor'],
       )
-    fitted = mano.fit(model, vertices[rows], flat_hand_mean=False, **extra)
+    with warnings.catch_warnings():
+      # A model's meshes of a photo unlike its training data often need betas beyond mano.fit's
+      # range; the JSON carries them, so the warning meant for mis-scaled input would only repeat.
+      warnings.filterwarnings('ignore', message='mano.fit: the betas')
+      fitted = mano.fit(model, vertices[rows], flat_hand_mean=False, **extra)
     fitted_vertices[rows] = fitted['vertices']
     for k, row in enumerate(rows):
       results[row] = {
