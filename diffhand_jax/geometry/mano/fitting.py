@@ -167,42 +167,6 @@ def fit(
   batch = len(targets)
   num_betas = model.num_betas
   mean = np.asarray(model.hands_mean, np.float64)
-
-  # Closed-form start: every joint's global rotation by Kabsch, from the vertices that follow that joint
-  # most (rest template → mesh); the local rotations are then G_parent^T G_joint. Blend shapes and betas
-  # are ignored here, so this is close but not exact; Levenberg–Marquardt finishes it.
-  zero = np.zeros((1, 48), np.float32)
-  rest_vertices, rest_joints = (
-      np.asarray(a, np.float64)[0]
-      for a in layer.forward(model, zero, np.zeros((1, num_betas), np.float32), flat_hand_mean=True)
-  )
-  weights = np.asarray(model.weights, np.float64)
-  owner = weights.argmax(1)
-  global_rotations = np.zeros((batch, NUM_JOINTS, 3, 3))
-  translation = None
-  for joint in range(NUM_JOINTS):
-    chosen = (owner == joint) & (weights[:, joint] > _SEGMENT_WEIGHT)
-    if chosen.sum() < 4:
-      chosen = owner == joint
-    rotation, shift = alignment.rigid_transform_batch(
-        targets[:, chosen], np.broadcast_to(rest_vertices[chosen], (batch, int(chosen.sum()), 3))
-    )
-    global_rotations[:, joint] = rotation
-    if joint == 0:
-      translation = shift
-  local = global_rotations.copy()
-  for joint, parent in enumerate(model.parents):
-    if parent >= 0:
-      local[:, joint] = np.swapaxes(global_rotations[:, parent], 1, 2) @ global_rotations[:, joint]
-  start_pose = _rotation_to_axis_angle(local).reshape(batch, 48)
-  # forward rotates about the wrist J0: v -> R (v - J0) + J0 + trans.
-  root = rest_joints[0]
-  trans = translation - root + global_rotations[:, 0] @ root
-  x0 = np.concatenate([start_pose, np.zeros((batch, num_betas)), trans], 1)
-  # Fit around the mesh's centre, so that float32 keeps sub-millimetre steps far from the origin.
-  centre = targets.mean(1)
-  x0[:, -3:] -= centre
-  centred = targets - centre[:, None]
   _check_fit_arguments(
       num_iterations=num_iterations,
       keypoint_iterations=keypoint_iterations,
@@ -212,6 +176,11 @@ def fit(
       mesh_prior=mesh_prior,
       keypoint_shape_prior=keypoint_shape_prior,
   )
+  x0 = _closed_form_start(model, targets)
+  # Fit around the mesh's centre, so that float32 keeps sub-millimetre steps far from the origin.
+  centre = targets.mean(1)
+  x0[:, -3:] -= centre
+  centred = targets - centre[:, None]
   priors = jnp.asarray([pose_prior, shape_prior], jnp.float32)
   # Large batches go in chunks of one shape (the last one padded): bounded memory, one compilation.
   chunk = batch if batch <= _FIT_CHUNK else _FIT_CHUNK
@@ -279,6 +248,44 @@ def _warn_far_betas(betas: np.ndarray) -> None:
         f"model's range of ±{BETA_RANGE:g}: the meshes may be scaled wrongly (units?) or not hands",
         stacklevel=3,
     )
+
+
+def _closed_form_start(model: ManoModel, targets: np.ndarray) -> np.ndarray:
+  """`fit`'s starting x (B, 48 + S + 3) for meshes (B, 778, 3): pose, zero betas, translation."""
+  batch = len(targets)
+  num_betas = model.num_betas
+  # Closed-form start: every joint's global rotation by Kabsch, from the vertices that follow that joint
+  # most (rest template → mesh); the local rotations are then G_parent^T G_joint. Blend shapes and betas
+  # are ignored here, so this is close but not exact; Levenberg–Marquardt finishes it.
+  zero = np.zeros((1, 48), np.float32)
+  rest_vertices, rest_joints = (
+      np.asarray(a, np.float64)[0]
+      for a in layer.forward(model, zero, np.zeros((1, num_betas), np.float32), flat_hand_mean=True)
+  )
+  weights = np.asarray(model.weights, np.float64)
+  owner = weights.argmax(1)
+  global_rotations = np.zeros((batch, NUM_JOINTS, 3, 3))
+  translation = None
+  for joint in range(NUM_JOINTS):
+    chosen = (owner == joint) & (weights[:, joint] > _SEGMENT_WEIGHT)
+    if chosen.sum() < 4:
+      chosen = owner == joint
+    rotation, shift = alignment.rigid_transform_batch(
+        targets[:, chosen], np.broadcast_to(rest_vertices[chosen], (batch, int(chosen.sum()), 3))
+    )
+    global_rotations[:, joint] = rotation
+    if joint == 0:
+      translation = shift
+  local = global_rotations.copy()
+  for joint, parent in enumerate(model.parents):
+    if parent >= 0:
+      local[:, joint] = np.swapaxes(global_rotations[:, parent], 1, 2) @ global_rotations[:, joint]
+  start_pose = _rotation_to_axis_angle(local).reshape(batch, 48)
+  # forward rotates about the wrist J0: v -> R (v - J0) + J0 + trans.
+  root = rest_joints[0]
+  trans = translation - root + global_rotations[:, 0] @ root
+  x0 = np.concatenate([start_pose, np.zeros((batch, num_betas)), trans], 1)
+  return x0
 
 
 def _keypoint_stage(
