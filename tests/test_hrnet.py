@@ -129,20 +129,31 @@ def test_random_init_has_the_layout_of_imported_variables():
   jax.tree_util.tree_map(lambda s, v: np.testing.assert_equal(s.shape, v.shape), shapes, variables)
 
 
-def test_every_registered_width_has_timms_variable_names():
+# Tracing each width takes ~2 s: two structurally different widths in the fast suite, the rest slow.
+_FAST_WIDTHS = ('hrnet_w18_small', 'hrnet_w64')
+
+
+@pytest.mark.parametrize(
+    'name',
+    [
+        name if name in _FAST_WIDTHS else pytest.param(name, marks=pytest.mark.slow)
+        for name in hrnet.HRNET_CONFIGS
+    ],
+)
+def test_every_registered_width_has_timms_variable_names(name):
   # The name rule covers every timm variant: same names and shapes, without running anything.
-  for name in hrnet.HRNET_CONFIGS:
+  with torch.device('meta'):  # shapes only: no weights are allocated or initialised
     timm_model = timm.create_model(name, pretrained=False)
-    timm_shapes = {
-        key: tuple(value.shape)
-        for key, value in timm_model.state_dict().items()
-        if not key.endswith('num_batches_tracked') and not key.startswith('classifier.')
-    }
-    ours = {
-        key: tuple(shape[i] for i in np.argsort(perm)) if perm else tuple(shape)
-        for key, (_, _, perm, shape) in hrnet._key_map(hrnet.create(name)).items()
-    }
-    assert ours == timm_shapes, name
+  timm_shapes = {
+      key: tuple(value.shape)
+      for key, value in timm_model.state_dict().items()
+      if not key.endswith('num_batches_tracked') and not key.startswith('classifier.')
+  }
+  ours = {
+      key: tuple(shape[i] for i in np.argsort(perm)) if perm else tuple(shape)
+      for key, (_, _, perm, shape) in hrnet._key_map(hrnet.create(name)).items()
+  }
+  assert ours == timm_shapes, name
 
 
 def _state_dict(name: str = 'hrnet_w18_small') -> dict:
@@ -183,3 +194,17 @@ def test_unknown_model_and_bad_image_size_are_clear_errors():
   module = hrnet.create('hrnet_w18_small')
   with pytest.raises(ValueError, match='multiples of 32'):
     jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 72, 64, 3)))
+
+
+def test_vit_only_encoder_overrides_with_hrnet_are_a_clear_error():
+  from diffhand_jax.models import diffhand
+  from diffhand_jax.runs import model_presets
+
+  model_config = model_presets.get_model_config('paper')
+  model_config.encoder = 'hrnet_w18_small'
+  model_config.encoder_overrides.embed_dim = 192
+  with pytest.raises(ValueError, match=r'sets embed_dim, which the hrnet encoder') as error:
+    diffhand.build_model(model_config)
+  assert 'stem_width' in str(error.value)  # the fields it does have are listed
+  model_config.encoder_overrides.embed_dim = None
+  assert isinstance(diffhand.build_model(model_config).encoder, hrnet.HRNet)

@@ -18,6 +18,7 @@ u = s·X + tx, v = s·Y + ty with X in model space and (u, v) in normalised crop
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -258,6 +259,24 @@ def encoder_family(name: str) -> str:
 
 # Family (`encoder_family`) -> create(model_name, img_size=..., **fields) -> the encoder module.
 _ENCODER_CREATE = {"cnn": cnn.create, "hrnet": hrnet.create, "vit": vit.create}
+_ENCODER_CLASS = {"cnn": cnn.ConvEncoder, "hrnet": hrnet.HRNet, "vit": vit.VisionTransformer}
+
+
+def check_encoder_overrides(encoder: str, overrides: dict[str, Any]) -> None:
+  """Raises ValueError naming the fields of config.model.encoder_overrides that `encoder`'s family has
+  no field for (the ViT's depth or embed_dim set with an HRNet, say), instead of the dataclass's
+  TypeError from deep inside `create`."""
+  family = encoder_family(encoder)
+  fields = {
+      f.name for f in dataclasses.fields(_ENCODER_CLASS[family]) if f.name not in ("parent", "name")
+  }
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(
+        f"config.model.encoder_overrides sets {', '.join(unknown)}, which the {family} encoder "
+        f"{encoder!r} does not have; its fields are {', '.join(sorted(fields))} "
+        "(unset the others: the config shows them as None)"
+    )
 
 
 def encoder_overrides(model_config: Any) -> dict[str, Any]:
@@ -275,6 +294,7 @@ def build_model(model_config: Any, template_vertices: np.ndarray | None = None) 
   """
   dtype = _dtype(model_config.get("dtype", "float32"))
   overrides = encoder_overrides(model_config)
+  check_encoder_overrides(model_config.encoder, overrides)
   overrides.setdefault("dtype", dtype)
   create = _ENCODER_CREATE[encoder_family(model_config.encoder)]
   encoder = create(model_config.encoder, img_size=model_config.img_size, **overrides)
