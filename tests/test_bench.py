@@ -14,7 +14,7 @@ except ImportError:
   torch = None
 
 from diffhand_jax import bench, diffusion
-from diffhand_jax.benchmarks import sampler, trace
+from diffhand_jax.benchmarks import model_cost, sampler, trace
 
 
 def test_scan_reconstruct_and_hand_written_loop_give_the_same_meshes():
@@ -38,6 +38,30 @@ def test_scan_reconstruct_and_hand_written_loop_give_the_same_meshes():
   expected = np.sqrt(a_next) * x0_hat + np.sqrt(1 - a_next) * eps
   got = fns['step'](params, cond, x_T[0], np.int32(t_now), np.int32(t_next))
   np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # HRNet's many convolutions take half a minute to compile here
+def test_sampler_bench_runs_an_hrnet_encoder_with_its_batch_statistics():
+  model, variables, images, x_T = sampler.build('tiny', 1, encoder='hrnet_w18_small', img_size=64)
+  assert set(variables) == {'params', 'batch_stats'}
+  fns = sampler.make_samplers(model, diffusion.cosine_schedule(1000), num_steps=2)
+  scanned = fns['reconstruct'](variables, images, jax.random.PRNGKey(0), noise=x_T)['vertices'][
+      :, 0
+  ]
+  np.testing.assert_allclose(
+      np.asarray(scanned), np.asarray(fns['loop'](variables, images, x_T[0])), atol=1e-5, rtol=1e-5
+  )
+  # the statistics are read: other running means give another encoding
+  shifted = dict(variables, batch_stats=jax.tree.map(lambda m: m + 0.5, variables['batch_stats']))
+  assert not np.allclose(
+      fns['encode'](variables, images).features, fns['encode'](shifted, images).features
+  )
+  # model_cost counts the same encoder: its parameters are those of the variables above
+  cost = model_cost.measure('tiny', encoder='hrnet_w18_small', img_size=64)
+  assert cost['params_encoder'] == sum(
+      x.size for x in jax.tree.leaves(variables['params']['encoder'])
+  )
+  assert cost['flops_encoder_per_sample'] > 0
 
 
 def test_profile_summary_counts_each_op_once_per_call():

@@ -10,7 +10,19 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from diffhand_jax.runs import files
+from diffhand_jax.runs import files, model_presets
+
+
+def model_config(preset: str, encoder: str | None = None, img_size: int | None = None) -> Any:
+  """A model preset's config, with ``encoder`` (its overrides unset) and ``img_size`` in place of the
+  preset's when given: how the benchmarks measure another encoder (an HRNet, say) in a preset."""
+  config = model_presets.get_model_config(preset)
+  if encoder:
+    config.encoder = encoder
+    config.encoder_overrides = model_presets.unset_encoder_overrides()
+  if img_size:
+    config.img_size = img_size
+  return config
 
 
 def block(tree: Any) -> Any:

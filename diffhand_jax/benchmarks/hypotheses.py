@@ -100,6 +100,7 @@ def main(argv: list[str]) -> int:
       num_hypotheses=FLAGS.num_hypotheses,
       eta=float(config.model.eta),
       batch_size=int(config.eval.batch_size),
+      batch_stats=run.batch_stats,
   )
   samples = sampler.sample(images, key, sampling.progress_printer(f'K={FLAGS.num_hypotheses}'))
   timings['sample_k_s'] = time.time() - start
@@ -130,6 +131,7 @@ def main(argv: list[str]) -> int:
         num_hypotheses=1,
         eta=float(config.model.eta),
         batch_size=int(config.eval.batch_size),
+        batch_stats=run.batch_stats,
     )
     start = time.time()
     plain = single.predict(images, key)['vertices']

@@ -1,6 +1,7 @@
 """Parameter count and FLOPs per sample of the DiffHand model presets (XLA cost analysis).
 
   python -m diffhand_jax.bench model_cost [--presets=paper,cpu_demo] [--batch=1] [--output=...]
+      [--encoder=hrnet_w64 --img_size=256]
 
 For each preset (diffhand_jax/runs/model_presets.py) it reports the parameters of the encoder, the decoder (with the
 camera head) and the whole model, and the FLOPs that XLA's cost analysis counts for one encoder pass
@@ -21,7 +22,6 @@ import jax.numpy as jnp
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 from diffhand_jax.models import diffhand
-from diffhand_jax.runs import model_presets
 
 
 def _flops(fn, *args) -> float:
@@ -31,18 +31,22 @@ def _flops(fn, *args) -> float:
   return float(analysis["flops"])
 
 
-def measure(preset: str, batch: int = 1) -> dict[str, Any]:
-  config = model_presets.get_model_config(preset)
+def measure(
+    preset: str, batch: int = 1, encoder: str | None = None, img_size: int | None = None
+) -> dict[str, Any]:
+  config = common.model_config(preset, encoder, img_size)
   model = diffhand.build_model(config)
   size = config.img_size
-  params = diffhand.param_shapes(model, size, batch)
+  shapes = diffhand.variable_shapes(model, size, batch)
+  params, batch_stats = shapes["params"], shapes["batch_stats"]
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   depth = jax.ShapeDtypeStruct((batch, size, size, 1), jnp.float32) if model.use_depth else None
-  encode = lambda p, x, d: model.apply({"params": p}, x, d, method=diffhand.DiffHand.encode)
+  variables = lambda p: diffhand.model_variables(p, batch_stats)  # HRNet's running statistics
+  encode = lambda p, x, d: model.apply(variables(p), x, d, method=diffhand.DiffHand.encode)
   cond = jax.eval_shape(encode, params, images, depth)
   x_t = jax.ShapeDtypeStruct((batch, model.num_vertices, 3), jnp.float32)
   t = jax.ShapeDtypeStruct((batch,), jnp.int32)
-  denoise = lambda p, c, x, s: model.apply({"params": p}, c, x, s, method=diffhand.DiffHand.denoise)
+  denoise = lambda p, c, x, s: model.apply(variables(p), c, x, s, method=diffhand.DiffHand.denoise)
 
   encoder_flops = _flops(encode, params, images, depth) / batch
   decoder_flops = _flops(denoise, params, cond, x_t, t) / batch
@@ -74,6 +78,10 @@ flags.DEFINE_string(
     "presets", "paper,cpu_demo", "model presets, comma-separated", flag_values=FLAGS
 )
 flags.DEFINE_integer("batch", 1, "batch the functions are lowered at", flag_values=FLAGS)
+flags.DEFINE_string(
+    "encoder", None, "another encoder than the presets' (e.g. hrnet_w64)", flag_values=FLAGS
+)
+flags.DEFINE_integer("img_size", None, "input size (default: each preset's)", flag_values=FLAGS)
 flags.DEFINE_string("output", "bench_results/model_cost.json", "the JSON report", flag_values=FLAGS)
 
 
@@ -83,7 +91,11 @@ def main(argv: list[str]) -> int:
   except command_line.Exit as done:
     return done.code
 
-  results = [measure(preset, FLAGS.batch) for preset in FLAGS.presets.split(",") if preset]
+  results = [
+      measure(preset, FLAGS.batch, FLAGS.encoder, FLAGS.img_size)
+      for preset in FLAGS.presets.split(",")
+      if preset
+  ]
   millions = lambda n: n / 1e6
   giga = lambda n: n / 1e9
   rows = [

@@ -1,6 +1,7 @@
 """The full `reconstruct` (one encoder pass + a one-scan DDIM) against its parts and against a Python loop.
 
   python -m diffhand_jax.bench sampler [--preset=cpu_demo] [--batch_sizes=1,64] [--num_steps=10]
+      [--encoder=hrnet_w64 --img_size=256]
 
 Three ways to get the same meshes from the same params, images and x_T, for a model preset
 (diffhand_jax/runs/model_presets.py, random weights):
@@ -13,7 +14,8 @@ Three ways to get the same meshes from the same params, images and x_T, for a mo
   loop         what a user writes without the scan: the jitted encoder, then a Python loop of S calls of
                one jitted DDIM step (decoder pass + update). loop/reconstruct is the scan's gain.
 All three are checked to give the same vertices before anything is timed. The default preset is
-`cpu_demo` on a CPU and `paper` on an accelerator.
+`cpu_demo` on a CPU and `paper` on an accelerator; --encoder swaps the preset's encoder for another
+(an HRNet, with its BatchNorm statistics, or a timm ViT at its own size).
 """
 
 from __future__ import annotations
@@ -32,32 +34,41 @@ from diffhand_jax.models import diffhand
 from diffhand_jax.runs import model_presets
 
 
-def build(preset: str, batch: int) -> tuple[Any, Any, Any, Any]:
-  """A model of the preset with random params, images (B, H, W, 3) and x_T (1, B, N, 3)."""
-  config = model_presets.get_model_config(preset)
+def build(
+    preset: str, batch: int, encoder: str | None = None, img_size: int | None = None
+) -> tuple[Any, Any, Any, Any]:
+  """A model of the preset with random variables ({'params'[, 'batch_stats']}), images (B, H, W, 3) and
+  x_T (1, B, N, 3). ``encoder`` replaces the preset's encoder (its overrides unset)."""
+  config = common.model_config(preset, encoder, img_size)
   model = diffhand.build_model(config)
-  params = diffhand.init(model, jax.random.PRNGKey(0), config.img_size)
+  variables = diffhand.init_variables(model, jax.random.PRNGKey(0), config.img_size)
+  variables = diffhand.model_variables(variables['params'], variables['batch_stats'])
   size = int(config.img_size)
   images = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3), jnp.float32)
   x_T = jax.random.normal(jax.random.PRNGKey(2), (1, batch, model.num_vertices, 3), jnp.float32)
-  return model, params, images, x_T
+  return model, variables, images, x_T
 
 
 def make_samplers(model, schedule: diffusion.Schedule, num_steps: int) -> dict[str, Any]:
-  """The jitted callables of the three ways (see the module docstring)."""
-  reconstruct = diffhand.make_reconstruct_fn(model, num_steps=num_steps, schedule=schedule)
-  encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method=diffhand.DiffHand.encode))
-  denoise = jax.jit(
-      lambda p, c, x, t: model.apply({'params': p}, c, x, t, method=diffhand.DiffHand.denoise)[0]
-  )
+  """The jitted callables of the three ways (see the module docstring). Each takes the model's variables
+  ({'params'[, 'batch_stats']}) first."""
+  reconstruct_fn = diffhand.make_reconstruct_fn(model, num_steps=num_steps, schedule=schedule)
+
+  def reconstruct(variables, images, key, noise=None):
+    return reconstruct_fn(
+        variables['params'], images, key, noise=noise, batch_stats=variables.get('batch_stats')
+    )
+
+  encode = jax.jit(lambda v, x: model.apply(v, x, method=diffhand.DiffHand.encode))
+  denoise = jax.jit(lambda v, c, x, t: model.apply(v, c, x, t, method=diffhand.DiffHand.denoise)[0])
   timesteps = diffusion.ddim_timesteps(schedule.num_timesteps, num_steps)
 
   @jax.jit
-  def step(params, cond, x_t, t_now, t_next):
+  def step(variables, cond, x_t, t_now, t_next):
     alpha_now = jnp.where(t_now >= 0, schedule.alphas_cumprod[jnp.maximum(t_now, 0)], 1.0)
     alpha_next = jnp.where(t_next >= 0, schedule.alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
     x0_hat = model.apply(
-        {'params': params},
+        variables,
         cond,
         x_t,
         jnp.full((x_t.shape[0],), t_now, jnp.int32),
@@ -85,8 +96,15 @@ def make_samplers(model, schedule: diffusion.Schedule, num_steps: int) -> dict[s
   }
 
 
-def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, Any]:
-  model, params, images, x_T = build(preset, batch)
+def measure(
+    preset: str,
+    batch: int,
+    num_steps: int,
+    repeats: int,
+    encoder: str | None = None,
+    img_size: int | None = None,
+) -> dict[str, Any]:
+  model, params, images, x_T = build(preset, batch, encoder, img_size)
   schedule = diffusion.cosine_schedule(1000)
   fns = make_samplers(model, schedule, num_steps)
   key = jax.random.PRNGKey(3)
@@ -120,6 +138,7 @@ def measure(preset: str, batch: int, num_steps: int, repeats: int) -> dict[str, 
   parts = timed['encoder']['median'] + num_steps * timed['decoder']['median']
   return {
       'preset': preset,
+      'encoder': encoder or model_presets.get_model_config(preset).encoder,
       'batch': batch,
       'num_steps': num_steps,
       'seconds': timed,
@@ -134,6 +153,10 @@ flags.DEFINE_string('preset', None, 'default: cpu_demo on CPU, paper otherwise',
 flags.DEFINE_string('batch_sizes', '1,64', 'batch sizes, comma-separated', flag_values=FLAGS)
 flags.DEFINE_integer('num_steps', 10, 'DDIM steps', flag_values=FLAGS)
 flags.DEFINE_integer('repeats', 5, 'timed repeats', flag_values=FLAGS)
+flags.DEFINE_string(
+    'encoder', None, "another encoder than the preset's (e.g. hrnet_w64)", flag_values=FLAGS
+)
+flags.DEFINE_integer('img_size', None, "input size (default: the preset's)", flag_values=FLAGS)
 flags.DEFINE_string('output', 'bench_results/sampler.json', 'the JSON report', flag_values=FLAGS)
 
 
@@ -146,12 +169,12 @@ def main(argv: list[str]) -> int:
 
   rows, results = [], []
   for batch in [int(b) for b in FLAGS.batch_sizes.split(',')]:
-    r = measure(preset, batch, FLAGS.num_steps, FLAGS.repeats)
+    r = measure(preset, batch, FLAGS.num_steps, FLAGS.repeats, FLAGS.encoder, FLAGS.img_size)
     results.append(r)
     s = r['seconds']
     rows.append(
         [
-            preset,
+            preset if FLAGS.encoder is None else f'{preset}, {FLAGS.encoder}',
             batch,
             FLAGS.num_steps,
             s['reconstruct']['median'] * 1e3,

@@ -189,6 +189,7 @@ def main(argv: list[str]) -> int:
         num_hypotheses=FLAGS.num_hypotheses,
         method=FLAGS.method,
         eta=float(config.model.eta),
+        batch_stats=run.batch_stats,
     )
     # Compile both paths before timing.
     warmup = video.Track(-1, None)

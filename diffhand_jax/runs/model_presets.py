@@ -55,6 +55,7 @@ VIT_OVERRIDES = ("embed_dim", "depth", "num_heads", "patch_size")
 # Touvron et al. 2022) without a tag; of timm's DeiT III Large weights this is the strongest at 224
 # (ImageNet-1k top-1 87.0% in the DeiT III paper, against 84.9% for the ImageNet-1k-only `fb_in1k`), and
 # its 224 input is FreiHAND's. At 256 (HO-3D, DexYCB) the position embedding is resampled, as timm does.
+PAPER_ENCODER = "deit3_large_patch16_224"
 PAPER_ENCODER_INIT = "timm/deit3_large_patch16_224.fb_in22k_ft_in1k"
 
 # The paper's DexYCB encoder: HRNet-W64 (Li et al. 2023, Table 2), from timm's ImageNet-1k weights (the
@@ -73,7 +74,7 @@ def unset_encoder_overrides() -> ml_collections.ConfigDict:
 
 def _base() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.encoder = "deit3_large_patch16_224"
+  config.encoder = PAPER_ENCODER
   # None keeps the timm model's own value; set on the command line to shrink the encoder
   # (--config.model.encoder_overrides.depth=2).
   config.encoder_overrides = unset_encoder_overrides()
