@@ -361,7 +361,7 @@ class LiveStream:
   """A `LiveSession` behind the drop policy: `offer(frame)` processes the frame when nothing else is
   being processed, and otherwise drops it (returns None): frames are never queued.
 
-  clock: seconds (time.perf_counter). A caller that feeds frames at known times (`bench live`) passes
+  clock: seconds (time.perf_counter), for arrivals and processing times. A caller that feeds frames at known times (`bench live`) passes
   each frame's `arrival` on its own clock: a frame whose arrival falls before the end of the one in
   progress (its arrival plus its processing time) is dropped.
   """
@@ -381,9 +381,9 @@ class LiveStream:
       self.dropped += 1
       return None
     try:
-      start = time.perf_counter()
+      start = self.clock()
       result = self.session.process(frame)
-      elapsed = time.perf_counter() - start
+      elapsed = self.clock() - start
       self._busy_until = arrival + elapsed
       self.processed += 1
       result.seconds['latency'] = elapsed
