@@ -141,6 +141,17 @@ def _requested_urls(driver) -> list[str]:
   return urls
 
 
+def _decoded(driver, selector: str) -> list:
+  """The images matching `selector` that the browser has decoded (not just present)."""
+  from selenium.webdriver.common.by import By
+
+  return [
+      img
+      for img in driver.find_elements(By.CSS_SELECTOR, selector)
+      if driver.execute_script('return arguments[0].complete && arguments[0].naturalWidth', img)
+  ]
+
+
 def _status(driver) -> str:
   from selenium.webdriver.common.by import By
 
@@ -198,17 +209,7 @@ def test_the_page_reconstructs_a_photo_and_reports_a_broken_file(server, browser
   assert 'right' in status, status  # the detector's side of the rendered right hand
 
   # The overlay image shows (decoded by the browser, not just present).
-  overlay = _wait_for(
-      lambda: [
-          img
-          for img in browser.find_elements(By.CSS_SELECTOR, '#overlay img')
-          if browser.execute_script(
-              'return arguments[0].complete && arguments[0].naturalWidth', img
-          )
-      ],
-      30,
-      'the overlay image',
-  )[0]
+  overlay = _wait_for(lambda: _decoded(browser, '#overlay img'), 30, 'the overlay image')[0]
   assert overlay.get_attribute('src').startswith(url)
 
   # The files the page serves: the GLB the viewer shows and the downloads.
@@ -331,17 +332,7 @@ def test_the_live_tab_draws_the_hands_of_a_fake_camera(server, tmp_path):
     assert 'track' in status and 'right' in status, status
     # A few frames later: the served overlay, decoded by the browser and fetched here.
     time.sleep(3)
-    images = _wait_for(
-        lambda: [
-            img
-            for img in driver.find_elements(By.CSS_SELECTOR, '#live_overlay img')
-            if driver.execute_script(
-                'return arguments[0].complete && arguments[0].naturalWidth', img
-            )
-        ],
-        60,
-        'the live overlay',
-    )
+    images = _wait_for(lambda: _decoded(driver, '#live_overlay img'), 60, 'the live overlay')
     status = driver.find_element(By.ID, 'live_status').text
     source = images[0].get_attribute('src')
     assert source.startswith(url), source

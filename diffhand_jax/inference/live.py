@@ -21,7 +21,7 @@ One frame (`LiveSession.process`) goes through five stages, each timed:
                last mesh (`diffusion.ddim_sample_from`, k = int(S·strength) decoder passes) or, when a
                hand is new or its crop changed a lot, every hand from noise (S passes).
   draw         each hand placed in the frame's camera on its landmarks (`full_frame.to_photo`, as a
-               photo's) and drawn over the frame, each within its own region (`draw_meshes`).
+               photo's) and drawn over the frame flat-shaded (`full_frame.draw_hands(flat=True)`).
 
 `LiveStream` adds the drop policy: a frame that arrives while another is being processed is dropped,
 not queued, so the latency from frame to mesh stays one frame's processing time. The app's browser
@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -132,33 +132,6 @@ class LiveFrame:
   K: np.ndarray
   detected: bool
   seconds: dict[str, float]
-
-
-def draw_meshes(
-    frame: np.ndarray,
-    meshes: Sequence[tuple[np.ndarray, np.ndarray]],
-    K: np.ndarray,
-    max_size: int = 0,
-    alpha: float = 0.6,
-) -> np.ndarray:
-  """Every mesh (vertices (N, 3) in the frame's camera, faces (F, 3)) over a live frame uint8
-  (H, W, 3), first scaled down to max_size on its longer side (0: kept): `render.overlay_flat`, the
-  cheap flat-shaded painter's drawing (`full_frame.draw_hands`' z-buffered one takes tens of ms a hand
-  on a CPU), the farthest hand first."""
-  image = np.asarray(frame, np.uint8)
-  height, width = image.shape[:2]
-  if max_size and max(height, width) > max_size:
-    scale = max_size / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    from PIL import Image  # pylint: disable=g-import-not-at-top  # the draw's resize only
-
-    image = np.array(Image.fromarray(image).resize(size, Image.BILINEAR))
-    K = full_frame.scaled_intrinsics(K, size[0] / width, size[1] / height)
-  order = sorted(range(len(meshes)), key=lambda i: -float(np.mean(meshes[i][0][:, 2])))
-  for number in order:
-    vertices, faces = meshes[number]
-    image = render.overlay_flat(image, vertices, faces, K, alpha=alpha, color=full_frame.MESH_COLOR)
-  return np.array(image, np.uint8) if not meshes else image
 
 
 class LiveSession:
@@ -274,7 +247,7 @@ class LiveSession:
     meshes = [
         (h.vertices_camera, self.faces[:, ::-1] if h.side == 'left' else self.faces) for h in hands
     ]
-    overlay = draw_meshes(frame, meshes, K, self.options.draw_size)
+    overlay = full_frame.draw_hands(frame, meshes, K, self.options.draw_size, flat=True)
     lap('draw')
     self.frame_index += 1
     return LiveFrame(overlay, hands, K, detected, seconds)
