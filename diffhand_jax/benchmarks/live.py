@@ -134,8 +134,11 @@ def run(
       steps=steps, warm_strength=warm_strength, max_hands=max_hands, draw_size=max(size)
   )
   session = live.LiveSession(samplers, found, options)
+  if progress:
+    print(f'live: rendering the clip ({frames} frames of {size[1]}x{size[0]})', flush=True)
   clip = synthetic_frames.render_clip(frames, size, fps=fps, two_hands=two_hands)['frames']
-
+  if progress:
+    print('live: compiling (every batch size, cold and warm) and warming the detector', flush=True)
   start = time.perf_counter()
   session.warm_up()
   for frame in clip[:2]:  # the detector's first calls, the drawing's imports
