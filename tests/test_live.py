@@ -228,15 +228,21 @@ def test_the_cheap_drawing_covers_what_the_z_buffered_one_does():
 
 
 def test_bench_live_smoke_reports_every_stage(tmp_path, capsys):
+  """The compiled path end to end on the random tiny model; without the detector (one hand in the
+  centred square), which keeps TensorFlow out of this test: the tests above and test_detection.py's
+  track test cover the detector's side, the browser test in test_app.py all of it."""
   import json
 
   from diffhand_jax.benchmarks import live as live_bench
 
   output = tmp_path / 'live.json'
-  assert live_bench.main(['--smoke', f'--output={output}']) == 0
+  assert live_bench.main(['--smoke', '--detector=none', f'--output={output}']) == 0
   report = json.loads(output.read_text())
   result = report['results']
   assert result['processed'] + result['dropped'] == result['frames'] == live_bench.SMOKE_FRAMES
   assert result['processed'] >= 1 and set(result['stages_ms']) == set(live.STAGES)
+  assert result['tracks'] == 1 and result['settings']['warm_steps'] == 1  # S = 2, strength 0.3 -> 1
+  frames = result['per_frame']
+  assert not frames[0]['warm'] and all(f['warm'] for f in frames[1:])  # one track, warm after
   assert result['latency_ms']['p50'] <= result['latency_ms']['p95']
   assert 'frame to mesh' in report['table'] and 'smoke' in capsys.readouterr().out
