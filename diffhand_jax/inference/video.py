@@ -15,6 +15,8 @@
   k = int(S·strength) steps (`diffusion.ddim_sample_from`, docs/design.md §3). strength = 1 makes every
   frame independent. A new track, a track seen again after missed frames, or a large change of the crop
   (mean absolute difference above `reset_threshold` of the pixel range) starts from noise again.
+  `step_track` runs one track's frame; `step_tracks` several tracks' in one call, padded to a fixed
+  batch (the live camera's, inference/live.py).
 * Crops, mirroring and the un-mirroring of left hands are the inference core's (inference/pipeline.py,
   inference/full_frame.py); the settings shared with photos are its `Options`.
 * Writing: the overlay video and one NPZ per track (`track_arrays`; the layout is in docs/design.md
