@@ -223,3 +223,26 @@ def test_no_hand_no_detection(detector):
   rng = np.random.default_rng(0)
   image = np.clip(rng.normal(120, 20, (240, 320, 3)), 0, 255).astype(np.uint8)
   assert detector.detect(image) == []
+
+
+def test_track_finds_a_moving_hand_again_from_its_last_landmarks_and_loses_a_gone_one(
+    detector, kit
+):
+  """MediaPipe's tracking step: the landmark model alone, in the ROI of the last landmarks, follows
+  the rendered right hand of `render_clip` (it moves a few pixels a frame) with boxes on the truth's,
+  and answers None once the hand has left."""
+  from diffhand_jax.data import synthetic_frames as sf
+
+  clip = sf.render_clip(4, (240, 320), two_hands=False, kit=kit)
+  (first,) = detector.detect(clip['frames'][0])
+  keypoints = first.keypoints
+  for frame, truths in zip(clip['frames'][1:], clip['hands'][1:]):
+    hand = detector.track(frame, keypoints)
+    assert hand is not None and hand.side == 'right' and hand.palm_box is None
+    assert detection.box_iou(hand.box, truths[0]['box']) > 0.6, (hand.box, truths[0]['box'])
+    size = np.max(truths[0]['box'][2:] - truths[0]['box'][:2])
+    error = np.linalg.norm(hand.keypoints - truths[0]['joints_2d'], axis=1)
+    assert error.mean() < 0.1 * size, error
+    keypoints = hand.keypoints
+  empty = sf.render_frame([], (240, 320), seed=0, kit=kit)['image']
+  assert detector.track(empty, keypoints) is None

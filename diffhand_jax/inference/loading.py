@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import ml_collections
 
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
 from diffhand_jax.inference import overrides as overrides_lib
+from diffhand_jax.models import diffhand
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 
 
@@ -67,4 +69,24 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       schedule=network.schedule,
       step=step,
       batch_stats=batch_stats,
+  )
+
+
+def untrained_run(config: ml_collections.ConfigDict, seed: int = 0) -> TrainedRun:
+  """A `TrainedRun` of `config`'s network with random params (and BatchNorm statistics), no workdir:
+  for benchmarks that time a model's shapes (`bench live --smoke`, a paper model on a CPU), not its
+  meshes."""
+  network = state_lib.build_network(config)
+  variables = diffhand.init_variables(
+      network.model, jax.random.PRNGKey(seed), config.model.img_size
+  )
+  return TrainedRun(
+      workdir='',
+      config=config,
+      model=network.model,
+      params=variables['params'],
+      topology=network.topology,
+      schedule=network.schedule,
+      step=0,
+      batch_stats=variables['batch_stats'],
   )
