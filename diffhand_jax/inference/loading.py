@@ -1,4 +1,5 @@
-"""Opening a trained run: `load_trained(workdir)`, the one way in.
+"""Opening a trained run: `load_trained(workdir)`, the one way in; `random_run(config)` is a run of a
+config with freshly initialised params, for timing models that were never trained here (the paper's).
 
 It rebuilds the network from the config the newest checkpoint carries (workdir/config.json for runs
 written before checkpoints carried it) and restores that checkpoint's params item only: not the
@@ -12,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import ml_collections
 
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
 from diffhand_jax.inference import overrides as overrides_lib
+from diffhand_jax.models import diffhand
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 
 
@@ -67,4 +70,24 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       schedule=network.schedule,
       step=step,
       batch_stats=batch_stats,
+  )
+
+
+def random_run(config: ml_collections.ConfigDict, seed: int = 0) -> TrainedRun:
+  """A `TrainedRun` of ``config``'s network with random params (`diffhand.init_variables`), step 0 and
+  no workdir: what the inference path costs for a model that has no checkpoint here (`bench photo
+  --preset=paper`). Reads only the config's hand model file."""
+  network = state_lib.build_network(config)
+  variables = diffhand.init_variables(
+      network.model, jax.random.PRNGKey(seed), config.model.img_size
+  )
+  return TrainedRun(
+      workdir='',
+      config=config,
+      model=network.model,
+      params=variables['params'],
+      topology=network.topology,
+      schedule=network.schedule,
+      step=0,
+      batch_stats=variables['batch_stats'],
   )
