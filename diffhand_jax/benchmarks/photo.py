@@ -12,7 +12,7 @@ loop meets is compiled; the timed loop counts XLA compilations (it should see no
 and p95 over the photos of the whole call and of each stage (`pipeline.STAGES`), in ms.
 
 The run: --workdir (a trained run, the CPU demo's by default), or --preset (tiny, cpu_demo, paper:
-that model with random weights in the demo's config, `loading.random_run`: the paper's DeiT III Large
+that model with random weights in the demo's config, `loading.untrained_run`: the paper's DeiT III Large
 costs the same whatever its weights).
 
 Settings (--settings, comma-separated), trade-offs against predict's defaults (`PHOTO_DEFAULTS`):
@@ -65,7 +65,7 @@ def open_run(workdir: str, preset: str) -> Any:
     return loading.load_trained(workdir)
   config = run_config.config_file('synthetic')
   config.model = model_presets.get_model_config(preset)
-  return loading.random_run(config)
+  return loading.untrained_run(config)
 
 
 def load_photos(sources: list[str], synthetic_count: int, seed: int) -> list[pipeline.Photo]:

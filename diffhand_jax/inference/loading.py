@@ -1,5 +1,4 @@
-"""Opening a trained run: `load_trained(workdir)`, the one way in; `random_run(config)` is a run of a
-config with freshly initialised params, for timing models that were never trained here (the paper's).
+"""Opening a trained run: `load_trained(workdir)`, the one way in.
 
 It rebuilds the network from the config the newest checkpoint carries (workdir/config.json for runs
 written before checkpoints carried it) and restores that checkpoint's params item only: not the
@@ -73,10 +72,10 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
   )
 
 
-def random_run(config: ml_collections.ConfigDict, seed: int = 0) -> TrainedRun:
-  """A `TrainedRun` of ``config``'s network with random params (`diffhand.init_variables`), step 0 and
-  no workdir: what the inference path costs for a model that has no checkpoint here (`bench photo
-  --preset=paper`). Reads only the config's hand model file."""
+def untrained_run(config: ml_collections.ConfigDict, seed: int = 0) -> TrainedRun:
+  """A `TrainedRun` of `config`'s network with random params (and BatchNorm statistics), no workdir:
+  for benchmarks that time a model's shapes (`bench live --smoke`, a paper model on a CPU), not its
+  meshes."""
   network = state_lib.build_network(config)
   variables = diffhand.init_variables(
       network.model, jax.random.PRNGKey(seed), config.model.img_size
