@@ -95,8 +95,8 @@ def server(tmp_path_factory):
       process.kill()
 
 
-@pytest.fixture(scope='module')
-def browser():
+def _chromium(*extra_arguments: str):
+  """Headless Chromium driven by selenium (skips without Debian's chromium and chromium-driver)."""
   if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
     pytest.skip(
         'needs Debian chromium and chromium-driver (apt-get install chromium chromium-driver)'
@@ -114,11 +114,18 @@ def browser():
       '--window-size=1400,1300',
       # Any name other than the local server fails to resolve (and shows in the request log).
       '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+      *extra_arguments,
   ):
     options.add_argument(argument)
   options.set_capability('goog:loggingPrefs', {'performance': 'ALL', 'browser': 'ALL'})
   driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
   driver.set_page_load_timeout(60)
+  return driver
+
+
+@pytest.fixture(scope='module')
+def browser():
+  driver = _chromium()
   try:
     yield driver
   finally:
@@ -132,6 +139,17 @@ def _requested_urls(driver) -> list[str]:
     if message['method'] == 'Network.requestWillBeSent':
       urls.append(message['params']['request']['url'])
   return urls
+
+
+def _decoded(driver, selector: str) -> list:
+  """The images matching `selector` that the browser has decoded (not just present)."""
+  from selenium.webdriver.common.by import By
+
+  return [
+      img
+      for img in driver.find_elements(By.CSS_SELECTOR, selector)
+      if driver.execute_script('return arguments[0].complete && arguments[0].naturalWidth', img)
+  ]
 
 
 def _status(driver) -> str:
@@ -191,17 +209,7 @@ def test_the_page_reconstructs_a_photo_and_reports_a_broken_file(server, browser
   assert 'right' in status, status  # the detector's side of the rendered right hand
 
   # The overlay image shows (decoded by the browser, not just present).
-  overlay = _wait_for(
-      lambda: [
-          img
-          for img in browser.find_elements(By.CSS_SELECTOR, '#overlay img')
-          if browser.execute_script(
-              'return arguments[0].complete && arguments[0].naturalWidth', img
-          )
-      ],
-      30,
-      'the overlay image',
-  )[0]
+  overlay = _wait_for(lambda: _decoded(browser, '#overlay img'), 30, 'the overlay image')[0]
   assert overlay.get_attribute('src').startswith(url)
 
   # The files the page serves: the GLB the viewer shows and the downloads.
@@ -261,6 +269,89 @@ def test_the_page_reconstructs_a_photo_and_reports_a_broken_file(server, browser
   assert 'NETWORK' not in server_log, [
       line for line in server_log.splitlines() if 'NETWORK' in line
   ]
+
+
+def _write_y4m(path, frames, fps: int = 30) -> None:
+  """uint8 frames (F, H, W, 3) as a YUV4MPEG2 file (4:2:0), Chromium's fake camera's format."""
+  import av  # pylint: disable=g-import-not-at-top
+
+  with av.open(str(path), 'w', format='yuv4mpegpipe') as container:
+    stream = container.add_stream('rawvideo', rate=fps)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+@pytest.mark.slow
+def test_the_live_tab_draws_the_hands_of_a_fake_camera(server, tmp_path):
+  """Chromium's fake camera plays a rendered clip of a moving right hand (a YUV4MPEG2 file, looped);
+  the live tab streams it: the status names a tracked hand, and the frames the page serves back carry
+  the mesh (bluish pixels where the input frame has none)."""
+  from PIL import Image
+  from selenium.webdriver.common.by import By
+
+  from diffhand_jax.data import synthetic_frames
+
+  pytest.importorskip('av')
+  frames = synthetic_frames.render_clip(30, (240, 320), two_hands=False)['frames']
+  clip = tmp_path / 'clip.y4m'
+  _write_y4m(clip, frames)
+  url, process, log_path = server
+  driver = _chromium(
+      '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream',
+      f'--use-file-for-fake-video-capture={clip}',
+  )
+  try:
+    driver.get(url + '/')
+    _wait_for(lambda: driver.find_elements(By.ID, 'run'), 60, 'the page to load')
+    tab = [b for b in driver.find_elements(By.CSS_SELECTOR, 'button[role=tab]') if 'Live' in b.text]
+    assert tab, [b.text for b in driver.find_elements(By.CSS_SELECTOR, 'button')]
+    tab[0].click()
+    # Gradio's webcam: 'Click to Access Webcam' (the fake UI grants it), then 'Record' streams.
+    for label in ('Click to Access Webcam', 'Record'):
+      _wait_for(
+          lambda label=label: [
+              b
+              for b in driver.find_elements(By.CSS_SELECTOR, '#live_camera button')
+              if b.is_displayed() and b.text.strip() == label
+          ],
+          60,
+          f'the camera button {label!r}',
+      )[0].click()
+    status = _wait_for(
+        lambda: (lambda t: t if ('track' in t or 'rror' in t) else None)(
+            driver.find_element(By.ID, 'live_status').text
+        ),
+        300,
+        'a tracked hand',
+    )
+    assert 'track' in status and 'right' in status, status
+    # A few frames later: the served overlay, decoded by the browser and fetched here.
+    time.sleep(3)
+    images = _wait_for(lambda: _decoded(driver, '#live_overlay img'), 60, 'the live overlay')
+    status = driver.find_element(By.ID, 'live_status').text
+    source = images[0].get_attribute('src')
+    assert source.startswith(url), source
+    path = tmp_path / 'served.jpg'
+    path.write_bytes(_get(source))
+    served = np.asarray(Image.open(path).convert('RGB'), np.int64)
+    assert served.shape == frames.shape[1:], served.shape
+    # Its input frame is the clip's nearest one (the camera loops the clip); the mesh is where the
+    # overlay is much bluer than that frame.
+    inputs = frames.astype(np.int64)
+    nearest = inputs[np.argmin(np.abs(inputs - served[None]).mean(axis=(1, 2, 3)))]
+    blue = lambda image: image[..., 2] - image[..., 0]
+    drawn = (blue(served) - blue(nearest)) > 40
+    print(f'status: {status}; mesh pixels {drawn.mean():.2%}')
+    assert drawn.mean() > 0.01, drawn.mean()
+    assert process.poll() is None
+  finally:
+    driver.quit()
+  assert 'NETWORK' not in log_path.read_text()
 
 
 # ==================================================================================================

@@ -266,3 +266,58 @@ EXAMPLE_HANDS = (
 def example_frame(kit: Any = None) -> dict[str, Any]:
   """`render_frame` of EXAMPLE_HANDS: the example photo of docs/photos.md."""
   return render_frame(EXAMPLE_HANDS, (480, 640), seed=7, background='gradient', kit=kit)
+
+
+def clip_hands(index: int, num_frames: int, fps: float = 30.0, two_hands: bool = True) -> list:
+  """The hands of frame `index` of `render_clip`'s clip: a right hand (its back to the camera) that
+  circles the frame's centre-right once every 4 s while turning by ±15°, and, when two_hands, a left
+  hand at the upper left during the middle third of the clip only (it enters and leaves)."""
+  phase = 2.0 * np.pi * index / (4.0 * fps)
+  hands = [
+      FrameHand(
+          'right',
+          (0.6 + 0.15 * np.cos(phase), 0.55 + 0.12 * np.sin(phase)),
+          0.45,
+          'relaxed',
+          roll_deg=15.0 * np.sin(2.0 * phase),
+          back=True,
+          skin=1.0,
+      )
+  ]
+  if two_hands and num_frames // 3 <= index < 2 * num_frames // 3:
+    hands.append(FrameHand('left', (0.22, 0.35), 0.35, 'flat', back=True, skin=2.5))
+  return hands
+
+
+def render_clip(
+    num_frames: int,
+    image_size: Sequence[int] = (480, 640),
+    *,
+    fps: float = 30.0,
+    two_hands: bool = True,
+    seed: int = 0,
+    kit: Any = None,
+) -> dict[str, Any]:
+  """A clip of `clip_hands`'s moving hands over one plain background (one seed, so each hand keeps
+  its shape and skin from frame to frame), rendered without supersampling (a live camera's frames).
+
+  Returns {'frames': uint8 (F, H, W, 3), 'hands': per frame, the list of `render_frame`'s hand truths,
+  'K': (3, 3), 'fps'}."""
+  kit = synthetic_scene.load_hand_kit() if kit is None else kit
+  height, width = (int(s) for s in image_size)
+  # One background for every frame (render_frame's own would change with the number of hands).
+  back = _background('plain', np.random.default_rng(seed), height, width)
+  frames, truths, K = [], [], None
+  for index in range(int(num_frames)):
+    rendered = render_frame(
+        clip_hands(index, num_frames, fps, two_hands),
+        (height, width),
+        seed=seed,
+        background=back,
+        supersample=1,
+        kit=kit,
+    )
+    frames.append(rendered['image'])
+    truths.append(rendered['hands'])
+    K = rendered['K']
+  return {'frames': np.stack(frames), 'hands': truths, 'K': K, 'fps': float(fps)}

@@ -34,6 +34,7 @@ __all__ = [
     'coverage_mask',
     'render',
     'overlay',
+    'overlay_flat',
     'uncertainty_colors',
     'upscaled_intrinsics',
     'upscale_image',
@@ -385,6 +386,56 @@ def overlay(
   mask = drawn['mask']
   blended[mask] = (1.0 - alpha) * blended[mask] + alpha * drawn['rgb'][mask]
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def overlay_flat(
+    image: np.ndarray,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    alpha: float = 0.6,
+    color: Sequence[float] = (0.35, 0.6, 1.0),
+    ambient: float = 0.3,
+) -> np.ndarray:
+  """`overlay` made cheap for live video: each face filled flat (Lambert shading of its normal, lit from
+  the camera, two-sided) by PIL, far faces first (the painter's algorithm, no z-buffer), only over the
+  box the mesh covers. A few milliseconds for a hand where `overlay` takes tens; faces that cross
+  each other in depth may show the wrong one at their crossing, which a hand's surface rarely has.
+
+  image uint8 (H, W, 3); vertices (V, 3) metres in its camera frame (in front of it); faces (F, 3);
+  K (3, 3). Returns uint8 (H, W, 3), a new array.
+  """
+  image = np.array(image, np.uint8)
+  vertices = np.asarray(vertices, np.float64)
+  faces = np.asarray(faces, np.int64)
+  height, width = image.shape[:2]
+  if not np.all(np.isfinite(vertices)) or vertices[:, 2].min() <= 1e-6:
+    return image  # behind the camera, or broken: nothing to draw
+  uv = project(vertices, K)
+  x0, y0 = (max(0, int(np.floor(v))) for v in uv.min(0))
+  x1, y1 = min(width, int(np.ceil(uv[:, 0].max())) + 1), min(
+      height, int(np.ceil(uv[:, 1].max())) + 1
+  )
+  if x1 <= x0 or y1 <= y0:
+    return image
+  corners = vertices[faces]
+  normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+  centres = corners.mean(1)
+  lengths = np.linalg.norm(normals, axis=1) * np.linalg.norm(centres, axis=1)
+  lambert = np.abs(np.einsum('fc,fc->f', normals, centres)) / np.where(lengths > 0, lengths, 1.0)
+  shade = ambient + (1.0 - ambient) * lambert
+  fills = np.clip(np.round(np.asarray(color)[None] * shade[:, None] * 255.0), 0, 255).astype(int)
+  layer = Image.new('RGBA', (x1 - x0, y1 - y0), (0, 0, 0, 0))
+  draw = ImageDraw.Draw(layer)
+  opacity = int(round(255 * float(alpha)))
+  points = (uv[faces] - np.array([x0, y0])).tolist()
+  for f in np.argsort(-centres[:, 2]):  # far first
+    r, g, b = fills[f]
+    draw.polygon([tuple(p) for p in points[f]], fill=(int(r), int(g), int(b), opacity))
+  region = Image.fromarray(image[y0:y1, x0:x1]).convert('RGBA')
+  region.alpha_composite(layer)
+  image[y0:y1, x0:x1] = np.asarray(region.convert('RGB'))
+  return image
 
 
 def uncertainty_colors(std: np.ndarray, scale: float | None = None) -> np.ndarray:

@@ -9,7 +9,10 @@ It is a Gradio page over the inference core, with no inference code of its own:
     serves: the photo's JSON (as `predict` writes it), each hand's OBJ and GLB (`mesh_io.write_glb`,
     vertex order kept, optionally coloured by `vertex_uncertainty` through `render.uncertainty_colors`),
     and the overlay with each hand's box, side and score;
-  * a video goes through `video.reconstruct_video` (overlay.mp4 and one track_<id>.npz per hand).
+  * a video goes through `video.reconstruct_video` (overlay.mp4 and one track_<id>.npz per hand);
+  * the live tab streams the webcam (Gradio's streaming image input) through `live.LiveStream`, one
+    per browser session (a `gr.State`): each frame's hands tracked, sampled warm and drawn, frames that
+    come while one is processed dropped (`LiveHandler`).
 
 The run is opened once, by the first request, and kept (`sampling.SamplerCache`): later requests do not
 recompile. Bad uploads (not an image, no hand found, an image over `MAX_PIXELS`) become a message on
@@ -37,7 +40,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from diffhand_jax.geometry import mesh_io, render
-from diffhand_jax.inference import full_frame, io, loading, outputs, pipeline, sampling
+from diffhand_jax.inference import detection, full_frame, io, live, loading, outputs, pipeline
+from diffhand_jax.inference import sampling
 from diffhand_jax.inference import tta as tta_lib
 from diffhand_jax.inference import video as video_lib
 from diffhand_jax.runs import checkpoints
@@ -50,6 +54,8 @@ VIDEO_EXTENSIONS = ('.mp4', '.mov', '.avi', '.mkv', '.webm', '.m4v')
 DETECTOR_CHOICES = ('detect hands', 'whole image is one hand')
 # The longer side of the overlay the page shows, pixels at most.
 OVERLAY_SIZE = 1024
+# The live tab: how often the browser sends a camera frame (it sends none while one is processed).
+LIVE_STREAM_EVERY = 1.0 / 30.0
 # The 3D viewer's mesh colour when not coloured by uncertainty (RGBA).
 SKIN = (222, 170, 140, 255)
 # The app's files: the folders of the last MAX_KEPT_REQUESTS requests are kept (older ones are removed
@@ -457,6 +463,93 @@ class Handler:
     )
 
 
+class LiveHandler:
+  """The live tab's answer to each camera frame: the run the photo tab opened (`Handler.samplers`), one
+  detector of its own (MediaPipe's, without tiles: a camera frame is small), and per browser session a
+  `live.LiveStream` kept in that session's `gr.State` (the first frame builds it and compiles every
+  batch size). A frame that comes while the session's last one is still processed is dropped; the
+  browser already sends none while a request is pending."""
+
+  def __init__(
+      self, handler: Handler, detector: Any, options: live.LiveOptions = live.LIVE_DEFAULTS
+  ):
+    self.handler, self.options = handler, options
+    self.detector, self.problem = detector, None
+    if detector == 'mediapipe':
+      try:
+        self.detector = detection.make_detector('mediapipe', tiles=False)
+      except detection.DetectorUnavailable as error:
+        self.detector, self.problem = None, f'hand detection is unavailable here: {error}'
+    elif detector == 'none':
+      self.detector = None
+
+  def new_stream(self) -> live.LiveStream:
+    session = live.LiveSession(self.handler.samplers(), self.detector, self.options)
+    session.warm_up()
+    return live.LiveStream(session)
+
+  def __call__(self, frame, stream):
+    """(overlay, status, stream): a dropped frame changes nothing (gr.skip())."""
+    gr = import_gradio()
+    if frame is None:
+      return gr.skip(), gr.skip(), stream
+    if self.problem:
+      return gr.skip(), self.problem, stream
+    try:
+      stream = stream or self.new_stream()
+      result = stream.offer(frame)
+    except Exception as error:  # the page reports it; the server keeps serving
+      folders = (self.handler.scratch, os.path.abspath(self.handler.workdir))
+      return gr.skip(), without_paths(f'Error: {type(error).__name__}: {error}', folders), stream
+    if result is None:
+      return gr.skip(), gr.skip(), stream
+    return result.overlay, live_status(result, stream), stream
+
+
+def live_status(result: live.LiveFrame, stream: live.LiveStream) -> str:
+  """The live tab's status line: each hand (track, side, warm or cold), the frame's time, the drops."""
+  hands = ', '.join(
+      f'track {h.track_id} {h.side} ({"warm" if h.warm else "from noise"}, {h.passes} passes)'
+      for h in result.hands
+  )
+  return (
+      f'{len(result.hands)} hand(s){": " + hands if hands else ""}. '
+      f'{1000 * result.seconds["latency"]:.0f} ms for this frame; {stream.processed} processed, '
+      f'{stream.dropped} dropped.'
+  )
+
+
+def _live_tab(gr, live_handler: LiveHandler) -> None:
+  """The live camera: the webcam streamed in, the hands' meshes over each frame streamed out."""
+  gr.Markdown(
+      "Start the camera: each frame comes back with every hand's mesh over it. Hands are tracked "
+      'from frame to frame (the palm detector runs only when a hand is lost or new), each sampled '
+      'from its last mesh; frames that arrive while one is being processed are skipped.'
+  )
+  with gr.Row():
+    camera = gr.Image(
+        label='Camera',
+        sources=['webcam'],
+        streaming=True,
+        type='numpy',
+        webcam_options=gr.WebcamOptions(mirror=False),  # the hands' sides as they are
+        elem_id='live_camera',
+    )
+    shown = gr.Image(
+        label='Hands, live', type='numpy', format='jpeg', interactive=False, elem_id='live_overlay'
+    )
+  status = gr.Markdown('The camera is off.', elem_id='live_status')
+  stream = gr.State(None)
+  camera.stream(
+      live_handler,
+      inputs=[camera, stream],
+      outputs=[shown, status, stream],
+      stream_every=LIVE_STREAM_EVERY,
+      concurrency_limit=1,
+      show_progress='hidden',
+  )
+
+
 def _controls(gr) -> list[Any]:
   """The inputs: upload, webcam, hands mode, hypotheses, steps, TTA, MANO fit, colour, minimum score,
   the fit to the landmarks; and the button last."""
@@ -508,19 +601,23 @@ def build_app(workdir: str, *, scratch: str | None = None, detector: Any = 'medi
         "one hand at a time, coloured by the spread of the model's hypotheses when you ask for it "
         '(bright = unsure).'
     )
-    with gr.Row():
-      with gr.Column():
-        *inputs, button = _controls(gr)
-      with gr.Column():
-        status, overlay, overlay_video, which, viewer, downloads = _results(gr)
-    glbs = gr.State([])
-    button.click(
-        handler,
-        inputs=inputs,
-        outputs=[status, overlay, overlay_video, which, glbs, viewer, downloads],
-        concurrency_limit=1,
-    )
-    which.change(lambda path: path, inputs=which, outputs=viewer)
+    with gr.Tabs():
+      with gr.Tab('Photo or video', elem_id='photo_tab'):
+        with gr.Row():
+          with gr.Column():
+            *inputs, button = _controls(gr)
+          with gr.Column():
+            status, overlay, overlay_video, which, viewer, downloads = _results(gr)
+        glbs = gr.State([])
+        button.click(
+            handler,
+            inputs=inputs,
+            outputs=[status, overlay, overlay_video, which, glbs, viewer, downloads],
+            concurrency_limit=1,
+        )
+        which.change(lambda path: path, inputs=which, outputs=viewer)
+      with gr.Tab('Live camera', elem_id='live_tab'):
+        _live_tab(gr, LiveHandler(handler, detector))
   page.scratch = scratch
   page.handler = handler  # page.handler.close() removes the requests' files
   return page

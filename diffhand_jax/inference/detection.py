@@ -299,6 +299,32 @@ def rotated_crop(
   return np.stack(channels, -1).astype(np.float32) / 255.0
 
 
+def landmarks_roi(
+    keypoints: np.ndarray, *, scale: float = 2.0, shift_y: float = -0.1
+) -> tuple[np.ndarray, float, float]:
+  """A hand's 21 landmarks (21, 2) pixels, in the order of docs/design.md §2 → the square ROI
+  (centre (2,), side, rotation) pixels and radians in which to look for it in the next frame.
+
+  As MediaPipe's HandLandmarkLandmarksToRoi (tracking without the palm detector): the rotation turns
+  the wrist (0) → the middle of the index, middle and ring knuckles ((5 + 13)/2 averaged with 9) to
+  point up, as `palm_roi`; the wrist, the knuckles and the joints above them (0, 1, 2, 3, 5, 6, 9, 10,
+  13, 14, 17, 18) are bounded in the ROI's own axes; that box moves by shift_y × its height along the
+  rotated up axis and becomes a square of scale × its longer side.
+  """
+  points = np.asarray(keypoints, np.float64)
+  knuckles = ((points[5] + points[13]) / 2.0 + points[9]) / 2.0
+  delta = knuckles - points[0]
+  angle = math.pi / 2 - math.atan2(-delta[1], delta[0])
+  angle = angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+  rotation = _rotation(angle)
+  palm = points[[0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18]]
+  local = palm @ rotation  # each row R^T p: the ROI's own axes
+  low, high = local.min(0), local.max(0)
+  width, height = high - low
+  centre = rotation @ ((low + high) / 2.0 + np.array([0.0, shift_y * height]))
+  return centre, float(max(width, height) * scale), float(angle)
+
+
 def roi_to_image(points: np.ndarray, centre: np.ndarray, side: float, angle: float) -> np.ndarray:
   """Points (..., 2) normalised to the ROI crop ([0, 1], (0, 0) its top-left corner) → image pixels."""
   points = np.asarray(points, np.float64)
@@ -452,6 +478,26 @@ class MediaPipeHands:
         float(np.asarray(presence).reshape(-1)[0]),
         p_right,
         world_to_image_axes(world, angle),
+    )
+
+  def track(self, image: np.ndarray, keypoints: np.ndarray) -> DetectedHand | None:
+    """The hand whose landmarks (21, 2) pixels were `keypoints` in the frame before, found again by
+    the landmark model alone in the ROI they give (`landmarks_roi`), as MediaPipe tracks a hand from
+    frame to frame; None when it is gone (presence below min_presence). Its score is the presence
+    score (no palm detector ran); palm_box is None."""
+    image = np.asarray(image, np.uint8)
+    centre, side, angle = landmarks_roi(keypoints)
+    points, presence, p_right, world = self.landmarks(image, centre, side, angle)
+    if presence < self.min_presence:
+      return None
+    is_right = p_right >= 0.5
+    return DetectedHand(
+        box=landmark_box(points, self.box_margin),
+        side='right' if is_right else 'left',
+        score=float(presence),
+        side_score=p_right if is_right else 1.0 - p_right,
+        keypoints=points,
+        keypoints_3d=world,
     )
 
   def detect(self, image: np.ndarray) -> list[DetectedHand]:

@@ -206,13 +206,16 @@ def draw_hands(
     max_size: int = 0,
     alpha: float = 0.6,
     colors: Sequence[np.ndarray | None] | None = None,
+    flat: bool = False,
 ) -> np.ndarray:
   """Every hand's shaded mesh over the photo (H, W, 3) uint8, z-buffered together.
 
   meshes: [(vertices (N, 3) in the photo's camera frame, faces (F, 3))]; K: the photo's intrinsics.
   max_size > 0 scales the photo down (never up) so that its longer side is at most max_size pixels.
   colors: optional, one per mesh: (N, 3) per-vertex albedo in [0, 1] (e.g. `render.uncertainty_colors`),
-  or None for the flat mesh colour.
+  or None for the flat mesh colour. flat: the live camera's cheap drawing instead
+  (`render.overlay_flat`: faces filled flat by the painter's algorithm, a few ms a hand where the
+  z-buffer takes tens on a CPU), the farthest hand first; no colors.
   """
   image = np.asarray(image, np.uint8)
   height, width = image.shape[:2]
@@ -224,6 +227,13 @@ def draw_hands(
     scale_x, scale_y = size[0] / width, size[1] / height
   if not meshes:
     return image.copy()
+  if flat:
+    if colors is not None:
+      raise ValueError('draw_hands: flat drawing has no per-vertex colours')
+    K = scaled_intrinsics(K, scale_x, scale_y)
+    for vertices, faces in sorted(meshes, key=lambda mesh: -float(np.mean(mesh[0][:, 2]))):
+      image = render.overlay_flat(image, vertices, faces, K, alpha=alpha, color=MESH_COLOR)
+    return image
   if colors is not None and len(colors) != len(meshes):
     raise ValueError(f'draw_hands: {len(colors)} colour arrays for {len(meshes)} meshes')
   vertices, faces, albedo, offset = [], [], [], 0

@@ -62,6 +62,9 @@ class Track:
   guess: np.ndarray | None = None  # (N, 3) model space: the last mesh, the next frame's start
   noise: jax.Array | None = None  # (K, 1, N, 3): the track's noise, when reused across frames
   last_crop: np.ndarray | None = None  # uint8 (S, S, 3): the last model input (change test)
+  keypoints: np.ndarray | None = (
+      None  # (21, 2) pixels: the detector's landmarks, when it gives them
+  )
   records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   def reset(self) -> None:
@@ -324,18 +327,67 @@ def step_track(
   mirrored for a left hand), warm from the track's last mesh unless the crop changed by more than
   reset_threshold (`image_change`), in which case it starts from noise. Updates the track's guess, noise
   and last crop; returns the sampler's output for the one image."""
-  if image_change(track.last_crop, model_crop) > reset_threshold:
-    track.reset()
-  if track.noise is None or not reuse_noise:
-    track.noise = sampler.noise(jax.random.fold_in(key, 1), 1)
-  out = sampler(
-      input_pipeline.normalise_images(model_crop[None]),
-      None if track.guess is None else track.guess[None],
-      track.noise,
+  return step_tracks(
+      sampler,
+      [track],
+      model_crop[None],
+      [key],
       jax.random.fold_in(key, 2),
+      reuse_noise=reuse_noise,
+      reset_threshold=reset_threshold,
   )
-  track.guess, track.last_crop = out['vertices'][0], model_crop
-  return out
+
+
+def step_tracks(
+    sampler: WarmStartSampler,
+    tracks: Sequence[Track],
+    model_crops: np.ndarray,
+    keys: Sequence[jax.Array],
+    sampler_key: jax.Array,
+    *,
+    batch: int | None = None,
+    reuse_noise: bool = True,
+    reset_threshold: float = 0.15,
+) -> dict[str, Any]:
+  """One frame of several tracks in one sampler call: `step_track` for M tracks at once.
+
+  model_crops uint8 (M, S, S, 3); keys: one per track (its noise comes from fold_in(key, 1));
+  sampler_key: the call's. batch ≥ M pads the call to that many rows (zeros), so that a caller whose
+  number of hands changes compiles once per batch size. A track whose crop changed by more than
+  reset_threshold starts again from noise; the call is warm only when every track has a guess (a
+  frame with a new track runs them all from noise: one call, not two). Returns the sampler's output
+  for the M tracks.
+  """
+  count = len(tracks)
+  batch = count if batch is None else int(batch)
+  if not 0 < count <= batch or len(model_crops) != count or len(keys) != count:
+    raise ValueError(
+        f'step_tracks: {count} tracks, {len(model_crops)} crops, {len(keys)} keys, batch {batch}'
+    )
+  for track, crop, key in zip(tracks, model_crops, keys):
+    if image_change(track.last_crop, crop) > reset_threshold:
+      track.reset()
+    if track.noise is None or not reuse_noise:
+      track.noise = sampler.noise(jax.random.fold_in(key, 1), 1)
+  pad = batch - count
+  crops_in = np.asarray(model_crops, np.uint8)
+  noise = jnp.concatenate([track.noise for track in tracks], axis=1)
+  warm = all(track.guess is not None for track in tracks)
+  guess = np.stack([track.guess for track in tracks]) if warm else None
+  if pad:
+    crops_in = np.concatenate([crops_in, np.zeros((pad,) + crops_in.shape[1:], np.uint8)])
+    noise = jnp.concatenate([noise, jnp.zeros((noise.shape[0], pad) + noise.shape[2:])], axis=1)
+    if guess is not None:
+      guess = np.concatenate([guess, np.zeros((pad,) + guess.shape[1:])])
+  out = sampler(input_pipeline.normalise_images(crops_in), guess, noise, sampler_key)
+  for row, (track, crop) in enumerate(zip(tracks, model_crops)):
+    track.guess, track.last_crop = out['vertices'][row], crop
+  return dict(
+      out,
+      vertices=out['vertices'][:count],
+      hypotheses=out['hypotheses'][:count],
+      camera=out['camera'][:count],
+  )
 
 
 def image_change(a: np.ndarray | None, b: np.ndarray) -> float:
