@@ -14,7 +14,8 @@ or runs out of time is a row of the table that says so, not a crash. The section
   train_b64      batch 32 and 64: step time, images/s, MFU, peak memory and XLA's estimate (`bench train`)
   reconstruct    `reconstruct` of the paper model, 10 DDIM steps, batch 1 and 64 (`bench sampler`)
   photo          one whole photo in, every hand out, the paper model (random weights) (`bench photo`)
-  live           the live camera path on a synthetic clip (`bench live`, issue 34 part 2)
+  live           the live camera path on a synthetic clip, with the trained run of --workdir (the CPU
+                 demo's, carried to the machine; skipped without one) (`bench live`)
   input          the training input pipeline with a worker process per CPU (`bench input`)
   memory_cpu_b32 the train step's memory as a CPU compile estimates it (`bench train --mode=memory`
   memory_cpu_b64 with JAX_PLATFORMS=cpu): what a user without a GPU is told, against the GPU's peak
@@ -66,7 +67,8 @@ class Context:
 class Section:
   """One benchmark run: `benchmark`'s main with `argv(context)` (its --output added), stopped after
   `budget_s`; `rows(payload, done)` turns its JSON (and the sections done before, {name: payload})
-  into table rows (measurement, result, goal, met: True/False/None)."""
+  into table rows (measurement, result, goal, met: True/False/None); `skip(context)` says why it
+  cannot run here, if so."""
 
   name: str
   benchmark: str
@@ -74,6 +76,8 @@ class Section:
   argv: Callable[[Context], list[str]]
   rows: Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str, str, bool | None]]]
   env: tuple[tuple[str, str], ...] = ()
+  # Why the section cannot run here (None: it can), e.g. a trained run it needs is missing.
+  skip: Callable[[Context], str | None] = lambda context: None
 
 
 # ==================================================================================================
@@ -273,16 +277,32 @@ def _photo_rows(payload, done):
 
 
 def _live_argv(c: Context) -> list[str]:
-  # bench live (issue 34 part 2) is built on another branch: its flags are set here once it is merged.
-  return ['--preset=tiny', '--frames=4'] if c.smoke else ['--preset=paper']
+  return ['--smoke'] if c.smoke else [f'--workdir={c.workdir}']
+
+
+def _live_skip(c: Context) -> str | None:
+  """bench live samples a trained run (the CPU demo's): on a GPU machine it must be carried there."""
+  if c.smoke or os.path.exists(os.path.join(c.workdir, 'config.json')):
+    return None
+  return f'no trained run in --workdir={c.workdir} (bench live samples one: carry the CPU demo run)'
 
 
 def _live_rows(payload, done):
+  """bench live's `run` result: frames/s, drops, latency and the stages' means."""
   del done
+  r = payload['results']
+  stages = ', '.join(f'{k} {v["mean"]:.3g}' for k, v in r['stages_ms'].items())
   return [
-      (f'live: {key}', json.dumps(value)[:200], '-', None)
-      for key, value in payload.get('summary', payload.get('results', {})).items()
-  ][:6]
+      (
+          f'live camera, {r["settings"]["workdir"]}, {r["frames"]} frames at '
+          f'{r["settings"]["fps"]:g} frames/s',
+          f'{r["processed_fps"]:.3g} processed frames/s, {r["dropped"]} dropped; latency p50 '
+          f'{r["latency_ms"]["p50"]:.3g} ms, p95 {r["latency_ms"]["p95"]:.3g} ms; stage means ms: '
+          f'{stages}',
+          '-',
+          None,
+      )
+  ]
 
 
 def _input_argv(c: Context) -> list[str]:
@@ -326,7 +346,7 @@ SECTIONS = (
     Section('train_b64', 'train', 75, _train_argv(64), _train_rows),
     Section('reconstruct', 'sampler', 55, _reconstruct_argv, _reconstruct_rows),
     Section('photo', 'photo', 70, _photo_argv, _photo_rows),
-    Section('live', 'live', 45, _live_argv, _live_rows),
+    Section('live', 'live', 45, _live_argv, _live_rows, skip=_live_skip),
     Section('input', 'input', 55, _input_argv, _input_rows),
     Section(
         'memory_cpu_b32',
@@ -393,7 +413,10 @@ def run_section(
         f'no `bench {section.benchmark}` in this checkout (diffhand_jax/benchmarks/'
         f'{section.benchmark}.py)',
     )
-  if budget_s < 1:
+  reason = section.skip(context)
+  if reason is not None:
+    return Outcome(section.name, 'skipped', 0.0, reason)
+  if isolate and budget_s < 1:  # (in this process nothing could stop a section: budgets are moot)
     return Outcome(section.name, 'skipped', 0.0, 'no time left in the total budget')
   if os.path.exists(output):
     os.remove(output)
@@ -464,7 +487,8 @@ def _run_here(argv: list[str]) -> tuple[str, str]:
 def run_sections(
     sections: list[Section], context: Context, results_dir: str, budget_s: float, isolate: bool
 ) -> list[Outcome]:
-  """Each section in turn, within its budget and what is left of `budget_s`. A section that would
+  """Each section in turn, within its budget and what is left of `budget_s` (isolated only: in this
+  process, the smoke run, every section runs). A section that would
   run exactly what an earlier one ran (the smoke run's tiny shapes are one for batch 32 and 64) takes
   that one's report instead of running it again."""
   start = time.perf_counter()
