@@ -18,7 +18,9 @@ or runs out of time is a row of the table that says so, not a crash. The section
                  demo's, carried to the machine; skipped without one) (`bench live`)
   input          the training input pipeline with a worker process per CPU (`bench input`)
   memory_cpu_b32 the train step's memory as a CPU compile estimates it (`bench train --mode=memory`
-  memory_cpu_b64 with JAX_PLATFORMS=cpu): what a user without a GPU is told, against the GPU's peak
+  memory_cpu_b64 with JAX_PLATFORMS=cpu): what a user without a GPU is told, against the GPU's peak;
+                 these two run beside the others from the start (a CPU compile takes minutes), and
+                 `input`, which takes every core, waits for them
 
 It writes one Markdown table (--table, default docs/gpu_table.md, which docs/performance.md shows) and
 the sections' JSON next to it under --results_dir. --smoke runs the same sections on the tiny model and
@@ -38,6 +40,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -78,6 +81,10 @@ class Section:
   env: tuple[tuple[str, str], ...] = ()
   # Why the section cannot run here (None: it can), e.g. a trained run it needs is missing.
   skip: Callable[[Context], str | None] = lambda context: None
+  # Isolated runs: a CPU-only section starts with the first one and runs beside the GPU's sections
+  # (its budget counts from then); a section marked `alone` waits for those to finish first.
+  background: bool = False
+  alone: bool = False
 
 
 # ==================================================================================================
@@ -252,7 +259,7 @@ def _reconstruct_rows(payload, done):
 def _photo_argv(c: Context) -> list[str]:
   if c.smoke:  # no landmark fit: its compilation alone would take longer than the whole smoke run
     return ['--preset=tiny', '--images=synthetic', '--synthetic=1', '--photos=1', '--settings=fast']
-  return ['--preset=paper', '--synthetic=10', '--photos=30', '--settings=photo']
+  return ['--preset=paper', '--synthetic=4', '--photos=20', '--settings=photo']
 
 
 def _photo_rows(payload, done):
@@ -342,27 +349,31 @@ def _gib(value: float | None) -> str:
 
 SECTIONS = (
     Section('attention', 'attention', 20, _attention_argv, _attention_rows),
-    Section('train_b32', 'train', 75, _train_argv(32), _train_rows),
-    Section('train_b64', 'train', 75, _train_argv(64), _train_rows),
+    Section('train_b32', 'train', 100, _train_argv(32), _train_rows),
+    Section('train_b64', 'train', 100, _train_argv(64), _train_rows),
     Section('reconstruct', 'sampler', 55, _reconstruct_argv, _reconstruct_rows),
-    Section('photo', 'photo', 70, _photo_argv, _photo_rows),
+    Section('photo', 'photo', 85, _photo_argv, _photo_rows),
     Section('live', 'live', 45, _live_argv, _live_rows, skip=_live_skip),
-    Section('input', 'input', 55, _input_argv, _input_rows),
+    # The input pipeline takes every core: alone, after the CPU compiles below.
+    Section('input', 'input', 55, _input_argv, _input_rows, alone=True),
+    # A CPU compile of the paper's train step takes minutes: both run beside the GPU's sections.
     Section(
         'memory_cpu_b32',
         'train',
-        40,
+        300,
         _memory_argv(32),
         _memory_rows,
         env=(('JAX_PLATFORMS', 'cpu'),),
+        background=True,
     ),
     Section(
         'memory_cpu_b64',
         'train',
-        40,
+        300,
         _memory_argv(64),
         _memory_rows,
         env=(('JAX_PLATFORMS', 'cpu'),),
+        background=True,
     ),
 )
 
@@ -427,7 +438,8 @@ def run_section(
     status, note = _run_process(argv, dict(section.env), log, budget_s)
   else:
     status, note = _run_here(argv)
-  seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+  # CPU time only in this process: isolated sections overlap (background), their children's mix.
+  seconds, cpu = time.perf_counter() - start, (0.0 if isolate else _cpu_seconds() - cpu_start)
   payload = None
   if status == 'ok':
     try:
@@ -437,7 +449,8 @@ def run_section(
       status, note = 'failed', f'no report: {error}'
   if status != 'ok' and isolate and not note:
     note = _last_lines(log)
-  print(f'== gpu: {section.name}: {status} in {seconds:.0f} s ({cpu:.0f} CPU s) {note}', flush=True)
+  spent = '' if isolate else f' ({cpu:.0f} CPU s)'
+  print(f'== gpu: {section.name}: {status} in {seconds:.0f} s{spent} {note}', flush=True)
   return Outcome(section.name, status, seconds, note, payload, cpu)
 
 
@@ -488,25 +501,45 @@ def run_sections(
     sections: list[Section], context: Context, results_dir: str, budget_s: float, isolate: bool
 ) -> list[Outcome]:
   """Each section in turn, within its budget and what is left of `budget_s` (isolated only: in this
-  process, the smoke run, every section runs). A section that would
+  process, the smoke run, every section runs); isolated, the background sections run beside the
+  others from the start. Outcomes in the sections' order. A section that would
   run exactly what an earlier one ran (the smoke run's tiny shapes are one for batch 32 and 64) takes
   that one's report instead of running it again."""
   start = time.perf_counter()
-  outcomes: list[Outcome] = []
+  done: dict[str, Outcome] = {}
   ran: dict[tuple, Outcome] = {}
+  background = [s for s in sections if s.background and isolate]
+  threads = []
+  for section in background:  # each waits on its own process, beside the others
+
+    def run(section=section):
+      done[section.name] = run_section(
+          section, context, results_dir, min(section.budget_s, budget_s), isolate
+      )
+
+    threads.append(threading.Thread(target=run, daemon=True))
+    threads[-1].start()
   for section in sections:
+    if section in background:
+      continue
+    if section.alone:
+      for thread in threads:
+        thread.join()
     key = (section.benchmark, tuple(section.argv(context)), section.env)
     if key in ran and ran[key].status == 'ok':
       earlier = ran[key]
-      outcomes.append(
-          Outcome(section.name, 'ok', 0.0, f'the same run as {earlier.section}', earlier.payload)
+      done[section.name] = Outcome(
+          section.name, 'ok', 0.0, f'the same run as {earlier.section}', earlier.payload
       )
       continue
     left = budget_s - (time.perf_counter() - start)
-    outcome = run_section(section, context, results_dir, min(section.budget_s, left), isolate)
-    outcomes.append(outcome)
-    ran.setdefault(key, outcome)
-  return outcomes
+    done[section.name] = run_section(
+        section, context, results_dir, min(section.budget_s, left), isolate
+    )
+    ran.setdefault(key, done[section.name])
+  for thread in threads:
+    thread.join()
+  return [done[section.name] for section in sections]
 
 
 def table_rows(outcomes: list[Outcome]) -> list[list[str]]:
