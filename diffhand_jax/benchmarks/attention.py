@@ -1,12 +1,15 @@
 """The attention core's implementations against each other, on the shapes the models use.
 
   python -m diffhand_jax.bench attention [--shapes=8x2x778x778x16,...] [--backward=true]
-      [--implementations=heads_major,sliced,xla] [--repeats=5]
+      [--implementations=heads_major,sliced,xla] [--repeats=5] [--dtype=float32]
 
 Each shape is B x heads x T x S x head_dim: queries (B, T, heads, d), keys and values (B, S, heads, d).
 For each shape and implementation of `models/attention.dot_product_attention` it times, jit-compiled in
 float32, the forward pass and (with --backward) the forward and backward pass of a scalar loss, and
-reports the largest difference of the output from the first implementation's. `default` marks the one
+reports the largest difference of the output from the first implementation's, and from the float32
+answer (the CPU path, heads-major, computed in float32 on the same inputs, rounded to --dtype): with
+--dtype=bfloat16 on an NVIDIA GPU, `cudnn` against `heads_major` checks cuDNN's fused kernel against
+the CPU path (`bench gpu` does). `default` marks the one
 that the core picks on this machine. The default shapes are the table's in docs/performance.md: the
 decoder's full-resolution block (778 x 778) in training (B = 8) and in sampling (B = 80: 20 images x 4
 hypotheses), the U shape's first level (195 x 195), the cross-attention to the image (778 x 64), and
@@ -43,6 +46,9 @@ flags.DEFINE_bool('backward', True, 'also time the forward and backward pass', f
 flags.DEFINE_integer(
     'repeats', 5, 'timed repeats (alternating the implementations)', flag_values=FLAGS
 )
+flags.DEFINE_enum(
+    'dtype', 'float32', ('float32', 'bfloat16'), 'the inputs and compute dtype', flag_values=FLAGS
+)
 flags.DEFINE_string('output', 'bench_results/attention.json', 'the JSON report', flag_values=FLAGS)
 
 
@@ -54,14 +60,22 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
   return parts
 
 
-def measure(shape, implementations, backward: bool, repeats: int) -> list[dict]:
+def measure(
+    shape, implementations, backward: bool, repeats: int, dtype: str = 'float32'
+) -> list[dict]:
   """One result per implementation: forward (and forward + backward) seconds, and the output's max
-  |difference| from the first implementation's."""
+  |difference| from the first implementation's and from the float32 heads-major answer."""
   batch, heads, tokens, keys, head_dim = shape
   rng = np.random.default_rng(0)
-  query = jnp.asarray(rng.normal(size=(batch, tokens, heads, head_dim)), jnp.float32)
+  query = jnp.asarray(rng.normal(size=(batch, tokens, heads, head_dim)), dtype)
   key, value = (
-      jnp.asarray(rng.normal(size=(batch, keys, heads, head_dim)), jnp.float32) for _ in range(2)
+      jnp.asarray(rng.normal(size=(batch, keys, heads, head_dim)), dtype) for _ in range(2)
+  )
+  as_f32 = lambda x: x.astype(jnp.float32)
+  exact = np.asarray(
+      jax.jit(
+          lambda q, k, v: attention.dot_product_attention(q, k, v, implementation='heads_major')
+      )(as_f32(query), as_f32(key), as_f32(value))
   )
   forward, gradient = {}, {}
   for name in implementations:
@@ -70,7 +84,9 @@ def measure(shape, implementations, backward: bool, repeats: int) -> list[dict]:
     gradient[name] = jax.jit(
         jax.grad(lambda q, k, v, core=core: jnp.sum(core(q, k, v) ** 2), argnums=(0, 1, 2))
     )
-  outputs = {name: np.asarray(fn(query, key, value)) for name, fn in forward.items()}
+  outputs = {
+      name: np.asarray(fn(query, key, value)).astype(np.float32) for name, fn in forward.items()
+  }
   first = outputs[implementations[0]]
   passes = {'forward': forward, 'backward': gradient} if backward else {'forward': forward}
   calls = {
@@ -79,7 +95,7 @@ def measure(shape, implementations, backward: bool, repeats: int) -> list[dict]:
       for name, fn in fns.items()
   }
   times = common.time_interleaved(calls, repeats=repeats)
-  chosen = attention.default_implementation(jnp.float32, head_dim, (batch, heads, tokens, keys))
+  chosen = attention.default_implementation(dtype, head_dim, (batch, heads, tokens, keys))
   return [
       {
           'shape': list(shape),
@@ -90,6 +106,8 @@ def measure(shape, implementations, backward: bool, repeats: int) -> list[dict]:
               times[f'{name} backward']['median'] * 1e3 if backward else float('nan')
           ),
           'max_abs_difference': float(np.abs(outputs[name] - first).max()),
+          'max_abs_error_vs_float32': float(np.abs(outputs[name] - exact).max()),
+          'dtype': dtype,
       }
       for name in implementations
   ]
@@ -122,7 +140,7 @@ def main(argv: list[str]) -> int:
   results, rows = [], []
   for shape in shapes:
     print(f'attention {"x".join(map(str, shape))}', flush=True)
-    for r in measure(shape, implementations, FLAGS.backward, FLAGS.repeats):
+    for r in measure(shape, implementations, FLAGS.backward, FLAGS.repeats, FLAGS.dtype):
       results.append(r)
       rows.append(
           [
@@ -131,6 +149,7 @@ def main(argv: list[str]) -> int:
               r['forward_ms'],
               r['forward_backward_ms'],
               r['max_abs_difference'],
+              r['max_abs_error_vs_float32'],
           ]
       )
   header = [
@@ -139,11 +158,12 @@ def main(argv: list[str]) -> int:
       'forward ms',
       'forward + backward ms',
       'max |Δ| vs the first',
+      'max |Δ| vs float32',
   ]
   common.report(
       'attention',
       FLAGS.output,
-      f'attention core, float32, {jax.default_backend()}',
+      f'attention core, {FLAGS.dtype}, {jax.default_backend()}',
       header,
       rows,
       results,

@@ -1,6 +1,7 @@
 """Train-step throughput and MFU: the synthetic config and the paper config at a reduced batch.
 
   python -m diffhand_jax.bench train [--configs=synthetic,paper] [--paper_batch=2] [--dtype=float32]
+      [--mode=time|memory]
 
 For each config it builds the real sharded train step (`step_lib.jit_train_step`, the state donated) on the
 config's mesh, feeds it random batches of the right shapes (no dataset needed), and times whole steps.
@@ -8,6 +9,12 @@ FLOPs per step come from XLA's cost analysis of the compiled step (a multiply-ad
 measured here, in the same process: the best of a few large square matmuls of the compute dtype. MFU is
 achieved FLOP/s over that peak. A `jax.profiler` trace of a few steps splits the op time into matmul ops
 (YNNPACK/oneDNN/cuBLAS/Triton GEMM fusions) and the rest, which says what limits the step.
+
+Memory: the device's peak bytes in use after the timed steps (where the backend reports it: GPUs and
+TPUs, not CPUs) next to XLA's estimate for the compiled step (`training/memory.py`'s total: arguments +
+outputs − donated + temporaries + code). --mode=memory only compiles the step and reports that estimate
+(what `--config.mode=memory` prints), e.g. on a CPU for the GPU's config: `bench gpu` sets those side by
+side. 'tiny' is the synthetic config with the tiny model at --paper_batch, for smoke runs.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffhand_jax.runs import run_config
-from diffhand_jax.training import sharding, step as step_lib, throughput
+from diffhand_jax.runs import model_presets, run_config
+from diffhand_jax.training import memory, sharding, step as step_lib, throughput
 from diffhand_jax.benchmarks import common, trace
 from diffhand_jax import command_line
 
@@ -49,16 +56,21 @@ def op_category(name: str) -> str:
 
 
 def load_config(name: str, paper_batch: int, dtype: str):
-  """A training config by name: 'synthetic' (configs/synthetic.py) or 'paper' (configs/freihand.py,
-  the paper's model, at batch `paper_batch`), with the procedural hand standing in for MANO."""
+  """A training config by name: 'synthetic' (configs/synthetic.py), 'paper' (configs/freihand.py,
+  the paper's model, at batch `paper_batch`), with the procedural hand standing in for MANO, or 'tiny'
+  (the synthetic config with the tiny model preset, at batch `paper_batch`: smoke runs)."""
   if name == 'synthetic':
     config = run_config.config_file('synthetic')
+  elif name == 'tiny':
+    config = run_config.config_file('synthetic')
+    config.model = model_presets.get_model_config('tiny')
+    config.batch_size = paper_batch
   elif name == 'paper':
     config = run_config.config_file('freihand')
     config.batch_size = paper_batch
     config.dataset.hand_model = 'procedural'  # same 778-vertex topology; no MANO file needed
   else:
-    raise ValueError(f'unknown config {name!r}: choose synthetic or paper')
+    raise ValueError(f'unknown config {name!r}: choose synthetic, paper or tiny')
   config.model.dtype = dtype
   return config
 
@@ -67,6 +79,40 @@ def peak_matmul_flops(dtype: Any) -> dict[str, float]:
   """The best FLOP/s of square matmuls of `dtype` on the default device (training/throughput.py)."""
   sizes = (1024, 2048) if jax.default_backend() == 'cpu' else (4096, 8192)
   return throughput.measured_matmul_peak(dtype, sizes=sizes, min_seconds=0.5)
+
+
+def peak_bytes_in_use() -> int | None:
+  """The first local device's peak bytes in use so far (None where the backend does not say: CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get('peak_bytes_in_use')
+  return None if peak is None else int(peak)
+
+
+def estimated_bytes(compiled: Any) -> int | None:
+  """XLA's per-device peak estimate of a compiled step, as `training/memory.py` adds it up."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return int(
+      stats.argument_size_in_bytes
+      + stats.output_size_in_bytes
+      - stats.alias_size_in_bytes
+      + stats.temp_size_in_bytes
+      + stats.generated_code_size_in_bytes
+  )
+
+
+def memory_estimate(name: str, *, paper_batch: int, dtype: str) -> dict[str, Any]:
+  """Compiles (never runs) the config's step on this backend: `memory.memory_report`."""
+  config = load_config(name, paper_batch, dtype)
+  report = memory.memory_report(config)
+  return {
+      'config': name,
+      'batch': int(config.batch_size),
+      'dtype': dtype,
+      'backend': jax.default_backend(),
+      **report,
+  }
 
 
 def _random_batch(config, batch_sharding) -> dict[str, jax.Array]:
@@ -109,6 +155,8 @@ def measure(
       'step_s': seconds,
       'examples_per_s': config.batch_size / seconds['median'],
       'achieved_flops_per_s': flops / seconds['median'],
+      'peak_bytes_in_use': peak_bytes_in_use(),
+      'estimated_bytes': estimated_bytes(compiled),
   }
   if profile:
     rows = trace.top_ops(one_step, calls=2)
@@ -142,6 +190,13 @@ flags.DEFINE_enum(
     'dtype', 'float32', ('float32', 'bfloat16'), 'the compute dtype', flag_values=FLAGS
 )
 flags.DEFINE_integer('steps', 5, 'timed steps (after 2 warm-up steps)', flag_values=FLAGS)
+flags.DEFINE_enum(
+    'mode',
+    'time',
+    ('time', 'memory'),
+    "'time': run and time the steps; 'memory': only compile them and report XLA's memory estimate",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     'no_profile', False, 'skip the jax.profiler trace of the op time', flag_values=FLAGS
 )
@@ -155,6 +210,8 @@ def main(argv: list[str]) -> int:
     return done.code
   paper_batch = FLAGS.paper_batch or (2 if jax.default_backend() == 'cpu' else 32)
   dtype = jnp.bfloat16 if FLAGS.dtype == 'bfloat16' else jnp.float32
+  if FLAGS.mode == 'memory':
+    return memory_main(paper_batch)
 
   peak = peak_matmul_flops(dtype)
   results, rows = [], []
@@ -188,6 +245,7 @@ def main(argv: list[str]) -> int:
                 f'{100 * shares.get(c, 0.0):.0f}%'
                 for c in ('matmul', 'elementwise/reduction', 'data movement')
             ),
+            f"{_mib(r['peak_bytes_in_use'])} / {_mib(r['estimated_bytes'])}",
         ]
     )
   header = [
@@ -202,6 +260,7 @@ def main(argv: list[str]) -> int:
       f'peak GFLOP/s ({peak["size"]}² matmul)',
       'MFU',
       'op time: matmul / elementwise+reduction / data movement',
+      'peak MiB: measured / XLA estimate',
   ]
   common.report(
       'train',
@@ -211,6 +270,50 @@ def main(argv: list[str]) -> int:
       rows,
       results,
       peak=peak,
+  )
+  return 0
+
+
+def _mib(value: int | None) -> str:
+  return '-' if value is None else f'{value / memory.MIB:.0f}'
+
+
+def memory_main(paper_batch: int) -> int:
+  """--mode=memory: XLA's memory estimate of each config's step, compiled only."""
+  results, rows = [], []
+  for name in FLAGS.configs.split(','):
+    r = memory_estimate(name, paper_batch=paper_batch, dtype=FLAGS.dtype)
+    results.append(r)
+    rows.append(
+        [
+            name,
+            r['batch'],
+            FLAGS.dtype,
+            r['backend'],
+            r['total_bytes'] / memory.MIB,
+            r['temp_bytes'] / memory.MIB,
+            (r['param_bytes'] + r['opt_state_bytes'] + r['ema_bytes']) / memory.MIB,
+            r['compile_seconds'],
+        ]
+    )
+  header = [
+      'config',
+      'batch',
+      'dtype',
+      'compiled for',
+      'peak estimate MiB',
+      'temporaries MiB',
+      'params + optimiser + EMA MiB',
+      'compile s',
+  ]
+  common.report(
+      'train',
+      FLAGS.output,
+      f'Train step memory, XLA estimate per device, compiled for {jax.default_backend()}',
+      header,
+      rows,
+      results,
+      mode='memory',
   )
   return 0
 

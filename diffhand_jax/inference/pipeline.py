@@ -17,11 +17,16 @@ Nothing here reads or writes a file: `predict`, the app and the video path read 
 overlay).
 The run's `SamplerCache` also keeps what is built once per run and setting: each sampler, the detector
 and the hand models of the fit.
+
+`reconstruct_photos(..., timings={})` adds the seconds spent in each of `STAGES` to the dict (what
+`bench photo` reports per stage).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -111,6 +116,10 @@ class Options:
 
 
 PLACEMENTS = ('landmarks', 'network')
+# What `reconstruct_photos` times when given a `timings` dict: finding the hands (the detector), cutting
+# their crops, sampling them (the model, the aggregate and the hypotheses' spread), placing them in the
+# camera, and fitting the hand model (refine and fit_mano).
+STAGES = ('detect', 'crop', 'sample', 'place', 'fit')
 REFINEMENTS = ('landmarks', 'none')
 # The library's options: detected hands placed on their landmarks, five hypotheses, the run's sampler,
 # the network's own meshes.
@@ -201,6 +210,17 @@ class PhotoHands:
   focal: float | None = None
   focal_source: str | None = None
   error: str | None = None
+
+
+@contextlib.contextmanager
+def _stage(timings: dict[str, float] | None, name: str):
+  """Adds the seconds the block takes to timings[name] (nothing without a dict)."""
+  start = time.perf_counter()
+  try:
+    yield
+  finally:
+    if timings is not None:
+      timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 # ==================================================================================================
@@ -314,7 +334,11 @@ def model_input(
 
 
 def _prepare(
-    samplers: sampling.SamplerCache, photo: Photo, options: Options, detector: Any
+    samplers: sampling.SamplerCache,
+    photo: Photo,
+    options: Options,
+    detector: Any,
+    timings: dict[str, float] | None = None,
 ) -> tuple[PhotoHands, list[HandCrop], list[np.ndarray]]:
   """A photo's hands found and cropped, with its K; InputError when it cannot be used."""
   image = np.asarray(photo.image)
@@ -327,9 +351,11 @@ def _prepare(
         f'{photo.name}: {image.shape[1]}×{image.shape[0]} pixels is too small to show a hand '
         f'(at least {MIN_IMAGE_SIDE} on each side)'
     )
-  found = find_hands(image, photo, options, None if photo.boxes is not None else detector)
+  with _stage(timings, 'detect'):
+    found = find_hands(image, photo, options, None if photo.boxes is not None else detector)
   image_size = int(samplers.run.config.model.img_size)
-  inputs = [model_input(image, c.crop_box, c.is_left, image_size) for c in found]
+  with _stage(timings, 'crop'):
+    inputs = [model_input(image, c.crop_box, c.is_left, image_size) for c in found]
   if photo.focal is None:
     focal, source = render.default_focal(image.shape[:2]), 'default'
   else:
@@ -472,11 +498,13 @@ def reconstruct_photos(
     photos: Sequence[Photo],
     options: Options = DEFAULTS,
     progress: Callable[[int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[PhotoHands]:
   """The hands of every photo, sampled in shared batches of `options.batch_size` crops (batch i with the
   key fold_in(PRNGKey(seed), i)). A photo that cannot be used gets its `error` and no hands; the others
   go on. Raises InputError for bad options or an unavailable detector, HandModelUnavailable for
-  `fit_mano` without the hand model files (both before any sampling)."""
+  `fit_mano` without the hand model files (both before any sampling). timings: a dict to which the
+  seconds of each of `STAGES` are added."""
   options.check()
   detector = None
   if any(photo.boxes is None for photo in photos):
@@ -484,7 +512,7 @@ def reconstruct_photos(
   results, owners, found, inputs = [], [], [], []
   for number, photo in enumerate(photos):
     try:
-      result, photo_crops, photo_inputs = _prepare(samplers, photo, options, detector)
+      result, photo_crops, photo_inputs = _prepare(samplers, photo, options, detector, timings)
     except ValueError as error:  # InputError, or an empty crop
       results.append(PhotoHands(photo, [], error=str(error)))
       continue
@@ -499,7 +527,7 @@ def reconstruct_photos(
   if options.fit_mano or refines:
     models = hand_models(samplers, ['left' if crop.is_left else 'right' for crop in found])
   Ks = [results[owner].K for owner in owners]
-  hands = _sample_hands(samplers, options, found, np.stack(inputs), Ks, models, progress)
+  hands = _sample_hands(samplers, options, found, np.stack(inputs), Ks, models, progress, timings)
   for number, result in enumerate(results):
     mine = [hand for owner, hand in zip(owners, hands) if owner == number]
     results[number] = dataclasses.replace(result, hands=mine)
@@ -514,20 +542,32 @@ def _sample_hands(
     Ks: Sequence[np.ndarray],
     models: dict[str, tuple[Any, str]] | None,
     progress: Callable[[int, int], None] | None,
+    timings: dict[str, float] | None = None,
 ) -> list[Hand]:
   """Samples the crops (M, S, S, 3) uint8 of `found`, places each hand in its photo's camera K, and
   fits the hand model where asked (`_with_hand_model`)."""
   run = samplers.run
-  out = options.sampler(samplers).predict(
-      input_pipeline.normalise_images(inputs),
-      jax.random.PRNGKey(options.seed),
-      method=options.method,
-      tta_config=options.tta,
-      progress=progress,
-  )
-  joints = conventions.regress_joints(out['vertices'], run.topology.joint_regressor)
-  uncertainty = hand_uncertainty(out['hypotheses'])
+  with _stage(timings, 'sample'):
+    out = options.sampler(samplers).predict(
+        input_pipeline.normalise_images(inputs),
+        jax.random.PRNGKey(options.seed),
+        method=options.method,
+        tta_config=options.tta,
+        progress=progress,
+    )
+    joints = conventions.regress_joints(out['vertices'], run.topology.joint_regressor)
+    uncertainty = hand_uncertainty(out['hypotheses'])
   faces = np.asarray(run.topology.faces)
+  with _stage(timings, 'place'):
+    hands = _placed_hands(run, options, found, Ks, out, joints, uncertainty, faces)
+  if models is None:
+    return hands
+  with _stage(timings, 'fit'):
+    return _with_hand_model(samplers, options, hands, Ks, models)
+
+
+def _placed_hands(run, options, found, Ks, out, joints, uncertainty, faces) -> list[Hand]:
+  """Each sampled hand (`_sample_hands`'s arrays, row i for found[i]) placed in its photo's camera."""
   hands = []
   for i, (crop, K) in enumerate(zip(found, Ks)):
     placed = full_frame.to_photo(
@@ -553,7 +593,7 @@ def _sample_hands(
             **placed,
         )
     )
-  return hands if models is None else _with_hand_model(samplers, options, hands, Ks, models)
+  return hands
 
 
 def _with_hand_model(
