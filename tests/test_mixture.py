@@ -143,6 +143,15 @@ def test_mixture_entries_are_checked_and_default_to_the_run_dataset():
   ):
     with pytest.raises(ValueError, match=words):
       mixture.parse_entries(bad)
+  # A run is refused before compute, naming the field (runs/checks.py).
+  from diffhand_jax.runs import checks, run_config
+
+  run = run_config.config_file('freihand')
+  run.dataset.mixture = (('freihand', 'train', 0.5), ('ho3d', 'train', -1.0))
+  run.eval.datasets = (('dex_ycb',),)
+  problems = checks.validate_config(run, mode='evaluate')
+  assert any(p.startswith('config.dataset.mixture = ') and 'weight > 0' in p for p in problems)
+  assert any(p.startswith('config.eval.datasets = ') and 'must be' in p for p in problems)
 
 
 # ----- one-dataset runs: the batches recorded before mixtures ---------------------------------------
