@@ -496,6 +496,8 @@ def train_batches_from_config(
 def mean_mesh_example(sources: Sequence[Source]) -> dict[str, np.ndarray]:
   """`splits.mean_mesh_example` of the mixture: the sources' mean root-relative meshes averaged by
   their weights (the mean hand of the training stream); with one source, exactly that source's."""
+  labelled = [s for s in sources if {'joints_3d', 'vertices_3d'} <= set(s.features)]
+  sources = labelled or sources  # a source without 3D labels has no mesh to average
   examples = [splits.mean_mesh_example(s.arrays) for s in sources]
   if len(examples) == 1:
     return examples[0]
