@@ -116,6 +116,8 @@ class SceneConfig:
   def __post_init__(self):
     if self.look not in LOOKS:
       raise ValueError(f'synthetic_hands: look must be one of {LOOKS}, got {self.look!r}')
+    if self.look != 'random' and self.clip_length:
+      raise ValueError(f'synthetic_hands: look={self.look!r} is for stills (clip_length 0)')
     if self.pose_prior not in POSE_PRIORS:
       raise ValueError(
           f'synthetic_hands: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}'
