@@ -429,10 +429,7 @@ def train_batches(
   are the same, bit for bit, for any number of workers or threads, and from any start step."""
   if not sources:
     raise ValueError('a mixture needs at least one source')
-  if batch_size % process_count:
-    raise ValueError(
-        f'global batch_size={batch_size} does not split over {process_count} processes'
-    )
+  local_positions(batch_size, start_step, process_index, process_count)  # refuses a bad split now
   make = functools.partial(
       train_batch,
       tuple(sources),
