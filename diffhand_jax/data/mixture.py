@@ -426,10 +426,30 @@ def train_batches(
   """:func:`train_batch` of steps start_step, start_step + 1, ... endlessly, prepared ahead on
   ``num_workers`` worker processes or this process's threads (`input_pipeline.map_in_order`; None:
   :func:`default_num_workers`; prefetch and threads as `input_pipeline.train_batches`). The batches
-  are the same, bit for bit, for any number of workers or threads, and from any start step."""
+  are the same, bit for bit, for any number of workers or threads, and from any start step. One
+  source with every feature goes through `input_pipeline.train_batches` itself."""
   if not sources:
     raise ValueError('a mixture needs at least one source')
   local_positions(batch_size, start_step, process_index, process_count)  # refuses a bad split now
+  if len(sources) == 1 and set(splits.FEATURES) <= set(sources[0].features):
+    # One complete source: the single-split pipeline itself, whose batches train_batch equals
+    # (tests/test_mixture.py), with its worker and prefetch defaults.
+    return input_pipeline.train_batches(
+        sources[0].arrays,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start_step,
+        vertex_scale=vertex_scale,
+        image_size=image_size,
+        colour_strength=colour_strength,
+        crop_margin=sources[0].entry.crop_margin,
+        augment=augment,
+        process_index=process_index,
+        process_count=process_count,
+        prefetch=prefetch,
+        num_threads=num_threads,
+        num_workers=num_workers,
+    )
   make = functools.partial(
       train_batch,
       tuple(sources),
