@@ -4,6 +4,7 @@ split), a missing field masks its rows, and a run on the fixtures of all four da
 bit-identically after a crash and evaluates on each."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -154,6 +155,25 @@ def test_mixture_entries_are_checked_and_default_to_the_run_dataset():
   assert any(p.startswith('config.eval.datasets = ') and 'must be' in p for p in problems)
 
 
+def test_the_mixture_config_needs_no_data_in_memory_mode_and_every_dataset_to_train(tmp_path):
+  from diffhand_jax.runs import checks, run_config
+
+  config = run_config.config_file('mixture')
+  config.dataset.data_dir = str(tmp_path)  # nothing is prepared there
+  checks.check_run(
+      config, None, mode='memory', device_count=1
+  )  # --config.mode=memory reads no data
+  config.dataset.hand_model = 'procedural'
+  config.model.encoder_init = ''
+  with pytest.raises(checks.RunCheckError) as refused:
+    checks.check_run(config, str(tmp_path / 'run'), mode='train', device_count=1)
+  # One problem per real dataset, each with its `tfds build` command; the synthetic hands build
+  # themselves.
+  assert len(refused.value.problems) == 3
+  for name in ('freihand', 'dex_ycb', 'ho3d'):
+    assert any(f'tfds build datasets/{name} ' in p for p in refused.value.problems), name
+
+
 # ----- one-dataset runs: the batches recorded before mixtures ---------------------------------------
 
 # sha256 of the batches of steps 1-3 (every key, sorted, dtype, shape and bytes) that configs/freihand.py
@@ -199,3 +219,136 @@ def test_today_s_freihand_config_gives_the_batches_recorded_before_mixtures(tmp_
         digest.update(f'{key}{value.dtype}{value.shape}'.encode())
         digest.update(value.tobytes())
   assert digest.hexdigest() == FREIHAND_BATCHES_BEFORE_MIXTURES
+
+
+# ----- four datasets: train, kill -9, resume, evaluate on each ---------------------------------------
+
+
+def _prepare_real_fixtures(root, monkeypatch):
+  """The FreiHAND, HO-3D and DexYCB fixtures (diffhand_jax/data/fixtures.py) built as ArrayRecord into
+  root/tfds, their hand files the procedural hand's (MANO's format)."""
+  import tensorflow_datasets as tfds
+
+  from diffhand_jax.data import fixtures
+  from diffhand_jax.data.builders.dex_ycb import dex_ycb_dataset_builder as dex_ycb
+  from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
+  from diffhand_jax.data.builders.ho3d import ho3d_dataset_builder as ho3d
+
+  mano_dir = fixtures.write_mano_standins(str(root / 'mano'))
+  monkeypatch.setenv('DIFFHAND_MANO_DIR', mano_dir)
+  fixtures.make_freihand(str(root / 'freihand'), mano_dir, num_train=2, num_eval=2)
+  fixtures.make_ho3d(str(root / 'ho3d'), mano_dir)
+  fixtures.make_dex_ycb(str(root / 'dex_ycb'), mano_dir)
+  for name, module in (('freihand', freihand), ('ho3d', ho3d), ('dex_ycb', dex_ycb)):
+    module.Builder(
+        data_dir=str(root / 'tfds'), file_format=splits.STREAMING_FILE_FORMAT
+    ).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root / name))
+    )
+
+
+def _metrics(workdir):
+  with open(workdir / 'metrics.jsonl') as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_a_four_dataset_mixture_trains_resumes_after_kill_9_and_evaluates_on_each(
+    tmp_path, monkeypatch
+):
+  """A shrunken model on FreiHAND 0.4 / DexYCB 0.3 / HO-3D 0.2 / synthetic 0.1 (the fixtures), killed
+  with SIGKILL after step 3 of 6 and rerun: every step's loss and the final metrics of each eval set
+  equal, bit for bit, those of a run never interrupted; results.json and metrics.jsonl carry each
+  set's metrics and mean-mesh baseline under its name."""
+  import os
+  import signal
+  import subprocess
+  import sys
+
+  from _inference_workdir import write_tiny_config_file
+
+  _prepare_real_fixtures(tmp_path, monkeypatch)
+  eval_sets = (('freihand', 'evaluation'), ('dex_ycb', 'test'), ('synthetic_hands/tiny', 'test'))
+  config_file = write_tiny_config_file(
+      tmp_path / 'config.py',
+      tmp_path / 'tfds',
+      **{
+          'dataset.name': 'freihand',
+          'dataset.config_name': 'default',
+          'dataset.mixture': (
+              ('freihand', 'train', 0.4),
+              ('dex_ycb', 'train', 0.3),
+              ('ho3d', 'train', 0.2),
+              ('synthetic_hands/tiny', 'train', 0.1),
+          ),
+          'dataset.num_workers': 2,
+          'dataset.max_rotation_deg': 30.0,
+          'eval.datasets': eval_sets,
+          'eval.num_export': 1,
+          'batch_size': 4,
+          'num_train_steps': 6,
+          'log_every_steps': 1,
+          'checkpoint_every_steps': 1,
+          'eval_every_steps': 6,
+      },
+  )
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, '-m', 'diffhand_jax.main', f'--config={config_file}']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+
+  def run(workdir):
+    done = subprocess.run(
+        command + [f'--workdir={workdir}'], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    return done.stdout
+
+  straight = run(tmp_path / 'straight')
+  assert 'train on freihand:train 8 (0.4), dex_ycb:train' in straight
+
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen(
+      command + [f'--workdir={killed}'],
+      cwd=repo,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
+  output = ''
+  for line in process.stdout:
+    output += line
+    if line.startswith('step 3/'):
+      process.send_signal(signal.SIGKILL)
+      break
+  process.wait(timeout=120)
+  assert process.returncode == -signal.SIGKILL, output[-3000:]
+  resumed = run(killed)
+  assert 'resumed from step ' in resumed, resumed[-2000:]
+
+  train_rows = {
+      name: {r['step']: r['loss'] for r in _metrics(tmp_path / name) if r['split'] == 'train'}
+      for name in ('straight', 'killed')
+  }
+  assert sorted(train_rows['killed']) == list(range(1, 7))
+  assert train_rows['killed'] == train_rows['straight']  # bit for bit
+
+  labels = [f'{dataset}:{split}' for dataset, split in eval_sets]
+  results = {
+      name: json.loads((tmp_path / name / 'results.json').read_text())
+      for name in ('straight', 'killed')
+  }
+  assert results['killed'] == results['straight']
+  per_set = results['straight']['datasets']
+  assert list(per_set) == labels
+  for label in labels:
+    assert per_set[label]['num_examples'] > 0
+    assert np.isfinite(per_set[label]['pa_mpvpe']) and per_set[label]['baseline_pa_mpvpe'] > 0
+  assert results['straight']['pa_mpvpe'] == per_set[labels[0]]['pa_mpvpe']  # the first at the top
+  eval_rows = {r['split']: r for r in _metrics(tmp_path / 'straight') if r['split'] != 'train'}
+  assert sorted(eval_rows) == sorted(labels)
+  for label in labels:
+    assert eval_rows[label]['baseline_pa_mpvpe'] == per_set[label]['baseline_pa_mpvpe']
+  export = tmp_path / 'straight' / 'export' / 'step_6'
+  assert (export / '0000.obj').exists() and (export / 'dex_ycb_test' / '0000.obj').exists()
+  assert (tmp_path / 'straight' / 'eval_per_sample_synthetic_hands_tiny_test.npz').exists()
