@@ -206,7 +206,9 @@ def open_eval_sets(config: ml_collections.ConfigDict) -> list[EvalSet]:
 
 
 def file_suffix(name: str) -> str:
-  """'' for the primary set; else '_' + ``name`` with what a file name should not hold replaced."""
+  """'_' + ``name`` with what a file name should not hold replaced: the suffix of a set's files
+  ('synthetic_hands/tiny:test' → '_synthetic_hands_tiny_test'; the primary set's files have none).
+  """
   return '_' + ''.join(c if c.isalnum() or c in '-.' else '_' for c in name)
 
 
