@@ -84,6 +84,24 @@ def test_same_seed_same_example_and_different_otherwise(kit, examples):
     assert not np.allclose(other['vertices_3d'], examples[0]['vertices_3d'])
 
 
+def test_the_studio_look_changes_only_backdrop_and_light(kit, examples):
+  # The same hand, view and camera (drawn before the look), on a plain backdrop: the background's
+  # pixels vary far less than the cluttered ones (neighbouring-pixel differences, a measure of clutter).
+  studio = synthetic_scene.SceneConfig(image_size=SIZE, look='studio')
+  for index, example in enumerate(examples):
+    plain = synthetic_scene.generate_example(studio, 'test', index, kit=kit)
+    for key in ('vertices_3d', 'joints_3d', 'K', 'mask', 'bbox'):
+      np.testing.assert_array_equal(plain[key], example[key], err_msg=key)
+    background = plain['mask'][..., 0] == 0
+    busy, calm = (
+        np.abs(np.diff(image.astype(np.float64), axis=1))[background[:, 1:] & background[:, :-1]]
+        for image in (example['image'], plain['image'])
+    )
+    assert calm.mean() < busy.mean()
+  with pytest.raises(ValueError, match='stills'):
+    synthetic_scene.SceneConfig(look='studio', clip_length=4)
+
+
 def test_mano_parameters_reproduce_the_mesh_and_joints(kit, examples):
   forward = jax.jit(lambda pose, betas: mano.forward(kit.model, pose, betas, flat_hand_mean=False))
   for example in examples:

@@ -5,6 +5,7 @@ number of input worker processes.
                                      [--workers=1,2,...] [--batch_size=64] [--image_size=224]
                                      [--crop_margin=M]
                                      [--num_batches=12] [--prefetch=4] [--repeats=3] [--output=...]
+  python -m diffhand_jax.bench input --mixture [--data_dir=DIR] [--workers=2]
 
 Without --data_dir it builds a FreiHAND-shaped fixture (diffhand_jax/data/fixtures.py: 224x224 JPEG frames
 of noise, which decode slower than photographs) in a temporary directory, in the ArrayRecord format, and
@@ -23,6 +24,13 @@ rate, the most a training step can be fed. The last column is the CPU time per i
 processes (and of the main process alone) over the timed runs: on a machine that other programs share,
 the wall-clock rates drop with their load, while the CPU time per image says what the pipeline costs.
 The small fixture sits in the page cache, so disk reads are not measured.
+
+With --mixture it times a weighted mixture of four sources (data/mixture.py) against its first source
+alone, both on --workers (default 2) worker processes: with --data_dir the mixture of
+configs/mixture.py (FreiHAND 0.4, DexYCB 0.3, HO-3D 0.2, synthetic hands 0.1, each with its own crop),
+else the fixtures of the three real datasets (HO-3D's and DexYCB's frames a tenth of the real size, so
+cheaper to decode than real ones) and synthetic_hands/tiny, built in a temporary directory. The
+'vs single' column is the mixture's rate over the single dataset's (the goal: >= 0.8).
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffhand_jax.data import fixtures, input_pipeline, splits
+from diffhand_jax.data import fixtures, input_pipeline, mixture, splits
+from diffhand_jax.data.builders.dex_ycb import dex_ycb_dataset_builder as dex_ycb
 from diffhand_jax.data.builders.freihand import freihand_dataset_builder as freihand
+from diffhand_jax.data.builders.ho3d import ho3d_dataset_builder as ho3d
 from diffhand_jax.benchmarks import common
 from diffhand_jax import command_line
 
@@ -61,6 +71,41 @@ def build_fixture(directory: str, num_annotations: int) -> dict[str, str]:
   builder = freihand.Builder(data_dir=data_dir, file_format=splits.STREAMING_FILE_FORMAT)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return {'name': 'freihand', 'data_dir': data_dir}
+
+
+# The mixture of configs/mixture.py; on the fixtures the synthetic source is synthetic_hands/tiny.
+MIXTURE = (
+    ('freihand', 'train', 0.4),
+    ('dex_ycb', 'train', 0.3),
+    ('ho3d', 'train', 0.2),
+    ('synthetic_hands', 'train', 0.1),
+)
+
+
+def build_mixture_fixtures(directory: str, num_annotations: int) -> dict[str, str]:
+  """The FreiHAND (``num_annotations`` x 4 images), HO-3D and DexYCB fixtures prepared as ArrayRecord
+  under ``directory`` (synthetic_hands/tiny builds itself there on first use); returns the data dir's
+  dataset config."""
+  config = build_fixture(directory, num_annotations)
+  mano_dir = os.path.join(directory, 'mano')
+  previous = os.environ.get('DIFFHAND_MANO_DIR')
+  os.environ['DIFFHAND_MANO_DIR'] = mano_dir  # the builders read the hand files from there
+  try:
+    for name, make, module in (
+        ('ho3d', fixtures.make_ho3d, ho3d),
+        ('dex_ycb', fixtures.make_dex_ycb, dex_ycb),
+    ):
+      manual_dir = os.path.join(directory, name)
+      make(manual_dir, mano_dir)
+      module.Builder(
+          data_dir=config['data_dir'], file_format=splits.STREAMING_FILE_FORMAT
+      ).download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  finally:
+    if previous is None:
+      del os.environ['DIFFHAND_MANO_DIR']
+    else:
+      os.environ['DIFFHAND_MANO_DIR'] = previous
+  return config
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -93,20 +138,24 @@ def images_per_second(
   of one iterator, after a first run that starts its workers (steady state); and the CPU time per
   image of all processes over the timed runs ('cpu_ms_per_image', 'main_cpu_ms_per_image'), which
   other programs on the machine disturb far less than the wall-clock rate."""
-  batches = input_pipeline.train_batches(
-      arrays,
+  options = dict(
       batch_size=args.batch_size,
       seed=0,
       start_step=0,
       vertex_scale=0.1,
       image_size=args.image_size,
       colour_strength=COLOUR_STRENGTH,
-      crop_margin=getattr(args, 'crop_margin', None),
       augment=AUGMENT,
       prefetch=prefetch,
       num_threads=num_threads,
       num_workers=num_workers,
   )
+  if isinstance(arrays, (list, tuple)):  # a mixture's sources: each with its own crop
+    batches = mixture.train_batches(arrays, **options)
+  else:
+    batches = input_pipeline.train_batches(
+        arrays, crop_margin=getattr(args, 'crop_margin', None), **options
+    )
 
   def draw():
     for _ in range(args.num_batches):
@@ -185,6 +234,75 @@ flags.DEFINE_integer(
     flag_values=FLAGS,
 )
 flags.DEFINE_string('output', 'bench_results/input.json', 'the JSON report', flag_values=FLAGS)
+flags.DEFINE_bool(
+    'mixture',
+    False,
+    'time the four-source mixture against its first source alone (see above)',
+    flag_values=FLAGS,
+)
+
+
+def time_mixture(dataset_config: dict[str, str], where: str) -> None:
+  """--mixture: the four-source mixture and its first source alone, on each --workers count (2)."""
+  entries = [
+      (name + ('/tiny' if where == 'fixture' and name == 'synthetic_hands' else ''), split, weight)
+      for name, split, weight in MIXTURE
+  ]
+  run_config = {**dataset_config, 'mixture': tuple(entries), 'in_memory': False}
+  sources = mixture.open_sources(run_config)
+  single = sources[:1]  # the same source, read alone: all its batches' rows from it
+  workers = [int(n) for n in FLAGS.workers] if FLAGS.workers else [2]
+  rows, results = [], []
+  for n in workers:
+    rates = {}
+    for name, chosen in ((f'{single[0].label} alone', single), ('mixture', sources)):
+      print(f'timing: {name}, {n} workers', flush=True)
+      rates[name] = images_per_second(chosen, FLAGS, prefetch=FLAGS.prefetch, num_workers=n)
+    alone, mixed = rates[f'{single[0].label} alone'], rates['mixture']
+    ratio = mixed['median'] / alone['median']
+    for name, rate in rates.items():
+      rows.append(
+          [
+              name,
+              n,
+              rate['median'],
+              rate['min'],
+              rate['max'],
+              f'{ratio:.2f}x' if name == 'mixture' else '-',
+              f"{rate['cpu_ms_per_image']:.2f} ({rate['main_cpu_ms_per_image']:.2f})",
+          ]
+      )
+    results.append({'workers': n, 'single': alone, 'mixture': mixed, 'mixture_over_single': ratio})
+  common.report(
+      'input',
+      FLAGS.output,
+      f'Training input pipeline, mixture ({mixture.describe(sources)}; {where}) against '
+      f'{single[0].label} alone, batch {FLAGS.batch_size}, {FLAGS.image_size} px, augmented, '
+      f'{input_pipeline.available_cpus()} CPUs',
+      [
+          'pipeline',
+          'workers',
+          'images/s (median)',
+          'min',
+          'max',
+          'vs single',
+          'CPU ms/image, all (main)',
+      ],
+      rows,
+      results,
+      settings={
+          'mixture': entries,
+          'data': where,
+          'batch_size': FLAGS.batch_size,
+          'image_size': FLAGS.image_size,
+          'num_batches': FLAGS.num_batches,
+          'prefetch': FLAGS.prefetch,
+          'repeats': FLAGS.repeats,
+          'cpus': input_pipeline.available_cpus(),
+          'augment': AUGMENT,
+          'colour_strength': COLOUR_STRENGTH,
+      },
+  )
 
 
 def main(argv: list[str]) -> int:
@@ -209,9 +327,13 @@ def main(argv: list[str]) -> int:
           f'building a FreiHAND fixture ({FLAGS.fixture_annotations} x 4 images) in {temporary}',
           flush=True,
       )
-      dataset_config = build_fixture(temporary, FLAGS.fixture_annotations)
+      build = build_mixture_fixtures if FLAGS.mixture else build_fixture
+      dataset_config = build(temporary, FLAGS.fixture_annotations)
       print(f'built in {time.time() - start:.0f} s', flush=True)
       where = 'fixture'
+    if FLAGS.mixture:
+      time_mixture(dataset_config, where)
+      return 0
     builder = splits.get_builder(dataset_config, prepare=False)
     source = splits.SplitSource(builder, FLAGS.split)
     _, threads = input_pipeline.prefetch_settings(source, FLAGS.prefetch, FLAGS.num_threads)

@@ -71,3 +71,13 @@ def sample_background(rng: np.random.Generator, height: int, width: int) -> np.n
   grain = rng.uniform(0.0, 0.08)
   image = image + rng.normal(0.0, grain, size=image.shape)
   return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def studio_backdrop(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+  """A photo-studio backdrop, uint8 (H, W, 3): one muted colour, a little darker towards the bottom,
+  with fine grain (the synthetic hands' 'studio' look; nothing of `sample_background`'s clutter)."""
+  colour = rng.uniform(0.15, 0.6) * (1.0 + rng.uniform(-0.15, 0.15, size=3))
+  rows = np.linspace(0.0, 1.0, height)[:, None, None]
+  image = colour * (1.0 - rng.uniform(0.1, 0.3) * rows) * np.ones((height, width, 3))
+  image = image + rng.normal(0.0, 0.01, size=image.shape)
+  return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)

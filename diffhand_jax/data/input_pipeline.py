@@ -104,7 +104,7 @@ def _start_input_worker(index: int, count: int) -> None:
   _IN_INPUT_WORKER = True
 
 
-def _new_array(shape: Sequence[int], dtype) -> np.ndarray:
+def new_array(shape: Sequence[int], dtype) -> np.ndarray:
   """np.empty(shape, dtype); in an input worker process, an uninitialised array in shared memory."""
   if _IN_INPUT_WORKER:
     return grain.python.SharedMemoryArray(tuple(shape), dtype)
@@ -126,7 +126,7 @@ def normalise_images(images_uint8: np.ndarray) -> np.ndarray:
   images_uint8 = np.asarray(images_uint8)
   if images_uint8.dtype != np.uint8 or images_uint8.ndim < 3:  # other pixel types: the arithmetic
     return (images_uint8.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-  out = _new_array(images_uint8.shape, np.float32)
+  out = new_array(images_uint8.shape, np.float32)
   for index in np.ndindex(images_uint8.shape[:-3]):  # one image at a time: cache-sized gathers
     for channel in range(3):
       out[index + (..., channel)] = _NORMALISED_LEVELS[:, channel][
@@ -412,7 +412,7 @@ def _mark_absl_flags_parsed() -> None:
 
 
 # The step range of an endless training pipeline (grain datasets have a length).
-_ENDLESS_STEPS = 2**40
+ENDLESS_STEPS = 2**40
 
 
 class BatchIterator(Iterator[Any]):
@@ -616,7 +616,7 @@ def train_batches(
   prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
   return map_in_order(
       make,
-      range(start_step, start_step + _ENDLESS_STEPS),
+      range(start_step, start_step + ENDLESS_STEPS),
       num_workers=default_num_workers(arrays) if num_workers is None else int(num_workers),
       prefetch=prefetch,
       num_threads=num_threads,

@@ -192,17 +192,23 @@ def wants_in_memory(dataset_config: Mapping[str, Any]) -> bool:
   return bool(in_memory)
 
 
-def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int | None = None):
+def open_split(
+    dataset_config: Mapping[str, Any],
+    split: str,
+    max_examples: int | None = None,
+    features: Sequence[str] = FEATURES,
+):
   """A split for `input_pipeline.train_batches` / `eval_batches`: the in-memory dict of
   :func:`load_split` when :func:`wants_in_memory`, else a streaming :class:`SplitSource`.
 
   Data prepared as tfrecord only cannot be streamed: a split of at most
   ``IN_MEMORY_FALLBACK_MAX_EXAMPLES`` examples is then read into memory (with a note), a larger one
   raises a ValueError that says how to convert the data in place. ``dataset_config.prefetch_batches``
-  and ``dataset_config.num_threads``, when set, become the source's prefetch defaults.
+  and ``dataset_config.num_threads``, when set, become the source's prefetch defaults. ``features``: those
+  to read (default: the pipeline's, `FEATURES`).
   """
   if wants_in_memory(dataset_config):
-    return load_split(dataset_config, split, max_examples)
+    return load_split(dataset_config, split, max_examples, features)
   builder = get_builder(dataset_config)
   spec = _split_spec(builder, split, max_examples)
   if has_random_access(builder):
@@ -210,6 +216,7 @@ def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int 
         builder,
         split,
         max_examples=max_examples,
+        features=features,
         prefetch=dataset_config.get('prefetch_batches'),
         num_threads=dataset_config.get('num_threads'),
     )
@@ -225,7 +232,7 @@ def open_split(dataset_config: Mapping[str, Any], split: str, max_examples: int 
         f'{convert}',
         flush=True,
     )
-    return load_split(dataset_config, split, max_examples)
+    return load_split(dataset_config, split, max_examples, features)
   raise ValueError(
       f'dataset {builder.info.full_name} in {builder.data_dir} is stored as tfrecord only, and its '
       f'{count}-example split {spec!r} is too large to read into memory. Streaming needs the '

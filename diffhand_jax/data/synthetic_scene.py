@@ -63,6 +63,8 @@ from diffhand_jax.data import backgrounds
 
 SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
 POSE_PRIORS = ('synergy', 'uniform')
+# Backgrounds and lighting (SceneConfig.look).
+LOOKS = ('random', 'studio')
 
 # Skin albedos from light to dark (linear RGB-ish, in [0, 1]); tones are interpolated between them.
 SKIN_PALETTE = np.array(
@@ -106,8 +108,16 @@ class SceneConfig:
   # clip i // L. A clip moves between key states whose spacing is drawn from keyframe_spacing (frames).
   clip_length: int = 0
   keyframe_spacing: tuple[float, float] = (6.0, 18.0)
+  # Backgrounds and lighting: 'random' (noise, gradients, shapes; a light from anywhere in the camera's
+  # hemisphere) or 'studio' (a plain backdrop, soft light from above: the `studio` builder config, a
+  # second "dataset" for mixture experiments). Stills only.
+  look: str = 'random'
 
   def __post_init__(self):
+    if self.look not in LOOKS:
+      raise ValueError(f'synthetic_hands: look must be one of {LOOKS}, got {self.look!r}')
+    if self.look != 'random' and self.clip_length:
+      raise ValueError(f'synthetic_hands: look={self.look!r} is for stills (clip_length 0)')
     if self.pose_prior not in POSE_PRIORS:
       raise ValueError(
           f'synthetic_hands: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}'
@@ -482,11 +492,19 @@ def generate_example(config: Any, split: str, index: int, *, kit: HandKit | None
   joints16 = joints16 + translation
   joints = np.asarray(kit.joints21(vertices, joints16), np.float64)
 
-  background = backgrounds.sample_background(rng, size, size)
-  colors = _skin_colors(rng, kit)
-  light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.3, 1.2)])
-  ambient = rng.uniform(0.25, 0.55)
-  exposure = rng.uniform(0.75, 1.15)
+  if config.look == 'studio':
+    background = backgrounds.studio_backdrop(rng, size, size)
+    colors = _skin_colors(rng, kit)
+    # From above the camera (−y in the OpenCV frame) and in front, with much fill light.
+    light = np.array([rng.uniform(-0.3, 0.3), -1.0, -rng.uniform(0.5, 0.9)])
+    ambient = rng.uniform(0.5, 0.7)
+    exposure = rng.uniform(0.9, 1.05)
+  else:
+    background = backgrounds.sample_background(rng, size, size)
+    colors = _skin_colors(rng, kit)
+    light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.3, 1.2)])
+    ambient = rng.uniform(0.25, 0.55)
+    exposure = rng.uniform(0.75, 1.15)
   shaded, depth = _shade(kit, config, vertices, K, background, colors, light, ambient, exposure)
   noise_std = rng.uniform(0.0, config.noise_std_max)
   image = np.clip(np.round(shaded + rng.normal(0.0, noise_std, size=shaded.shape)), 0, 255).astype(

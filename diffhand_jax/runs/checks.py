@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import ml_collections
 
-from diffhand_jax.data import splits
+from diffhand_jax.data import mixture, splits
 from diffhand_jax.geometry import hand_model, hypotheses
 from diffhand_jax.models import diffhand, pretrained
 from diffhand_jax.runs import checkpoints, presets, run_config
@@ -176,6 +176,15 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.integer('dataset.prefetch_batches', 1, optional=True)
   check.integer('dataset.num_threads', 1, optional=True)
   check.integer('dataset.num_workers', 0, optional=True)
+  if check.get('dataset.name') in splits.BUILDER_MODULES:  # the entries default to it
+    for key, entries in (
+        ('dataset.mixture', lambda: mixture.mixture_entries(config.dataset)),
+        ('eval.datasets', lambda: mixture.eval_entries(config.dataset, config.eval)),
+    ):
+      try:
+        entries()
+      except (ValueError, TypeError, KeyError) as error:
+        check.add(key, str(error).split(': ', 1)[-1])
 
   # Model: the sampler fields here; the network's own fields are checked by building it (below).
   timesteps_ok = check.integer('model.num_timesteps', 1)
@@ -321,14 +330,27 @@ def prerequisite_problems(
     if problem:
       problems.append(problem + ', or try without it: --config.dataset.hand_model=procedural')
   if mode in ('train', 'evaluate'):
-    problem = splits.preparation_problem(config.dataset)
-    if problem:
-      problems.append(problem.rstrip())
+    problems += [problem.rstrip() for problem in data_problems(config)]
   if mode == 'train' and not has_checkpoint(workdir):  # a resume reads the checkpoint's weights
     problems += pretrained.source_problems(config)
   if device_count is None:
     device_count = jax.device_count()
   problems += mesh_problems(config, device_count)
+  return problems
+
+
+def data_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Why the datasets of a run cannot be read yet (`splits.preparation_problem`), once per dataset:
+  the training mixture's sources and the eval sets (config.dataset.mixture, config.eval.datasets).
+  """
+  entries = mixture.mixture_entries(config.dataset) + mixture.eval_entries(
+      config.dataset, config.eval
+  )
+  problems = []
+  for dataset in dict.fromkeys(entry.dataset for entry in entries):
+    problem = splits.preparation_problem(mixture.source_config(config.dataset, dataset))
+    if problem:
+      problems.append(problem)
   return problems
 
 

@@ -40,6 +40,10 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.dataset.config_name = 'default'
   config.dataset.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.dataset.train_split = 'train'
+  # A weighted mixture of training sources (data/mixture.py): (dataset, split, weight) entries, the
+  # dataset 'name' or 'name/config', with an optional 4th item, its crop_margin (default: the
+  # dataset's, mixture.DEFAULT_CROP_MARGIN). () = the one-entry mixture (name, train_split, 1).
+  config.dataset.mixture = ()
   config.dataset.eval_split = eval_split
   config.dataset.hand_model = (
       'mano'  # 'mano': MANO_RIGHT/LEFT.pkl via mano_dir or $DIFFHAND_MANO_DIR
@@ -95,6 +99,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   # (hypotheses.aggregate).
   config.eval.aggregate = 'mean'
   config.eval.max_examples = ml_collections.config_dict.placeholder(int)
+  # The splits evaluated during and after training, each in its own pass: (dataset, split) entries
+  # (an optional 3rd item: its crop_margin); () = config.dataset.eval_split of config.dataset.name.
+  config.eval.datasets = ()
   return config
 
 

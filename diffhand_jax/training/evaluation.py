@@ -1,11 +1,14 @@
-"""Evaluation during and after training: sample the eval split, score it against the ground truth and the
-mean-mesh baseline, write results.json and eval_per_sample.npz, and export a few meshes and overlays.
+"""Evaluation during and after training: sample each eval split, score it against the ground truth and
+the mean-mesh baseline, write results.json and eval_per_sample.npz, and export a few meshes and overlays.
 
-  evaluator = Evaluator(config, workdir, network, eval_arrays=..., train_arrays=..., logger=...)
+  evaluator = Evaluator(config, workdir, network, eval_sets=open_eval_sets(config), train_arrays=...,
+                        logger=...)
   results = evaluator(params, step)      # once per evaluation: samples, scores, writes, reports
 
-The `Evaluator` is built once per run with what does not change between evaluations (the splits, the
-jitted sampler, the topology, the logger); each call takes only the params and their step.
+The eval splits are ``config.eval.datasets`` (one pass over each), else the run's own
+``config.dataset.eval_split``. The `Evaluator` is built once per run with what does not change between
+evaluations (the splits, the jitted sampler, the topology, the logger); each call takes only the params
+and their step.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from diffhand_jax import metrics
-from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.data import input_pipeline, mixture, splits
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mesh_io, render
 from diffhand_jax.models import diffhand
 from diffhand_jax.runs import files
@@ -33,12 +36,27 @@ def _to_metres(model_space: np.ndarray, vertex_scale: float) -> np.ndarray:
   return np.asarray(model_space, np.float64) * vertex_scale
 
 
+_UNSET = object()
+
+
 def predict_split(
-    reconstruct_fn, params, arrays, config, key, batch_stats=None
+    reconstruct_fn,
+    params,
+    arrays,
+    config,
+    key,
+    batch_stats=None,
+    *,
+    crop_margin: Any = _UNSET,
+    name: str = 'the eval split',
 ) -> dict[str, np.ndarray]:
-  """Runs the sampler over a whole split. Returns root-relative metres in the (mirrored) model frame:
-  hypotheses (M, K, N, 3), vertices_std (M, N) and the ground truth (gt_vertices, gt_joints)."""
+  """Runs the sampler over a whole split, cropped by ``crop_margin`` (default config.dataset's).
+  Returns root-relative metres in the (mirrored) model frame: hypotheses (M, K, N, 3), vertices_std
+  (M, N) and the ground truth (gt_vertices, gt_joints). ``name`` names the split in the progress lines.
+  """
   vertex_scale = config.model.vertex_scale
+  if crop_margin is _UNSET:
+    crop_margin = config.dataset.get('crop_margin')
   hyps, stds, gt_verts, gt_joints = [], [], [], []
   total = splits.num_rows(arrays)
   done, reported, start = 0, 0.0, time.time()
@@ -48,7 +66,7 @@ def predict_split(
           batch_size=config.eval.batch_size,
           vertex_scale=vertex_scale,
           image_size=config.model.img_size,
-          crop_margin=config.dataset.get('crop_margin'),
+          crop_margin=crop_margin,
       )
   ):
     out = reconstruct_fn(
@@ -64,7 +82,7 @@ def predict_split(
       reported = time.time()
       rate = done / max(reported - start, 1e-9)
       metric_log.print0(
-          f'  sampling the eval split: {done}/{total} images ({rate:.1f} images/s)', flush=True
+          f'  sampling {name}: {done}/{total} images ({rate:.1f} images/s)', flush=True
       )
   return {
       'hypotheses': _to_metres(np.concatenate(hyps), vertex_scale),
@@ -164,6 +182,36 @@ def open_eval_split(config: ml_collections.ConfigDict):
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """One split to evaluate: ``name`` keys its metrics (results.json's 'datasets', the metrics.jsonl
+  rows' split); ``source`` is the opened `mixture.Source`; ``primary``: the first listed, whose
+  metrics are also results.json's top-level keys and whose files keep today's names."""
+
+  name: str
+  source: mixture.Source
+  primary: bool
+
+
+def open_eval_sets(config: ml_collections.ConfigDict) -> list[EvalSet]:
+  """The eval splits of ``config`` (`mixture.eval_entries`: config.eval.datasets, else
+  config.dataset.eval_split), each at most config.eval.max_examples rows. Without
+  config.eval.datasets the one set is named by the split alone ('test'), as before."""
+  listed = bool(config.eval.get('datasets'))
+  sets = []
+  for index, entry in enumerate(mixture.eval_entries(config.dataset, config.eval)):
+    source = mixture.open_entry(config.dataset, entry, config.eval.get('max_examples'))
+    sets.append(EvalSet(entry.label if listed else entry.split, source, index == 0))
+  return sets
+
+
+def file_suffix(name: str) -> str:
+  """'_' + ``name`` with what a file name should not hold replaced: the suffix of a set's files
+  ('synthetic_hands/tiny:test' → '_synthetic_hands_tiny_test'; the primary set's files have none).
+  """
+  return '_' + ''.join(c if c.isalnum() or c in '-.' else '_' for c in name)
+
+
 class Evaluator:
   """Samples the eval split, scores it, and writes results.json, the per-sample errors
   (eval_per_sample.npz) and the exports; a metrics.jsonl row and TensorBoard through ``logger``.
@@ -173,9 +221,16 @@ class Evaluator:
   'mean' | 'medoid' | 'aligned_mean'), and results['hypotheses'] adds the best-of-K oracle, hypothesis 0
   alone, and the rank correlation of uncertainty with error.
 
+  With several eval sets (config.eval.datasets) each is sampled and scored in its own pass;
+  results['datasets'] holds every set's metrics under its name, the first set's are also the
+  top-level keys, and each set gets its metrics.jsonl row (split = its name), its per-sample file
+  (eval_per_sample.npz for the first, eval_per_sample_<name>.npz) and its exports (export/step_N/,
+  export/step_N/<name>/).
+
   network: anything with the run's ``topology``, ``model`` and ``schedule`` (`state.Network`,
-  `state.Components`); eval_arrays, train_arrays: the splits (the training split gives the mean-mesh
-  baseline); logger: a `metric_log.Logger`, left open.
+  `state.Components`); eval_sets: `open_eval_sets`' list (or eval_arrays: one split, named by
+  config.dataset.eval_split); train_arrays: the training split or the mixture's list of
+  `mixture.Source` (its mean mesh is the baseline); logger: a `metric_log.Logger`, left open.
   """
 
   def __init__(
@@ -184,14 +239,21 @@ class Evaluator:
       workdir: str,
       network,
       *,
-      eval_arrays,
       train_arrays,
       logger: metric_log.Logger,
+      eval_sets: list[EvalSet] | None = None,
+      eval_arrays=None,
   ):
     self.config = config
     self.workdir = workdir
     self.topology = network.topology
-    self.eval_arrays = eval_arrays
+    if eval_sets is None:
+      if eval_arrays is None:
+        raise ValueError('Evaluator needs eval_sets or eval_arrays')
+      entry = mixture.eval_entries(config.dataset, {})[0]
+      eval_sets = [EvalSet(entry.split, mixture.Source(entry, eval_arrays, splits.FEATURES), True)]
+    self.eval_sets = eval_sets
+    self.eval_arrays = eval_sets[0].source.arrays
     self.train_arrays = train_arrays
     self.logger = logger
     # Jitted once here; it compiles at the first evaluation and is reused by every later one.
@@ -208,42 +270,66 @@ class Evaluator:
     ``step``, with the encoder's BatchNorm statistics ``batch_stats`` where it has them; returns
     results.json's dict."""
     step = int(step)
-    start = time.time()
-    prediction = predict_split(
-        self.reconstruct_fn,
-        _process_local(params),
-        self.eval_arrays,
-        self.config,
-        jax.random.PRNGKey(self.config.seed + 1),
-        _process_local(batch_stats) if batch_stats else None,
-    )
-    scores = score_prediction(prediction, self.topology, self.train_arrays, self.config)
-    results = {
-        **scores.results,
-        'step': step,
-        'num_examples': int(len(prediction['vertices'])),
-        'sampler': sampler_settings(self.config),
+    params = _process_local(params)
+    batch_stats = _process_local(batch_stats) if batch_stats else None
+    per_set = {}
+    for eval_set in self.eval_sets:
+      start = time.time()
+      prediction = predict_split(
+          self.reconstruct_fn,
+          params,
+          eval_set.source.arrays,
+          self.config,
+          jax.random.PRNGKey(self.config.seed + 1),
+          batch_stats,
+          crop_margin=eval_set.source.entry.crop_margin,
+          name=eval_set.name,
+      )
+      scores = score_prediction(prediction, self.topology, self.train_arrays, self.config)
+      results = {
+          **scores.results,
+          'step': step,
+          'num_examples': int(len(prediction['vertices'])),
+          'sampler': sampler_settings(self.config),
+      }
+      if scores.hypotheses is not None:
+        results['hypotheses'] = scores.hypotheses
+        results['uncertainty'] = uncertainty_summary(scores.hypotheses)
+      self.logger.write(
+          step, eval_set.name, {k: v for k, v in results.items() if isinstance(v, float)}
+      )
+      if jax.process_index() == 0:
+        self._write_set_files(eval_set, results, prediction, scores)
+      print_results(results, eval_set.name, time.time() - start)
+      per_set[eval_set.name] = results
+    primary = next(s.name for s in self.eval_sets if s.primary)
+    results = dict(per_set[primary])
+    results['datasets'] = {
+        name: {k: v for k, v in values.items() if k not in ('step', 'sampler')}
+        for name, values in per_set.items()
     }
-    if scores.hypotheses is not None:
-      results['hypotheses'] = scores.hypotheses
-      results['uncertainty'] = uncertainty_summary(scores.hypotheses)
-    split = self.config.dataset.eval_split
-    self.logger.write(step, split, {k: v for k, v in results.items() if isinstance(v, float)})
     if jax.process_index() == 0:
-      self._write_files(results, prediction, scores)
-    print_results(results, split, time.time() - start)
+      files.write_json_atomic(os.path.join(self.workdir, 'results.json'), results)
     return results
 
-  def _write_files(self, results: dict[str, Any], prediction, scores: Scores) -> None:
-    """results.json, eval_per_sample.npz and (config.eval.num_export > 0) export/step_<step>/."""
+  def _write_set_files(
+      self, eval_set: EvalSet, results: dict[str, Any], prediction, scores: Scores
+  ) -> None:
+    """One set's eval_per_sample[_<name>].npz and (config.eval.num_export > 0) its exports,
+    export/step_<step>/ (the primary set) or export/step_<step>/<name>/."""
     step = results['step']
-    files.write_json_atomic(os.path.join(self.workdir, 'results.json'), results)
-    write_per_sample(os.path.join(self.workdir, 'eval_per_sample.npz'), step, prediction, scores)
+    suffix = '' if eval_set.primary else file_suffix(eval_set.name)
+    write_per_sample(
+        os.path.join(self.workdir, f'eval_per_sample{suffix}.npz'), step, prediction, scores
+    )
     if self.config.eval.num_export > 0:
+      directory = os.path.join(self.workdir, 'export', f'step_{step}')
+      if not eval_set.primary:
+        directory = os.path.join(directory, suffix[1:])
       export_examples(
-          os.path.join(self.workdir, 'export', f'step_{step}'),
+          directory,
           prediction,
-          self.eval_arrays,
+          eval_set.source.arrays,
           self.topology,
           self.config.eval.num_export,
           scores.per_sample,
@@ -285,7 +371,7 @@ def score_prediction(prediction, topology, train_arrays, config) -> Scores:
   palm_facing = metrics.palm_facing_per_sample(pred_joints, prediction['gt_joints'])
   results['palm_facing_agreement'] = float(np.mean(palm_facing))
   baseline = mean_mesh_baseline(
-      splits.mean_mesh_example(train_arrays),
+      training_mean_mesh_example(train_arrays),
       prediction,
       topology.joint_regressor,
       config.model.vertex_scale,
@@ -305,6 +391,14 @@ def score_prediction(prediction, topology, train_arrays, config) -> Scores:
     )
     uncertainty_scores = summary.pop('per_sample')['scores']
   return Scores(results, per_sample, palm_facing, summary, uncertainty_scores)
+
+
+def training_mean_mesh_example(train_arrays) -> dict[str, np.ndarray]:
+  """The mean-mesh baseline's one-example split: of the training split, or of a mixture's sources
+  (a list of `mixture.Source`: their means averaged by weight)."""
+  if isinstance(train_arrays, (list, tuple)):
+    return mixture.mean_mesh_example(train_arrays)
+  return splits.mean_mesh_example(train_arrays)
 
 
 def sampler_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.data import input_pipeline, mixture
 from diffhand_jax.models import diffhand, pretrained
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 from diffhand_jax.training import (
@@ -52,7 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config.mesh)
 
   # --- Input: the splits, in memory or streamed (the batches start below, at the restored step) ---
-  train_arrays, eval_arrays = open_splits(config, mesh)
+  train_sources, eval_sets = open_splits(config, mesh)
 
   # --- Model --------------------------------------------------------------------------------------
   components = state_lib.build(config)
@@ -89,14 +89,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config,
         workdir,
         components,
-        eval_arrays=eval_arrays,
-        train_arrays=train_arrays,
+        eval_sets=eval_sets,
+        train_arrays=train_sources,
         logger=logger,
     )
 
     # --- Loop -------------------------------------------------------------------------------------
     batches = closing.enter_context(
-        contextlib.closing(train_batches(config, train_arrays, start_step))
+        contextlib.closing(train_batches(config, train_sources, start_step))
     )
     loop_start = time.time()
     end = train_loop(
@@ -131,33 +131,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 # --------------------------------------------------------------------------------------------------
 
 
-def open_train_split(config: ml_collections.ConfigDict):
-  """The training split of ``config`` (config.dataset.train_split, at most
-  config.dataset.max_train_examples rows), in memory or streamed (`splits.open_split`)."""
-  return splits.open_split(
-      config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
-  )
+def open_train_split(config: ml_collections.ConfigDict) -> list[mixture.Source]:
+  """The training sources of ``config``: config.dataset.mixture's, else the one-entry mixture of
+  config.dataset.train_split (`mixture.open_sources`), each at most config.dataset.max_train_examples
+  rows, in memory or streamed (`splits.open_split`)."""
+  return mixture.open_sources(config.dataset, config.dataset.get('max_train_examples'))
 
 
-def open_splits(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
-  """(training split, eval split) of ``config``; prints their sizes and the mesh."""
-  train_arrays = open_train_split(config)
-  eval_arrays = evaluation.open_eval_split(config)
-  print0(
-      f'data: {splits.num_rows(train_arrays)} train / {splits.num_rows(eval_arrays)} '
-      f'{config.dataset.eval_split} examples; mesh {dict(mesh.shape)}',
-      flush=True,
-  )
-  return train_arrays, eval_arrays
+def open_splits(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[list[mixture.Source], list[evaluation.EvalSet]]:
+  """(training sources, eval sets) of ``config``; prints their sizes and the mesh."""
+  train_sources = open_train_split(config)
+  eval_sets = evaluation.open_eval_sets(config)
+  if len(train_sources) == 1 and len(eval_sets) == 1:  # the line of a one-dataset run, as before
+    print0(
+        f'data: {mixture.num_rows(train_sources[0])} train / '
+        f'{mixture.num_rows(eval_sets[0].source)} {eval_sets[0].name} examples; '
+        f'mesh {dict(mesh.shape)}',
+        flush=True,
+    )
+  else:
+    evaluated = ', '.join(f'{s.name} {mixture.num_rows(s.source)}' for s in eval_sets)
+    print0(
+        f'data: train on {mixture.describe(train_sources)}; evaluate on {evaluated}; '
+        f'mesh {dict(mesh.shape)}',
+        flush=True,
+    )
+  return train_sources, eval_sets
 
 
 def train_batches(
-    config: ml_collections.ConfigDict, train_arrays, start_step: int
+    config: ml_collections.ConfigDict, train_sources: list[mixture.Source], start_step: int
 ) -> input_pipeline.BatchIterator:
   """This process's part of the global batch of each step from ``start_step`` on, endlessly: the
-  input settings of config.dataset, the model's vertex scale and image size."""
-  return input_pipeline.train_batches_from_config(
-      train_arrays,
+  mixture's sources (`mixture.train_batches_from_config`; one source gives exactly the batches of
+  `input_pipeline.train_batches_from_config`), the input settings of config.dataset, the model's
+  vertex scale and image size."""
+  return mixture.train_batches_from_config(
+      train_sources,
       config.dataset,
       batch_size=config.batch_size,
       seed=config.seed,
@@ -397,14 +409,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
           quarantine=True,
       )
   )
-  train_arrays = open_train_split(config)
+  train_sources = open_train_split(config)
   with metric_log.Logger(workdir) as logger:
     evaluator = evaluation.Evaluator(
         config,
         workdir,
         network,
-        eval_arrays=evaluation.open_eval_split(config),
-        train_arrays=train_arrays,
+        eval_sets=evaluation.open_eval_sets(config),
+        train_arrays=train_sources,
         logger=logger,
     )
     return evaluator(params, step, batch_stats)

@@ -44,6 +44,7 @@ class SyntheticHandsConfig(tfds.core.BuilderConfig):
   # holding num_<split> / L whole clips, with clip_id and frame_index features.
   clip_length: int = 0
   keyframe_spacing: tuple = (6.0, 18.0)
+  look: str = 'random'  # backgrounds and lighting (synthetic_scene.SceneConfig.look)
 
   def scene(self) -> synthetic_scene.SceneConfig:
     return synthetic_scene.scene_config(self)
@@ -73,6 +74,16 @@ BUILDER_CONFIGS = [
         num_train=20000,
         num_validation=1000,
         num_test=1000,
+    ),
+    SyntheticHandsConfig(
+        name='studio',
+        description='64x64 crops, 4000 train / 500 test, on plain studio backdrops with soft light '
+        'from above: a second "dataset" beside `default` for mixture experiments.',
+        image_size=64,
+        num_train=4000,
+        num_test=500,
+        seed=1,
+        look='studio',
     ),
     SyntheticHandsConfig(
         name='sequences',
