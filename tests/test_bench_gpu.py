@@ -5,6 +5,8 @@ section that breaks or overruns its budget is a row of that table; the photo pat
 import importlib.util
 import json
 
+import pytest
+
 from diffhand_jax import bench
 from diffhand_jax.benchmarks import gpu
 
@@ -13,9 +15,9 @@ def _live_exists() -> bool:
   return importlib.util.find_spec('diffhand_jax.benchmarks.live') is not None
 
 
+@pytest.mark.slow  # about 100 s of CPU; .ci/run runs `bench gpu --smoke` itself after the fast suite
 def test_gpu_smoke_runs_every_section_into_one_table(tmp_path):
-  """The one cheap run of the feature: every section on tiny shapes (about a minute on 2 cores),
-  and the figures it reports checked against each other."""
+  """Every section on tiny shapes, and the figures it reports checked against each other."""
   results, table = tmp_path / 'gpu', tmp_path / 'table.md'
   code = bench.main(['gpu', '--smoke', f'--results_dir={results}', f'--table={table}'])
   outcomes = {o['section']: o for o in json.loads((results / 'gpu.json').read_text())['outcomes']}
