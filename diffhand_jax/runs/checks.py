@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import ml_collections
 
-from diffhand_jax.data import splits
+from diffhand_jax.data import depth, splits
 from diffhand_jax.geometry import hand_model, hypotheses
 from diffhand_jax.models import diffhand, pretrained
-from diffhand_jax.runs import checkpoints, presets, run_config
+from diffhand_jax.runs import checkpoints, init_from, presets, run_config
 
 MODES = ('train', 'evaluate', 'memory')
 HAND_MODELS = ('procedural', 'mano')
@@ -221,6 +221,14 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.number('optimizer.b1', low=0.0, high=1.0, high_open=True)
   check.number('optimizer.b2', low=0.0, high=1.0, high_open=True)
 
+  # Depth (configs saved before #33 have none)
+  if check.get('depth') is not None:
+    check.choice('depth.source', presets.DEPTH_SOURCES)
+    check.choice('depth.train', presets.DEPTH_TRAIN)
+    check.integer('depth.estimator_size', 32)
+    check.integer('depth.batch_size', 1)
+    check.integer('depth.shard_size', 1)
+
   # Evaluation
   check.integer('eval.batch_size', 1)
   check.integer('eval.num_export', 0)
@@ -295,6 +303,17 @@ def mesh_problems(config: ml_collections.ConfigDict, device_count: int) -> list[
   return []
 
 
+def depth_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The estimated depth maps a depth run of config.depth.source='estimator' reads and lacks."""
+  problems = []
+  for split in (config.dataset.train_split, config.dataset.eval_split):
+    try:
+      depth.StoredDepth(depth.stored_directory(config.dataset, split, prepare=False))
+    except (FileNotFoundError, ValueError) as error:
+      problems.append(f'{error} (split {split!r})')
+  return problems
+
+
 def prerequisite_problems(
     config: ml_collections.ConfigDict,
     workdir: str | None,
@@ -324,6 +343,12 @@ def prerequisite_problems(
     problem = splits.preparation_problem(config.dataset)
     if problem:
       problems.append(problem.rstrip())
+    elif presets.depth_source(config) == 'estimator':
+      problems += depth_problems(config)
+  if mode == 'train' and not has_checkpoint(workdir):  # a resume reads its own checkpoint
+    problem = init_from.init_from_problem(config, workdir)
+    if problem:
+      problems.append(problem)
   if mode == 'train' and not has_checkpoint(workdir):  # a resume reads the checkpoint's weights
     problems += pretrained.source_problems(config)
   if device_count is None:

@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 
 from diffhand_jax import metrics
-from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.data import depth as depth_lib, input_pipeline, splits
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mesh_io, render
 from diffhand_jax.models import diffhand
-from diffhand_jax.runs import files
+from diffhand_jax.runs import files, presets
 from diffhand_jax.training import metric_log
 
 
@@ -49,10 +49,16 @@ def predict_split(
           vertex_scale=vertex_scale,
           image_size=config.model.img_size,
           crop_margin=config.dataset.get('crop_margin'),
+          depth_source=presets.depth_source(config),
       )
   ):
+    depth = jnp.asarray(batch['depth']) if 'depth' in batch else None
     out = reconstruct_fn(
-        params, jnp.asarray(batch['image']), jax.random.fold_in(key, index), batch_stats=batch_stats
+        params,
+        jnp.asarray(batch['image']),
+        jax.random.fold_in(key, index),
+        depth=depth,
+        batch_stats=batch_stats,
     )
     hyps.append(np.asarray(out['vertices'])[:valid])
     stds.append(np.asarray(out['vertices_std'])[:valid])
@@ -158,9 +164,13 @@ def _process_local(params):
 
 def open_eval_split(config: ml_collections.ConfigDict):
   """The eval split of ``config`` (config.dataset.eval_split, at most config.eval.max_examples rows), in
-  memory or streamed (`splits.open_split`)."""
-  return splits.open_split(
-      config.dataset, config.dataset.eval_split, config.eval.get('max_examples')
+  memory or streamed (`splits.open_split`), with its depth maps for a depth run (`depth.open_split`).
+  """
+  return depth_lib.open_split(
+      config.dataset,
+      config.dataset.eval_split,
+      config.eval.get('max_examples'),
+      presets.depth_source(config),
   )
 
 

@@ -28,9 +28,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.data import depth as depth_lib, input_pipeline, splits
 from diffhand_jax.models import diffhand, pretrained
-from diffhand_jax.runs import checkpoints, run_config, state as state_lib
+from diffhand_jax.runs import checkpoints, init_from, presets, run_config, state as state_lib
 from diffhand_jax.training import (
     evaluation,
     metric_log,
@@ -133,9 +133,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def open_train_split(config: ml_collections.ConfigDict):
   """The training split of ``config`` (config.dataset.train_split, at most
-  config.dataset.max_train_examples rows), in memory or streamed (`splits.open_split`)."""
-  return splits.open_split(
-      config.dataset, config.dataset.train_split, config.dataset.get('max_train_examples')
+  config.dataset.max_train_examples rows), in memory or streamed (`splits.open_split`), with its depth
+  maps for a depth run (`depth.open_split`)."""
+  return depth_lib.open_split(
+      config.dataset,
+      config.dataset.train_split,
+      config.dataset.get('max_train_examples'),
+      presets.depth_source(config),
   )
 
 
@@ -166,6 +170,7 @@ def train_batches(
       image_size=config.model.img_size,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      depth_source=presets.depth_source(config),
   )
 
 
@@ -208,10 +213,15 @@ def resumed_or_initial_state(
   state = step_lib.init_sharded_state(
       config, components.model, components.optimizer, shardings, jax.random.PRNGKey(config.seed)
   )
-  encoder_variables = pretrained.encoder_variables(config)
-  if encoder_variables is not None:
-    state = state_lib.with_pretrained_encoder(state, encoder_variables, shardings)
-    print0(f'encoder weights from {config.model.encoder_init}', flush=True)
+  if config.get('init_from'):  # the two-stage schedule: every param of the source run, read only
+    variables = init_from.read_source(config)
+    state = state_lib.with_variables(state, variables, shardings)
+    print0(f'weights from {config.init_from} (step {variables["step"]})', flush=True)
+  else:
+    encoder_variables = pretrained.encoder_variables(config)
+    if encoder_variables is not None:
+      state = state_lib.with_pretrained_encoder(state, encoder_variables, shardings)
+      print0(f'encoder weights from {config.model.encoder_init}', flush=True)
   print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   return state
 
@@ -305,7 +315,9 @@ def train_loop(
     for step in range(int(state.step), config.num_train_steps):
       waiting = time.perf_counter()
       batch = next(batches)
-      global_batch = sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
+      global_batch = sharding.to_global(
+          {k: batch[k] for k in step_lib.train_keys(config)}, data_sharding
+      )
       meter.input_seconds += time.perf_counter() - waiting
       state, parts = step_fn(state, global_batch)
       window.append(parts)
