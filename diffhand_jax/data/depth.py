@@ -225,10 +225,12 @@ def open_split(
     split: str,
     max_examples: int | None = None,
     source: str | None = None,
+    estimator: str | None = None,
 ):
   """`splits.open_split` with a 'depth' column for a depth run (``source`` = config.depth.source):
   'dataset' keeps the dataset's own 'depth' feature, 'estimator' attaches the stored maps
-  (`StoredDepth`); None opens the split as an RGB run does."""
+  (`StoredDepth`), which must have been estimated by ``estimator`` (config.depth.estimator_init) when
+  given; None opens the split as an RGB run does."""
   if source is None:
     return splits.open_split(dataset_config, split, max_examples)
   if source == 'dataset':
@@ -246,4 +248,10 @@ def open_split(
     raise ValueError(f'config.depth.source must be one of {DEPTH_SOURCES}, got {source!r}')
   arrays = splits.open_split(dataset_config, split, max_examples)
   maps = StoredDepth(stored_directory(dataset_config, split), splits.num_rows(arrays))
+  if estimator is not None and maps.meta.get('estimator') != estimator:
+    raise ValueError(
+        f"{maps.directory}: its maps are {maps.meta.get('estimator')!r}'s, the run names "
+        f'config.depth.estimator_init = {estimator!r} (the one inference will run): estimate again '
+        'with it (move the folder aside first)'
+    )
   return attach(arrays, maps)

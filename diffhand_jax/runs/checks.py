@@ -345,9 +345,11 @@ def prerequisite_problems(
       problems.append(problem.rstrip())
     elif presets.depth_source(config) == 'estimator':
       problems += depth_problems(config)
-  if mode == 'train' and not has_checkpoint(workdir):  # a resume reads its own checkpoint
+  source = config.get('init_from')
+  if mode == 'train' and source:  # a resume reads its own checkpoint, never the source run again
+    same = bool(workdir) and os.path.realpath(source) == os.path.realpath(workdir)
     problem = init_from.init_from_problem(config, workdir)
-    if problem:
+    if problem and (same or not has_checkpoint(workdir)):
       problems.append(problem)
   if mode == 'train' and not has_checkpoint(workdir):  # a resume reads the checkpoint's weights
     problems += pretrained.source_problems(config)

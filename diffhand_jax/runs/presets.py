@@ -135,3 +135,10 @@ def depth_source(config: ml_collections.ConfigDict) -> str | None:
     return None
   depth = config.get('depth') or {}
   return depth.get('source', 'estimator')
+
+
+def depth_estimator(config: ml_collections.ConfigDict) -> str | None:
+  """config.depth.estimator_init of a depth run (the estimator inference runs), else None."""
+  if not config.model.get('use_depth', False):
+    return None
+  return (config.get('depth') or {}).get('estimator_init')

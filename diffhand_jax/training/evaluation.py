@@ -171,6 +171,7 @@ def open_eval_split(config: ml_collections.ConfigDict):
       config.dataset.eval_split,
       config.eval.get('max_examples'),
       presets.depth_source(config),
+      presets.depth_estimator(config),
   )
 
 

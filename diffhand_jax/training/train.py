@@ -140,6 +140,7 @@ def open_train_split(config: ml_collections.ConfigDict):
       config.dataset.train_split,
       config.dataset.get('max_train_examples'),
       presets.depth_source(config),
+      presets.depth_estimator(config),
   )
 
 
