@@ -21,7 +21,8 @@ import jax  # noqa: E402
 
 from diffhand_jax import command_line  # noqa: E402
 from diffhand_jax.data import splits  # noqa: E402
-from diffhand_jax.inference import depth, sampling  # noqa: E402
+from diffhand_jax.inference import sampling  # noqa: E402
+from diffhand_jax.runs import depth_estimator as depth  # noqa: E402
 from diffhand_jax.models import checkpoint_errors  # noqa: E402
 from diffhand_jax.training import distributed  # noqa: E402
 

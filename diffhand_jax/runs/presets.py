@@ -54,6 +54,9 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   config.depth.train = 'all'
   config.depth.batch_size = 8  # images per estimator call in estimate_depth (per device)
   config.depth.shard_size = 1024  # examples per stored shard of estimated maps
+  # Steps of the depth stage in the Table 6 command (diffhand_jax.depth_table); None = a tenth of the
+  # RGB stage's (the paper: "a few epochs" after 100).
+  config.depth.finetune_steps = ml_collections.config_dict.placeholder(int)
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = dataset_name
@@ -142,3 +145,13 @@ def depth_estimator(config: ml_collections.ConfigDict) -> str | None:
   if not config.model.get('use_depth', False):
     return None
   return (config.get('depth') or {}).get('estimator_init')
+
+
+def use_depth(config: ml_collections.ConfigDict, *, finetune_epochs: int) -> None:
+  """Makes an RGB config the depth run of the two-stage schedule: the depth block on, MiDaS's depth
+  (config.depth.source='estimator'), and config.depth.finetune_steps = ceil(epochs · examples / batch)
+  for the depth stage of `depth_table`."""
+  config.model.use_depth = True
+  config.depth.source = 'estimator'
+  examples = config.dataset.num_train_examples
+  config.depth.finetune_steps = -(-finetune_epochs * examples // config.batch_size)
