@@ -210,3 +210,33 @@ def test_a_depth_model_from_rgb_weights_predicts_what_the_rgb_model_predicts():
   other = state.replace(params=diffhand.param_shapes(diffhand.build_model(config), 32))
   with pytest.raises(ValueError, match=r'init_from.*decoder.*shape'):
     state_lib.with_variables(other, {'params': rgb_params}, shardings.replace(params=None))
+
+
+def test_init_from_refuses_its_own_workdir_and_a_run_without_checkpoints(tmp_path):
+  from diffhand_jax.runs import init_from, run_config
+
+  config = run_config.config_file('synthetic')
+  config.model.use_depth = True
+  config.init_from = str(tmp_path / 'rgb')
+  assert 'own --workdir' in init_from.init_from_problem(config, str(tmp_path / 'rgb'))
+  assert 'no checkpoint' in init_from.init_from_problem(config, str(tmp_path / 'depth'))
+  config.init_from = None
+  assert init_from.init_from_problem(config, str(tmp_path / 'depth')) is None
+
+
+def test_the_table_6_stages_are_the_rgb_run_and_a_fine_tune_from_it(tmp_path):
+  from diffhand_jax.runs import run_config
+  from diffhand_jax.training import depth_table
+
+  config = run_config.config_file('freihand_depth')
+  rgb, depth = depth_table.stage_configs(config, str(tmp_path))
+  assert not rgb.model.use_depth and rgb.init_from is None
+  assert rgb.num_train_steps == config.num_train_steps  # the paper's 100 epochs
+  assert depth.model.use_depth and depth.init_from == str(tmp_path / 'rgb')
+  # 10 epochs of FreiHAND's 130,240 images at batch 64, by hand.
+  assert depth.num_train_steps == -(-10 * 130240 // 64) == config.depth.finetune_steps
+  rows = {'rgb': {'pa_mpvpe': 7.0, 'mpvpe': 14.0, 'pa_mpjpe': 6.0, 'mpjpe': 13.0}}
+  rows['depth'] = {'pa_mpvpe': 6.9, 'mpvpe': 13.5, 'pa_mpjpe': 5.9, 'mpjpe': None}
+  lines = depth_table.table(rows, 'freihand').splitlines()
+  assert lines[2] == '| RGB | 7.00 | 14.00 | 6.00 | 13.00 |  |  |'
+  assert lines[3] == '| RGB + depth | 6.90 | 13.50 | 5.90 | server | +0.50 | +0.1 |'
