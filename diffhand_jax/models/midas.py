@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import chex
 import flax.linen as nn
@@ -51,6 +51,31 @@ DEFAULT_HUB_ID = 'Intel/dpt-large'
 PIXEL_MEAN = (0.5, 0.5, 0.5)
 PIXEL_STD = (0.5, 0.5, 0.5)
 CONFIG_FILENAME = 'config.json'
+# The architecture fields of the Hub's config.json for Intel/dpt-large (DPT-Large, MiDaS 3.0), for
+# benchmarks and random-weight plumbing where the file itself is not at hand.
+DPT_LARGE_CONFIG = {
+    'model_type': 'dpt',
+    'architectures': ['DPTForDepthEstimation'],
+    'hidden_size': 1024,
+    'num_hidden_layers': 24,
+    'num_attention_heads': 16,
+    'intermediate_size': 4096,
+    'hidden_act': 'gelu',
+    'layer_norm_eps': 1e-12,
+    'image_size': 384,
+    'patch_size': 16,
+    'num_channels': 3,
+    'qkv_bias': True,
+    'is_hybrid': False,
+    'backbone_out_indices': [5, 11, 17, 23],
+    'readout_type': 'project',
+    'reassemble_factors': [4, 2, 1, 0.5],
+    'neck_hidden_sizes': [256, 512, 1024, 1024],
+    'fusion_hidden_size': 256,
+    'head_in_index': -1,
+    'use_batch_norm_in_fusion_residual': False,
+    'add_projection': False,
+}
 # The weight files of a transformers repository, in the order tried.
 WEIGHT_FILENAMES = ('model.safetensors', 'pytorch_model.bin')
 
@@ -661,6 +686,16 @@ def normalize(images_uint8: jax.Array | np.ndarray) -> jax.Array:
   """RGB uint8 (or 0-255 float) images (B, H, W, 3) -> DPT's input, (x / 255 - mean) / std."""
   x = jnp.asarray(images_uint8, jnp.float32) / 255.0
   return (x - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
+
+
+def renormalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Images normalised as (x / 255 - mean) / std (e.g. the model's ImageNet statistics), (B, H, W, 3)
+  -> DPT's input, the same pixels normalised with `PIXEL_MEAN` / `PIXEL_STD`. Traceable (inside jit).
+  """
+  chex.assert_rank(images, 4)
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  unit = images.astype(jnp.float32) * std + mean  # back to [0, 1]
+  return (unit - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
 
 
 def init_random(
