@@ -265,3 +265,14 @@ def test_pixels_of_the_wrong_shape_are_refused(small):
   module = midas.module_from_config(config.to_dict())
   with pytest.raises(ValueError, match=r'RGB pixels \(B, H, W, 3\)'):
     module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 1)))
+
+
+def test_fields_a_config_json_leaves_out_take_transformers_defaults():
+  # A config.json lists only what differs from DPTConfig's defaults; the module must read the rest as
+  # transformers does. DPTConfig() is the independent source of those defaults.
+  assert midas.module_from_config({'model_type': 'dpt'}) == midas.module_from_config(
+      transformers.DPTConfig().to_dict()
+  )
+  # And the DPT-Large fields it carries are what transformers builds from them.
+  large = transformers.DPTConfig(**midas.DPT_LARGE_CONFIG).to_dict()
+  assert midas.module_from_config(large) == midas.module_from_config(midas.DPT_LARGE_CONFIG)
