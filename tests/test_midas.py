@@ -230,3 +230,49 @@ def test_bad_files_are_one_line_errors(tmp_path, small):
   (directory / 'config.json').write_text(json.dumps([1, 2]))
   with pytest.raises(CheckpointError, match='expected a JSON object'):
     midas.load(str(directory))
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('in_size, out_size', [(4, 5), (24, 10), (3, 6), (7, 7), (1, 3)])
+def test_bilinear_resize_matches_torch_interpolate(in_size, out_size, align_corners):
+  x = torch.randn(2, 3, in_size, in_size + 1, generator=torch.Generator().manual_seed(3))
+  expected = torch.nn.functional.interpolate(
+      x, size=(out_size, out_size + 2), mode='bilinear', align_corners=align_corners
+  ).numpy()
+  actual = midas.resize_bilinear(
+      jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
+      (out_size, out_size + 2),
+      align_corners=align_corners,
+  )
+  np.testing.assert_allclose(np.asarray(actual).transpose(0, 3, 1, 2), expected, atol=1e-5)
+
+
+def test_renormalize_gives_the_processor_normalisation():
+  # uint8 images normalised with ImageNet statistics, then renormalized, equal DPT's own normalisation
+  # (x / 255 - 0.5) / 0.5, i.e. x / 127.5 - 1, worked by hand here.
+  images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(np.uint8)
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  imagenet = ((images / 255.0 - mean) / std).astype(np.float32)
+  expected = images / 127.5 - 1.0
+  np.testing.assert_allclose(
+      midas.renormalize(jnp.asarray(imagenet), mean, std), expected, atol=1e-6
+  )
+  np.testing.assert_allclose(midas.normalize(images), expected, atol=1e-6)
+
+
+def test_pixels_of_the_wrong_shape_are_refused(small):
+  config, _ = small
+  module = midas.module_from_config(config.to_dict())
+  with pytest.raises(ValueError, match=r'RGB pixels \(B, H, W, 3\)'):
+    module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 1)))
+
+
+def test_fields_a_config_json_leaves_out_take_transformers_defaults():
+  # A config.json lists only what differs from DPTConfig's defaults; the module must read the rest as
+  # transformers does. DPTConfig() is the independent source of those defaults.
+  assert midas.module_from_config({'model_type': 'dpt'}) == midas.module_from_config(
+      transformers.DPTConfig().to_dict()
+  )
+  # And the DPT-Large fields it carries are what transformers builds from them.
+  large = transformers.DPTConfig(**midas.DPT_LARGE_CONFIG).to_dict()
+  assert midas.module_from_config(large) == midas.module_from_config(midas.DPT_LARGE_CONFIG)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import chex
 import flax.linen as nn
@@ -51,6 +51,42 @@ DEFAULT_HUB_ID = 'Intel/dpt-large'
 PIXEL_MEAN = (0.5, 0.5, 0.5)
 PIXEL_STD = (0.5, 0.5, 0.5)
 CONFIG_FILENAME = 'config.json'
+# The architecture fields of the Hub's config.json for Intel/dpt-large (DPT-Large, MiDaS 3.0), for
+# benchmarks and random-weight plumbing where the file itself is not at hand.
+DPT_LARGE_CONFIG = {
+    'model_type': 'dpt',
+    'architectures': ['DPTForDepthEstimation'],
+    'hidden_size': 1024,
+    'num_hidden_layers': 24,
+    'num_attention_heads': 16,
+    'intermediate_size': 4096,
+    'hidden_act': 'gelu',
+    'layer_norm_eps': 1e-12,
+    'image_size': 384,
+    'patch_size': 16,
+    'num_channels': 3,
+    'qkv_bias': True,
+    'is_hybrid': False,
+    'backbone_out_indices': [5, 11, 17, 23],
+    'readout_type': 'project',
+    'reassemble_factors': [4, 2, 1, 0.5],
+    'neck_hidden_sizes': [256, 512, 1024, 1024],
+    'fusion_hidden_size': 256,
+    'head_in_index': -1,
+    'use_batch_norm_in_fusion_residual': False,
+    'add_projection': False,
+}
+# transformers' DPTConfig defaults, for fields a config.json leaves out: DPT-Base's sizes.
+_DPT_CONFIG_DEFAULTS = {
+    **DPT_LARGE_CONFIG,
+    'hidden_size': 768,
+    'num_hidden_layers': 12,
+    'num_attention_heads': 12,
+    'intermediate_size': 3072,
+    'backbone_out_indices': [2, 5, 8, 11],
+    'neck_hidden_sizes': [96, 192, 384, 768],
+    'use_bias_in_fusion_residual': None,
+}
 # The weight files of a transformers repository, in the order tried.
 WEIGHT_FILENAMES = ('model.safetensors', 'pytorch_model.bin')
 
@@ -61,14 +97,20 @@ WEIGHT_FILENAMES = ('model.safetensors', 'pytorch_model.bin')
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int], *, align_corners: bool) -> jax.Array:
-  """x (B, H, W, C) -> (B, size[0], size[1], C), torch's F.interpolate(mode='bilinear') (no antialias)."""
-  height, width = x.shape[1:3]
-  if (height, width) == tuple(size):
-    return x
-  rows = jnp.asarray(vit.bilinear_matrix(height, size[0], align_corners), x.dtype)
-  cols = jnp.asarray(vit.bilinear_matrix(width, size[1], align_corners), x.dtype)
-  x = jnp.einsum('ih,bhwc->biwc', rows, x)
-  return jnp.einsum('jw,biwc->bijc', cols, x)
+  """x (B, H, W, C) -> (B, size[0], size[1], C), torch's F.interpolate(mode='bilinear') (no antialias).
+
+  Each axis mixes two gathered rows (`vit.bilinear_taps`): memory-bound, where a dense resize matrix
+  would cost as much as a conv at DPT's head.
+  """
+  for axis, out_size in ((1, size[0]), (2, size[1])):
+    if x.shape[axis] == out_size:
+      continue
+    low, high, weight = vit.bilinear_taps(x.shape[axis], out_size, align_corners)
+    shape = [1, 1, 1, 1]
+    shape[axis] = out_size
+    weight = jnp.asarray(weight.reshape(shape), x.dtype)
+    x = jnp.take(x, low, axis=axis) * (1 - weight) + jnp.take(x, high, axis=axis) * weight
+  return x
 
 
 def _conv(features: int, kernel: int, name: str, *, stride: int = 1, use_bias: bool = True, **kw):
@@ -265,29 +307,7 @@ def module_from_config(config: Mapping[str, Any], **overrides: Any) -> DPT:
   overrides: other `DPT` fields (dtype).
   """
   config = dict(config)
-  defaults = {  # DPTConfig's defaults, for fields a config.json may leave out
-      'hidden_size': 768,
-      'num_hidden_layers': 12,
-      'num_attention_heads': 12,
-      'intermediate_size': 3072,
-      'hidden_act': 'gelu',
-      'layer_norm_eps': 1e-12,
-      'image_size': 384,
-      'patch_size': 16,
-      'num_channels': 3,
-      'is_hybrid': False,
-      'qkv_bias': True,
-      'backbone_out_indices': [2, 5, 8, 11],
-      'readout_type': 'project',
-      'reassemble_factors': [4, 2, 1, 0.5],
-      'neck_hidden_sizes': [96, 192, 384, 768],
-      'fusion_hidden_size': 256,
-      'head_in_index': -1,
-      'use_batch_norm_in_fusion_residual': False,
-      'use_bias_in_fusion_residual': None,
-      'add_projection': False,
-  }
-  get = lambda key: defaults[key] if config.get(key) is None else config[key]
+  get = lambda key: _DPT_CONFIG_DEFAULTS[key] if config.get(key) is None else config[key]
   model_type = config.get('model_type', 'dpt')
   if model_type != 'dpt':
     raise _refuse('model_type', model_type, "only 'dpt' (DPT with a ViT backbone) is implemented")
@@ -661,6 +681,16 @@ def normalize(images_uint8: jax.Array | np.ndarray) -> jax.Array:
   """RGB uint8 (or 0-255 float) images (B, H, W, 3) -> DPT's input, (x / 255 - mean) / std."""
   x = jnp.asarray(images_uint8, jnp.float32) / 255.0
   return (x - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
+
+
+def renormalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Images normalised as (x / 255 - mean) / std (e.g. the model's ImageNet statistics), (B, H, W, 3)
+  -> DPT's input, the same pixels normalised with `PIXEL_MEAN` / `PIXEL_STD`. Traceable (inside jit).
+  """
+  chex.assert_rank(images, 4)
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  unit = images.astype(jnp.float32) * std + mean  # back to [0, 1]
+  return (unit - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
 
 
 def init_random(

@@ -510,24 +510,32 @@ def antialias_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix
 
 
-def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = False) -> np.ndarray:
-  """(out_size, in_size) float64 matrix of torch's bilinear resize along one axis, no antialias.
+def bilinear_taps(
+    in_size: int, out_size: int, align_corners: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """torch's bilinear resize along one axis (no antialias): (low, high, weight), each (out_size,).
 
-  As ATen's `upsample_bilinear2d` with an output size: the source coordinate is
-  (dst + 0.5) * in/out - 0.5 clamped at 0 (align_corners=False) or dst * (in-1)/(out-1)
-  (align_corners=True), and each output mixes the two pixels around it.
+  Output i is (1 - weight[i]) * x[low[i]] + weight[i] * x[high[i]]. As ATen's `upsample_bilinear2d` with
+  an output size, the source coordinate is (i + 0.5) * in/out - 0.5 clamped at 0 (align_corners=False)
+  or i * (in-1)/(out-1) (align_corners=True).
   """
+  out_index = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    source = out_index * scale
+  else:
+    source = np.maximum((out_index + 0.5) * in_size / out_size - 0.5, 0.0)
+  low = np.minimum(source.astype(np.int64), in_size - 1)
+  high = np.minimum(low + 1, in_size - 1)
+  return low, high, source - low
+
+
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = False) -> np.ndarray:
+  """(out_size, in_size) float64 matrix of `bilinear_taps`' resize."""
+  low, high, weight = bilinear_taps(in_size, out_size, align_corners)
   matrix = np.zeros((out_size, in_size), np.float64)
-  for out_index in range(out_size):
-    if align_corners:
-      source = out_index * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    else:
-      source = max((out_index + 0.5) * in_size / out_size - 0.5, 0.0)
-    low = min(int(source), in_size - 1)
-    high = min(low + 1, in_size - 1)
-    weight = source - low
-    matrix[out_index, low] += 1.0 - weight
-    matrix[out_index, high] += weight
+  np.add.at(matrix, (np.arange(out_size), low), 1.0 - weight)
+  np.add.at(matrix, (np.arange(out_size), high), weight)
   return matrix
 
 
