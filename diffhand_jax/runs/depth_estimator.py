@@ -85,12 +85,10 @@ def estimate(estimator: Estimator, images: jax.Array, params: Any = None) -> jax
   jitted function so they are not baked into it as constants)."""
   params = estimator.params if params is None else params
   batch, height, width = images.shape[:3]
-  mean = jnp.asarray(input_pipeline.IMAGENET_MEAN)
-  std = jnp.asarray(input_pipeline.IMAGENET_STD)
-  levels = jnp.clip((images.astype(jnp.float32) * std + mean) * 255.0, 0.0, 255.0)
+  pixels = midas.renormalize(images, input_pipeline.IMAGENET_MEAN, input_pipeline.IMAGENET_STD)
   size = estimator.size
-  levels = jax.image.resize(levels, (batch, size, size, 3), 'bilinear', antialias=False)
-  inverse = estimator.module.apply({'params': params}, midas.normalize(levels))
+  pixels = jax.image.resize(pixels, (batch, size, size, 3), 'bilinear', antialias=False)
+  inverse = estimator.module.apply({'params': params}, pixels)
   inverse = jax.image.resize(inverse, (batch, height, width), 'bilinear', antialias=True)
   return depth_lib.normalise_inverse(inverse, jnp)
 
