@@ -125,6 +125,39 @@ def test_the_two_stage_depth_schedule_end_to_end(tmp_path, capsys, monkeypatch):
   record = json.load(open(out / '0.json'))
   assert np.asarray(record['hands'][0]['vertices']).shape == (778, 3)
 
+  # The samplers behind predict, TTA, submissions, the app and --video estimate the depth themselves:
+  # a sampler's meshes are those of reconstruct given the estimator's depth of the same images.
+  from diffhand_jax.inference import sampling, tta, video
+  from diffhand_jax.models import diffhand
+
+  run = loading.load_trained(workdir)
+  samplers = sampling.SamplerCache(run)
+  crops = input_pipeline.normalise_images(frames[:2])
+  key = jax.random.key(3)
+  sampled = samplers.get(num_steps=2, num_hypotheses=1, eta=0.0, batch_size=2).sample(crops, key)
+  expected = diffhand.reconstruct(
+      run.model,
+      run.params,
+      crops,
+      jax.random.fold_in(key, 0),
+      num_steps=2,
+      schedule=run.schedule,
+      depth=inference_depth.estimate(run.estimator, crops),
+  )
+  np.testing.assert_allclose(
+      sampled['vertices'], np.asarray(expected['vertices']) * 0.1, rtol=1e-4, atol=1e-6
+  )
+  augmented = samplers.get(num_steps=2, num_hypotheses=1, eta=0.0, batch_size=2).predict(
+      crops, key, tta_config=tta.TTAConfig(angles_deg=(10.0,), scales=(1.0,))
+  )
+  assert np.all(np.isfinite(augmented['vertices']))
+  warm = video.warm_start_sampler(
+      samplers, num_steps=2, strength=0.5, num_hypotheses=1, method='mean', eta=0.0
+  )
+  first = warm(crops, None, warm.noise(key, 2), key)
+  second = warm(crops, first['vertices'], warm.noise(key, 2), key)
+  assert not first['warm'] and second['warm'] and np.all(np.isfinite(second['vertices']))
+
 
 def _raise_after(log_window, step):
   def wrapped(config, workdir, done, *args, **kwargs):
