@@ -152,3 +152,21 @@ def test_encoder_bench_covers_hrnet(tmp_path, capsys):
   assert result['model'] == 'hrnet_w18_small' and result['img_size'] == [64, 64]
   assert result['max_abs_diff'] <= 1e-4 * result['max_abs_feature']
   assert 'hrnet_w18_small' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch is None, reason='needs torch and transformers')
+def test_bench_depth_smoke_checks_the_estimator_and_times_both_stages(tmp_path):
+  from diffhand_jax.benchmarks import depth  # pylint: disable=g-import-not-at-top
+
+  output = tmp_path / 'depth.json'
+  workdir = str(tmp_path / 'no_run')  # not a trained run: the cpu_demo preset, random
+  assert depth.main(['--smoke', f'--output={output}', f'--workdir={workdir}']) == 0
+  report = json.loads(output.read_text())
+  estimator, cost = report['results']['estimator'], report['results']['reconstruct']
+  # The benchmark refused to time outputs that disagree; the difference it saw is in the report.
+  assert estimator['max_abs_diff'] <= 1e-3 * estimator['max_abs_depth']
+  assert estimator['ours_over_transformers'] == pytest.approx(
+      estimator['ours_s']['median'] / estimator['transformers_s']['median']
+  )
+  assert cost['model'].startswith('cpu_demo') and cost['rgb_depth_s']['median'] > 0

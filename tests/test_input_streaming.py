@@ -170,6 +170,7 @@ def test_train_batches_from_config_pass_the_dataset_slice_to_the_keyword_form(da
       image_size=24,
       process_index=1,
       process_count=3,
+      depth_source='dataset',
   )
   ((args, kwargs),) = calls
   assert args == (data['source'],)
@@ -191,6 +192,7 @@ def test_train_batches_from_config_pass_the_dataset_slice_to_the_keyword_form(da
       'prefetch': 3,
       'num_threads': 2,
       'num_workers': 0,
+      'depth_source': 'dataset',
   }
 
 

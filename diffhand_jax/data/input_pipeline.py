@@ -34,7 +34,7 @@ import grain.python
 import numpy as np
 from PIL import Image
 
-from diffhand_jax.data import augment as augment_lib, splits
+from diffhand_jax.data import augment as augment_lib, depth as depth_lib, splits
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -146,6 +146,7 @@ def crop_around_hands(
     margin: float,
     rngs: Sequence[np.random.Generator] | None = None,
     augment: Mapping[str, Any] | None = None,
+    depth: np.ndarray | None = None,
 ):
   """Crops a square box around each hand (its bbox widened by ``margin``) and resizes it to
   ``image_size``, with optional scale / rotation / shift jitter drawn from ``rngs`` (one per example).
@@ -153,26 +154,49 @@ def crop_around_hands(
   A rotation of the crop is a rotation of the camera about its optical axis, so the 3D targets are
   rotated with it and image, K, 2D and 3D stay consistent (``augment.crop_and_resize``).
 
-  Args: images (B, H, W, 3) uint8; K (B, 3, 3); joints (B, 21, 3); vertices (B, N, 3); bbox (B, 4).
-  Returns (images (B, S, S, 3), K, joints, vertices), new arrays.
+  Args: images (B, H, W, 3) uint8; K (B, 3, 3); joints (B, 21, 3); vertices (B, N, 3); bbox (B, 4);
+  depth: optional (B, H, W) float32 maps aligned with the images, warped by the same affine (bilinear,
+  0 outside the frame).
+  Returns (images (B, S, S, 3), K, joints, vertices), new arrays, and the depth (B, S, S) float32 after
+  them when ``depth`` is given.
   """
-  out_images, out_K, out_joints, out_vertices = [], [], [], []
+  out_images, out_K, out_joints, out_vertices, out_depth = [], [], [], [], []
   for i in range(len(images)):
     box = augment_lib.box_from_bbox(bbox[i], margin)
     params = {'scale': 1.0, 'rotation': 0.0, 'translation': (0.0, 0.0)}
     if augment is not None and rngs is not None:
       params = augment_lib.sample_params(rngs[i], **augment)
-    image, new_K, _ = augment_lib.crop_and_resize(images[i], K[i], box, image_size, **params)
+    image, new_K, affine = augment_lib.crop_and_resize(images[i], K[i], box, image_size, **params)
+    if depth is not None:  # the same pixel map as the image: depth and RGB stay aligned
+      out_depth.append(augment_lib.warp_affine(depth[i].astype(np.float32), affine, image_size))
     out_images.append(image)
     out_K.append(new_K)
     out_joints.append(augment_lib.rotate_points(joints[i], params['rotation']))
     out_vertices.append(augment_lib.rotate_points(vertices[i], params['rotation']))
-  return (
+  out = (
       np.stack(out_images),
       np.stack(out_K).astype(np.float32),
       np.stack(out_joints).astype(np.float32),
       np.stack(out_vertices).astype(np.float32),
   )
+  return out if depth is None else out + (np.stack(out_depth).astype(np.float32),)
+
+
+def resize_depth(depth: np.ndarray, size: int) -> np.ndarray:
+  """(B, H, W) float maps → (B, size, size) float32, resized as `resize_frames` resizes the images
+  (PIL bilinear, the same pixel-centre convention)."""
+  if depth.shape[1:3] == (size, size):
+    return depth.astype(np.float32)
+  return np.stack(
+      [
+          np.asarray(
+              Image.fromarray(np.ascontiguousarray(d, np.float32), mode='F').resize(
+                  (size, size), Image.BILINEAR
+              )
+          )
+          for d in depth
+      ]
+  ).astype(np.float32)
 
 
 def _mirror_boxes(bbox: np.ndarray, width: int, is_left: np.ndarray) -> np.ndarray:
@@ -190,6 +214,7 @@ def prepare_batch(
     crop_margin: float | None = None,
     rngs: Sequence[np.random.Generator] | None = None,
     augment: Mapping[str, Any] | None = None,
+    depth_source: str | None = None,
 ) -> dict[str, np.ndarray]:
   """Turns raw examples (a dict of (B, ...) arrays in the common schema) into model inputs.
 
@@ -197,6 +222,10 @@ def prepare_batch(
   widened by that margin is resized to ``image_size``; with ``crop_margin=None`` the frame is already a
   crop (FreiHAND, synthetic) and is resized whole. ``augment`` (keys of ``augment.sample_params``) jitters
   the crop's scale, rotation and position with ``rngs`` (one generator per example).
+
+  ``depth_source`` ('dataset' | 'estimator', config.depth.source; None = no depth): raw['depth'] (B, H, W)
+  is normalised per frame (`depth.normalise`), then mirrored, cropped, rotated, scaled and resized by
+  exactly the image's pixel map, and returned as 'depth' (B, S, S) float32 in [0, 1].
 
   Returns:
     image float32 (B, H, W, 3); vertices, joints float32 (B, 778, 3), (B, 21, 3) in model space;
@@ -211,6 +240,14 @@ def prepare_batch(
       raw['vertices_3d'].astype(np.float32),
       is_left,
   )
+  depth = None
+  if depth_source is not None:
+    if 'depth' not in raw:
+      raise KeyError(
+          f"prepare_batch: config.depth.source={depth_source!r} but the examples have no 'depth'"
+      )
+    depth = depth_lib.normalise(np.asarray(raw['depth']).reshape(images.shape[:3]), depth_source)
+    depth[is_left] = depth[is_left][:, :, ::-1]  # mirrored with the image
   if crop_margin is not None or augment is not None:
     if image_size is None:
       raise ValueError('prepare_batch: cropping needs image_size')
@@ -223,7 +260,7 @@ def prepare_batch(
     else:
       bbox = _mirror_boxes(raw['bbox'], images.shape[2], is_left)
       margin = crop_margin
-    images, K, joints, vertices = crop_around_hands(
+    cropped = crop_around_hands(
         images,
         K,
         joints,
@@ -233,16 +270,22 @@ def prepare_batch(
         margin=margin,
         rngs=rngs,
         augment=augment,
+        depth=depth,
     )
+    images, K, joints, vertices = cropped[:4]
+    depth = cropped[4] if depth is not None else None
   elif image_size is not None:
     images, K = resize_frames(images, K, image_size)
+    depth = None if depth is None else resize_depth(depth, image_size)
   height, width = images.shape[1:3]
   pixels = project(joints, K)
   joints_2d = np.stack(
       [2.0 * pixels[..., 0] / width - 1.0, 2.0 * pixels[..., 1] / height - 1.0], -1
   )
   wrist = joints[:, :1]
+  extra = {} if depth is None else {'depth': depth.astype(np.float32)}
   return {
+      **extra,
       'image': normalise_images(images),
       'vertices': ((vertices - wrist) / vertex_scale).astype(np.float32),
       'joints': ((joints - wrist) / vertex_scale).astype(np.float32),
@@ -339,6 +382,7 @@ def train_batch(
     augment: Mapping[str, Any] | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    depth_source: str | None = None,
 ) -> dict[str, np.ndarray]:
   """This process's part of the global batch of step ``step``: a pure function of its arguments.
 
@@ -362,6 +406,7 @@ def train_batch(
       crop_margin=crop_margin,
       rngs=rngs,
       augment=augment,
+      depth_source=depth_source,
   )
 
 
@@ -582,6 +627,7 @@ def train_batches(
     prefetch: int | None = None,
     num_threads: int | None = None,
     num_workers: int | None = None,
+    depth_source: str | None = None,
 ) -> BatchIterator:
   """Yields this process's part of the global batch for steps start_step, start_step + 1, ...
   (:func:`train_batch` of each step), endlessly.
@@ -612,6 +658,7 @@ def train_batches(
       augment=augment,
       process_index=process_index,
       process_count=process_count,
+      depth_source=depth_source,
   )
   prefetch, num_threads = prefetch_settings(arrays, prefetch, num_threads)
   return map_in_order(
@@ -637,6 +684,7 @@ def train_batches_from_config(
     image_size: int | None,
     process_index: int = 0,
     process_count: int = 1,
+    depth_source: str | None = None,
 ) -> BatchIterator:
   """:func:`train_batches` of a run: the input settings come from its ``config.dataset``
   (``dataset_config``: colour_jitter, crop_margin, the crop jitter of :func:`augment_options`,
@@ -662,6 +710,7 @@ def train_batches_from_config(
       prefetch=dataset_config.get('prefetch_batches'),
       num_threads=dataset_config.get('num_threads'),
       num_workers=dataset_config.get('num_workers'),
+      depth_source=depth_source,
   )
 
 
@@ -673,6 +722,7 @@ def eval_batch(
     vertex_scale: float,
     image_size: int | None = None,
     crop_margin: float | None = None,
+    depth_source: str | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
   """(batch, num_valid) of the evaluation batch starting at row ``start``: rows start, start + 1, ...,
   the last row repeated past the end of the split, and how many rows are real."""
@@ -684,6 +734,7 @@ def eval_batch(
       vertex_scale=vertex_scale,
       image_size=image_size,
       crop_margin=crop_margin,
+      depth_source=depth_source,
   )
   return batch, valid
 
@@ -712,6 +763,7 @@ def eval_batches(
     prefetch: int | None = None,
     num_threads: int | None = None,
     num_workers: int = 0,
+    depth_source: str | None = None,
 ) -> BatchIterator:
   """Yields (batch, num_valid) over a whole split in order; the last batch is padded by repetition so
   every batch has the same shape (one compilation), and ``num_valid`` says how many rows are real.
@@ -729,6 +781,7 @@ def eval_batches(
           vertex_scale=vertex_scale,
           image_size=image_size,
           crop_margin=crop_margin,
+          depth_source=depth_source,
       ),
       range(0, splits.num_rows(arrays), batch_size),
       num_workers=num_workers,

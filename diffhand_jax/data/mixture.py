@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from diffhand_jax.data import input_pipeline, splits
+from diffhand_jax.data import depth as depth_lib, input_pipeline, splits
 
 # Each dataset's crop when it is a source of a mixture: a square box around `bbox` widened by this
 # margin per side (full frames), or None where the frame already is a crop (configs/*.py set the same).
@@ -191,25 +191,54 @@ def available_features(dataset_config: Mapping[str, Any], label: str) -> tuple[s
 
 
 def open_entry(
-    dataset_config: Mapping[str, Any], entry: Entry, max_examples: int | None = None
+    dataset_config: Mapping[str, Any],
+    entry: Entry,
+    max_examples: int | None = None,
+    *,
+    depth_source: str | None = None,
+    estimator: str | None = None,
 ) -> Source:
-  """``entry``'s split, in memory or streamed as ``dataset_config`` says (`splits.open_split`)."""
+  """``entry``'s split, in memory or streamed as ``dataset_config`` says (`splits.open_split`); for a
+  depth run (``depth_source`` = config.depth.source) with its depth maps (`depth.open_split`)."""
   config = source_config(dataset_config, entry.dataset)
-  features = available_features(config, entry.label)
-  arrays = splits.open_split(config, entry.split, max_examples, features=features)
+  if depth_source is None:
+    features = available_features(config, entry.label)
+    arrays = splits.open_split(config, entry.split, max_examples, features=features)
+  else:
+    features = tuple(splits.FEATURES) + ('depth',)
+    arrays = depth_lib.open_split(config, entry.split, max_examples, depth_source, estimator)
   if splits.num_rows(arrays) == 0:
     raise ValueError(f'{entry.label}: the split is empty')
   return Source(entry, arrays, features)
 
 
 def open_sources(
-    dataset_config: Mapping[str, Any], max_examples: int | None = None
+    dataset_config: Mapping[str, Any],
+    max_examples: int | None = None,
+    *,
+    depth_source: str | None = None,
+    estimator: str | None = None,
 ) -> list[Source]:
   """The training sources of a run's ``config.dataset`` (`mixture_entries`), each at most
-  ``max_examples`` rows."""
+  ``max_examples`` rows. A depth run (``depth_source``) trains on one dataset: a mixture of several
+  with depth is refused."""
+  entries = mixture_entries(dataset_config)
+  if depth_source is not None and len(entries) > 1:
+    raise ValueError(DEPTH_MIXTURE_PROBLEM)
   return [
-      open_entry(dataset_config, entry, max_examples) for entry in mixture_entries(dataset_config)
+      open_entry(
+          dataset_config, entry, max_examples, depth_source=depth_source, estimator=estimator
+      )
+      for entry in entries
   ]
+
+
+# The two-stage depth schedule (paper Table 6) fine-tunes on one dataset; the mixture's batch
+# (`train_batch`) carries no depth maps.
+DEPTH_MIXTURE_PROBLEM = (
+    'config.dataset.mixture has several sources and config.model.use_depth is on: a depth run '
+    'trains on one dataset (set config.dataset.mixture=() or turn depth off)'
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,14 +451,18 @@ def train_batches(
     prefetch: int | None = None,
     num_threads: int | None = None,
     num_workers: int | None = None,
+    depth_source: str | None = None,
 ) -> input_pipeline.BatchIterator:
   """:func:`train_batch` of steps start_step, start_step + 1, ... endlessly, prepared ahead on
   ``num_workers`` worker processes or this process's threads (`input_pipeline.map_in_order`; None:
   :func:`default_num_workers`; prefetch and threads as `input_pipeline.train_batches`). The batches
   are the same, bit for bit, for any number of workers or threads, and from any start step. One
-  source with every feature goes through `input_pipeline.train_batches` itself."""
+  source with every feature goes through `input_pipeline.train_batches` itself, with its depth maps
+  for a depth run (``depth_source``, config.depth.source), which trains on one source."""
   if not sources:
     raise ValueError('a mixture needs at least one source')
+  if depth_source is not None and len(sources) > 1:
+    raise ValueError(DEPTH_MIXTURE_PROBLEM)
   local_positions(batch_size, start_step, process_index, process_count)  # refuses a bad split now
   if len(sources) == 1 and set(splits.FEATURES) <= set(sources[0].features):
     # One complete source: the single-split pipeline itself, whose batches train_batch equals
@@ -449,7 +482,10 @@ def train_batches(
         prefetch=prefetch,
         num_threads=num_threads,
         num_workers=num_workers,
+        depth_source=depth_source,
     )
+  if depth_source is not None:
+    raise ValueError(f'{sources[0].label}: a depth run needs a source with every feature')
   make = functools.partial(
       train_batch,
       tuple(sources),
@@ -489,6 +525,7 @@ def train_batches_from_config(
     image_size: int | None,
     process_index: int = 0,
     process_count: int = 1,
+    depth_source: str | None = None,
 ) -> input_pipeline.BatchIterator:
   """:func:`train_batches` of a run: the input settings of its ``config.dataset`` (colour_jitter,
   the crop jitter of `input_pipeline.augment_options`, num_workers, prefetch_batches, num_threads;
@@ -507,6 +544,7 @@ def train_batches_from_config(
       prefetch=dataset_config.get('prefetch_batches'),
       num_threads=dataset_config.get('num_threads'),
       num_workers=dataset_config.get('num_workers'),
+      depth_source=depth_source,
   )
 
 

@@ -14,6 +14,7 @@ Turning the rows into model-ready batches, and feeding them to training and eval
 
 from __future__ import annotations
 
+import copy
 import importlib
 import io
 import os
@@ -204,8 +205,8 @@ def open_split(
   Data prepared as tfrecord only cannot be streamed: a split of at most
   ``IN_MEMORY_FALLBACK_MAX_EXAMPLES`` examples is then read into memory (with a note), a larger one
   raises a ValueError that says how to convert the data in place. ``dataset_config.prefetch_batches``
-  and ``dataset_config.num_threads``, when set, become the source's prefetch defaults. ``features``: those
-  to read (default: the pipeline's, `FEATURES`).
+  and ``dataset_config.num_threads``, when set, become the source's prefetch defaults. ``features``:
+  those to read (default: the pipeline's, `FEATURES`; a depth run adds 'depth').
   """
   if wants_in_memory(dataset_config):
     return load_split(dataset_config, split, max_examples, features)
@@ -305,6 +306,7 @@ class SplitSource(Mapping[str, '_Column']):
     self.num_threads = num_threads
     self._mean_mesh = None
     self._mean_mesh_lock = threading.Lock()
+    self._columns: dict[str, Any] = {}  # name → reader of rows stored elsewhere (`with_column`)
 
   # Pickling: input worker processes (input_pipeline.train_batches' num_workers) get a copy of the
   # source, which opens the ArrayRecord files again on first read (ArrayRecordDataSource pickles
@@ -317,6 +319,15 @@ class SplitSource(Mapping[str, '_Column']):
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
     self._mean_mesh_lock = threading.Lock()
+
+  def with_column(self, name: str, reader: Any) -> SplitSource:
+    """A copy of this source with one more column, ``name``, whose rows come from ``reader.read(indices)``
+    ((B, ...) arrays; it must pickle, for input workers): data stored beside the TFDS files, such as
+    the estimated depth maps of `depth.StoredDepth`."""
+    out = copy.copy(self)
+    out._columns = {**self._columns, name: reader}
+    out._feature_names = tuple(k for k in self._feature_names if k != name) + (name,)
+    return out
 
   def record_files(self, indices: Sequence[int] | np.ndarray) -> list[str]:
     """The ArrayRecord files that hold rows ``indices``, for messages (empty if it cannot tell)."""
@@ -395,6 +406,8 @@ class SplitSource(Mapping[str, '_Column']):
     if outside.size:
       raise IndexError(f'{self.name}: row {int(outside[0])} is outside [0, {self.num_examples})')
     unique, inverse = np.unique(indices, return_inverse=True)
+    external = {key: self._columns[key] for key in features if key in self._columns}
+    features = tuple(key for key in features if key not in external)
     try:
       records = self._records.__getitems__([int(i) for i in unique])
     except Exception as error:  # a damaged file: say which rows and files
@@ -428,6 +441,8 @@ class SplitSource(Mapping[str, '_Column']):
           )
         stacked = np.stack(values)
       out[key] = stacked[inverse]
+    for key, reader in external.items():
+      out[key] = np.asarray(reader.read(unique))[inverse]
     return out
 
   def mean_root_relative_mesh(self, chunk_size: int = 1024) -> np.ndarray:

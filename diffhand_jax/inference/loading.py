@@ -17,7 +17,7 @@ import ml_collections
 
 from diffhand_jax import diffusion
 from diffhand_jax.geometry import hand_model
-from diffhand_jax.inference import overrides as overrides_lib
+from diffhand_jax.inference import depth, overrides as overrides_lib
 from diffhand_jax.models import diffhand
 from diffhand_jax.runs import checkpoints, run_config, state as state_lib
 
@@ -36,6 +36,9 @@ class TrainedRun:
   # The encoder's BatchNorm statistics that go with params ({} for a model without): the second
   # collection of `diffhand.model_variables(params, batch_stats)`.
   batch_stats: Any = dataclasses.field(default_factory=dict)
+  # A depth-conditioned run's estimator (`depth.Estimator`, config.depth.estimator_init), None for an
+  # RGB run: the samplers run it on each crop, so inference needs nothing the run did not name.
+  estimator: Any = None
 
 
 def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -> TrainedRun:
@@ -51,6 +54,10 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       else run_config.load_config(workdir)
   )
   network = state_lib.build_network(config)
+  if network.model.use_depth:  # checked before anything is read or computed
+    problem = depth.estimator_problem(config.get('depth') or {})
+    if problem:
+      raise FileNotFoundError(f'{workdir} is a depth-conditioned run; its estimator: {problem}')
   params, batch_stats, step = checkpoints.restore_variables(
       workdir,
       state_lib.abstract_params(config, network.model),
@@ -58,6 +65,7 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       config,
       use_ema=use_ema,
   )
+  estimator = depth.load_estimator(config.depth) if network.model.use_depth else None
   if overrides is not None:
     config = overrides_lib.apply_overrides(config, overrides)
   return TrainedRun(
@@ -69,6 +77,7 @@ def load_trained(workdir: str, *, use_ema: bool = True, overrides: Any = None) -
       schedule=network.schedule,
       step=step,
       batch_stats=batch_stats,
+      estimator=estimator,
   )
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffhand_jax.geometry import hypotheses
-from diffhand_jax.inference import tta
+from diffhand_jax.inference import depth, tta
 from diffhand_jax.models import diffhand
 
 # ==================================================================================================
@@ -51,12 +51,16 @@ class Sampler:
   eta: float = 0.0
   batch_size: int = 16
   batch_stats: Any = None  # the encoder's BatchNorm statistics, for a model that has them
+  # A depth model's estimator (`depth.load_estimator`): it runs on each crop inside the sampler's
+  # compiled call, so callers pass images only.
+  estimator: Any = None
 
   def __post_init__(self):
     if self.num_hypotheses < 1 or self.num_steps < 1 or self.batch_size < 1:
       raise ValueError('inference.Sampler: num_hypotheses, num_steps and batch_size must be >= 1')
-    self._fn = diffhand.make_reconstruct_fn(
+    self._fn = depth.make_reconstruct_fn(
         self.model,
+        self.estimator,
         num_steps=int(self.num_steps),
         num_hypotheses=int(self.num_hypotheses),
         eta=float(self.eta),
@@ -163,6 +167,7 @@ class SamplerCache:
             eta=key[3],
             batch_size=key[4],
             batch_stats=self.run.batch_stats,
+            estimator=getattr(self.run, 'estimator', None),
         ),
     )
 

@@ -39,7 +39,8 @@ import numpy as np
 from diffhand_jax import diffusion
 from diffhand_jax.data import input_pipeline
 from diffhand_jax.geometry import conventions, hypotheses, render
-from diffhand_jax.inference import crops, detection, full_frame, io, loading, pipeline, sampling
+from diffhand_jax.inference import crops, depth as depth_lib, detection, full_frame, io, loading
+from diffhand_jax.inference import pipeline, sampling
 from diffhand_jax.inference.io import InputError, VideoError
 from diffhand_jax.models import diffhand
 
@@ -184,17 +185,18 @@ def warm_reconstruct(
     eta: float = 0.0,
     schedule: diffusion.Schedule | None = None,
     batch_stats: Any = None,
+    depth: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """`diffhand.reconstruct` started from a guess: the image encoded once, then for each of the K
   noises the guess noised to τ_{S−k} and the last k = int(S·strength) DDIM steps
   (`diffusion.ddim_sample_from`).
 
   images float32 (B, H, W, 3), normalised; x0_guess (B, N, 3) model space; noise (K, B, N, 3); key for
-  η > 0; batch_stats: the encoder's BatchNorm statistics, for a model that has them. Returns vertices
-  (B, K, N, 3) model space and camera (B, K, 3).
+  η > 0; batch_stats: the encoder's BatchNorm statistics, for a model that has them; depth (B, H, W)
+  for a use_depth model. Returns vertices (B, K, N, 3) model space and camera (B, K, 3).
   """
   variables = diffhand.model_variables(params, batch_stats)
-  cond = model.apply(variables, images, None, method=diffhand.DiffHand.encode)
+  cond = model.apply(variables, images, depth, method=diffhand.DiffHand.encode)
   camera = model.apply(variables, cond, method=diffhand.DiffHand.camera)
   schedule = diffusion.cosine_schedule() if schedule is None else schedule
 
@@ -242,6 +244,9 @@ class WarmStartSampler:
   method: str = 'mean'
   eta: float = 0.0
   batch_stats: Any = None  # the encoder's BatchNorm statistics, for a model that has them
+  estimator: Any = (
+      None  # a depth model's estimator (`depth.load_estimator`), run on each frame's crop
+  )
 
   def __post_init__(self):
     diffusion.warm_start_steps(self.num_steps, self.strength)  # validates both
@@ -249,23 +254,36 @@ class WarmStartSampler:
       raise ValueError('WarmStartSampler: num_hypotheses must be >= 1')
     if self.method not in hypotheses.METHODS:
       raise ValueError(f'WarmStartSampler: method must be one of {hypotheses.METHODS}')
-    self._cold = diffhand.make_reconstruct_fn(
+    self._cold = depth_lib.make_reconstruct_fn(
         self.model,
+        self.estimator,
         num_steps=int(self.num_steps),
         num_hypotheses=int(self.num_hypotheses),
         eta=float(self.eta),
         schedule=self.schedule,
     )
-    self._warm = jax.jit(
-        functools.partial(
-            warm_reconstruct,
-            self.model,
-            num_steps=int(self.num_steps),
-            strength=float(self.strength),
-            eta=float(self.eta),
-            schedule=self.schedule,
-        )
+    warm = functools.partial(
+        warm_reconstruct,
+        self.model,
+        num_steps=int(self.num_steps),
+        strength=float(self.strength),
+        eta=float(self.eta),
+        schedule=self.schedule,
     )
+    if not self.model.use_depth:
+      self._warm = jax.jit(warm)
+      return
+    estimator = self.estimator
+    if estimator is None:
+      raise ValueError('WarmStartSampler: a depth-conditioned model needs its depth estimator')
+
+    def warm_with_depth(params, images, guess, noise, key, batch_stats=None, estimator_params=None):
+      # The estimator runs on the frame's crop inside the same compiled call.
+      estimated = depth_lib.estimate(estimator, images, estimator_params)
+      return warm(params, images, guess, noise, key, batch_stats=batch_stats, depth=estimated)
+
+    jitted = jax.jit(warm_with_depth)
+    self._warm = functools.partial(jitted, estimator_params=estimator.params)
 
   @property
   def independent(self) -> bool:
@@ -517,6 +535,7 @@ def warm_start_sampler(
           method=key[4],
           eta=key[5],
           batch_stats=run.batch_stats,
+          estimator=getattr(run, 'estimator', None),
       ),
   )
 

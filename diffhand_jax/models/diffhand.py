@@ -188,11 +188,17 @@ class DiffHand(nn.Module):
     return self.orientation_dense(cond.embedding.astype(jnp.float32))
 
   def training_pass(
-      self, images: jax.Array, x_t: jax.Array, t: jax.Array, train_norm: bool = False
+      self,
+      images: jax.Array,
+      x_t: jax.Array,
+      t: jax.Array,
+      train_norm: bool = False,
+      depth: jax.Array | None = None,
   ) -> dict[str, jax.Array]:
     """encode once, then {'x0_hat' (B, N, 3), 'camera' (B, 3)}, plus 'orientation' (B, 6) when the
-    model has the orientation head: what the training loss scores. train_norm: as for `encode`."""
-    cond = self.encode(images, train_norm=train_norm)
+    model has the orientation head: what the training loss scores. train_norm: as for `encode`;
+    depth (B, H, W[, 1]) for a use_depth model."""
+    cond = self.encode(images, depth, train_norm=train_norm)
     x0_hat, camera = self.denoise(cond, x_t, t)
     out = {"x0_hat": x0_hat, "camera": camera}
     if self.orientation_head:

@@ -21,6 +21,16 @@ Position embeddings for another input size are resampled once, when the weights 
 another size: bicubic with antialias, align_corners=False. Torch's antialiased bicubic is not the plain
 a=-0.75 bicubic: it uses the PIL-style cubic kernel (a=-0.5) and, at the borders, drops taps that fall
 outside the grid and renormalises the rest. `resample_pos_embed` implements exactly that in numpy.
+
+Three options make the same network the backbone of transformers' DPT (models/midas.py), whose ViT is
+transformers' own rather than timm's:
+
+* `layer_norm_eps`: transformers' ViTs use 1e-12 where timm uses 1e-6;
+* `pos_embed_resize='bilinear'`: the position embedding stays at its `img_size` grid and is resized to
+  each input's grid in the forward pass, as transformers' DPT does (bilinear, align_corners=False, no
+  antialias; the identity at the native size), so one module takes any input size;
+* `out_indices`: the call returns the hidden states (B, 1 + P, C), class token first, after those blocks
+  (no final LayerNorm), instead of (features, embedding).
 """
 
 from __future__ import annotations
@@ -146,9 +156,13 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    """images (B, H, W, c) -> patch tokens (B, H/p * W/p, C), row-major over the patch grid."""
+    """images (B, H, W, c) -> patch tokens (B, H//p * W//p, C), row-major over the patch grid.
+
+    Rows and columns past the last whole patch are ignored, as torch's strided conv ignores them.
+    """
     batch, height, width, chans = images.shape
     p = self.patch_size
+    images = images[:, : height // p * p, : width // p * p]
     kernel = self.param(
         'kernel', nn.initializers.lecun_normal(), (p, p, chans, self.embed_dim), self.param_dtype
     )
@@ -229,10 +243,12 @@ class LayerScale(nn.Module):
     return x * gamma.astype(x.dtype)
 
 
-def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+def _layer_norm(
+    name: str, dtype: Dtype, param_dtype: Dtype, eps: float = _LAYER_NORM_EPS
+) -> nn.LayerNorm:
   # use_fast_variance=False: E[(x - mean)^2] as torch computes it, not E[x^2] - mean^2.
   return nn.LayerNorm(
-      epsilon=_LAYER_NORM_EPS,
+      epsilon=eps,
       use_fast_variance=False,
       dtype=dtype,
       param_dtype=param_dtype,
@@ -249,19 +265,21 @@ class Block(nn.Module):
   init_values: float | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  layer_norm_eps: float = _LAYER_NORM_EPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x (B, N, C) -> (B, N, C)."""
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    eps = self.layer_norm_eps
     branch = Attention(self.num_heads, self.qkv_bias, name='attn', **dtypes)(
-        _layer_norm('norm1', **dtypes)(x)
+        _layer_norm('norm1', eps=eps, **dtypes)(x)
     )
     if self.init_values is not None:
       branch = LayerScale(self.init_values, self.param_dtype, name='ls1')(branch)
     x = x + branch
     branch = Mlp(int(x.shape[-1] * self.mlp_ratio), name='mlp', **dtypes)(
-        _layer_norm('norm2', **dtypes)(x)
+        _layer_norm('norm2', eps=eps, **dtypes)(x)
     )
     if self.init_values is not None:
       branch = LayerScale(self.init_values, self.param_dtype, name='ls2')(branch)
@@ -280,6 +298,12 @@ class VisionTransformer(nn.Module):
     patch_embed_impl: 'matmul' (default, faster on CPU) or 'conv'; same parameters either way.
     remat: rematerialise each block in the backward pass (saves activation memory when training).
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype. Both default to float32.
+    layer_norm_eps: every LayerNorm's epsilon (timm 1e-6; transformers' ViTs 1e-12).
+    pos_embed_resize: None (the input must be img_size) or 'bilinear' (any input size: the embedding,
+      stored for img_size, is resized to the input's patch grid in the forward pass, as transformers'
+      DPT does).
+    out_indices: None, or the blocks (0-based) whose outputs (B, num_prefix_tokens + P, C) the call
+      returns, in order, without the final LayerNorm (which is then not built).
   """
 
   img_size: int | tuple[int, int] = 224
@@ -296,6 +320,9 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  layer_norm_eps: float = _LAYER_NORM_EPS
+  pos_embed_resize: str | None = None
+  out_indices: tuple[int, ...] | None = None
 
   @property
   def grid_size(self) -> tuple[int, int]:
@@ -312,11 +339,23 @@ class VisionTransformer(nn.Module):
     return 2 if self.distilled else 1
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images float32 (B, H, W, 3), normalised -> (features (B, P, C), embedding (B, C))."""
+  def __call__(self, images: jax.Array) -> Any:
+    """images float32 (B, H, W, 3), normalised -> (features (B, P, C), embedding (B, C)), or with
+    out_indices the list of those blocks' hidden states, each (B, num_prefix_tokens + P, C)."""
     chex.assert_rank(images, 4)
     height, width = image_size_pair(self.img_size)
-    if images.shape[1:3] != (height, width):
+    if self.pos_embed_resize not in (None, 'bilinear'):
+      raise ValueError(
+          f"VisionTransformer.pos_embed_resize must be None or 'bilinear', got "
+          f'{self.pos_embed_resize!r}'
+      )
+    if self.pos_embed_resize is not None:
+      if images.shape[1] < self.patch_size or images.shape[2] < self.patch_size:
+        raise ValueError(
+            f'images of shape {images.shape} are smaller than one {self.patch_size}x'
+            f'{self.patch_size} patch'
+        )
+    elif images.shape[1:3] != (height, width):
       raise ValueError(
           f'VisionTransformer was built for {height}x{width} images (img_size={self.img_size}) but '
           f'got images of shape {images.shape}; expected (B, {height}, {width}, C). Convert the '
@@ -356,6 +395,14 @@ class VisionTransformer(nn.Module):
     prefix = [
         jnp.broadcast_to(token, (batch, 1, self.embed_dim)).astype(tokens.dtype) for token in prefix
     ]
+    if self.pos_embed_resize is not None:
+      input_grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+      pos_embed = _resize_pos_embed_bilinear(
+          pos_embed,
+          self.grid_size,
+          input_grid,
+          num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
+      )
     pos_embed = pos_embed.astype(tokens.dtype)
     if self.no_embed_class:  # DeiT III: add to the patches, then prepend the tokens
       x = jnp.concatenate(prefix + [tokens + pos_embed], axis=1)
@@ -363,17 +410,43 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate(prefix + [tokens], axis=1) + pos_embed
 
     block_cls = nn.remat(Block) if self.remat else Block
-    for index in range(self.depth):
+    if self.out_indices is not None and not all(0 <= i < self.depth for i in self.out_indices):
+      raise ValueError(f'out_indices {self.out_indices} must lie in [0, depth={self.depth})')
+    hidden_states = []
+    last = self.depth if self.out_indices is None else max(self.out_indices, default=-1) + 1
+    for index in range(last):  # blocks after the last one asked for would be computed for nothing
       x = block_cls(
           self.num_heads,
           self.mlp_ratio,
           self.qkv_bias,
           self.init_values,
           name=f'blocks_{index}',
+          layer_norm_eps=self.layer_norm_eps,
           **dtypes,
       )(x)
-    x = _layer_norm('norm', **dtypes)(x)
+      hidden_states.append(x)
+    if self.out_indices is not None:
+      return [hidden_states[i] for i in self.out_indices]
+    x = _layer_norm('norm', eps=self.layer_norm_eps, **dtypes)(x)
     return x[:, self.num_prefix_tokens :], x[:, 0]
+
+
+def _resize_pos_embed_bilinear(
+    pos_embed: jax.Array,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int,
+) -> jax.Array:
+  """(1, prefix + gh*gw, C) -> (1, prefix + new_gh*new_gw, C), torch's bilinear (align_corners=False)."""
+  if tuple(old_grid) == tuple(new_grid):
+    return pos_embed
+  prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+  grid = grid.reshape(old_grid[0], old_grid[1], -1)
+  rows = jnp.asarray(bilinear_matrix(old_grid[0], new_grid[0]), grid.dtype)
+  cols = jnp.asarray(bilinear_matrix(old_grid[1], new_grid[1]), grid.dtype)
+  resized = jnp.einsum('ih,jw,hwc->ijc', rows, cols, grid)
+  return jnp.concatenate([prefix, resized.reshape(1, new_grid[0] * new_grid[1], -1)], axis=1)
 
 
 def create(
@@ -434,6 +507,35 @@ def antialias_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     weights = _aa_cubic((taps - center + 0.5) * inv_scale)
     total = weights.sum()
     matrix[out_index, first:stop] = weights / total if total != 0 else weights
+  return matrix
+
+
+def bilinear_taps(
+    in_size: int, out_size: int, align_corners: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """torch's bilinear resize along one axis (no antialias): (low, high, weight), each (out_size,).
+
+  Output i is (1 - weight[i]) * x[low[i]] + weight[i] * x[high[i]]. As ATen's `upsample_bilinear2d` with
+  an output size, the source coordinate is (i + 0.5) * in/out - 0.5 clamped at 0 (align_corners=False)
+  or i * (in-1)/(out-1) (align_corners=True).
+  """
+  out_index = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    source = out_index * scale
+  else:
+    source = np.maximum((out_index + 0.5) * in_size / out_size - 0.5, 0.0)
+  low = np.minimum(source.astype(np.int64), in_size - 1)
+  high = np.minimum(low + 1, in_size - 1)
+  return low, high, source - low
+
+
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = False) -> np.ndarray:
+  """(out_size, in_size) float64 matrix of `bilinear_taps`' resize."""
+  low, high, weight = bilinear_taps(in_size, out_size, align_corners)
+  matrix = np.zeros((out_size, in_size), np.float64)
+  np.add.at(matrix, (np.arange(out_size), low), 1.0 - weight)
+  np.add.at(matrix, (np.arange(out_size), high), weight)
   return matrix
 
 
@@ -513,12 +615,16 @@ def _timm_key_map(
       'pos_embed': (('pos_embed',), same),
       'patch_embed.proj.weight': (('patch_embed', 'kernel'), conv),
       'patch_embed.proj.bias': (('patch_embed', 'bias'), same),
-      'norm.weight': (('norm', 'scale'), same),
-      'norm.bias': (('norm', 'bias'), same),
   }
+  if module.out_indices is None:  # else the final LayerNorm is not built
+    key_map['norm.weight'] = (('norm', 'scale'), same)
+    key_map['norm.bias'] = (('norm', 'bias'), same)
+  num_blocks = (
+      module.depth if module.out_indices is None else max(module.out_indices, default=-1) + 1
+  )
   if module.distilled:
     key_map['dist_token'] = (('dist_token',), same)
-  for index in range(module.depth):
+  for index in range(num_blocks):
     src, dst = f'blocks.{index}.', f'blocks_{index}'
     for norm in ('norm1', 'norm2'):
       key_map[f'{src}{norm}.weight'] = ((dst, norm, 'scale'), same)

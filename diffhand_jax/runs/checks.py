@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import ml_collections
 
-from diffhand_jax.data import mixture, splits
+from diffhand_jax.data import depth, mixture, splits
 from diffhand_jax.geometry import hand_model, hypotheses
 from diffhand_jax.models import diffhand, pretrained
-from diffhand_jax.runs import checkpoints, presets, run_config
+from diffhand_jax.runs import checkpoints, init_from, presets, run_config
 
 MODES = ('train', 'evaluate', 'memory')
 HAND_MODELS = ('procedural', 'mano')
@@ -185,6 +185,12 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
         entries()
       except (ValueError, TypeError, KeyError) as error:
         check.add(key, str(error).split(': ', 1)[-1])
+    try:
+      several = len(mixture.mixture_entries(config.dataset)) > 1
+    except (ValueError, TypeError, KeyError):
+      several = False  # reported above
+    if several and presets.depth_source(config) is not None:
+      check.add('dataset.mixture', mixture.DEPTH_MIXTURE_PROBLEM.split(': ', 1)[-1])
 
   # Model: the sampler fields here; the network's own fields are checked by building it (below).
   timesteps_ok = check.integer('model.num_timesteps', 1)
@@ -229,6 +235,14 @@ def validate_config(config: ml_collections.ConfigDict, *, mode: str | None = Non
   check.number('optimizer.clip_norm', low=0.0, low_open=True)
   check.number('optimizer.b1', low=0.0, high=1.0, high_open=True)
   check.number('optimizer.b2', low=0.0, high=1.0, high_open=True)
+
+  # Depth (configs saved before #33 have none)
+  if check.get('depth') is not None:
+    check.choice('depth.source', presets.DEPTH_SOURCES)
+    check.choice('depth.train', presets.DEPTH_TRAIN)
+    check.integer('depth.estimator_size', 32)
+    check.integer('depth.batch_size', 1)
+    check.integer('depth.shard_size', 1)
 
   # Evaluation
   check.integer('eval.batch_size', 1)
@@ -304,6 +318,17 @@ def mesh_problems(config: ml_collections.ConfigDict, device_count: int) -> list[
   return []
 
 
+def depth_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The estimated depth maps a depth run of config.depth.source='estimator' reads and lacks."""
+  problems = []
+  for split in (config.dataset.train_split, config.dataset.eval_split):
+    try:
+      depth.StoredDepth(depth.stored_directory(config.dataset, split, prepare=False))
+    except (FileNotFoundError, ValueError) as error:
+      problems.append(f'{error} (split {split!r})')
+  return problems
+
+
 def prerequisite_problems(
     config: ml_collections.ConfigDict,
     workdir: str | None,
@@ -330,7 +355,16 @@ def prerequisite_problems(
     if problem:
       problems.append(problem + ', or try without it: --config.dataset.hand_model=procedural')
   if mode in ('train', 'evaluate'):
-    problems += [problem.rstrip() for problem in data_problems(config)]
+    data = [problem.rstrip() for problem in data_problems(config)]
+    problems += data
+    if not data and presets.depth_source(config) == 'estimator':
+      problems += depth_problems(config)
+  source = config.get('init_from')
+  if mode == 'train' and source:  # a resume reads its own checkpoint, never the source run again
+    same = bool(workdir) and os.path.realpath(source) == os.path.realpath(workdir)
+    problem = init_from.init_from_problem(config, workdir)
+    if problem and (same or not has_checkpoint(workdir)):
+      problems.append(problem)
   if mode == 'train' and not has_checkpoint(workdir):  # a resume reads the checkpoint's weights
     problems += pretrained.source_problems(config)
   if device_count is None:

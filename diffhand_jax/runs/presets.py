@@ -6,6 +6,9 @@ import ml_collections
 
 # config.batch_norm.statistics: how a step combines BatchNorm statistics across the data axis.
 BATCH_NORM_STATISTICS = ('synchronised', 'per_device')
+# config.depth.source and config.depth.train.
+DEPTH_SOURCES = ('dataset', 'estimator')
+DEPTH_TRAIN = ('all', 'depth_block')
 
 
 def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigDict:
@@ -34,6 +37,26 @@ def base_config(*, dataset_name: str, eval_split: str) -> ml_collections.ConfigD
   # 'per_device' (each device's rows, as PyTorch DDP; the running statistics then move by the mean of
   # the devices' updates). freeze: normalise with the running statistics and never update them.
   config.batch_norm = ml_collections.ConfigDict({'statistics': 'synchronised', 'freeze': False})
+
+  # A run that starts from another run's weights (the two-stage depth schedule, docs/design.md §11):
+  # the workdir of that run; every param both models have is copied from its newest checkpoint (read
+  # only). None = start from random weights (and config.model.encoder_init).
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  # The depth condition, used when config.model.use_depth (docs/design.md §4, §7). source: 'estimator'
+  # (maps estimated once per dataset by `python -m diffhand_jax.estimate_depth`, stored beside the TFDS
+  # data) or 'dataset' (the depth the dataset ships: synthetic, HO-3D/DexYCB 'rgbd'). estimator_init:
+  # the estimator's Hub id or local path (models/midas.py); estimator_size: its input side in pixels.
+  # train: what the depth run trains, 'all' (the paper) or 'depth_block' (the new block only).
+  config.depth = ml_collections.ConfigDict()
+  config.depth.source = 'estimator'
+  config.depth.estimator_init = 'Intel/dpt-large'
+  config.depth.estimator_size = 384
+  config.depth.train = 'all'
+  config.depth.batch_size = 8  # images per estimator call in estimate_depth (per device)
+  config.depth.shard_size = 1024  # examples per stored shard of estimated maps
+  # Steps of the depth stage in the Table 6 command (diffhand_jax.depth_table); None = a tenth of the
+  # RGB stage's (the paper: "a few epochs" after 100).
+  config.depth.finetune_steps = ml_collections.config_dict.placeholder(int)
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = dataset_name
@@ -113,3 +136,29 @@ def set_epochs(config: ml_collections.ConfigDict, epochs: int, num_train_example
   batch = config.get_ref('batch_size')
   examples = config.dataset.get_ref('num_train_examples')
   config.num_train_steps = (config.get_ref('epochs') * examples + batch - 1) // batch
+
+
+def depth_source(config: ml_collections.ConfigDict) -> str | None:
+  """config.depth.source for a depth-conditioned model (config.model.use_depth), else None: what the
+  input pipeline's ``depth_source`` takes."""
+  if not config.model.get('use_depth', False):
+    return None
+  depth = config.get('depth') or {}
+  return depth.get('source', 'estimator')
+
+
+def depth_estimator(config: ml_collections.ConfigDict) -> str | None:
+  """config.depth.estimator_init of a depth run (the estimator inference runs), else None."""
+  if not config.model.get('use_depth', False):
+    return None
+  return (config.get('depth') or {}).get('estimator_init')
+
+
+def use_depth(config: ml_collections.ConfigDict, *, finetune_epochs: int) -> None:
+  """Makes an RGB config the depth run of the two-stage schedule: the depth block on, MiDaS's depth
+  (config.depth.source='estimator'), and config.depth.finetune_steps = ceil(epochs · examples / batch)
+  for the depth stage of `depth_table`."""
+  config.model.use_depth = True
+  config.depth.source = 'estimator'
+  examples = config.dataset.num_train_examples
+  config.depth.finetune_steps = -(-finetune_epochs * examples // config.batch_size)

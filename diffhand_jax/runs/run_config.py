@@ -106,6 +106,9 @@ def structure_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   for key in STRUCTURAL_FIELDS:
     section, name = key.split('.')
     fields[key] = _plain(config.get(section, {}).get(name))
+  # A depth run that trains its block only keeps optimiser state for that block alone.
+  if config.get('model', {}).get('use_depth', False):
+    fields['depth.train'] = (config.get('depth') or {}).get('train', 'all')
   # The EMA copy is part of the saved state when, and only when, ema_decay > 0.
   fields['ema_decay > 0'] = bool(config.get('ema_decay', 0.0) > 0)
   return fields

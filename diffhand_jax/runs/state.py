@@ -11,9 +11,11 @@ import functools
 from typing import Any
 
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from diffhand_jax import diffusion
@@ -64,10 +66,31 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       decay_steps=max(config.num_train_steps, opt.warmup_steps + 1),
       end_value=opt.learning_rate * opt.get('end_lr_factor', 0.01),
   )
-  return optax.chain(
+  optimizer = optax.chain(
       optax.clip_by_global_norm(opt.clip_norm),
       optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
   )
+  if trains_depth_block_only(config):
+    # The fine-tune of the new block alone: every other param gets a zero update (and no Adam state).
+    return optax.multi_transform(
+        {'train': optimizer, 'freeze': optax.set_to_zero()}, _depth_block_labels
+    )
+  return optimizer
+
+
+def trains_depth_block_only(config: ml_collections.ConfigDict) -> bool:
+  """config.depth.train == 'depth_block' for a depth model: only the depth block's params train."""
+  depth = config.get('depth') or {}
+  return bool(config.model.get('use_depth', False)) and depth.get('train', 'all') == 'depth_block'
+
+
+def _depth_block_labels(params: PyTree) -> PyTree:
+  return {
+      name: jax.tree_util.tree_map(
+          lambda _, n=name: 'train' if n == 'depth_block' else 'freeze', sub
+      )
+      for name, sub in params.items()
+  }
 
 
 def create_train_state(config, model, optimizer, key) -> TrainState:
@@ -170,3 +193,55 @@ def build(config: ml_collections.ConfigDict) -> Components:
       schedule=network.schedule,
       optimizer=make_optimizer(config),
   )
+
+
+def copy_problems(target: PyTree, source: PyTree, *, added: tuple[str, ...] = ('depth_block',)):
+  """Why ``source`` (numpy tree) cannot be copied into ``target`` (one collection of a train state):
+  a source leaf the target lacks, a shape that differs, or a target leaf the source lacks outside the
+  ``added`` top-level modules. [] when every source leaf has its place."""
+  flat_target = flax.traverse_util.flatten_dict(target, sep='/')
+  flat_source = flax.traverse_util.flatten_dict(source, sep='/')
+  problems = [f'{key}: not in the new model' for key in flat_source if key not in flat_target]
+  problems += [
+      f'{key}: shape {tuple(np.shape(value))} there, {tuple(flat_target[key].shape)} now'
+      for key, value in flat_source.items()
+      if key in flat_target and tuple(np.shape(value)) != tuple(flat_target[key].shape)
+  ]
+  problems += [
+      f'{key}: not in the source run'
+      for key in flat_target
+      if key not in flat_source and key.split('/')[0] not in added
+  ]
+  return problems
+
+
+def with_variables(state: TrainState, variables: PyTree, shardings: TrainState) -> TrainState:
+  """``state`` with every param and BatchNorm statistic that ``variables`` ({'params', 'batch_stats'},
+  numpy: another run's, `init_from.read_source`) holds, in the params and their EMA copy, each placed
+  with the state's own shardings; the leaves it lacks (the depth block) keep their initial values.
+  Adam's moments stay at zero. Raises ValueError naming the leaves that do not fit."""
+  replaced = {}
+  for collection, names in (
+      ('params', ('params', 'ema_params')),
+      ('batch_stats', ('batch_stats', 'ema_batch_stats')),
+  ):
+    source = variables.get(collection) or {}
+    for name in names:
+      current = getattr(state, name)
+      if not current:
+        continue
+      problems = copy_problems(current, source)
+      if problems:
+        raise ValueError(
+            f"config.init_from: the source run's {collection} do not fit this model: "
+            + '; '.join(problems[:8])
+        )
+      flat = flax.traverse_util.flatten_dict(current, sep='/')
+      flat_shardings = flax.traverse_util.flatten_dict(getattr(shardings, name), sep='/')
+      for key, value in flax.traverse_util.flatten_dict(source, sep='/').items():
+        value = np.asarray(value, dtype=flat[key].dtype)
+        flat[key] = jax.make_array_from_callback(
+            value.shape, flat_shardings[key], lambda index, v=value: v[index]
+        )
+      replaced[name] = flax.traverse_util.unflatten_dict(flat, sep='/')
+  return state.replace(**replaced)

@@ -28,7 +28,7 @@ from diffhand_jax import metrics
 from diffhand_jax.data import input_pipeline, mixture, splits
 from diffhand_jax.geometry import conventions, hand_model, hypotheses, mesh_io, render
 from diffhand_jax.models import diffhand
-from diffhand_jax.runs import files
+from diffhand_jax.runs import files, presets
 from diffhand_jax.training import metric_log
 
 
@@ -67,10 +67,16 @@ def predict_split(
           vertex_scale=vertex_scale,
           image_size=config.model.img_size,
           crop_margin=crop_margin,
+          depth_source=presets.depth_source(config),
       )
   ):
+    depth = jnp.asarray(batch['depth']) if 'depth' in batch else None
     out = reconstruct_fn(
-        params, jnp.asarray(batch['image']), jax.random.fold_in(key, index), batch_stats=batch_stats
+        params,
+        jnp.asarray(batch['image']),
+        jax.random.fold_in(key, index),
+        depth=depth,
+        batch_stats=batch_stats,
     )
     hyps.append(np.asarray(out['vertices'])[:valid])
     stds.append(np.asarray(out['vertices_std'])[:valid])
@@ -174,14 +180,6 @@ def _process_local(params):
   return params
 
 
-def open_eval_split(config: ml_collections.ConfigDict):
-  """The eval split of ``config`` (config.dataset.eval_split, at most config.eval.max_examples rows), in
-  memory or streamed (`splits.open_split`)."""
-  return splits.open_split(
-      config.dataset, config.dataset.eval_split, config.eval.get('max_examples')
-  )
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
   """One split to evaluate: ``name`` keys its metrics (results.json's 'datasets', the metrics.jsonl
@@ -195,12 +193,19 @@ class EvalSet:
 
 def open_eval_sets(config: ml_collections.ConfigDict) -> list[EvalSet]:
   """The eval splits of ``config`` (`mixture.eval_entries`: config.eval.datasets, else
-  config.dataset.eval_split), each at most config.eval.max_examples rows. Without
+  config.dataset.eval_split), each at most config.eval.max_examples rows, with its depth maps for a
+  depth run (`depth.open_split`). Without
   config.eval.datasets the one set is named by the split alone ('test'), as before."""
   listed = bool(config.eval.get('datasets'))
   sets = []
   for index, entry in enumerate(mixture.eval_entries(config.dataset, config.eval)):
-    source = mixture.open_entry(config.dataset, entry, config.eval.get('max_examples'))
+    source = mixture.open_entry(
+        config.dataset,
+        entry,
+        config.eval.get('max_examples'),
+        depth_source=presets.depth_source(config),
+        estimator=presets.depth_estimator(config),
+    )
     sets.append(EvalSet(entry.label if listed else entry.split, source, index == 0))
   return sets
 

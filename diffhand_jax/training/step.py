@@ -74,13 +74,27 @@ def training_pass(model, params, batch_stats, batch, config, num_devices: int = 
   since batches split over the mesh in blocks), the running ones moving by the blocks' mean update.
   """
   variables = diffhand.model_variables(params, batch_stats)
-  inputs = (batch['image'], batch['x_t'], batch['t'])
+  # batch['depth'] (B, H, W): the normalised depth map of a depth run (config.model.use_depth).
+  inputs = (batch['image'], batch['x_t'], batch['t']) + (
+      (batch['depth'],) if 'depth' in batch else ()
+  )
   if not trains_batch_norm(config, batch_stats):
-    return model.apply(variables, *inputs, method=model.training_pass), batch_stats
+    images, x_t, t, *depth = inputs
+    out = model.apply(
+        variables, images, x_t, t, depth=depth[0] if depth else None, method=model.training_pass
+    )
+    return out, batch_stats
 
-  def run(images, x_t, t):
+  def run(images, x_t, t, *depth):
     out, updates = model.apply(
-        variables, images, x_t, t, True, method=model.training_pass, mutable=['batch_stats']
+        variables,
+        images,
+        x_t,
+        t,
+        True,
+        depth=depth[0] if depth else None,
+        method=model.training_pass,
+        mutable=['batch_stats'],
     )
     return out, updates['batch_stats']
 
@@ -287,6 +301,11 @@ def train_step(
 TRAIN_KEYS = ('image', 'vertices', 'joints', 'joints_2d', 'has_3d')
 
 
+def train_keys(config) -> tuple[str, ...]:
+  """The batch keys a training step of ``config`` takes: `TRAIN_KEYS`, and 'depth' for a depth run."""
+  return TRAIN_KEYS + (('depth',) if config.model.get('use_depth', False) else ())
+
+
 def train_batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a global training batch (what `input_pipeline.train_batches` yields)."""
   batch, size, vertices = config.batch_size, config.model.img_size, config.model.num_vertices
@@ -296,7 +315,11 @@ def train_batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
       'joints': jax.ShapeDtypeStruct((batch, 21, 3), jnp.float32),
       'joints_2d': jax.ShapeDtypeStruct((batch, 21, 2), jnp.float32),
       'has_3d': jax.ShapeDtypeStruct((batch,), jnp.float32),
-  }
+  } | (
+      {'depth': jax.ShapeDtypeStruct((batch, size, size), jnp.float32)}
+      if config.model.get('use_depth', False)
+      else {}
+  )
 
 
 def jit_train_step(config, model, optimizer, schedule, topology, mesh: Mesh, shardings):

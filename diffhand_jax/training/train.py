@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 
 from diffhand_jax.data import input_pipeline, mixture
 from diffhand_jax.models import diffhand, pretrained
-from diffhand_jax.runs import checkpoints, run_config, state as state_lib
+from diffhand_jax.runs import checkpoints, init_from, presets, run_config, state as state_lib
 from diffhand_jax.training import (
     evaluation,
     metric_log,
@@ -134,8 +134,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def open_train_split(config: ml_collections.ConfigDict) -> list[mixture.Source]:
   """The training sources of ``config``: config.dataset.mixture's, else the one-entry mixture of
   config.dataset.train_split (`mixture.open_sources`), each at most config.dataset.max_train_examples
-  rows, in memory or streamed (`splits.open_split`)."""
-  return mixture.open_sources(config.dataset, config.dataset.get('max_train_examples'))
+  rows, in memory or streamed (`splits.open_split`), with its depth maps for a depth run
+  (`depth.open_split`)."""
+  return mixture.open_sources(
+      config.dataset,
+      config.dataset.get('max_train_examples'),
+      depth_source=presets.depth_source(config),
+      estimator=presets.depth_estimator(config),
+  )
 
 
 def open_splits(
@@ -178,6 +184,7 @@ def train_batches(
       image_size=config.model.img_size,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      depth_source=presets.depth_source(config),
   )
 
 
@@ -220,10 +227,15 @@ def resumed_or_initial_state(
   state = step_lib.init_sharded_state(
       config, components.model, components.optimizer, shardings, jax.random.PRNGKey(config.seed)
   )
-  encoder_variables = pretrained.encoder_variables(config)
-  if encoder_variables is not None:
-    state = state_lib.with_pretrained_encoder(state, encoder_variables, shardings)
-    print0(f'encoder weights from {config.model.encoder_init}', flush=True)
+  if config.get('init_from'):  # the two-stage schedule: every param of the source run, read only
+    variables = init_from.read_source(config)
+    state = state_lib.with_variables(state, variables, shardings)
+    print0(f'weights from {config.init_from} (step {variables["step"]})', flush=True)
+  else:
+    encoder_variables = pretrained.encoder_variables(config)
+    if encoder_variables is not None:
+      state = state_lib.with_pretrained_encoder(state, encoder_variables, shardings)
+      print0(f'encoder weights from {config.model.encoder_init}', flush=True)
   print0(f'initialised {diffhand.num_params(state.params):,} params', flush=True)
   return state
 
@@ -317,7 +329,9 @@ def train_loop(
     for step in range(int(state.step), config.num_train_steps):
       waiting = time.perf_counter()
       batch = next(batches)
-      global_batch = sharding.to_global({k: batch[k] for k in step_lib.TRAIN_KEYS}, data_sharding)
+      global_batch = sharding.to_global(
+          {k: batch[k] for k in step_lib.train_keys(config)}, data_sharding
+      )
       meter.input_seconds += time.perf_counter() - waiting
       state, parts = step_fn(state, global_batch)
       window.append(parts)

@@ -1,0 +1,28 @@
+"""DiffHand with the depth condition on FreiHAND v2: the paper's Table 6 (RGB against RGB + depth).
+
+  python -m diffhand_jax.estimate_depth --config=configs/freihand_depth.py      # once: MiDaS maps
+  python -m diffhand_jax.depth_table --config=configs/freihand_depth.py --workdir=runs/table6_freihand
+
+`depth_table` trains the RGB run (this config with use_depth off) in WORKDIR/rgb, estimates the depth
+when it is missing, fine-tunes the depth run from it (config.init_from) in WORKDIR/depth for
+config.depth.finetune_steps, and prints both rows with the paper's. A depth run alone:
+
+  python -m diffhand_jax.main --config=configs/freihand_depth.py --workdir=runs/freihand_depth \
+      --config.init_from=runs/freihand
+
+The depth is MiDaS v3 (DPT-Large, `Intel/dpt-large`, models/midas.py), estimated once per frame and
+normalised per image (docs/design.md §4, §7). The paper fine-tunes "for a few epochs" after its 100;
+10 epochs (a tenth) is this config's reading, with everything trained (config.depth.train='all').
+"""
+
+import ml_collections
+
+from diffhand_jax.runs import presets, run_config
+
+FINETUNE_EPOCHS = 10
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = run_config.config_file('freihand')  # configs/freihand.py: the RGB stage's settings
+  presets.use_depth(config, finetune_epochs=FINETUNE_EPOCHS)
+  return config
