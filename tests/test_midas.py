@@ -276,3 +276,31 @@ def test_fields_a_config_json_leaves_out_take_transformers_defaults():
   # And the DPT-Large fields it carries are what transformers builds from them.
   large = transformers.DPTConfig(**midas.DPT_LARGE_CONFIG).to_dict()
   assert midas.module_from_config(large) == midas.module_from_config(midas.DPT_LARGE_CONFIG)
+
+
+def test_online_a_repository_with_torch_weights_only_is_read(tmp_path, monkeypatch, small):
+  # Online and not cached: the files are downloaded; a repository without model.safetensors falls back
+  # to pytorch_model.bin. The download is a stand-in serving config.json and a torch state dict.
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  from huggingface_hub.errors import EntryNotFoundError  # pylint: disable=g-import-not-at-top
+
+  config, model = small
+  served = tmp_path / 'served'
+  served.mkdir()
+  config.to_json_file(served / 'config.json')
+  torch.save(model.state_dict(), served / 'pytorch_model.bin')  # older repositories' torch file
+  asked = []
+
+  def download(repo_id, filename, **unused_kwargs):
+    asked.append((repo_id, filename))
+    if not (served / filename).exists():
+      raise EntryNotFoundError(f'{filename} not in {repo_id}')
+    return str(served / filename)
+
+  monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', False)
+  monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
+  monkeypatch.setattr(huggingface_hub, 'hf_hub_download', download)
+  _assert_same(
+      midas.load('Intel/old-dpt'), midas.from_transformers(config.to_dict(), _state_dict(model))
+  )
+  assert [name for _, name in asked] == ['config.json', 'model.safetensors', 'pytorch_model.bin']

@@ -549,7 +549,9 @@ def _fill_cache_command(repo_id: str) -> str:
 
 def _hub_files(repo_id: str) -> tuple[str, str]:
   """(config.json, weights file) of a Hub repository, from the HF cache (or downloaded when online)."""
-  import huggingface_hub  # pylint: disable=g-import-not-at-top - heavyweight: only for Hub ids
+  # pylint: disable-next=g-import-not-at-top - heavyweight: only for Hub ids
+  import huggingface_hub
+  from huggingface_hub.errors import EntryNotFoundError  # pylint: disable=g-import-not-at-top
 
   found = {}
   for filename in (CONFIG_FILENAME, *WEIGHT_FILENAMES):
@@ -574,7 +576,7 @@ def _hub_files(repo_id: str) -> tuple[str, str]:
     if weights is None:
       try:
         weights = huggingface_hub.hf_hub_download(repo_id, WEIGHT_FILENAMES[0])
-      except huggingface_hub.errors.EntryNotFoundError:
+      except EntryNotFoundError:  # an older repository: torch weights only
         weights = huggingface_hub.hf_hub_download(repo_id, WEIGHT_FILENAMES[1])
   except Exception as error:  # pylint: disable=broad-except - offline, no such repo, network errors
     first_line = str(error).splitlines()[0] if str(error) else ''
