@@ -6,7 +6,6 @@ import json
 import os
 
 from absl import flags
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,30 +132,3 @@ def test_every_command_builds_its_options_from_its_flags():
   values.unparse_flags()
   values(['prog'])  # --tta off
   assert command_line.inference_options(values).tta is None
-
-
-def test_a_short_batch_is_padded_to_the_next_power_of_two_not_to_the_batch_size(opened):
-  run = opened.run
-  sampler = sampling.Sampler(
-      run.model,
-      run.params,
-      run.schedule,
-      0.1,
-      num_steps=2,
-      batch_size=8,
-      batch_stats=run.batch_stats,
-  )
-  shapes = []
-  compiled = sampler._fn
-  sampler._fn = lambda params, images, key, **kw: shapes.append(images.shape[0]) or compiled(
-      params, images, key, **kw
-  )
-  size = int(run.config.model.img_size)
-  images = np.random.default_rng(0).normal(size=(11, size, size, 3)).astype(np.float32)
-  out = sampler.sample(images, jax.random.PRNGKey(0))
-  assert shapes == [8, 4]  # 8 + 3 images, the 3 padded to 4
-  assert out['vertices'].shape[0] == 11
-  assert [sampling.padded_size(c, 8) for c in range(1, 10)] == [1, 2, 4, 4, 8, 8, 8, 8, 8]
-  shapes.clear()
-  sampler.sample(images[:1], jax.random.PRNGKey(0))  # one photo's one hand: one sample, not eight
-  assert shapes == [1]

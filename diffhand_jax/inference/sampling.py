@@ -29,11 +29,6 @@ from diffhand_jax.models import diffhand
 # ==================================================================================================
 
 
-def padded_size(count: int, batch_size: int) -> int:
-  """The batch that ``count`` images are padded to: the next power of two, at most ``batch_size``."""
-  return min(batch_size, 1 << max(count - 1, 0).bit_length())
-
-
 @dataclasses.dataclass
 class Sampler:
   """A trained DiffHand's sampler over arrays of any length.
@@ -80,10 +75,7 @@ class Sampler:
   ) -> dict[str, np.ndarray]:
     """images float32 (M, H, W, 3), normalised → {'vertices': (M, K, N, 3) m, 'camera': (M, 3)}.
 
-    Batch i uses the key fold_in(key, i). A batch of fewer than batch_size images (the last, or a
-    photo's one or two hands) is padded by repeating its last image to the next power of two, not to
-    batch_size: a photo's hand costs one sample, not batch_size of them, for at most
-    log2(batch_size) + 1 compiled shapes.
+    Batch i uses the key fold_in(key, i); the last batch is padded by repeating its last image.
     """
     images = np.asarray(images, np.float32)
     count = len(images)
@@ -91,8 +83,8 @@ class Sampler:
       raise ValueError('inference.Sampler.sample: no images')
     vertices, cameras = [], []
     for index, start in enumerate(range(0, count, self.batch_size)):
+      rows = np.minimum(np.arange(start, start + self.batch_size), count - 1)
       valid = min(self.batch_size, count - start)
-      rows = np.minimum(np.arange(start, start + padded_size(valid, self.batch_size)), count - 1)
       out = self._fn(
           self.params,
           jnp.asarray(images[rows]),
