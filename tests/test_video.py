@@ -22,8 +22,8 @@ NUM_FRAMES = 10
 @pytest.fixture(scope='module')
 def tiny_model():
   """The `tiny` preset with random params, two images (B=2) and the schedule."""
-  model, params, images, _ = sampler_bench.build('tiny', 2)
-  return model, params, images, diffusion.cosine_schedule(1000)
+  model, variables, images, _ = sampler_bench.build('tiny', 2)
+  return model, variables['params'], images, diffusion.cosine_schedule(1000)
 
 
 @pytest.fixture(scope='module')
@@ -81,9 +81,9 @@ def test_warm_reconstruct_runs_the_last_k_ddim_steps_from_the_noised_guess(tiny_
   fns = sampler_bench.make_samplers(model, schedule, num_steps)
   grid = fns['timesteps'][num_steps - k :]
   x = diffusion.q_sample(schedule, guess, jnp.full((2,), int(grid[0]), jnp.int32), noise)
-  cond = fns['encode'](params, images)
+  cond = fns['encode']({'params': params}, images)  # the benchmark's functions take the variables
   for t_now, t_next in zip(grid[:-1], grid[1:]):
-    x = fns['step'](params, cond, x, np.int32(t_now), np.int32(t_next))
+    x = fns['step']({'params': params}, cond, x, np.int32(t_now), np.int32(t_next))
   out = video.warm_reconstruct(
       model,
       params,
