@@ -8,10 +8,10 @@ One frame (`LiveSession.process`) goes through five stages, each timed:
                hands); a hand it no longer finds ends its track.
   detect       the palm detector (`detect`, without tiles: a live frame is small) runs only when no hand
                is tracked, when a track was lost in this frame, or, while fewer than `max_hands` are
-               tracked, every `redetect_every` processed frames (a new hand shows within about half a second at 10
-               frames/s). A hand
-               it finds over a tracked one is that hand; any other starts a new track (new id, from
-               noise): a hand that leaves and comes back is a new track. A detector without `track`
+               tracked, every `redetect_every` processed frames (a new hand shows within about half a
+               second at 10 frames/s). A hand it finds over a tracked one is that hand; any other
+               starts a new track (new id, from noise): a hand that leaves and comes back is a new
+               track. A detector without `track`
                (any `HandDetector`) runs every frame and its boxes join tracks by overlap
                (`video.BoxTracker`); without a detector, one hand fills the largest centred square.
   crop         each hand's square crop as the model sees it (mirrored for a left hand,
