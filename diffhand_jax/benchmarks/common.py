@@ -18,8 +18,7 @@ def model_config(preset: str, encoder: str | None = None, img_size: int | None =
   preset's when given: how the benchmarks measure another encoder (an HRNet, say) in a preset."""
   config = model_presets.get_model_config(preset)
   if encoder:
-    config.encoder = encoder
-    config.encoder_overrides = model_presets.unset_encoder_overrides()
+    model_presets.set_encoder(config, encoder)
   if img_size:
     config.img_size = img_size
   return config

@@ -72,6 +72,13 @@ def unset_encoder_overrides() -> ml_collections.ConfigDict:
   )
 
 
+def set_encoder(model_config: ml_collections.ConfigDict, encoder: str) -> None:
+  """Puts ``encoder`` (a timm name) in ``model_config`` with its overrides unset: the named model's own
+  architecture, whatever the config's previous encoder was shrunk to."""
+  model_config.encoder = encoder
+  model_config.encoder_overrides = unset_encoder_overrides()
+
+
 def _base() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.encoder = PAPER_ENCODER

@@ -63,12 +63,10 @@ def _table4_variant(decoder: str, use_diffusion: bool) -> Callable[[Any], None]:
 
 def _encoder_variant(encoder: str, encoder_init: str, reduced: bool) -> Callable[[Any], None]:
   def apply(config: ml_collections.ConfigDict) -> None:
-    config.model.encoder = encoder
+    model_presets.set_encoder(config.model, encoder)
     config.model.encoder_init = encoder_init
-    overrides = model_presets.unset_encoder_overrides()
     if reduced and encoder.startswith('deit'):
-      overrides.update(_REDUCED_VIT_OVERRIDES)
-    config.model.encoder_overrides = overrides
+      config.model.encoder_overrides.update(_REDUCED_VIT_OVERRIDES)
 
   return apply
 
